@@ -1,0 +1,337 @@
+//! `enlace demo`: a small agency network on this machine, playing story 1 of the domain brief.
+//!
+//! Generates a PKI in a temporary directory (or `--data-dir`), writes node configs, starts four
+//! nodes (DEA, PGR, AFI, CENAPI) in this process on loopback, and has a DEA analyst stream
+//! ROUTINE/BULK analytical records to CENAPI while the DEA duty desk sends FLASH precursor alerts to
+//! PGR and AFI. Prints, per message, the recipient, precedence, path and time from send to
+//! delivery; then stops everything it started.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::Context;
+use tokio::task::JoinSet;
+
+use super::Failure;
+use crate::client::Client;
+use crate::message::{Draft, MessageId, Precedence};
+use crate::network::LocalNetwork;
+use crate::payloads::{PrecursorAlert, quantity, seaport, text};
+use crate::pki::{DEMO_TRUST_DOMAIN, Pki, PkiOptions, demo_agencies};
+use crate::wire::pb;
+
+/// Arguments of `enlace demo`.
+#[derive(Debug, clap::Args)]
+pub struct DemoArgs {
+    /// Keep the PKI, node configs and data here (default: a temporary directory, removed after).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Analytical records the DEA analyst streams to CENAPI.
+    #[arg(long, default_value_t = 2000)]
+    pub records: usize,
+    /// FLASH alerts the DEA duty desk sends during the transfer.
+    #[arg(long, default_value_t = 3)]
+    pub alerts: usize,
+    /// Print the nodes' logs (delivery events) as they happen.
+    #[arg(long, short)]
+    pub verbose: bool,
+}
+
+const AGENCIES: [&str; 4] = ["dea", "pgr", "afi", "cenapi"];
+
+/// Analytical record sends in flight at once.
+const BULK_CONCURRENCY: usize = 32;
+
+type SentLog = Arc<Mutex<HashMap<MessageId, (Instant, Precedence)>>>;
+
+struct Arrival {
+    id: MessageId,
+    recipient: String,
+    precedence: Precedence,
+    path: String,
+    latency: Duration,
+}
+
+pub(super) async fn run(a: DemoArgs) -> Result<(), Failure> {
+    let temp;
+    let dir = match &a.data_dir {
+        Some(d) => d.clone(),
+        None => {
+            temp = tempfile::tempdir().context("cannot create a temporary directory")?;
+            temp.path().to_owned()
+        }
+    };
+    let opts = PkiOptions {
+        overwrite: true,
+        ..Default::default()
+    };
+    Pki::federation(&dir.join("pki"), DEMO_TRUST_DOMAIN, &demo_agencies(), opts)?;
+    let net = LocalNetwork::mesh(&dir, &dir.join("pki"), &AGENCIES)?;
+    println!(
+        "Enlace demo: four agency nodes on loopback, PKI and configs in {}",
+        dir.display()
+    );
+    let mut nodes = Vec::new();
+    for spec in net.nodes.values() {
+        let node = net.start(&spec.name).await?;
+        println!(
+            "  node {:<9} agency {:<7} {}",
+            spec.name,
+            spec.agency.to_uppercase(),
+            node.addr
+        );
+        nodes.push(node);
+    }
+
+    let result = play(&net, &a).await;
+    for n in nodes {
+        n.stop().await;
+    }
+    if a.data_dir.is_some() {
+        println!(
+            "\nKept {} (configs in config/, start a node with: enlaced --config <file>)",
+            dir.display()
+        );
+    }
+    result
+}
+
+async fn play(net: &LocalNetwork, a: &DemoArgs) -> Result<(), Failure> {
+    let connect = |agency: &str, client: &str, subscribe: bool| {
+        let opts = net.client_options(agency, client);
+        async move {
+            let opts = opts?;
+            let opts = if subscribe { opts.subscribe("") } else { opts };
+            Client::connect(opts).await.map_err(anyhow::Error::from)
+        }
+    };
+    let receivers = [
+        ("pgr", "duty-desk", a.alerts),
+        ("afi", "duty-desk", a.alerts),
+        ("cenapi", "analyst", a.records),
+    ];
+    let sent: SentLog = Arc::default();
+    let mut readers = JoinSet::new();
+    let mut receiving_clients = Vec::new();
+    for (agency, name, expect) in receivers {
+        let client = connect(agency, name, true).await?;
+        let mut inbox = client.inbox().context("subscribed client has an inbox")?;
+        let sent = sent.clone();
+        let recipient = format!("{}/{name}", agency.to_uppercase());
+        readers.spawn(async move {
+            let mut got = Vec::with_capacity(expect);
+            while got.len() < expect {
+                let Some(d) = inbox.next().await else { break };
+                let latency = sent
+                    .lock()
+                    .expect("sent log lock")
+                    .get(&d.id)
+                    .map(|(at, _)| at.elapsed())
+                    .unwrap_or_default();
+                let path = d
+                    .signed
+                    .hops
+                    .iter()
+                    .map(|h| h.node.as_str())
+                    .collect::<Vec<_>>()
+                    .join(" → ");
+                got.push(Arrival {
+                    id: d.id,
+                    recipient: recipient.clone(),
+                    precedence: d.precedence,
+                    path,
+                    latency,
+                });
+                // A failed ack only means a redelivery, which the client drops.
+                let _ = d.ack().await;
+            }
+            got
+        });
+        receiving_clients.push(client);
+    }
+    let desk = Arc::new(connect("dea", "duty-desk", false).await?);
+    let analyst = Arc::new(connect("dea", "analyst", false).await?);
+
+    println!(
+        "\nDEA analyst streams {} analytical records to CENAPI; DEA duty desk sends {} FLASH alert(s) to PGR and AFI meanwhile.",
+        a.records, a.alerts
+    );
+    let started = Instant::now();
+    let bulk = tokio::spawn(stream_records(analyst.clone(), sent.clone(), a.records));
+    let mut alerts = Vec::new();
+    for i in 0..a.alerts {
+        // Let the transfer get going, then space the alerts out across it.
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let id = MessageId::new_v7(SystemTime::now());
+        let draft = Draft::new(&sample_alert(i))
+            .id(id)
+            .to("pgr")
+            .to("afi")
+            .precedence(Precedence::Flash)
+            .expires_in(Duration::from_secs(6 * 3600))
+            .case_id("DEA-DEMO-0001");
+        sent.lock()
+            .expect("sent log lock")
+            .insert(id, (Instant::now(), Precedence::Flash));
+        desk.send(draft).await.context("FLASH alert refused")?;
+        alerts.push(id);
+    }
+    let accepted = bulk.await.context("bulk sender task")??;
+    let mut arrivals = Vec::new();
+    let deadline = Duration::from_secs(120);
+    let gathered = tokio::time::timeout(deadline, async {
+        while let Some(r) = readers.join_next().await {
+            arrivals.extend(r.context("receiver task")?);
+        }
+        Ok::<_, anyhow::Error>(())
+    })
+    .await;
+    let elapsed = started.elapsed();
+    match gathered {
+        Ok(r) => r?,
+        Err(_) => println!("(stopped waiting after {deadline:?}: some messages did not arrive)"),
+    }
+    for c in receiving_clients {
+        c.close().await;
+    }
+    for c in [desk, analyst] {
+        if let Ok(c) = Arc::try_unwrap(c) {
+            c.close().await;
+        }
+    }
+    report(&arrivals, &alerts, accepted, a.records, elapsed);
+    let complete = arrivals.len() == a.records + 2 * a.alerts;
+    if complete {
+        Ok(())
+    } else {
+        Err(Failure::from(anyhow::anyhow!(
+            "{} of {} deliveries arrived",
+            arrivals.len(),
+            a.records + 2 * a.alerts
+        )))
+    }
+}
+
+async fn stream_records(client: Arc<Client>, sent: SentLog, n: usize) -> anyhow::Result<usize> {
+    let mut in_flight = JoinSet::new();
+    let mut accepted = 0;
+    for i in 0..n {
+        if in_flight.len() >= BULK_CONCURRENCY
+            && let Some(r) = in_flight.join_next().await
+        {
+            r??;
+            accepted += 1;
+        }
+        let precedence = if i % 2 == 0 {
+            Precedence::Routine
+        } else {
+            Precedence::Bulk
+        };
+        let id = MessageId::new_v7(SystemTime::now());
+        let draft = Draft::new(&sample_record(i))
+            .id(id)
+            .to("cenapi")
+            .precedence(precedence)
+            .expires_in(Duration::from_secs(7 * 86400));
+        sent.lock()
+            .expect("sent log lock")
+            .insert(id, (Instant::now(), precedence));
+        let client = client.clone();
+        in_flight.spawn(async move { client.send(draft).await.map(|_| ()) });
+    }
+    while let Some(r) = in_flight.join_next().await {
+        r??;
+        accepted += 1;
+    }
+    Ok(accepted)
+}
+
+fn sample_alert(i: usize) -> pb::PrecursorChemicalAlert {
+    PrecursorAlert::new(pb::PrecursorAlertKind::SuspiciousShipment)
+        .chemical("Pseudoephedrine hydrochloride", "345-78-8", quantity("1200", "kg"))
+        .vessel("MSC Demo", seaport("CNSHA", "Shanghai", "CN"), seaport("MXZLO", "Manzanillo", "MX"))
+        .party(pb::PartyRole::Consignee, "Importadora Ejemplo S.A. de C.V.", "MX")
+        .reference("PEN Online", &format!("PEN-DEMO-{:04}", i + 1))
+        .action(pb::PrecursorRequestedAction::Intercept)
+        .narrative(text(
+            "en",
+            "Diverted pseudoephedrine declared as vitamin C; expected at Manzanillo within 72 hours.",
+        ))
+        .build()
+}
+
+fn sample_record(i: usize) -> pb::AnalyticalReport {
+    pb::AnalyticalReport {
+        kind: pb::AnalyticalReportKind::OperationalAnalysis as i32,
+        title: Some(text("es-MX", &format!("Registro analítico {i}"))),
+        // About 1 KiB of content, like an analytical record.
+        summary: Some(text(
+            "es-MX",
+            &"Movimientos de carga observados en puerto. ".repeat(22),
+        )),
+        ..Default::default()
+    }
+}
+
+fn report(
+    arrivals: &[Arrival],
+    alerts: &[MessageId],
+    accepted: usize,
+    records: usize,
+    elapsed: Duration,
+) {
+    println!(
+        "\n{:<38} {:<10} {:<20} {:<18} {:>12}",
+        "MESSAGE", "PRECEDENCE", "RECIPIENT", "PATH", "SEND→DELIVER"
+    );
+    for id in alerts {
+        for a in arrivals.iter().filter(|a| a.id == *id) {
+            println!(
+                "{:<38} {:<10} {:<20} {:<18} {:>9.1} ms",
+                a.id.to_string(),
+                a.precedence.as_str(),
+                a.recipient,
+                a.path,
+                a.latency.as_secs_f64() * 1000.0
+            );
+        }
+    }
+    let mut bulk: Vec<Duration> = arrivals
+        .iter()
+        .filter(|a| !a.precedence.is_time_sensitive())
+        .map(|a| a.latency)
+        .collect();
+    bulk.sort();
+    if let Some(last) = bulk.last() {
+        let pct = |p: f64| bulk[((bulk.len() as f64 * p) as usize).min(bulk.len() - 1)];
+        let path = arrivals
+            .iter()
+            .find(|a| !a.precedence.is_time_sensitive())
+            .map(|a| a.path.clone())
+            .unwrap_or_default();
+        println!(
+            "{:<38} {:<10} {:<20} {:<18} {:>9.1} ms median, p99 {:.1} ms, max {:.1} ms",
+            format!("{} analytical records", bulk.len()),
+            "ROUTINE/BULK",
+            "CENAPI/analyst",
+            path,
+            pct(0.5).as_secs_f64() * 1000.0,
+            pct(0.99).as_secs_f64() * 1000.0,
+            last.as_secs_f64() * 1000.0
+        );
+    }
+    println!(
+        "\n{} of {} records accepted and {} delivered in {:.2} s; {} of {} alert copies delivered.",
+        accepted,
+        records,
+        bulk.len(),
+        elapsed.as_secs_f64(),
+        arrivals
+            .iter()
+            .filter(|a| a.precedence.is_time_sensitive())
+            .count(),
+        alerts.len() * 2
+    );
+}

@@ -1,0 +1,400 @@
+//! The client library: connect to your agency's node, send typed messages, read your inbox.
+//!
+//! ```no_run
+//! # async fn example() -> anyhow::Result<()> {
+//! use std::time::Duration;
+//! use enlace::{Client, ClientOptions, Draft, Precedence};
+//! use enlace::wire::pb;
+//!
+//! let client = Client::connect(ClientOptions::from_files(
+//!     "127.0.0.1:7401".parse()?,
+//!     "dea-1.dea.enlace.test",
+//!     "certs/test/clients/dea/duty-desk.pem",
+//!     "certs/test/clients/dea/duty-desk.key.pem",
+//!     "certs/test/ca/root.pem",
+//! )?)
+//! .await?;
+//! let alert = pb::PrecursorChemicalAlert::default();
+//! let accepted = client
+//!     .send(Draft::new(&alert).to("pgr").to("afi").precedence(Precedence::Flash)
+//!         .expires_in(Duration::from_secs(3600)))
+//!     .await?;
+//! println!("accepted {}", accepted.id);
+//! # Ok(()) }
+//! ```
+//!
+//! A client is one QUIC connection with one certificate. It signs every envelope it sends with
+//! its certificate's key, so any node can tell who wrote it. Deliveries arrive on an [`Inbox`];
+//! each must be [`Delivery::ack`]ed, or the node offers it again. The client drops redeliveries
+//! of messages it has already handed to the application, so each message is seen once.
+
+use std::collections::{HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use prost::Message;
+use quinn::{Connection, Endpoint, SendStream};
+use tokio::sync::mpsc;
+
+use crate::message::{Draft, MessageId, Precedence};
+use crate::session::{self, CONTROL_FRAME_LIMIT, ConnectError, Session, SubmitError};
+use crate::signature::Signer;
+use crate::tls::{self, TlsError, TlsMaterial};
+use crate::validate::seal;
+use crate::wire::frame::{self, FrameReader};
+use crate::wire::pb::{self, frame::Body};
+
+/// How to reach and authenticate to a node.
+#[derive(Clone)]
+pub struct ClientOptions {
+    pub node: SocketAddr,
+    /// The node certificate's DNS name, e.g. `dea-1.dea.enlace.test`.
+    pub server_name: String,
+    pub tls: TlsMaterial,
+    /// Receive deliveries on this connection.
+    pub subscribe: bool,
+    /// With `subscribe`: the unit whose mailbox to read ("" for the agency inbox).
+    pub unit: String,
+    /// How long to wait for the node to authorize the connection.
+    pub connect_timeout: Duration,
+    /// Deliveries buffered for the application before the client stops taking more.
+    pub inbox_capacity: usize,
+}
+
+impl ClientOptions {
+    /// Options from PEM files: certificate chain, private key, CA bundle.
+    pub fn from_files(
+        node: SocketAddr,
+        server_name: &str,
+        cert: impl AsRef<Path>,
+        key: impl AsRef<Path>,
+        ca: impl AsRef<Path>,
+    ) -> Result<ClientOptions, TlsError> {
+        Ok(ClientOptions::new(
+            node,
+            server_name,
+            TlsMaterial::load(cert.as_ref(), key.as_ref(), ca.as_ref(), &[])?,
+        ))
+    }
+
+    pub fn new(node: SocketAddr, server_name: &str, tls: TlsMaterial) -> ClientOptions {
+        ClientOptions {
+            node,
+            server_name: server_name.to_owned(),
+            tls,
+            subscribe: false,
+            unit: String::new(),
+            connect_timeout: Duration::from_secs(10),
+            inbox_capacity: 1024,
+        }
+    }
+
+    /// Receive deliveries for `unit` ("" for the agency inbox).
+    pub fn subscribe(mut self, unit: &str) -> ClientOptions {
+        self.subscribe = true;
+        self.unit = unit.to_owned();
+        self
+    }
+}
+
+/// Why the client could not be created.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    #[error("the client key cannot sign envelopes: {0}")]
+    Key(String),
+}
+
+/// The node's acceptance of a message.
+#[derive(Debug, Clone)]
+pub struct Accepted {
+    pub id: MessageId,
+    /// How many destinations (local mailboxes and peer nodes) the node routed it to.
+    pub routed: u32,
+    pub accepted_at: Option<SystemTime>,
+}
+
+/// A connected client.
+pub struct Client {
+    endpoint: Endpoint,
+    connection: Connection,
+    welcome: pb::Welcome,
+    signer: Signer,
+    inbox: Mutex<Option<Inbox>>,
+    // Held so the control stream stays open for the life of the client.
+    _control: Mutex<SendStream>,
+}
+
+impl Client {
+    /// Connects and waits until the node has authorized this client.
+    ///
+    /// # Errors
+    /// [`ClientError::Connect`] with the node's refusal (wrong agency, wrong role) or the TLS
+    /// alert (unknown CA, expired or revoked certificate) in words.
+    pub async fn connect(opts: ClientOptions) -> Result<Client, ClientError> {
+        let signer = Signer::from_pkcs8(opts.tls.key_der(), opts.tls.leaf_sha256())
+            .map_err(|e| ClientError::Key(e.to_string()))?;
+        let bind: SocketAddr = if opts.node.is_ipv6() {
+            "[::]:0".parse().expect("literal address")
+        } else {
+            "0.0.0.0:0".parse().expect("literal address")
+        };
+        let endpoint = tls::endpoint(bind, None)?;
+        let config = tls::quic_client_config(opts.tls.client_config()?)?;
+        let hello = pb::Hello {
+            protocol_version: crate::wire::PROTOCOL_VERSION,
+            role: pb::Role::Client as i32,
+            subscribe: opts.subscribe,
+            unit: opts.unit.clone(),
+        };
+        let Session {
+            connection,
+            welcome,
+            control,
+        } = session::dial(
+            &endpoint,
+            config,
+            opts.node,
+            &opts.server_name,
+            hello,
+            opts.connect_timeout,
+        )
+        .await?;
+        let inbox = opts.subscribe.then(|| {
+            let (tx, rx) = mpsc::channel(opts.inbox_capacity.max(1));
+            let max = welcome.max_frame_bytes.max(CONTROL_FRAME_LIMIT);
+            tokio::spawn(receive(connection.clone(), tx, max));
+            Inbox {
+                rx,
+                seen: Arc::new(Mutex::new(Seen::default())),
+            }
+        });
+        Ok(Client {
+            endpoint,
+            connection,
+            welcome,
+            signer,
+            inbox: Mutex::new(inbox),
+            _control: Mutex::new(control.0),
+        })
+    }
+
+    /// Who the node says we are (agency, role, name), from our certificate.
+    pub fn identity(&self) -> &pb::PeerIdentity {
+        // The node always fills `you` in Welcome; a default identity would only hide a bug.
+        self.welcome
+            .you
+            .as_ref()
+            .expect("Welcome carries the client's identity")
+    }
+
+    /// The node's identity.
+    pub fn node(&self) -> &pb::PeerIdentity {
+        self.welcome
+            .node
+            .as_ref()
+            .expect("Welcome carries the node's identity")
+    }
+
+    /// The largest frame the node accepts.
+    pub fn max_frame_bytes(&self) -> u64 {
+        self.welcome.max_frame_bytes
+    }
+
+    /// Completes, signs and sends a message; returns when the node has accepted or refused it.
+    ///
+    /// # Errors
+    /// [`SubmitError::Refused`] carries the node's reason (too large, expired, unknown
+    /// recipient, queue full with a retry-after...). [`SubmitError::Connection`] means the
+    /// outcome is unknown: resend the same draft with the same id (see [`Draft::id`]).
+    pub async fn send(&self, draft: Draft) -> Result<Accepted, SubmitError> {
+        let me = self.identity();
+        let originator = pb::Originator {
+            agency: me.agency.clone(),
+            node: self.node().name.clone(),
+            client: me.name.clone(),
+        };
+        let env = draft.finish(originator, SystemTime::now());
+        self.send_envelope(&env).await
+    }
+
+    /// Signs and sends a complete envelope.
+    pub async fn send_envelope(&self, env: &pb::Envelope) -> Result<Accepted, SubmitError> {
+        let precedence = Precedence::from_pb(env.precedence()).unwrap_or(Precedence::Routine);
+        let signed = seal(env, &self.signer);
+        let a = session::submit(&self.connection, signed, stream_priority(precedence)).await?;
+        Ok(Accepted {
+            id: MessageId::from_slice(&a.message_id)
+                .ok_or_else(|| SubmitError::Protocol("Accepted without a message id".into()))?,
+            routed: a.routed,
+            accepted_at: a.accepted_at.as_ref().and_then(crate::message::system_time),
+        })
+    }
+
+    /// Takes the inbox (once). `None` if the client did not subscribe or it was taken.
+    pub fn inbox(&self) -> Option<Inbox> {
+        self.inbox.lock().expect("inbox lock poisoned").take()
+    }
+
+    /// Closes the connection and waits for the node to be told.
+    pub async fn close(self) {
+        self.connection.close(0u32.into(), b"client closed");
+        self.endpoint.wait_idle().await;
+    }
+}
+
+/// QUIC stream priority for a precedence: more urgent is sent first.
+pub fn stream_priority(p: Precedence) -> i32 {
+    match p {
+        Precedence::Flash => 100,
+        Precedence::Immediate => 80,
+        Precedence::Priority => 60,
+        Precedence::Routine => 20,
+        Precedence::Bulk => 0,
+    }
+}
+
+/// Message ids already handed to the application, to drop redeliveries (bounded: the oldest ids
+/// are forgotten first, after [`SEEN_CAPACITY`]).
+#[derive(Default)]
+struct Seen {
+    set: HashSet<MessageId>,
+    order: VecDeque<MessageId>,
+}
+
+/// How many delivered ids the client remembers for duplicate suppression.
+pub const SEEN_CAPACITY: usize = 100_000;
+
+impl Seen {
+    fn insert(&mut self, id: MessageId) -> bool {
+        if !self.set.insert(id) {
+            return false;
+        }
+        self.order.push_back(id);
+        if self.order.len() > SEEN_CAPACITY
+            && let Some(old) = self.order.pop_front()
+        {
+            self.set.remove(&old);
+        }
+        true
+    }
+}
+
+/// Deliveries from the node, in the order the node sent them.
+pub struct Inbox {
+    rx: mpsc::Receiver<Delivery>,
+    seen: Arc<Mutex<Seen>>,
+}
+
+impl Inbox {
+    /// The next delivery, or `None` when the connection has ended.
+    ///
+    /// A redelivery of a message already returned is acknowledged and skipped.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: no delivery is lost if the future is dropped.
+    pub async fn next(&mut self) -> Option<Delivery> {
+        loop {
+            let d = self.rx.recv().await?;
+            if self.seen.lock().expect("seen lock poisoned").insert(d.id) {
+                return Some(d);
+            }
+            // Already seen: tell the node so it stops offering it. A failure here only means the
+            // node will offer it again, and it will be skipped again.
+            let _ = d.ack().await;
+        }
+    }
+}
+
+/// One delivered message. Call [`Delivery::ack`] once it has been processed.
+pub struct Delivery {
+    pub id: MessageId,
+    pub precedence: Precedence,
+    /// 1 for the first delivery, higher for redeliveries.
+    pub attempt: u32,
+    /// The decoded envelope.
+    pub envelope: pb::Envelope,
+    /// The signed envelope exactly as the originator signed it, with hop records.
+    pub signed: pb::SignedEnvelope,
+    /// When the client received it.
+    pub received_at: SystemTime,
+    ack: SendStream,
+}
+
+/// The payload was not of the requested type or did not decode.
+#[derive(Debug, thiserror::Error)]
+#[error("payload is {actual}, not {expected} (or does not decode): {reason}")]
+pub struct PayloadError {
+    pub expected: String,
+    pub actual: String,
+    pub reason: String,
+}
+
+impl Delivery {
+    /// Decodes the payload as `P`, checking the declared type.
+    pub fn payload<P: prost::Message + prost::Name + Default>(&self) -> Result<P, PayloadError> {
+        let err = |reason: String| PayloadError {
+            expected: P::full_name(),
+            actual: self.envelope.payload_type.clone(),
+            reason,
+        };
+        if self.envelope.payload_type != P::full_name() {
+            return Err(err("type mismatch".into()));
+        }
+        P::decode(self.envelope.payload.clone()).map_err(|e| err(e.to_string()))
+    }
+
+    /// Acknowledges the message: the node will not offer it again.
+    ///
+    /// # Errors
+    /// The connection or stream failed; the node will offer the message again.
+    pub async fn ack(mut self) -> Result<(), SubmitError> {
+        let ack = pb::Ack {
+            message_id: self.id.to_bytes(),
+        };
+        frame::write_body(&mut self.ack, Body::Ack(ack)).await?;
+        // Only fails if the node already gave up on the stream.
+        let _ = self.ack.finish();
+        Ok(())
+    }
+}
+
+/// Accepts delivery streams from the node and feeds the inbox.
+async fn receive(connection: Connection, tx: mpsc::Sender<Delivery>, max_frame: u64) {
+    while let Ok((send, recv)) = connection.accept_bi().await {
+        let mut reader = FrameReader::new(recv, max_frame);
+        let Ok(pb::Frame {
+            body: Some(Body::Deliver(d)),
+        }) = reader.read().await
+        else {
+            tracing::warn!("node sent a stream that is not a delivery; ignored");
+            continue;
+        };
+        let Some(delivery) = to_delivery(d, send) else {
+            tracing::warn!("node delivered an envelope that does not decode; ignored");
+            continue;
+        };
+        if tx.send(delivery).await.is_err() {
+            return;
+        }
+    }
+}
+
+fn to_delivery(d: pb::Deliver, ack: SendStream) -> Option<Delivery> {
+    let signed = d.envelope?;
+    let envelope = pb::Envelope::decode(signed.envelope.clone()).ok()?;
+    Some(Delivery {
+        id: MessageId::from_slice(&envelope.message_id)?,
+        precedence: Precedence::from_pb(envelope.precedence()).unwrap_or(Precedence::Routine),
+        attempt: d.attempt,
+        envelope,
+        signed,
+        received_at: SystemTime::now(),
+        ack,
+    })
+}

@@ -1,0 +1,425 @@
+//! Node configuration: TOML in, a validated [`Config`] out, or an error naming the key and reason.
+//!
+//! This is the one place where the config file is parsed; the rest of the node only sees
+//! validated values. Relative paths are resolved against the config file's directory. Nothing here
+//! opens sockets or reads certificates (the daemon does that, after validation).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::identity::{AgencyId, is_name};
+
+/// A configuration problem: which key, and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {key}: {reason}")]
+pub struct ConfigError {
+    pub file: String,
+    pub key: String,
+    pub reason: String,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+/// A validated node configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// This node's name, e.g. `dea-1`; must match its certificate.
+    pub name: String,
+    /// The agency this node serves; must match its certificate.
+    pub agency: AgencyId,
+    pub trust_domain: String,
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub tls: TlsPaths,
+    pub limits: Limits,
+    pub log_format: LogFormat,
+    pub log_level: String,
+    /// Peer nodes by node name.
+    pub peers: BTreeMap<String, Peer>,
+}
+
+/// Where the node's TLS material lives.
+#[derive(Debug, Clone)]
+pub struct TlsPaths {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: PathBuf,
+    pub crls: Vec<PathBuf>,
+}
+
+/// Bounds on what the node accepts and holds.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest frame accepted, in bytes, checked before decoding.
+    pub max_frame_bytes: u64,
+    /// Messages held per mailbox or peer outbox before senders get QUEUE_FULL.
+    pub queue_capacity: usize,
+    /// How long a connection has to send its `Hello`.
+    pub handshake_timeout: Duration,
+    /// How long a client has to acknowledge a delivery before it is offered again.
+    pub ack_timeout: Duration,
+    /// How long shutdown waits for in-flight work before closing connections.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_frame_bytes: 1024 * 1024,
+            queue_capacity: 100_000,
+            handshake_timeout: Duration::from_secs(5),
+            ack_timeout: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A peer node: where it is and who it must prove to be.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    pub node: String,
+    pub agency: AgencyId,
+    pub address: SocketAddr,
+    /// TLS server name to expect in the peer's certificate.
+    pub server_name: String,
+    /// Agencies whose traffic goes to this peer (its own agency at least).
+    pub serves: Vec<AgencyId>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    node: RawNode,
+    tls: RawTls,
+    #[serde(default)]
+    limits: RawLimits,
+    #[serde(default)]
+    log: RawLog,
+    #[serde(default)]
+    peers: Vec<RawPeer>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNode {
+    name: String,
+    agency: String,
+    trust_domain: String,
+    listen: String,
+    data_dir: PathBuf,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert: PathBuf,
+    key: PathBuf,
+    ca: PathBuf,
+    #[serde(default)]
+    crl_dir: Option<PathBuf>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    max_frame_bytes: Option<u64>,
+    queue_capacity: Option<usize>,
+    handshake_timeout_ms: Option<u64>,
+    ack_timeout_ms: Option<u64>,
+    shutdown_grace_ms: Option<u64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    format: Option<LogFormat>,
+    level: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPeer {
+    node: String,
+    agency: String,
+    address: String,
+    server_name: Option<String>,
+    #[serde(default)]
+    serves: Vec<String>,
+}
+
+/// Smallest and largest accepted `limits.max_frame_bytes`.
+const FRAME_LIMIT_RANGE: (u64, u64) = (4 * 1024, 64 * 1024 * 1024);
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.display().to_string(),
+            key: "(file)".into(),
+            reason: e.to_string(),
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Config::parse(&text, base).map_err(|(key, reason)| ConfigError {
+            file: path.display().to_string(),
+            key,
+            reason,
+        })
+    }
+
+    /// Parses config text; relative paths are resolved against `base`.
+    /// Errors are `(key, reason)`.
+    pub fn parse(text: &str, base: &Path) -> Result<Config, (String, String)> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let reason = e.message().to_owned();
+            let key = e
+                .span()
+                .map(|s| describe_location(text, s.start))
+                .unwrap_or_else(|| "(document)".into());
+            (key, reason)
+        })?;
+        let err = |key: &str, reason: String| (key.to_owned(), reason);
+        let name_check = |key: &str, v: &str| {
+            if is_name(v) {
+                Ok(v.to_owned())
+            } else {
+                Err(err(
+                    key,
+                    format!("{v:?} is not a valid name (lowercase letters, digits, '-')"),
+                ))
+            }
+        };
+        let agency = |key: &str, v: &str| AgencyId::new(v).map_err(|e| err(key, e.to_string()));
+        let addr = |key: &str, v: &str| {
+            v.parse::<SocketAddr>().map_err(|e| {
+                err(
+                    key,
+                    format!("{v:?} is not an address like 127.0.0.1:7400 ({e})"),
+                )
+            })
+        };
+        let path = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
+
+        let name = name_check("node.name", &raw.node.name)?;
+        let own_agency = agency("node.agency", &raw.node.agency)?;
+        if raw.node.trust_domain.is_empty() || raw.node.trust_domain.contains('/') {
+            return Err(err(
+                "node.trust_domain",
+                "must be a domain name such as enlace.example".into(),
+            ));
+        }
+        let listen = addr("node.listen", &raw.node.listen)?;
+
+        let mut limits = Limits::default();
+        if let Some(v) = raw.limits.max_frame_bytes {
+            if !(FRAME_LIMIT_RANGE.0..=FRAME_LIMIT_RANGE.1).contains(&v) {
+                return Err(err(
+                    "limits.max_frame_bytes",
+                    format!(
+                        "{v} is outside {}..={}",
+                        FRAME_LIMIT_RANGE.0, FRAME_LIMIT_RANGE.1
+                    ),
+                ));
+            }
+            limits.max_frame_bytes = v;
+        }
+        if let Some(v) = raw.limits.queue_capacity {
+            if v == 0 {
+                return Err(err("limits.queue_capacity", "must be at least 1".into()));
+            }
+            limits.queue_capacity = v;
+        }
+        let ms = |key: &str, v: Option<u64>, default: Duration| match v {
+            Some(0) => Err(err(key, "must be greater than 0".into())),
+            Some(v) => Ok(Duration::from_millis(v)),
+            None => Ok(default),
+        };
+        limits.handshake_timeout = ms(
+            "limits.handshake_timeout_ms",
+            raw.limits.handshake_timeout_ms,
+            limits.handshake_timeout,
+        )?;
+        limits.ack_timeout = ms(
+            "limits.ack_timeout_ms",
+            raw.limits.ack_timeout_ms,
+            limits.ack_timeout,
+        )?;
+        limits.shutdown_grace = ms(
+            "limits.shutdown_grace_ms",
+            raw.limits.shutdown_grace_ms,
+            limits.shutdown_grace,
+        )?;
+
+        let crls = match raw.tls.crl_dir {
+            None => Vec::new(),
+            Some(dir) => {
+                let dir = path(dir);
+                let mut crls: Vec<PathBuf> = std::fs::read_dir(&dir)
+                    .map_err(|e| err("tls.crl_dir", format!("{}: {e}", dir.display())))?
+                    .filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|p| p.to_string_lossy().ends_with(".crl.pem"))
+                    .collect();
+                crls.sort();
+                crls
+            }
+        };
+
+        let mut peers = BTreeMap::new();
+        let mut served: BTreeMap<AgencyId, String> = BTreeMap::new();
+        for (i, p) in raw.peers.into_iter().enumerate() {
+            let key = |field: &str| format!("peers[{i}].{field}");
+            let node = name_check(&key("node"), &p.node)?;
+            if node == name {
+                return Err(err(&key("node"), "a node cannot be its own peer".into()));
+            }
+            let peer_agency = agency(&key("agency"), &p.agency)?;
+            let mut serves = vec![peer_agency.clone()];
+            for s in &p.serves {
+                let a = agency(&key("serves"), s)?;
+                if !serves.contains(&a) {
+                    serves.push(a);
+                }
+            }
+            for a in &serves {
+                if *a == own_agency {
+                    return Err(err(
+                        &key("serves"),
+                        format!("agency {a} is served by this node"),
+                    ));
+                }
+                if let Some(other) = served.insert(a.clone(), node.clone()) {
+                    return Err(err(
+                        &key("serves"),
+                        format!("agency {a} is already served by peer {other}"),
+                    ));
+                }
+            }
+            let peer = Peer {
+                address: addr(&key("address"), &p.address)?,
+                server_name: p
+                    .server_name
+                    .unwrap_or_else(|| format!("{node}.{}.{}", p.agency, raw.node.trust_domain)),
+                agency: peer_agency,
+                serves,
+                node: node.clone(),
+            };
+            if peers.insert(node.clone(), peer).is_some() {
+                return Err(err(&key("node"), format!("peer {node} is listed twice")));
+            }
+        }
+
+        Ok(Config {
+            name,
+            agency: own_agency,
+            trust_domain: raw.node.trust_domain,
+            listen,
+            data_dir: path(raw.node.data_dir),
+            tls: TlsPaths {
+                cert: path(raw.tls.cert),
+                key: path(raw.tls.key),
+                ca: path(raw.tls.ca),
+                crls,
+            },
+            limits,
+            log_format: raw.log.format.unwrap_or(LogFormat::Human),
+            log_level: raw.log.level.unwrap_or_else(|| "info".into()),
+            peers,
+        })
+    }
+
+    /// The peer that serves `agency`, if any.
+    pub fn peer_for(&self, agency: &AgencyId) -> Option<&Peer> {
+        self.peers.values().find(|p| p.serves.contains(agency))
+    }
+}
+
+/// Names the TOML table and key around a byte offset, for error messages.
+fn describe_location(text: &str, offset: usize) -> String {
+    let before = &text[..offset.min(text.len())];
+    let line_no = before.matches('\n').count() + 1;
+    let table = before
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('['))
+        .unwrap_or("(top level)");
+    let line = text.lines().nth(line_no - 1).unwrap_or("").trim();
+    let key = line.split('=').next().unwrap_or("").trim();
+    if key.is_empty() || key.starts_with('[') {
+        format!("{table} (line {line_no})")
+    } else {
+        format!("{table} {key} (line {line_no})")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[node]
+name = "dea-1"
+agency = "dea"
+trust_domain = "enlace.test"
+listen = "127.0.0.1:7401"
+data_dir = "data"
+
+[tls]
+cert = "dea-1.pem"
+key = "dea-1.key.pem"
+ca = "root.pem"
+
+[[peers]]
+node = "pgr-1"
+agency = "pgr"
+address = "127.0.0.1:7402"
+"#;
+
+    #[test]
+    fn parses_and_resolves_paths() {
+        let c = Config::parse(GOOD, Path::new("/etc/enlace")).unwrap();
+        assert_eq!(c.name, "dea-1");
+        assert_eq!(c.data_dir, PathBuf::from("/etc/enlace/data"));
+        let p = &c.peers["pgr-1"];
+        assert_eq!(p.server_name, "pgr-1.pgr.enlace.test");
+        assert_eq!(
+            c.peer_for(&AgencyId::new("pgr").unwrap()).unwrap().node,
+            "pgr-1"
+        );
+        assert_eq!(c.limits.max_frame_bytes, 1024 * 1024);
+    }
+
+    fn error_of(text: &str) -> (String, String) {
+        Config::parse(text, Path::new("/")).unwrap_err()
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let (key, reason) = error_of(&GOOD.replace("127.0.0.1:7401", "localhost"));
+        assert_eq!(key, "node.listen");
+        assert!(reason.contains("not an address"), "{reason}");
+
+        let (key, _) = error_of(&GOOD.replace("name = \"dea-1\"", "name = \"DEA 1\""));
+        assert_eq!(key, "node.name");
+
+        let (key, _) = error_of(&GOOD.replace("agency = \"pgr\"", "agency = \"dea\""));
+        assert_eq!(key, "peers[0].serves");
+
+        let (key, reason) = error_of(&GOOD.replace("[tls]", "[tls]\nbogus = 1"));
+        assert!(key.contains("[tls]"), "{key}");
+        assert!(reason.contains("unknown field"), "{reason}");
+
+        let (key, reason) = error_of(&format!("{GOOD}\n[limits]\nmax_frame_bytes = 10\n"));
+        assert_eq!(key, "limits.max_frame_bytes");
+        assert!(reason.contains("outside"), "{reason}");
+    }
+}

@@ -1,0 +1,250 @@
+//! Precedence lanes: a bounded priority queue with strict precedence, a minimum share for lower
+//! lanes, and expiry.
+//!
+//! Sans-I/O: time is a parameter. Each node queue where a message can wait (a local mailbox, a
+//! peer outbox) is a [`Lanes`]. Policy:
+//! - **Strict precedence**: the most urgent non-empty lane is served first.
+//! - **Minimum share**: after [`SHARE_EVERY`] consecutive items taken from a lane while a less
+//!   urgent lane was waiting, one item is taken from the most urgent of the waiting lower lanes.
+//!   Lower lanes therefore get at least 1 in `SHARE_EVERY + 1` of the service under a flood.
+//! - **Bounds**: analytical traffic (ROUTINE, BULK) and time-sensitive traffic (FLASH, IMMEDIATE,
+//!   PRIORITY) are each bounded by the capacity, counted separately, so a queue full of bulk still
+//!   accepts a FLASH alert. A push over the bound is refused ([`Full`]); nothing is dropped.
+//! - **Expiry**: expired items are never returned by [`Lanes::pop`]; they are handed back to the
+//!   caller so that it can tell the originator.
+
+use std::collections::VecDeque;
+use std::time::SystemTime;
+
+use crate::message::Precedence;
+
+/// See the module docs.
+pub const SHARE_EVERY: u32 = 16;
+
+/// The queue is at capacity for this class of traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Full;
+
+/// A queued item with its precedence and expiry.
+#[derive(Debug, Clone)]
+pub struct Entry<T> {
+    pub precedence: Precedence,
+    pub expires_at: SystemTime,
+    pub item: T,
+}
+
+/// What [`Lanes::pop`] found.
+#[derive(Debug)]
+pub struct Popped<T> {
+    pub next: Option<Entry<T>>,
+    pub expired: Vec<Entry<T>>,
+}
+
+/// A bounded, precedence-ordered queue. Index 0 is FLASH.
+#[derive(Debug)]
+pub struct Lanes<T> {
+    lanes: [VecDeque<Entry<T>>; 5],
+    capacity: usize,
+    streak: u32,
+}
+
+fn index(p: Precedence) -> usize {
+    match p {
+        Precedence::Flash => 0,
+        Precedence::Immediate => 1,
+        Precedence::Priority => 2,
+        Precedence::Routine => 3,
+        Precedence::Bulk => 4,
+    }
+}
+
+impl<T> Lanes<T> {
+    pub fn new(capacity: usize) -> Lanes<T> {
+        Lanes {
+            lanes: Default::default(),
+            capacity,
+            streak: 0,
+        }
+    }
+
+    /// Items waiting in all lanes.
+    pub fn len(&self) -> usize {
+        self.lanes.iter().map(VecDeque::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.lanes.iter().all(VecDeque::is_empty)
+    }
+
+    fn class_len(&self, p: Precedence) -> usize {
+        let range = if p.is_time_sensitive() { 0..3 } else { 3..5 };
+        self.lanes[range].iter().map(VecDeque::len).sum()
+    }
+
+    /// Whether an item of this precedence would be accepted now.
+    pub fn has_room(&self, p: Precedence) -> bool {
+        self.class_len(p) < self.capacity
+    }
+
+    /// Appends an item to its lane.
+    ///
+    /// # Errors
+    /// [`Full`] when the item's traffic class is at capacity; nothing is queued.
+    pub fn push(&mut self, entry: Entry<T>) -> Result<(), Full> {
+        if !self.has_room(entry.precedence) {
+            return Err(Full);
+        }
+        self.lanes[index(entry.precedence)].push_back(entry);
+        Ok(())
+    }
+
+    /// Appends an item whatever the bound: for an item whose room was checked with
+    /// [`Lanes::has_room`] just before, when concurrent producers may have taken it meanwhile.
+    pub fn push_checked(&mut self, entry: Entry<T>) {
+        self.lanes[index(entry.precedence)].push_back(entry);
+    }
+
+    /// Puts an item back at the head of its lane (a failed delivery), ignoring the bound: the item
+    /// was already counted when it was accepted.
+    pub fn requeue(&mut self, entry: Entry<T>) {
+        self.lanes[index(entry.precedence)].push_front(entry);
+    }
+
+    /// Takes the next item to serve at `now`, and every expired item met on the way.
+    pub fn pop(&mut self, now: SystemTime) -> Popped<T> {
+        let mut expired = Vec::new();
+        for lane in &mut self.lanes {
+            while lane.front().is_some_and(|e| e.expires_at <= now) {
+                expired.extend(lane.pop_front());
+            }
+        }
+        let Some(top) = self.lanes.iter().position(|l| !l.is_empty()) else {
+            self.streak = 0;
+            return Popped {
+                next: None,
+                expired,
+            };
+        };
+        let lower = (top + 1..5).find(|&i| !self.lanes[i].is_empty());
+        let pick = match lower {
+            Some(low) if self.streak >= SHARE_EVERY => {
+                self.streak = 0;
+                low
+            }
+            Some(_) => {
+                self.streak += 1;
+                top
+            }
+            None => {
+                self.streak = 0;
+                top
+            }
+        };
+        Popped {
+            next: self.lanes[pick].pop_front(),
+            expired,
+        }
+    }
+
+    /// Removes and returns every expired item, wherever it waits.
+    pub fn drain_expired(&mut self, now: SystemTime) -> Vec<Entry<T>> {
+        let mut out = Vec::new();
+        for lane in &mut self.lanes {
+            let (keep, gone): (VecDeque<_>, VecDeque<_>) =
+                lane.drain(..).partition(|e| e.expires_at > now);
+            *lane = keep;
+            out.extend(gone);
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use super::*;
+
+    fn t(s: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(s)
+    }
+
+    fn e(p: Precedence, item: u32) -> Entry<u32> {
+        Entry {
+            precedence: p,
+            expires_at: t(100),
+            item,
+        }
+    }
+
+    fn take(q: &mut Lanes<u32>) -> Option<u32> {
+        q.pop(t(1)).next.map(|e| e.item)
+    }
+
+    #[test]
+    fn strict_precedence() {
+        let mut q = Lanes::new(10);
+        q.push(e(Precedence::Bulk, 1)).unwrap();
+        q.push(e(Precedence::Routine, 2)).unwrap();
+        q.push(e(Precedence::Flash, 3)).unwrap();
+        q.push(e(Precedence::Priority, 4)).unwrap();
+        q.push(e(Precedence::Flash, 5)).unwrap();
+        let order: Vec<u32> = std::iter::from_fn(|| take(&mut q)).collect();
+        assert_eq!(order, vec![3, 5, 4, 2, 1]);
+    }
+
+    #[test]
+    fn lower_lanes_get_a_minimum_share() {
+        let mut q = Lanes::new(1000);
+        for i in 0..100 {
+            q.push(e(Precedence::Flash, i)).unwrap();
+        }
+        q.push(e(Precedence::Bulk, 999)).unwrap();
+        let pos = std::iter::from_fn(|| take(&mut q)).position(|i| i == 999);
+        assert_eq!(pos, Some(SHARE_EVERY as usize));
+    }
+
+    #[test]
+    fn full_analytical_queue_still_takes_flash() {
+        let mut q = Lanes::new(2);
+        q.push(e(Precedence::Bulk, 1)).unwrap();
+        q.push(e(Precedence::Routine, 2)).unwrap();
+        assert_eq!(q.push(e(Precedence::Bulk, 3)), Err(Full));
+        q.push(e(Precedence::Flash, 4)).unwrap();
+        assert_eq!(q.len(), 3);
+    }
+
+    #[test]
+    fn expired_items_are_returned_not_served() {
+        let mut q = Lanes::new(10);
+        q.push(Entry {
+            precedence: Precedence::Flash,
+            expires_at: t(5),
+            item: 1,
+        })
+        .unwrap();
+        q.push(e(Precedence::Bulk, 2)).unwrap();
+        let p = q.pop(t(6));
+        assert_eq!(p.next.map(|e| e.item), Some(2));
+        assert_eq!(p.expired.len(), 1);
+        q.push(Entry {
+            precedence: Precedence::Bulk,
+            expires_at: t(5),
+            item: 3,
+        })
+        .unwrap();
+        q.push(e(Precedence::Bulk, 4)).unwrap();
+        assert_eq!(q.drain_expired(t(6)).len(), 1);
+        assert_eq!(q.len(), 1);
+    }
+
+    #[test]
+    fn requeue_goes_to_the_head() {
+        let mut q = Lanes::new(10);
+        q.push(e(Precedence::Routine, 1)).unwrap();
+        let first = q.pop(t(1)).next.unwrap();
+        q.push(e(Precedence::Routine, 2)).unwrap();
+        q.requeue(first);
+        assert_eq!(take(&mut q), Some(1));
+    }
+}

@@ -1,0 +1,211 @@
+//! Links to peer nodes: dial, prove the peer is who the peer table says, forward the outbox.
+//!
+//! One task per configured peer. It waits for the peer's outbox to hold something, connects
+//! (with jittered exponential backoff after failures), checks the peer's certificate identity
+//! against the peer table, and forwards up to [`WINDOW`] messages at a time, each on its own
+//! stream. The relay forwards the originator's exact envelope bytes and signature, appending only
+//! its hop record. A copy the peer refuses for good is dropped with an event; anything else
+//! (connection loss, QUEUE_FULL, SHUTTING_DOWN) goes back to the head of its lane.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use quinn::{Connection, Endpoint};
+use rustls_pki_types::CertificateDer;
+use tokio::sync::Semaphore;
+
+use super::Node;
+use super::events::Event;
+use super::queue::{Item, Queue};
+use crate::client::stream_priority;
+use crate::config::Peer;
+use crate::identity::{self, Role};
+use crate::lanes::Entry;
+use crate::message::timestamp;
+use crate::session::{self, ConnectError, SubmitError};
+use crate::tls;
+use crate::wire::pb::{self, RefusalCode};
+
+/// Unacknowledged forwards per peer link.
+pub const WINDOW: usize = 64;
+
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+pub(super) async fn run(node: Arc<Node>, endpoint: Endpoint, peer: Peer) {
+    let outbox = node.outboxes[&peer.node].clone();
+    let slots = Arc::new(Semaphore::new(WINDOW));
+    let mut backoff = BACKOFF_MIN;
+    // Only state changes are recorded: a peer that stays down is not logged at every retry.
+    let mut was_down = false;
+    loop {
+        let conn = match connect(&node, &endpoint, &peer).await {
+            Ok(c) => {
+                backoff = BACKOFF_MIN;
+                node.events.record(Event::Link {
+                    peer: peer.node.clone(),
+                    state: "up",
+                    detail: peer.address.to_string(),
+                });
+                c
+            }
+            Err(e) => {
+                if !was_down {
+                    node.events.record(Event::Link {
+                        peer: peer.node.clone(),
+                        state: "down",
+                        detail: e.to_string(),
+                    });
+                    was_down = true;
+                }
+                tokio::time::sleep(jitter(backoff)).await;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                continue;
+            }
+        };
+        forward_while_up(&node, &conn, &outbox, &peer, &slots).await;
+        was_down = true;
+        node.events.record(Event::Link {
+            peer: peer.node.clone(),
+            state: "down",
+            detail: conn
+                .close_reason()
+                .map(|r| r.to_string())
+                .unwrap_or_else(|| "closed".into()),
+        });
+    }
+}
+
+async fn forward_while_up(
+    node: &Arc<Node>,
+    conn: &Connection,
+    outbox: &Arc<Queue>,
+    peer: &Peer,
+    slots: &Arc<Semaphore>,
+) {
+    loop {
+        let permit = tokio::select! {
+            // The semaphore is never closed.
+            p = slots.clone().acquire_owned() => p.expect("semaphore never closed"),
+            _ = conn.closed() => return,
+        };
+        let entry = tokio::select! {
+            e = outbox.pop() => e,
+            _ = conn.closed() => return,
+        };
+        let (node, conn, outbox, peer) = (
+            node.clone(),
+            conn.clone(),
+            outbox.clone(),
+            peer.node.clone(),
+        );
+        tokio::spawn(async move {
+            forward_one(&node, &conn, &outbox, &peer, entry).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn forward_one(
+    node: &Node,
+    conn: &Connection,
+    outbox: &Queue,
+    peer: &str,
+    entry: Entry<Item>,
+) {
+    let id = entry.item.id;
+    let mut signed = (*entry.item.signed).clone();
+    signed.hops.push(pb::HopRecord {
+        node: node.config.name.clone(),
+        agency: node.config.agency.to_string(),
+        received_at: Some(timestamp(entry.item.received_at)),
+        forwarded_at: Some(timestamp(SystemTime::now())),
+    });
+    match session::submit(conn, signed, stream_priority(entry.precedence)).await {
+        Ok(_) => node.events.record(Event::Forwarded {
+            id,
+            peer: peer.to_owned(),
+        }),
+        Err(SubmitError::Refused {
+            code: RefusalCode::QueueFull | RefusalCode::ShuttingDown,
+            ..
+        }) => {
+            outbox.requeue(entry);
+        }
+        Err(SubmitError::Refused { code, reason, .. }) => {
+            node.events.record(Event::ForwardRefused {
+                id,
+                peer: peer.to_owned(),
+                code,
+                reason,
+            })
+        }
+        Err(e) => {
+            tracing::debug!(%id, peer, error = %e, "forward failed; requeued");
+            outbox.requeue(entry);
+        }
+    }
+}
+
+/// Dials a peer and checks that its certificate names exactly the node the peer table expects.
+async fn connect(
+    node: &Node,
+    endpoint: &Endpoint,
+    peer: &Peer,
+) -> Result<Connection, ConnectError> {
+    let config = tls::quic_client_config(
+        node.tls
+            .client_config()
+            .map_err(|e| ConnectError::Handshake(e.to_string()))?,
+    )
+    .map_err(|e| ConnectError::Handshake(e.to_string()))?;
+    let hello = pb::Hello {
+        protocol_version: crate::wire::PROTOCOL_VERSION,
+        role: pb::Role::Node as i32,
+        subscribe: false,
+        unit: String::new(),
+    };
+    let session = session::dial(
+        endpoint,
+        config,
+        peer.address,
+        &peer.server_name,
+        hello,
+        node.config.limits.handshake_timeout,
+    )
+    .await?;
+    let conn = session.connection;
+    let chain = conn
+        .peer_identity()
+        .and_then(|a| a.downcast::<Vec<CertificateDer<'static>>>().ok())
+        .ok_or_else(|| ConnectError::WrongPeer("no certificate".into()))?;
+    let cert = identity::from_certificate(&chain[0], &node.config.trust_domain)
+        .map_err(|e| ConnectError::WrongPeer(e.to_string()))?;
+    let id = &cert.identity;
+    if id.role != Role::Node || id.agency != peer.agency || id.name != peer.node {
+        conn.close(0u32.into(), b"unexpected peer identity");
+        return Err(ConnectError::WrongPeer(format!(
+            "{} presented {id}, the peer table expects {}/node/{}",
+            peer.address, peer.agency, peer.node
+        )));
+    }
+    // Keep the control stream open for the life of the link.
+    let control = session.control;
+    tokio::spawn({
+        let conn = conn.clone();
+        async move {
+            conn.closed().await;
+            drop(control);
+        }
+    });
+    Ok(conn)
+}
+
+/// Up to ±25 % of the delay, so that many nodes do not retry in step.
+fn jitter(d: Duration) -> Duration {
+    let mut b = [0u8; 2];
+    // Without randomness the delay is simply not jittered.
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
+    let frac = f64::from(u16::from_be_bytes(b)) / f64::from(u16::MAX); // 0..=1
+    d.mul_f64(0.75 + 0.5 * frac)
+}

@@ -1,0 +1,253 @@
+//! The node daemon's runtime: state shared by connection handlers, delivery loops and peer links.
+//!
+//! Thin async glue. Decisions are made by the sans-I/O core (`policy`, `validate`, `route`,
+//! `lanes`); this module owns the sockets, the tasks and shutdown. Messages wait in memory
+//! ([`queue::Queue`]); the durable store replaces that (see ARCHITECTURE.md).
+
+mod deliver;
+pub mod events;
+mod link;
+mod queue;
+mod server;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use tokio::task::JoinSet;
+
+use crate::config::Config;
+use crate::identity::{self, PeerCert};
+use crate::lanes::Entry;
+use crate::tls::{self, TlsError, TlsMaterial};
+pub use events::Event;
+use events::Events;
+use queue::{Item, Queue};
+
+/// Why a node could not start or stopped abnormally.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("the node's own certificate is unusable: {0}")]
+    OwnCertificate(String),
+}
+
+/// Largest number of hops any message may take, whatever its own policy says.
+pub const MAX_HOPS: u32 = 8;
+
+/// State shared by every task of a running node.
+pub(crate) struct Node {
+    config: Config,
+    me: PeerCert,
+    tls: TlsMaterial,
+    events: Events,
+    /// Mailboxes of this node's agency, by unit ("" is the agency inbox). Created on first use.
+    mailboxes: Mutex<HashMap<String, Arc<Queue>>>,
+    /// One outbox per peer node, by node name; fixed at start.
+    outboxes: HashMap<String, Arc<Queue>>,
+    shutting_down: AtomicBool,
+}
+
+impl Node {
+    fn mailbox(&self, unit: &str) -> Arc<Queue> {
+        let mut m = self.mailboxes.lock().expect("mailbox map lock poisoned");
+        m.entry(unit.to_owned())
+            .or_insert_with(|| {
+                let name = if unit.is_empty() {
+                    format!("mailbox:{}", self.config.agency)
+                } else {
+                    format!("mailbox:{}/{unit}", self.config.agency)
+                };
+                Queue::new(name, self.config.limits.queue_capacity, self.events.clone())
+            })
+            .clone()
+    }
+
+    fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Acquire)
+    }
+
+    /// True when nothing waits in any queue.
+    fn drained(&self) -> bool {
+        let mailboxes_empty = self
+            .mailboxes
+            .lock()
+            .expect("mailbox map lock poisoned")
+            .values()
+            .all(|q| q.is_empty());
+        mailboxes_empty && self.outboxes.values().all(|q| q.is_empty())
+    }
+
+    fn sweep(&self, now: SystemTime) {
+        let mailboxes: Vec<_> = self
+            .mailboxes
+            .lock()
+            .expect("mailbox map lock poisoned")
+            .values()
+            .cloned()
+            .collect();
+        for q in mailboxes.iter().chain(self.outboxes.values()) {
+            q.sweep(now);
+        }
+    }
+}
+
+/// A node started in this process (tests, the demo): its address, events and a stop handle.
+pub struct RunningNode {
+    pub addr: SocketAddr,
+    events: Events,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RunningNode {
+    /// Observes the node's lifecycle events from now on.
+    pub fn events(&self) -> tokio::sync::broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    /// Stops the node gracefully and waits for it.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        let _ = (&mut self.task).await;
+    }
+}
+
+/// Starts a node in the background.
+pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let (node, endpoint) = bind(config)?;
+    let addr = endpoint
+        .local_addr()
+        .map_err(|e| NodeError::Tls(TlsError::Verifier(e.to_string())))?;
+    let events = node.events.clone();
+    let task = tokio::spawn(serve(node, endpoint, async {
+        let _ = rx.await;
+    }));
+    Ok(RunningNode {
+        addr,
+        events,
+        stop: Some(tx),
+        task,
+    })
+}
+
+/// Runs a node until `shutdown` completes, then drains and closes.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), NodeError> {
+    let (node, endpoint) = bind(config)?;
+    serve(node, endpoint, shutdown).await;
+    Ok(())
+}
+
+/// Loads the node's TLS material and checks its certificate against the config, without binding
+/// anything (`enlaced --check-config`).
+pub fn check(config: &Config) -> Result<(TlsMaterial, PeerCert), NodeError> {
+    let tls = TlsMaterial::load(
+        &config.tls.cert,
+        &config.tls.key,
+        &config.tls.ca,
+        &config.tls.crls,
+    )?;
+    let me = identity::from_certificate(&tls.chain[0], &config.trust_domain)
+        .map_err(|e| NodeError::OwnCertificate(e.to_string()))?;
+    if me.identity.role != identity::Role::Node
+        || me.identity.agency != config.agency
+        || me.identity.name != config.name
+    {
+        return Err(NodeError::OwnCertificate(format!(
+            "certificate is {} but the config says node {}/{}",
+            me.identity, config.agency, config.name
+        )));
+    }
+    // Building the server config also checks that the key matches the certificate.
+    tls.server_config()?;
+    Ok((tls, me))
+}
+
+/// Checks the config's TLS material and binds the node's socket.
+fn bind(config: Config) -> Result<(Arc<Node>, quinn::Endpoint), NodeError> {
+    let (tls, me) = check(&config)?;
+    let server = tls::quic_server_config(tls.server_config()?)?;
+    let endpoint = tls::endpoint(config.listen, Some(server))?;
+    let events = Events::new(&config.name);
+    let outboxes = config
+        .peers
+        .keys()
+        .map(|name| {
+            let q = Queue::new(
+                format!("outbox:{name}"),
+                config.limits.queue_capacity,
+                events.clone(),
+            );
+            (name.clone(), q)
+        })
+        .collect();
+    let node = Arc::new(Node {
+        config,
+        me,
+        tls,
+        events,
+        mailboxes: Mutex::new(HashMap::new()),
+        outboxes,
+        shutting_down: AtomicBool::new(false),
+    });
+    Ok((node, endpoint))
+}
+
+async fn serve(node: Arc<Node>, endpoint: quinn::Endpoint, shutdown: impl Future<Output = ()>) {
+    tracing::info!(
+        node = %node.config.name,
+        agency = %node.config.agency,
+        addr = %endpoint.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        peers = node.config.peers.len(),
+        "node listening"
+    );
+    let mut tasks = JoinSet::new();
+    for peer in node.config.peers.values() {
+        tasks.spawn(link::run(node.clone(), endpoint.clone(), peer.clone()));
+    }
+    let sweeper = node.clone();
+    tasks.spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            sweeper.sweep(SystemTime::now());
+        }
+    });
+    let acceptor = tokio::spawn(server::accept(node.clone(), endpoint.clone()));
+    shutdown.await;
+
+    tracing::info!(node = %node.config.name, "shutting down: refusing new work, draining");
+    node.shutting_down.store(true, Ordering::Release);
+    acceptor.abort();
+    let deadline = tokio::time::Instant::now() + node.config.limits.shutdown_grace;
+    while !node.drained() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if !node.drained() {
+        tracing::warn!(node = %node.config.name, "grace period over with messages still queued");
+    }
+    tasks.abort_all();
+    endpoint.close(0u32.into(), b"node shutting down");
+    let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+    tracing::info!(node = %node.config.name, "stopped");
+}
+
+/// Queues one copy of a message for a consumer.
+fn entry(
+    item: Item,
+    precedence: crate::message::Precedence,
+    expires_at: SystemTime,
+) -> Entry<Item> {
+    Entry {
+        precedence,
+        expires_at,
+        item,
+    }
+}

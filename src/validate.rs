@@ -1,0 +1,320 @@
+//! Admission of submitted envelopes: the checks a node makes before it takes responsibility.
+//!
+//! Sans-I/O: a pure function of the signed envelope, who sent it (from its verified certificate),
+//! the node's own identity and the current time. It returns either an [`Admitted`] message or a
+//! [`Refusal`] with a code and a reason the sender can act on. Routing is decided elsewhere
+//! ([`crate::route`]).
+
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use prost::Message;
+
+use crate::identity::{AgencyId, PeerCert, Role};
+use crate::message::{MessageId, Precedence, system_time};
+use crate::signature;
+use crate::wire::pb::{self, RefusalCode};
+
+/// A refusal: a code for programs and a reason for people.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub code: RefusalCode,
+    pub reason: String,
+}
+
+impl Refusal {
+    pub fn new(code: RefusalCode, reason: impl Into<String>) -> Refusal {
+        Refusal {
+            code,
+            reason: reason.into(),
+        }
+    }
+
+    /// The wire form, with the message id when known.
+    pub fn to_pb(&self, id: Option<MessageId>) -> pb::Refused {
+        pb::Refused {
+            code: self.code as i32,
+            reason: self.reason.clone(),
+            message_id: id.map(MessageId::to_bytes).unwrap_or_default(),
+            retry_after_ms: 0,
+        }
+    }
+}
+
+/// A message the node may take responsibility for.
+#[derive(Debug, Clone)]
+pub struct Admitted {
+    pub id: MessageId,
+    pub precedence: Precedence,
+    pub expires_at: SystemTime,
+    /// Addressee agencies, in order, without duplicates.
+    pub addressees: Vec<(AgencyId, String)>,
+    /// The decoded envelope (read-only; the signed bytes are in `signed`).
+    pub envelope: pb::Envelope,
+    /// The signed envelope as received, with its exact envelope bytes.
+    pub signed: pb::SignedEnvelope,
+}
+
+/// The node doing the admitting.
+pub struct NodeContext<'a> {
+    pub agency: &'a AgencyId,
+    pub node: &'a str,
+    /// Largest hop count the node itself allows, whatever the envelope says.
+    pub max_hops: u32,
+}
+
+/// Checks a submitted envelope.
+///
+/// From a client: the originator must be the client itself at this node, and the signature must
+/// verify against the client's certificate. From a peer node: the envelope must carry a signature
+/// (end-to-end verification of originators at relays needs a certificate directory, see
+/// ARCHITECTURE.md) and must not exceed its hop limit.
+pub fn admit(
+    signed: pb::SignedEnvelope,
+    sender: &PeerCert,
+    node: &NodeContext<'_>,
+    now: SystemTime,
+) -> Result<Admitted, (Refusal, Option<MessageId>)> {
+    let invalid = |reason: String| Refusal::new(RefusalCode::Invalid, reason);
+    let env = pb::Envelope::decode(signed.envelope.clone())
+        .map_err(|e| (invalid(format!("envelope bytes do not decode: {e}")), None))?;
+    let id = MessageId::from_slice(&env.message_id)
+        .filter(|id| matches!(id.as_bytes()[6] >> 4, 7 | 8))
+        .ok_or_else(|| (invalid("message_id must be a 16-byte UUIDv7".into()), None))?;
+    let fail = |r: Refusal| (r, Some(id));
+
+    let originator = env
+        .originator
+        .as_ref()
+        .ok_or_else(|| fail(invalid("originator is missing".into())))?;
+    match sender.identity.role {
+        Role::Client | Role::Operator => {
+            let me = &sender.identity;
+            if originator.agency != me.agency.as_str()
+                || originator.client != me.name
+                || originator.node != node.node
+            {
+                return Err(fail(Refusal::new(
+                    RefusalCode::Unauthorized,
+                    format!(
+                        "originator {}/{}@{} does not match the sender's certificate {}/{} at node {}",
+                        originator.agency,
+                        originator.client,
+                        originator.node,
+                        me.agency,
+                        me.name,
+                        node.node
+                    ),
+                )));
+            }
+            signature::verify(
+                &signed.envelope,
+                signed.signature.as_ref(),
+                &sender.sha256,
+                sender.ed25519_public_key.as_deref(),
+            )
+            .map_err(|e| fail(invalid(format!("originator signature: {e}"))))?;
+        }
+        Role::Node => {
+            if AgencyId::new(&originator.agency).is_err() || originator.client.is_empty() {
+                return Err(fail(invalid("originator is incomplete".into())));
+            }
+            if signed.signature.is_none() {
+                return Err(fail(invalid("the envelope is not signed".into())));
+            }
+        }
+    }
+
+    let precedence = Precedence::from_pb(env.precedence())
+        .ok_or_else(|| fail(invalid("precedence is missing or unknown".into())))?;
+    if env.status() == pb::Status::Unspecified {
+        return Err(fail(invalid(
+            "status is missing (ACTUAL, EXERCISE, TEST or SYSTEM)".into(),
+        )));
+    }
+    env.created_at
+        .as_ref()
+        .and_then(system_time)
+        .ok_or_else(|| fail(invalid("created_at is missing".into())))?;
+    let expires_at = env
+        .expires_at
+        .as_ref()
+        .and_then(system_time)
+        .ok_or_else(|| fail(invalid("expires_at is missing".into())))?;
+    if expires_at <= now {
+        return Err(fail(Refusal::new(
+            RefusalCode::Expired,
+            "the message expired before the node accepted it",
+        )));
+    }
+    if env.payload_type.is_empty() {
+        return Err(fail(invalid("payload_type is missing".into())));
+    }
+    let hops = signed.hops.len() as u32;
+    let limit = env
+        .handling
+        .as_ref()
+        .and_then(|h| h.max_hops)
+        .map_or(node.max_hops, |m| m.min(node.max_hops));
+    if hops > limit {
+        return Err(fail(Refusal::new(
+            RefusalCode::Unauthorized,
+            format!("the message has travelled {hops} hops; its limit is {limit}"),
+        )));
+    }
+    if signed.hops.iter().any(|h| h.node == node.node) {
+        return Err(fail(invalid(format!(
+            "routing loop: already passed node {}",
+            node.node
+        ))));
+    }
+
+    let mut addressees: Vec<(AgencyId, String)> = Vec::new();
+    if env.addressees.is_empty() {
+        return Err(fail(invalid("no addressees".into())));
+    }
+    for a in &env.addressees {
+        let agency = AgencyId::new(&a.agency)
+            .map_err(|e| fail(invalid(format!("addressee {:?}: {e}", a.agency))))?;
+        let entry = (agency, a.unit.clone());
+        if !addressees.contains(&entry) {
+            addressees.push(entry);
+        }
+    }
+
+    Ok(Admitted {
+        id,
+        precedence,
+        expires_at,
+        addressees,
+        envelope: env,
+        signed,
+    })
+}
+
+/// Encodes an envelope and signs its exact bytes.
+pub fn seal(env: &pb::Envelope, signer: &signature::Signer) -> pb::SignedEnvelope {
+    let bytes = Bytes::from(env.encode_to_vec());
+    pb::SignedEnvelope {
+        signature: Some(signer.sign(&bytes)),
+        envelope: bytes,
+        hops: Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use super::*;
+    use crate::identity::Identity;
+    use crate::message::Draft;
+
+    struct Fixture {
+        signer: signature::Signer,
+        cert: PeerCert,
+        agency: AgencyId,
+        now: SystemTime,
+    }
+
+    fn fixture() -> Fixture {
+        let rng = ring::rand::SystemRandom::new();
+        let pkcs8 = ring::signature::Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
+        let signer = signature::Signer::from_pkcs8(pkcs8.as_ref(), [1; 32]).unwrap();
+        let cert = PeerCert {
+            identity: Identity {
+                trust_domain: "enlace.test".into(),
+                agency: AgencyId::new("dea").unwrap(),
+                role: Role::Client,
+                name: "duty-desk".into(),
+            },
+            serial: "01".into(),
+            sha256: [1; 32],
+            ed25519_public_key: Some(signer.public_key().to_vec()),
+        };
+        Fixture {
+            signer,
+            cert,
+            agency: AgencyId::new("dea").unwrap(),
+            now: UNIX_EPOCH + Duration::from_secs(1_800_000_000),
+        }
+    }
+
+    fn originator() -> pb::Originator {
+        pb::Originator {
+            agency: "dea".into(),
+            node: "dea-1".into(),
+            client: "duty-desk".into(),
+        }
+    }
+
+    fn draft() -> Draft {
+        Draft::from_raw("enlace.v1.LiaisonMessage".into(), Bytes::new())
+            .to("pgr")
+            .to("afi")
+            .to("pgr")
+            .precedence(Precedence::Flash)
+            .expires_in(Duration::from_secs(60))
+    }
+
+    fn run(f: &Fixture, env: &pb::Envelope) -> Result<Admitted, Refusal> {
+        let ctx = NodeContext {
+            agency: &f.agency,
+            node: "dea-1",
+            max_hops: 8,
+        };
+        admit(seal(env, &f.signer), &f.cert, &ctx, f.now).map_err(|(r, _)| r)
+    }
+
+    #[test]
+    fn admits_a_good_envelope_and_dedups_addressees() {
+        let f = fixture();
+        let a = run(&f, &draft().finish(originator(), f.now)).unwrap();
+        assert_eq!(a.precedence, Precedence::Flash);
+        assert_eq!(a.addressees.len(), 2);
+    }
+
+    #[test]
+    fn refuses_spoofed_originator() {
+        let f = fixture();
+        let mut o = originator();
+        o.client = "someone-else".into();
+        let r = run(&f, &draft().finish(o, f.now)).unwrap_err();
+        assert_eq!(r.code, RefusalCode::Unauthorized);
+    }
+
+    #[test]
+    fn refuses_expired_and_tampered() {
+        let f = fixture();
+        let env = draft().finish(originator(), f.now - Duration::from_secs(120));
+        assert_eq!(run(&f, &env).unwrap_err().code, RefusalCode::Expired);
+
+        let env = draft().finish(originator(), f.now);
+        let mut signed = seal(&env, &f.signer);
+        let mut bytes = signed.envelope.to_vec();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        signed.envelope = bytes.into();
+        let ctx = NodeContext {
+            agency: &f.agency,
+            node: "dea-1",
+            max_hops: 8,
+        };
+        let (r, _) = admit(signed, &f.cert, &ctx, f.now).unwrap_err();
+        assert_eq!(r.code, RefusalCode::Invalid);
+    }
+
+    #[test]
+    fn refuses_missing_fields() {
+        let f = fixture();
+        let mut env = draft().finish(originator(), f.now);
+        env.addressees.clear();
+        assert!(run(&f, &env).unwrap_err().reason.contains("no addressees"));
+        let mut env = draft().finish(originator(), f.now);
+        env.precedence = 0;
+        assert!(run(&f, &env).unwrap_err().reason.contains("precedence"));
+        let mut env = draft().finish(originator(), f.now);
+        env.message_id = Bytes::from_static(b"short");
+        assert!(run(&f, &env).unwrap_err().reason.contains("UUIDv7"));
+    }
+}

@@ -1,0 +1,157 @@
+//! Length-prefixed frames on QUIC streams, with the size limit checked before decoding.
+//!
+//! A frame is a 4-byte big-endian body length followed by an encoded `Frame`. The reader refuses a
+//! length over its limit without reading the body; [`FrameReader::skip`] then discards exactly that
+//! many bytes so a long-lived stream stays in sync, or the caller resets the stream.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use prost::Message;
+use quinn::{RecvStream, SendStream};
+
+use super::pb;
+
+/// Why a frame could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    /// The stream ended cleanly before a frame began.
+    #[error("stream ended")]
+    End,
+    /// The declared length exceeds the receiver's limit; the body has not been read.
+    #[error("frame of {len} bytes exceeds the limit of {max} bytes")]
+    TooLarge { len: u64, max: u64 },
+    /// The body is not a valid `Frame`.
+    #[error("malformed frame: {0}")]
+    Malformed(#[from] prost::DecodeError),
+    /// The stream ended inside a frame.
+    #[error("stream ended inside a frame")]
+    Truncated,
+    #[error("stream read failed: {0}")]
+    Read(#[from] quinn::ReadError),
+    #[error("stream write failed: {0}")]
+    Write(#[from] quinn::WriteError),
+}
+
+impl FrameError {
+    /// The refusal a node sends back for this error, if the peer deserves one.
+    pub fn refusal(&self) -> Option<pb::Refused> {
+        let code = match self {
+            FrameError::TooLarge { .. } => pb::RefusalCode::TooLarge,
+            FrameError::Malformed(_) | FrameError::Truncated => pb::RefusalCode::Malformed,
+            _ => return None,
+        };
+        Some(pb::Refused {
+            code: code as i32,
+            reason: self.to_string(),
+            ..Default::default()
+        })
+    }
+}
+
+/// Encodes a frame with its length prefix.
+pub fn encode(frame: &pb::Frame) -> Bytes {
+    let len = frame.encoded_len();
+    let mut buf = BytesMut::with_capacity(4 + len);
+    buf.put_u32(len as u32);
+    // Encoding into a buffer with enough capacity cannot fail.
+    frame.encode(&mut buf).expect("capacity reserved");
+    buf.freeze()
+}
+
+/// Writes one frame.
+pub async fn write(send: &mut SendStream, frame: &pb::Frame) -> Result<(), FrameError> {
+    send.write_all(&encode(frame)).await?;
+    Ok(())
+}
+
+/// Wraps a body into a frame and writes it.
+pub async fn write_body(send: &mut SendStream, body: pb::frame::Body) -> Result<(), FrameError> {
+    write(send, &pb::Frame { body: Some(body) }).await
+}
+
+/// Reads frames from a stream, each at most `max` bytes.
+pub struct FrameReader {
+    recv: RecvStream,
+    max: u64,
+}
+
+impl FrameReader {
+    pub fn new(recv: RecvStream, max: u64) -> FrameReader {
+        FrameReader { recv, max }
+    }
+
+    /// Reads the next frame.
+    ///
+    /// # Errors
+    /// [`FrameError::End`] when the stream finished between frames; [`FrameError::TooLarge`]
+    /// when the declared length exceeds the limit (the body is left unread: call
+    /// [`FrameReader::skip`] to stay in sync); [`FrameError::Malformed`] for an undecodable body.
+    ///
+    /// # Cancel safety
+    /// Not cancel safe: a cancelled read may leave part of a frame consumed.
+    pub async fn read(&mut self) -> Result<pb::Frame, FrameError> {
+        let body = self.read_raw().await?;
+        Ok(pb::Frame::decode(body)?)
+    }
+
+    /// Reads the next frame's body without decoding it.
+    pub async fn read_raw(&mut self) -> Result<Bytes, FrameError> {
+        let mut len = [0u8; 4];
+        match self.recv.read_exact(&mut len).await {
+            Ok(()) => {}
+            Err(quinn::ReadExactError::FinishedEarly(0)) => return Err(FrameError::End),
+            Err(quinn::ReadExactError::FinishedEarly(_)) => return Err(FrameError::Truncated),
+            Err(quinn::ReadExactError::ReadError(e)) => return Err(e.into()),
+        }
+        let len = u64::from(u32::from_be_bytes(len));
+        if len > self.max {
+            return Err(FrameError::TooLarge { len, max: self.max });
+        }
+        let mut body = vec![0u8; len as usize];
+        match self.recv.read_exact(&mut body).await {
+            Ok(()) => Ok(Bytes::from(body)),
+            Err(quinn::ReadExactError::FinishedEarly(_)) => Err(FrameError::Truncated),
+            Err(quinn::ReadExactError::ReadError(e)) => Err(e.into()),
+        }
+    }
+
+    /// Discards `len` bytes (the body of a frame refused as too large).
+    pub async fn skip(&mut self, mut len: u64) -> Result<(), FrameError> {
+        let mut scratch = [0u8; 16 * 1024];
+        while len > 0 {
+            let n = (scratch.len() as u64).min(len) as usize;
+            match self.recv.read(&mut scratch[..n]).await? {
+                Some(read) => len -= read as u64,
+                None => return Err(FrameError::Truncated),
+            }
+        }
+        Ok(())
+    }
+
+    /// The underlying stream, e.g. to stop it.
+    pub fn stream(&mut self) -> &mut RecvStream {
+        &mut self.recv
+    }
+
+    /// Gives the stream back.
+    pub fn into_inner(self) -> RecvStream {
+        self.recv
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encode_prefixes_length() {
+        let f = pb::Frame {
+            body: Some(pb::frame::Body::Ack(pb::Ack {
+                message_id: Bytes::from_static(&[7; 16]),
+            })),
+        };
+        let b = encode(&f);
+        let len = u32::from_be_bytes(b[..4].try_into().unwrap()) as usize;
+        assert_eq!(len, b.len() - 4);
+        assert_eq!(pb::Frame::decode(&b[4..]).unwrap(), f);
+    }
+}
