@@ -86,9 +86,11 @@ pub(super) async fn run(a: DemoArgs) -> Result<(), Failure> {
     }
 
     let result = play(&net, &a).await;
+    let mut stopping = JoinSet::new();
     for n in nodes {
-        n.stop().await;
+        stopping.spawn(n.stop());
     }
+    while stopping.join_next().await.is_some() {}
     if a.data_dir.is_some() {
         println!(
             "\nKept {} (configs in config/, start a node with: enlaced --config <file>)",

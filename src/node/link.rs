@@ -38,8 +38,15 @@ pub(super) async fn run(node: Arc<Node>, endpoint: Endpoint, peer: Peer) {
     let mut backoff = BACKOFF_MIN;
     // Only state changes are recorded: a peer that stays down is not logged at every retry.
     let mut was_down = false;
+    let wake = node.link_wake[&peer.node].clone();
     loop {
-        let conn = match connect(&node, &endpoint, &peer).await {
+        // A connection from the peer means it is up: abandon a dial that may be waiting for a
+        // node that was not listening yet, and dial again at once.
+        let dialed = tokio::select! {
+            r = connect(&node, &endpoint, &peer) => r,
+            _ = wake.notified() => continue,
+        };
+        let conn = match dialed {
             Ok(c) => {
                 backoff = BACKOFF_MIN;
                 node.events.record(Event::Link {
@@ -58,7 +65,10 @@ pub(super) async fn run(node: Arc<Node>, endpoint: Endpoint, peer: Peer) {
                     });
                     was_down = true;
                 }
-                tokio::time::sleep(jitter(backoff)).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(jitter(backoff)) => {}
+                    _ = wake.notified() => backoff = BACKOFF_MIN,
+                }
                 backoff = (backoff * 2).min(BACKOFF_MAX);
                 continue;
             }

@@ -49,6 +49,8 @@ pub(crate) struct Node {
     mailboxes: Mutex<HashMap<String, Arc<Queue>>>,
     /// One outbox per peer node, by node name; fixed at start.
     outboxes: HashMap<String, Arc<Queue>>,
+    /// Wakes a peer's link when that peer connects to us: it is up, so stop backing off.
+    link_wake: HashMap<String, Arc<tokio::sync::Notify>>,
     shutting_down: AtomicBool,
 }
 
@@ -188,7 +190,13 @@ fn bind(config: Config) -> Result<(Arc<Node>, quinn::Endpoint), NodeError> {
             (name.clone(), q)
         })
         .collect();
+    let link_wake = config
+        .peers
+        .keys()
+        .map(|name| (name.clone(), Arc::new(tokio::sync::Notify::new())))
+        .collect();
     let node = Arc::new(Node {
+        link_wake,
         config,
         me,
         tls,
@@ -235,7 +243,7 @@ async fn serve(node: Arc<Node>, endpoint: quinn::Endpoint, shutdown: impl Future
     }
     tasks.abort_all();
     endpoint.close(0u32.into(), b"node shutting down");
-    let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
     tracing::info!(node = %node.config.name, "stopped");
 }
 

@@ -38,6 +38,14 @@ async fn handle(node: Arc<Node>, incoming: quinn::Incoming) {
     let remote = incoming.remote_address();
     let conn = match incoming.await {
         Ok(c) => c,
+        // The other side gave up on its own (e.g. a peer abandoning a dial): not a refusal.
+        Err(
+            e @ (quinn::ConnectionError::ConnectionClosed(_)
+            | quinn::ConnectionError::ApplicationClosed(_)),
+        ) => {
+            tracing::debug!(%remote, error = %e, "connection abandoned during the handshake");
+            return;
+        }
         Err(e) => {
             node.events.record(Event::ConnectionRefused {
                 remote,
@@ -89,6 +97,11 @@ async fn handle(node: Arc<Node>, incoming: quinn::Incoming) {
     // The control stream stays open; its end (or the connection's) ends the session.
     drop(recv);
     let _keep_open = send;
+    if let Authorized::Peer { node: peer } = &auth
+        && let Some(wake) = node.link_wake.get(peer)
+    {
+        wake.notify_one();
+    }
     let from_peer = matches!(auth, Authorized::Peer { .. });
     if let Authorized::Client {
         subscribe: true,

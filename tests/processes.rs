@@ -1,0 +1,275 @@
+//! The real binaries: `enlaced` as a separate process (config checks, serving, SIGTERM) and the
+//! `enlace` CLI sending and reading messages.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::{TestNet, certs, within};
+use enlace::network::LocalNetwork;
+
+const ENLACED: &str = env!("CARGO_BIN_EXE_enlaced");
+const ENLACE: &str = env!("CARGO_BIN_EXE_enlace");
+
+#[test]
+fn check_config_names_the_bad_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = LocalNetwork::mesh(dir.path(), &certs(), &["dea", "pgr"]).unwrap();
+    let good = net.config_path("dea-1");
+
+    let out = Command::new(ENLACED)
+        .args(["--check-config", "--config"])
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .contains("configuration is valid (node dea/node/dea-1)")
+    );
+
+    let text = std::fs::read_to_string(&good).unwrap();
+    for (from, to, key) in [
+        (
+            "listen = \"127.0.0.1:",
+            "listen = \"localhost:",
+            "node.listen",
+        ),
+        (
+            "[log]\nformat = \"human\"",
+            "[log]\nformat = \"xml\"",
+            "[log] format",
+        ),
+        ("agency = \"pgr\"", "agency = \"dea\"", "peers[0].serves"),
+    ] {
+        let bad = dir.path().join("bad.toml");
+        std::fs::write(&bad, text.replacen(from, to, 1)).unwrap();
+        let out = Command::new(ENLACED)
+            .args(["--check-config", "--config"])
+            .arg(&bad)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{key}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(key), "error for {key} should name it: {err}");
+    }
+
+    // A certificate that is not the configured node's is refused at start too.
+    let bad = dir.path().join("wrong-cert.toml");
+    std::fs::write(&bad, text.replace("nodes/dea/dea-1", "nodes/pgr/pgr-1")).unwrap();
+    let out = Command::new(ENLACED)
+        .args(["--check-config", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("the config says node dea/dea-1"));
+}
+
+/// Starts `enlaced` and waits until it logs that it listens.
+fn spawn_daemon(config: &std::path::Path) -> (Child, std::sync::mpsc::Receiver<String>) {
+    let mut child = Command::new(ENLACED)
+        .arg("--config")
+        .arg(config)
+        .env("NO_COLOR", "1")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("enlaced did not start");
+        if line.contains("node listening") {
+            return (child, rx);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemon_serves_and_stops_cleanly_on_sigterm() {
+    // pgr-1 runs as a separate enlaced process; dea-1 runs in this process.
+    let dir = tempfile::tempdir().unwrap();
+    let net = LocalNetwork::mesh(dir.path(), &certs(), &["dea", "pgr"]).unwrap();
+    let (mut daemon, logs) = spawn_daemon(&net.config_path("pgr-1"));
+    let dea = net.start("dea-1").await.unwrap();
+
+    let pgr = enlace::Client::connect(
+        net.client_options("pgr", "duty-desk")
+            .unwrap()
+            .subscribe(""),
+    )
+    .await
+    .unwrap();
+    let sender = enlace::Client::connect(net.client_options("dea", "duty-desk").unwrap())
+        .await
+        .unwrap();
+    let body = enlace::wire::pb::LiaisonMessage::default();
+    let acc = sender
+        .send(enlace::Draft::new(&body).to("pgr"))
+        .await
+        .unwrap();
+    let d = within("delivery via the daemon", pgr.inbox().unwrap().next())
+        .await
+        .unwrap();
+    assert_eq!(d.id, acc.id);
+    d.ack().await.unwrap();
+
+    let pid = daemon.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = tokio::task::spawn_blocking(move || daemon.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "enlaced exited with {status}");
+    let rest: Vec<String> = logs.try_iter().collect();
+    assert!(
+        rest.iter().any(|l| l.contains("SIGTERM received")),
+        "{rest:#?}"
+    );
+    assert!(rest.iter().any(|l| l.contains("stopped")), "{rest:#?}");
+    dea.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_sends_a_typed_alert_from_json_and_reads_the_inbox() {
+    let net = TestNet::mesh(&["dea", "pgr"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let payload = dir.path().join("alert.json");
+    std::fs::write(
+        &payload,
+        r#"{"kind": "PRECURSOR_ALERT_KIND_SUSPICIOUS_SHIPMENT",
+            "chemicals": [{"nameAsLabelled": "Pseudoephedrine HCl", "casNumber": "345-78-8",
+                           "quantity": {"value": "1200", "unit": "kg"}}],
+            "requestedAction": "PRECURSOR_REQUESTED_ACTION_INTERCEPT"}"#,
+    )
+    .unwrap();
+    let env = |agency: &str, client: &str| {
+        let o = net.options(agency, client);
+        let c = certs().join(format!("clients/{agency}/{client}"));
+        vec![
+            ("ENLACE_NODE", o.node.to_string()),
+            ("ENLACE_SERVER_NAME", o.server_name),
+            ("ENLACE_CERT", format!("{}.pem", c.display())),
+            ("ENLACE_KEY", format!("{}.key.pem", c.display())),
+            (
+                "ENLACE_CA",
+                certs().join("ca/root.pem").display().to_string(),
+            ),
+        ]
+    };
+    let run = |args: &[&str], envs: Vec<(&str, String)>| {
+        let mut cmd = tokio::process::Command::new(ENLACE);
+        cmd.args(args).envs(envs);
+        async move { cmd.output().await.unwrap() }
+    };
+
+    let out = run(
+        &[
+            "send",
+            "--to",
+            "pgr",
+            "--precedence",
+            "flash",
+            "--expires-in",
+            "2h",
+            "--type",
+            "PrecursorChemicalAlert",
+            "--payload",
+            payload.to_str().unwrap(),
+            "--json",
+        ],
+        env("dea", "duty-desk"),
+    )
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let accepted: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id = accepted["accepted"].as_str().unwrap().to_owned();
+
+    let out = run(
+        &["inbox", "--json", "--count", "1", "--idle", "10s"],
+        env("pgr", "duty-desk"),
+    )
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(line["id"], id.as_str());
+    assert_eq!(line["precedence"], "FLASH");
+    assert_eq!(line["from"], "dea/duty-desk");
+    assert_eq!(line["payload"]["chemicals"][0]["casNumber"], "345-78-8");
+    assert_eq!(line["hops"], serde_json::json!(["dea/dea-1", "pgr/pgr-1"]));
+
+    // Exit codes: unknown recipient is a refusal (4); a bad payload file is a failure (1);
+    // an expired certificate cannot connect (3).
+    let out = run(
+        &["send", "--to", "fbi", "--text", "hola"],
+        env("dea", "duty-desk"),
+    )
+    .await;
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no route to agency fbi"));
+    std::fs::write(&payload, r#"{"kind": "NOT_A_KIND"}"#).unwrap();
+    let out = run(
+        &[
+            "send",
+            "--to",
+            "pgr",
+            "--type",
+            "PrecursorChemicalAlert",
+            "--payload",
+            payload.to_str().unwrap(),
+        ],
+        env("dea", "duty-desk"),
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("invalid JSON for enlace.v1.PrecursorChemicalAlert")
+    );
+    let out = run(
+        &["send", "--to", "pgr", "--text", "x"],
+        env("dea", "expired"),
+    )
+    .await;
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    net.stop().await;
+}
