@@ -72,7 +72,8 @@ fn check_config_names_the_bad_key() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("the config says node dea/dea-1"));
 }
 
-/// Starts `enlaced` and waits until it logs that it listens.
+/// Starts `enlaced` and waits until it logs that it listens. The caller waits for the child.
+#[allow(clippy::zombie_processes)] // Returned to the caller, which signals and waits for it.
 fn spawn_daemon(config: &std::path::Path) -> (Child, std::sync::mpsc::Receiver<String>) {
     let mut child = Command::new(ENLACED)
         .arg("--config")
