@@ -242,3 +242,52 @@ fn close_code(e: &quinn::ConnectionError) -> Option<u64> {
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn fixture(stem: &str) -> TlsMaterial {
+        let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("certs/test");
+        TlsMaterial::load(
+            &base.join(format!("{stem}.pem")),
+            &base.join(format!("{stem}.key.pem")),
+            &base.join("ca/root.pem"),
+            &[base.join("crl/dea.crl.pem"), base.join("crl/root.crl.pem")],
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn server_never_resumes_and_never_accepts_early_data() {
+        let cfg = fixture("nodes/dea/dea-1").server_config().unwrap();
+        assert_eq!(cfg.send_tls13_tickets, 0);
+        assert_eq!(cfg.max_early_data_size, 0);
+        assert!(!cfg.session_storage.can_cache());
+        assert_eq!(cfg.alpn_protocols, vec![ALPN.to_vec()]);
+    }
+
+    #[test]
+    fn client_never_resumes_and_never_sends_early_data() {
+        let cfg = fixture("clients/dea/duty-desk").client_config().unwrap();
+        assert!(!cfg.enable_early_data);
+        assert_eq!(cfg.alpn_protocols, vec![ALPN.to_vec()]);
+        // rustls exposes no accessor; its Debug form names the session store.
+        let r = format!("{:?}", cfg.resumption);
+        assert!(r.contains("store: NoClientSessionStorage"), "{r}");
+    }
+
+    #[test]
+    fn only_tls13_suites_are_offered() {
+        let cfg = fixture("clients/dea/duty-desk").client_config().unwrap();
+        let suites = &cfg.crypto_provider().cipher_suites;
+        assert!(!suites.is_empty());
+        assert!(
+            suites
+                .iter()
+                .all(|s| s.version() == &rustls::version::TLS13)
+        );
+    }
+}
