@@ -38,6 +38,7 @@ use prost::Message;
 use quinn::{Connection, Endpoint, SendStream};
 use tokio::sync::mpsc;
 
+use crate::identity;
 use crate::message::{Draft, MessageId, Precedence};
 use crate::session::{self, CONTROL_FRAME_LIMIT, ConnectError, Session, SubmitError};
 use crate::signature::Signer;
@@ -146,9 +147,14 @@ impl Client {
         };
         let endpoint = tls::endpoint(bind, None)?;
         let config = tls::quic_client_config(opts.tls.client_config()?)?;
+        // Act in the role our certificate grants (client or operator); the node checks it.
+        let role = match identity::own_identity(&opts.tls.chain[0]).map(|i| i.role) {
+            Ok(identity::Role::Operator) => pb::Role::Operator,
+            _ => pb::Role::Client,
+        };
         let hello = pb::Hello {
             protocol_version: crate::wire::PROTOCOL_VERSION,
-            role: pb::Role::Client as i32,
+            role: role as i32,
             subscribe: opts.subscribe,
             unit: opts.unit.clone(),
         };
@@ -236,6 +242,50 @@ impl Client {
         })
     }
 
+    /// Lists dead letters (operators only): of `queue`, or of every queue when it is empty.
+    pub async fn dlq_list(&self, queue: &str) -> Result<Vec<pb::DeadLetterInfo>, SubmitError> {
+        let body = Body::DlqList(pb::DlqList {
+            queue: queue.to_owned(),
+        });
+        match session::request(&self.connection, body).await? {
+            Body::DlqEntries(e) => Ok(e.entries),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Shows the dead-lettered copies of one message (operators only).
+    pub async fn dlq_show(&self, id: MessageId) -> Result<Vec<pb::DeadLetterInfo>, SubmitError> {
+        let body = Body::DlqShow(pb::DlqShow {
+            message_id: id.to_bytes(),
+        });
+        match session::request(&self.connection, body).await? {
+            Body::DlqEntries(e) => Ok(e.entries),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Puts dead letters back in their queues (operators only): one message's copies, or all
+    /// (of `queue` when it is not empty). Returns the ids put back.
+    pub async fn dlq_redrive(
+        &self,
+        id: Option<MessageId>,
+        queue: &str,
+    ) -> Result<Vec<MessageId>, SubmitError> {
+        let body = Body::DlqRedrive(pb::DlqRedrive {
+            message_id: id.map(MessageId::to_bytes).unwrap_or_default(),
+            all: id.is_none(),
+            queue: queue.to_owned(),
+        });
+        match session::request(&self.connection, body).await? {
+            Body::DlqRedriven(r) => Ok(r
+                .message_ids
+                .iter()
+                .filter_map(|b| MessageId::from_slice(b))
+                .collect()),
+            other => Err(unexpected(other)),
+        }
+    }
+
     /// Takes the inbox (once). `None` if the client did not subscribe or it was taken.
     pub fn inbox(&self) -> Option<Inbox> {
         self.inbox.lock().expect("inbox lock poisoned").take()
@@ -245,6 +295,17 @@ impl Client {
     pub async fn close(self) {
         self.connection.close(0u32.into(), b"client closed");
         self.endpoint.wait_idle().await;
+    }
+}
+
+fn unexpected(body: Body) -> SubmitError {
+    match body {
+        Body::Refused(r) => SubmitError::Refused {
+            code: r.code(),
+            retry_after: None,
+            reason: r.reason,
+        },
+        other => SubmitError::Protocol(format!("unexpected answer: {other:?}")),
     }
 }
 
@@ -259,8 +320,9 @@ pub fn stream_priority(p: Precedence) -> i32 {
     }
 }
 
-/// Message ids already handed to the application, to drop redeliveries (bounded: the oldest ids
-/// are forgotten first, after [`SEEN_CAPACITY`]).
+/// Message ids the application has acknowledged, to drop redeliveries (bounded: the oldest ids
+/// are forgotten first, after [`SEEN_CAPACITY`]). An id is remembered at acknowledgement, not at
+/// hand-out: a message the application did not acknowledge is offered to it again.
 #[derive(Default)]
 struct Seen {
     set: HashSet<MessageId>,
@@ -294,14 +356,22 @@ pub struct Inbox {
 impl Inbox {
     /// The next delivery, or `None` when the connection has ended.
     ///
-    /// A redelivery of a message already returned is acknowledged and skipped.
+    /// A redelivery of a message the application already acknowledged (the acknowledgement was
+    /// lost, or the node restarted before recording it) is acknowledged again and skipped.
     ///
     /// # Cancel safety
     /// Cancel safe: no delivery is lost if the future is dropped.
     pub async fn next(&mut self) -> Option<Delivery> {
         loop {
-            let d = self.rx.recv().await?;
-            if self.seen.lock().expect("seen lock poisoned").insert(d.id) {
+            let mut d = self.rx.recv().await?;
+            if !self
+                .seen
+                .lock()
+                .expect("seen lock poisoned")
+                .set
+                .contains(&d.id)
+            {
+                d.seen = Some(self.seen.clone());
                 return Some(d);
             }
             // Already seen: tell the node so it stops offering it. A failure here only means the
@@ -324,6 +394,7 @@ pub struct Delivery {
     /// When the client received it.
     pub received_at: SystemTime,
     ack: SendStream,
+    seen: Option<Arc<Mutex<Seen>>>,
 }
 
 /// The payload was not of the requested type or did not decode.
@@ -360,6 +431,9 @@ impl Delivery {
         frame::write_body(&mut self.ack, Body::Ack(ack)).await?;
         // Only fails if the node already gave up on the stream.
         let _ = self.ack.finish();
+        if let Some(seen) = &self.seen {
+            seen.lock().expect("seen lock poisoned").insert(self.id);
+        }
         Ok(())
     }
 }
@@ -396,5 +470,6 @@ fn to_delivery(d: pb::Deliver, ack: SendStream) -> Option<Delivery> {
         signed,
         received_at: SystemTime::now(),
         ack,
+        seen: None,
     })
 }

@@ -70,6 +70,9 @@ pub struct Limits {
     pub ack_timeout: Duration,
     /// How long shutdown waits for in-flight work before closing connections.
     pub shutdown_grace: Duration,
+    /// Delivery attempts (each ending in an ack timeout or a failed stream) before a copy goes
+    /// to the dead letters.
+    pub max_delivery_attempts: u32,
 }
 
 impl Default for Limits {
@@ -80,6 +83,7 @@ impl Default for Limits {
             handshake_timeout: Duration::from_secs(5),
             ack_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(5),
+            max_delivery_attempts: 10,
         }
     }
 }
@@ -137,6 +141,7 @@ struct RawLimits {
     handshake_timeout_ms: Option<u64>,
     ack_timeout_ms: Option<u64>,
     shutdown_grace_ms: Option<u64>,
+    max_delivery_attempts: Option<u32>,
 }
 
 #[derive(Deserialize, Default)]
@@ -258,6 +263,17 @@ impl Config {
             raw.limits.shutdown_grace_ms,
             limits.shutdown_grace,
         )?;
+
+        match raw.limits.max_delivery_attempts {
+            Some(0) => {
+                return Err(err(
+                    "limits.max_delivery_attempts",
+                    "must be at least 1".into(),
+                ));
+            }
+            Some(n) => limits.max_delivery_attempts = n,
+            None => {}
+        }
 
         let crls = match raw.tls.crl_dir {
             None => Vec::new(),

@@ -179,23 +179,7 @@ pub struct PeerCert {
 pub fn from_certificate(der: &[u8], trust_domain: &str) -> Result<PeerCert, IdentityError> {
     let (_, cert) =
         X509Certificate::from_der(der).map_err(|e| IdentityError::Unparseable(e.to_string()))?;
-    let uris: Vec<&str> = match cert.subject_alternative_name() {
-        Ok(Some(san)) => san
-            .value
-            .general_names
-            .iter()
-            .filter_map(|n| match n {
-                GeneralName::URI(u) => Some(*u),
-                _ => None,
-            })
-            .collect(),
-        Ok(None) => Vec::new(),
-        Err(e) => return Err(IdentityError::Unparseable(e.to_string())),
-    };
-    if uris.len() != 1 {
-        return Err(IdentityError::UriSanCount(uris.len()));
-    }
-    let identity = Identity::parse_uri(uris[0])?;
+    let identity = uri_identity(&cert)?;
     if identity.trust_domain != trust_domain {
         return Err(IdentityError::WrongTrustDomain {
             found: identity.trust_domain,
@@ -227,6 +211,34 @@ pub fn from_certificate(der: &[u8], trust_domain: &str) -> Result<PeerCert, Iden
         sha256,
         ed25519_public_key,
     })
+}
+
+/// The identity named by a certificate's one URI SAN, without the trust-domain and issuer checks
+/// of [`from_certificate`]. For a client reading its own certificate (to know its role).
+pub fn own_identity(der: &[u8]) -> Result<Identity, IdentityError> {
+    let (_, cert) =
+        X509Certificate::from_der(der).map_err(|e| IdentityError::Unparseable(e.to_string()))?;
+    uri_identity(&cert)
+}
+
+fn uri_identity(cert: &X509Certificate<'_>) -> Result<Identity, IdentityError> {
+    let uris: Vec<&str> = match cert.subject_alternative_name() {
+        Ok(Some(san)) => san
+            .value
+            .general_names
+            .iter()
+            .filter_map(|n| match n {
+                GeneralName::URI(u) => Some(*u),
+                _ => None,
+            })
+            .collect(),
+        Ok(None) => Vec::new(),
+        Err(e) => return Err(IdentityError::Unparseable(e.to_string())),
+    };
+    if uris.len() != 1 {
+        return Err(IdentityError::UriSanCount(uris.len()));
+    }
+    Identity::parse_uri(uris[0])
 }
 
 #[cfg(test)]

@@ -12,9 +12,12 @@
 //!   accepts a FLASH alert. A push over the bound is refused ([`Full`]); nothing is dropped.
 //! - **Expiry**: expired items are never returned by [`Lanes::pop`]; they are handed back to the
 //!   caller so that it can tell the originator.
+//! - **Retry with backoff**: an item whose delivery failed can be parked until a due time
+//!   ([`Lanes::retry_at`]); when due it returns to the head of its lane. [`RetryPolicy`] decides
+//!   the delay, and when to give up (dead letter).
 
 use std::collections::VecDeque;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use crate::message::Precedence;
 
@@ -38,12 +41,17 @@ pub struct Entry<T> {
 pub struct Popped<T> {
     pub next: Option<Entry<T>>,
     pub expired: Vec<Entry<T>>,
+    /// When nothing is ready: the earliest time a parked item becomes due.
+    pub wake_at: Option<SystemTime>,
 }
 
 /// A bounded, precedence-ordered queue. Index 0 is FLASH.
 #[derive(Debug)]
 pub struct Lanes<T> {
     lanes: [VecDeque<Entry<T>>; 5],
+    /// Items parked until a due time. A plain list: retries are the exception, and a linear scan
+    /// of a few entries is cheaper than keeping a heap ordered.
+    parked: Vec<(SystemTime, Entry<T>)>,
     capacity: usize,
     streak: u32,
 }
@@ -62,6 +70,7 @@ impl<T> Lanes<T> {
     pub fn new(capacity: usize) -> Lanes<T> {
         Lanes {
             lanes: Default::default(),
+            parked: Vec::new(),
             capacity,
             streak: 0,
         }
@@ -69,16 +78,21 @@ impl<T> Lanes<T> {
 
     /// Items waiting in all lanes.
     pub fn len(&self) -> usize {
-        self.lanes.iter().map(VecDeque::len).sum()
+        self.lanes.iter().map(VecDeque::len).sum::<usize>() + self.parked.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.lanes.iter().all(VecDeque::is_empty)
+        self.lanes.iter().all(VecDeque::is_empty) && self.parked.is_empty()
     }
 
     fn class_len(&self, p: Precedence) -> usize {
         let range = if p.is_time_sensitive() { 0..3 } else { 3..5 };
-        self.lanes[range].iter().map(VecDeque::len).sum()
+        let parked = self
+            .parked
+            .iter()
+            .filter(|(_, e)| e.precedence.is_time_sensitive() == p.is_time_sensitive())
+            .count();
+        self.lanes[range].iter().map(VecDeque::len).sum::<usize>() + parked
     }
 
     /// Whether an item of this precedence would be accepted now.
@@ -110,9 +124,25 @@ impl<T> Lanes<T> {
         self.lanes[index(entry.precedence)].push_front(entry);
     }
 
+    /// Parks an item until `due`; it then returns to the head of its lane.
+    pub fn retry_at(&mut self, entry: Entry<T>, due: SystemTime) {
+        self.parked.push((due, entry));
+    }
+
     /// Takes the next item to serve at `now`, and every expired item met on the way.
     pub fn pop(&mut self, now: SystemTime) -> Popped<T> {
         let mut expired = Vec::new();
+        let mut i = 0;
+        while i < self.parked.len() {
+            if self.parked[i].1.expires_at <= now {
+                expired.push(self.parked.swap_remove(i).1);
+            } else if self.parked[i].0 <= now {
+                let (_, e) = self.parked.swap_remove(i);
+                self.lanes[index(e.precedence)].push_front(e);
+            } else {
+                i += 1;
+            }
+        }
         for lane in &mut self.lanes {
             while lane.front().is_some_and(|e| e.expires_at <= now) {
                 expired.extend(lane.pop_front());
@@ -120,9 +150,11 @@ impl<T> Lanes<T> {
         }
         let Some(top) = self.lanes.iter().position(|l| !l.is_empty()) else {
             self.streak = 0;
+            let wake_at = self.parked.iter().map(|(due, _)| *due).min();
             return Popped {
                 next: None,
                 expired,
+                wake_at,
             };
         };
         let lower = (top + 1..5).find(|&i| !self.lanes[i].is_empty());
@@ -143,12 +175,16 @@ impl<T> Lanes<T> {
         Popped {
             next: self.lanes[pick].pop_front(),
             expired,
+            wake_at: None,
         }
     }
 
     /// Removes and returns every expired item, wherever it waits.
     pub fn drain_expired(&mut self, now: SystemTime) -> Vec<Entry<T>> {
-        let mut out = Vec::new();
+        let (parked, gone): (Vec<_>, Vec<_>) =
+            self.parked.drain(..).partition(|(_, e)| e.expires_at > now);
+        self.parked = parked;
+        let mut out: Vec<Entry<T>> = gone.into_iter().map(|(_, e)| e).collect();
         for lane in &mut self.lanes {
             let (keep, gone): (VecDeque<_>, VecDeque<_>) =
                 lane.drain(..).partition(|e| e.expires_at > now);
@@ -156,6 +192,45 @@ impl<T> Lanes<T> {
             out.extend(gone);
         }
         out
+    }
+}
+
+/// What to do after a failed delivery attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterFailure {
+    /// Offer it again after this delay.
+    Retry(Duration),
+    /// Give up: move it to the dead-letter queue.
+    DeadLetter,
+}
+
+/// Redelivery policy: exponential backoff from `base`, capped at `max_delay`, and a dead letter
+/// after `max_attempts` attempts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    pub base: Duration,
+    pub max_delay: Duration,
+    pub max_attempts: u32,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> RetryPolicy {
+        RetryPolicy {
+            base: Duration::from_secs(1),
+            max_delay: Duration::from_secs(60),
+            max_attempts: 10,
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// Decides after `attempts` failed attempts (1 after the first failure).
+    pub fn after_failure(&self, attempts: u32) -> AfterFailure {
+        if attempts >= self.max_attempts {
+            return AfterFailure::DeadLetter;
+        }
+        let factor = 1u32 << attempts.saturating_sub(1).min(16);
+        AfterFailure::Retry((self.base * factor).min(self.max_delay))
     }
 }
 
@@ -246,5 +321,66 @@ mod tests {
         q.push(e(Precedence::Routine, 2)).unwrap();
         q.requeue(first);
         assert_eq!(take(&mut q), Some(1));
+    }
+
+    #[test]
+    fn parked_items_return_to_the_head_when_due() {
+        let mut q = Lanes::new(10);
+        q.push(e(Precedence::Routine, 1)).unwrap();
+        q.retry_at(e(Precedence::Routine, 2), t(10));
+        assert_eq!(q.len(), 2);
+        assert_eq!(take(&mut q), Some(1));
+        let p = q.pop(t(5));
+        assert!(p.next.is_none());
+        assert_eq!(p.wake_at, Some(t(10)));
+        q.push(e(Precedence::Routine, 3)).unwrap();
+        assert_eq!(q.pop(t(10)).next.map(|e| e.item), Some(2));
+        assert_eq!(q.pop(t(10)).next.map(|e| e.item), Some(3));
+    }
+
+    #[test]
+    fn parked_items_expire_too() {
+        let mut q = Lanes::new(10);
+        q.retry_at(
+            Entry {
+                precedence: Precedence::Bulk,
+                expires_at: t(5),
+                item: 1,
+            },
+            t(10),
+        );
+        let p = q.pop(t(6));
+        assert_eq!(p.expired.len(), 1);
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn retry_policy_backs_off_then_gives_up() {
+        let p = RetryPolicy {
+            base: Duration::from_secs(1),
+            max_delay: Duration::from_secs(5),
+            max_attempts: 4,
+        };
+        assert_eq!(
+            p.after_failure(1),
+            AfterFailure::Retry(Duration::from_secs(1))
+        );
+        assert_eq!(
+            p.after_failure(2),
+            AfterFailure::Retry(Duration::from_secs(2))
+        );
+        assert_eq!(
+            p.after_failure(3),
+            AfterFailure::Retry(Duration::from_secs(4))
+        );
+        assert_eq!(p.after_failure(4), AfterFailure::DeadLetter);
+        let long = RetryPolicy {
+            max_attempts: 100,
+            ..p
+        };
+        assert_eq!(
+            long.after_failure(40),
+            AfterFailure::Retry(Duration::from_secs(5))
+        );
     }
 }

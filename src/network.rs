@@ -49,6 +49,8 @@ pub struct LocalNetwork {
     pub dir: PathBuf,
     pub pki: Pki,
     pub nodes: BTreeMap<String, NodeSpec>,
+    /// Extra `key = value` lines for every node's `[limits]` table (tests shorten timeouts).
+    pub limits: Vec<String>,
 }
 
 impl LocalNetwork {
@@ -58,6 +60,16 @@ impl LocalNetwork {
         dir: &Path,
         pki_dir: &Path,
         agencies: &[&str],
+    ) -> Result<LocalNetwork, NetworkError> {
+        LocalNetwork::mesh_with_limits(dir, pki_dir, agencies, &[])
+    }
+
+    /// Like [`LocalNetwork::mesh`], with extra `[limits]` lines such as `"ack_timeout_ms = 200"`.
+    pub fn mesh_with_limits(
+        dir: &Path,
+        pki_dir: &Path,
+        agencies: &[&str],
+        limits: &[&str],
     ) -> Result<LocalNetwork, NetworkError> {
         let names: Vec<String> = agencies.iter().map(|a| format!("{a}-1")).collect();
         let mut nodes = BTreeMap::new();
@@ -73,26 +85,32 @@ impl LocalNetwork {
                 },
             );
         }
-        LocalNetwork::with_nodes(dir, pki_dir, nodes)
+        let mut net = LocalNetwork::plan(dir, pki_dir, nodes)?;
+        net.limits = limits.iter().map(|l| l.to_string()).collect();
+        net.write_configs()?;
+        Ok(net)
     }
 
-    /// Writes configs for the given nodes.
-    pub fn with_nodes(
+    /// Plans a network of the given nodes over a PKI directory; nothing is written yet.
+    pub fn plan(
         dir: &Path,
         pki_dir: &Path,
         nodes: BTreeMap<String, NodeSpec>,
     ) -> Result<LocalNetwork, NetworkError> {
-        let pki = Pki::open(pki_dir)?;
-        let net = LocalNetwork {
+        Ok(LocalNetwork {
             dir: dir.to_owned(),
-            pki,
+            pki: Pki::open(pki_dir)?,
             nodes,
-        };
-        for spec in net.nodes.values() {
-            let path = net.config_path(&spec.name);
-            write(&path, &net.render(spec))?;
+            limits: Vec::new(),
+        })
+    }
+
+    /// Writes every node's config file.
+    pub fn write_configs(&self) -> Result<(), NetworkError> {
+        for spec in self.nodes.values() {
+            write(&self.config_path(&spec.name), &self.render(spec))?;
         }
-        Ok(net)
+        Ok(())
     }
 
     /// Where a node's config file is.
@@ -112,7 +130,7 @@ impl LocalNetwork {
              [node]\nname = \"{name}\"\nagency = \"{agency}\"\ntrust_domain = \"{td}\"\n\
              listen = \"{addr}\"\ndata_dir = \"{data}\"\n\n\
              [tls]\ncert = \"{cert}\"\nkey = \"{key}\"\nca = \"{ca}\"\ncrl_dir = \"{crl}\"\n\n\
-             [log]\nformat = \"human\"\nlevel = \"info\"\n",
+             [log]\nformat = \"human\"\nlevel = \"info\"\n\n[limits]\n{limits}",
             name = spec.name,
             agency = spec.agency,
             addr = spec.addr,
@@ -121,6 +139,11 @@ impl LocalNetwork {
             key = leaf.key.display(),
             ca = self.pki.root_cert_path().display(),
             crl = self.pki.dir().join("crl").display(),
+            limits = self
+                .limits
+                .iter()
+                .map(|l| format!("{l}\n"))
+                .collect::<String>(),
         );
         for p in &spec.peers {
             if let Some(peer) = self.nodes.get(p) {

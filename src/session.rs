@@ -163,3 +163,21 @@ pub async fn submit(
         ))),
     }
 }
+
+/// Sends one request frame on its own stream and returns the node's one answer frame.
+pub async fn request(connection: &Connection, body: Body) -> Result<Body, SubmitError> {
+    let conn_err =
+        |e: quinn::ConnectionError| SubmitError::Connection(describe_connection_error(&e));
+    let (mut send, recv) = connection.open_bi().await.map_err(conn_err)?;
+    frame::write_body(&mut send, body).await?;
+    // Only fails if the node already stopped the stream; its answer is read below.
+    let _ = send.finish();
+    FrameReader::new(recv, ANSWER_FRAME_LIMIT)
+        .read()
+        .await?
+        .body
+        .ok_or_else(|| SubmitError::Protocol("empty answer".into()))
+}
+
+/// Largest answer frame to an operator request (a list of dead letters).
+const ANSWER_FRAME_LIMIT: u64 = 16 * 1024 * 1024;

@@ -116,7 +116,11 @@ pub fn admit(
             .map_err(|e| fail(invalid(format!("originator signature: {e}"))))?;
         }
         Role::Node => {
-            if AgencyId::new(&originator.agency).is_err() || originator.client.is_empty() {
+            // Only a node's own system messages (reports) have no client.
+            let system = env.status() == pb::Status::System;
+            if AgencyId::new(&originator.agency).is_err()
+                || (originator.client.is_empty() && !system)
+            {
                 return Err(fail(invalid("originator is incomplete".into())));
             }
             if signed.signature.is_none() {

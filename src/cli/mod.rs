@@ -4,6 +4,7 @@
 //! Exit codes are documented in [`exit`] and in `enlace --help`.
 
 mod demo;
+mod dlq;
 mod inbox;
 pub mod pki;
 mod send;
@@ -49,6 +50,9 @@ pub enum Command {
     Send(send::SendArgs),
     /// Read your inbox: print deliveries as a table or JSON lines, acknowledging each.
     Inbox(inbox::InboxArgs),
+    /// Inspect and redrive dead letters (operator certificate required).
+    #[command(subcommand)]
+    Dlq(dlq::DlqCommand),
     /// Create and maintain a development or test PKI.
     #[command(subcommand)]
     Pki(pki::PkiCommand),
@@ -116,6 +120,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::Send(a) => send::run(a).await,
         Command::Inbox(a) => inbox::run(a).await,
+        Command::Dlq(c) => dlq::run(c).await,
         Command::Pki(c) => pki::run(c).map_err(Failure::from),
         Command::Demo(a) => demo::run(a).await,
     }

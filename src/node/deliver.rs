@@ -33,7 +33,7 @@ pub(super) async fn run(node: Arc<Node>, conn: Connection, who: Arc<PeerCert>, u
             _ = conn.closed() => return,
         };
         let entry = tokio::select! {
-            e = mailbox.pop() => e,
+            e = mailbox.pop(|expired| node.expired(&mailbox, expired)) => e,
             _ = conn.closed() => return,
         };
         let (node, conn, who) = (node.clone(), conn.clone(), who.clone());
@@ -46,7 +46,7 @@ pub(super) async fn run(node: Arc<Node>, conn: Connection, who: Arc<PeerCert>, u
 }
 
 async fn deliver_one(
-    node: &Node,
+    node: &Arc<Node>,
     conn: &Connection,
     who: &PeerCert,
     mailbox: &Arc<Queue>,
@@ -82,13 +82,11 @@ async fn deliver_one(
     .await;
     match result {
         Ok(Ok(())) => node.events.record(Event::Acknowledged { id, by: to }),
+        // The client went away: not the message's fault, offer it to the next consumer at once.
+        Err(_) | Ok(Err(_)) if conn.close_reason().is_some() => mailbox.requeue(entry),
         Ok(Err(reason)) => {
-            tracing::debug!(%id, %to, %reason, "delivery failed; requeued");
-            mailbox.requeue(entry);
+            node.failed(mailbox, entry, format!("delivery to {to} failed: {reason}"))
         }
-        Err(_) => {
-            tracing::info!(%id, %to, "no ack within the ack timeout; requeued");
-            mailbox.requeue(entry);
-        }
+        Err(_) => node.failed(mailbox, entry, format!("{to} did not acknowledge in time")),
     }
 }

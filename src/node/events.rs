@@ -55,6 +55,18 @@ pub enum Event {
     },
     /// A client acknowledged a copy.
     Acknowledged { id: MessageId, by: String },
+    /// A copy failed too many times and was moved to its queue's dead letters.
+    DeadLettered {
+        id: MessageId,
+        queue: String,
+        reason: String,
+    },
+    /// An operator put a dead-lettered copy back in its queue.
+    Redriven {
+        id: MessageId,
+        queue: String,
+        by: String,
+    },
     /// A copy expired while waiting and was removed.
     Expired { id: MessageId, queue: String },
     /// A peer link changed state.
@@ -141,6 +153,12 @@ impl Events {
             Event::Acknowledged { id, by } => {
                 tracing::info!(target: "enlace::event", node, event = "acknowledged", %id, %by)
             }
+            Event::DeadLettered { id, queue, reason } => tracing::warn!(
+                target: "enlace::event", node, event = "dead_lettered", %id, %queue, %reason
+            ),
+            Event::Redriven { id, queue, by } => tracing::info!(
+                target: "enlace::event", node, event = "redriven", %id, %queue, %by
+            ),
             Event::Expired { id, queue } => {
                 tracing::info!(target: "enlace::event", node, event = "expired", %id, %queue)
             }

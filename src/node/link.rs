@@ -100,7 +100,7 @@ async fn forward_while_up(
             _ = conn.closed() => return,
         };
         let entry = tokio::select! {
-            e = outbox.pop() => e,
+            e = outbox.pop(|expired| node.expired(outbox, expired)) => e,
             _ = conn.closed() => return,
         };
         let (node, conn, outbox, peer) = (
@@ -117,7 +117,7 @@ async fn forward_while_up(
 }
 
 async fn forward_one(
-    node: &Node,
+    node: &Arc<Node>,
     conn: &Connection,
     outbox: &Queue,
     peer: &str,
@@ -136,19 +136,17 @@ async fn forward_one(
             id,
             peer: peer.to_owned(),
         }),
+        // The peer is busy: try again when it says, without counting it against the message.
         Err(SubmitError::Refused {
             code: RefusalCode::QueueFull | RefusalCode::ShuttingDown,
+            retry_after,
             ..
         }) => {
-            outbox.requeue(entry);
+            let wait = retry_after.unwrap_or(Duration::from_millis(500));
+            outbox.retry_at(entry, SystemTime::now() + wait);
         }
         Err(SubmitError::Refused { code, reason, .. }) => {
-            node.events.record(Event::ForwardRefused {
-                id,
-                peer: peer.to_owned(),
-                code,
-                reason,
-            })
+            node.forward_refused(outbox, &entry.item, code, reason)
         }
         Err(e) => {
             tracing::debug!(%id, peer, error = %e, "forward failed; requeued");

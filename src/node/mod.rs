@@ -6,7 +6,9 @@
 
 mod deliver;
 pub mod events;
+mod lifecycle;
 mod link;
+mod operator;
 mod queue;
 mod server;
 
@@ -21,7 +23,8 @@ use tokio::task::JoinSet;
 
 use crate::config::Config;
 use crate::identity::{self, PeerCert};
-use crate::lanes::Entry;
+use crate::lanes::{Entry, RetryPolicy};
+use crate::signature::Signer;
 use crate::tls::{self, TlsError, TlsMaterial};
 pub use events::Event;
 use events::Events;
@@ -52,6 +55,9 @@ pub(crate) struct Node {
     /// Wakes a peer's link when that peer connects to us: it is up, so stop backing off.
     link_wake: HashMap<String, Arc<tokio::sync::Notify>>,
     shutting_down: AtomicBool,
+    /// Signs the node's own reports (non-delivery).
+    signer: Signer,
+    retry: RetryPolicy,
 }
 
 impl Node {
@@ -59,14 +65,31 @@ impl Node {
         let mut m = self.mailboxes.lock().expect("mailbox map lock poisoned");
         m.entry(unit.to_owned())
             .or_insert_with(|| {
-                let name = if unit.is_empty() {
-                    format!("mailbox:{}", self.config.agency)
+                let destination = if unit.is_empty() {
+                    self.config.agency.to_string()
                 } else {
-                    format!("mailbox:{}/{unit}", self.config.agency)
+                    format!("{}/{unit}", self.config.agency)
                 };
-                Queue::new(name, self.config.limits.queue_capacity, self.events.clone())
+                Queue::new(
+                    format!("mailbox:{destination}"),
+                    destination,
+                    self.config.limits.queue_capacity,
+                )
             })
             .clone()
+    }
+
+    /// Every queue: mailboxes, then outboxes.
+    fn queues(&self) -> Vec<Arc<Queue>> {
+        let mut all: Vec<_> = self
+            .mailboxes
+            .lock()
+            .expect("mailbox map lock poisoned")
+            .values()
+            .cloned()
+            .collect();
+        all.extend(self.outboxes.values().cloned());
+        all
     }
 
     fn is_shutting_down(&self) -> bool {
@@ -84,16 +107,12 @@ impl Node {
         mailboxes_empty && self.outboxes.values().all(|q| q.is_empty())
     }
 
-    fn sweep(&self, now: SystemTime) {
-        let mailboxes: Vec<_> = self
-            .mailboxes
-            .lock()
-            .expect("mailbox map lock poisoned")
-            .values()
-            .cloned()
-            .collect();
-        for q in mailboxes.iter().chain(self.outboxes.values()) {
-            q.sweep(now);
+    fn sweep(self: &Arc<Self>, now: SystemTime) {
+        for q in self.queues() {
+            let expired = q.sweep(now);
+            if !expired.is_empty() {
+                self.expired(&q, expired);
+            }
         }
     }
 }
@@ -184,8 +203,8 @@ fn bind(config: Config) -> Result<(Arc<Node>, quinn::Endpoint), NodeError> {
         .map(|name| {
             let q = Queue::new(
                 format!("outbox:{name}"),
+                name.clone(),
                 config.limits.queue_capacity,
-                events.clone(),
             );
             (name.clone(), q)
         })
@@ -195,7 +214,15 @@ fn bind(config: Config) -> Result<(Arc<Node>, quinn::Endpoint), NodeError> {
         .keys()
         .map(|name| (name.clone(), Arc::new(tokio::sync::Notify::new())))
         .collect();
+    let signer = Signer::from_pkcs8(tls.key_der(), tls.leaf_sha256())
+        .map_err(|e| NodeError::OwnCertificate(e.to_string()))?;
+    let retry = RetryPolicy {
+        max_attempts: config.limits.max_delivery_attempts,
+        ..RetryPolicy::default()
+    };
     let node = Arc::new(Node {
+        signer,
+        retry,
         link_wake,
         config,
         me,

@@ -2,14 +2,14 @@
 //!
 //! Thin async glue around [`crate::lanes::Lanes`]: consumers (client delivery loops, peer links)
 //! wait in [`Queue::pop`]; producers push and wake one consumer. Expired items met on the way are
-//! recorded as events and dropped.
+//! handed back to the caller, which reports them (see `lifecycle`). Each queue also keeps its
+//! dead letters for an operator to inspect and redrive.
 
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use tokio::sync::Notify;
 
-use super::events::{Event, Events};
 use crate::lanes::{Entry, Lanes};
 use crate::message::{MessageId, Precedence};
 use crate::wire::pb;
@@ -25,26 +25,45 @@ pub struct Item {
     pub attempts: u32,
 }
 
+/// A copy that failed too often, parked for an operator.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    pub entry: Entry<Item>,
+    pub reason: String,
+    pub at: SystemTime,
+}
+
 /// A named, bounded, precedence-ordered queue.
 pub struct Queue {
     name: String,
+    /// What the queue delivers to: an agency (mailbox) or a peer node (outbox).
+    destination: String,
     lanes: Mutex<Lanes<Item>>,
+    /// Dead letters, oldest first. Bounded by the queue capacity: when full, the oldest dead
+    /// letter is dropped (and was logged when it was dead-lettered).
+    dead: Mutex<std::collections::VecDeque<DeadLetter>>,
+    capacity: usize,
     notify: Notify,
-    events: Events,
 }
 
 impl Queue {
-    pub fn new(name: String, capacity: usize, events: Events) -> Arc<Queue> {
+    pub fn new(name: String, destination: String, capacity: usize) -> Arc<Queue> {
         Arc::new(Queue {
             name,
+            destination,
             lanes: Mutex::new(Lanes::new(capacity)),
+            dead: Mutex::default(),
+            capacity,
             notify: Notify::new(),
-            events,
         })
     }
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    pub fn destination(&self) -> &str {
+        &self.destination
     }
 
     fn lanes(&self) -> std::sync::MutexGuard<'_, Lanes<Item>> {
@@ -67,22 +86,72 @@ impl Queue {
         self.notify.notify_one();
     }
 
-    /// Puts back an item whose delivery failed, at the head of its lane.
-    pub fn requeue(&self, mut entry: Entry<Item>) {
-        entry.item.attempts += 1;
+    /// Puts back an item that was not attempted (e.g. the link went down before sending it),
+    /// at the head of its lane, without counting an attempt.
+    pub fn requeue(&self, entry: Entry<Item>) {
         self.lanes().requeue(entry);
         self.notify.notify_one();
     }
 
-    /// Waits for the next item to serve.
+    /// Parks an item until `due` (redelivery backoff).
+    pub fn retry_at(&self, entry: Entry<Item>, due: SystemTime) {
+        self.lanes().retry_at(entry, due);
+        // A consumer waiting with no deadline must learn about the new due time.
+        self.notify.notify_one();
+    }
+
+    /// Moves an item to the dead letters.
+    pub fn dead_letter(&self, entry: Entry<Item>, reason: String) {
+        let mut dead = self.dead.lock().expect("dead letter lock poisoned");
+        if dead.len() >= self.capacity {
+            dead.pop_front();
+        }
+        dead.push_back(DeadLetter {
+            entry,
+            reason,
+            at: SystemTime::now(),
+        });
+    }
+
+    /// The dead letters, oldest first.
+    pub fn dead_letters(&self) -> Vec<DeadLetter> {
+        self.dead
+            .lock()
+            .expect("dead letter lock poisoned")
+            .iter()
+            .cloned()
+            .collect()
+    }
+
+    /// Puts dead letters matching `pred` back at the head of their lanes, with attempts reset.
+    pub fn redrive(&self, pred: impl Fn(&DeadLetter) -> bool) -> Vec<MessageId> {
+        let mut dead = self.dead.lock().expect("dead letter lock poisoned");
+        let (back, keep): (Vec<_>, Vec<_>) = dead.drain(..).partition(|d| pred(d));
+        dead.extend(keep);
+        drop(dead);
+        let ids = back.iter().map(|d| d.entry.item.id).collect();
+        let mut lanes = self.lanes();
+        for mut d in back {
+            d.entry.item.attempts = 0;
+            lanes.requeue(d.entry);
+        }
+        drop(lanes);
+        self.notify.notify_one();
+        ids
+    }
+
+    /// Waits for the next item to serve. Expired items met on the way are handed to
+    /// `on_expired`.
     ///
     /// # Cancel safety
-    /// Cancel safe: an item is only removed when this returns it.
-    pub async fn pop(&self) -> Entry<Item> {
+    /// Cancel safe: an item is only removed when this returns it (or hands it to `on_expired`).
+    pub async fn pop(&self, on_expired: impl Fn(Vec<Entry<Item>>)) -> Entry<Item> {
         loop {
             let notified = self.notify.notified();
             let popped = self.lanes().pop(SystemTime::now());
-            self.record_expired(popped.expired);
+            if !popped.expired.is_empty() {
+                on_expired(popped.expired);
+            }
             if let Some(e) = popped.next {
                 // Other items may remain: pass the wake-up on to another consumer.
                 if !self.is_empty() {
@@ -90,22 +159,18 @@ impl Queue {
                 }
                 return e;
             }
-            notified.await;
+            match popped.wake_at {
+                Some(at) => {
+                    let wait = at.duration_since(SystemTime::now()).unwrap_or_default();
+                    let _ = tokio::time::timeout(wait, notified).await;
+                }
+                None => notified.await,
+            }
         }
     }
 
     /// Removes expired items wherever they wait.
-    pub fn sweep(&self, now: SystemTime) {
-        let expired = self.lanes().drain_expired(now);
-        self.record_expired(expired);
-    }
-
-    fn record_expired(&self, expired: Vec<Entry<Item>>) {
-        for e in expired {
-            self.events.record(Event::Expired {
-                id: e.item.id,
-                queue: self.name.clone(),
-            });
-        }
+    pub fn sweep(&self, now: SystemTime) -> Vec<Entry<Item>> {
+        self.lanes().drain_expired(now)
     }
 }

@@ -11,12 +11,9 @@ use quinn::{Connection, RecvStream, SendStream};
 use rustls_pki_types::CertificateDer;
 
 use super::events::Event;
-use super::queue::Item;
-use super::{Node, deliver, entry};
+use super::{Node, deliver};
 use crate::identity::{self, PeerCert, Role};
-use crate::message::timestamp;
 use crate::policy::{self, Authorized};
-use crate::route;
 use crate::session::CONTROL_FRAME_LIMIT;
 use crate::validate::{self, NodeContext, Refusal};
 use crate::wire::frame::{self, FrameError, FrameReader};
@@ -196,7 +193,7 @@ async fn submission(
 ) {
     let from = who.identity.to_string();
     let answer = match receive(&node, &who, from_peer, recv).await {
-        Ok(accepted) => Body::Accepted(accepted),
+        Ok(answer) => answer,
         Err((refusal, id)) => {
             node.events.record(Event::Refused {
                 id,
@@ -223,14 +220,15 @@ async fn submission(
 /// What a sender is told to wait before retrying a QUEUE_FULL or SHUTTING_DOWN refusal.
 const RETRY_AFTER: Duration = Duration::from_millis(500);
 
-type Refused = (Refusal, Option<crate::message::MessageId>);
+use super::lifecycle::Refused;
 
+/// Reads one request frame and answers it: a submitted message, or an operator request.
 async fn receive(
-    node: &Node,
+    node: &Arc<Node>,
     who: &PeerCert,
     from_peer: bool,
     recv: RecvStream,
-) -> Result<pb::Accepted, Refused> {
+) -> Result<Body, Refused> {
     let mut reader = FrameReader::new(recv, node.config.limits.max_frame_bytes);
     let frame = match tokio::time::timeout(node.config.limits.ack_timeout, reader.read()).await {
         Err(_) => {
@@ -256,6 +254,19 @@ async fn receive(
         Some(Body::Submit(pb::Submit {
             envelope: Some(signed),
         })) => signed,
+        Some(op @ (Body::DlqList(_) | Body::DlqShow(_) | Body::DlqRedrive(_))) => {
+            if who.identity.role != Role::Operator {
+                let r = Refusal::new(
+                    RefusalCode::Unauthorized,
+                    format!(
+                        "{} is not an operator; dead letters need an operator certificate",
+                        who.identity
+                    ),
+                );
+                return Err((r, None));
+            }
+            return Ok(super::operator::handle(node, &who.identity.to_string(), op));
+        }
         other => {
             let got = match other {
                 Some(Body::Submit(_)) => "Submit without an envelope".to_owned(),
@@ -283,76 +294,9 @@ async fn receive(
         node: &node.config.name,
         max_hops: super::MAX_HOPS,
     };
-    let mut admitted = validate::admit(signed, who, &ctx, now)?;
-    let id = admitted.id;
-    let peer_for = |a: &crate::identity::AgencyId| node.config.peer_for(a).map(|p| p.node.as_str());
-    let plan = route::plan(
-        &admitted.addressees,
-        &node.config.agency,
-        peer_for,
-        from_peer,
-    )
-    .map_err(|r| (r, Some(id)))?;
-
-    let mailboxes: Vec<_> = plan.local_units.iter().map(|u| node.mailbox(u)).collect();
-    let outboxes: Vec<_> = plan
-        .peers
-        .iter()
-        .map(|p| node.outboxes[p].clone())
-        .collect();
-    if let Some(full) = mailboxes
-        .iter()
-        .chain(&outboxes)
-        .find(|q| !q.has_room(admitted.precedence))
-    {
-        return Err((
-            Refusal::new(
-                RefusalCode::QueueFull,
-                format!("{} is full; retry later", full.name()),
-            ),
-            Some(id),
-        ));
-    }
-    let local = Arc::new({
-        let mut s = admitted.signed.clone();
-        s.hops.push(pb::HopRecord {
-            node: node.config.name.clone(),
-            agency: node.config.agency.to_string(),
-            received_at: Some(timestamp(now)),
-            forwarded_at: None,
-        });
-        s
-    });
-    let onward = Arc::new(std::mem::take(&mut admitted.signed));
-    for q in &mailboxes {
-        let item = Item {
-            id,
-            signed: local.clone(),
-            received_at: now,
-            attempts: 0,
-        };
-        // Room was checked above; concurrent submissions can overshoot the bound by at most
-        // their number, and an accepted copy is never dropped.
-        q.push_checked(entry(item, admitted.precedence, admitted.expires_at));
-    }
-    for q in &outboxes {
-        let item = Item {
-            id,
-            signed: onward.clone(),
-            received_at: now,
-            attempts: 0,
-        };
-        q.push_checked(entry(item, admitted.precedence, admitted.expires_at));
-    }
-    node.events.record(Event::Accepted {
-        id,
-        from: who.identity.to_string(),
-        precedence: admitted.precedence,
-        destinations: plan.fan_out(),
-    });
-    Ok(pb::Accepted {
-        message_id: id.to_bytes(),
-        accepted_at: Some(timestamp(now)),
-        routed: plan.fan_out() as u32,
-    })
+    let admitted = validate::admit(signed, who, &ctx, now)?;
+    let from = who.identity.to_string();
+    node.take(admitted, from_peer, from, now)
+        .await
+        .map(Body::Accepted)
 }

@@ -26,9 +26,14 @@ pub struct TestNet {
 impl TestNet {
     /// One node `<agency>-1` per agency, fully meshed, all started.
     pub async fn mesh(agencies: &[&str]) -> TestNet {
+        TestNet::mesh_with_limits(agencies, &[]).await
+    }
+
+    /// A mesh whose nodes get extra `[limits]` lines, e.g. `"ack_timeout_ms = 200"`.
+    pub async fn mesh_with_limits(agencies: &[&str], limits: &[&str]) -> TestNet {
         init_logging();
         let dir = tempfile::tempdir().unwrap();
-        let net = LocalNetwork::mesh(dir.path(), &certs(), agencies).unwrap();
+        let net = LocalNetwork::mesh_with_limits(dir.path(), &certs(), agencies, limits).unwrap();
         let mut nodes = BTreeMap::new();
         for name in net.nodes.keys() {
             nodes.insert(name.clone(), net.start(name).await.unwrap());

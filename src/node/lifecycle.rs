@@ -1,0 +1,235 @@
+//! The node's lifecycle transitions: taking responsibility for a message, finishing a copy
+//! (acknowledged, forwarded), retrying, dead-lettering, expiring, and reporting non-delivery.
+//!
+//! Every transition of a message copy goes through a method here, which records the event
+//! ([`Events::record`]) and keeps the queues consistent. Decisions (routing, retry policy) come
+//! from the sans-I/O core.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use super::events::Event;
+use super::queue::{Item, Queue};
+use super::{Node, entry};
+use crate::lanes::{AfterFailure, Entry};
+use crate::message::{Draft, MessageId, Precedence, timestamp};
+use crate::route;
+use crate::validate::{Admitted, Refusal, seal};
+use crate::wire::pb::{self, RefusalCode};
+
+/// A refusal, with the message id when known.
+pub(super) type Refused = (Refusal, Option<MessageId>);
+
+/// How long a non-delivery report lives.
+const REPORT_LIFETIME: Duration = Duration::from_secs(7 * 24 * 3600);
+
+impl Node {
+    /// Takes responsibility for an admitted message: routes it, checks room in every destination
+    /// queue, and queues one copy per destination. Returns the acceptance for the sender.
+    pub(super) async fn take(
+        &self,
+        mut admitted: Admitted,
+        from_peer: bool,
+        from: String,
+        now: SystemTime,
+    ) -> Result<pb::Accepted, Refused> {
+        let id = admitted.id;
+        let peer_for =
+            |a: &crate::identity::AgencyId| self.config.peer_for(a).map(|p| p.node.as_str());
+        let plan = route::plan(
+            &admitted.addressees,
+            &self.config.agency,
+            peer_for,
+            from_peer,
+        )
+        .map_err(|r| (r, Some(id)))?;
+        let mailboxes: Vec<_> = plan.local_units.iter().map(|u| self.mailbox(u)).collect();
+        let outboxes: Vec<_> = plan
+            .peers
+            .iter()
+            .map(|p| self.outboxes[p].clone())
+            .collect();
+        if let Some(full) = mailboxes
+            .iter()
+            .chain(&outboxes)
+            .find(|q| !q.has_room(admitted.precedence))
+        {
+            return Err((
+                Refusal::new(
+                    RefusalCode::QueueFull,
+                    format!("{} is full; retry later", full.name()),
+                ),
+                Some(id),
+            ));
+        }
+        // Local copies carry this node's hop record; onward copies get it when forwarded.
+        let local = Arc::new({
+            let mut s = admitted.signed.clone();
+            s.hops.push(pb::HopRecord {
+                node: self.config.name.clone(),
+                agency: self.config.agency.to_string(),
+                received_at: Some(timestamp(now)),
+                forwarded_at: None,
+            });
+            s
+        });
+        let onward = Arc::new(std::mem::take(&mut admitted.signed));
+        let copies = mailboxes
+            .iter()
+            .map(|q| (q, local.clone()))
+            .chain(outboxes.iter().map(|q| (q, onward.clone())));
+        for (q, signed) in copies {
+            let item = Item {
+                id,
+                signed,
+                received_at: now,
+                attempts: 0,
+            };
+            // Room was checked above; concurrent submissions can overshoot the bound by at most
+            // their number, and an accepted copy is never dropped.
+            q.push_checked(entry(item, admitted.precedence, admitted.expires_at));
+        }
+        self.events.record(Event::Accepted {
+            id,
+            from,
+            precedence: admitted.precedence,
+            destinations: plan.fan_out(),
+        });
+        Ok(pb::Accepted {
+            message_id: id.to_bytes(),
+            accepted_at: Some(timestamp(now)),
+            routed: plan.fan_out() as u32,
+        })
+    }
+
+    /// A delivery or forward of `entry` failed for a reason that is the message's business (no
+    /// acknowledgement): retry with backoff, or dead-letter it.
+    pub(super) fn failed(&self, queue: &Queue, mut entry: Entry<Item>, reason: String) {
+        entry.item.attempts += 1;
+        match self.retry.after_failure(entry.item.attempts) {
+            AfterFailure::Retry(delay) => {
+                tracing::debug!(id = %entry.item.id, queue = queue.name(), %reason, ?delay, "will retry");
+                queue.retry_at(entry, SystemTime::now() + delay);
+            }
+            AfterFailure::DeadLetter => {
+                let reason = format!("{} attempts failed; last: {reason}", entry.item.attempts);
+                self.events.record(Event::DeadLettered {
+                    id: entry.item.id,
+                    queue: queue.name().to_owned(),
+                    reason: reason.clone(),
+                });
+                queue.dead_letter(entry, reason);
+            }
+        }
+    }
+
+    /// Copies that expired while waiting: record them and tell each originator.
+    pub(super) fn expired(self: &Arc<Self>, queue: &Queue, entries: Vec<Entry<Item>>) {
+        for e in entries {
+            self.events.record(Event::Expired {
+                id: e.item.id,
+                queue: queue.name().to_owned(),
+            });
+            self.report_non_delivery(
+                &e.item,
+                queue.destination(),
+                pb::NonDeliveryReason::Expired,
+                "expired before it could be delivered".into(),
+            );
+        }
+    }
+
+    /// A peer refused a forwarded copy for good.
+    pub(super) fn forward_refused(
+        self: &Arc<Self>,
+        queue: &Queue,
+        item: &Item,
+        code: RefusalCode,
+        reason: String,
+    ) {
+        self.events.record(Event::ForwardRefused {
+            id: item.id,
+            peer: queue.destination().to_owned(),
+            code,
+            reason: reason.clone(),
+        });
+        let why = match code {
+            RefusalCode::Expired => pb::NonDeliveryReason::Expired,
+            RefusalCode::UnknownRecipient => pb::NonDeliveryReason::UnknownRecipient,
+            RefusalCode::Invalid | RefusalCode::Malformed | RefusalCode::TooLarge => {
+                pb::NonDeliveryReason::Invalid
+            }
+            _ => pb::NonDeliveryReason::Refused,
+        };
+        self.report_non_delivery(item, queue.destination(), why, reason);
+    }
+
+    /// Sends a `NonDelivery` report about `item` to its originator's agency inbox. Reports about
+    /// reports are never sent (a system message that cannot be delivered is only logged).
+    fn report_non_delivery(
+        self: &Arc<Self>,
+        item: &Item,
+        destination: &str,
+        reason: pb::NonDeliveryReason,
+        detail: String,
+    ) {
+        let Ok(env) = <pb::Envelope as prost::Message>::decode(item.signed.envelope.clone()) else {
+            return;
+        };
+        if env.status() == pb::Status::System {
+            return;
+        }
+        let Some(originator) = env.originator else {
+            return;
+        };
+        let now = SystemTime::now();
+        let report = pb::NonDelivery {
+            message_id: item.id.to_bytes(),
+            addressee_agency: destination.to_owned(),
+            reason: reason as i32,
+            detail,
+            node: self.config.name.clone(),
+            at: Some(timestamp(now)),
+        };
+        let draft = Draft::new(&report)
+            .to(&originator.agency)
+            .precedence(Precedence::Priority)
+            .status(pb::Status::System)
+            .kind(pb::MessageKind::Response)
+            .in_reply_to(item.id)
+            .expires_in(REPORT_LIFETIME);
+        let me = pb::Originator {
+            agency: self.config.agency.to_string(),
+            node: self.config.name.clone(),
+            client: String::new(),
+        };
+        let env = draft.finish(me, now);
+        let signed = seal(&env, &self.signer);
+        let ctx = crate::validate::NodeContext {
+            agency: &self.config.agency,
+            node: &self.config.name,
+            max_hops: super::MAX_HOPS,
+        };
+        let admitted = match crate::validate::admit(signed, &self.me, &ctx, now) {
+            Ok(a) => a,
+            Err((r, _)) => {
+                tracing::error!(reason = %r.reason, "own non-delivery report is invalid");
+                return;
+            }
+        };
+        let id = admitted.id;
+        let node = self.clone();
+        // Taking the report is asynchronous (it may wait for storage); the caller need not wait.
+        tokio::spawn(async move {
+            let from = format!("{}/node/{}", node.config.agency, node.config.name);
+            if let Err((r, _)) = node.take(admitted, false, from.clone(), now).await {
+                node.events.record(Event::Refused {
+                    id: Some(id),
+                    from,
+                    code: r.code,
+                    reason: format!("non-delivery report not queued: {}", r.reason),
+                });
+            }
+        });
+    }
+}

@@ -1,0 +1,139 @@
+//! Queue semantics: redelivery of unacknowledged messages, dead letters and their redrive by an
+//! operator, and expiry with a non-delivery report to the originator.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{TestNet, wait_event, within};
+use enlace::node::Event;
+use enlace::session::SubmitError;
+use enlace::wire::pb;
+use enlace::{Draft, Precedence};
+
+fn liaison(body: &str) -> pb::LiaisonMessage {
+    pb::LiaisonMessage {
+        body: Some(enlace::payloads::text("en", body)),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unacknowledged_messages_are_redelivered_then_dead_lettered_and_redriven() {
+    let net = TestNet::mesh_with_limits(
+        &["dea"],
+        &["ack_timeout_ms = 300", "max_delivery_attempts = 2"],
+    )
+    .await;
+    let mut events = net.node("dea-1").events();
+    let desk = net.subscriber("dea", "duty-desk").await;
+    let analyst = net.client("dea", "analyst").await;
+    let mut inbox = desk.inbox().unwrap();
+
+    let acc = analyst
+        .send(Draft::new(&liaison("needs an ack")).to("dea"))
+        .await
+        .unwrap();
+    // First attempt: the application drops it without acknowledging.
+    let d = within("first delivery", inbox.next()).await.unwrap();
+    assert_eq!((d.id, d.attempt), (acc.id, 1));
+    drop(d);
+    // Offered again (same id, next attempt) after the backoff; dropped again.
+    let d = within("redelivery", inbox.next()).await.unwrap();
+    assert_eq!((d.id, d.attempt), (acc.id, 2));
+    drop(d);
+    let dead = wait_event(&mut events, |e| matches!(e, Event::DeadLettered { .. })).await;
+    match dead {
+        Event::DeadLettered { id, queue, reason } => {
+            assert_eq!(id, acc.id);
+            assert_eq!(queue, "mailbox:dea");
+            assert!(reason.contains("2 attempts failed"), "{reason}");
+        }
+        _ => unreachable!(),
+    }
+
+    // Dead letters are for operators only.
+    match desk.dlq_list("").await {
+        Err(SubmitError::Refused { code, reason, .. }) => {
+            assert_eq!(code, pb::RefusalCode::Unauthorized);
+            assert!(reason.contains("operator certificate"), "{reason}");
+        }
+        other => panic!("a client listed dead letters: {other:?}"),
+    }
+    let ops = net.client("dea", "ops").await;
+    let list = ops.dlq_list("").await.unwrap();
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0].message_id.as_ref(), acc.id.as_bytes());
+    assert_eq!(list[0].attempts, 2);
+    assert_eq!(list[0].payload_type, "enlace.v1.LiaisonMessage");
+    assert_eq!(ops.dlq_show(acc.id).await.unwrap().len(), 1);
+
+    // Redriven, it is delivered again with attempts reset, and this time acknowledged.
+    assert_eq!(
+        ops.dlq_redrive(Some(acc.id), "").await.unwrap(),
+        vec![acc.id]
+    );
+    let d = within("delivery after redrive", inbox.next())
+        .await
+        .unwrap();
+    assert_eq!((d.id, d.attempt), (acc.id, 1));
+    d.ack().await.unwrap();
+    wait_event(
+        &mut events,
+        |e| matches!(e, Event::Acknowledged { id, .. } if *id == acc.id),
+    )
+    .await;
+    assert!(ops.dlq_list("").await.unwrap().is_empty());
+    net.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_message_is_not_delivered_and_the_originator_is_told() {
+    let net = TestNet::mesh(&["dea", "pgr"]).await;
+    let dea_desk = net.subscriber("dea", "duty-desk").await;
+    let sender = net.client("dea", "analyst").await;
+    let mut pgr_events = net.node("pgr-1").events();
+
+    // Nobody at PGR reads their inbox while this alert is alive.
+    let acc = sender
+        .send(
+            Draft::new(&liaison("the ship already sailed"))
+                .to("pgr")
+                .precedence(Precedence::Flash)
+                .expires_in(Duration::from_millis(1500)),
+        )
+        .await
+        .unwrap();
+    wait_event(
+        &mut pgr_events,
+        |e| matches!(e, Event::Expired { id, .. } if *id == acc.id),
+    )
+    .await;
+
+    // DEA's inbox gets a NonDelivery(EXPIRED) about it, from PGR's node.
+    let d = within("non-delivery report", dea_desk.inbox().unwrap().next())
+        .await
+        .unwrap();
+    assert_eq!(d.envelope.status(), pb::Status::System);
+    assert_eq!(d.envelope.in_reply_to.as_ref(), acc.id.as_bytes());
+    let report: pb::NonDelivery = d.payload().unwrap();
+    assert_eq!(report.reason(), pb::NonDeliveryReason::Expired);
+    assert_eq!(report.message_id.as_ref(), acc.id.as_bytes());
+    assert_eq!(
+        (report.node.as_str(), report.addressee_agency.as_str()),
+        ("pgr-1", "pgr")
+    );
+    d.ack().await.unwrap();
+
+    // A PGR reader that connects now gets the next message, never the expired one.
+    let pgr = net.subscriber("pgr", "duty-desk").await;
+    let next = sender
+        .send(Draft::new(&liaison("fresh")).to("pgr"))
+        .await
+        .unwrap();
+    let d = within("fresh message", pgr.inbox().unwrap().next())
+        .await
+        .unwrap();
+    assert_eq!(d.id, next.id);
+    net.stop().await;
+}
