@@ -36,15 +36,16 @@ use std::time::{Duration, SystemTime};
 
 use prost::Message;
 use quinn::{Connection, Endpoint, SendStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use crate::identity;
 use crate::message::{Draft, MessageId, Precedence};
+use crate::pipeline::{DEFAULT_WINDOW_BYTES, Pipeline};
 use crate::session::{self, CONTROL_FRAME_LIMIT, ConnectError, Session, SubmitError};
 use crate::signature::Signer;
 use crate::tls::{self, TlsError, TlsMaterial};
 use crate::validate::seal;
-use crate::wire::frame::{self, FrameReader};
+use crate::wire::frame::{self, FrameError, FrameReader};
 use crate::wire::pb::{self, frame::Body};
 
 /// How to reach and authenticate to a node.
@@ -124,11 +125,17 @@ pub struct Accepted {
 pub struct Client {
     endpoint: Endpoint,
     connection: Connection,
+    /// ROUTINE and BULK submissions, pipelined on one long-lived stream.
+    bulk: Pipeline,
     welcome: pb::Welcome,
     signer: Signer,
     inbox: Mutex<Option<Inbox>>,
     // Held so the control stream stays open for the life of the client.
     _control: Mutex<SendStream>,
+    /// Tells acknowledgement writers to flush and finish their streams.
+    closing: watch::Sender<bool>,
+    /// Yields `None` once every acknowledgement writer has finished.
+    writers_gone: tokio::sync::Mutex<mpsc::Receiver<()>>,
 }
 
 impl Client {
@@ -171,17 +178,32 @@ impl Client {
             opts.connect_timeout,
         )
         .await?;
+        let (closing, _) = watch::channel(false);
+        let (writers_done, writers_gone) = mpsc::channel::<()>(1);
         let inbox = opts.subscribe.then(|| {
             let (tx, rx) = mpsc::channel(opts.inbox_capacity.max(1));
-            let max = welcome.max_frame_bytes.max(CONTROL_FRAME_LIMIT);
-            tokio::spawn(receive(connection.clone(), tx, max));
+            // Deliveries carry what the node accepted plus its hop records and delivery fields.
+            let max = welcome.max_frame_bytes.max(CONTROL_FRAME_LIMIT) + crate::node::FRAME_SLACK;
+            let acks = AckWriters {
+                closing: closing.subscribe(),
+                done: writers_done.clone(),
+            };
+            tokio::spawn(receive(connection.clone(), tx, max, acks));
             Inbox {
                 rx,
                 seen: Arc::new(Mutex::new(Seen::default())),
             }
         });
+        drop(writers_done);
         Ok(Client {
+            closing,
+            writers_gone: tokio::sync::Mutex::new(writers_gone),
             endpoint,
+            bulk: Pipeline::new(
+                connection.clone(),
+                DEFAULT_WINDOW_BYTES,
+                stream_priority(Precedence::Routine),
+            ),
             connection,
             welcome,
             signer,
@@ -233,7 +255,13 @@ impl Client {
     pub async fn send_envelope(&self, env: &pb::Envelope) -> Result<Accepted, SubmitError> {
         let precedence = Precedence::from_pb(env.precedence()).unwrap_or(Precedence::Routine);
         let signed = seal(env, &self.signer);
-        let a = session::submit(&self.connection, signed, stream_priority(precedence)).await?;
+        // Time-sensitive messages get a stream of their own, ahead of everything else; analytical
+        // ones share the pipelined stream, whose bounded window keeps them from crowding alerts.
+        let a = if precedence.is_time_sensitive() {
+            session::submit(&self.connection, signed, stream_priority(precedence)).await?
+        } else {
+            self.bulk.submit(signed).await?
+        };
         Ok(Accepted {
             id: MessageId::from_slice(&a.message_id)
                 .ok_or_else(|| SubmitError::Protocol("Accepted without a message id".into()))?,
@@ -292,7 +320,13 @@ impl Client {
     }
 
     /// Closes the connection and waits for the node to be told.
+    /// Closes the connection after flushing acknowledgements: each delivery stream is finished
+    /// and the node given up to [`CLOSE_FLUSH`] to confirm receipt, so an acknowledged message is
+    /// not offered again.
     pub async fn close(self) {
+        let _ = self.closing.send(true);
+        let mut gone = self.writers_gone.lock().await;
+        let _ = tokio::time::timeout(CLOSE_FLUSH, gone.recv()).await;
         self.connection.close(0u32.into(), b"client closed");
         self.endpoint.wait_idle().await;
     }
@@ -393,7 +427,7 @@ pub struct Delivery {
     pub signed: pb::SignedEnvelope,
     /// When the client received it.
     pub received_at: SystemTime,
-    ack: SendStream,
+    ack: mpsc::Sender<MessageId>,
     seen: Option<Arc<Mutex<Seen>>>,
 }
 
@@ -424,13 +458,11 @@ impl Delivery {
     ///
     /// # Errors
     /// The connection or stream failed; the node will offer the message again.
-    pub async fn ack(mut self) -> Result<(), SubmitError> {
-        let ack = pb::Ack {
-            message_id: self.id.to_bytes(),
-        };
-        frame::write_body(&mut self.ack, Body::Ack(ack)).await?;
-        // Only fails if the node already gave up on the stream.
-        let _ = self.ack.finish();
+    pub async fn ack(self) -> Result<(), SubmitError> {
+        self.ack
+            .send(self.id)
+            .await
+            .map_err(|_| SubmitError::Connection("the delivery stream has ended".into()))?;
         if let Some(seen) = &self.seen {
             seen.lock().expect("seen lock poisoned").insert(self.id);
         }
@@ -438,18 +470,103 @@ impl Delivery {
     }
 }
 
-/// Accepts delivery streams from the node and feeds the inbox.
-async fn receive(connection: Connection, tx: mpsc::Sender<Delivery>, max_frame: u64) {
-    while let Ok((send, recv)) = connection.accept_bi().await {
-        let mut reader = FrameReader::new(recv, max_frame);
-        let Ok(pb::Frame {
-            body: Some(Body::Deliver(d)),
-        }) = reader.read().await
-        else {
-            tracing::warn!("node sent a stream that is not a delivery; ignored");
-            continue;
+/// Acknowledgements waiting to be written on one delivery stream.
+const ACK_QUEUE: usize = 1024;
+
+/// How long [`Client::close`] waits for acknowledgements to reach the node.
+pub const CLOSE_FLUSH: Duration = Duration::from_secs(2);
+
+/// What each acknowledgement writer needs to take part in a graceful close.
+#[derive(Clone)]
+struct AckWriters {
+    closing: watch::Receiver<bool>,
+    /// Held by every writer; the client learns that all are done when the last is dropped.
+    done: mpsc::Sender<()>,
+}
+
+/// Accepts delivery streams from the node and reads each in its own task: streams are accepted
+/// in the order they were opened, so reading them one after another would put an alert behind
+/// the long-lived analytical stream.
+async fn receive(
+    connection: Connection,
+    tx: mpsc::Sender<Delivery>,
+    max_frame: u64,
+    acks: AckWriters,
+) {
+    let mut closing = acks.closing.clone();
+    loop {
+        let (send, recv) = tokio::select! {
+            s = connection.accept_bi() => match s {
+                Ok(s) => s,
+                Err(_) => return,
+            },
+            _ = is_closing(&mut closing) => return,
         };
-        let Some(delivery) = to_delivery(d, send) else {
+        tokio::spawn(read_deliveries(
+            send,
+            recv,
+            tx.clone(),
+            max_frame,
+            acks.clone(),
+        ));
+    }
+}
+
+/// Reads `Deliver` frames from one stream (one, for an alert; many, for analytical traffic) and
+/// writes the application's acknowledgements back on it. The stream is finished once the node has
+/// finished its side and every delivery from it was acknowledged or dropped.
+async fn read_deliveries(
+    mut send: SendStream,
+    recv: quinn::RecvStream,
+    tx: mpsc::Sender<Delivery>,
+    max_frame: u64,
+    acks: AckWriters,
+) {
+    let (ack_tx, mut ack_rx) = mpsc::channel::<MessageId>(ACK_QUEUE);
+    let AckWriters { mut closing, done } = acks;
+    tokio::spawn(async move {
+        loop {
+            let id = tokio::select! {
+                id = ack_rx.recv() => id,
+                _ = is_closing(&mut closing) => {
+                    // Flush what the application already acknowledged, then stop.
+                    ack_rx.close();
+                    while let Ok(id) = ack_rx.try_recv() {
+                        if write_ack(&mut send, id).await.is_err() {
+                            return;
+                        }
+                    }
+                    None
+                }
+            };
+            let Some(id) = id else { break };
+            if write_ack(&mut send, id).await.is_err() {
+                return;
+            }
+        }
+        // Only fails if the node already gave up on the stream.
+        let _ = send.finish();
+        // Wait (bounded by Client::close) until the node has received every acknowledgement.
+        let _ = send.stopped().await;
+        drop(done);
+    });
+    let mut reader = FrameReader::new(recv, max_frame);
+    loop {
+        let d = match reader.read().await {
+            Ok(pb::Frame {
+                body: Some(Body::Deliver(d)),
+            }) => d,
+            Err(FrameError::End) => return,
+            Ok(_) => {
+                tracing::warn!("node sent a frame that is not a delivery; stream ignored");
+                return;
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "delivery stream ended");
+                return;
+            }
+        };
+        let Some(delivery) = to_delivery(d, ack_tx.clone()) else {
             tracing::warn!("node delivered an envelope that does not decode; ignored");
             continue;
         };
@@ -459,7 +576,20 @@ async fn receive(connection: Connection, tx: mpsc::Sender<Delivery>, max_frame: 
     }
 }
 
-fn to_delivery(d: pb::Deliver, ack: SendStream) -> Option<Delivery> {
+/// Completes once the client is closing.
+async fn is_closing(closing: &mut watch::Receiver<bool>) {
+    // An error means the client is gone, which is closing too.
+    let _ = closing.wait_for(|c| *c).await;
+}
+
+async fn write_ack(send: &mut SendStream, id: MessageId) -> Result<(), FrameError> {
+    let ack = pb::Ack {
+        message_id: id.to_bytes(),
+    };
+    frame::write_body(send, Body::Ack(ack)).await
+}
+
+fn to_delivery(d: pb::Deliver, ack: mpsc::Sender<MessageId>) -> Option<Delivery> {
     let signed = d.envelope?;
     let envelope = pb::Envelope::decode(signed.envelope.clone()).ok()?;
     Some(Delivery {

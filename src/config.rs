@@ -298,11 +298,15 @@ impl Config {
                 return Err(err(&key("node"), "a node cannot be its own peer".into()));
             }
             let peer_agency = agency(&key("agency"), &p.agency)?;
-            let mut serves = vec![peer_agency.clone()];
+            let serves = vec![peer_agency.clone()];
             for s in &p.serves {
                 let a = agency(&key("serves"), s)?;
-                if !serves.contains(&a) {
-                    serves.push(a);
+                if a != peer_agency {
+                    // Refused rather than accepted and silently failing: nodes do not relay yet.
+                    return Err(err(
+                        &key("serves"),
+                        format!("{a}: a peer can only serve its own agency until relaying exists"),
+                    ));
                 }
             }
             for a in &serves {

@@ -131,6 +131,13 @@ impl<T> Lanes<T> {
 
     /// Takes the next item to serve at `now`, and every expired item met on the way.
     pub fn pop(&mut self, now: SystemTime) -> Popped<T> {
+        self.pop_class(now, false)
+    }
+
+    /// Like [`Lanes::pop`], but with `time_sensitive_only` takes only FLASH, IMMEDIATE or
+    /// PRIORITY items (for a consumer whose analytical path is busy). The minimum share for lower
+    /// lanes applies only when they may be taken.
+    pub fn pop_class(&mut self, now: SystemTime, time_sensitive_only: bool) -> Popped<T> {
         let mut expired = Vec::new();
         let mut i = 0;
         while i < self.parked.len() {
@@ -148,7 +155,8 @@ impl<T> Lanes<T> {
                 expired.extend(lane.pop_front());
             }
         }
-        let Some(top) = self.lanes.iter().position(|l| !l.is_empty()) else {
+        let eligible = if time_sensitive_only { 3 } else { 5 };
+        let Some(top) = self.lanes[..eligible].iter().position(|l| !l.is_empty()) else {
             self.streak = 0;
             let wake_at = self.parked.iter().map(|(due, _)| *due).min();
             return Popped {
@@ -157,7 +165,7 @@ impl<T> Lanes<T> {
                 wake_at,
             };
         };
-        let lower = (top + 1..5).find(|&i| !self.lanes[i].is_empty());
+        let lower = (top + 1..eligible).find(|&i| !self.lanes[i].is_empty());
         let pick = match lower {
             Some(low) if self.streak >= SHARE_EVERY => {
                 self.streak = 0;
@@ -321,6 +329,16 @@ mod tests {
         q.push(e(Precedence::Routine, 2)).unwrap();
         q.requeue(first);
         assert_eq!(take(&mut q), Some(1));
+    }
+
+    #[test]
+    fn time_sensitive_only_leaves_analytical_items() {
+        let mut q = Lanes::new(10);
+        q.push(e(Precedence::Bulk, 1)).unwrap();
+        assert!(q.pop_class(t(1), true).next.is_none());
+        q.push(e(Precedence::Priority, 2)).unwrap();
+        assert_eq!(q.pop_class(t(1), true).next.map(|e| e.item), Some(2));
+        assert_eq!(q.pop_class(t(1), false).next.map(|e| e.item), Some(1));
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub mod message;
 pub mod network;
 pub mod node;
 pub mod payloads;
+pub mod pipeline;
 pub mod pki;
 pub mod policy;
 pub mod route;

@@ -97,9 +97,16 @@ impl LocalNetwork {
         pki_dir: &Path,
         nodes: BTreeMap<String, NodeSpec>,
     ) -> Result<LocalNetwork, NetworkError> {
+        // Config files resolve relative paths against their own directory: write absolute ones.
+        let absolute = |p: &Path| {
+            std::path::absolute(p).map_err(|e| NetworkError::Io {
+                path: p.to_owned(),
+                reason: e.to_string(),
+            })
+        };
         Ok(LocalNetwork {
-            dir: dir.to_owned(),
-            pki: Pki::open(pki_dir)?,
+            dir: absolute(dir)?,
+            pki: Pki::open(&absolute(pki_dir)?)?,
             nodes,
             limits: Vec::new(),
         })

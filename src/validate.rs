@@ -154,16 +154,26 @@ pub fn admit(
     if env.payload_type.is_empty() {
         return Err(fail(invalid("payload_type is missing".into())));
     }
-    let hops = signed.hops.len() as u32;
-    let limit = env
-        .handling
-        .as_ref()
-        .and_then(|h| h.max_hops)
-        .map_or(node.max_hops, |m| m.min(node.max_hops));
-    if hops > limit {
+    // Hop records name the nodes passed so far: the originator's node, then relays.
+    let relays = (signed.hops.len() as u32).saturating_sub(1);
+    if signed.hops.len() as u32 > node.max_hops {
         return Err(fail(Refusal::new(
             RefusalCode::Unauthorized,
-            format!("the message has travelled {hops} hops; its limit is {limit}"),
+            format!(
+                "the message has passed {} nodes; this node allows {}",
+                signed.hops.len(),
+                node.max_hops
+            ),
+        )));
+    }
+    if let Some(limit) = env.handling.as_ref().and_then(|h| h.max_hops)
+        && relays > limit
+    {
+        return Err(fail(Refusal::new(
+            RefusalCode::Unauthorized,
+            format!(
+                "the message has passed {relays} relay node(s); its handling policy allows {limit}"
+            ),
         )));
     }
     if signed.hops.iter().any(|h| h.node == node.node) {
@@ -180,6 +190,12 @@ pub fn admit(
     for a in &env.addressees {
         let agency = AgencyId::new(&a.agency)
             .map_err(|e| fail(invalid(format!("addressee {:?}: {e}", a.agency))))?;
+        if !a.unit.is_empty() && !crate::identity::is_name(&a.unit) {
+            return Err(fail(invalid(format!(
+                "addressee unit {:?} is not a valid name (lowercase letters, digits, '-')",
+                a.unit
+            ))));
+        }
         let entry = (agency, a.unit.clone());
         if !addressees.contains(&entry) {
             addressees.push(entry);

@@ -1,14 +1,22 @@
-//! Delivering a mailbox to a subscribed client: one stream per message, acknowledged on it.
+//! Delivering a mailbox to a subscribed client, time-sensitive traffic first.
 //!
-//! Up to [`WINDOW`] deliveries are in flight per client; the next message is taken from the
-//! mailbox in precedence order only when a slot frees, so a FLASH alert queued behind a backlog
-//! of bulk goes out next, not after it. A delivery that is not acknowledged within the ack timeout,
-//! or whose stream or connection fails, goes back to the head of its lane for another consumer.
+//! FLASH, IMMEDIATE and PRIORITY messages each get a stream of their own at high priority,
+//! acknowledged on it; up to [`ALERT_WINDOW`] are in flight per client. ROUTINE and BULK messages
+//! travel as `Deliver` frames on one long-lived, low-priority stream, acknowledged by `Ack` frames
+//! on the same stream; at most [`BULK_WINDOW`] are unacknowledged, so a slow client stops the
+//! analytical flow, never the alerts. The next message is taken from the mailbox only when its
+//! path has room, so a FLASH alert queued behind a backlog of bulk goes out next.
+//!
+//! A delivery that is not acknowledged within the ack timeout, or whose stream fails, counts as a
+//! failed attempt (redelivery with backoff, then a dead letter); if the client's connection is
+//! gone, the copy goes straight back to the head of its lane for another consumer.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
-use quinn::Connection;
-use tokio::sync::Semaphore;
+use quinn::{Connection, RecvStream, SendStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
 use super::Node;
 use super::events::Event;
@@ -16,62 +24,106 @@ use super::queue::{Item, Queue};
 use crate::client::stream_priority;
 use crate::identity::PeerCert;
 use crate::lanes::Entry;
+use crate::message::{MessageId, Precedence};
 use crate::session::CONTROL_FRAME_LIMIT;
 use crate::wire::frame::{self, FrameReader};
 use crate::wire::pb::{self, frame::Body};
 
-/// Unacknowledged deliveries per subscribed client.
-pub const WINDOW: usize = 64;
+/// Unacknowledged time-sensitive deliveries per client (each on its own stream).
+pub const ALERT_WINDOW: usize = 64;
+
+/// Unacknowledged analytical deliveries per client on the shared stream.
+pub const BULK_WINDOW: usize = 256;
+
+/// Where one client's deliveries go.
+struct Consumer {
+    node: Arc<Node>,
+    conn: Connection,
+    mailbox: Arc<Queue>,
+    to: String,
+    unit: String,
+}
+
+type Pending = Arc<Mutex<HashMap<MessageId, (Entry<Item>, Instant, OwnedSemaphorePermit)>>>;
 
 pub(super) async fn run(node: Arc<Node>, conn: Connection, who: Arc<PeerCert>, unit: String) {
-    let mailbox = node.mailbox(&unit);
-    let slots = Arc::new(Semaphore::new(WINDOW));
+    let Some(mailbox) = node.mailbox(&unit) else {
+        tracing::warn!(%unit, who = %who.identity, "no room for another unit mailbox; not subscribed");
+        return;
+    };
+    let c = Arc::new(Consumer {
+        mailbox,
+        node,
+        conn,
+        to: who.identity.to_string(),
+        unit,
+    });
+    let alerts = Arc::new(Semaphore::new(ALERT_WINDOW));
+    let bulk_slots = Arc::new(Semaphore::new(BULK_WINDOW));
+    // Bounded by the bulk window: a slot is taken before an entry is sent here.
+    let (bulk_tx, bulk_rx) = mpsc::channel::<(Entry<Item>, OwnedSemaphorePermit)>(BULK_WINDOW);
+    let pending: Pending = Arc::default();
+    tokio::spawn(bulk_writer(c.clone(), bulk_rx, pending.clone()));
+    tokio::spawn(expire_unacked(c.clone(), pending));
+    let on_expired = |expired| c.node.expired(&c.mailbox, expired);
     loop {
-        let permit = tokio::select! {
-            // The semaphore is never closed, so acquiring only fails if it were.
-            p = slots.clone().acquire_owned() => p.expect("semaphore never closed"),
-            _ = conn.closed() => return,
+        // The semaphores are never closed, so acquiring fails only if they were.
+        let alert_slot = tokio::select! {
+            p = alerts.clone().acquire_owned() => p.expect("semaphore never closed"),
+            _ = c.conn.closed() => return,
         };
-        let entry = tokio::select! {
-            e = mailbox.pop(|expired| node.expired(&mailbox, expired)) => e,
-            _ = conn.closed() => return,
-        };
-        let (node, conn, who) = (node.clone(), conn.clone(), who.clone());
-        let (mailbox, unit) = (mailbox.clone(), unit.clone());
-        tokio::spawn(async move {
-            deliver_one(&node, &conn, &who, &mailbox, &unit, entry).await;
-            drop(permit);
-        });
+        tokio::select! {
+            biased;
+            _ = c.conn.closed() => return,
+            e = c.mailbox.pop_class(true, on_expired) => spawn_alert(&c, e, alert_slot),
+            bulk_slot = bulk_slots.clone().acquire_owned() => {
+                let bulk_slot = bulk_slot.expect("semaphore never closed");
+                let e = tokio::select! {
+                    e = c.mailbox.pop(on_expired) => e,
+                    _ = c.conn.closed() => return,
+                };
+                if e.precedence.is_time_sensitive() {
+                    spawn_alert(&c, e, alert_slot);
+                } else if let Err(mpsc::error::SendError((e, _))) = bulk_tx.send((e, bulk_slot)).await {
+                    c.mailbox.requeue(e);
+                    return;
+                }
+            }
+        }
     }
 }
 
-async fn deliver_one(
-    node: &Arc<Node>,
-    conn: &Connection,
-    who: &PeerCert,
-    mailbox: &Arc<Queue>,
-    unit: &str,
-    entry: Entry<Item>,
-) {
-    let id = entry.item.id;
-    let attempt = entry.item.attempts + 1;
-    let to = who.identity.to_string();
-    let result = tokio::time::timeout(node.config.limits.ack_timeout, async {
-        let (mut send, recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
-        let _ = send.set_priority(stream_priority(entry.precedence));
-        let deliver = pb::Deliver {
+fn spawn_alert(c: &Arc<Consumer>, entry: Entry<Item>, slot: OwnedSemaphorePermit) {
+    let c = c.clone();
+    tokio::spawn(async move {
+        deliver_alert(&c, entry).await;
+        drop(slot);
+    });
+}
+
+fn deliver_frame(c: &Consumer, entry: &Entry<Item>) -> pb::Frame {
+    pb::Frame {
+        body: Some(Body::Deliver(pb::Deliver {
             envelope: Some((*entry.item.signed).clone()),
-            attempt,
-            agency: node.config.agency.to_string(),
-            unit: unit.to_owned(),
-        };
-        frame::write_body(&mut send, Body::Deliver(deliver))
+            attempt: entry.item.attempts + 1,
+            agency: c.node.config.agency.to_string(),
+            unit: c.unit.clone(),
+        })),
+    }
+}
+
+async fn deliver_alert(c: &Consumer, entry: Entry<Item>) {
+    let id = entry.item.id;
+    let result = tokio::time::timeout(c.node.config.limits.ack_timeout, async {
+        let (mut send, recv) = c.conn.open_bi().await.map_err(|e| e.to_string())?;
+        let _ = send.set_priority(stream_priority(entry.precedence));
+        frame::write(&mut send, &deliver_frame(c, &entry))
             .await
             .map_err(|e| e.to_string())?;
-        node.events.record(Event::Delivered {
+        c.node.events.record(Event::Delivered {
             id,
-            to: to.clone(),
-            attempt,
+            to: c.to.clone(),
+            attempt: entry.item.attempts + 1,
         });
         let mut reader = FrameReader::new(recv, CONTROL_FRAME_LIMIT);
         match reader.read().await.map_err(|e| e.to_string())?.body {
@@ -81,12 +133,127 @@ async fn deliver_one(
     })
     .await;
     match result {
-        Ok(Ok(())) => node.events.record(Event::Acknowledged { id, by: to }),
-        // The client went away: not the message's fault, offer it to the next consumer at once.
-        Err(_) | Ok(Err(_)) if conn.close_reason().is_some() => mailbox.requeue(entry),
-        Ok(Err(reason)) => {
-            node.failed(mailbox, entry, format!("delivery to {to} failed: {reason}"))
+        Ok(Ok(())) => c.node.events.record(Event::Acknowledged {
+            id,
+            by: c.to.clone(),
+        }),
+        Err(_) => fail(c, entry, "did not acknowledge in time".into()),
+        Ok(Err(reason)) => fail(c, entry, format!("delivery failed: {reason}")),
+    }
+}
+
+/// A failed attempt; if the client is gone, it was not the message's fault: offer it again.
+fn fail(c: &Consumer, entry: Entry<Item>, reason: String) {
+    if c.conn.close_reason().is_some() {
+        c.mailbox.requeue(entry);
+    } else {
+        c.node
+            .failed(&c.mailbox, entry, format!("{}: {reason}", c.to));
+    }
+}
+
+/// Writes analytical deliveries on the long-lived stream, opened on first use.
+async fn bulk_writer(
+    c: Arc<Consumer>,
+    mut rx: mpsc::Receiver<(Entry<Item>, OwnedSemaphorePermit)>,
+    pending: Pending,
+) {
+    let mut stream: Option<SendStream> = None;
+    while let Some((entry, slot)) = rx.recv().await {
+        if stream.is_none() {
+            match c.conn.open_bi().await {
+                Ok((send, recv)) => {
+                    let _ = send.set_priority(stream_priority(Precedence::Routine));
+                    tokio::spawn(read_acks(c.clone(), recv, pending.clone()));
+                    stream = Some(send);
+                }
+                Err(_) => {
+                    c.mailbox.requeue(entry);
+                    break;
+                }
+            }
         }
-        Err(_) => node.failed(mailbox, entry, format!("{to} did not acknowledge in time")),
+        let Some(send) = stream.as_mut() else { break };
+        let frame = deliver_frame(&c, &entry);
+        let (id, attempt) = (entry.item.id, entry.item.attempts + 1);
+        let deadline = Instant::now() + c.node.config.limits.ack_timeout;
+        pending
+            .lock()
+            .expect("pending lock poisoned")
+            .insert(id, (entry, deadline, slot));
+        if frame::write(send, &frame).await.is_err() {
+            // The reader sees the same failure and settles what is pending.
+            stream = None;
+            continue;
+        }
+        c.node.events.record(Event::Delivered {
+            id,
+            to: c.to.clone(),
+            attempt,
+        });
+    }
+    // The consumer is gone: whatever was waiting to be written goes back.
+    rx.close();
+    while let Ok((entry, _)) = rx.try_recv() {
+        c.mailbox.requeue(entry);
+    }
+}
+
+/// Reads `Ack` frames from the analytical stream; when it ends, settles every pending delivery.
+async fn read_acks(c: Arc<Consumer>, recv: RecvStream, pending: Pending) {
+    let mut reader = FrameReader::new(recv, CONTROL_FRAME_LIMIT);
+    let reason = loop {
+        match reader.read().await {
+            Ok(pb::Frame {
+                body: Some(Body::Ack(a)),
+            }) => {
+                let Some(id) = MessageId::from_slice(&a.message_id) else {
+                    continue;
+                };
+                let done = pending.lock().expect("pending lock poisoned").remove(&id);
+                if done.is_some() {
+                    c.node.events.record(Event::Acknowledged {
+                        id,
+                        by: c.to.clone(),
+                    });
+                }
+            }
+            Ok(other) => break format!("expected Ack, got {other:?}"),
+            Err(e) => break e.to_string(),
+        }
+    };
+    let settled: Vec<_> = pending
+        .lock()
+        .expect("pending lock poisoned")
+        .drain()
+        .map(|(_, (entry, _, _))| entry)
+        .collect();
+    for entry in settled {
+        fail(&c, entry, format!("analytical stream ended: {reason}"));
+    }
+}
+
+/// Fails deliveries on the analytical stream that were not acknowledged in time.
+async fn expire_unacked(c: Arc<Consumer>, pending: Pending) {
+    let period = c.node.config.limits.ack_timeout / 4;
+    let mut tick = tokio::time::interval(period.max(std::time::Duration::from_millis(10)));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = c.conn.closed() => return,
+        }
+        let now = Instant::now();
+        let late: Vec<_> = {
+            let mut p = pending.lock().expect("pending lock poisoned");
+            let ids: Vec<MessageId> = p
+                .iter()
+                .filter(|(_, (_, deadline, _))| *deadline <= now)
+                .map(|(id, _)| *id)
+                .collect();
+            ids.into_iter().filter_map(|id| p.remove(&id)).collect()
+        };
+        for (entry, _, _) in late {
+            fail(&c, entry, "did not acknowledge in time".into());
+        }
     }
 }

@@ -43,7 +43,21 @@ impl Node {
             from_peer,
         )
         .map_err(|r| (r, Some(id)))?;
-        let mailboxes: Vec<_> = plan.local_units.iter().map(|u| self.mailbox(u)).collect();
+        let mailboxes = plan
+            .local_units
+            .iter()
+            .map(|u| self.mailbox(u))
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| {
+                let r = Refusal::new(
+                    RefusalCode::UnknownRecipient,
+                    format!(
+                        "this node keeps at most {} unit mailboxes",
+                        super::MAX_MAILBOXES
+                    ),
+                );
+                (r, Some(id))
+            })?;
         let outboxes: Vec<_> = plan
             .peers
             .iter()

@@ -21,13 +21,14 @@ use crate::client::stream_priority;
 use crate::config::Peer;
 use crate::identity::{self, Role};
 use crate::lanes::Entry;
-use crate::message::timestamp;
+use crate::message::{Precedence, timestamp};
+use crate::pipeline::{DEFAULT_WINDOW_BYTES, Pipeline};
 use crate::session::{self, ConnectError, SubmitError};
 use crate::tls;
 use crate::wire::pb::{self, RefusalCode};
 
 /// Unacknowledged forwards per peer link.
-pub const WINDOW: usize = 64;
+pub const WINDOW: usize = 1024;
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
@@ -73,7 +74,12 @@ pub(super) async fn run(node: Arc<Node>, endpoint: Endpoint, peer: Peer) {
                 continue;
             }
         };
-        forward_while_up(&node, &conn, &outbox, &peer, &slots).await;
+        let bulk = Arc::new(Pipeline::new(
+            conn.clone(),
+            DEFAULT_WINDOW_BYTES,
+            stream_priority(Precedence::Routine),
+        ));
+        forward_while_up(&node, &conn, &bulk, &outbox, &peer, &slots).await;
         was_down = true;
         node.events.record(Event::Link {
             peer: peer.node.clone(),
@@ -89,6 +95,7 @@ pub(super) async fn run(node: Arc<Node>, endpoint: Endpoint, peer: Peer) {
 async fn forward_while_up(
     node: &Arc<Node>,
     conn: &Connection,
+    bulk: &Arc<Pipeline>,
     outbox: &Arc<Queue>,
     peer: &Peer,
     slots: &Arc<Semaphore>,
@@ -109,8 +116,9 @@ async fn forward_while_up(
             outbox.clone(),
             peer.node.clone(),
         );
+        let bulk = bulk.clone();
         tokio::spawn(async move {
-            forward_one(&node, &conn, &outbox, &peer, entry).await;
+            forward_one(&node, &conn, &bulk, &outbox, &peer, entry).await;
             drop(permit);
         });
     }
@@ -119,6 +127,7 @@ async fn forward_while_up(
 async fn forward_one(
     node: &Arc<Node>,
     conn: &Connection,
+    bulk: &Pipeline,
     outbox: &Queue,
     peer: &str,
     entry: Entry<Item>,
@@ -131,7 +140,12 @@ async fn forward_one(
         received_at: Some(timestamp(entry.item.received_at)),
         forwarded_at: Some(timestamp(SystemTime::now())),
     });
-    match session::submit(conn, signed, stream_priority(entry.precedence)).await {
+    let result = if entry.precedence.is_time_sensitive() {
+        session::submit(conn, signed, stream_priority(entry.precedence)).await
+    } else {
+        bulk.submit(signed).await
+    };
+    match result {
         Ok(_) => node.events.record(Event::Forwarded {
             id,
             peer: peer.to_owned(),

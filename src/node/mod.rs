@@ -29,6 +29,7 @@ use crate::tls::{self, TlsError, TlsMaterial};
 pub use events::Event;
 use events::Events;
 use queue::{Item, Queue};
+pub use server::FRAME_SLACK;
 
 /// Why a node could not start or stopped abnormally.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +39,10 @@ pub enum NodeError {
     #[error("the node's own certificate is unusable: {0}")]
     OwnCertificate(String),
 }
+
+/// Mailboxes (agency inbox plus units) a node keeps; units are created on first use, so this
+/// bounds what addressees and subscribers can make a node allocate.
+pub const MAX_MAILBOXES: usize = 1024;
 
 /// Largest number of hops any message may take, whatever its own policy says.
 pub const MAX_HOPS: u32 = 8;
@@ -61,9 +66,15 @@ pub(crate) struct Node {
 }
 
 impl Node {
-    fn mailbox(&self, unit: &str) -> Arc<Queue> {
+    /// The mailbox of a unit, created on first use; `None` when creating it would exceed
+    /// [`MAX_MAILBOXES`].
+    fn mailbox(&self, unit: &str) -> Option<Arc<Queue>> {
         let mut m = self.mailboxes.lock().expect("mailbox map lock poisoned");
-        m.entry(unit.to_owned())
+        if m.len() >= MAX_MAILBOXES && !m.contains_key(unit) {
+            return None;
+        }
+        let q = m
+            .entry(unit.to_owned())
             .or_insert_with(|| {
                 let destination = if unit.is_empty() {
                     self.config.agency.to_string()
@@ -76,7 +87,8 @@ impl Node {
                     self.config.limits.queue_capacity,
                 )
             })
-            .clone()
+            .clone();
+        Some(q)
     }
 
     /// Every queue: mailboxes, then outboxes.

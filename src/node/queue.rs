@@ -43,6 +43,8 @@ pub struct Queue {
     /// letter is dropped (and was logged when it was dead-lettered).
     dead: Mutex<std::collections::VecDeque<DeadLetter>>,
     capacity: usize,
+    /// Wakes every waiting consumer on any change: consumers may wait for different classes of
+    /// traffic, so waking just one could wake the wrong one. Consumers per queue are few.
     notify: Notify,
 }
 
@@ -83,21 +85,21 @@ impl Queue {
     /// [`Lanes::push_checked`].
     pub fn push_checked(&self, entry: Entry<Item>) {
         self.lanes().push_checked(entry);
-        self.notify.notify_one();
+        self.notify.notify_waiters();
     }
 
     /// Puts back an item that was not attempted (e.g. the link went down before sending it),
     /// at the head of its lane, without counting an attempt.
     pub fn requeue(&self, entry: Entry<Item>) {
         self.lanes().requeue(entry);
-        self.notify.notify_one();
+        self.notify.notify_waiters();
     }
 
     /// Parks an item until `due` (redelivery backoff).
     pub fn retry_at(&self, entry: Entry<Item>, due: SystemTime) {
         self.lanes().retry_at(entry, due);
         // A consumer waiting with no deadline must learn about the new due time.
-        self.notify.notify_one();
+        self.notify.notify_waiters();
     }
 
     /// Moves an item to the dead letters.
@@ -136,7 +138,7 @@ impl Queue {
             lanes.requeue(d.entry);
         }
         drop(lanes);
-        self.notify.notify_one();
+        self.notify.notify_waiters();
         ids
     }
 
@@ -146,17 +148,25 @@ impl Queue {
     /// # Cancel safety
     /// Cancel safe: an item is only removed when this returns it (or hands it to `on_expired`).
     pub async fn pop(&self, on_expired: impl Fn(Vec<Entry<Item>>)) -> Entry<Item> {
+        self.pop_class(false, on_expired).await
+    }
+
+    /// Like [`Queue::pop`]; with `time_sensitive_only`, waits for a FLASH, IMMEDIATE or PRIORITY
+    /// item only.
+    pub async fn pop_class(
+        &self,
+        time_sensitive_only: bool,
+        on_expired: impl Fn(Vec<Entry<Item>>),
+    ) -> Entry<Item> {
         loop {
             let notified = self.notify.notified();
-            let popped = self.lanes().pop(SystemTime::now());
+            let popped = self
+                .lanes()
+                .pop_class(SystemTime::now(), time_sensitive_only);
             if !popped.expired.is_empty() {
                 on_expired(popped.expired);
             }
             if let Some(e) = popped.next {
-                // Other items may remain: pass the wake-up on to another consumer.
-                if !self.is_empty() {
-                    self.notify.notify_one();
-                }
                 return e;
             }
             match popped.wake_at {

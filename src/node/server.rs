@@ -54,15 +54,19 @@ async fn handle(node: Arc<Node>, incoming: quinn::Incoming) {
     };
     let who = match peer_cert(&conn, &node.config.trust_domain) {
         Ok(w) => Arc::new(w),
-        Err(reason) => return refuse_connection(&node, &conn, None, None, reason).await,
+        Err(reason) => {
+            return refuse_connection(&node, &conn, None, None, unauthorized(reason)).await;
+        }
     };
     let hello = tokio::time::timeout(node.config.limits.handshake_timeout, read_hello(&conn)).await;
     let (mut send, recv, hello) = match hello {
         Ok(Ok(x)) => x,
-        Ok(Err(reason)) => return refuse_connection(&node, &conn, Some(&who), None, reason).await,
+        Ok(Err(reason)) => {
+            return refuse_connection(&node, &conn, Some(&who), None, unauthorized(reason)).await;
+        }
         Err(_) => {
             let reason = "no Hello within the handshake timeout".to_owned();
-            return refuse_connection(&node, &conn, Some(&who), None, reason).await;
+            return refuse_connection(&node, &conn, Some(&who), None, unauthorized(reason)).await;
         }
     };
     let auth = policy::authorize(
@@ -73,7 +77,7 @@ async fn handle(node: Arc<Node>, incoming: quinn::Incoming) {
     );
     let auth = match auth {
         Ok(a) => a,
-        Err(r) => return refuse_connection(&node, &conn, Some(&who), Some(send), r.reason).await,
+        Err(r) => return refuse_connection(&node, &conn, Some(&who), Some(send), r).await,
     };
     let welcome = pb::Welcome {
         protocol_version: crate::wire::PROTOCOL_VERSION,
@@ -132,30 +136,32 @@ async fn read_hello(conn: &Connection) -> Result<(SendStream, RecvStream, pb::He
     }
 }
 
+fn unauthorized(reason: String) -> Refusal {
+    Refusal::new(RefusalCode::Unauthorized, reason)
+}
+
 async fn refuse_connection(
     node: &Node,
     conn: &Connection,
     who: Option<&PeerCert>,
     send: Option<SendStream>,
-    reason: String,
+    refusal: Refusal,
 ) {
     node.events.record(Event::ConnectionRefused {
         remote: conn.remote_address(),
         who: who.map(|w| w.identity.to_string()),
-        reason: reason.clone(),
+        reason: refusal.reason.clone(),
     });
-    if let Some(mut send) = send {
-        let refused = Refusal::new(RefusalCode::Unauthorized, reason.clone()).to_pb(None);
-        if frame::write_body(&mut send, Body::Refused(refused))
+    if let Some(mut send) = send
+        && frame::write_body(&mut send, Body::Refused(refusal.to_pb(None)))
             .await
             .is_ok()
-        {
-            let _ = send.finish();
-            // Give the peer a bounded moment to read the refusal before the close overtakes it.
-            let _ = tokio::time::timeout(REFUSAL_LINGER, send.stopped()).await;
-        }
+    {
+        let _ = send.finish();
+        // Give the peer a bounded moment to read the refusal before the close overtakes it.
+        let _ = tokio::time::timeout(REFUSAL_LINGER, send.stopped()).await;
     }
-    conn.close(CLOSE_REFUSED.into(), reason.as_bytes());
+    conn.close(CLOSE_REFUSED.into(), refusal.reason.as_bytes());
 }
 
 /// Reads the peer's verified certificate chain and derives its identity.
@@ -183,7 +189,13 @@ fn peer_identity(p: &PeerCert) -> pb::PeerIdentity {
     }
 }
 
-/// Handles one submitted message on its own stream: size limit, decode, admit, route, enqueue.
+/// Serves one stream opened by the other side: a sequence of request frames (one, for an alert on
+/// its own stream; many, for the pipelined analytical stream), answered in order.
+///
+/// Requests are processed concurrently (each may wait for storage), at most [`PIPELINE_DEPTH`]
+/// at a time per stream; answers are written in request order. A frame over the size limit is
+/// refused without being decoded, and its body skipped so the stream stays usable; a frame
+/// declaring an absurd length ends the stream instead.
 async fn submission(
     node: Arc<Node>,
     who: Arc<PeerCert>,
@@ -191,29 +203,102 @@ async fn submission(
     mut send: SendStream,
     recv: RecvStream,
 ) {
-    let from = who.identity.to_string();
-    let answer = match receive(&node, &who, from_peer, recv).await {
-        Ok(answer) => answer,
-        Err((refusal, id)) => {
-            node.events.record(Event::Refused {
-                id,
-                from,
-                code: refusal.code,
-                reason: refusal.reason.clone(),
+    // Peers forward what a client submitted within the limit, plus hop records.
+    let max = node.config.limits.max_frame_bytes + if from_peer { FRAME_SLACK } else { 0 };
+    let mut reader = FrameReader::new(recv, max);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<tokio::task::JoinHandle<Body>>(PIPELINE_DEPTH);
+    let writer = tokio::spawn(async move {
+        while let Some(handle) = rx.recv().await {
+            let body = handle.await.unwrap_or_else(|e| {
+                Body::Refused(
+                    Refusal::new(RefusalCode::Invalid, format!("internal error: {e}")).to_pb(None),
+                )
             });
-            let mut r = refusal.to_pb(id);
-            if matches!(
-                refusal.code,
-                RefusalCode::QueueFull | RefusalCode::ShuttingDown
-            ) {
-                r.retry_after_ms = RETRY_AFTER.as_millis() as u64;
+            // A sender that went away does not need its answers.
+            if frame::write_body(&mut send, body).await.is_err() {
+                return;
             }
-            Body::Refused(r)
         }
-    };
-    // A sender that went away does not need its answer.
-    if frame::write_body(&mut send, answer).await.is_ok() {
         let _ = send.finish();
+    });
+    loop {
+        let (answer, stop) = match reader.read().await {
+            Ok(frame) => {
+                let (node, who) = (node.clone(), who.clone());
+                let h = tokio::spawn(async move { answer(&node, &who, from_peer, frame).await });
+                if tx.send(h).await.is_err() {
+                    break;
+                }
+                continue;
+            }
+            // The stream or connection went away: nothing to answer.
+            Err(FrameError::End | FrameError::Read(_) | FrameError::Write(_)) => break,
+            Err(e @ FrameError::TooLarge { len, .. }) => {
+                let r = refuse(&node, &who, frame_refusal(&e), None);
+                // Skipping keeps the stream in sync; a wildly oversized claim is not worth reading.
+                let stop = len > max.saturating_mul(SKIP_FACTOR) || reader.skip(len).await.is_err();
+                (r, stop)
+            }
+            Err(e @ FrameError::Malformed(_)) => {
+                (refuse(&node, &who, frame_refusal(&e), None), false)
+            }
+            Err(e) => (refuse(&node, &who, frame_refusal(&e), None), true),
+        };
+        if tx.send(tokio::spawn(async move { answer })).await.is_err() || stop {
+            if stop {
+                let _ = reader.stream().stop(0u32.into());
+            }
+            break;
+        }
+    }
+    drop(tx);
+    let _ = writer.await;
+}
+
+/// Room above the frame limit for what nodes add to a message in transit (hop records, delivery
+/// fields): a message accepted within the limit must still pass every later hop.
+pub const FRAME_SLACK: u64 = 16 * 1024;
+
+/// Requests processed at once per stream.
+const PIPELINE_DEPTH: usize = 1024;
+
+/// Oversized frames up to this many times the limit are skipped; larger claims end the stream.
+const SKIP_FACTOR: u64 = 16;
+
+fn frame_refusal(e: &FrameError) -> Refusal {
+    e.refusal()
+        .map(|r| Refusal::new(r.code(), r.reason))
+        .unwrap_or_else(|| Refusal::new(RefusalCode::Malformed, e.to_string()))
+}
+
+/// Records a refusal and returns its answer frame.
+fn refuse(
+    node: &Node,
+    who: &PeerCert,
+    refusal: Refusal,
+    id: Option<crate::message::MessageId>,
+) -> Body {
+    node.events.record(Event::Refused {
+        id,
+        from: who.identity.to_string(),
+        code: refusal.code,
+        reason: refusal.reason.clone(),
+    });
+    let mut r = refusal.to_pb(id);
+    if matches!(
+        refusal.code,
+        RefusalCode::QueueFull | RefusalCode::ShuttingDown
+    ) {
+        r.retry_after_ms = RETRY_AFTER.as_millis() as u64;
+    }
+    Body::Refused(r)
+}
+
+/// Answers one request frame.
+async fn answer(node: &Arc<Node>, who: &PeerCert, from_peer: bool, frame: pb::Frame) -> Body {
+    match receive(node, who, from_peer, frame).await {
+        Ok(body) => body,
+        Err((refusal, id)) => refuse(node, who, refusal, id),
     }
 }
 
@@ -222,34 +307,13 @@ const RETRY_AFTER: Duration = Duration::from_millis(500);
 
 use super::lifecycle::Refused;
 
-/// Reads one request frame and answers it: a submitted message, or an operator request.
+/// Handles one request frame: a submitted message, or an operator request.
 async fn receive(
     node: &Arc<Node>,
     who: &PeerCert,
     from_peer: bool,
-    recv: RecvStream,
+    frame: pb::Frame,
 ) -> Result<Body, Refused> {
-    let mut reader = FrameReader::new(recv, node.config.limits.max_frame_bytes);
-    let frame = match tokio::time::timeout(node.config.limits.ack_timeout, reader.read()).await {
-        Err(_) => {
-            return Err((
-                Refusal::new(RefusalCode::Malformed, "frame not received in time"),
-                None,
-            ));
-        }
-        Ok(Ok(f)) => f,
-        Ok(Err(e)) => {
-            if matches!(e, FrameError::TooLarge { .. }) {
-                // Nothing more of this stream is read; the sender's write stops here.
-                let _ = reader.stream().stop(0u32.into());
-            }
-            let r = e
-                .refusal()
-                .map(|r| Refusal::new(r.code(), r.reason))
-                .unwrap_or_else(|| Refusal::new(RefusalCode::Malformed, e.to_string()));
-            return Err((r, None));
-        }
-    };
     let signed = match frame.body {
         Some(Body::Submit(pb::Submit {
             envelope: Some(signed),
