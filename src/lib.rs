@@ -21,6 +21,7 @@ pub mod policy;
 pub mod route;
 pub mod session;
 pub mod signature;
+pub mod store;
 pub mod tls;
 pub mod validate;
 pub mod wire;

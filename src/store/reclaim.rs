@@ -1,0 +1,110 @@
+//! Reclaiming space: deleting finished head segments, compacting a sparse head, and reading a
+//! live copy back from disk (for compaction and redrive). Part of the writer thread.
+//!
+//! A segment is deleted only from the head, and only when it holds no live copy, so a `Done`
+//! record always outlives the `Put` it finishes. One old message would then pin every later
+//! segment; compaction prevents that by copying the head's live copies forward (same seqs,
+//! current attempts and dead state) a bounded slice per write, after which the head is deleted.
+//! Nothing here decides when a message is finished: that is the node's `Done`.
+
+use std::fs::{self, File};
+use std::os::unix::fs::FileExt;
+
+use super::record::{Frame, PutBody, Record, read_frame};
+use super::segment;
+use super::writer::{Fatal, Writer, fatal};
+
+impl Writer {
+    pub(super) fn compaction_source(&self) -> Option<u64> {
+        let active = self.active.as_ref().map(|a| a.id);
+        self.state
+            .index
+            .compaction_source(active, self.opts.compact_below_live_ratio)
+    }
+
+    /// Adds copies of up to `max_batch_bytes` of the compaction source's live records, with
+    /// their current attempts and dead state and their original seqs.
+    pub(super) fn compact_into(&mut self, records: &mut Vec<Record>) -> Result<(), Fatal> {
+        let Some(source) = self.compaction_source() else {
+            return Ok(());
+        };
+        let mut budget = self.opts.max_batch_bytes as u64;
+        let mut moving = Vec::new();
+        for &seq in &self.state.index.segments()[&source].live {
+            if budget == 0 {
+                break;
+            }
+            moving.push(seq);
+            let len = self
+                .state
+                .index
+                .get(seq)
+                .map_or(0, |e| u64::from(e.loc.len));
+            budget = budget.saturating_sub(len);
+        }
+        for seq in moving {
+            let mut body = self.read_put(seq)?;
+            // `moving` came from the index, so the entry is there; `read_put` checked it.
+            if let Some(e) = self.state.index.get(seq) {
+                body.attempts = e.attempts;
+                body.dead = e.dead.clone();
+            }
+            records.push(Record::Put(body));
+            self.stats.compacted_records += 1;
+        }
+        Ok(())
+    }
+
+    /// Reads back the `Put` frame of live copy `seq`, checking it is the one the index expects.
+    pub(super) fn read_put(&mut self, seq: u64) -> Result<PutBody, Fatal> {
+        let loc = self
+            .state
+            .index
+            .get(seq)
+            .map(|e| e.loc)
+            .ok_or_else(|| format!("store index has no live record {seq}"))?;
+        let path = segment::path(&self.dir, loc.segment);
+        let file = match self.readers.entry(loc.segment) {
+            std::collections::hash_map::Entry::Occupied(f) => f.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(File::open(&path).map_err(|e| fatal("open", &path, e))?)
+            }
+        };
+        let mut frame = vec![0; loc.len as usize];
+        file.read_exact_at(&mut frame, loc.offset)
+            .map_err(|e| fatal("read", &path, e))?;
+        let reason = match read_frame(&frame, 0) {
+            Frame::Ok { kind, body, .. } => match Record::decode(kind, body) {
+                Ok(Record::Put(p)) if p.seq == seq => return Ok(p),
+                Ok(_) => "a different record",
+                Err(reason) => reason,
+            },
+            Frame::End => "nothing",
+            Frame::Bad(reason) => reason,
+        };
+        Err(format!(
+            "record {seq} at {} offset {} reads back as {reason}",
+            path.display(),
+            loc.offset
+        ))
+    }
+
+    /// Deletes head segments that hold nothing live, oldest first, each deletion made durable
+    /// before the next (so a crash can never bring back an older segment without the newer
+    /// ones whose `Done` records finish its copies).
+    pub(super) fn reclaim(&mut self) -> Result<(), Fatal> {
+        while let Some(id) = self.state.index.deletable_head(self.state.newest) {
+            let path = segment::path(&self.dir, id);
+            fs::remove_file(&path).map_err(|e| fatal("remove", &path, e))?;
+            segment::sync_dir(&self.dir).map_err(|e| fatal("sync directory of", &path, e))?;
+            self.readers.remove(&id);
+            let keys = self.state.index.remove_segment(id);
+            let mut seen = self.shared.seen();
+            for key in &keys {
+                seen.remove(key);
+            }
+            self.stats.segments_deleted += 1;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,189 @@
+//! Recovery at open: replay every segment in order to rebuild the indexes and the list of live
+//! copies, cutting a torn tail off the newest segment.
+//!
+//! The newest segment is the only one a crash can leave unfinished (a segment is sealed only
+//! after its last write was fsynced), so a bad frame or a write without its `Commit` there is a
+//! torn tail: the file is truncated at the end of the last complete write, and what was cut is
+//! logged. The same in any older segment is corruption of acknowledged data, and open fails with
+//! [`StoreError::Corrupt`] naming the file and offset rather than silently losing it.
+//! Replay is idempotent by seq: a copy moved by compaction may appear in two segments if a crash
+//! came between the copy and the deletion of its old segment; the later frame wins.
+
+use std::collections::BTreeMap;
+use std::fs::{self, OpenOptions};
+use std::path::Path;
+
+use super::index::{Index, Location, Seen};
+use super::record::Record;
+use super::segment::{self, Scan};
+use super::{StoreError, StoredMessage};
+
+/// What the writer starts from.
+#[derive(Debug, Default)]
+pub(super) struct State {
+    pub index: Index,
+    /// The seq the next `Put` gets.
+    pub next_seq: u64,
+    /// The id the next segment gets.
+    pub next_segment: u64,
+    /// The newest segment on disk, never deleted (its header carries `next_seq` across restarts
+    /// even when no `Put` is left).
+    pub newest: Option<u64>,
+}
+
+/// Everything recovery found.
+#[derive(Debug)]
+pub(super) struct Recovered {
+    pub state: State,
+    pub seen: Seen,
+    /// Live copies in seq order.
+    pub messages: Vec<StoredMessage>,
+}
+
+/// Replays the log in `dir`. See the module docs.
+///
+/// # Errors
+/// [`StoreError::Corrupt`] for damage outside the newest segment's tail; [`StoreError::Io`].
+pub(super) fn recover(dir: &Path) -> Result<Recovered, StoreError> {
+    let segments = segment::list(dir)?;
+    let last = segments.last().map(|(id, _)| *id);
+    let mut state = State {
+        next_seq: 1,
+        next_segment: last.map_or(1, |id| id + 1),
+        ..State::default()
+    };
+    let mut seen = Seen::default();
+    let mut messages = BTreeMap::new();
+    for (id, path) in segments {
+        let io = |op, source| StoreError::Io {
+            op,
+            path: path.clone(),
+            source,
+        };
+        let data = fs::read(&path).map_err(|e| io("read", e))?;
+        let scan = segment::scan(&data);
+        let corrupt = |offset, reason: &str| StoreError::Corrupt {
+            path: path.clone(),
+            offset,
+            reason: reason.to_owned(),
+        };
+        if Some(id) != last {
+            if let Some(stop) = &scan.stop {
+                let reason = format!("{} in a sealed segment (not a torn tail)", stop.reason);
+                return Err(corrupt(stop.offset, &reason));
+            }
+        } else {
+            if scan.good_len < data.len() as u64 {
+                cut(&path, &scan, data.len() as u64)?;
+            }
+            if scan.good_len == 0 {
+                // Created, but its first write never completed: nothing in it was acknowledged.
+                fs::remove_file(&path).map_err(|e| io("remove", e))?;
+                segment::sync_dir(dir).map_err(|e| io("sync directory of", e))?;
+                continue;
+            }
+        }
+        match scan.records.first().map(|s| &s.record) {
+            Some(Record::Header { segment, next_seq }) if *segment == id => {
+                state.next_seq = state.next_seq.max(*next_seq);
+            }
+            _ => return Err(corrupt(0, "segment does not begin with its own header")),
+        }
+        state.index.add_segment(id);
+        state.index.add_bytes(id, scan.good_len);
+        state.newest = Some(id);
+        for s in scan.records {
+            let loc = Location {
+                segment: id,
+                offset: s.offset,
+                len: s.len,
+            };
+            replay(&mut state, &mut seen, &mut messages, loc, s.record);
+        }
+    }
+    Ok(Recovered {
+        state,
+        seen,
+        messages: messages.into_values().collect(),
+    })
+}
+
+fn replay(
+    state: &mut State,
+    seen: &mut Seen,
+    messages: &mut BTreeMap<u64, StoredMessage>,
+    loc: Location,
+    record: Record,
+) {
+    match record {
+        Record::Put(p) => {
+            let key = seen.key(&p.queue, p.message_id);
+            seen.add(&key);
+            state.next_seq = state.next_seq.max(p.seq.saturating_add(1));
+            state.index.put(p.seq, loc, p.attempts, p.dead.clone(), key);
+            messages.insert(
+                p.seq,
+                StoredMessage {
+                    seq: p.seq,
+                    queue: p.queue,
+                    message_id: p.message_id,
+                    precedence: p.precedence,
+                    expires_at_ms: p.expires_at_ms,
+                    received_at_ms: p.received_at_ms,
+                    attempts: p.attempts,
+                    bytes: p.bytes,
+                    dead: p.dead,
+                },
+            );
+        }
+        // A finished copy whose `Put` was in a deleted segment is simply not there.
+        Record::Done { seq } => {
+            state.index.done(seq);
+            messages.remove(&seq);
+        }
+        Record::Attempt { seq, attempts } => {
+            if state.index.attempt(seq, attempts)
+                && let Some(m) = messages.get_mut(&seq)
+            {
+                m.attempts = attempts;
+            }
+        }
+        Record::DeadLetter { seq, reason } => {
+            if state.index.dead_letter(seq, reason.clone())
+                && let Some(m) = messages.get_mut(&seq)
+            {
+                m.dead = Some(reason);
+            }
+        }
+        Record::Header { .. } | Record::Commit { .. } => {}
+    }
+}
+
+/// Truncates the newest segment at the end of its last complete write, durably.
+fn cut(path: &Path, scan: &Scan, file_len: u64) -> Result<(), StoreError> {
+    let (found_at, reason) = scan
+        .stop
+        .as_ref()
+        .map_or((scan.good_len, "zero padding"), |s| (s.offset, s.reason));
+    tracing::warn!(
+        segment = %path.display(),
+        cut_at = scan.good_len,
+        cut_bytes = file_len - scan.good_len,
+        dropped_records = scan.uncommitted,
+        found_at,
+        reason,
+        "store: cutting the unfinished tail of the newest segment (a write interrupted by a \
+         crash, never acknowledged)"
+    );
+    let io = |op, source| StoreError::Io {
+        op,
+        path: path.to_owned(),
+        source,
+    };
+    let file = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(|e| io("open", e))?;
+    file.set_len(scan.good_len).map_err(|e| io("truncate", e))?;
+    file.sync_all().map_err(|e| io("sync", e))
+}

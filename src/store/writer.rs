@@ -1,0 +1,423 @@
+//! The writer thread: group commit and segment rollover (reclaim and compaction are in
+//! [`super::reclaim`]).
+//!
+//! One std thread (not the tokio blocking pool: it lives as long as the store and blocks in
+//! fdatasync) owns the log. Each round it takes the waiting requests (up to
+//! [`StoreOptions::max_batch_records`] ops or [`StoreOptions::max_batch_bytes`]), validates and
+//! applies each request whole or not at all, adds a bounded slice of compaction work, appends
+//! everything with **one** write ending in a `Commit` record, calls `fdatasync` **once**, and only
+//! then answers every caller in the round. A lone caller still gets its own fsync.
+//!
+//! It does not retry: the first I/O error is recorded in [`Shared::failed`], every request in the
+//! round and after it is answered [`StoreError::Failed`], and the thread exits.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::fault::Faults;
+use super::index::{Key, Location};
+use super::record::{PutBody, Record};
+use super::recover::State;
+use super::{Op, Shared, StoreError, StoreOptions, StoreStats, segment};
+
+/// A request from a [`super::Store`] handle.
+pub(super) enum Request {
+    Commit(CommitRequest),
+    Close(oneshot::Sender<Result<(), StoreError>>),
+}
+
+pub(super) struct CommitRequest {
+    pub ops: Vec<Op>,
+    /// Refuse the whole request if any `Put` was already seen ([`super::Store::commit_if_new`]).
+    pub unique: bool,
+    /// Message bytes, for batch sizing.
+    pub bytes: usize,
+    pub reply: oneshot::Sender<Result<Vec<u64>, StoreError>>,
+}
+
+type Reply = oneshot::Sender<Result<Vec<u64>, StoreError>>;
+
+/// The description of a fatal I/O failure.
+pub(super) type Fatal = String;
+
+pub(super) fn fatal(op: &str, path: &Path, e: impl std::fmt::Display) -> Fatal {
+    format!("{op} {}: {e}", path.display())
+}
+
+/// The segment being appended to.
+pub(super) struct Active {
+    pub(super) id: u64,
+    file: File,
+    len: u64,
+}
+
+pub(super) struct Writer {
+    pub(super) dir: PathBuf,
+    pub(super) opts: StoreOptions,
+    pub(super) state: State,
+    pub(super) shared: Arc<Shared>,
+    faults: Faults,
+    /// Created at the first write after open: a segment is only ever appended to by the run
+    /// that created it, so nothing is written after a recovered tail.
+    pub(super) active: Option<Active>,
+    /// Read handles for redrive and compaction, by segment id.
+    pub(super) readers: HashMap<u64, File>,
+    buf: Vec<u8>,
+    pub(super) stats: StoreStats,
+    /// Held for the writer's life: the directory's exclusive lock.
+    _lock: File,
+}
+
+impl Writer {
+    pub(super) fn new(
+        dir: &Path,
+        opts: StoreOptions,
+        state: State,
+        shared: Arc<Shared>,
+        faults: Faults,
+        lock: File,
+    ) -> Writer {
+        let w = Writer {
+            dir: dir.to_owned(),
+            opts,
+            state,
+            shared,
+            faults,
+            active: None,
+            readers: HashMap::new(),
+            buf: Vec::new(),
+            stats: StoreStats::default(),
+            _lock: lock,
+        };
+        w.publish_stats(); // Before the thread starts, so `stats` is right from `open` on.
+        w
+    }
+
+    /// Serves requests until closed, failed, or every handle is dropped.
+    pub(super) fn run(mut self, mut rx: mpsc::Receiver<Request>) {
+        let mut close = None;
+        // Segments left deletable by the last run (e.g. a compacted head a crash left behind).
+        let mut outcome = self.reclaim();
+        match &outcome {
+            Err(cause) => drop(self.fail(cause.clone())),
+            Ok(()) => self.publish_stats(),
+        }
+        while outcome.is_ok() && close.is_none() {
+            let Some(batch) = self.next_batch(&mut rx, &mut close) else {
+                break;
+            };
+            outcome = self.round(batch);
+        }
+        rx.close();
+        let failed = self.shared.failed.get().cloned();
+        let closed = || {
+            failed
+                .clone()
+                .map_or(Ok(()), |c| Err(StoreError::Failed(c)))
+        };
+        let mut closers = Vec::from_iter(close);
+        while let Ok(req) = rx.try_recv() {
+            match req {
+                Request::Commit(c) => {
+                    let _ = c.reply.send(closed().and(Err(StoreError::Closed)));
+                }
+                Request::Close(reply) => closers.push(reply),
+            }
+        }
+        drop(self); // Closes the files and releases the lock before `close` returns.
+        for reply in closers {
+            let _ = reply.send(closed());
+        }
+    }
+
+    /// Waits for work, then takes every waiting request within the batch limits. Returns `None`
+    /// when every handle is gone. With compaction pending it does not wait: an empty batch is a
+    /// compaction-only round.
+    fn next_batch(
+        &mut self,
+        rx: &mut mpsc::Receiver<Request>,
+        close: &mut Option<oneshot::Sender<Result<(), StoreError>>>,
+    ) -> Option<Vec<CommitRequest>> {
+        let mut next = if self.compaction_source().is_some() {
+            match rx.try_recv() {
+                Ok(r) => Some(r),
+                Err(mpsc::error::TryRecvError::Empty) => None,
+                Err(mpsc::error::TryRecvError::Disconnected) => return None,
+            }
+        } else {
+            Some(rx.blocking_recv()?)
+        };
+        let (mut batch, mut ops, mut bytes) = (Vec::new(), 0, 0);
+        while let Some(req) = next {
+            match req {
+                Request::Close(reply) => {
+                    *close = Some(reply);
+                    break;
+                }
+                Request::Commit(c) => {
+                    ops += c.ops.len();
+                    bytes += c.bytes;
+                    batch.push(c);
+                }
+            }
+            if ops >= self.opts.max_batch_records || bytes >= self.opts.max_batch_bytes {
+                break;
+            }
+            next = rx.try_recv().ok();
+        }
+        Some(batch)
+    }
+
+    /// One write and one fsync for a batch; answers every request in it.
+    fn round(&mut self, batch: Vec<CommitRequest>) -> Result<(), Fatal> {
+        let mut answers: Vec<(Reply, Result<Vec<u64>, StoreError>)> = Vec::new();
+        let mut records = Vec::new();
+        // Keys of this batch's puts, not yet in the seen set (it is updated after the fsync).
+        let mut in_flight = HashSet::new();
+        let mut batch = batch.into_iter();
+        let mut result = Ok(());
+        for req in batch.by_ref() {
+            match self.prepare(req.ops, req.unique, &mut records, &mut in_flight) {
+                Ok(outcome) => answers.push((req.reply, outcome)),
+                Err(cause) => {
+                    answers.push((req.reply, Ok(Vec::new())));
+                    result = Err(cause);
+                    break;
+                }
+            }
+        }
+        let committed = answers.iter().filter(|(_, o)| o.is_ok()).count() as u64;
+        let written = records.len() as u64;
+        let result = result
+            .and_then(|()| self.compact_into(&mut records))
+            .and_then(|()| self.write(records));
+        if let Err(cause) = result {
+            let cause = self.fail(cause);
+            let replies = answers.into_iter().map(|(r, _)| r);
+            for reply in replies.chain(batch.map(|req| req.reply)) {
+                let _ = reply.send(Err(StoreError::Failed(cause.clone())));
+            }
+            return Err(cause.to_string());
+        }
+        self.stats.commits += committed;
+        self.stats.records_written += written;
+        // Reclaim before answering, so a caller sees the effects of its commit (files deleted,
+        // stats) when it returns. Its writes are durable even if reclaim fails: they are
+        // answered `Ok`, and the failure stops the store from the next request on.
+        let reclaimed = self.reclaim();
+        if let Err(cause) = &reclaimed {
+            self.fail(cause.clone());
+        }
+        self.publish_stats();
+        for (reply, outcome) in answers {
+            // A caller that stopped waiting is no reason to stop the others.
+            let _ = reply.send(outcome);
+        }
+        reclaimed
+    }
+
+    /// Records the first fatal error and returns it (an earlier one wins).
+    fn fail(&self, cause: Fatal) -> Arc<String> {
+        tracing::error!(%cause, "store: I/O failed; the store accepts nothing more");
+        self.shared.failed.get_or_init(|| Arc::new(cause)).clone()
+    }
+
+    /// Validates one request and turns it into records, applying it to the index (all or none).
+    /// The outer error is fatal (a redrive read failed); the inner one is the caller's.
+    fn prepare(
+        &mut self,
+        ops: Vec<Op>,
+        unique: bool,
+        records: &mut Vec<Record>,
+        in_flight: &mut HashSet<(String, [u8; 16])>,
+    ) -> Result<Result<Vec<u64>, StoreError>, Fatal> {
+        if let Err(e) = self.state.index.validate(&ops) {
+            return Ok(Err(e));
+        }
+        let puts = ops.iter().filter_map(|op| match op {
+            Op::Put(p) => Some((p.queue.as_str(), p.message_id)),
+            _ => None,
+        });
+        if unique && let Some((queue, id)) = self.first_seen(puts.clone(), in_flight) {
+            let (queue, message_id) = (queue.to_owned(), id);
+            return Ok(Err(StoreError::Duplicate { queue, message_id }));
+        }
+        in_flight.extend(puts.map(|(q, id)| (q.to_owned(), id)));
+        let mut seqs = Vec::new();
+        for op in ops {
+            match op {
+                Op::Put(p) => {
+                    let seq = self.take_seq();
+                    seqs.push(seq);
+                    records.push(Record::Put(PutBody {
+                        seq,
+                        queue: p.queue,
+                        message_id: p.message_id,
+                        precedence: p.precedence,
+                        expires_at_ms: p.expires_at_ms,
+                        received_at_ms: p.received_at_ms,
+                        attempts: 0,
+                        dead: None,
+                        bytes: p.bytes,
+                    }));
+                }
+                Op::Done(seq) => {
+                    self.state.index.done(seq);
+                    records.push(Record::Done { seq });
+                }
+                Op::Attempt(seq, attempts) => {
+                    self.state.index.attempt(seq, attempts);
+                    records.push(Record::Attempt { seq, attempts });
+                }
+                Op::DeadLetter(seq, reason) => {
+                    self.state.index.dead_letter(seq, reason.clone());
+                    records.push(Record::DeadLetter { seq, reason });
+                }
+                Op::Redrive(old) => {
+                    let body = self.read_put(old)?;
+                    self.state.index.done(old);
+                    let seq = self.take_seq();
+                    seqs.push(seq);
+                    let fresh = PutBody {
+                        seq,
+                        attempts: 0,
+                        dead: None,
+                        ..body
+                    };
+                    records.push(Record::Put(fresh));
+                    records.push(Record::Done { seq: old });
+                }
+            }
+        }
+        Ok(Ok(seqs))
+    }
+
+    /// The first of `puts` already seen on disk, in flight in this batch, or earlier in `puts`.
+    fn first_seen<'a>(
+        &self,
+        puts: impl Iterator<Item = (&'a str, [u8; 16])>,
+        in_flight: &HashSet<(String, [u8; 16])>,
+    ) -> Option<(&'a str, [u8; 16])> {
+        let seen = self.shared.seen();
+        let mut mine = HashSet::new();
+        puts.into_iter().find(|&(q, id)| {
+            seen.contains(q, &id)
+                || in_flight.contains(&(q.to_owned(), id))
+                || !mine.insert((q, id))
+        })
+    }
+
+    fn take_seq(&mut self) -> u64 {
+        let seq = self.state.next_seq;
+        self.state.next_seq += 1;
+        seq
+    }
+
+    /// Appends `records` and a `Commit` with one write, rolling to a new segment first if they
+    /// would overflow the active one, then fdatasyncs and publishes the new seen keys.
+    fn write(&mut self, records: Vec<Record>) -> Result<(), Fatal> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let size: u64 = records.iter().map(|r| r.frame_len() as u64).sum();
+        let limit = self.opts.segment_bytes;
+        let full = |a: &Active| a.len + size > limit;
+        self.buf.clear();
+        let mut count = records.len();
+        if self.active.as_ref().is_none_or(full) {
+            let id = self.open_segment()?;
+            let next_seq = self.state.next_seq;
+            Record::Header {
+                segment: id,
+                next_seq,
+            }
+            .encode(&mut self.buf);
+            count += 1;
+        }
+        // `open_segment` just set it if it was unset.
+        let Some(active) = self.active.as_mut() else {
+            return Err("store writer has no active segment".into());
+        };
+        let mut placed = Vec::new();
+        for rec in &records {
+            let offset = active.len + self.buf.len() as u64;
+            rec.encode(&mut self.buf);
+            if let Record::Put(p) = rec {
+                let len = (active.len + self.buf.len() as u64 - offset) as u32; // One frame.
+                let segment = active.id;
+                placed.push((
+                    p,
+                    Location {
+                        segment,
+                        offset,
+                        len,
+                    },
+                ));
+            }
+        }
+        // The index takes the new locations now; the seen set only once they are durable.
+        let keys: Vec<Key> = {
+            let seen = self.shared.seen();
+            let index = &mut self.state.index;
+            let key = |(p, loc): (&PutBody, Location)| {
+                let key = seen.key(&p.queue, p.message_id);
+                index.put(p.seq, loc, p.attempts, p.dead.clone(), key.clone());
+                key
+            };
+            placed.into_iter().map(key).collect()
+        };
+        // One frame per record, and frames are bounded, so the count fits.
+        Record::Commit {
+            records: count as u32,
+        }
+        .encode(&mut self.buf);
+        let path = segment::path(&self.dir, active.id);
+        self.faults
+            .write_all(&mut active.file, &self.buf)
+            .map_err(|e| fatal("write", &path, e))?;
+        self.faults
+            .sync_data(&active.file)
+            .map_err(|e| fatal("fdatasync", &path, e))?;
+        active.len += self.buf.len() as u64;
+        self.state.index.add_bytes(active.id, self.buf.len() as u64);
+        self.stats.fsyncs += 1;
+        let mut seen = self.shared.seen();
+        for key in &keys {
+            seen.add(key);
+        }
+        Ok(())
+    }
+
+    /// Creates the next segment file and makes its directory entry durable.
+    fn open_segment(&mut self) -> Result<u64, Fatal> {
+        let id = self.state.next_segment;
+        let path = segment::path(&self.dir, id);
+        let file = OpenOptions::new()
+            .create_new(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| fatal("create", &path, e))?;
+        segment::sync_dir(&self.dir).map_err(|e| fatal("sync directory of", &path, e))?;
+        self.state.next_segment += 1;
+        self.state.newest = Some(id);
+        self.state.index.add_segment(id);
+        self.active = Some(Active { id, file, len: 0 });
+        Ok(id)
+    }
+
+    fn publish_stats(&self) {
+        let index = &self.state.index;
+        let stats = StoreStats {
+            segments: index.segments().len(),
+            bytes_on_disk: index.segments().values().map(|s| s.bytes).sum(),
+            live_records: index.live_count(),
+            dead_records: index.dead_count(),
+            ..self.stats.clone()
+        };
+        *self.shared.stats.lock().expect("store stats lock poisoned") = stats;
+    }
+}
