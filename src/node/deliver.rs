@@ -133,10 +133,13 @@ async fn deliver_alert(c: &Consumer, entry: Entry<Item>) {
     })
     .await;
     match result {
-        Ok(Ok(())) => c.node.events.record(Event::Acknowledged {
-            id,
-            by: c.to.clone(),
-        }),
+        Ok(Ok(())) => c.node.finished(
+            &entry.item,
+            Event::Acknowledged {
+                id,
+                by: c.to.clone(),
+            },
+        ),
         Err(_) => fail(c, entry, "did not acknowledge in time".into()),
         Ok(Err(reason)) => fail(c, entry, format!("delivery failed: {reason}")),
     }
@@ -211,11 +214,9 @@ async fn read_acks(c: Arc<Consumer>, recv: RecvStream, pending: Pending) {
                     continue;
                 };
                 let done = pending.lock().expect("pending lock poisoned").remove(&id);
-                if done.is_some() {
-                    c.node.events.record(Event::Acknowledged {
-                        id,
-                        by: c.to.clone(),
-                    });
+                if let Some((entry, _, _)) = done {
+                    let by = c.to.clone();
+                    c.node.finished(&entry.item, Event::Acknowledged { id, by });
                 }
             }
             Ok(other) => break format!("expected Ack, got {other:?}"),

@@ -6,7 +6,10 @@
 //! from the sans-I/O core.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
 
 use super::events::Event;
 use super::queue::{Item, Queue};
@@ -14,11 +17,17 @@ use super::{Node, entry};
 use crate::lanes::{AfterFailure, Entry};
 use crate::message::{Draft, MessageId, Precedence, timestamp};
 use crate::route;
+use crate::store::{Op, PutRecord, StoreError};
 use crate::validate::{Admitted, Refusal, seal};
 use crate::wire::pb::{self, RefusalCode};
 
 /// A refusal, with the message id when known.
 pub(super) type Refused = (Refusal, Option<MessageId>);
+
+/// Milliseconds since the Unix epoch, as the store keeps times.
+pub(super) fn millis(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64
+}
 
 /// How long a non-delivery report lives.
 const REPORT_LIFETIME: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -27,7 +36,7 @@ impl Node {
     /// Takes responsibility for an admitted message: routes it, checks room in every destination
     /// queue, and queues one copy per destination. Returns the acceptance for the sender.
     pub(super) async fn take(
-        &self,
+        self: &Arc<Self>,
         mut admitted: Admitted,
         from_peer: bool,
         from: String,
@@ -88,12 +97,47 @@ impl Node {
             s
         });
         let onward = Arc::new(std::mem::take(&mut admitted.signed));
-        let copies = mailboxes
+        let copies: Vec<(&Arc<Queue>, Arc<pb::SignedEnvelope>)> = mailboxes
             .iter()
             .map(|q| (q, local.clone()))
-            .chain(outboxes.iter().map(|q| (q, onward.clone())));
-        for (q, signed) in copies {
+            .chain(outboxes.iter().map(|q| (q, onward.clone())))
+            .collect();
+        // On disk before the sender hears "accepted". Copies share the encoding of their kind.
+        let local_bytes = Bytes::from(prost::Message::encode_to_vec(&*local));
+        let onward_bytes = Bytes::from(prost::Message::encode_to_vec(&*onward));
+        let ops = copies
+            .iter()
+            .map(|(q, signed)| {
+                let bytes = if Arc::ptr_eq(signed, &local) {
+                    local_bytes.clone()
+                } else {
+                    onward_bytes.clone()
+                };
+                Op::Put(PutRecord {
+                    queue: q.name().to_owned(),
+                    message_id: *id.as_bytes(),
+                    precedence: admitted.precedence.to_pb() as u8,
+                    expires_at_ms: millis(admitted.expires_at),
+                    received_at_ms: millis(now),
+                    bytes,
+                })
+            })
+            .collect();
+        let seqs = match self.store.commit_if_new(ops).await {
+            Ok(seqs) => seqs,
+            // Already accepted (a retransmission after a lost answer): accepted again, once.
+            Err(StoreError::Duplicate { .. }) => {
+                return Ok(pb::Accepted {
+                    message_id: id.to_bytes(),
+                    accepted_at: Some(timestamp(now)),
+                    routed: plan.fan_out() as u32,
+                });
+            }
+            Err(e) => return Err((self.storage_failed(&e), Some(id))),
+        };
+        for ((q, signed), seq) in copies.into_iter().zip(seqs) {
             let item = Item {
+                seq,
                 id,
                 signed,
                 received_at: now,
@@ -116,13 +160,50 @@ impl Node {
         })
     }
 
+    /// The store failed: it is fatal (see [`crate::store`]). The node stops accepting and says
+    /// why, loudly, once per caller.
+    pub(super) fn storage_failed(&self, e: &StoreError) -> Refusal {
+        if !self.storage_failed.swap(true, Ordering::AcqRel) {
+            tracing::error!(node = %self.config.name, error = %e, "storage failed: this node accepts nothing more until it is restarted");
+        }
+        Refusal::new(
+            RefusalCode::ShuttingDown,
+            format!(
+                "node {} cannot store messages ({e}); try another route or later",
+                self.config.name
+            ),
+        )
+    }
+
+    /// Records store ops whose durability the caller need not wait for (a lost `Done` only means
+    /// a redelivery that the client drops; a lost attempt count only a later dead letter).
+    pub(super) fn record_later(self: &Arc<Self>, ops: Vec<Op>) {
+        let node = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = node.store.commit(ops).await {
+                if e.is_fatal() {
+                    node.storage_failed(&e);
+                } else {
+                    tracing::warn!(error = %e, "store op not applied");
+                }
+            }
+        });
+    }
+
+    /// A copy is finished: acknowledged by a client, or accepted by the peer it was forwarded to.
+    pub(super) fn finished(self: &Arc<Self>, item: &Item, event: Event) {
+        self.events.record(event);
+        self.record_later(vec![Op::Done(item.seq)]);
+    }
+
     /// A delivery or forward of `entry` failed for a reason that is the message's business (no
     /// acknowledgement): retry with backoff, or dead-letter it.
-    pub(super) fn failed(&self, queue: &Queue, mut entry: Entry<Item>, reason: String) {
+    pub(super) fn failed(self: &Arc<Self>, queue: &Queue, mut entry: Entry<Item>, reason: String) {
         entry.item.attempts += 1;
         match self.retry.after_failure(entry.item.attempts) {
             AfterFailure::Retry(delay) => {
                 tracing::debug!(id = %entry.item.id, queue = queue.name(), %reason, ?delay, "will retry");
+                self.record_later(vec![Op::Attempt(entry.item.seq, entry.item.attempts)]);
                 queue.retry_at(entry, SystemTime::now() + delay);
             }
             AfterFailure::DeadLetter => {
@@ -132,7 +213,11 @@ impl Node {
                     queue: queue.name().to_owned(),
                     reason: reason.clone(),
                 });
-                queue.dead_letter(entry, reason);
+                self.record_later(vec![
+                    Op::Attempt(entry.item.seq, entry.item.attempts),
+                    Op::DeadLetter(entry.item.seq, reason.clone()),
+                ]);
+                queue.dead_letter(entry, reason, SystemTime::now());
             }
         }
     }
@@ -144,6 +229,7 @@ impl Node {
                 id: e.item.id,
                 queue: queue.name().to_owned(),
             });
+            self.record_later(vec![Op::Done(e.item.seq)]);
             self.report_non_delivery(
                 &e.item,
                 queue.destination(),
@@ -161,12 +247,15 @@ impl Node {
         code: RefusalCode,
         reason: String,
     ) {
-        self.events.record(Event::ForwardRefused {
-            id: item.id,
-            peer: queue.destination().to_owned(),
-            code,
-            reason: reason.clone(),
-        });
+        self.finished(
+            item,
+            Event::ForwardRefused {
+                id: item.id,
+                peer: queue.destination().to_owned(),
+                code,
+                reason: reason.clone(),
+            },
+        );
         let why = match code {
             RefusalCode::Expired => pb::NonDeliveryReason::Expired,
             RefusalCode::UnknownRecipient => pb::NonDeliveryReason::UnknownRecipient,

@@ -146,10 +146,13 @@ async fn forward_one(
         bulk.submit(signed).await
     };
     match result {
-        Ok(_) => node.events.record(Event::Forwarded {
-            id,
-            peer: peer.to_owned(),
-        }),
+        Ok(_) => node.finished(
+            &entry.item,
+            Event::Forwarded {
+                id,
+                peer: peer.to_owned(),
+            },
+        ),
         // The peer is busy: try again when it says, without counting it against the message.
         Err(SubmitError::Refused {
             code: RefusalCode::QueueFull | RefusalCode::ShuttingDown,

@@ -10,6 +10,7 @@ mod lifecycle;
 mod link;
 mod operator;
 mod queue;
+mod recovery;
 mod server;
 
 use std::collections::HashMap;
@@ -25,6 +26,7 @@ use crate::config::Config;
 use crate::identity::{self, PeerCert};
 use crate::lanes::{Entry, RetryPolicy};
 use crate::signature::Signer;
+use crate::store::{Store, StoreError, StoreOptions};
 use crate::tls::{self, TlsError, TlsMaterial};
 pub use events::Event;
 use events::Events;
@@ -38,6 +40,8 @@ pub enum NodeError {
     Tls(#[from] TlsError),
     #[error("the node's own certificate is unusable: {0}")]
     OwnCertificate(String),
+    #[error("the node's store cannot be opened: {0}")]
+    Store(StoreError),
 }
 
 /// Mailboxes (agency inbox plus units) a node keeps; units are created on first use, so this
@@ -60,6 +64,12 @@ pub(crate) struct Node {
     /// Wakes a peer's link when that peer connects to us: it is up, so stop backing off.
     link_wake: HashMap<String, Arc<tokio::sync::Notify>>,
     shutting_down: AtomicBool,
+    /// Every copy the node holds, on disk.
+    store: Store,
+    /// Dead letters whose queue no longer exists (see `recovery`).
+    orphans: std::sync::OnceLock<Arc<Queue>>,
+    /// Set once the store has failed: the node then refuses everything.
+    storage_failed: AtomicBool,
     /// Signs the node's own reports (non-delivery).
     signer: Signer,
     retry: RetryPolicy,
@@ -91,6 +101,13 @@ impl Node {
         Some(q)
     }
 
+    /// Where copies whose queue no longer exists are kept as dead letters, for an operator.
+    fn orphans(&self) -> Arc<Queue> {
+        self.orphans
+            .get_or_init(|| Queue::new("orphans".into(), "-".into(), 1))
+            .clone()
+    }
+
     /// Every queue: mailboxes, then outboxes.
     fn queues(&self) -> Vec<Arc<Queue>> {
         let mut all: Vec<_> = self
@@ -101,11 +118,12 @@ impl Node {
             .cloned()
             .collect();
         all.extend(self.outboxes.values().cloned());
+        all.extend(self.orphans.get().cloned());
         all
     }
 
     fn is_shutting_down(&self) -> bool {
-        self.shutting_down.load(Ordering::Acquire)
+        self.shutting_down.load(Ordering::Acquire) || self.storage_failed.load(Ordering::Acquire)
     }
 
     /// True when nothing waits in any queue.
@@ -232,7 +250,12 @@ fn bind(config: Config) -> Result<(Arc<Node>, quinn::Endpoint), NodeError> {
         max_attempts: config.limits.max_delivery_attempts,
         ..RetryPolicy::default()
     };
+    let (store, recovered) = Store::open(&config.data_dir.join("store"), StoreOptions::default())
+        .map_err(NodeError::Store)?;
     let node = Arc::new(Node {
+        store,
+        orphans: std::sync::OnceLock::new(),
+        storage_failed: AtomicBool::new(false),
         signer,
         retry,
         link_wake,
@@ -244,6 +267,7 @@ fn bind(config: Config) -> Result<(Arc<Node>, quinn::Endpoint), NodeError> {
         outboxes,
         shutting_down: AtomicBool::new(false),
     });
+    node.recover(recovered);
     Ok((node, endpoint))
 }
 
@@ -283,6 +307,9 @@ async fn serve(node: Arc<Node>, endpoint: quinn::Endpoint, shutdown: impl Future
     tasks.abort_all();
     endpoint.close(0u32.into(), b"node shutting down");
     let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+    if let Err(e) = node.store.clone().close().await {
+        tracing::error!(node = %node.config.name, error = %e, "store closed with an error");
+    }
     tracing::info!(node = %node.config.name, "stopped");
 }
 

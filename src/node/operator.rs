@@ -11,10 +11,11 @@ use super::Node;
 use super::events::Event;
 use super::queue::{DeadLetter, Queue};
 use crate::message::{MessageId, timestamp};
+use crate::store::Op;
 use crate::wire::pb::{self, frame::Body};
 
 /// Answers one operator request frame.
-pub(super) fn handle(node: &Arc<Node>, by: &str, request: Body) -> Body {
+pub(super) async fn handle(node: &Arc<Node>, by: &str, request: Body) -> Body {
     match request {
         Body::DlqList(r) => Body::DlqEntries(pb::DlqEntries {
             entries: list(node, |q, _| r.queue.is_empty() || q.name() == r.queue),
@@ -30,15 +31,11 @@ pub(super) fn handle(node: &Arc<Node>, by: &str, request: Body) -> Body {
                 if !r.queue.is_empty() && q.name() != r.queue {
                     continue;
                 }
-                let redriven =
-                    q.redrive(|d| r.all || d.entry.item.id.as_bytes()[..] == r.message_id[..]);
-                for id in redriven {
-                    node.events.record(Event::Redriven {
-                        id,
-                        queue: q.name().to_owned(),
-                        by: by.to_owned(),
-                    });
-                    ids.push(id.to_bytes());
+                let wanted =
+                    |d: &DeadLetter| r.all || d.entry.item.id.as_bytes()[..] == r.message_id[..];
+                match redrive(node, &q, q.take_dead(wanted), by).await {
+                    Ok(mut redriven) => ids.append(&mut redriven),
+                    Err(refused) => return refused,
                 }
             }
             Body::DlqRedriven(pb::DlqRedriven { message_ids: ids })
@@ -49,6 +46,47 @@ pub(super) fn handle(node: &Arc<Node>, by: &str, request: Body) -> Body {
             ..Default::default()
         }),
     }
+}
+
+/// Puts dead letters back in their queue as fresh copies (one store write for all of them).
+async fn redrive(
+    node: &Arc<Node>,
+    q: &Arc<Queue>,
+    dead: Vec<DeadLetter>,
+    by: &str,
+) -> Result<Vec<bytes::Bytes>, Body> {
+    if dead.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ops = dead.iter().map(|d| Op::Redrive(d.entry.item.seq)).collect();
+    let seqs = match node.store.commit(ops).await {
+        Ok(seqs) => seqs,
+        Err(e) => {
+            for d in dead {
+                q.dead_letter(d.entry, d.reason, d.at);
+            }
+            let r = if e.is_fatal() {
+                node.storage_failed(&e)
+            } else {
+                crate::validate::Refusal::new(pb::RefusalCode::Invalid, e.to_string())
+            };
+            return Err(Body::Refused(r.to_pb(None)));
+        }
+    };
+    let mut ids = Vec::new();
+    for (mut d, seq) in dead.into_iter().zip(seqs) {
+        let id = d.entry.item.id;
+        d.entry.item.seq = seq;
+        d.entry.item.attempts = 0;
+        q.requeue(d.entry);
+        node.events.record(Event::Redriven {
+            id,
+            queue: q.name().to_owned(),
+            by: by.to_owned(),
+        });
+        ids.push(id.to_bytes());
+    }
+    Ok(ids)
 }
 
 fn list(node: &Node, pred: impl Fn(&Queue, &DeadLetter) -> bool) -> Vec<pb::DeadLetterInfo> {

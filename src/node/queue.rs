@@ -17,6 +17,8 @@ use crate::wire::pb;
 /// One copy of a message waiting in a queue.
 #[derive(Debug, Clone)]
 pub struct Item {
+    /// The copy's sequence number in the durable store.
+    pub seq: u64,
     pub id: MessageId,
     pub signed: Arc<pb::SignedEnvelope>,
     /// When this node accepted the message.
@@ -39,10 +41,8 @@ pub struct Queue {
     /// What the queue delivers to: an agency (mailbox) or a peer node (outbox).
     destination: String,
     lanes: Mutex<Lanes<Item>>,
-    /// Dead letters, oldest first. Bounded by the queue capacity: when full, the oldest dead
-    /// letter is dropped (and was logged when it was dead-lettered).
+    /// Dead letters, oldest first.
     dead: Mutex<std::collections::VecDeque<DeadLetter>>,
-    capacity: usize,
     /// Wakes every waiting consumer on any change: consumers may wait for different classes of
     /// traffic, so waking just one could wake the wrong one. Consumers per queue are few.
     notify: Notify,
@@ -55,7 +55,6 @@ impl Queue {
             destination,
             lanes: Mutex::new(Lanes::new(capacity)),
             dead: Mutex::default(),
-            capacity,
             notify: Notify::new(),
         })
     }
@@ -102,17 +101,13 @@ impl Queue {
         self.notify.notify_waiters();
     }
 
-    /// Moves an item to the dead letters.
-    pub fn dead_letter(&self, entry: Entry<Item>, reason: String) {
-        let mut dead = self.dead.lock().expect("dead letter lock poisoned");
-        if dead.len() >= self.capacity {
-            dead.pop_front();
-        }
-        dead.push_back(DeadLetter {
-            entry,
-            reason,
-            at: SystemTime::now(),
-        });
+    /// Moves an item to the dead letters. They are bounded only by what the store holds (a dead
+    /// letter stays on disk until an operator redrives it).
+    pub fn dead_letter(&self, entry: Entry<Item>, reason: String, at: SystemTime) {
+        self.dead
+            .lock()
+            .expect("dead letter lock poisoned")
+            .push_back(DeadLetter { entry, reason, at });
     }
 
     /// The dead letters, oldest first.
@@ -125,21 +120,12 @@ impl Queue {
             .collect()
     }
 
-    /// Puts dead letters matching `pred` back at the head of their lanes, with attempts reset.
-    pub fn redrive(&self, pred: impl Fn(&DeadLetter) -> bool) -> Vec<MessageId> {
+    /// Removes and returns the dead letters matching `pred` (to redrive them).
+    pub fn take_dead(&self, pred: impl Fn(&DeadLetter) -> bool) -> Vec<DeadLetter> {
         let mut dead = self.dead.lock().expect("dead letter lock poisoned");
-        let (back, keep): (Vec<_>, Vec<_>) = dead.drain(..).partition(|d| pred(d));
+        let (taken, keep): (Vec<_>, Vec<_>) = dead.drain(..).partition(|d| pred(d));
         dead.extend(keep);
-        drop(dead);
-        let ids = back.iter().map(|d| d.entry.item.id).collect();
-        let mut lanes = self.lanes();
-        for mut d in back {
-            d.entry.item.attempts = 0;
-            lanes.requeue(d.entry);
-        }
-        drop(lanes);
-        self.notify.notify_waiters();
-        ids
+        taken
     }
 
     /// Waits for the next item to serve. Expired items met on the way are handed to

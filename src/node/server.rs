@@ -329,7 +329,7 @@ async fn receive(
                 );
                 return Err((r, None));
             }
-            return Ok(super::operator::handle(node, &who.identity.to_string(), op));
+            return Ok(super::operator::handle(node, &who.identity.to_string(), op).await);
         }
         other => {
             let got = match other {
