@@ -63,6 +63,9 @@ pub struct ClientOptions {
     pub connect_timeout: Duration,
     /// Deliveries buffered for the application before the client stops taking more.
     pub inbox_capacity: usize,
+    /// Acknowledged message ids, to drop redeliveries. Pass the same [`Dedup`] to the client that
+    /// replaces one whose connection was lost, so a redelivery after a node restart is dropped too.
+    pub dedup: Dedup,
 }
 
 impl ClientOptions {
@@ -90,6 +93,7 @@ impl ClientOptions {
             unit: String::new(),
             connect_timeout: Duration::from_secs(10),
             inbox_capacity: 1024,
+            dedup: Dedup::default(),
         }
     }
 
@@ -191,7 +195,7 @@ impl Client {
             tokio::spawn(receive(connection.clone(), tx, max, acks));
             Inbox {
                 rx,
-                seen: Arc::new(Mutex::new(Seen::default())),
+                seen: opts.dedup.0.clone(),
             }
         });
         drop(writers_done);
@@ -320,6 +324,13 @@ impl Client {
     }
 
     /// Closes the connection and waits for the node to be told.
+    /// Closes the connection at once, without flushing anything: submissions in flight fail with
+    /// [`SubmitError::Connection`] (outcome unknown: resend with the same id) and the inbox ends.
+    /// For giving up on a node that stopped answering, rather than waiting for the idle timeout.
+    pub fn abort(&self) {
+        self.connection.close(0u32.into(), b"client aborted");
+    }
+
     /// Closes the connection after flushing acknowledgements: each delivery stream is finished
     /// and the node given up to [`CLOSE_FLUSH`] to confirm receipt, so an acknowledged message is
     /// not offered again.
@@ -361,6 +372,18 @@ pub fn stream_priority(p: Precedence) -> i32 {
 struct Seen {
     set: HashSet<MessageId>,
     order: VecDeque<MessageId>,
+}
+
+/// The ids an application has acknowledged, shared by the clients it uses one after another
+/// (see [`ClientOptions::dedup`]). Bounded: the oldest ids are forgotten after [`SEEN_CAPACITY`].
+#[derive(Clone, Default)]
+pub struct Dedup(Arc<Mutex<Seen>>);
+
+impl std::fmt::Debug for Dedup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.0.lock().map(|s| s.set.len()).unwrap_or(0);
+        write!(f, "Dedup({n} ids)")
+    }
 }
 
 /// How many delivered ids the client remembers for duplicate suppression.
@@ -456,17 +479,21 @@ impl Delivery {
 
     /// Acknowledges the message: the node will not offer it again.
     ///
+    /// The id is remembered first, whatever happens to the acknowledgement on the wire: the
+    /// application has processed the message, so a redelivery (the acknowledgement was lost with
+    /// the connection, or the node restarted before recording it) is dropped, not shown again.
+    ///
     /// # Errors
-    /// The connection or stream failed; the node will offer the message again.
+    /// The connection or stream failed; the node will offer the message again, and this client
+    /// (or one sharing its [`Dedup`]) will drop it.
     pub async fn ack(self) -> Result<(), SubmitError> {
-        self.ack
-            .send(self.id)
-            .await
-            .map_err(|_| SubmitError::Connection("the delivery stream has ended".into()))?;
         if let Some(seen) = &self.seen {
             seen.lock().expect("seen lock poisoned").insert(self.id);
         }
-        Ok(())
+        self.ack
+            .send(self.id)
+            .await
+            .map_err(|_| SubmitError::Connection("the delivery stream has ended".into()))
     }
 }
 

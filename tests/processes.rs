@@ -3,11 +3,9 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::process::Command;
 
-use common::{TestNet, certs, within};
+use common::{Daemon, TestNet, certs, within};
 use enlace::network::LocalNetwork;
 
 const ENLACED: &str = env!("CARGO_BIN_EXE_enlaced");
@@ -72,41 +70,12 @@ fn check_config_names_the_bad_key() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("the config says node dea/dea-1"));
 }
 
-/// Starts `enlaced` and waits until it logs that it listens. The caller waits for the child.
-#[allow(clippy::zombie_processes)] // Returned to the caller, which signals and waits for it.
-fn spawn_daemon(config: &std::path::Path) -> (Child, std::sync::mpsc::Receiver<String>) {
-    let mut child = Command::new(ENLACED)
-        .arg("--config")
-        .arg(config)
-        .env("NO_COLOR", "1")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    loop {
-        let line = rx
-            .recv_timeout(Duration::from_secs(20))
-            .expect("enlaced did not start");
-        if line.contains("node listening") {
-            return (child, rx);
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn daemon_serves_and_stops_cleanly_on_sigterm() {
     // pgr-1 runs as a separate enlaced process; dea-1 runs in this process.
     let dir = tempfile::tempdir().unwrap();
     let net = LocalNetwork::mesh(dir.path(), &certs(), &["dea", "pgr"]).unwrap();
-    let (mut daemon, logs) = spawn_daemon(&net.config_path("pgr-1"));
+    let daemon = Daemon::start(&net.config_path("pgr-1"));
     let dea = net.start("dea-1").await.unwrap();
 
     let pgr = enlace::Client::connect(
@@ -130,20 +99,10 @@ async fn daemon_serves_and_stops_cleanly_on_sigterm() {
     assert_eq!(d.id, acc.id);
     d.ack().await.unwrap();
 
-    let pid = daemon.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let status = tokio::task::spawn_blocking(move || daemon.wait())
+    let (status, rest) = tokio::task::spawn_blocking(move || daemon.terminate_keep_logs())
         .await
-        .unwrap()
         .unwrap();
     assert!(status.success(), "enlaced exited with {status}");
-    let rest: Vec<String> = logs.try_iter().collect();
     assert!(
         rest.iter().any(|l| l.contains("SIGTERM received")),
         "{rest:#?}"

@@ -122,3 +122,75 @@ pub fn init_logging() {
             .try_init();
     }
 }
+
+/// A real `enlaced` process.
+pub struct Daemon {
+    pub child: std::process::Child,
+    pub logs: std::sync::mpsc::Receiver<String>,
+}
+
+impl Daemon {
+    /// Starts `enlaced --config <config>` and waits until it logs that it listens.
+    pub fn start(config: &Path) -> Daemon {
+        use std::io::{BufRead, BufReader};
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_enlaced"))
+            .arg("--config")
+            .arg(config)
+            .env("NO_COLOR", "1")
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut d = Daemon { child, logs: rx };
+        loop {
+            match d.logs.recv_timeout(Duration::from_secs(30)) {
+                Ok(line) if line.contains("node listening") => return d,
+                Ok(_) => continue,
+                Err(e) => {
+                    d.kill9();
+                    panic!("enlaced did not start: {e}");
+                }
+            }
+        }
+    }
+
+    /// Kills the process with SIGKILL (no chance to clean up) and reaps it.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Sends SIGTERM, waits for the exit status, and returns it with the log lines not yet read.
+    pub fn terminate_keep_logs(mut self) -> (std::process::ExitStatus, Vec<String>) {
+        let pid = self.child.id().to_string();
+        let ok = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        let status = self.child.wait().unwrap();
+        // The stderr reader ends with the process; collect everything it read.
+        let mut lines = Vec::new();
+        while let Ok(l) = self.logs.recv_timeout(Duration::from_secs(5)) {
+            lines.push(l);
+        }
+        (status, lines)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        // A test that fails midway must not leave a daemon running.
+        if matches!(self.child.try_wait(), Ok(None)) {
+            self.kill9();
+        }
+    }
+}
