@@ -3,6 +3,7 @@
 //! Thin glue over the client library and the PKI module: parse flags, call the library, print.
 //! Exit codes are documented in [`exit`] and in `enlace --help`.
 
+mod bulk;
 mod demo;
 mod dlq;
 mod inbox;

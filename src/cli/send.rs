@@ -50,8 +50,15 @@ pub struct SendArgs {
     #[arg(long, requires = "type")]
     pub payload: Option<PathBuf>,
     /// Free text: sends a LiaisonMessage with this body.
-    #[arg(long, required_unless_present = "payload")]
+    #[arg(long, required_unless_present_any = ["payload", "bulk"])]
     pub text: Option<String>,
+    /// Stream a file of analytical records, one JSON object per line:
+    /// {"type": "AnalyticalReport", "payload": {...}} (optional per line: "to", "precedence",
+    /// "caseId"). Message ids derive from the file and line, and progress is saved beside the
+    /// file (FILE.enlace-progress): run it again after an interruption and it resumes without
+    /// sending anything twice.
+    #[arg(long, conflicts_with_all = ["text", "type", "payload"])]
+    pub bulk: Option<PathBuf>,
     /// BCP-47 language tag of --text.
     #[arg(long, default_value = "en")]
     pub lang: String,
@@ -60,7 +67,7 @@ pub struct SendArgs {
     pub json: bool,
 }
 
-fn parse_precedence(s: &str) -> Result<Precedence, String> {
+pub(super) fn parse_precedence(s: &str) -> Result<Precedence, String> {
     Precedence::parse(s)
         .ok_or_else(|| format!("{s:?}: use FLASH, IMMEDIATE, PRIORITY, ROUTINE or BULK"))
 }
@@ -72,6 +79,9 @@ fn parse_status(s: &str) -> Result<pb::Status, String> {
 }
 
 pub(super) async fn run(a: SendArgs) -> Result<(), Failure> {
+    if let Some(file) = &a.bulk {
+        return super::bulk::run(&a, file).await;
+    }
     let (type_name, payload) = match (&a.r#type, &a.payload, &a.text) {
         (Some(t), Some(path), _) => {
             let text = std::fs::read_to_string(path)
@@ -138,10 +148,17 @@ pub(super) async fn run(a: SendArgs) -> Result<(), Failure> {
             }
             Ok(())
         }
-        Err(e @ SubmitError::Refused { code, .. }) => {
+        Err(e) => Err(submit_failure(e)),
+    }
+}
+
+/// The exit code and error for a failed submission.
+pub(super) fn submit_failure(e: SubmitError) -> Failure {
+    match e {
+        SubmitError::Refused { code, .. } => {
             let busy = matches!(code, RefusalCode::QueueFull | RefusalCode::ShuttingDown);
-            Err(fail(if busy { exit::RETRY } else { exit::REFUSED }, e))
+            fail(if busy { exit::RETRY } else { exit::REFUSED }, e)
         }
-        Err(e) => Err(fail(exit::CONNECT, e)),
+        e => fail(exit::CONNECT, e),
     }
 }

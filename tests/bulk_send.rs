@@ -1,0 +1,115 @@
+//! `enlace send --bulk`: a file of analytical records streamed into the queue, resumed after an
+//! interruption without sending anything twice.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use common::{TestNet, certs};
+
+fn line(i: usize) -> String {
+    format!(
+        r#"{{"type": "AnalyticalReport", "payload": {{"kind": "ANALYTICAL_REPORT_KIND_OPERATIONAL_ANALYSIS", "title": {{"language": "es-MX", "text": "registro {i}"}}}}}}"#
+    )
+}
+
+fn sha256_hex(b: &[u8]) -> String {
+    ring::digest::digest(&ring::digest::SHA256, b)
+        .as_ref()
+        .iter()
+        .map(|x| format!("{x:02x}"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_file_is_sent_once_and_resumes() {
+    let net = TestNet::mesh(&["dea", "cenapi"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("records.jsonl");
+    let first: String = (1..=150).map(|i| line(i) + "\n").collect();
+    std::fs::write(&file, &first).unwrap();
+    let o = net.options("dea", "analyst");
+    let c = certs().join("clients/dea/analyst");
+    let env = vec![
+        ("ENLACE_NODE", o.node.to_string()),
+        ("ENLACE_SERVER_NAME", o.server_name.clone()),
+        ("ENLACE_CERT", format!("{}.pem", c.display())),
+        ("ENLACE_KEY", format!("{}.key.pem", c.display())),
+        (
+            "ENLACE_CA",
+            certs().join("ca/root.pem").display().to_string(),
+        ),
+    ];
+    let send = || {
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_enlace"));
+        cmd.args(["send", "--to", "cenapi", "--precedence", "bulk", "--bulk"])
+            .arg(&file)
+            .envs(env.clone());
+        async move { cmd.output().await.unwrap() }
+    };
+
+    let out = send().await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("sent 150 of 150 lines"));
+
+    // The file grows: a re-run resumes after line 150 and sends only the new lines, plus one
+    // bad line that is reported and does not block the rest.
+    let more: String = (151..=300).map(|i| line(i) + "\n").collect();
+    std::fs::write(
+        &file,
+        format!("{first}{more}{{\"type\": \"NoSuchType\"}}\n"),
+    )
+    .unwrap();
+    let out = send().await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{stderr}");
+    assert!(stderr.contains("resuming"), "{stderr}");
+    assert!(stderr.contains("line 301"), "{stderr}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("sent 150 of 301 lines"));
+
+    // Interrupted mid-way: progress says only 100 lines were done, though the node accepted all.
+    // The re-run sends lines 101..300 again with the same ids, and the node drops them.
+    let prefix: String = (1..=100).map(|i| line(i) + "\n").collect();
+    let progress = serde_json::json!({
+        "lines_done": 100, "bytes_done": prefix.len(), "prefix_sha256": sha256_hex(prefix.as_bytes()),
+    });
+    let mut ppath = file.clone().into_os_string();
+    ppath.push(".enlace-progress");
+    std::fs::write(&ppath, progress.to_string()).unwrap();
+    let out = send().await;
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // CENAPI's analyst (a fresh client: no memory of ids) receives each record exactly once.
+    let analyst = net.subscriber("cenapi", "analyst").await;
+    let mut inbox = analyst.inbox().unwrap();
+    let mut titles = HashSet::new();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(3), inbox.next()).await {
+            Ok(Some(d)) => {
+                let r: enlace::wire::pb::AnalyticalReport = d.payload().unwrap();
+                let title = r.title.unwrap().text;
+                assert!(titles.insert(title.clone()), "{title} delivered twice");
+                d.ack().await.unwrap();
+            }
+            // Quiet for 3 s after 300 records: nothing else is coming.
+            Err(_) if titles.len() == 300 => break,
+            other => panic!(
+                "inbox ended early with {} records: {:?}",
+                titles.len(),
+                other.is_ok()
+            ),
+        }
+    }
+    analyst.close().await;
+    net.stop().await;
+}
