@@ -235,6 +235,17 @@ pub(super) async fn run(a: &SendArgs, file: &Path) -> Result<(), Failure> {
         let (n, result) = r.map_err(|e| anyhow!("send task failed: {e}"))?;
         match result {
             Ok(()) => tracker.done(n),
+            // The node is going away (or cannot store): stop here and resume later.
+            Err(
+                e @ SubmitError::Refused {
+                    code: RefusalCode::ShuttingDown,
+                    ..
+                },
+            ) => {
+                if stop.is_none() {
+                    stop = Some(submit_failure(e));
+                }
+            }
             Err(e @ SubmitError::Refused { .. }) => {
                 bad_lines.push(format!("line {n}: {e}"));
                 tracker.done(n);

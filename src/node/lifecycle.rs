@@ -6,7 +6,6 @@
 //! from the sans-I/O core.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -133,7 +132,9 @@ impl Node {
                     routed: plan.fan_out() as u32,
                 });
             }
-            Err(e) => return Err((self.storage_failed(&e), Some(id))),
+            Err(e) if e.is_fatal() => return Err((self.storage_failed(&e), Some(id))),
+            // The store refused this message alone (e.g. over its size limit): nothing written.
+            Err(e) => return Err((Refusal::new(RefusalCode::Invalid, e.to_string()), Some(id))),
         };
         for ((q, signed), seq) in copies.into_iter().zip(seqs) {
             let item = Item {
@@ -160,19 +161,18 @@ impl Node {
         })
     }
 
-    /// The store failed: it is fatal (see [`crate::store`]). The node stops accepting and says
-    /// why, loudly, once per caller.
+    /// The store failed: it is fatal (see [`crate::store`]). The node refuses everything from
+    /// now on with this reason, and stops so that a supervisor restarts it.
     pub(super) fn storage_failed(&self, e: &StoreError) -> Refusal {
-        if !self.storage_failed.swap(true, Ordering::AcqRel) {
-            tracing::error!(node = %self.config.name, error = %e, "storage failed: this node accepts nothing more until it is restarted");
+        let reason = format!(
+            "node {} cannot store messages ({e}); try later or another route",
+            self.config.name
+        );
+        if self.storage_failed.set(reason.clone()).is_ok() {
+            tracing::error!(node = %self.config.name, error = %e, "storage failed: refusing everything and stopping");
+            self.fatal.notify_one();
         }
-        Refusal::new(
-            RefusalCode::ShuttingDown,
-            format!(
-                "node {} cannot store messages ({e}); try another route or later",
-                self.config.name
-            ),
-        )
+        Refusal::new(RefusalCode::ShuttingDown, reason)
     }
 
     /// Records store ops whose durability the caller need not wait for (a lost `Done` only means

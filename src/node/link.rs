@@ -1,11 +1,12 @@
 //! Links to peer nodes: dial, prove the peer is who the peer table says, forward the outbox.
 //!
-//! One task per configured peer. It waits for the peer's outbox to hold something, connects
-//! (with jittered exponential backoff after failures), checks the peer's certificate identity
-//! against the peer table, and forwards up to [`WINDOW`] messages at a time, each on its own
-//! stream. The relay forwards the originator's exact envelope bytes and signature, appending only
+//! One task per configured peer. It connects at start and after every loss (with jittered
+//! exponential backoff after failures, cut short when the peer connects to us), checks the peer's certificate identity
+//! against the peer table, and forwards up to [`WINDOW`] messages at a time: time-sensitive ones
+//! each on its own stream, analytical ones pipelined on one long-lived stream. The relay forwards the originator's exact envelope bytes and signature, appending only
 //! its hop record. A copy the peer refuses for good is dropped with an event; anything else
-//! (connection loss, QUEUE_FULL, SHUTTING_DOWN) goes back to the head of its lane.
+//! goes back: a lost connection puts the copy at the head of its lane, and QUEUE_FULL or
+//! SHUTTING_DOWN parks it until the peer's retry-after.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};

@@ -1,8 +1,8 @@
 //! The node daemon's runtime: state shared by connection handlers, delivery loops and peer links.
 //!
 //! Thin async glue. Decisions are made by the sans-I/O core (`policy`, `validate`, `route`,
-//! `lanes`); this module owns the sockets, the tasks and shutdown. Messages wait in memory
-//! ([`queue::Queue`]); the durable store replaces that (see ARCHITECTURE.md).
+//! `lanes`); this module owns the sockets, the tasks and shutdown. Every copy a node holds is in
+//! its [`crate::store`]; the queues ([`queue::Queue`]) are the in-memory index over it.
 
 mod deliver;
 pub mod events;
@@ -28,6 +28,8 @@ use crate::lanes::{Entry, RetryPolicy};
 use crate::signature::Signer;
 use crate::store::{Store, StoreError, StoreOptions};
 use crate::tls::{self, TlsError, TlsMaterial};
+use crate::validate::Refusal;
+use crate::wire::pb::RefusalCode;
 pub use events::Event;
 use events::Events;
 use queue::{Item, Queue};
@@ -42,6 +44,8 @@ pub enum NodeError {
     OwnCertificate(String),
     #[error("the node's store cannot be opened: {0}")]
     Store(StoreError),
+    #[error("stopped because storage failed: {0}")]
+    StorageFailed(String),
 }
 
 /// Mailboxes (agency inbox plus units) a node keeps; units are created on first use, so this
@@ -68,8 +72,11 @@ pub(crate) struct Node {
     store: Store,
     /// Dead letters whose queue no longer exists (see `recovery`).
     orphans: std::sync::OnceLock<Arc<Queue>>,
-    /// Set once the store has failed: the node then refuses everything.
-    storage_failed: AtomicBool,
+    /// Set once the store has failed, with the reason given to every sender from then on.
+    storage_failed: std::sync::OnceLock<String>,
+    /// Woken when the store fails: the node then stops, so that a supervisor restarts it and the
+    /// store is recovered from disk.
+    fatal: tokio::sync::Notify,
     /// Signs the node's own reports (non-delivery).
     signer: Signer,
     retry: RetryPolicy,
@@ -122,8 +129,14 @@ impl Node {
         all
     }
 
-    fn is_shutting_down(&self) -> bool {
-        self.shutting_down.load(Ordering::Acquire) || self.storage_failed.load(Ordering::Acquire)
+    /// Why the node takes no new messages, if it does not.
+    fn refusing_new_work(&self) -> Option<Refusal> {
+        if let Some(reason) = self.storage_failed.get() {
+            return Some(Refusal::new(RefusalCode::ShuttingDown, reason.clone()));
+        }
+        self.shutting_down
+            .load(Ordering::Acquire)
+            .then(|| Refusal::new(RefusalCode::ShuttingDown, "the node is shutting down"))
     }
 
     /// True when nothing waits in any queue.
@@ -190,10 +203,17 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
 }
 
 /// Runs a node until `shutdown` completes, then drains and closes.
+///
+/// # Errors
+/// [`NodeError::StorageFailed`] when the node stopped because its store failed (a supervisor
+/// should restart it: the store is recovered from disk at start).
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), NodeError> {
     let (node, endpoint) = bind(config)?;
-    serve(node, endpoint, shutdown).await;
-    Ok(())
+    serve(node.clone(), endpoint, shutdown).await;
+    match node.storage_failed.get() {
+        Some(reason) => Err(NodeError::StorageFailed(reason.clone())),
+        None => Ok(()),
+    }
 }
 
 /// Loads the node's TLS material and checks its certificate against the config, without binding
@@ -255,7 +275,8 @@ fn bind(config: Config) -> Result<(Arc<Node>, quinn::Endpoint), NodeError> {
     let node = Arc::new(Node {
         store,
         orphans: std::sync::OnceLock::new(),
-        storage_failed: AtomicBool::new(false),
+        storage_failed: std::sync::OnceLock::new(),
+        fatal: tokio::sync::Notify::new(),
         signer,
         retry,
         link_wake,
@@ -292,7 +313,10 @@ async fn serve(node: Arc<Node>, endpoint: quinn::Endpoint, shutdown: impl Future
         }
     });
     let acceptor = tokio::spawn(server::accept(node.clone(), endpoint.clone()));
-    shutdown.await;
+    tokio::select! {
+        _ = shutdown => {}
+        _ = node.fatal.notified() => {}
+    }
 
     tracing::info!(node = %node.config.name, "shutting down: refusing new work, draining");
     node.shutting_down.store(true, Ordering::Release);

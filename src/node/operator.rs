@@ -28,7 +28,8 @@ pub(super) async fn handle(node: &Arc<Node>, by: &str, request: Body) -> Body {
         Body::DlqRedrive(r) => {
             let mut ids = Vec::new();
             for q in node.queues() {
-                if !r.queue.is_empty() && q.name() != r.queue {
+                // Orphans have no consumer: redriving them would only park them again.
+                if (!r.queue.is_empty() && q.name() != r.queue) || q.name() == "orphans" {
                     continue;
                 }
                 let wanted =

@@ -346,11 +346,8 @@ async fn receive(
             ));
         }
     };
-    if node.is_shutting_down() {
-        return Err((
-            Refusal::new(RefusalCode::ShuttingDown, "the node is shutting down"),
-            None,
-        ));
+    if let Some(refusal) = node.refusing_new_work() {
+        return Err((refusal, None));
     }
     let now = SystemTime::now();
     let ctx = NodeContext {
