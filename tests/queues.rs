@@ -137,3 +137,55 @@ async fn expired_message_is_not_delivered_and_the_originator_is_told() {
     assert_eq!(d.id, next.id);
     net.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_queue_refuses_with_retry_after_and_still_takes_flash() {
+    let net = TestNet::mesh_with_limits(&["dea"], &["queue_capacity = 5"]).await;
+    let sender = net.client("dea", "analyst").await;
+    // Nobody reads the DEA inbox: five analytical messages fill it.
+    for i in 0..5 {
+        sender
+            .send(
+                Draft::new(&liaison(&format!("record {i}")))
+                    .to("dea")
+                    .precedence(Precedence::Bulk),
+            )
+            .await
+            .unwrap();
+    }
+    match sender
+        .send(Draft::new(&liaison("one too many")).to("dea"))
+        .await
+    {
+        Err(SubmitError::Refused {
+            code,
+            reason,
+            retry_after,
+        }) => {
+            assert_eq!(code, pb::RefusalCode::QueueFull);
+            assert!(reason.contains("mailbox:dea is full"), "{reason}");
+            assert_eq!(retry_after, Some(Duration::from_millis(500)));
+        }
+        other => panic!("expected QUEUE_FULL, got {other:?}"),
+    }
+    // Time-sensitive traffic has its own room: a FLASH alert is still accepted, and all six
+    // are delivered once someone reads the inbox.
+    let flash = sender
+        .send(
+            Draft::new(&liaison("alert"))
+                .to("dea")
+                .precedence(Precedence::Flash),
+        )
+        .await
+        .unwrap();
+    let desk = net.subscriber("dea", "duty-desk").await;
+    let mut inbox = desk.inbox().unwrap();
+    let mut got = Vec::new();
+    while got.len() < 6 {
+        let d = within("deliveries", inbox.next()).await.unwrap();
+        got.push(d.id);
+        d.ack().await.unwrap();
+    }
+    assert!(got.contains(&flash.id));
+    net.stop().await;
+}
