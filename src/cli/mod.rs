@@ -3,6 +3,7 @@
 //! Thin glue over the client library and the PKI module: parse flags, call the library, print.
 //! Exit codes are documented in [`exit`] and in `enlace --help`.
 
+mod bench;
 mod bulk;
 mod demo;
 mod dlq;
@@ -59,6 +60,8 @@ pub enum Command {
     Pki(pki::PkiCommand),
     /// Run a small agency network on this machine and play a FLASH alert amid bulk traffic.
     Demo(demo::DemoArgs),
+    /// Measure throughput and alert latency over real mTLS QUIC on loopback.
+    Bench(bench::BenchArgs),
 }
 
 /// How to reach your agency's node, shared by `send` and `inbox`.
@@ -124,6 +127,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Dlq(c) => dlq::run(c).await,
         Command::Pki(c) => pki::run(c).map_err(Failure::from),
         Command::Demo(a) => demo::run(a).await,
+        Command::Bench(a) => bench::run(a).await,
     }
 }
 

@@ -1,0 +1,457 @@
+//! `enlace bench`: analytical throughput and FLASH alert latency over real mTLS QUIC on loopback.
+//!
+//! The PKI is made once per invocation in a temporary directory; every scenario then gets a
+//! fresh `LocalNetwork` (new configs and data directories, nodes started in this process through
+//! the production config path, with their normal storage) and the load of [`load`]. After a
+//! warm-up comes the measured window; then the senders stop and the bench waits for every
+//! accepted message to reach its application, so that losses and duplicates are counted, not
+//! guessed. This module runs the scenarios and turns receipts into numbers; it tunes nothing and
+//! asserts no targets.
+
+mod load;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use tokio::task::JoinSet;
+
+use super::Failure;
+use crate::message::MessageId;
+use crate::network::LocalNetwork;
+use crate::pki::{DEMO_TRUST_DOMAIN, Pki, PkiOptions, demo_agencies};
+use load::{Flow, RECORD_BYTES, Sent, Stamp};
+
+const AFTER_HELP: &str = "Run `enlace bench --help` for what each number means.";
+
+const AFTER_LONG_HELP: &str = "\
+Every scenario starts the nodes in this process on a fresh loopback network (PKI in a temporary
+directory) and drives them through the client library:
+  records  1 KiB ROUTINE analytical reports, submitted by --producers tasks that together keep
+           --outstanding sends in flight, as fast as the node accepts them (QUEUE_FULL is retried
+           after the node's retry-after, with the same id);
+  alerts   512-byte FLASH precursor alerts, one every 5 ms, each send in its own task.
+Each receiving application acknowledges every delivery as soon as it has it. Records and alerts
+have separate senders and receivers and share every node on the way:
+  single     DEA analyst -> dea-1 -> DEA analyst (unit records)
+             DEA duty desk -> dea-1 -> DEA duty desk (unit alerts)
+  federated  DEA analyst -> dea-1 -> cenapi-1 -> CENAPI analyst (unit records)
+             DEA duty desk -> dea-1 -> cenapi-1 -> CENAPI duty desk (unit alerts)
+A scenario runs 1 s of warm-up, then the measured window (--duration); then the senders stop
+and the bench waits up to 30 s for every accepted message to be delivered.
+
+What is reported (JSON field names in brackets; null where a scenario has no such traffic):
+  records/s [bulk_msgs_per_s]  records delivered to the receiving application during the
+                               measured window, divided by the window's length in seconds
+  MB/s [bulk_mb_per_s]         records/s x 1024 payload bytes / 1e6 (payload only: envelope,
+                               signature and framing are not counted)
+  alert latency                from the sender calling send() to the receiving application
+  [alert_p50_us ... _max_us]   getting the delivery, for the alerts sent during the measured
+                               window; nearest-rank percentiles, in whole microseconds
+  lost [messages_lost,         records, alerts accepted by the node (send returned Ok, warm-up
+  alerts_lost]                 included) but not delivered once the drain is over
+  duplicates [duplicates]      deliveries of an id the application had already received
+  [bulk_sent, alerts_sent]     accepted by the node, warm-up included
+  [bulk_delivered, ...]        distinct ids delivered, warm-up included
+  [duration_s]                 the measured window's actual length
+
+Exit status: 0 if nothing was lost, duplicated or refused; 1 otherwise.";
+
+/// Arguments of `enlace bench`.
+#[derive(Debug, clap::Args)]
+#[command(after_help = AFTER_HELP, after_long_help = AFTER_LONG_HELP)]
+pub struct BenchArgs {
+    /// What to run: records and alerts together, either alone, or all three in turn.
+    #[arg(long, value_enum, default_value_t = Scenario::All)]
+    pub scenario: Scenario,
+    /// Where the traffic goes: through one node, through two, or each in turn.
+    #[arg(long, value_enum, default_value_t = Topology::Both)]
+    pub topology: Topology,
+    /// Measured load per scenario, after the warm-up (e.g. 10, 10s, 500ms).
+    #[arg(long, default_value = "10", value_parser = measured_duration)]
+    pub duration: Duration,
+    /// Tasks submitting records.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub producers: u32,
+    /// Record sends in flight at once, shared among the producers (at least one each); the
+    /// client pipelines them within its 1 MiB window.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub outstanding: u32,
+    /// Print one JSON object per scenario on stdout, and nothing else there.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// A duration for `--duration`: as [`super::parse_duration`], and not zero.
+fn measured_duration(s: &str) -> Result<Duration, String> {
+    match super::parse_duration(s)? {
+        d if d.is_zero() => Err("the measured window cannot be empty".into()),
+        d => Ok(d),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Scenario {
+    /// Records at full speed while alerts go out every 5 ms.
+    Mixed,
+    /// Only the alerts.
+    AlertsAlone,
+    /// Only the records.
+    BulkAlone,
+    /// The three in turn, each on a fresh network.
+    All,
+}
+
+impl Scenario {
+    fn expand(self) -> &'static [Scenario] {
+        match self {
+            Scenario::All => &[Scenario::Mixed, Scenario::AlertsAlone, Scenario::BulkAlone],
+            Scenario::Mixed => &[Scenario::Mixed],
+            Scenario::AlertsAlone => &[Scenario::AlertsAlone],
+            Scenario::BulkAlone => &[Scenario::BulkAlone],
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Scenario::Mixed => "mixed",
+            Scenario::AlertsAlone => "alerts-alone",
+            Scenario::BulkAlone => "bulk-alone",
+            Scenario::All => "all",
+        }
+    }
+
+    fn records(self) -> bool {
+        matches!(self, Scenario::Mixed | Scenario::BulkAlone)
+    }
+
+    fn alerts(self) -> bool {
+        matches!(self, Scenario::Mixed | Scenario::AlertsAlone)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Topology {
+    /// Client -> node -> client, all at DEA.
+    Single,
+    /// Client -> node -> node -> client, DEA to CENAPI.
+    Federated,
+    /// Each in turn.
+    Both,
+}
+
+impl Topology {
+    fn expand(self) -> &'static [Topology] {
+        match self {
+            Topology::Both => &[Topology::Single, Topology::Federated],
+            Topology::Single => &[Topology::Single],
+            Topology::Federated => &[Topology::Federated],
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Topology::Single => "single",
+            Topology::Federated => "federated",
+            Topology::Both => "both",
+        }
+    }
+
+    /// The agencies whose nodes run, and the receiving agency (the sender is always DEA).
+    fn agencies(self) -> (&'static [&'static str], &'static str) {
+        match self {
+            Topology::Federated => (&["dea", "cenapi"], "cenapi"),
+            Topology::Single | Topology::Both => (&["dea"], "dea"),
+        }
+    }
+}
+
+const WARMUP: Duration = Duration::from_secs(1);
+const DRAIN_LIMIT: Duration = Duration::from_secs(30);
+
+/// One scenario's numbers, and its JSON line.
+#[derive(Debug, serde::Serialize)]
+struct Report {
+    scenario: &'static str,
+    topology: &'static str,
+    bulk_msgs_per_s: Option<f64>,
+    bulk_mb_per_s: Option<f64>,
+    alert_p50_us: Option<u64>,
+    alert_p90_us: Option<u64>,
+    alert_p99_us: Option<u64>,
+    alert_p999_us: Option<u64>,
+    alert_max_us: Option<u64>,
+    alerts_lost: u64,
+    messages_lost: u64,
+    duplicates: u64,
+    duration_s: f64,
+    producers: Option<u32>,
+    bulk_sent: u64,
+    bulk_delivered: u64,
+    alerts_sent: u64,
+    alerts_delivered: u64,
+    /// Sends that failed other than by a busy refusal (reported on stderr and in the exit code).
+    #[serde(skip)]
+    send_errors: u64,
+}
+
+pub(super) async fn run(a: BenchArgs) -> Result<(), Failure> {
+    let temp = tempfile::tempdir().context("cannot create a temporary directory")?;
+    let pki = temp.path().join("pki");
+    let opts = PkiOptions {
+        overwrite: true,
+        ..Default::default()
+    };
+    Pki::federation(&pki, DEMO_TRUST_DOMAIN, &demo_agencies(), opts)?;
+    let mut reports = Vec::new();
+    for &topology in a.topology.expand() {
+        for &scenario in a.scenario.expand() {
+            eprintln!(
+                "bench {} / {}: {:?} warm-up, then {:?} measured",
+                scenario.name(),
+                topology.name(),
+                WARMUP,
+                a.duration
+            );
+            let dir = temp.path().join(format!("run-{}", reports.len() + 1));
+            let report = run_one(&dir, &pki, scenario, topology, &a).await?;
+            if a.json {
+                println!("{}", serde_json::to_string(&report)?);
+            }
+            reports.push(report);
+        }
+    }
+    if !a.json {
+        print_table(&reports);
+    }
+    let bad: Vec<String> = reports
+        .iter()
+        .filter(|r| r.messages_lost + r.alerts_lost + r.duplicates + r.send_errors > 0)
+        .map(|r| {
+            format!(
+                "{} / {}: {} records and {} alerts lost, {} duplicates, {} sends failed",
+                r.scenario, r.topology, r.messages_lost, r.alerts_lost, r.duplicates, r.send_errors
+            )
+        })
+        .collect();
+    if bad.is_empty() {
+        Ok(())
+    } else {
+        Err(Failure::from(anyhow::anyhow!("{}", bad.join("; "))))
+    }
+}
+
+/// Starts a fresh network for one scenario, measures, and stops the nodes whatever happened.
+async fn run_one(
+    dir: &Path,
+    pki: &Path,
+    scenario: Scenario,
+    topology: Topology,
+    a: &BenchArgs,
+) -> anyhow::Result<Report> {
+    let net = LocalNetwork::mesh(dir, pki, topology.agencies().0)?;
+    let mut nodes = Vec::new();
+    for spec in net.nodes.values() {
+        nodes.push(net.start(&spec.name).await?);
+    }
+    let result = measure(&net, scenario, topology, a).await;
+    let mut stopping = JoinSet::new();
+    for n in nodes {
+        stopping.spawn(n.stop());
+    }
+    while stopping.join_next().await.is_some() {}
+    result
+}
+
+/// Runs one scenario's load on a started network and counts what arrived.
+async fn measure(
+    net: &LocalNetwork,
+    scenario: Scenario,
+    topology: Topology,
+    a: &BenchArgs,
+) -> anyhow::Result<Report> {
+    let to = topology.agencies().1;
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut records = None;
+    if scenario.records() {
+        records = Some(Flow::records(net, to, a.producers, a.outstanding, &stop).await?);
+    }
+    let mut alerts = None;
+    if scenario.alerts() {
+        alerts = Some(Flow::alerts(net, to, &stop).await?);
+    }
+
+    tokio::time::sleep(WARMUP).await;
+    let delivered = |f: &Option<Flow>| f.as_ref().map_or(0, Flow::received);
+    let (start, before) = (Instant::now(), delivered(&records));
+    tokio::time::sleep(a.duration).await;
+    let (end, after) = (Instant::now(), delivered(&records));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+
+    let record_sends = sent(&mut records, "record").await?;
+    let alert_sends = sent(&mut alerts, "alert").await?;
+    let drain = Instant::now();
+    let behind = |f: &Option<Flow>| f.as_ref().is_some_and(Flow::behind);
+    while drain.elapsed() < DRAIN_LIMIT && (behind(&records) || behind(&alerts)) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    eprintln!("  drained in {:.2} s", drain.elapsed().as_secs_f64());
+    // Closing a receiver waits (bounded) for the node to confirm its acknowledgements: in turn,
+    // that would add up.
+    let (record_receipts, alert_receipts) = tokio::join!(finish(records), finish(alerts));
+    let (record_receipts, alert_receipts) = (record_receipts?, alert_receipts?);
+
+    let records_seen = first_receipts(&record_receipts);
+    let alerts_seen = first_receipts(&alert_receipts);
+    let mut latencies: Vec<u64> = alert_sends
+        .accepted
+        .iter()
+        .filter(|(_, at)| (start..end).contains(at))
+        .filter_map(|(id, at)| alerts_seen.get(id).map(|got| micros(*got - *at)))
+        .collect();
+    latencies.sort_unstable();
+    let pct = |p: f64| nearest_rank(&latencies, p);
+    let window = (end - start).as_secs_f64();
+    let rate = scenario.records().then(|| (after - before) as f64 / window);
+    Ok(Report {
+        scenario: scenario.name(),
+        topology: topology.name(),
+        bulk_msgs_per_s: rate.map(|r| round(r, 1)),
+        bulk_mb_per_s: rate.map(|r| round(r * RECORD_BYTES as f64 / 1e6, 3)),
+        alert_p50_us: pct(0.5),
+        alert_p90_us: pct(0.9),
+        alert_p99_us: pct(0.99),
+        alert_p999_us: pct(0.999),
+        alert_max_us: latencies.last().copied(),
+        alerts_lost: lost(&alert_sends, &alerts_seen),
+        messages_lost: lost(&record_sends, &records_seen),
+        duplicates: (record_receipts.len() - records_seen.len() + alert_receipts.len()
+            - alerts_seen.len()) as u64,
+        duration_s: round(window, 3),
+        producers: scenario.records().then_some(a.producers),
+        bulk_sent: record_sends.accepted.len() as u64,
+        bulk_delivered: records_seen.len() as u64,
+        alerts_sent: alert_sends.accepted.len() as u64,
+        alerts_delivered: alerts_seen.len() as u64,
+        send_errors: record_sends.errors + alert_sends.errors,
+    })
+}
+
+/// Waits for a flow's senders (once `stop` is set) and reports failed sends on stderr.
+async fn sent(flow: &mut Option<Flow>, what: &str) -> anyhow::Result<Sent> {
+    let Some(f) = flow else {
+        return Ok(Sent::default());
+    };
+    let s = f.sent().await?;
+    if let Some(e) = &s.first_error {
+        eprintln!("  {} {what} sends failed; the first: {e}", s.errors);
+    }
+    Ok(s)
+}
+
+async fn finish(flow: Option<Flow>) -> anyhow::Result<Vec<Stamp>> {
+    match flow {
+        Some(f) => f.finish().await,
+        None => Ok(Vec::new()),
+    }
+}
+
+/// When each id was first received.
+fn first_receipts(receipts: &[Stamp]) -> HashMap<MessageId, Instant> {
+    let mut seen = HashMap::with_capacity(receipts.len());
+    for (id, at) in receipts {
+        seen.entry(*id).or_insert(*at);
+    }
+    seen
+}
+
+/// Accepted ids that never reached the application.
+fn lost(sent: &Sent, seen: &HashMap<MessageId, Instant>) -> u64 {
+    sent.accepted
+        .iter()
+        .filter(|(id, _)| !seen.contains_key(id))
+        .count() as u64
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+fn round(x: f64, decimals: i32) -> f64 {
+    let f = 10f64.powi(decimals);
+    (x * f).round() / f
+}
+
+/// The nearest-rank percentile `p` (0 < p <= 1) of sorted values: the smallest value that at
+/// least `p` of all the values are at or below.
+fn nearest_rank(sorted: &[u64], p: f64) -> Option<u64> {
+    let rank = (p * sorted.len() as f64).ceil() as usize;
+    sorted.get(rank.max(1) - 1).copied()
+}
+
+fn print_table(reports: &[Report]) {
+    let ms = |us: Option<u64>| us.map_or("-".to_owned(), |u| format!("{:.2}", u as f64 / 1e3));
+    let num = |x: Option<f64>, d: usize| x.map_or("-".to_owned(), |x| format!("{x:.d$}"));
+    println!(
+        "\n{:<13} {:<10} {:>9} {:>6}  {:>8} {:>6} {:>6} {:>6} {:>6}  {:>8} {:>6}  {:>4} {:>5} {:>4}",
+        "SCENARIO",
+        "TOPOLOGY",
+        "RECORDS/S",
+        "MB/S",
+        "ALERT ms",
+        "p90",
+        "p99",
+        "p99.9",
+        "max",
+        "RECORDS",
+        "ALERTS",
+        "LOST",
+        "ALOST",
+        "DUP"
+    );
+    for r in reports {
+        println!(
+            "{:<13} {:<10} {:>9} {:>6}  {:>8} {:>6} {:>6} {:>6} {:>6}  {:>8} {:>6}  {:>4} {:>5} {:>4}",
+            r.scenario,
+            r.topology,
+            num(r.bulk_msgs_per_s, 0),
+            num(r.bulk_mb_per_s, 2),
+            ms(r.alert_p50_us),
+            ms(r.alert_p90_us),
+            ms(r.alert_p99_us),
+            ms(r.alert_p999_us),
+            ms(r.alert_max_us),
+            r.bulk_sent,
+            r.alerts_sent,
+            r.messages_lost,
+            r.alerts_lost,
+            r.duplicates
+        );
+    }
+    println!(
+        "\nRECORDS/S, MB/S: 1 KiB records delivered to the application per second of the measured \
+         window.\nALERT ms: p50 to max, send() to application, of the alerts sent in the window.\n\
+         RECORDS, ALERTS: accepted by the node (warm-up included). LOST, ALOST: records, alerts \
+         accepted\nbut never delivered. DUP: ids delivered twice. More in `enlace bench --help`."
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_rank_percentiles() {
+        let v: Vec<u64> = (1..=1000).collect();
+        assert_eq!(nearest_rank(&v, 0.5), Some(500));
+        assert_eq!(nearest_rank(&v, 0.99), Some(990));
+        assert_eq!(nearest_rank(&v, 0.999), Some(999));
+        assert_eq!(nearest_rank(&[7], 0.999), Some(7));
+        assert_eq!(nearest_rank(&[3, 9], 0.5), Some(3));
+        assert_eq!(nearest_rank(&[3, 9], 0.9), Some(9));
+        assert_eq!(nearest_rank(&[], 0.5), None);
+    }
+}

@@ -1,0 +1,376 @@
+//! The load of `enlace bench`: sending applications, receiving applications and their payloads.
+//!
+//! A [`Flow`] is one sender (a client connection and the tasks that drive it) and one receiver
+//! (a subscribed client connection and the task that reads and acknowledges its inbox). Records
+//! are kept a fixed number of sends in flight by a few producer tasks; alerts go out on a 5 ms
+//! schedule.
+//! Every send notes its id and when `send()` was first called; every receipt its id and when the
+//! application got it. Nothing here computes statistics or prints.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::Context;
+use bytes::Bytes;
+use prost::{Message, Name};
+use tokio::sync::watch;
+use tokio::task::{JoinError, JoinSet};
+
+use crate::client::{Client, Inbox};
+use crate::message::{Draft, MessageId, Precedence};
+use crate::network::LocalNetwork;
+use crate::payloads::{PrecursorAlert, quantity, seaport, text};
+use crate::session::SubmitError;
+use crate::wire::pb;
+
+/// Encoded payload size of a record.
+pub const RECORD_BYTES: usize = 1024;
+/// Encoded payload size of an alert.
+pub const ALERT_BYTES: usize = 512;
+/// One alert per this period.
+pub const ALERT_EVERY: Duration = Duration::from_millis(5);
+/// Wait before resending a busy refusal that carries no retry-after.
+const RETRY: Duration = Duration::from_millis(100);
+
+/// An id and when something happened to it.
+pub type Stamp = (MessageId, Instant);
+
+/// What a flow's sender achieved.
+#[derive(Default)]
+pub struct Sent {
+    /// Accepted ids, with when `send()` was first called for each.
+    pub accepted: Vec<Stamp>,
+    /// Sends that ended in anything but acceptance (busy refusals are retried, not counted).
+    pub errors: u64,
+    pub first_error: Option<String>,
+}
+
+/// One sender and one receiver.
+pub struct Flow {
+    sender: Arc<Client>,
+    senders: JoinSet<Sent>,
+    accepted: Arc<AtomicU64>,
+    receiver: Client,
+    received: Arc<AtomicU64>,
+    stop_reading: watch::Sender<bool>,
+    reader: tokio::task::JoinHandle<Vec<Stamp>>,
+}
+
+impl Flow {
+    /// DEA analyst records to `<to>/records`, read by `to`'s analyst: `producers` tasks keep
+    /// `outstanding` sends in flight between them (at least one each) until `stop`.
+    pub async fn records(
+        net: &LocalNetwork,
+        to: &str,
+        producers: u32,
+        outstanding: u32,
+        stop: &Arc<AtomicBool>,
+    ) -> anyhow::Result<Flow> {
+        let mut flow = Flow::connect(net, ("dea", "analyst"), (to, "analyst"), "records").await?;
+        let t = Template::new(&record(), &format!("{to}/records"), Precedence::Routine);
+        let (producers, outstanding) = (producers.max(1) as usize, outstanding as usize);
+        for i in 0..producers {
+            let share = outstanding / producers + usize::from(i < outstanding % producers);
+            let in_flight = share.max(1);
+            let (c, s, n) = (flow.sender.clone(), stop.clone(), flow.accepted.clone());
+            flow.senders.spawn(produce(c, t.clone(), in_flight, s, n));
+        }
+        Ok(flow)
+    }
+
+    /// DEA duty desk FLASH alerts to `<to>/alerts`, read by `to`'s duty desk, one every
+    /// [`ALERT_EVERY`] until `stop`.
+    pub async fn alerts(
+        net: &LocalNetwork,
+        to: &str,
+        stop: &Arc<AtomicBool>,
+    ) -> anyhow::Result<Flow> {
+        let mut flow =
+            Flow::connect(net, ("dea", "duty-desk"), (to, "duty-desk"), "alerts").await?;
+        let t = Template::new(&alert(), &format!("{to}/alerts"), Precedence::Flash);
+        let (c, s, n) = (flow.sender.clone(), stop.clone(), flow.accepted.clone());
+        flow.senders.spawn(send_alerts(c, t, s, n));
+        Ok(flow)
+    }
+
+    /// Connects the receiver first, so nothing waits in a mailbox for its reader to turn up.
+    async fn connect(
+        net: &LocalNetwork,
+        from: (&str, &str),
+        to: (&str, &str),
+        unit: &str,
+    ) -> anyhow::Result<Flow> {
+        let receiver = connect(net, to, Some(unit)).await?;
+        let inbox = receiver
+            .inbox()
+            .context("a subscribed client has an inbox")?;
+        let received = Arc::new(AtomicU64::new(0));
+        let (stop_reading, stopped) = watch::channel(false);
+        let reader = tokio::spawn(read(inbox, received.clone(), stopped));
+        Ok(Flow {
+            sender: Arc::new(connect(net, from, None).await?),
+            senders: JoinSet::new(),
+            accepted: Arc::new(AtomicU64::new(0)),
+            receiver,
+            received,
+            stop_reading,
+            reader,
+        })
+    }
+
+    /// Deliveries the receiving application has had so far (duplicates included).
+    pub fn received(&self) -> u64 {
+        self.received.load(Ordering::Relaxed)
+    }
+
+    /// Whether the receiver has had fewer deliveries than the node accepted.
+    pub fn behind(&self) -> bool {
+        self.received() < self.accepted.load(Ordering::Relaxed)
+    }
+
+    /// Waits for the sending tasks, which end once the caller has set `stop`.
+    pub async fn sent(&mut self) -> anyhow::Result<Sent> {
+        let mut all = Sent::default();
+        while let Some(s) = self.senders.join_next().await {
+            let s = s.context("sending task")?;
+            all.accepted.extend(s.accepted);
+            all.errors += s.errors;
+            all.first_error = all.first_error.or(s.first_error);
+        }
+        Ok(all)
+    }
+
+    /// Stops reading and closes both clients; returns every receipt, in arrival order.
+    pub async fn finish(self) -> anyhow::Result<Vec<Stamp>> {
+        let _ = self.stop_reading.send(true);
+        let receipts = self.reader.await.context("reading task")?;
+        self.receiver.close().await;
+        // The sending tasks have ended (see `sent`), so this is the last reference.
+        if let Ok(c) = Arc::try_unwrap(self.sender) {
+            c.close().await;
+        }
+        Ok(receipts)
+    }
+}
+
+async fn connect(
+    net: &LocalNetwork,
+    (agency, client): (&str, &str),
+    unit: Option<&str>,
+) -> anyhow::Result<Client> {
+    let opts = net.client_options(agency, client)?;
+    let opts = match unit {
+        Some(u) => opts.subscribe(u),
+        None => opts,
+    };
+    Client::connect(opts)
+        .await
+        .with_context(|| format!("cannot connect {agency}/{client}"))
+}
+
+/// The receiving application: takes each delivery, notes when, and acknowledges it at once.
+async fn read(
+    mut inbox: Inbox,
+    received: Arc<AtomicU64>,
+    mut stop: watch::Receiver<bool>,
+) -> Vec<Stamp> {
+    let mut got = Vec::with_capacity(64 * 1024);
+    loop {
+        let d = tokio::select! {
+            d = inbox.next() => d,
+            _ = stop.wait_for(|s| *s) => break,
+        };
+        let Some(d) = d else { break };
+        got.push((d.id, Instant::now()));
+        received.fetch_add(1, Ordering::Relaxed);
+        // A failed ack only means the node offers the message again; if it reaches the
+        // application a second time, that shows up as a duplicate.
+        let _ = d.ack().await;
+    }
+    got
+}
+
+/// A message to send, built afresh for each attempt around one shared payload: only the id
+/// differs from one message to the next.
+#[derive(Clone)]
+struct Template {
+    payload_type: String,
+    payload: Bytes,
+    to: Arc<str>,
+    precedence: Precedence,
+}
+
+impl Template {
+    fn new<P: Message + Name>(payload: &P, to: &str, precedence: Precedence) -> Template {
+        Template {
+            payload_type: P::full_name(),
+            payload: payload.encode_to_vec().into(),
+            to: to.into(),
+            precedence,
+        }
+    }
+
+    fn draft(&self, id: MessageId) -> Draft {
+        Draft::from_raw(self.payload_type.clone(), self.payload.clone())
+            .id(id)
+            .to(&self.to)
+            .precedence(self.precedence)
+    }
+}
+
+/// One send: the id, when `send()` was first called, and how it ended.
+type Outcome = (MessageId, Instant, Result<(), SubmitError>);
+
+impl Sent {
+    fn note(&mut self, r: Result<Outcome, JoinError>, accepted: &AtomicU64) {
+        let error = match r {
+            Ok((id, at, Ok(()))) => {
+                accepted.fetch_add(1, Ordering::Relaxed);
+                self.accepted.push((id, at));
+                return;
+            }
+            Ok((_, _, Err(e))) => e.to_string(),
+            Err(e) => format!("send task failed: {e}"),
+        };
+        self.errors += 1;
+        self.first_error.get_or_insert(error);
+    }
+}
+
+/// Sends one message in a task of its own; a busy node's refusal (QUEUE_FULL, SHUTTING_DOWN) is
+/// retried after its retry-after with the same id, and the latency clock keeps running.
+fn spawn_send(sends: &mut JoinSet<Outcome>, client: &Arc<Client>, t: &Template) {
+    let (client, t) = (client.clone(), t.clone());
+    sends.spawn(async move {
+        let id = MessageId::new_v7(SystemTime::now());
+        let at = Instant::now();
+        loop {
+            match client.send(t.draft(id)).await {
+                Ok(_) => return (id, at, Ok(())),
+                Err(SubmitError::Refused {
+                    code: pb::RefusalCode::QueueFull | pb::RefusalCode::ShuttingDown,
+                    retry_after,
+                    ..
+                }) => tokio::time::sleep(retry_after.unwrap_or(RETRY)).await,
+                Err(e) => return (id, at, Err(e)),
+            }
+        }
+    });
+}
+
+/// Keeps `in_flight` record sends outstanding until `stop`, then waits for them.
+async fn produce(
+    client: Arc<Client>,
+    t: Template,
+    in_flight: usize,
+    stop: Arc<AtomicBool>,
+    accepted: Arc<AtomicU64>,
+) -> Sent {
+    let mut sent = Sent::default();
+    let mut sends = JoinSet::new();
+    while !stop.load(Ordering::Relaxed) {
+        if sends.len() < in_flight {
+            spawn_send(&mut sends, &client, &t);
+        } else if let Some(r) = sends.join_next().await {
+            sent.note(r, &accepted);
+        }
+    }
+    while let Some(r) = sends.join_next().await {
+        sent.note(r, &accepted);
+    }
+    sent
+}
+
+/// Sends one alert every [`ALERT_EVERY`] until `stop`, each in its own task so that a slow
+/// answer never holds up the next alert; then waits for the answers.
+async fn send_alerts(
+    client: Arc<Client>,
+    t: Template,
+    stop: Arc<AtomicBool>,
+    accepted: Arc<AtomicU64>,
+) -> Sent {
+    // The runtime is shared with the nodes and the record load, so a tick can be late; it is
+    // caught up at once, keeping the offered rate at one alert per 5 ms on average.
+    let mut ticks = tokio::time::interval(ALERT_EVERY);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut sent = Sent::default();
+    let mut sends = JoinSet::new();
+    loop {
+        ticks.tick().await;
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        spawn_send(&mut sends, &client, &t);
+        while let Some(r) = sends.try_join_next() {
+            sent.note(r, &accepted);
+        }
+    }
+    while let Some(r) = sends.join_next().await {
+        sent.note(r, &accepted);
+    }
+    sent
+}
+
+/// A ROUTINE analytical record whose encoded payload is exactly [`RECORD_BYTES`].
+fn record() -> pb::AnalyticalReport {
+    sized(RECORD_BYTES, |n| pb::AnalyticalReport {
+        kind: pb::AnalyticalReportKind::OperationalAnalysis as i32,
+        title: Some(text("es-MX", "Registro analítico de referencia")),
+        summary: Some(text(
+            "es-MX",
+            &filler("Movimientos de carga observados en puerto. ", n),
+        )),
+        ..Default::default()
+    })
+}
+
+/// A FLASH precursor alert whose encoded payload is exactly [`ALERT_BYTES`].
+fn alert() -> pb::PrecursorChemicalAlert {
+    sized(ALERT_BYTES, |n| {
+        PrecursorAlert::new(pb::PrecursorAlertKind::SuspiciousShipment)
+            .chemical(
+                "Pseudoephedrine hydrochloride",
+                "345-78-8",
+                quantity("1200", "kg"),
+            )
+            .vessel(
+                "MSC Bench",
+                seaport("CNSHA", "Shanghai", "CN"),
+                seaport("MXZLO", "Manzanillo", "MX"),
+            )
+            .action(pb::PrecursorRequestedAction::Intercept)
+            .narrative(text("en", &filler("Declared as vitamin C. ", n)))
+            .build()
+    })
+}
+
+/// `phrase` repeated and cut to `n` characters (ASCII phrases only, so `n` bytes).
+fn filler(phrase: &str, n: usize) -> String {
+    phrase.chars().cycle().take(n).collect()
+}
+
+/// `build(n)` for the filler length `n` that makes its encoding `size` bytes long. A few rounds
+/// suffice: only a length prefix crossing a varint boundary moves the size by more than `n`.
+fn sized<P: Message>(size: usize, build: impl Fn(usize) -> P) -> P {
+    let mut n = 0;
+    for _ in 0..8 {
+        let len = build(n).encoded_len();
+        if len == size {
+            break;
+        }
+        n = (n + size).saturating_sub(len);
+    }
+    build(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payloads_have_the_advertised_sizes() {
+        assert_eq!(record().encoded_len(), RECORD_BYTES);
+        assert_eq!(alert().encoded_len(), ALERT_BYTES);
+    }
+}

@@ -1,0 +1,50 @@
+//! `enlace bench` as a process: one short mixed scenario on one node, printed as JSON.
+//! No timing assertions: only that the line is complete and nothing was lost or duplicated.
+
+use std::process::Command;
+
+const ENLACE: &str = env!("CARGO_BIN_EXE_enlace");
+
+#[test]
+fn mixed_single_prints_one_clean_json_line() {
+    let out = Command::new(ENLACE)
+        .args(["bench", "--scenario", "mixed", "--topology", "single"])
+        .args(["--duration", "1", "--json"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "bench failed: {stderr}");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "one JSON line per scenario on stdout: {stdout}"
+    );
+    let r: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
+    for field in [
+        "scenario",
+        "bulk_msgs_per_s",
+        "bulk_mb_per_s",
+        "alert_p50_us",
+        "alert_p90_us",
+        "alert_p99_us",
+        "alert_p999_us",
+        "alert_max_us",
+        "alerts_lost",
+        "messages_lost",
+        "duplicates",
+    ] {
+        assert!(r.get(field).is_some(), "{field} missing from {r}");
+    }
+    assert_eq!(r["scenario"], "mixed");
+    assert_eq!(r["topology"], "single");
+    // Both kinds of traffic flowed, so the numbers are not nulls.
+    assert!(r["bulk_msgs_per_s"].is_number(), "{r}");
+    assert!(r["alert_p50_us"].is_u64(), "{r}");
+    assert!(r["bulk_sent"].as_u64().unwrap() > 0, "{r}");
+    assert!(r["alerts_sent"].as_u64().unwrap() > 0, "{r}");
+    assert_eq!(r["alerts_lost"], 0, "{r}");
+    assert_eq!(r["messages_lost"], 0, "{r}");
+    assert_eq!(r["duplicates"], 0, "{r}");
+}
