@@ -39,7 +39,7 @@ pub struct Pipeline {
 
 /// Default bound on unanswered bulk bytes: well below quinn's send window, so bulk never fills
 /// the connection ahead of an alert.
-pub const DEFAULT_WINDOW_BYTES: u32 = 1024 * 1024;
+pub const DEFAULT_WINDOW_BYTES: u32 = 128 * 1024;
 
 impl Pipeline {
     /// Starts the pipeline's task on `connection`. `priority` is the stream's QUIC priority.
