@@ -77,7 +77,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub producers: u32,
     /// Record sends in flight at once, shared among the producers (at least one each); the
-    /// client pipelines them within its 1 MiB window.
+    /// client pipelines them within its 128 KiB window.
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub outstanding: u32,
     /// Print one JSON object per scenario on stdout, and nothing else there.
