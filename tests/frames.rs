@@ -6,10 +6,9 @@ mod common;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use common::{TestNet, material, within};
+use common::{TestNet, dial_dea, material, quic_config, within};
 use enlace::message::{Draft, Precedence};
 use enlace::session::{self, SubmitError};
-use enlace::tls;
 use enlace::wire::frame::{FrameReader, encode};
 use enlace::wire::pb::{self, RefusalCode, frame::Body};
 
@@ -63,25 +62,9 @@ async fn oversized_frame_is_refused_and_the_connection_carries_on() {
 
 /// A raw, authorized connection of dea/duty-desk, to send hand-made frames.
 async fn raw(net: &TestNet) -> session::Session {
-    let m = material("clients/dea/duty-desk");
-    let quic = tls::quic_client_config(m.client_config().unwrap()).unwrap();
-    let endpoint = tls::endpoint("127.0.0.1:0".parse().unwrap(), None).unwrap();
-    let opts = net.options("dea", "duty-desk");
-    let hello = pb::Hello {
-        protocol_version: enlace::wire::PROTOCOL_VERSION,
-        role: pb::Role::Client as i32,
-        ..Default::default()
-    };
-    session::dial(
-        &endpoint,
-        quic,
-        opts.node,
-        &opts.server_name,
-        hello,
-        Duration::from_secs(5),
-    )
-    .await
-    .unwrap()
+    dial_dea(net, quic_config("clients/dea/duty-desk"), pb::Role::Client)
+        .await
+        .unwrap()
 }
 
 /// Sends raw bytes on a new stream and returns the node's answer.

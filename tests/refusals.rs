@@ -3,9 +3,8 @@
 mod common;
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use common::{TestNet, certs, material, wait_event, within};
+use common::{TestNet, certs, dial_dea, material, quic_config, wait_event, within};
 use enlace::client::{Client, ClientError};
 use enlace::node::Event;
 use enlace::session::{self, ConnectError};
@@ -82,22 +81,7 @@ async fn no_client_certificate_is_refused() {
         .with_no_client_auth();
     cfg.alpn_protocols = vec![enlace::wire::ALPN.to_vec()];
     let quic = tls::quic_client_config(cfg).unwrap();
-    let endpoint = tls::endpoint("127.0.0.1:0".parse().unwrap(), None).unwrap();
-    let hello = pb::Hello {
-        protocol_version: enlace::wire::PROTOCOL_VERSION,
-        role: pb::Role::Client as i32,
-        ..Default::default()
-    };
-    let opts = net.options("dea", "duty-desk");
-    let r = session::dial(
-        &endpoint,
-        quic,
-        opts.node,
-        &opts.server_name,
-        hello,
-        Duration::from_secs(5),
-    )
-    .await;
+    let r = dial_dea(&net, quic, pb::Role::Client).await;
     let err = r
         .err()
         .expect("a connection without a client certificate is refused")
@@ -117,24 +101,7 @@ async fn dial_as(
     cert_stem: &str,
     role: pb::Role,
 ) -> Result<session::Session, ConnectError> {
-    let m = material(cert_stem);
-    let quic = tls::quic_client_config(m.client_config().unwrap()).unwrap();
-    let endpoint = tls::endpoint("127.0.0.1:0".parse().unwrap(), None).unwrap();
-    let opts = net.options("dea", "duty-desk");
-    let hello = pb::Hello {
-        protocol_version: enlace::wire::PROTOCOL_VERSION,
-        role: role as i32,
-        ..Default::default()
-    };
-    session::dial(
-        &endpoint,
-        quic,
-        opts.node,
-        &opts.server_name,
-        hello,
-        Duration::from_secs(5),
-    )
-    .await
+    dial_dea(net, quic_config(cert_stem), role).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

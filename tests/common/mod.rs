@@ -194,3 +194,34 @@ impl Drop for Daemon {
         }
     }
 }
+
+/// Dials dea-1 of `net` with a QUIC client config and a `Hello` claiming `role`, below the client
+/// library: for tests that need hand-made frames or a certificate the library would not use.
+pub async fn dial_dea(
+    net: &TestNet,
+    quic: quinn::ClientConfig,
+    role: enlace::wire::pb::Role,
+) -> Result<enlace::session::Session, enlace::session::ConnectError> {
+    let endpoint = enlace::tls::endpoint("127.0.0.1:0".parse().unwrap(), None).unwrap();
+    let opts = net.options("dea", "duty-desk");
+    let hello = enlace::wire::pb::Hello {
+        protocol_version: enlace::wire::PROTOCOL_VERSION,
+        role: role as i32,
+        ..Default::default()
+    };
+    let timeout = Duration::from_secs(5);
+    enlace::session::dial(
+        &endpoint,
+        quic,
+        opts.node,
+        &opts.server_name,
+        hello,
+        timeout,
+    )
+    .await
+}
+
+/// A QUIC client config presenting the certificate `cert_stem` (under certs/test).
+pub fn quic_config(cert_stem: &str) -> quinn::ClientConfig {
+    enlace::tls::quic_client_config(material(cert_stem).client_config().unwrap()).unwrap()
+}
