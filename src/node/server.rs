@@ -79,6 +79,21 @@ async fn handle(node: Arc<Node>, incoming: quinn::Incoming) {
         Ok(a) => a,
         Err(r) => return refuse_connection(&node, &conn, Some(&who), Some(send), r).await,
     };
+    if let Authorized::Client {
+        subscribe: true,
+        unit,
+    } = &auth
+        && node.mailbox(unit).is_none()
+    {
+        let r = Refusal::new(
+            RefusalCode::UnknownRecipient,
+            format!(
+                "no mailbox for unit {unit:?}: this node keeps at most {} mailboxes",
+                super::MAX_MAILBOXES
+            ),
+        );
+        return refuse_connection(&node, &conn, Some(&who), Some(send), r).await;
+    }
     let welcome = pb::Welcome {
         protocol_version: crate::wire::PROTOCOL_VERSION,
         node: Some(peer_identity(&node.me)),
