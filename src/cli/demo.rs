@@ -285,13 +285,13 @@ fn report(
     elapsed: Duration,
 ) {
     println!(
-        "\n{:<38} {:<10} {:<20} {:<18} {:>12}",
+        "\n{:<38} {:<12} {:<20} {:<18} {:>12}",
         "MESSAGE", "PRECEDENCE", "RECIPIENT", "PATH", "SEND→DELIVER"
     );
     for id in alerts {
         for a in arrivals.iter().filter(|a| a.id == *id) {
             println!(
-                "{:<38} {:<10} {:<20} {:<18} {:>9.1} ms",
+                "{:<38} {:<12} {:<20} {:<18} {:>9.1} ms",
                 a.id.to_string(),
                 a.precedence.as_str(),
                 a.recipient,
@@ -314,7 +314,7 @@ fn report(
             .map(|a| a.path.clone())
             .unwrap_or_default();
         println!(
-            "{:<38} {:<10} {:<20} {:<18} {:>9.1} ms median, p99 {:.1} ms, max {:.1} ms",
+            "{:<38} {:<12} {:<20} {:<18} {:>9.1} ms median, p99 {:.1} ms, max {:.1} ms",
             format!("{} analytical records", bulk.len()),
             "ROUTINE/BULK",
             "CENAPI/analyst",
