@@ -96,29 +96,29 @@ impl Node {
             s
         });
         let onward = Arc::new(std::mem::take(&mut admitted.signed));
-        let copies: Vec<(&Arc<Queue>, Arc<pb::SignedEnvelope>)> = mailboxes
+        // On disk before the sender hears "accepted". Copies of one kind share one encoding, and a
+        // kind with no copies is not encoded at all.
+        let encode = |signed: &pb::SignedEnvelope, n: usize| match n {
+            0 => Bytes::new(),
+            _ => Bytes::from(prost::Message::encode_to_vec(signed)),
+        };
+        let local_bytes = encode(&local, mailboxes.len());
+        let onward_bytes = encode(&onward, outboxes.len());
+        let copies: Vec<(&Arc<Queue>, &Arc<pb::SignedEnvelope>, &Bytes)> = mailboxes
             .iter()
-            .map(|q| (q, local.clone()))
-            .chain(outboxes.iter().map(|q| (q, onward.clone())))
+            .map(|q| (q, &local, &local_bytes))
+            .chain(outboxes.iter().map(|q| (q, &onward, &onward_bytes)))
             .collect();
-        // On disk before the sender hears "accepted". Copies share the encoding of their kind.
-        let local_bytes = Bytes::from(prost::Message::encode_to_vec(&*local));
-        let onward_bytes = Bytes::from(prost::Message::encode_to_vec(&*onward));
         let ops = copies
             .iter()
-            .map(|(q, signed)| {
-                let bytes = if Arc::ptr_eq(signed, &local) {
-                    local_bytes.clone()
-                } else {
-                    onward_bytes.clone()
-                };
+            .map(|(q, _, bytes)| {
                 Op::Put(PutRecord {
                     queue: q.name().to_owned(),
                     message_id: *id.as_bytes(),
                     precedence: admitted.precedence.to_pb() as u8,
                     expires_at_ms: millis(admitted.expires_at),
                     received_at_ms: millis(now),
-                    bytes,
+                    bytes: Bytes::clone(bytes),
                 })
             })
             .collect();
@@ -136,11 +136,11 @@ impl Node {
             // The store refused this message alone (e.g. over its size limit): nothing written.
             Err(e) => return Err((Refusal::new(RefusalCode::Invalid, e.to_string()), Some(id))),
         };
-        for ((q, signed), seq) in copies.into_iter().zip(seqs) {
+        for ((q, signed, _), seq) in copies.into_iter().zip(seqs) {
             let item = Item {
                 seq,
                 id,
-                signed,
+                signed: signed.clone(),
                 received_at: now,
                 attempts: 0,
             };
