@@ -6,7 +6,7 @@ mod common;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use common::{TestNet, certs};
+use common::TestNet;
 
 fn line(i: usize) -> String {
     format!(
@@ -29,18 +29,7 @@ async fn bulk_file_is_sent_once_and_resumes() {
     let file = dir.path().join("records.jsonl");
     let first: String = (1..=150).map(|i| line(i) + "\n").collect();
     std::fs::write(&file, &first).unwrap();
-    let o = net.options("dea", "analyst");
-    let c = certs().join("clients/dea/analyst");
-    let env = vec![
-        ("ENLACE_NODE", o.node.to_string()),
-        ("ENLACE_SERVER_NAME", o.server_name.clone()),
-        ("ENLACE_CERT", format!("{}.pem", c.display())),
-        ("ENLACE_KEY", format!("{}.key.pem", c.display())),
-        (
-            "ENLACE_CA",
-            certs().join("ca/root.pem").display().to_string(),
-        ),
-    ];
+    let env = net.cli_env("dea", "analyst");
     let send = || {
         let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_enlace"));
         cmd.args(["send", "--to", "cenapi", "--precedence", "bulk", "--bulk"])

@@ -124,20 +124,7 @@ async fn cli_sends_a_typed_alert_from_json_and_reads_the_inbox() {
             "requestedAction": "PRECURSOR_REQUESTED_ACTION_INTERCEPT"}"#,
     )
     .unwrap();
-    let env = |agency: &str, client: &str| {
-        let o = net.options(agency, client);
-        let c = certs().join(format!("clients/{agency}/{client}"));
-        vec![
-            ("ENLACE_NODE", o.node.to_string()),
-            ("ENLACE_SERVER_NAME", o.server_name),
-            ("ENLACE_CERT", format!("{}.pem", c.display())),
-            ("ENLACE_KEY", format!("{}.key.pem", c.display())),
-            (
-                "ENLACE_CA",
-                certs().join("ca/root.pem").display().to_string(),
-            ),
-        ]
-    };
+    let env = |agency: &str, client: &str| net.cli_env(agency, client);
     let run = |args: &[&str], envs: Vec<(&str, String)>| {
         let mut cmd = tokio::process::Command::new(ENLACE);
         cmd.args(args).envs(envs);

@@ -67,6 +67,22 @@ impl TestNet {
     }
 
     /// Stops every node (concurrently) and waits for them.
+    /// The `ENLACE_*` environment that points the `enlace` CLI at `agency`'s node as `client`.
+    pub fn cli_env(&self, agency: &str, client: &str) -> Vec<(&'static str, String)> {
+        let o = self.options(agency, client);
+        let c = certs().join(format!("clients/{agency}/{client}"));
+        vec![
+            ("ENLACE_NODE", o.node.to_string()),
+            ("ENLACE_SERVER_NAME", o.server_name),
+            ("ENLACE_CERT", format!("{}.pem", c.display())),
+            ("ENLACE_KEY", format!("{}.key.pem", c.display())),
+            (
+                "ENLACE_CA",
+                certs().join("ca/root.pem").display().to_string(),
+            ),
+        ]
+    }
+
     pub async fn stop(self) {
         let mut set = tokio::task::JoinSet::new();
         for (_, n) in self.nodes {
