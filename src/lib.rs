@@ -11,6 +11,7 @@ pub mod client;
 pub mod config;
 pub mod identity;
 pub mod lanes;
+pub mod merkle;
 pub mod message;
 pub mod network;
 pub mod node;

@@ -9,23 +9,38 @@
 //! Used by clients and by nodes forwarding to peers. If the stream fails, every unanswered
 //! submission fails with [`SubmitError::Connection`] (its outcome is unknown: resubmit with the
 //! same message id) and the next submission opens a new stream.
+//!
+//! A client's pipeline also signs: envelopes handed over unsigned ([`Pipeline::submit_unsigned`])
+//! are signed in batches of whatever is waiting, up to [`MAX_BATCH`], with one signature over the
+//! batch's Merkle root ([`Signer::sign_batch`]). Under load that divides the originator's
+//! signing cost, and the node's verification cost, by the batch size; a lone message is signed
+//! alone and waits for nothing.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::{Bytes, BytesMut};
+use prost::Message;
 use quinn::Connection;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
 use crate::session::{CONTROL_FRAME_LIMIT, SubmitError};
+use crate::signature::Signer;
 use crate::tls::describe_connection_error;
 use crate::wire::frame::{self, FrameReader};
 use crate::wire::pb::{self, frame::Body};
 
 type Answer = oneshot::Sender<Result<pb::Accepted, SubmitError>>;
 
+/// What to send: a signed envelope (forwarded as it is) or envelope bytes to sign first.
+enum Envelope {
+    Signed(pb::SignedEnvelope),
+    Unsigned(Bytes),
+}
+
 struct Request {
-    frame: bytes::Bytes,
+    envelope: Envelope,
     answer: Answer,
     permit: OwnedSemaphorePermit,
 }
@@ -35,7 +50,15 @@ pub struct Pipeline {
     tx: mpsc::Sender<Request>,
     window: Arc<Semaphore>,
     window_bytes: u32,
+    signs: bool,
 }
+
+/// Most envelopes signed with one signature, and written with one write.
+pub const MAX_BATCH: usize = 64;
+
+/// What a signature with a proof for a batch of [`MAX_BATCH`] adds to an envelope's frame, at
+/// most: the signature, the certificate hash, six 32-byte hashes and their framing.
+const SIGNATURE_BYTES: usize = 512;
 
 /// Default bound on unanswered bulk bytes: well below quinn's send window, so bulk never fills
 /// the connection ahead of an alert.
@@ -43,14 +66,22 @@ pub const DEFAULT_WINDOW_BYTES: u32 = 128 * 1024;
 
 impl Pipeline {
     /// Starts the pipeline's task on `connection`. `priority` is the stream's QUIC priority.
-    pub fn new(connection: Connection, window_bytes: u32, priority: i32) -> Pipeline {
+    /// With a `signer`, [`Pipeline::submit_unsigned`] is available.
+    pub fn new(
+        connection: Connection,
+        window_bytes: u32,
+        priority: i32,
+        signer: Option<Arc<Signer>>,
+    ) -> Pipeline {
         // Requests are few at a time (the window bounds them); the channel only hands them over.
         let (tx, rx) = mpsc::channel(256);
-        tokio::spawn(run(connection, rx, priority));
+        let signs = signer.is_some();
+        tokio::spawn(run(connection, rx, priority, signer));
         Pipeline {
             tx,
             window: Arc::new(Semaphore::new(window_bytes as usize)),
             window_bytes,
+            signs,
         }
     }
 
@@ -62,12 +93,29 @@ impl Pipeline {
     /// # Cancel safety
     /// Not cancel safe once the frame is handed over: the node may accept it anyway.
     pub async fn submit(&self, envelope: pb::SignedEnvelope) -> Result<pb::Accepted, SubmitError> {
-        let frame = frame::encode(&pb::Frame {
-            body: Some(Body::Submit(pb::Submit {
-                envelope: Some(envelope),
-            })),
-        });
-        let cost = (frame.len() as u32).clamp(1, self.window_bytes);
+        let cost = envelope.encoded_len() + 16;
+        self.hand_over(Envelope::Signed(envelope), cost).await
+    }
+
+    /// Signs the exact `envelope` bytes (in a batch with whatever else is waiting), submits them
+    /// and waits for the node's answer. As [`Pipeline::submit`] otherwise.
+    ///
+    /// # Panics
+    /// If the pipeline was made without a signer.
+    pub async fn submit_unsigned(&self, envelope: Bytes) -> Result<pb::Accepted, SubmitError> {
+        assert!(self.signs, "submit_unsigned on a pipeline without a signer");
+        let cost = envelope.len() + SIGNATURE_BYTES;
+        self.hand_over(Envelope::Unsigned(envelope), cost).await
+    }
+
+    async fn hand_over(
+        &self,
+        envelope: Envelope,
+        cost: usize,
+    ) -> Result<pb::Accepted, SubmitError> {
+        let cost = u32::try_from(cost)
+            .unwrap_or(u32::MAX)
+            .clamp(1, self.window_bytes);
         let permit = self
             .window
             .clone()
@@ -77,7 +125,7 @@ impl Pipeline {
         let (answer, rx) = oneshot::channel();
         self.tx
             .send(Request {
-                frame,
+                envelope,
                 answer,
                 permit,
             })
@@ -90,7 +138,12 @@ impl Pipeline {
 
 type Pending = Arc<Mutex<VecDeque<(Answer, OwnedSemaphorePermit)>>>;
 
-async fn run(connection: Connection, mut rx: mpsc::Receiver<Request>, priority: i32) {
+async fn run(
+    connection: Connection,
+    mut rx: mpsc::Receiver<Request>,
+    priority: i32,
+    signer: Option<Arc<Signer>>,
+) {
     while let Some(first) = rx.recv().await {
         let (mut send, recv) = match connection.open_bi().await {
             Ok(s) => s,
@@ -115,11 +168,24 @@ async fn run(connection: Connection, mut rx: mpsc::Receiver<Request>, priority: 
         let mut ended: Option<Option<String>> = None;
         let mut next = Some(first);
         while let Some(req) = next.take() {
+            // Whatever else is already waiting goes out with it: one signature, one write. One
+            // yield first lets the submitters woken with this one (by answers freeing the
+            // window) hand theirs over.
+            if rx.is_empty() {
+                tokio::task::yield_now().await;
+            }
+            let mut batch = vec![req];
+            while batch.len() < MAX_BATCH
+                && let Ok(more) = rx.try_recv()
+            {
+                batch.push(more);
+            }
+            let frames = encode_batch(&mut batch, signer.as_deref());
             pending
                 .lock()
                 .expect("pending lock poisoned")
-                .push_back((req.answer, req.permit));
-            if let Err(e) = send.write_all(&req.frame).await {
+                .extend(batch.into_iter().map(|r| (r.answer, r.permit)));
+            if let Err(e) = send.write_all(&frames).await {
                 ended = Some(Some(e.to_string()));
                 break;
             }
@@ -149,6 +215,42 @@ async fn run(connection: Connection, mut rx: mpsc::Receiver<Request>, priority: 
             return;
         }
     }
+}
+
+/// Signs the batch's unsigned envelopes together and encodes every request as a `Submit` frame,
+/// in order, into one buffer.
+fn encode_batch(batch: &mut [Request], signer: Option<&Signer>) -> Bytes {
+    let unsigned: Vec<&[u8]> = batch
+        .iter()
+        .filter_map(|r| match &r.envelope {
+            Envelope::Unsigned(b) => Some(b.as_ref()),
+            Envelope::Signed(_) => None,
+        })
+        .collect();
+    let mut signatures = match signer {
+        Some(s) if !unsigned.is_empty() => s.sign_batch(&unsigned).into_iter(),
+        _ => Vec::new().into_iter(),
+    };
+    let mut out = BytesMut::new();
+    for r in batch.iter_mut() {
+        let signed = match std::mem::replace(&mut r.envelope, Envelope::Unsigned(Bytes::new())) {
+            Envelope::Signed(s) => s,
+            Envelope::Unsigned(envelope) => pb::SignedEnvelope {
+                envelope,
+                signature: signatures.next(),
+                hops: Vec::new(),
+            },
+        };
+        frame::encode_into(
+            &pb::Frame {
+                body: Some(Body::Submit(pb::Submit {
+                    envelope: Some(signed),
+                })),
+            },
+            &mut out,
+        );
+    }
+    out.freeze()
 }
 
 fn clone_err(e: &SubmitError) -> SubmitError {

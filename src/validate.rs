@@ -61,6 +61,8 @@ pub struct NodeContext<'a> {
     pub node: &'a str,
     /// Largest hop count the node itself allows, whatever the envelope says.
     pub max_hops: u32,
+    /// Batch roots this node has already verified.
+    pub verified: &'a signature::VerifiedRoots,
 }
 
 /// Checks a submitted envelope.
@@ -112,6 +114,7 @@ pub fn admit(
                 signed.signature.as_ref(),
                 &sender.sha256,
                 sender.ed25519_public_key.as_deref(),
+                Some(node.verified),
             )
             .map_err(|e| fail(invalid(format!("originator signature: {e}"))))?;
         }
@@ -235,6 +238,7 @@ mod tests {
         cert: PeerCert,
         agency: AgencyId,
         now: SystemTime,
+        verified: signature::VerifiedRoots,
     }
 
     fn fixture() -> Fixture {
@@ -257,6 +261,7 @@ mod tests {
             cert,
             agency: AgencyId::new("dea").unwrap(),
             now: UNIX_EPOCH + Duration::from_secs(1_800_000_000),
+            verified: Default::default(),
         }
     }
 
@@ -282,6 +287,7 @@ mod tests {
             agency: &f.agency,
             node: "dea-1",
             max_hops: 8,
+            verified: &f.verified,
         };
         admit(seal(env, &f.signer), &f.cert, &ctx, f.now).map_err(|(r, _)| r)
     }
@@ -319,6 +325,7 @@ mod tests {
             agency: &f.agency,
             node: "dea-1",
             max_hops: 8,
+            verified: &f.verified,
         };
         let (r, _) = admit(signed, &f.cert, &ctx, f.now).unwrap_err();
         assert_eq!(r.code, RefusalCode::Invalid);

@@ -78,6 +78,7 @@ async fn flash_alert_reaches_clients_at_two_other_nodes() {
             d.signed.signature.as_ref(),
             &dea_cert.sha256,
             dea_cert.ed25519_public_key.as_deref(),
+            None,
         )
         .expect("the originator's signature holds over the delivered bytes");
         let path: Vec<&str> = d.signed.hops.iter().map(|h| h.node.as_str()).collect();

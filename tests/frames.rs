@@ -203,6 +203,49 @@ async fn invalid_envelopes_are_refused_with_reasons() {
         }
         other => panic!("expected a refusal, got {other:?}"),
     }
+    // A batch signature: each member is accepted with its own proof, and refused with another
+    // member's proof or after its bytes changed, even once the batch's root is known to the node.
+    let envs: Vec<pb::Envelope> = (0..3)
+        .map(|i| {
+            Draft::new(&liaison(&format!("batch {i}")))
+                .to("pgr")
+                .precedence(Precedence::Routine)
+                .finish(me.clone(), now)
+        })
+        .collect();
+    let bytes: Vec<Vec<u8>> = envs.iter().map(prost::Message::encode_to_vec).collect();
+    let refs: Vec<&[u8]> = bytes.iter().map(Vec::as_slice).collect();
+    let sigs = signer.sign_batch(&refs);
+    let member = |i: usize, sig: usize| pb::SignedEnvelope {
+        envelope: bytes[i].clone().into(),
+        signature: Some(sigs[sig].clone()),
+        hops: Vec::new(),
+    };
+    session::submit(&s.connection, member(0, 0), 0)
+        .await
+        .expect("a batch member with its own proof is accepted");
+    match session::submit(&s.connection, member(1, 2), 0).await {
+        Err(SubmitError::Refused { code, reason, .. }) => {
+            assert_eq!(code, RefusalCode::Invalid);
+            assert!(reason.contains("originator signature"), "{reason}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    let mut tampered = member(2, 2);
+    let mut b = tampered.envelope.to_vec();
+    *b.last_mut().unwrap() ^= 0x01;
+    tampered.envelope = b.into();
+    match session::submit(&s.connection, tampered, 0).await {
+        Err(SubmitError::Refused { code, reason, .. }) => {
+            assert_eq!(code, RefusalCode::Invalid);
+            assert!(reason.contains("does not match"), "{reason}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    session::submit(&s.connection, member(2, 2), 0)
+        .await
+        .expect("the untouched member is accepted");
+
     // The client that was refused several times still sends.
     dea.send(Draft::new(&liaison("fine")).to("pgr"))
         .await

@@ -312,6 +312,7 @@ impl Node {
             agency: &self.config.agency,
             node: &self.config.name,
             max_hops: super::MAX_HOPS,
+            verified: &self.verified,
         };
         let admitted = match crate::validate::admit(signed, &self.me, &ctx, now) {
             Ok(a) => a,

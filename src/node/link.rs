@@ -79,6 +79,7 @@ pub(super) async fn run(node: Arc<Node>, endpoint: Endpoint, peer: Peer) {
             conn.clone(),
             DEFAULT_WINDOW_BYTES,
             stream_priority(Precedence::Routine),
+            None,
         ));
         forward_while_up(&node, &conn, &bulk, &outbox, &peer, &slots).await;
         was_down = true;

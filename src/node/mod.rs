@@ -79,6 +79,8 @@ pub(crate) struct Node {
     fatal: tokio::sync::Notify,
     /// Signs the node's own reports (non-delivery).
     signer: Signer,
+    /// Batch signatures already verified (see `signature`).
+    verified: crate::signature::VerifiedRoots,
     retry: RetryPolicy,
 }
 
@@ -278,6 +280,7 @@ fn bind(config: Config) -> Result<(Arc<Node>, quinn::Endpoint), NodeError> {
         storage_failed: std::sync::OnceLock::new(),
         fatal: tokio::sync::Notify::new(),
         signer,
+        verified: Default::default(),
         retry,
         link_wake,
         config,

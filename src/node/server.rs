@@ -369,6 +369,7 @@ async fn receive(
         agency: &node.config.agency,
         node: &node.config.name,
         max_hops: super::MAX_HOPS,
+        verified: &node.verified,
     };
     let admitted = validate::admit(signed, who, &ctx, now)?;
     let from = who.identity.to_string();

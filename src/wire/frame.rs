@@ -49,12 +49,18 @@ impl FrameError {
 
 /// Encodes a frame with its length prefix.
 pub fn encode(frame: &pb::Frame) -> Bytes {
+    let mut buf = BytesMut::new();
+    encode_into(frame, &mut buf);
+    buf.freeze()
+}
+
+/// Appends a frame with its length prefix to `buf`.
+pub fn encode_into(frame: &pb::Frame, buf: &mut BytesMut) {
     let len = frame.encoded_len();
-    let mut buf = BytesMut::with_capacity(4 + len);
+    buf.reserve(4 + len);
     buf.put_u32(len as u32);
     // Encoding into a buffer with enough capacity cannot fail.
-    frame.encode(&mut buf).expect("capacity reserved");
-    buf.freeze()
+    frame.encode(buf).expect("capacity reserved");
 }
 
 /// Writes one frame.
