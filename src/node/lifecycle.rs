@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 
 use super::events::Event;
-use super::queue::{Item, Queue};
+use super::queue::{Item, Queue, Seq};
 use super::{Node, entry};
 use crate::lanes::{AfterFailure, Entry};
 use crate::message::{Draft, MessageId, Precedence, timestamp};
@@ -122,6 +122,36 @@ impl Node {
                 })
             })
             .collect();
+        let item = |signed: &Arc<pb::SignedEnvelope>, seq| Item {
+            seq,
+            id,
+            signed: signed.clone(),
+            received_at: now,
+            attempts: 0,
+        };
+        let queue_copy = |q: &Arc<Queue>, item| {
+            // Room was checked above; concurrent submissions can overshoot the bound by at most
+            // their number, and an accepted copy is never dropped.
+            q.push_checked(entry(item, admitted.precedence, admitted.expires_at));
+        };
+        // Cut-through: a time-sensitive copy is queued while its write is in flight, so its
+        // delivery or forwarding does not wait for the fsync. The sender still hears "accepted"
+        // only once every copy is durable, and records about a copy wait for its write
+        // (`Seq`). Should the write fail, or the message turn out to be a retransmission, the
+        // copy may still be delivered: once more at worst, with the same id, which the
+        // recipient's client drops.
+        let early: Vec<_> = if admitted.precedence.is_time_sensitive() {
+            copies
+                .iter()
+                .map(|(q, signed, _)| {
+                    let (set, seq) = Seq::pending();
+                    queue_copy(q, item(signed, seq));
+                    set
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         let seqs = match self.store.commit_if_new(ops).await {
             Ok(seqs) => seqs,
             // Already accepted (a retransmission after a lost answer): accepted again, once.
@@ -136,17 +166,14 @@ impl Node {
             // The store refused this message alone (e.g. over its size limit): nothing written.
             Err(e) => return Err((Refusal::new(RefusalCode::Invalid, e.to_string()), Some(id))),
         };
-        for ((q, signed, _), seq) in copies.into_iter().zip(seqs) {
-            let item = Item {
-                seq,
-                id,
-                signed: signed.clone(),
-                received_at: now,
-                attempts: 0,
-            };
-            // Room was checked above; concurrent submissions can overshoot the bound by at most
-            // their number, and an accepted copy is never dropped.
-            q.push_checked(entry(item, admitted.precedence, admitted.expires_at));
+        if early.is_empty() {
+            for ((q, signed, _), seq) in copies.into_iter().zip(seqs) {
+                queue_copy(q, item(signed, Seq::durable(seq)));
+            }
+        } else {
+            for (set, seq) in early.into_iter().zip(seqs) {
+                let _ = set.send(Some(seq));
+            }
         }
         self.events.record(Event::Accepted {
             id,
@@ -190,10 +217,30 @@ impl Node {
         });
     }
 
+    /// As [`Node::record_later`], for ops about one copy: once the copy's `Put` is durable (at
+    /// once for almost every copy). A copy that was never written needs no record.
+    pub(super) fn record_about(
+        self: &Arc<Self>,
+        item: &Item,
+        ops: impl FnOnce(u64) -> Vec<Op> + Send + 'static,
+    ) {
+        match item.seq.get() {
+            Some(seq) => self.record_later(ops(seq)),
+            None => {
+                let (node, seq) = (self.clone(), item.seq.clone());
+                tokio::spawn(async move {
+                    if let Some(seq) = seq.wait().await {
+                        node.record_later(ops(seq));
+                    }
+                });
+            }
+        }
+    }
+
     /// A copy is finished: acknowledged by a client, or accepted by the peer it was forwarded to.
     pub(super) fn finished(self: &Arc<Self>, item: &Item, event: Event) {
         self.events.record(event);
-        self.record_later(vec![Op::Done(item.seq)]);
+        self.record_about(item, |seq| vec![Op::Done(seq)]);
     }
 
     /// A delivery or forward of `entry` failed for a reason that is the message's business (no
@@ -203,7 +250,8 @@ impl Node {
         match self.retry.after_failure(entry.item.attempts) {
             AfterFailure::Retry(delay) => {
                 tracing::debug!(id = %entry.item.id, queue = queue.name(), %reason, ?delay, "will retry");
-                self.record_later(vec![Op::Attempt(entry.item.seq, entry.item.attempts)]);
+                let attempts = entry.item.attempts;
+                self.record_about(&entry.item, move |seq| vec![Op::Attempt(seq, attempts)]);
                 queue.retry_at(entry, SystemTime::now() + delay);
             }
             AfterFailure::DeadLetter => {
@@ -213,10 +261,10 @@ impl Node {
                     queue: queue.name().to_owned(),
                     reason: reason.clone(),
                 });
-                self.record_later(vec![
-                    Op::Attempt(entry.item.seq, entry.item.attempts),
-                    Op::DeadLetter(entry.item.seq, reason.clone()),
-                ]);
+                let (attempts, why) = (entry.item.attempts, reason.clone());
+                self.record_about(&entry.item, move |seq| {
+                    vec![Op::Attempt(seq, attempts), Op::DeadLetter(seq, why)]
+                });
                 queue.dead_letter(entry, reason, SystemTime::now());
             }
         }
@@ -229,7 +277,7 @@ impl Node {
                 id: e.item.id,
                 queue: queue.name().to_owned(),
             });
-            self.record_later(vec![Op::Done(e.item.seq)]);
+            self.record_about(&e.item, |seq| vec![Op::Done(seq)]);
             self.report_non_delivery(
                 &e.item,
                 queue.destination(),

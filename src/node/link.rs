@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 
 use quinn::{Connection, Endpoint};
 use rustls_pki_types::CertificateDer;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::Node;
 use super::events::Event;
@@ -28,15 +28,28 @@ use crate::session::{self, ConnectError, SubmitError};
 use crate::tls;
 use crate::wire::pb::{self, RefusalCode};
 
-/// Unacknowledged forwards per peer link.
+/// Unanswered analytical forwards per peer link.
 pub const WINDOW: usize = 1024;
+
+/// Unanswered time-sensitive forwards per peer link: a pool of their own, so an alert never
+/// waits for a slot held by analytical traffic.
+pub const ALERT_WINDOW: usize = 64;
+
+/// Forwarding slots of one link, kept across reconnects.
+struct Slots {
+    alerts: Arc<Semaphore>,
+    bulk: Arc<Semaphore>,
+}
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
 pub(super) async fn run(node: Arc<Node>, endpoint: Endpoint, peer: Peer) {
     let outbox = node.outboxes[&peer.node].clone();
-    let slots = Arc::new(Semaphore::new(WINDOW));
+    let slots = Slots {
+        alerts: Arc::new(Semaphore::new(ALERT_WINDOW)),
+        bulk: Arc::new(Semaphore::new(WINDOW)),
+    };
     let mut backoff = BACKOFF_MIN;
     // Only state changes are recorded: a peer that stays down is not logged at every retry.
     let mut was_down = false;
@@ -100,18 +113,10 @@ async fn forward_while_up(
     bulk: &Arc<Pipeline>,
     outbox: &Arc<Queue>,
     peer: &Peer,
-    slots: &Arc<Semaphore>,
+    slots: &Slots,
 ) {
-    loop {
-        let permit = tokio::select! {
-            // The semaphore is never closed.
-            p = slots.clone().acquire_owned() => p.expect("semaphore never closed"),
-            _ = conn.closed() => return,
-        };
-        let entry = tokio::select! {
-            e = outbox.pop(|expired| node.expired(outbox, expired)) => e,
-            _ = conn.closed() => return,
-        };
+    let on_expired = |expired| node.expired(outbox, expired);
+    let forward = |entry: Entry<Item>, permit: OwnedSemaphorePermit| {
         let (node, conn, outbox, peer) = (
             node.clone(),
             conn.clone(),
@@ -123,6 +128,32 @@ async fn forward_while_up(
             forward_one(&node, &conn, &bulk, &outbox, &peer, entry).await;
             drop(permit);
         });
+    };
+    loop {
+        // The semaphores are never closed.
+        let alert_slot = tokio::select! {
+            p = slots.alerts.clone().acquire_owned() => p.expect("semaphore never closed"),
+            _ = conn.closed() => return,
+        };
+        // Time-sensitive copies are taken whenever an alert slot is free, whatever analytical
+        // traffic holds; analytical ones only with a slot of their own.
+        tokio::select! {
+            biased;
+            _ = conn.closed() => return,
+            e = outbox.pop_class(true, on_expired) => forward(e, alert_slot),
+            bulk_slot = slots.bulk.clone().acquire_owned() => {
+                let bulk_slot = bulk_slot.expect("semaphore never closed");
+                let e = tokio::select! {
+                    e = outbox.pop(on_expired) => e,
+                    _ = conn.closed() => return,
+                };
+                if e.precedence.is_time_sensitive() {
+                    forward(e, alert_slot);
+                } else {
+                    forward(e, bulk_slot);
+                }
+            }
+        }
     }
 }
 

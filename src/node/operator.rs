@@ -59,7 +59,18 @@ async fn redrive(
     if dead.is_empty() {
         return Ok(Vec::new());
     }
-    let ops = dead.iter().map(|d| Op::Redrive(d.entry.item.seq)).collect();
+    // A dead letter whose copy is not on disk yet (a time-sensitive copy, queued while its write
+    // was in flight) stays parked: it can be redriven once it is.
+    let (dead, unwritten): (Vec<_>, Vec<_>) = dead
+        .into_iter()
+        .partition(|d| d.entry.item.seq.get().is_some());
+    for d in unwritten {
+        q.dead_letter(d.entry, d.reason, d.at);
+    }
+    let ops = dead
+        .iter()
+        .filter_map(|d| d.entry.item.seq.get().map(Op::Redrive))
+        .collect();
     let seqs = match node.store.commit(ops).await {
         Ok(seqs) => seqs,
         Err(e) => {
@@ -77,7 +88,7 @@ async fn redrive(
     let mut ids = Vec::new();
     for (mut d, seq) in dead.into_iter().zip(seqs) {
         let id = d.entry.item.id;
-        d.entry.item.seq = seq;
+        d.entry.item.seq = super::queue::Seq::durable(seq);
         d.entry.item.attempts = 0;
         q.requeue(d.entry);
         node.events.record(Event::Redriven {

@@ -8,17 +8,51 @@
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 
 use crate::lanes::{Entry, Lanes};
 use crate::message::{MessageId, Precedence};
 use crate::wire::pb;
 
+/// A copy's sequence number in the durable store, known once its `Put` is durable.
+///
+/// A time-sensitive copy is queued (and may be delivered or forwarded) while its `Put` is still
+/// being written (see `lifecycle`); whatever records something about the copy (done, attempt,
+/// dead letter) waits for the number, so no record about a copy ever precedes its `Put`.
+#[derive(Debug, Clone)]
+pub struct Seq(watch::Receiver<Option<u64>>);
+
+impl Seq {
+    /// The number of a copy already on disk.
+    pub fn durable(seq: u64) -> Seq {
+        Seq(watch::channel(Some(seq)).1)
+    }
+
+    /// A number still being written: send it through the sender once the `Put` is durable, or
+    /// drop the sender if it never will be.
+    pub fn pending() -> (watch::Sender<Option<u64>>, Seq) {
+        let (tx, rx) = watch::channel(None);
+        (tx, Seq(rx))
+    }
+
+    /// The number, if the copy is durable already.
+    pub fn get(&self) -> Option<u64> {
+        *self.0.borrow()
+    }
+
+    /// Waits until the copy is durable; `None` if it never will be (the write failed, or the
+    /// message was a duplicate and this copy was never written).
+    pub async fn wait(&self) -> Option<u64> {
+        let mut rx = self.0.clone();
+        rx.wait_for(Option::is_some).await.ok().and_then(|v| *v)
+    }
+}
+
 /// One copy of a message waiting in a queue.
 #[derive(Debug, Clone)]
 pub struct Item {
     /// The copy's sequence number in the durable store.
-    pub seq: u64,
+    pub seq: Seq,
     pub id: MessageId,
     pub signed: Arc<pb::SignedEnvelope>,
     /// When this node accepted the message.
@@ -168,5 +202,28 @@ impl Queue {
     /// Removes expired items wherever they wait.
     pub fn sweep(&self, now: SystemTime) -> Vec<Entry<Item>> {
         self.lanes().drain_expired(now)
+    }
+}
+
+#[cfg(test)]
+mod seq_tests {
+    use super::Seq;
+
+    #[tokio::test]
+    async fn a_pending_seq_resolves_once_written_or_never() {
+        assert_eq!(Seq::durable(7).get(), Some(7));
+        let (set, seq) = Seq::pending();
+        assert_eq!(seq.get(), None);
+        let waiter = tokio::spawn({
+            let seq = seq.clone();
+            async move { seq.wait().await }
+        });
+        set.send(Some(42)).unwrap();
+        assert_eq!(waiter.await.unwrap(), Some(42));
+        assert_eq!(seq.get(), Some(42));
+
+        let (set, seq) = Seq::pending();
+        drop(set); // The write failed, or the copy was a duplicate: never written.
+        assert_eq!(seq.wait().await, None);
     }
 }

@@ -37,7 +37,7 @@ impl Node {
                 continue;
             };
             let item = Item {
-                seq: m.seq,
+                seq: super::queue::Seq::durable(m.seq),
                 id: MessageId::from_slice(&m.message_id).expect("16-byte array"),
                 signed: Arc::new(signed),
                 received_at: time(m.received_at_ms),

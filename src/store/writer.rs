@@ -8,10 +8,16 @@
 //! everything with **one** write ending in a `Commit` record, calls `fdatasync` **once**, and only
 //! then answers every caller in the round. A lone caller still gets its own fsync.
 //!
+//! Time-sensitive copies go first: each round the writer moves every waiting request into two
+//! local queues, and a round takes all urgent requests (those putting a FLASH, IMMEDIATE or
+//! PRIORITY copy) before any other, and then at most [`URGENT_ROUND_BYTES`] of other work, so an
+//! alert waits for at most the fsync in progress and one short one of its own, never for a
+//! backlog of analytical commits.
+//!
 //! It does not retry: the first I/O error is recorded in [`Shared::failed`], every request in the
 //! round and after it is answered [`StoreError::Failed`], and the thread exits.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -41,6 +47,49 @@ pub(super) struct CommitRequest {
 
 type Reply = oneshot::Sender<Result<Vec<u64>, StoreError>>;
 
+/// In a round with urgent requests, at most this many bytes of other requests join them.
+pub(super) const URGENT_ROUND_BYTES: usize = 64 * 1024;
+
+/// Takes the next round's requests: every urgent one, then others while the round holds fewer
+/// than `max_records` ops and `max_bytes` bytes, or, with urgent ones in it, fewer than
+/// [`URGENT_ROUND_BYTES`] bytes beyond theirs. `size` gives a request's ops and bytes.
+fn take_batch<T>(
+    urgent: &mut VecDeque<T>,
+    waiting: &mut VecDeque<T>,
+    (max_records, max_bytes): (usize, usize),
+    size: impl Fn(&T) -> (usize, usize),
+) -> Vec<T> {
+    let mut batch: Vec<T> = urgent.drain(..).collect();
+    let (mut ops, mut bytes) = batch
+        .iter()
+        .map(&size)
+        .fold((0, 0), |(o, b), (ro, rb)| (o + ro, b + rb));
+    let byte_limit = if batch.is_empty() {
+        max_bytes
+    } else {
+        bytes + URGENT_ROUND_BYTES.min(max_bytes)
+    };
+    while ops < max_records
+        && bytes < byte_limit
+        && let Some(r) = waiting.pop_front()
+    {
+        let (o, b) = size(&r);
+        ops += o;
+        bytes += b;
+        batch.push(r);
+    }
+    batch
+}
+
+impl CommitRequest {
+    /// Whether the request puts a time-sensitive copy (precedence FLASH, IMMEDIATE, PRIORITY).
+    fn urgent(&self) -> bool {
+        self.ops
+            .iter()
+            .any(|op| matches!(op, Op::Put(p) if (1..=3).contains(&p.precedence)))
+    }
+}
+
 /// The description of a fatal I/O failure.
 pub(super) type Fatal = String;
 
@@ -67,6 +116,9 @@ pub(super) struct Writer {
     /// Read handles for redrive and compaction, by segment id.
     pub(super) readers: HashMap<u64, File>,
     buf: Vec<u8>,
+    /// Requests taken from the channel and not yet written: urgent ones, then the others.
+    urgent: VecDeque<CommitRequest>,
+    waiting: VecDeque<CommitRequest>,
     pub(super) stats: StoreStats,
     /// Held for the writer's life: the directory's exclusive lock.
     _lock: File,
@@ -90,6 +142,8 @@ impl Writer {
             active: None,
             readers: HashMap::new(),
             buf: Vec::new(),
+            urgent: VecDeque::new(),
+            waiting: VecDeque::new(),
             stats: StoreStats::default(),
             _lock: lock,
         };
@@ -106,7 +160,11 @@ impl Writer {
             Err(cause) => drop(self.fail(cause.clone())),
             Ok(()) => self.publish_stats(),
         }
-        while outcome.is_ok() && close.is_none() {
+        while outcome.is_ok() {
+            // Requests sent before `close` are still served.
+            if close.is_some() && self.urgent.is_empty() && self.waiting.is_empty() {
+                break;
+            }
             let Some(batch) = self.next_batch(&mut rx, &mut close) else {
                 break;
             };
@@ -120,6 +178,12 @@ impl Writer {
                 .map_or(Ok(()), |c| Err(StoreError::Failed(c)))
         };
         let mut closers = Vec::from_iter(close);
+        let left = std::mem::take(&mut self.urgent)
+            .into_iter()
+            .chain(std::mem::take(&mut self.waiting));
+        for c in left {
+            let _ = c.reply.send(closed().and(Err(StoreError::Closed)));
+        }
         while let Ok(req) = rx.try_recv() {
             match req {
                 Request::Commit(c) => {
@@ -134,42 +198,46 @@ impl Writer {
         }
     }
 
-    /// Waits for work, then takes every waiting request within the batch limits. Returns `None`
-    /// when every handle is gone. With compaction pending it does not wait: an empty batch is a
-    /// compaction-only round.
+    /// Waits for work, moves every request waiting in the channel to the local queues, then
+    /// takes a batch: urgent requests first, then others within the batch limits (tighter when
+    /// urgent ones are in the batch). Returns `None` when every handle is gone and nothing is
+    /// left. With compaction pending it does not wait: an empty batch is a compaction-only round.
     fn next_batch(
         &mut self,
         rx: &mut mpsc::Receiver<Request>,
         close: &mut Option<oneshot::Sender<Result<(), StoreError>>>,
     ) -> Option<Vec<CommitRequest>> {
-        let mut next = if self.compaction_source().is_some() {
-            match rx.try_recv() {
-                Ok(r) => Some(r),
-                Err(mpsc::error::TryRecvError::Empty) => None,
-                Err(mpsc::error::TryRecvError::Disconnected) => return None,
+        if close.is_none()
+            && self.urgent.is_empty()
+            && self.waiting.is_empty()
+            && self.compaction_source().is_none()
+        {
+            match rx.blocking_recv() {
+                Some(req) => self.sort(req, close),
+                None => return None,
             }
-        } else {
-            Some(rx.blocking_recv()?)
-        };
-        let (mut batch, mut ops, mut bytes) = (Vec::new(), 0, 0);
-        while let Some(req) = next {
-            match req {
-                Request::Close(reply) => {
-                    *close = Some(reply);
-                    break;
-                }
-                Request::Commit(c) => {
-                    ops += c.ops.len();
-                    bytes += c.bytes;
-                    batch.push(c);
-                }
-            }
-            if ops >= self.opts.max_batch_records || bytes >= self.opts.max_batch_bytes {
-                break;
-            }
-            next = rx.try_recv().ok();
         }
-        Some(batch)
+        while close.is_none() {
+            match rx.try_recv() {
+                Ok(req) => self.sort(req, close),
+                Err(_) => break,
+            }
+        }
+        let limits = (self.opts.max_batch_records, self.opts.max_batch_bytes);
+        Some(take_batch(
+            &mut self.urgent,
+            &mut self.waiting,
+            limits,
+            |c| (c.ops.len(), c.bytes),
+        ))
+    }
+
+    fn sort(&mut self, req: Request, close: &mut Option<oneshot::Sender<Result<(), StoreError>>>) {
+        match req {
+            Request::Close(reply) => *close = Some(reply),
+            Request::Commit(c) if c.urgent() => self.urgent.push_back(c),
+            Request::Commit(c) => self.waiting.push_back(c),
+        }
     }
 
     /// One write and one fsync for a batch; answers every request in it.
@@ -419,5 +487,45 @@ impl Writer {
             ..self.stats.clone()
         };
         *self.shared.stats.lock().expect("store stats lock poisoned") = stats;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Requests as (name, ops, bytes).
+    type R = (&'static str, usize, usize);
+
+    fn take(urgent: &mut VecDeque<R>, waiting: &mut VecDeque<R>) -> Vec<&'static str> {
+        take_batch(urgent, waiting, (8, 1 << 20), |r| (r.1, r.2))
+            .into_iter()
+            .map(|r| r.0)
+            .collect()
+    }
+
+    #[test]
+    fn urgent_requests_skip_the_backlog_and_keep_their_round_short() {
+        let mut waiting: VecDeque<R> = (0..20).map(|_| ("bulk", 1, 30 * 1024)).collect();
+        let mut urgent: VecDeque<R> = VecDeque::from([("flash", 1, 512), ("immediate", 1, 512)]);
+        // Urgent ones first, then only URGENT_ROUND_BYTES (64 KiB) of the backlog: 3 records.
+        assert_eq!(
+            take(&mut urgent, &mut waiting),
+            ["flash", "immediate", "bulk", "bulk", "bulk"]
+        );
+        // Without urgent requests, the usual limit (8 ops) applies.
+        assert_eq!(take(&mut urgent, &mut waiting).len(), 8);
+        // An urgent request that arrives behind the remaining backlog still goes first.
+        urgent.push_back(("flash", 1, 512));
+        assert_eq!(take(&mut urgent, &mut waiting)[0], "flash");
+        assert!(take(&mut urgent, &mut waiting).len() <= 8);
+    }
+
+    #[test]
+    fn a_round_always_takes_something_when_work_waits() {
+        let mut waiting: VecDeque<R> = VecDeque::from([("huge", 1, 10 << 20)]);
+        let mut urgent = VecDeque::new();
+        assert_eq!(take(&mut urgent, &mut waiting), ["huge"]);
+        assert!(take(&mut urgent, &mut waiting).is_empty());
     }
 }
