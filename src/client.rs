@@ -572,7 +572,14 @@ async fn read_deliveries(
                 }
             };
             let Some(id) = id else { break };
-            if write_ack(&mut send, id).await.is_err() {
+            // Acknowledgements already waiting go out in the same write.
+            let mut ids = vec![id];
+            while ids.len() < ACK_BATCH
+                && let Ok(more) = ack_rx.try_recv()
+            {
+                ids.push(more);
+            }
+            if write_acks(&mut send, &ids).await.is_err() {
                 return;
             }
         }
@@ -615,10 +622,28 @@ async fn is_closing(closing: &mut watch::Receiver<bool>) {
 }
 
 async fn write_ack(send: &mut SendStream, id: MessageId) -> Result<(), FrameError> {
-    let ack = pb::Ack {
-        message_id: id.to_bytes(),
-    };
-    frame::write_body(send, Body::Ack(ack)).await
+    write_acks(send, &[id]).await
+}
+
+/// Most acknowledgements written at once.
+const ACK_BATCH: usize = 256;
+
+/// Writes one `Ack` frame per id, with one write.
+async fn write_acks(send: &mut SendStream, ids: &[MessageId]) -> Result<(), FrameError> {
+    let mut buf = bytes::BytesMut::new();
+    for id in ids {
+        let ack = pb::Ack {
+            message_id: id.to_bytes(),
+        };
+        frame::encode_into(
+            &pb::Frame {
+                body: Some(Body::Ack(ack)),
+            },
+            &mut buf,
+        );
+    }
+    send.write_all(&buf).await?;
+    Ok(())
 }
 
 fn to_delivery(d: pb::Deliver, ack: mpsc::Sender<MessageId>) -> Option<Delivery> {

@@ -35,6 +35,9 @@ pub const ALERT_WINDOW: usize = 64;
 /// Unacknowledged analytical deliveries per client on the shared stream.
 pub const BULK_WINDOW: usize = 256;
 
+/// Most analytical deliveries written at once.
+const WRITE_BATCH: usize = 64;
+
 /// Where one client's deliveries go.
 struct Consumer {
     node: Arc<Node>,
@@ -177,23 +180,37 @@ async fn bulk_writer(
             }
         }
         let Some(send) = stream.as_mut() else { break };
-        let frame = deliver_frame(&c, &entry);
-        let (id, attempt) = (entry.item.id, entry.item.attempts + 1);
+        // Deliveries already waiting go out in the same write.
+        let mut batch = vec![(entry, slot)];
+        while batch.len() < WRITE_BATCH
+            && let Ok(more) = rx.try_recv()
+        {
+            batch.push(more);
+        }
         let deadline = Instant::now() + c.node.config.limits.ack_timeout;
-        pending
-            .lock()
-            .expect("pending lock poisoned")
-            .insert(id, (entry, deadline, slot));
-        if frame::write(send, &frame).await.is_err() {
+        let mut buf = bytes::BytesMut::new();
+        let mut sent = Vec::with_capacity(batch.len());
+        {
+            let mut pending = pending.lock().expect("pending lock poisoned");
+            for (entry, slot) in batch {
+                frame::encode_into(&deliver_frame(&c, &entry), &mut buf);
+                let (id, attempt) = (entry.item.id, entry.item.attempts + 1);
+                pending.insert(id, (entry, deadline, slot));
+                sent.push((id, attempt));
+            }
+        }
+        if send.write_all(&buf).await.is_err() {
             // The reader sees the same failure and settles what is pending.
             stream = None;
             continue;
         }
-        c.node.events.record(Event::Delivered {
-            id,
-            to: c.to.clone(),
-            attempt,
-        });
+        for (id, attempt) in sent {
+            c.node.events.record(Event::Delivered {
+                id,
+                to: c.to.clone(),
+                attempt,
+            });
+        }
     }
     // The consumer is gone: whatever was waiting to be written goes back.
     rx.close();

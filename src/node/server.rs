@@ -223,14 +223,40 @@ async fn submission(
     let mut reader = FrameReader::new(recv, max);
     let (tx, mut rx) = tokio::sync::mpsc::channel::<tokio::task::JoinHandle<Body>>(PIPELINE_DEPTH);
     let writer = tokio::spawn(async move {
-        while let Some(handle) = rx.recv().await {
-            let body = handle.await.unwrap_or_else(|e| {
+        let answer = |r: Result<Body, tokio::task::JoinError>| {
+            r.unwrap_or_else(|e| {
                 Body::Refused(
                     Refusal::new(RefusalCode::Invalid, format!("internal error: {e}")).to_pb(None),
                 )
-            });
+            })
+        };
+        let mut next = None;
+        loop {
+            let handle = match next.take() {
+                Some(h) => h,
+                None => match rx.recv().await {
+                    Some(h) => h,
+                    None => break,
+                },
+            };
+            let mut buf = bytes::BytesMut::new();
+            let encode = |body, buf: &mut bytes::BytesMut| {
+                frame::encode_into(&pb::Frame { body: Some(body) }, buf)
+            };
+            encode(answer(handle.await), &mut buf);
+            // Answers that are ready already go out in the same write, still in order.
+            while buf.len() < ANSWER_BATCH_BYTES {
+                match rx.try_recv() {
+                    Ok(h) if h.is_finished() => encode(answer(h.await), &mut buf),
+                    Ok(h) => {
+                        next = Some(h);
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
             // A sender that went away does not need its answers.
-            if frame::write_body(&mut send, body).await.is_err() {
+            if send.write_all(&buf).await.is_err() {
                 return;
             }
         }
@@ -276,6 +302,9 @@ pub const FRAME_SLACK: u64 = 16 * 1024;
 
 /// Requests processed at once per stream.
 const PIPELINE_DEPTH: usize = 1024;
+
+/// Ready answers are gathered into one write up to about this many bytes.
+const ANSWER_BATCH_BYTES: usize = 16 * 1024;
 
 /// Oversized frames up to this many times the limit are skipped; larger claims end the stream.
 const SKIP_FACTOR: u64 = 16;
