@@ -11,9 +11,8 @@
 //! lane, and QUEUE_FULL or SHUTTING_DOWN parks it until the peer's retry-after.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
-
 use std::task::Poll;
+use std::time::{Duration, SystemTime};
 
 use quinn::{Connection, Endpoint};
 use rustls_pki_types::CertificateDer;
