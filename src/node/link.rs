@@ -1,19 +1,23 @@
 //! Links to peer nodes: dial, prove the peer is who the peer table says, forward the outbox.
 //!
 //! One task per configured peer. It connects at start and after every loss (with jittered
-//! exponential backoff after failures, cut short when the peer connects to us), checks the peer's certificate identity
-//! against the peer table, and forwards up to [`WINDOW`] messages at a time: time-sensitive ones
-//! each on its own stream, analytical ones pipelined on one long-lived stream. The relay forwards the originator's exact envelope bytes and signature, appending only
-//! its hop record. A copy the peer refuses for good is dropped with an event; anything else
-//! goes back: a lost connection puts the copy at the head of its lane, and QUEUE_FULL or
-//! SHUTTING_DOWN parks it until the peer's retry-after.
+//! exponential backoff after failures, cut short when the peer connects to us), checks the
+//! peer's certificate identity against the peer table, and forwards up to [`ALERT_WINDOW`]
+//! time-sensitive and [`WINDOW`] analytical messages at a time (separate pools, so an alert never
+//! waits for a slot bulk holds): time-sensitive ones each on its own stream, analytical ones pipelined on one
+//! long-lived stream, in the order the outbox gives them and behind the alerts popped before
+//! them (see `forward_analytical`). The relay forwards the originator's exact envelope bytes
+//! and signature, appending only its hop record. A copy the peer refuses for good is dropped
+//! with an event; anything else goes back: a lost connection puts the copy at the head of its
+//! lane, and QUEUE_FULL or SHUTTING_DOWN parks it until the peer's retry-after.
 
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, SystemTime};
 
 use quinn::{Connection, Endpoint};
 use rustls_pki_types::CertificateDer;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 
 use super::Node;
 use super::events::Event;
@@ -116,19 +120,22 @@ async fn forward_while_up(
     slots: &Slots,
 ) {
     let on_expired = |expired| node.expired(outbox, expired);
-    let forward = |entry: Entry<Item>, permit: OwnedSemaphorePermit| {
-        let (node, conn, outbox, peer) = (
-            node.clone(),
-            conn.clone(),
-            outbox.clone(),
-            peer.node.clone(),
-        );
-        let bulk = bulk.clone();
-        tokio::spawn(async move {
-            forward_one(&node, &conn, &bulk, &outbox, &peer, entry).await;
-            drop(permit);
-        });
-    };
+    // Time-sensitive copies popped, and answered by the peer, on this connection (see
+    // `forward_analytical`).
+    let mut alerts_popped = 0u64;
+    let answered = Arc::new(watch::Sender::new(0u64));
+    // Analytical copies in the order the outbox gave them; bounded by the window's slots, which
+    // are taken before a copy is sent here.
+    let (analytical, rx) = mpsc::channel(WINDOW);
+    tokio::spawn(forward_analytical(
+        node.clone(),
+        conn.clone(),
+        bulk.clone(),
+        outbox.clone(),
+        peer.node.clone(),
+        rx,
+        answered.subscribe(),
+    ));
     loop {
         // The semaphores are never closed.
         let alert_slot = tokio::select! {
@@ -137,10 +144,10 @@ async fn forward_while_up(
         };
         // Time-sensitive copies are taken whenever an alert slot is free, whatever analytical
         // traffic holds; analytical ones only with a slot of their own.
-        tokio::select! {
+        let (entry, permit) = tokio::select! {
             biased;
             _ = conn.closed() => return,
-            e = outbox.pop_class(true, on_expired) => forward(e, alert_slot),
+            e = outbox.pop_class(true, on_expired) => (e, alert_slot),
             bulk_slot = slots.bulk.clone().acquire_owned() => {
                 let bulk_slot = bulk_slot.expect("semaphore never closed");
                 let e = tokio::select! {
@@ -148,24 +155,108 @@ async fn forward_while_up(
                     _ = conn.closed() => return,
                 };
                 if e.precedence.is_time_sensitive() {
-                    forward(e, alert_slot);
+                    (e, alert_slot)
                 } else {
-                    forward(e, bulk_slot);
+                    (e, bulk_slot)
                 }
             }
+        };
+        if !entry.precedence.is_time_sensitive() {
+            let next = Analytical {
+                entry,
+                permit,
+                alerts_before: alerts_popped,
+            };
+            if let Err(mpsc::error::SendError(next)) = analytical.send(next).await {
+                outbox.requeue(next.entry);
+                return;
+            }
+            continue;
         }
+        alerts_popped += 1;
+        let (node, conn, outbox, peer) = (
+            node.clone(),
+            conn.clone(),
+            outbox.clone(),
+            peer.node.clone(),
+        );
+        let answered = answered.clone();
+        tokio::spawn(async move {
+            let signed = with_hop(&node, &entry);
+            let result = session::submit(&conn, signed, stream_priority(entry.precedence)).await;
+            settle(&node, &outbox, &peer, entry, result);
+            answered.send_modify(|n| *n += 1);
+            drop(permit);
+        });
     }
 }
 
-async fn forward_one(
-    node: &Arc<Node>,
-    conn: &Connection,
-    bulk: &Pipeline,
-    outbox: &Queue,
-    peer: &str,
+/// An analytical copy on its way to the pipeline.
+struct Analytical {
     entry: Entry<Item>,
+    /// Its slot in the link's window.
+    permit: OwnedSemaphorePermit,
+    /// How many time-sensitive copies the outbox gave before this one.
+    alerts_before: u64,
+}
+
+/// Forwards analytical copies through the pipeline in the order the outbox gave them, many in
+/// flight at once.
+///
+/// Two rules keep the outbox's precedence order on the wire and at the peer. A copy waits
+/// until the peer has answered as many alerts as were popped before it, so those alerts are
+/// stored at the peer before the records queued behind them arrive. This holds the analytical
+/// flow for about one round trip per burst of alerts, never longer: alerts popped later do not
+/// hold it. And each copy takes its place in the pipeline (its window bytes, then the writer's
+/// channel, both first come, first served) before the next one is considered, so the order in
+/// which the runtime happens to run tasks cannot reorder them.
+async fn forward_analytical(
+    node: Arc<Node>,
+    conn: Connection,
+    bulk: Arc<Pipeline>,
+    outbox: Arc<Queue>,
+    peer: String,
+    mut rx: mpsc::Receiver<Analytical>,
+    mut answered: watch::Receiver<u64>,
 ) {
-    let id = entry.item.id;
+    while let Some(Analytical {
+        entry,
+        permit,
+        alerts_before,
+    }) = rx.recv().await
+    {
+        let alerts_answered = tokio::select! {
+            r = answered.wait_for(|n| *n >= alerts_before) => r.is_ok(),
+            _ = conn.closed() => false,
+        };
+        if !alerts_answered {
+            outbox.requeue(entry);
+            break;
+        }
+        let signed = with_hop(&node, &entry);
+        let bulk = bulk.clone();
+        let mut submit = Box::pin(async move { bulk.submit(signed).await });
+        // Poll once here: the submission is handed over or waits in line, in this order.
+        let first = std::future::poll_fn(|cx| Poll::Ready(submit.as_mut().poll(cx))).await;
+        let (node, outbox, peer) = (node.clone(), outbox.clone(), peer.clone());
+        tokio::spawn(async move {
+            let result = match first {
+                Poll::Ready(r) => r,
+                Poll::Pending => submit.await,
+            };
+            settle(&node, &outbox, &peer, entry, result);
+            drop(permit);
+        });
+    }
+    // The connection is gone: what was waiting here goes back to the outbox.
+    rx.close();
+    while let Ok(next) = rx.try_recv() {
+        outbox.requeue(next.entry);
+    }
+}
+
+/// The copy to forward: the originator's envelope with this node's hop record appended.
+fn with_hop(node: &Node, entry: &Entry<Item>) -> pb::SignedEnvelope {
     let mut signed = (*entry.item.signed).clone();
     signed.hops.push(pb::HopRecord {
         node: node.config.name.clone(),
@@ -173,11 +264,18 @@ async fn forward_one(
         received_at: Some(timestamp(entry.item.received_at)),
         forwarded_at: Some(timestamp(SystemTime::now())),
     });
-    let result = if entry.precedence.is_time_sensitive() {
-        session::submit(conn, signed, stream_priority(entry.precedence)).await
-    } else {
-        bulk.submit(signed).await
-    };
+    signed
+}
+
+/// Settles a forward by the peer's answer.
+fn settle(
+    node: &Arc<Node>,
+    outbox: &Queue,
+    peer: &str,
+    entry: Entry<Item>,
+    result: Result<pb::Accepted, SubmitError>,
+) {
+    let id = entry.item.id;
     match result {
         Ok(_) => node.finished(
             &entry.item,

@@ -12,6 +12,8 @@ use enlace::node::{Event, RunningNode};
 use enlace::tls::TlsMaterial;
 use tokio::sync::broadcast;
 
+pub mod netns;
+
 pub fn certs() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("certs/test")
 }
@@ -148,10 +150,16 @@ pub struct Daemon {
 impl Daemon {
     /// Starts `enlaced --config <config>` and waits until it logs that it listens.
     pub fn start(config: &Path) -> Daemon {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_enlaced"));
+        cmd.arg("--config").arg(config);
+        Daemon::spawn(cmd)
+    }
+
+    /// Runs `cmd`, which must start `enlaced` (possibly through a wrapper that execs it, such
+    /// as `ip netns exec`), and waits until it logs that it listens.
+    pub fn spawn(mut cmd: std::process::Command) -> Daemon {
         use std::io::{BufRead, BufReader};
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_enlaced"))
-            .arg("--config")
-            .arg(config)
+        let mut child = cmd
             .env("NO_COLOR", "1")
             .stderr(std::process::Stdio::piped())
             .spawn()
@@ -174,6 +182,26 @@ impl Daemon {
                     d.kill9();
                     panic!("enlaced did not start: {e}");
                 }
+            }
+        }
+    }
+
+    /// Forgets the log lines read so far, so that [`Daemon::wait_log`] sees only later ones.
+    pub fn skip_logs(&self) {
+        while self.logs.try_recv().is_ok() {}
+    }
+
+    /// Waits (bounded) for a log line containing every one of `words`, consuming the lines
+    /// before it; `None` if none came in time. Blocks the thread: call it through
+    /// `tokio::task::block_in_place` from an async test.
+    pub fn wait_log(&self, limit: Duration, words: &[&str]) -> Option<String> {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            let left = deadline.checked_duration_since(std::time::Instant::now())?;
+            match self.logs.recv_timeout(left) {
+                Ok(line) if words.iter().all(|w| line.contains(w)) => return Some(line),
+                Ok(_) => continue,
+                Err(_) => return None,
             }
         }
     }
