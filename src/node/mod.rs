@@ -52,9 +52,6 @@ pub enum NodeError {
 /// bounds what addressees and subscribers can make a node allocate.
 pub const MAX_MAILBOXES: usize = 1024;
 
-/// Largest number of hops any message may take, whatever its own policy says.
-pub const MAX_HOPS: u32 = 8;
-
 /// State shared by every task of a running node.
 pub(crate) struct Node {
     config: Config,

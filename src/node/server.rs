@@ -368,7 +368,7 @@ async fn receive(
     let ctx = NodeContext {
         agency: &node.config.agency,
         node: &node.config.name,
-        max_hops: super::MAX_HOPS,
+        max_hops: node.config.limits.max_hops,
     };
     let admitted = validate::admit(signed, who, &ctx, now)?;
     let from = who.identity.to_string();
