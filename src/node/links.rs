@@ -45,7 +45,7 @@ pub struct LinkStatus {
     pub since: SystemTime,
     /// The node that dialed the connection in use, while up.
     pub dialed_by: Option<String>,
-    /// Times the link came up.
+    /// Times the link came up (not counting one connection replacing another).
     pub ups: u64,
     /// Times an up link went down.
     pub downs: u64,
@@ -114,6 +114,8 @@ impl Links {
             let mut t = self.table.lock().expect("link table lock poisoned");
             let Some(s) = t.get_mut(peer) else { return };
             match change {
+                // A connection replacing another (a duplicate) is not the link coming up again.
+                Change::Up if s.state == LinkState::Up => {}
                 Change::Up => s.ups += 1,
                 Change::Lost => s.downs += 1,
                 Change::DialFailed => s.dial_failures += 1,
