@@ -559,6 +559,24 @@ address = "127.0.0.1:7402"
         assert_eq!(key, "limits.max_hops");
     }
 
+    #[test]
+    fn deploy_examples_parse() {
+        for node in ["dea-1", "pgr-1", "afi-1", "cenapi-1"] {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("deploy/{node}.toml"));
+            let text = std::fs::read_to_string(&path).unwrap();
+            // The CRL directory must exist when a config is parsed; it does not here.
+            let text: String = text
+                .lines()
+                .filter(|l| !l.starts_with("crl_dir"))
+                .map(|l| format!("{l}\n"))
+                .collect();
+            let c = Config::parse(&text, Path::new("/etc/enlace"))
+                .unwrap_or_else(|e| panic!("{node}: {e:?}"));
+            assert_eq!(c.name, node);
+            assert_eq!(c.directory.resolve("CMI").unwrap().as_str(), "afi");
+        }
+    }
+
     const FEDERATION: &str = r#"
 [[peers]]
 node = "cenapi-1"
