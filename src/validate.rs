@@ -336,6 +336,41 @@ mod tests {
     }
 
     #[test]
+    fn refuses_loops_and_too_many_hops() {
+        let f = fixture();
+        let ctx = NodeContext {
+            agency: &f.agency,
+            node: "dea-1",
+            max_hops: 2,
+        };
+        let hop = |node: &str| pb::HopRecord {
+            node: node.into(),
+            ..Default::default()
+        };
+        let with_hops = |hops: &[&str], max_hops: Option<u32>| {
+            let mut d = draft();
+            if let Some(n) = max_hops {
+                d = d.handling(pb::HandlingPolicy {
+                    max_hops: Some(n),
+                    ..Default::default()
+                });
+            }
+            let mut s = seal(&d.finish(originator(), f.now), &f.signer);
+            s.hops = hops.iter().map(|n| hop(n)).collect();
+            admit(s, &f.cert, &ctx, f.now).map_err(|(r, _)| r)
+        };
+        let r = with_hops(&["cenapi-1", "dea-1"], None).unwrap_err();
+        assert_eq!(r.code, RefusalCode::Unauthorized);
+        assert!(r.reason.contains("routing loop"), "{}", r.reason);
+        let r = with_hops(&["pgr-1", "cenapi-1", "afi-1"], None).unwrap_err();
+        assert!(r.reason.contains("hop limit exceeded"), "{}", r.reason);
+        // Two nodes passed: the originator's and one relay.
+        let r = with_hops(&["pgr-1", "cenapi-1"], Some(0)).unwrap_err();
+        assert!(r.reason.contains("allows 0"), "{}", r.reason);
+        assert!(with_hops(&["pgr-1", "cenapi-1"], Some(1)).is_ok());
+    }
+
+    #[test]
     fn refuses_missing_fields() {
         let f = fixture();
         let mut env = draft().finish(originator(), f.now);

@@ -348,3 +348,45 @@ async fn when_both_nodes_dial_at_once_exactly_one_link_survives() {
     pgr_desk.close().await;
     tokio::join!(dea.stop(), pgr.stop());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn link_state_changes_are_logged_and_counted() {
+    let mut net = TestNet::mesh_with_limits(&["dea", "pgr"], &["handshake_timeout_ms = 500"]).await;
+    let mut events = net.node("dea-1").events();
+    let link = |n: &RunningNode| n.links().into_iter().next().unwrap();
+    within("dea-1's link to pgr-1 up", async {
+        while link(net.node("dea-1")).state != LinkState::Up {
+            let _ = events.recv().await;
+        }
+    })
+    .await;
+
+    // PGR's node stops: DEA's link goes down with the reason, then backs off.
+    let pgr = net.nodes.remove("pgr-1").unwrap();
+    pgr.stop().await;
+    let is_link = |state: &'static str| move |e: &Event| matches!(e, Event::Link { peer, state: s, .. } if peer == "pgr-1" && *s == state);
+    let down = wait_event(&mut events, is_link("down")).await;
+    let Event::Link { detail, .. } = down else {
+        unreachable!()
+    };
+    assert!(detail.contains("shutting down"), "{detail}");
+    wait_event(&mut events, is_link("backoff")).await;
+    let l = link(net.node("dea-1"));
+    assert!(matches!(
+        l.state,
+        LinkState::Backoff | LinkState::Connecting | LinkState::Down
+    ));
+    assert!(l.dial_failures >= 1, "{l:?}");
+
+    // Back on the same address and data directory: it dials DEA, and the link is up again.
+    let pgr = net.net.start("pgr-1").await.unwrap();
+    net.nodes.insert("pgr-1".into(), pgr);
+    let up = wait_event(&mut events, is_link("up")).await;
+    let Event::Link { detail, .. } = up else {
+        unreachable!()
+    };
+    assert!(detail.contains("dialed by"), "{detail}");
+    let l = link(net.node("dea-1"));
+    assert_eq!((l.state, l.ups, l.downs), (LinkState::Up, 2, 1), "{l:?}");
+    net.stop().await;
+}
