@@ -80,7 +80,10 @@ impl<F> Router<'_, F> {
     {
         let mut plan = Plan::default();
         let mut unknown = Vec::new();
-        let wanted: Option<Vec<AgencyId>> = arrival.from_peer.map(|route_to| {
+        // From a peer, the agencies its copy is for: their ids as the peer resolved them, so a
+        // relay needs no alias it does not know. A peer that names none hands over this node's
+        // own agency only.
+        let handed: Option<Vec<AgencyId>> = arrival.from_peer.map(|route_to| {
             if route_to.is_empty() {
                 vec![self.agency.clone()]
             } else {
@@ -90,23 +93,31 @@ impl<F> Router<'_, F> {
                     .collect()
             }
         });
+        let mut onward: Vec<AgencyId> = Vec::new();
         for (name, unit) in addressees {
-            let Some(agency) = self.directory.resolve(name) else {
-                unknown.push(name.clone());
-                continue;
-            };
-            if let Some(wanted) = &wanted
-                && !wanted.contains(&agency)
-            {
-                // Another node's addressee: the node that forwarded it routes that copy itself.
-                continue;
-            }
-            if agency == *self.agency {
-                if !plan.local_units.contains(unit) {
-                    plan.local_units.push(unit.clone());
+            let agency = self.directory.resolve(name);
+            match (&agency, &handed) {
+                (Some(a), _) if a == self.agency => {
+                    let wanted = handed.as_ref().is_none_or(|h| h.contains(a));
+                    if wanted && !plan.local_units.contains(unit) {
+                        plan.local_units.push(unit.clone());
+                    }
                 }
-                continue;
+                (Some(a), None) if !onward.contains(a) => onward.push(a.clone()),
+                (Some(_), _) => {}
+                (None, None) => unknown.push(name.clone()),
+                // A name this node does not know, handed over under an id: the id decides.
+                (None, Some(_)) => {}
             }
+        }
+        if let Some(handed) = handed {
+            for a in handed {
+                if a != *self.agency && !onward.contains(&a) {
+                    onward.push(a);
+                }
+            }
+        }
+        for agency in onward {
             let Some(hop) = (self.next_hop)(&agency) else {
                 unknown.push(agency.to_string());
                 continue;
@@ -354,6 +365,10 @@ mod tests {
                 agencies: vec![a("afi")]
             }]
         );
+
+        // The relay need not know the name the originator used: the id it was handed decides.
+        let p = r.plan(&to(&[("afi-new-name", "")]), arrival).unwrap();
+        assert_eq!(p.peers[0].node, "afi-1");
 
         // A peer that names no agencies hands over this node's own agency only.
         let legacy = Arrival {
