@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::directory::{Agency, Directory};
 use crate::identity::{AgencyId, is_name};
 
 /// A configuration problem: which key, and why.
@@ -46,6 +47,10 @@ pub struct Config {
     pub log_level: String,
     /// Peer nodes by node name.
     pub peers: BTreeMap<String, Peer>,
+    /// Agency ids, display names, aliases and serving nodes (`[agencies.<id>]`).
+    pub directory: Directory,
+    /// Next-hop peer for agencies reached through a relay (`[routes]`), by agency id.
+    pub routes: BTreeMap<AgencyId, String>,
 }
 
 /// Where the node's TLS material lives.
@@ -73,6 +78,9 @@ pub struct Limits {
     /// Delivery attempts (each ending in an ack timeout or a failed stream) before a copy goes
     /// to the dead letters.
     pub max_delivery_attempts: u32,
+    /// Most nodes a message may have passed (hop records) when it arrives here, whatever its
+    /// own handling policy allows.
+    pub max_hops: u32,
 }
 
 impl Default for Limits {
@@ -84,6 +92,7 @@ impl Default for Limits {
             ack_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(5),
             max_delivery_attempts: 10,
+            max_hops: 8,
         }
     }
 }
@@ -111,6 +120,19 @@ struct RawConfig {
     log: RawLog,
     #[serde(default)]
     peers: Vec<RawPeer>,
+    #[serde(default)]
+    agencies: BTreeMap<String, RawAgency>,
+    #[serde(default)]
+    routes: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAgency {
+    display: Option<String>,
+    #[serde(default)]
+    aliases: Vec<String>,
+    served_by: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -142,6 +164,7 @@ struct RawLimits {
     ack_timeout_ms: Option<u64>,
     shutdown_grace_ms: Option<u64>,
     max_delivery_attempts: Option<u32>,
+    max_hops: Option<u32>,
 }
 
 #[derive(Deserialize, Default)]
@@ -161,6 +184,9 @@ struct RawPeer {
     #[serde(default)]
     serves: Vec<String>,
 }
+
+/// Largest accepted `limits.max_hops`.
+const MAX_HOPS_LIMIT: u32 = 64;
 
 /// Smallest and largest accepted `limits.max_frame_bytes`.
 const FRAME_LIMIT_RANGE: (u64, u64) = (4 * 1024, 64 * 1024 * 1024);
@@ -275,6 +301,17 @@ impl Config {
             None => {}
         }
 
+        match raw.limits.max_hops {
+            Some(n) if !(1..=MAX_HOPS_LIMIT).contains(&n) => {
+                return Err(err(
+                    "limits.max_hops",
+                    format!("{n} is outside 1..={MAX_HOPS_LIMIT}"),
+                ));
+            }
+            Some(n) => limits.max_hops = n,
+            None => {}
+        }
+
         let crls = match raw.tls.crl_dir {
             None => Vec::new(),
             Some(dir) => {
@@ -302,10 +339,12 @@ impl Config {
             for s in &p.serves {
                 let a = agency(&key("serves"), s)?;
                 if a != peer_agency {
-                    // Refused rather than accepted and silently failing: nodes do not relay yet.
                     return Err(err(
                         &key("serves"),
-                        format!("{a}: a peer can only serve its own agency until relaying exists"),
+                        format!(
+                            "{a}: a peer serves only its own agency; send another agency's traffic \
+                             through it with a [routes] entry"
+                        ),
                     ));
                 }
             }
@@ -337,7 +376,30 @@ impl Config {
             }
         }
 
+        let directory = directory(raw.agencies, &name, &own_agency, &peers)?;
+        let mut routes = BTreeMap::new();
+        for (to, via) in raw.routes {
+            let key = format!("routes.{to}");
+            let id = directory
+                .resolve(&to)
+                .ok_or_else(|| err(&key, format!("{to:?} is not an agency id or alias")))?;
+            if id == own_agency {
+                return Err(err(&key, format!("agency {id} is served by this node")));
+            }
+            if !peers.contains_key(&via) {
+                return Err(err(
+                    &key,
+                    format!("{via:?} is not a peer of this node (a route names the next-hop peer)"),
+                ));
+            }
+            if routes.insert(id.clone(), via).is_some() {
+                return Err(err(&key, format!("agency {id} has more than one route")));
+            }
+        }
+
         Ok(Config {
+            directory,
+            routes,
             name,
             agency: own_agency,
             trust_domain: raw.node.trust_domain,
@@ -356,10 +418,61 @@ impl Config {
         })
     }
 
-    /// The peer that serves `agency`, if any.
+    /// The peer that serves `agency` itself, if any.
     pub fn peer_for(&self, agency: &AgencyId) -> Option<&Peer> {
         self.peers.values().find(|p| p.serves.contains(agency))
     }
+
+    /// The peer to send `agency`'s traffic to: its `[routes]` entry, else the peer that serves
+    /// it. The peer is a relay when it does not serve the agency itself.
+    pub fn next_hop(&self, agency: &AgencyId) -> Option<&Peer> {
+        match self.routes.get(agency) {
+            Some(via) => self.peers.get(via),
+            None => self.peer_for(agency),
+        }
+    }
+}
+
+/// Builds the agency directory from `[agencies.<id>]`, checking every name and serving node.
+fn directory(
+    raw: BTreeMap<String, RawAgency>,
+    own_name: &str,
+    own_agency: &AgencyId,
+    peers: &BTreeMap<String, Peer>,
+) -> Result<Directory, (String, String)> {
+    let mut agencies = Vec::new();
+    let mut keys = Vec::new();
+    for (id, a) in raw {
+        let key = format!("agencies.{id}");
+        let agency = AgencyId::new(&id).map_err(|e| (key.clone(), e.to_string()))?;
+        if let Some(node) = &a.served_by {
+            let bad = |reason: String| (format!("{key}.served_by"), reason);
+            if !is_name(node) {
+                return Err(bad(format!("{node:?} is not a valid node name")));
+            }
+            if node == own_name && agency != *own_agency {
+                return Err(bad(format!(
+                    "this node serves agency {own_agency}, not {agency}"
+                )));
+            }
+            if let Some(p) = peers.get(node)
+                && p.agency != agency
+            {
+                return Err(bad(format!(
+                    "peer {node} is a node of agency {}, not {agency}",
+                    p.agency
+                )));
+            }
+        }
+        agencies.push(Agency {
+            display: a.display.unwrap_or_else(|| id.to_uppercase()),
+            aliases: a.aliases,
+            served_by: a.served_by,
+            id: agency,
+        });
+        keys.push(key);
+    }
+    Directory::build(agencies).map_err(|(i, e)| (format!("{}.aliases", keys[i]), e.to_string()))
 }
 
 /// Names the TOML table and key around a byte offset, for error messages.
@@ -441,5 +554,92 @@ address = "127.0.0.1:7402"
         let (key, reason) = error_of(&format!("{GOOD}\n[limits]\nmax_frame_bytes = 10\n"));
         assert_eq!(key, "limits.max_frame_bytes");
         assert!(reason.contains("outside"), "{reason}");
+
+        let (key, _) = error_of(&format!("{GOOD}\n[limits]\nmax_hops = 0\n"));
+        assert_eq!(key, "limits.max_hops");
+    }
+
+    #[test]
+    fn deploy_examples_parse() {
+        for node in ["dea-1", "pgr-1", "afi-1", "cenapi-1"] {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("deploy/{node}.toml"));
+            let text = std::fs::read_to_string(&path).unwrap();
+            // The CRL directory must exist when a config is parsed; it does not here.
+            let text: String = text
+                .lines()
+                .filter(|l| !l.starts_with("crl_dir"))
+                .map(|l| format!("{l}\n"))
+                .collect();
+            let c = Config::parse(&text, Path::new("/etc/enlace"))
+                .unwrap_or_else(|e| panic!("{node}: {e:?}"));
+            assert_eq!(c.name, node);
+            assert_eq!(c.directory.resolve("CMI").unwrap().as_str(), "afi");
+        }
+    }
+
+    const FEDERATION: &str = r#"
+[[peers]]
+node = "cenapi-1"
+agency = "cenapi"
+address = "127.0.0.1:7404"
+
+[agencies.afi]
+display = "CMI"
+aliases = ["PFM", "cmi"]
+served_by = "afi-1"
+
+[agencies.pgr]
+display = "FGR"
+aliases = ["fgr"]
+served_by = "pgr-1"
+
+[routes]
+PFM = "cenapi-1"
+"#;
+
+    #[test]
+    fn directory_and_routes() {
+        let c = Config::parse(&format!("{GOOD}{FEDERATION}"), Path::new("/")).unwrap();
+        let afi = c.directory.resolve("CMI").unwrap();
+        assert_eq!(afi.as_str(), "afi");
+        assert_eq!(c.directory.display(&afi), "CMI");
+        assert_eq!(c.routes[&afi], "cenapi-1");
+        let via = c.next_hop(&afi).unwrap();
+        assert_eq!(
+            (via.node.as_str(), via.agency.as_str()),
+            ("cenapi-1", "cenapi")
+        );
+        let pgr = c.directory.resolve("fgr").unwrap();
+        assert_eq!(c.next_hop(&pgr).unwrap().node, "pgr-1");
+        assert!(c.next_hop(&AgencyId::new("fbi").unwrap()).is_none());
+    }
+
+    #[test]
+    fn directory_and_route_errors_name_the_key() {
+        let text = format!("{GOOD}{FEDERATION}");
+        let (key, reason) = error_of(&text.replace("aliases = [\"fgr\"]", "aliases = [\"Cmi\"]"));
+        assert_eq!(key, "agencies.pgr.aliases");
+        assert!(reason.contains("agency afi"), "{reason}");
+
+        let (key, reason) = error_of(&text.replace("aliases = [\"fgr\"]", "aliases = [\"afi\"]"));
+        assert_eq!(key, "agencies.pgr.aliases");
+        assert!(reason.contains("afi"), "{reason}");
+
+        let (key, reason) =
+            error_of(&text.replace("served_by = \"pgr-1\"", "served_by = \"cenapi-1\""));
+        assert_eq!(key, "agencies.pgr.served_by");
+        assert!(reason.contains("agency cenapi"), "{reason}");
+
+        let (key, _) = error_of(&text.replace("PFM = \"cenapi-1\"", "PFM = \"afi-9\""));
+        assert_eq!(key, "routes.PFM");
+        let (key, _) = error_of(&text.replace("PFM = \"cenapi-1\"", "dea = \"cenapi-1\""));
+        assert_eq!(key, "routes.dea");
+        let (key, reason) = error_of(&format!("{text}cmi = \"pgr-1\"\n"));
+        assert_eq!(key, "routes.cmi");
+        assert!(reason.contains("more than one route"), "{reason}");
+        let (key, reason) =
+            error_of(&text.replace("display = \"CMI\"", "display = \"CMI\"\ncolour = 1"));
+        assert!(key.contains("agencies.afi"), "{key}");
+        assert!(reason.contains("unknown field"), "{reason}");
     }
 }

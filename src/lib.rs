@@ -9,6 +9,7 @@
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod directory;
 pub mod identity;
 pub mod lanes;
 pub mod merkle;

@@ -51,6 +51,9 @@ pub struct LocalNetwork {
     pub nodes: BTreeMap<String, NodeSpec>,
     /// Extra `key = value` lines for every node's `[limits]` table (tests shorten timeouts).
     pub limits: Vec<String>,
+    /// Extra config text appended to a node's file, by node name (an `[agencies.<id>]`
+    /// directory, `[routes]`).
+    pub extra: BTreeMap<String, String>,
 }
 
 impl LocalNetwork {
@@ -109,6 +112,7 @@ impl LocalNetwork {
             pki: Pki::open(&absolute(pki_dir)?)?,
             nodes,
             limits: Vec::new(),
+            extra: BTreeMap::new(),
         })
     }
 
@@ -161,7 +165,27 @@ impl LocalNetwork {
                 );
             }
         }
+        if let Some(extra) = self.extra.get(&spec.name) {
+            s.push('\n');
+            s.push_str(extra);
+        }
         s
+    }
+
+    /// Keeps only the given links (pairs of node names, both ways) instead of a full mesh, and
+    /// rewrites the configs.
+    pub fn links(&mut self, pairs: &[(&str, &str)]) -> Result<(), NetworkError> {
+        for spec in self.nodes.values_mut() {
+            spec.peers = pairs
+                .iter()
+                .filter_map(|&(a, b)| match spec.name.as_str() {
+                    n if n == a => Some(b.to_owned()),
+                    n if n == b => Some(a.to_owned()),
+                    _ => None,
+                })
+                .collect();
+        }
+        self.write_configs()
     }
 
     /// Loads a node's config file.

@@ -239,6 +239,7 @@ fn encode_batch(batch: &mut [Request], signer: Option<&Signer>) -> Bytes {
                 envelope,
                 signature: signatures.next(),
                 hops: Vec::new(),
+                route_to: Vec::new(),
             },
         };
         frame::encode_into(

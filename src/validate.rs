@@ -47,8 +47,9 @@ pub struct Admitted {
     pub id: MessageId,
     pub precedence: Precedence,
     pub expires_at: SystemTime,
-    /// Addressee agencies, in order, without duplicates.
-    pub addressees: Vec<(AgencyId, String)>,
+    /// Addressees (agency name as written, in lowercase: an id or an alias, resolved when the
+    /// message is routed; unit), in order, without duplicates.
+    pub addressees: Vec<(String, String)>,
     /// The decoded envelope (read-only; the signed bytes are in `signed`).
     pub envelope: pb::Envelope,
     /// The signed envelope as received, with its exact envelope bytes.
@@ -163,7 +164,7 @@ pub fn admit(
         return Err(fail(Refusal::new(
             RefusalCode::Unauthorized,
             format!(
-                "the message has passed {} nodes; this node allows {}",
+                "hop limit exceeded: the message has passed {} nodes; this node allows {}",
                 signed.hops.len(),
                 node.max_hops
             ),
@@ -180,19 +181,28 @@ pub fn admit(
         )));
     }
     if signed.hops.iter().any(|h| h.node == node.node) {
-        return Err(fail(invalid(format!(
-            "routing loop: already passed node {}",
-            node.node
-        ))));
+        let path: Vec<&str> = signed.hops.iter().map(|h| h.node.as_str()).collect();
+        return Err(fail(Refusal::new(
+            RefusalCode::Unauthorized,
+            format!(
+                "routing loop: the message has already passed node {} ({} → {})",
+                node.node,
+                path.join(" → "),
+                node.node
+            ),
+        )));
     }
 
-    let mut addressees: Vec<(AgencyId, String)> = Vec::new();
+    let mut addressees: Vec<(String, String)> = Vec::new();
     if env.addressees.is_empty() {
         return Err(fail(invalid("no addressees".into())));
     }
     for a in &env.addressees {
-        let agency = AgencyId::new(&a.agency)
-            .map_err(|e| fail(invalid(format!("addressee {:?}: {e}", a.agency))))?;
+        // Agency names are compared without case ("FGR" is "fgr"); the directory resolves
+        // aliases when the message is routed.
+        let agency = AgencyId::new(&a.agency.to_ascii_lowercase())
+            .map_err(|e| fail(invalid(format!("addressee {:?}: {e}", a.agency))))?
+            .to_string();
         if !a.unit.is_empty() && !crate::identity::is_name(&a.unit) {
             return Err(fail(invalid(format!(
                 "addressee unit {:?} is not a valid name (lowercase letters, digits, '-')",
@@ -222,6 +232,7 @@ pub fn seal(env: &pb::Envelope, signer: &signature::Signer) -> pb::SignedEnvelop
         signature: Some(signer.sign(&bytes)),
         envelope: bytes,
         hops: Vec::new(),
+        route_to: Vec::new(),
     }
 }
 
@@ -329,6 +340,42 @@ mod tests {
         };
         let (r, _) = admit(signed, &f.cert, &ctx, f.now).unwrap_err();
         assert_eq!(r.code, RefusalCode::Invalid);
+    }
+
+    #[test]
+    fn refuses_loops_and_too_many_hops() {
+        let f = fixture();
+        let ctx = NodeContext {
+            agency: &f.agency,
+            node: "dea-1",
+            max_hops: 2,
+            verified: &f.verified,
+        };
+        let hop = |node: &str| pb::HopRecord {
+            node: node.into(),
+            ..Default::default()
+        };
+        let with_hops = |hops: &[&str], max_hops: Option<u32>| {
+            let mut d = draft();
+            if let Some(n) = max_hops {
+                d = d.handling(pb::HandlingPolicy {
+                    max_hops: Some(n),
+                    ..Default::default()
+                });
+            }
+            let mut s = seal(&d.finish(originator(), f.now), &f.signer);
+            s.hops = hops.iter().map(|n| hop(n)).collect();
+            admit(s, &f.cert, &ctx, f.now).map_err(|(r, _)| r)
+        };
+        let r = with_hops(&["cenapi-1", "dea-1"], None).unwrap_err();
+        assert_eq!(r.code, RefusalCode::Unauthorized);
+        assert!(r.reason.contains("routing loop"), "{}", r.reason);
+        let r = with_hops(&["pgr-1", "cenapi-1", "afi-1"], None).unwrap_err();
+        assert!(r.reason.contains("hop limit exceeded"), "{}", r.reason);
+        // Two nodes passed: the originator's and one relay.
+        let r = with_hops(&["pgr-1", "cenapi-1"], Some(0)).unwrap_err();
+        assert!(r.reason.contains("allows 0"), "{}", r.reason);
+        assert!(with_hops(&["pgr-1", "cenapi-1"], Some(1)).is_ok());
     }
 
     #[test]

@@ -220,6 +220,7 @@ async fn invalid_envelopes_are_refused_with_reasons() {
         envelope: bytes[i].clone().into(),
         signature: Some(sigs[sig].clone()),
         hops: Vec::new(),
+        route_to: Vec::new(),
     };
     session::submit(&s.connection, member(0, 0), 0)
         .await

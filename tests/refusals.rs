@@ -160,7 +160,11 @@ async fn dialing_node_refuses_a_peer_with_the_wrong_identity() {
     let pgr = net.start("pgr-1").await.unwrap();
     let dea = net.start("dea-1").await.unwrap();
     let mut events = dea.events();
-    let link = wait_event(&mut events, |e| matches!(e, Event::Link { .. })).await;
+    let link = wait_event(
+        &mut events,
+        |e| matches!(e, Event::Link { state, .. } if *state == "down"),
+    )
+    .await;
     match link {
         Event::Link {
             peer,

@@ -3,8 +3,9 @@
 //! Generates a PKI in a temporary directory (or `--data-dir`), writes node configs, starts four
 //! nodes (DEA, PGR, AFI, CENAPI) in this process on loopback, and has a DEA analyst stream
 //! ROUTINE/BULK analytical records to CENAPI while the DEA duty desk sends FLASH precursor alerts to
-//! PGR and AFI. Prints, per message, the recipient, precedence, path and time from send to
-//! delivery; then stops everything it started.
+//! PGR and AFI, addressed by the agencies' current names (FGR, CMI). DEA's node has no link to
+//! AFI's: those copies go through CENAPI's node, a relay. Prints, per message, the recipient,
+//! precedence, path and time from send to delivery; then stops everything it started.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -41,6 +42,36 @@ pub struct DemoArgs {
 
 const AGENCIES: [&str; 4] = ["dea", "pgr", "afi", "cenapi"];
 
+/// Every pair of nodes is linked except DEA and AFI, which reach each other through CENAPI.
+const LINKS: [(&str, &str); 5] = [
+    ("dea-1", "pgr-1"),
+    ("dea-1", "cenapi-1"),
+    ("pgr-1", "afi-1"),
+    ("pgr-1", "cenapi-1"),
+    ("afi-1", "cenapi-1"),
+];
+
+/// The agency directory every node carries: stable ids, today's names, earlier names.
+const DIRECTORY: &str = r#"[agencies.afi]
+display = "CMI"
+aliases = ["pfm", "cmi"]
+served_by = "afi-1"
+
+[agencies.pgr]
+display = "FGR"
+aliases = ["fgr"]
+served_by = "pgr-1"
+"#;
+
+/// The `[routes]` of the nodes that reach an agency through a relay.
+fn routes(node: &str) -> &'static str {
+    match node {
+        "dea-1" => "\n[routes]\nafi = \"cenapi-1\"\n",
+        "afi-1" => "\n[routes]\ndea = \"cenapi-1\"\n",
+        _ => "",
+    }
+}
+
 /// Analytical record sends in flight at once.
 const BULK_CONCURRENCY: usize = 32;
 
@@ -68,7 +99,13 @@ pub(super) async fn run(a: DemoArgs) -> Result<(), Failure> {
         ..Default::default()
     };
     Pki::federation(&dir.join("pki"), DEMO_TRUST_DOMAIN, &demo_agencies(), opts)?;
-    let net = LocalNetwork::mesh(&dir, &dir.join("pki"), &AGENCIES)?;
+    let mut net = LocalNetwork::mesh(&dir, &dir.join("pki"), &AGENCIES)?;
+    let names: Vec<String> = net.nodes.keys().cloned().collect();
+    for node in names {
+        let extra = format!("{DIRECTORY}{}", routes(&node));
+        net.extra.insert(node, extra);
+    }
+    net.links(&LINKS)?;
     println!(
         "Enlace demo: four agency nodes on loopback, PKI and configs in {}",
         dir.display()
@@ -157,7 +194,8 @@ async fn play(net: &LocalNetwork, a: &DemoArgs) -> Result<(), Failure> {
     let analyst = Arc::new(connect("dea", "analyst", false).await?);
 
     println!(
-        "\nDEA analyst streams {} analytical records to CENAPI; DEA duty desk sends {} FLASH alert(s) to PGR and AFI meanwhile.",
+        "\nDEA analyst streams {} analytical records to CENAPI; DEA duty desk sends {} FLASH alert(s) to FGR and CMI meanwhile.\n\
+         (The directory resolves FGR to agency pgr and CMI to agency afi; DEA's node has no link to AFI's, so CENAPI's node relays.)",
         a.records, a.alerts
     );
     let started = Instant::now();
@@ -169,8 +207,8 @@ async fn play(net: &LocalNetwork, a: &DemoArgs) -> Result<(), Failure> {
         let id = MessageId::new_v7(SystemTime::now());
         let draft = Draft::new(&sample_alert(i))
             .id(id)
-            .to("pgr")
-            .to("afi")
+            .to("FGR")
+            .to("CMI")
             .precedence(Precedence::Flash)
             .expires_in(Duration::from_secs(6 * 3600))
             .case_id("DEA-DEMO-0001");
@@ -285,13 +323,13 @@ fn report(
     elapsed: Duration,
 ) {
     println!(
-        "\n{:<38} {:<12} {:<20} {:<18} {:>12}",
+        "\n{:<38} {:<12} {:<20} {:<26} {:>12}",
         "MESSAGE", "PRECEDENCE", "RECIPIENT", "PATH", "SEND→DELIVER"
     );
     for id in alerts {
         for a in arrivals.iter().filter(|a| a.id == *id) {
             println!(
-                "{:<38} {:<12} {:<20} {:<18} {:>9.1} ms",
+                "{:<38} {:<12} {:<20} {:<26} {:>9.1} ms",
                 a.id.to_string(),
                 a.precedence.as_str(),
                 a.recipient,
@@ -314,7 +352,7 @@ fn report(
             .map(|a| a.path.clone())
             .unwrap_or_default();
         println!(
-            "{:<38} {:<12} {:<20} {:<18} {:>9.1} ms median, p99 {:.1} ms, max {:.1} ms",
+            "{:<38} {:<12} {:<20} {:<26} {:>9.1} ms median, p99 {:.1} ms, max {:.1} ms",
             format!("{} analytical records", bulk.len()),
             "ROUTINE/BULK",
             "CENAPI/analyst",

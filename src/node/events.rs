@@ -69,7 +69,9 @@ pub enum Event {
     },
     /// A copy expired while waiting and was removed.
     Expired { id: MessageId, queue: String },
-    /// A peer link changed state.
+    /// A peer link changed state: `connecting`, `up` (detail: address and which node dialed),
+    /// `down` (detail: the reason), `backoff` (detail: the next delay), or `duplicate-closed` (a
+    /// second connection to the peer was closed; the link is unchanged). See `node::links`.
     Link {
         peer: String,
         state: &'static str,

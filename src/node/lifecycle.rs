@@ -13,6 +13,7 @@ use bytes::Bytes;
 use super::events::Event;
 use super::queue::{Item, Queue, Seq};
 use super::{Node, entry};
+use crate::identity::AgencyId;
 use crate::lanes::{AfterFailure, Entry};
 use crate::message::{Draft, MessageId, Precedence, timestamp};
 use crate::route;
@@ -36,21 +37,13 @@ impl Node {
     /// queue, and queues one copy per destination. Returns the acceptance for the sender.
     pub(super) async fn take(
         self: &Arc<Self>,
-        mut admitted: Admitted,
+        admitted: Admitted,
         from_peer: bool,
         from: String,
         now: SystemTime,
     ) -> Result<pb::Accepted, Refused> {
         let id = admitted.id;
-        let peer_for =
-            |a: &crate::identity::AgencyId| self.config.peer_for(a).map(|p| p.node.as_str());
-        let plan = route::plan(
-            &admitted.addressees,
-            &self.config.agency,
-            peer_for,
-            from_peer,
-        )
-        .map_err(|r| (r, Some(id)))?;
+        let plan = self.plan(&admitted, from_peer).map_err(|r| (r, Some(id)))?;
         let mailboxes = plan
             .local_units
             .iter()
@@ -69,7 +62,7 @@ impl Node {
         let outboxes: Vec<_> = plan
             .peers
             .iter()
-            .map(|p| self.outboxes[p].clone())
+            .map(|p| self.outboxes[&p.node].clone())
             .collect();
         if let Some(full) = mailboxes
             .iter()
@@ -84,9 +77,11 @@ impl Node {
                 Some(id),
             ));
         }
-        // Local copies carry this node's hop record; onward copies get it when forwarded.
+        // Local copies carry this node's hop record; onward copies get it when forwarded, and
+        // name the agencies the peer is to deliver or relay them for.
         let local = Arc::new({
             let mut s = admitted.signed.clone();
+            s.route_to.clear();
             s.hops.push(pb::HopRecord {
                 node: self.config.name.clone(),
                 agency: self.config.agency.to_string(),
@@ -95,19 +90,33 @@ impl Node {
             });
             s
         });
-        let onward = Arc::new(std::mem::take(&mut admitted.signed));
-        // On disk before the sender hears "accepted". Copies of one kind share one encoding, and a
-        // kind with no copies is not encoded at all.
+        let onward: Vec<Arc<pb::SignedEnvelope>> = plan
+            .peers
+            .iter()
+            .map(|p| {
+                let mut s = admitted.signed.clone();
+                s.route_to = p.agencies.iter().map(|a| a.to_string()).collect();
+                Arc::new(s)
+            })
+            .collect();
+        // On disk before the sender hears "accepted". Local copies share one encoding, and a kind
+        // with no copies is not encoded at all.
         let encode = |signed: &pb::SignedEnvelope, n: usize| match n {
             0 => Bytes::new(),
             _ => Bytes::from(prost::Message::encode_to_vec(signed)),
         };
         let local_bytes = encode(&local, mailboxes.len());
-        let onward_bytes = encode(&onward, outboxes.len());
+        let onward_bytes: Vec<Bytes> = onward.iter().map(|s| encode(s, 1)).collect();
         let copies: Vec<(&Arc<Queue>, &Arc<pb::SignedEnvelope>, &Bytes)> = mailboxes
             .iter()
             .map(|q| (q, &local, &local_bytes))
-            .chain(outboxes.iter().map(|q| (q, &onward, &onward_bytes)))
+            .chain(
+                outboxes
+                    .iter()
+                    .zip(&onward)
+                    .zip(&onward_bytes)
+                    .map(|((q, s), b)| (q, s, b)),
+            )
             .collect();
         let ops = copies
             .iter()
@@ -186,6 +195,34 @@ impl Node {
             accepted_at: Some(timestamp(now)),
             routed: plan.fan_out() as u32,
         })
+    }
+
+    /// Routes an admitted message with this node's directory and routing table.
+    fn plan(&self, admitted: &Admitted, from_peer: bool) -> Result<route::Plan, Refusal> {
+        let config = &self.config;
+        let router = route::Router {
+            agency: &config.agency,
+            node: &config.name,
+            directory: &config.directory,
+            next_hop: |a: &AgencyId| {
+                config.next_hop(a).map(|p| route::NextHop {
+                    node: p.node.as_str(),
+                    relay: p.agency != *a,
+                })
+            },
+        };
+        let hops: Vec<String> = admitted
+            .signed
+            .hops
+            .iter()
+            .map(|h| h.node.clone())
+            .collect();
+        let arrival = route::Arrival {
+            from_peer: from_peer.then_some(admitted.signed.route_to.as_slice()),
+            hops: &hops,
+            max_relays: admitted.envelope.handling.as_ref().and_then(|h| h.max_hops),
+        };
+        router.plan(&admitted.addressees, arrival)
     }
 
     /// The store failed: it is fatal (see [`crate::store`]). The node refuses everything from
@@ -359,7 +396,7 @@ impl Node {
         let ctx = crate::validate::NodeContext {
             agency: &self.config.agency,
             node: &self.config.name,
-            max_hops: super::MAX_HOPS,
+            max_hops: self.config.limits.max_hops,
             verified: &self.verified,
         };
         let admitted = match crate::validate::admit(signed, &self.me, &ctx, now) {

@@ -1,26 +1,39 @@
-//! Links to peer nodes: dial, prove the peer is who the peer table says, forward the outbox.
+//! Links to peer nodes: one authorized connection per peer, carrying traffic both ways.
 //!
-//! One task per configured peer. It connects at start and after every loss (with jittered
-//! exponential backoff after failures, cut short when the peer connects to us), checks the
-//! peer's certificate identity against the peer table, and forwards up to [`ALERT_WINDOW`]
-//! time-sensitive and [`WINDOW`] analytical messages at a time (separate pools, so an alert never
-//! waits for a slot bulk holds): time-sensitive ones each on its own stream, analytical ones pipelined on one
-//! long-lived stream, in the order the outbox gives them and behind the alerts popped before
-//! them (see `forward_analytical`). The relay forwards the originator's exact envelope bytes
-//! and signature, appending only its hop record. A copy the peer refuses for good is dropped
-//! with an event; anything else goes back: a lost connection puts the copy at the head of its
-//! lane, and QUEUE_FULL or SHUTTING_DOWN parks it until the peer's retry-after.
+//! One task per configured peer. It dials at start and after every loss (with jittered
+//! exponential backoff after failed dials), checks the peer's certificate identity against the
+//! peer table, and adopts a connection the peer dialed to us as well. If both nodes dial at once,
+//! exactly one connection survives, decided the same way on both sides: **the connection dialed
+//! by the node whose name sorts first wins**; the other is closed with the reason
+//! ([`CLOSE_DUPLICATE`]). A connection that the rule would refuse is still adopted when the
+//! current one no longer answers a probe: the peer restarted and the old connection is dead.
+//! QUIC keepalives (every 5 s) and the idle timeout (30 s) in [`crate::tls::transport_config`]
+//! detect a silent peer. Every state change is counted and logged through [`Links`].
+//!
+//! While up, it forwards up to [`ALERT_WINDOW`] time-sensitive and [`WINDOW`] analytical messages
+//! at a time (separate pools, so an alert never waits for a slot bulk holds): time-sensitive ones
+//! each on its own stream, analytical ones pipelined on one long-lived stream, in the order the
+//! outbox gives them and behind the alerts popped before them (see `forward_analytical`). It
+//! forwards the originator's exact
+//! envelope bytes and signature, appending only its hop record. A copy the peer refuses for good
+//! is dropped with an event and a non-delivery report; anything else goes back: a lost
+//! connection puts the copy at the head of its lane, and QUEUE_FULL or SHUTTING_DOWN parks it
+//! until the peer's retry-after. The peer submits to us on the same connection; those streams
+//! are served as on any accepted connection ([`super::server::serve_streams`]).
 
 use std::sync::Arc;
-use std::task::Poll;
 use std::time::{Duration, SystemTime};
 
 use quinn::{Connection, Endpoint};
 use rustls_pki_types::CertificateDer;
+use std::task::Poll;
+
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio::time::Instant;
 
 use super::Node;
 use super::events::Event;
+use super::links::{Change, Links};
 use super::queue::{Item, Queue};
 use crate::client::stream_priority;
 use crate::config::Peer;
@@ -28,8 +41,9 @@ use crate::identity::{self, Role};
 use crate::lanes::Entry;
 use crate::message::{Precedence, timestamp};
 use crate::pipeline::{DEFAULT_WINDOW_BYTES, Pipeline};
-use crate::session::{self, ConnectError, SubmitError};
+use crate::session::{self, CONTROL_FRAME_LIMIT, ConnectError, SubmitError};
 use crate::tls;
+use crate::wire::frame::{FrameError, FrameReader};
 use crate::wire::pb::{self, RefusalCode};
 
 /// Unanswered analytical forwards per peer link.
@@ -45,81 +59,245 @@ struct Slots {
     bulk: Arc<Semaphore>,
 }
 
+/// Application close code for the connection that loses to another one to the same peer.
+pub const CLOSE_DUPLICATE: u32 = 0x11;
+
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
-pub(super) async fn run(node: Arc<Node>, endpoint: Endpoint, peer: Peer) {
-    let outbox = node.outboxes[&peer.node].clone();
-    let slots = Slots {
-        alerts: Arc::new(Semaphore::new(ALERT_WINDOW)),
-        bulk: Arc::new(Semaphore::new(WINDOW)),
+/// How long the current connection has to answer a probe before a new one replaces it.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Connections handed to a link task at once (the peer's, or a finished dial). More from the
+/// same peer while the task is busy are refused: a peer has one link.
+pub(super) const INBOX_CAPACITY: usize = 8;
+
+/// What a link task is told.
+pub(super) enum Input {
+    /// Our own dial finished.
+    Dialed(Result<Connection, ConnectError>),
+    /// The peer dialed us and was authorized.
+    Incoming(Connection),
+}
+
+/// The connection in use and the task forwarding over it.
+struct Current {
+    conn: Connection,
+    dialed_by_me: bool,
+    forwarder: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Current {
+    // The forwarder serves this connection only (also when the link task is aborted at shutdown).
+    fn drop(&mut self) {
+        self.forwarder.abort();
+    }
+}
+
+struct Link {
+    node: Arc<Node>,
+    endpoint: Endpoint,
+    peer: Peer,
+    links: Arc<Links>,
+    outbox: Arc<Queue>,
+    slots: Arc<Slots>,
+    tx: mpsc::Sender<Input>,
+    /// True when this node's name sorts before the peer's: its dials win.
+    my_dials_win: bool,
+    current: Option<Current>,
+}
+
+pub(super) async fn run(
+    node: Arc<Node>,
+    endpoint: Endpoint,
+    peer: Peer,
+    tx: mpsc::Sender<Input>,
+    mut inbox: mpsc::Receiver<Input>,
+) {
+    let mut link = Link {
+        outbox: node.outboxes[&peer.node].clone(),
+        links: node.links.clone(),
+        slots: Arc::new(Slots {
+            alerts: Arc::new(Semaphore::new(ALERT_WINDOW)),
+            bulk: Arc::new(Semaphore::new(WINDOW)),
+        }),
+        my_dials_win: node.config.name < peer.node,
+        endpoint,
+        peer,
+        node,
+        tx,
+        current: None,
     };
     let mut backoff = BACKOFF_MIN;
-    // Only state changes are recorded: a peer that stays down is not logged at every retry.
-    let mut was_down = false;
-    let wake = node.link_wake[&peer.node].clone();
+    let mut dialing = false;
+    let mut dial_at = Some(Instant::now());
     loop {
-        // A connection from the peer means it is up: abandon a dial that may be waiting for a
-        // node that was not listening yet, and dial again at once.
-        let dialed = tokio::select! {
-            r = connect(&node, &endpoint, &peer) => r,
-            _ = wake.notified() => continue,
-        };
-        let conn = match dialed {
-            Ok(c) => {
+        if link.current.is_none() && !dialing && dial_at.is_some_and(|t| t <= Instant::now()) {
+            dial_at = None;
+            dialing = true;
+            link.dial();
+        }
+        let watch = link.current.as_ref().map(|c| c.conn.clone());
+        let timer = dial_at.filter(|_| link.current.is_none() && !dialing);
+        tokio::select! {
+            e = async move {
+                match watch {
+                    Some(c) => c.closed().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                // Dropping it stops its forwarder.
+                link.current = None;
+                let detail = tls::describe_connection_error(&e);
+                link.links.set(&link.peer.node, Change::Lost, detail, None);
+                // Dial again at once: the peer may just have closed one connection of two.
                 backoff = BACKOFF_MIN;
-                node.events.record(Event::Link {
-                    peer: peer.node.clone(),
-                    state: "up",
-                    detail: peer.address.to_string(),
-                });
-                c
+                dial_at = Some(Instant::now());
             }
-            Err(e) => {
-                if !was_down {
-                    node.events.record(Event::Link {
-                        peer: peer.node.clone(),
-                        state: "down",
-                        detail: e.to_string(),
-                    });
-                    was_down = true;
+            _ = async move {
+                match timer {
+                    Some(t) => tokio::time::sleep_until(t).await,
+                    None => std::future::pending().await,
                 }
-                tokio::select! {
-                    _ = tokio::time::sleep(jitter(backoff)) => {}
-                    _ = wake.notified() => backoff = BACKOFF_MIN,
+            } => {}
+            Some(input) = inbox.recv() => match input {
+                Input::Dialed(Ok(conn)) => {
+                    dialing = false;
+                    backoff = BACKOFF_MIN;
+                    link.offer(conn, true).await;
                 }
-                backoff = (backoff * 2).min(BACKOFF_MAX);
-                continue;
+                Input::Dialed(Err(e)) => {
+                    dialing = false;
+                    if link.current.is_none() {
+                        let delay = jitter(backoff);
+                        let peer = &link.peer.node;
+                        link.links.set(peer, Change::DialFailed, e.to_string(), None);
+                        link.links.set(peer, Change::Backoff, format!("next dial in {delay:?}"), None);
+                        dial_at = Some(Instant::now() + delay);
+                        backoff = (backoff * 2).min(BACKOFF_MAX);
+                    }
+                }
+                Input::Incoming(conn) => link.offer(conn, false).await,
+            },
+        }
+    }
+}
+
+impl Link {
+    /// Dials the peer in the background; the result comes back as [`Input::Dialed`].
+    fn dial(&self) {
+        self.links.set(
+            &self.peer.node,
+            Change::Dialing,
+            self.peer.address.to_string(),
+            None,
+        );
+        let (node, endpoint, peer, tx) = (
+            self.node.clone(),
+            self.endpoint.clone(),
+            self.peer.clone(),
+            self.tx.clone(),
+        );
+        tokio::spawn(async move {
+            let r = connect(&node, &endpoint, &peer).await;
+            let _ = tx.send(Input::Dialed(r)).await;
+        });
+    }
+
+    /// The node whose dial a connection came from.
+    fn dialer(&self, dialed_by_me: bool) -> &str {
+        if dialed_by_me {
+            &self.node.config.name
+        } else {
+            &self.peer.node
+        }
+    }
+
+    /// Adopts a new authorized connection to the peer, or closes it if the current one wins.
+    async fn offer(&mut self, conn: Connection, dialed_by_me: bool) {
+        let wins = |mine: bool| mine == self.my_dials_win;
+        if let Some(cur) = &self.current {
+            // The rule, and between two connections from the same dialer, the newer one: that
+            // side dialed again because it has given the older one up.
+            let keep_current =
+                wins(cur.dialed_by_me) && !wins(dialed_by_me) && alive(&cur.conn).await;
+            if keep_current {
+                let reason = format!(
+                    "duplicate link to {}: keeping the connection dialed by {}",
+                    self.peer.node,
+                    self.dialer(cur.dialed_by_me)
+                );
+                conn.close(CLOSE_DUPLICATE.into(), reason.as_bytes());
+                self.links.duplicate_closed(&self.peer.node, reason);
+                return;
             }
-        };
+            // Dropping it stops its forwarder.
+            let old = self.current.take().expect("checked above");
+            let reason = format!(
+                "duplicate link to {}: replaced by the connection dialed by {}",
+                self.peer.node,
+                self.dialer(dialed_by_me)
+            );
+            old.conn.close(CLOSE_DUPLICATE.into(), reason.as_bytes());
+            self.links.duplicate_closed(&self.peer.node, reason);
+        }
         let bulk = Arc::new(Pipeline::new(
             conn.clone(),
             DEFAULT_WINDOW_BYTES,
             stream_priority(Precedence::Routine),
             None,
         ));
-        forward_while_up(&node, &conn, &bulk, &outbox, &peer, &slots).await;
-        was_down = true;
-        node.events.record(Event::Link {
-            peer: peer.node.clone(),
-            state: "down",
-            detail: conn
-                .close_reason()
-                .map(|r| r.to_string())
-                .unwrap_or_else(|| "closed".into()),
+        let forwarder = tokio::spawn(forward_while_up(
+            self.node.clone(),
+            conn.clone(),
+            bulk,
+            self.outbox.clone(),
+            self.peer.node.clone(),
+            self.slots.clone(),
+        ));
+        let detail = format!(
+            "{} (dialed by {})",
+            conn.remote_address(),
+            self.dialer(dialed_by_me)
+        );
+        let dialer = self.dialer(dialed_by_me).to_owned();
+        self.links
+            .set(&self.peer.node, Change::Up, detail, Some(&dialer));
+        self.current = Some(Current {
+            conn,
+            dialed_by_me,
+            forwarder,
         });
     }
 }
 
+/// True when the connection still carries a round trip: an empty stream opened and finished,
+/// which the peer answers by finishing its side.
+async fn alive(conn: &Connection) -> bool {
+    let probe = async {
+        let (mut send, recv) = conn.open_bi().await.ok()?;
+        send.finish().ok()?;
+        let mut reader = FrameReader::new(recv, CONTROL_FRAME_LIMIT);
+        match reader.read().await {
+            Err(FrameError::End) => Some(()),
+            _ => None,
+        }
+    };
+    matches!(
+        tokio::time::timeout(PROBE_TIMEOUT, probe).await,
+        Ok(Some(()))
+    )
+}
+
 async fn forward_while_up(
-    node: &Arc<Node>,
-    conn: &Connection,
-    bulk: &Arc<Pipeline>,
-    outbox: &Arc<Queue>,
-    peer: &Peer,
-    slots: &Slots,
+    node: Arc<Node>,
+    conn: Connection,
+    bulk: Arc<Pipeline>,
+    outbox: Arc<Queue>,
+    peer: String,
+    slots: Arc<Slots>,
 ) {
-    let on_expired = |expired| node.expired(outbox, expired);
+    let on_expired = |expired| node.expired(&outbox, expired);
     // Time-sensitive copies popped, and answered by the peer, on this connection (see
     // `forward_analytical`).
     let mut alerts_popped = 0u64;
@@ -132,7 +310,7 @@ async fn forward_while_up(
         conn.clone(),
         bulk.clone(),
         outbox.clone(),
-        peer.node.clone(),
+        peer.clone(),
         rx,
         answered.subscribe(),
     ));
@@ -174,12 +352,7 @@ async fn forward_while_up(
             continue;
         }
         alerts_popped += 1;
-        let (node, conn, outbox, peer) = (
-            node.clone(),
-            conn.clone(),
-            outbox.clone(),
-            peer.node.clone(),
-        );
+        let (node, conn, outbox, peer) = (node.clone(), conn.clone(), outbox.clone(), peer.clone());
         let answered = answered.clone();
         tokio::spawn(async move {
             let signed = with_hop(&node, &entry);
@@ -305,7 +478,7 @@ fn settle(
 
 /// Dials a peer and checks that its certificate names exactly the node the peer table expects.
 async fn connect(
-    node: &Node,
+    node: &Arc<Node>,
     endpoint: &Endpoint,
     peer: &Peer,
 ) -> Result<Connection, ConnectError> {
@@ -345,6 +518,13 @@ async fn connect(
             peer.address, peer.agency, peer.node
         )));
     }
+    // The peer submits to us on this connection too.
+    tokio::spawn(super::server::serve_streams(
+        node.clone(),
+        conn.clone(),
+        Arc::new(cert),
+        true,
+    ));
     // Keep the control stream open for the life of the link.
     let control = session.control;
     tokio::spawn({

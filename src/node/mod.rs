@@ -8,6 +8,7 @@ mod deliver;
 pub mod events;
 mod lifecycle;
 mod link;
+pub mod links;
 mod operator;
 mod queue;
 mod recovery;
@@ -32,6 +33,8 @@ use crate::validate::Refusal;
 use crate::wire::pb::RefusalCode;
 pub use events::Event;
 use events::Events;
+use links::Links;
+pub use links::{LinkState, LinkStatus};
 use queue::{Item, Queue};
 pub use server::FRAME_SLACK;
 
@@ -52,9 +55,6 @@ pub enum NodeError {
 /// bounds what addressees and subscribers can make a node allocate.
 pub const MAX_MAILBOXES: usize = 1024;
 
-/// Largest number of hops any message may take, whatever its own policy says.
-pub const MAX_HOPS: u32 = 8;
-
 /// State shared by every task of a running node.
 pub(crate) struct Node {
     config: Config,
@@ -65,8 +65,12 @@ pub(crate) struct Node {
     mailboxes: Mutex<HashMap<String, Arc<Queue>>>,
     /// One outbox per peer node, by node name; fixed at start.
     outboxes: HashMap<String, Arc<Queue>>,
-    /// Wakes a peer's link when that peer connects to us: it is up, so stop backing off.
-    link_wake: HashMap<String, Arc<tokio::sync::Notify>>,
+    /// Hands a peer's authorized connection to that peer's link task.
+    link_inbox: HashMap<String, tokio::sync::mpsc::Sender<link::Input>>,
+    /// The receiving ends of `link_inbox`, taken by the link tasks when they start.
+    link_rx: Mutex<HashMap<String, tokio::sync::mpsc::Receiver<link::Input>>>,
+    /// The state and counters of every peer link.
+    links: Arc<Links>,
     shutting_down: AtomicBool,
     /// Every copy the node holds, on disk.
     store: Store,
@@ -166,6 +170,7 @@ impl Node {
 pub struct RunningNode {
     pub addr: SocketAddr,
     events: Events,
+    links: Arc<Links>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -174,6 +179,11 @@ impl RunningNode {
     /// Observes the node's lifecycle events from now on.
     pub fn events(&self) -> tokio::sync::broadcast::Receiver<Event> {
         self.events.subscribe()
+    }
+
+    /// Every peer link's state and counters, by peer name.
+    pub fn links(&self) -> Vec<LinkStatus> {
+        self.links.snapshot()
     }
 
     /// Stops the node gracefully and waits for it.
@@ -193,12 +203,14 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         .local_addr()
         .map_err(|e| NodeError::Tls(TlsError::Verifier(e.to_string())))?;
     let events = node.events.clone();
+    let links = node.links.clone();
     let task = tokio::spawn(serve(node, endpoint, async {
         let _ = rx.await;
     }));
     Ok(RunningNode {
         addr,
         events,
+        links,
         stop: Some(tx),
         task,
     })
@@ -261,11 +273,14 @@ fn bind(config: Config) -> Result<(Arc<Node>, quinn::Endpoint), NodeError> {
             (name.clone(), q)
         })
         .collect();
-    let link_wake = config
-        .peers
-        .keys()
-        .map(|name| (name.clone(), Arc::new(tokio::sync::Notify::new())))
-        .collect();
+    let mut link_inbox = HashMap::new();
+    let mut link_rx = HashMap::new();
+    for name in config.peers.keys() {
+        let (tx, rx) = tokio::sync::mpsc::channel(link::INBOX_CAPACITY);
+        link_inbox.insert(name.clone(), tx);
+        link_rx.insert(name.clone(), rx);
+    }
+    let links = Arc::new(Links::new(events.clone(), config.peers.keys().cloned()));
     let signer = Signer::from_pkcs8(tls.key_der(), tls.leaf_sha256())
         .map_err(|e| NodeError::OwnCertificate(e.to_string()))?;
     let retry = RetryPolicy {
@@ -282,7 +297,9 @@ fn bind(config: Config) -> Result<(Arc<Node>, quinn::Endpoint), NodeError> {
         signer,
         verified: Default::default(),
         retry,
-        link_wake,
+        link_inbox,
+        link_rx: Mutex::new(link_rx),
+        links,
         config,
         me,
         tls,
@@ -305,7 +322,21 @@ async fn serve(node: Arc<Node>, endpoint: quinn::Endpoint, shutdown: impl Future
     );
     let mut tasks = JoinSet::new();
     for peer in node.config.peers.values() {
-        tasks.spawn(link::run(node.clone(), endpoint.clone(), peer.clone()));
+        let rx = node
+            .link_rx
+            .lock()
+            .expect("link inbox lock poisoned")
+            .remove(&peer.node);
+        // Each peer's receiver is taken once, here, at start.
+        if let (Some(rx), Some(tx)) = (rx, node.link_inbox.get(&peer.node)) {
+            tasks.spawn(link::run(
+                node.clone(),
+                endpoint.clone(),
+                peer.clone(),
+                tx.clone(),
+                rx,
+            ));
+        }
     }
     let sweeper = node.clone();
     tasks.spawn(async move {

@@ -113,10 +113,18 @@ async fn handle(node: Arc<Node>, incoming: quinn::Incoming) {
     // The control stream stays open; its end (or the connection's) ends the session.
     drop(recv);
     let _keep_open = send;
+    // A peer's connection becomes (or competes to become) its link; see `link`.
     if let Authorized::Peer { node: peer } = &auth
-        && let Some(wake) = node.link_wake.get(peer)
+        && let Some(link) = node.link_inbox.get(peer)
+        && link
+            .try_send(super::link::Input::Incoming(conn.clone()))
+            .is_err()
     {
-        wake.notify_one();
+        conn.close(
+            CLOSE_REFUSED.into(),
+            b"too many connections from this peer at once",
+        );
+        return;
     }
     let from_peer = matches!(auth, Authorized::Peer { .. });
     if let Authorized::Client {
@@ -131,6 +139,16 @@ async fn handle(node: Arc<Node>, incoming: quinn::Incoming) {
             unit.clone(),
         ));
     }
+    serve_streams(node, conn, who, from_peer).await;
+}
+
+/// Serves the streams the other side opens, each in its own task, until the connection ends.
+pub(super) async fn serve_streams(
+    node: Arc<Node>,
+    conn: Connection,
+    who: Arc<PeerCert>,
+    from_peer: bool,
+) {
     while let Ok((send, recv)) = conn.accept_bi().await {
         tokio::spawn(submission(node.clone(), who.clone(), from_peer, send, recv));
     }
@@ -397,7 +415,7 @@ async fn receive(
     let ctx = NodeContext {
         agency: &node.config.agency,
         node: &node.config.name,
-        max_hops: super::MAX_HOPS,
+        max_hops: node.config.limits.max_hops,
         verified: &node.verified,
     };
     let admitted = validate::admit(signed, who, &ctx, now)?;

@@ -43,6 +43,29 @@ impl TestNet {
         TestNet { dir, net, nodes }
     }
 
+    /// One node `<agency>-1` per agency, linked only as `links` says (pairs of node names), each
+    /// node's config extended with `extra` (by node name), all started.
+    pub async fn federation(
+        agencies: &[&str],
+        links: &[(&str, &str)],
+        extra: &[(&str, String)],
+        limits: &[&str],
+    ) -> TestNet {
+        init_logging();
+        let dir = tempfile::tempdir().unwrap();
+        let mut net =
+            LocalNetwork::mesh_with_limits(dir.path(), &certs(), agencies, limits).unwrap();
+        for (node, text) in extra {
+            net.extra.insert(node.to_string(), text.clone());
+        }
+        net.links(links).unwrap();
+        let mut nodes = BTreeMap::new();
+        for name in net.nodes.keys() {
+            nodes.insert(name.clone(), net.start(name).await.unwrap());
+        }
+        TestNet { dir, net, nodes }
+    }
+
     pub fn node(&self, name: &str) -> &RunningNode {
         &self.nodes[name]
     }
@@ -68,7 +91,6 @@ impl TestNet {
             .unwrap()
     }
 
-    /// Stops every node (concurrently) and waits for them.
     /// The `ENLACE_*` environment that points the `enlace` CLI at `agency`'s node as `client`.
     pub fn cli_env(&self, agency: &str, client: &str) -> Vec<(&'static str, String)> {
         let o = self.options(agency, client);
@@ -85,6 +107,7 @@ impl TestNet {
         ]
     }
 
+    /// Stops every node (concurrently) and waits for them.
     pub async fn stop(self) {
         let mut set = tokio::task::JoinSet::new();
         for (_, n) in self.nodes {
