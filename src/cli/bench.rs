@@ -2,7 +2,8 @@
 //!
 //! The PKI is made once per invocation in a temporary directory; every scenario then gets a
 //! fresh `LocalNetwork` (new configs and data directories, nodes started in this process through
-//! the production config path, with their normal storage) and the load of [`load`]. After a
+//! the production config path, with their normal storage, each on a tokio runtime of its own as
+//! if it were a process of its own) and the load of [`load`]. After a
 //! warm-up comes the measured window; then the senders stop and the bench waits for every
 //! accepted message to reach its application, so that losses and duplicates are counted, not
 //! guessed. This module runs the scenarios and turns receipts into numbers; it tunes nothing and
@@ -29,7 +30,9 @@ const AFTER_HELP: &str = "Run `enlace bench --help` for what each number means."
 
 const AFTER_LONG_HELP: &str = "\
 Every scenario starts the nodes in this process on a fresh loopback network (PKI in a temporary
-directory) and drives them through the client library:
+directory), each node on a runtime of its own (2 worker threads, as a separate enlaced process
+would have; the store's writer thread besides), and drives them through the client library from
+the bench's own runtime:
   records  1 KiB ROUTINE analytical reports, submitted by --producers tasks that together keep
            --outstanding sends in flight, as fast as the node accepts them (QUEUE_FULL is retried
            after the node's retry-after, with the same id);
@@ -253,16 +256,34 @@ async fn run_one(
     a: &BenchArgs,
 ) -> anyhow::Result<Report> {
     let net = LocalNetwork::mesh(dir, pki, topology.agencies().0)?;
+    // Each node gets a runtime of its own, as it would be a process of its own: the load's
+    // tasks never share a scheduler queue with a node's.
     let mut nodes = Vec::new();
     for spec in net.nodes.values() {
-        nodes.push(net.start(&spec.name).await?);
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name(format!("node-{}", spec.name))
+            .enable_all()
+            .build()
+            .context("cannot start a node's runtime")?;
+        let config = net.config(&spec.name)?;
+        let node = rt
+            .spawn(crate::node::start(config))
+            .await
+            .context("starting a node")??;
+        nodes.push((node, rt));
     }
     let result = measure(&net, scenario, topology, a).await;
     let mut stopping = JoinSet::new();
-    for n in nodes {
+    let mut runtimes = Vec::new();
+    for (n, rt) in nodes {
         stopping.spawn(n.stop());
+        runtimes.push(rt);
     }
     while stopping.join_next().await.is_some() {}
+    for rt in runtimes {
+        rt.shutdown_background();
+    }
     result
 }
 
