@@ -278,6 +278,13 @@ impl Draft {
         self
     }
 
+    /// Asks for a non-delivery report only, instead of a receipt for every stage: for
+    /// high-volume analytical feeds (`enlace send --bulk`, the benchmark's records).
+    pub fn non_delivery_receipts_only(mut self) -> Draft {
+        self.envelope.receipts = pb::ReceiptRequest::NonDeliveryOnly as i32;
+        self
+    }
+
     pub fn handling(mut self, h: pb::HandlingPolicy) -> Draft {
         self.envelope.handling = Some(h);
         self

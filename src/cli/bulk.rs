@@ -64,7 +64,10 @@ fn line_draft(a: &SendArgs, namespace: &[u8], line_no: u64, line: &str) -> anyho
         .id(MessageId::derived(namespace, &name))
         .precedence(precedence)
         .status(a.status)
-        .expires_in(a.expires_in);
+        .expires_in(a.expires_in)
+        // A feed of thousands of records: the progress line is its receipt; only a record that
+        // will not arrive is reported back.
+        .non_delivery_receipts_only();
     let to: Vec<String> = match v["to"].as_array() {
         Some(list) => list
             .iter()

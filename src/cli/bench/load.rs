@@ -212,10 +212,17 @@ impl Template {
     }
 
     fn draft(&self, id: MessageId) -> Draft {
-        Draft::from_raw(self.payload_type.clone(), self.payload.clone())
+        let d = Draft::from_raw(self.payload_type.clone(), self.payload.clone())
             .id(id)
             .to(&self.to)
-            .precedence(self.precedence)
+            .precedence(self.precedence);
+        // Records are a high-volume feed, sent as `enlace send --bulk` sends them: only a
+        // non-delivery would be reported back. Alerts ask for every receipt.
+        if self.precedence.is_time_sensitive() {
+            d
+        } else {
+            d.non_delivery_receipts_only()
+        }
     }
 }
 
