@@ -20,6 +20,8 @@ pub mod payloads;
 pub mod pipeline;
 pub mod pki;
 pub mod policy;
+pub mod receipt;
+pub mod respond;
 pub mod route;
 pub mod session;
 pub mod signature;
