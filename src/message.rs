@@ -305,6 +305,23 @@ impl Draft {
     }
 }
 
+/// Formats a time as RFC 3339 UTC with milliseconds, e.g. `2026-11-28T05:40:00.123Z`.
+pub fn rfc3339(t: SystemTime) -> String {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let odt = time::OffsetDateTime::from_unix_timestamp(d.as_secs() as i64)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        odt.year(),
+        u8::from(odt.month()),
+        odt.day(),
+        odt.hour(),
+        odt.minute(),
+        odt.second(),
+        d.subsec_millis()
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

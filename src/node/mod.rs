@@ -11,6 +11,7 @@ mod link;
 pub mod links;
 mod operator;
 mod queue;
+mod receipts;
 mod recovery;
 mod server;
 
@@ -86,6 +87,8 @@ pub(crate) struct Node {
     /// Batch signatures already verified (see `signature`).
     verified: crate::signature::VerifiedRoots,
     retry: RetryPolicy,
+    /// Respond-by deadlines of action copies held for this agency (see `receipts`).
+    deadlines: Mutex<crate::respond::Deadlines<receipts::Awaited>>,
 }
 
 impl Node {
@@ -163,6 +166,7 @@ impl Node {
                 self.expired(&q, expired);
             }
         }
+        self.overdue(now);
     }
 }
 
@@ -297,6 +301,7 @@ fn bind(config: Config) -> Result<(Arc<Node>, quinn::Endpoint), NodeError> {
         signer,
         verified: Default::default(),
         retry,
+        deadlines: Mutex::new(crate::respond::Deadlines::new(receipts::MAX_DEADLINES)),
         link_inbox,
         link_rx: Mutex::new(link_rx),
         links,
