@@ -28,6 +28,10 @@
 //! each must be [`Delivery::ack`]ed, or the node offers it again. The client drops redeliveries
 //! of messages it has already handed to the application, so each message is seen once.
 
+mod receipts;
+
+pub use receipts::{HELD_CAPACITY, Receipts};
+
 use std::collections::{HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::path::Path;

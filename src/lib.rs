@@ -30,5 +30,5 @@ pub mod tls;
 pub mod validate;
 pub mod wire;
 
-pub use client::{Client, ClientOptions, Delivery, Inbox};
+pub use client::{Client, ClientOptions, Delivery, Inbox, Receipts};
 pub use message::{Draft, MessageId, Precedence};

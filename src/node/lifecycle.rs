@@ -175,6 +175,7 @@ impl Node {
             // The store refused this message alone (e.g. over its size limit): nothing written.
             Err(e) => return Err((Refusal::new(RefusalCode::Invalid, e.to_string()), Some(id))),
         };
+        let durable_at = SystemTime::now();
         if early.is_empty() {
             for ((q, signed, _), seq) in copies.into_iter().zip(seqs) {
                 queue_copy(q, item(signed, Seq::durable(seq)));
@@ -190,7 +191,7 @@ impl Node {
             precedence: admitted.precedence,
             destinations: plan.fan_out(),
         });
-        self.after_take(&admitted, &plan, from_peer, now);
+        self.after_take(&admitted, &plan, from_peer, now, durable_at);
         Ok(pb::Accepted {
             message_id: id.to_bytes(),
             accepted_at: Some(timestamp(now)),
@@ -316,9 +317,13 @@ impl Node {
                 queue: queue.name().to_owned(),
             });
             self.record_about(&e.item, |seq| vec![Op::Done(seq)]);
+            let addressees = match e.item.signed.route_to.join(",") {
+                to if to.is_empty() => queue.destination().to_owned(),
+                to => to,
+            };
             self.report_non_delivery(
                 &e.item,
-                queue.destination(),
+                &addressees,
                 pb::NonDeliveryReason::Expired,
                 "expired before it could be delivered".into(),
             );
@@ -350,7 +355,12 @@ impl Node {
             }
             _ => pb::NonDeliveryReason::Refused,
         };
-        self.report_non_delivery(item, queue.destination(), why, reason);
+        // The addressee agencies the refused copy was for, not the peer that refused it.
+        let addressees = match item.signed.route_to.join(",") {
+            to if to.is_empty() => queue.destination().to_owned(),
+            to => to,
+        };
+        self.report_non_delivery(item, &addressees, why, reason);
     }
 
     /// Sends a `NonDelivery` report about `item` to its originator's agency inbox and, when a

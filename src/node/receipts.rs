@@ -145,7 +145,10 @@ impl Node {
     }
 
     /// After a message was taken (durable and queued): ACCEPTED for each addressee when this is
-    /// the originator's node, PERSISTED for each local mailbox copy, respond-by tracking for
+    /// the originator's node (at `received`, the time the sender is told), PERSISTED for each
+    /// local mailbox copy (at `durable_at`, when its write returned; a time-sensitive copy is
+    /// delivered while its write is in flight, so its DELIVERED may be earlier), respond-by
+    /// tracking for
     /// action copies, and a business response from one of this node's clients settling the
     /// deadline of the message it answers.
     pub(super) fn after_take(
@@ -154,6 +157,7 @@ impl Node {
         plan: &Plan,
         from_peer: bool,
         received: SystemTime,
+        durable_at: SystemTime,
     ) {
         let env = &admitted.envelope;
         if !from_peer && let Some(answer) = receipt::business_response(env) {
@@ -179,7 +183,6 @@ impl Node {
                 );
             }
         }
-        let persisted = SystemTime::now();
         let agency = self.config.agency.as_str();
         for unit in &plan.local_units {
             let stage = pb::ReceiptStage::Persisted;
@@ -190,7 +193,7 @@ impl Node {
                 agency,
                 unit,
                 me.clone(),
-                persisted,
+                durable_at,
                 String::new(),
             );
         }

@@ -1,0 +1,282 @@
+//! Receipts and respond-by over real QUIC on loopback with the committed test certificates: the
+//! stages of a message relayed DEA → CENAPI → AFI reach the originator's receipt stream, a
+//! non-delivery report joins them, and an unanswered action copy brings an overdue notice to the
+//! originator and a reminder to the addressee's escalation unit.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime};
+
+use common::{TestNet, certs, init_logging, within};
+use enlace::Receipts;
+use enlace::message::timestamp;
+use enlace::network::LocalNetwork;
+use enlace::receipt::{Receipt, Stage};
+use enlace::wire::pb;
+use enlace::{Draft, MessageId, Precedence};
+
+const DIRECTORY: &str = r#"
+[agencies.afi]
+display = "CMI"
+aliases = ["pfm", "cmi"]
+served_by = "afi-1"
+"#;
+
+fn liaison(body: &str) -> pb::LiaisonMessage {
+    pb::LiaisonMessage {
+        body: Some(enlace::payloads::text("en", body)),
+        ..Default::default()
+    }
+}
+
+/// DEA, AFI and CENAPI; DEA and AFI reach each other only through CENAPI. DEA routes the
+/// unknown agency `zzz` to CENAPI too, which has no route for it. AFI's escalation unit is its
+/// 24/7 desk.
+async fn relay_federation() -> TestNet {
+    init_logging();
+    let dir = tempfile::tempdir().unwrap();
+    let mut net = LocalNetwork::mesh(dir.path(), &certs(), &["dea", "afi", "cenapi"]).unwrap();
+    net.extra.insert(
+        "dea-1".into(),
+        format!("{DIRECTORY}\n[routes]\nCMI = \"cenapi-1\"\nzzz = \"cenapi-1\"\n"),
+    );
+    net.extra.insert(
+        "afi-1".into(),
+        format!("{DIRECTORY}\n[routes]\ndea = \"cenapi-1\"\n"),
+    );
+    net.extra.insert("cenapi-1".into(), DIRECTORY.to_owned());
+    net.node_extra
+        .insert("afi-1".into(), "escalation_unit = \"24x7-desk\"".into());
+    net.links(&[("dea-1", "cenapi-1"), ("afi-1", "cenapi-1")])
+        .unwrap();
+    let mut nodes = BTreeMap::new();
+    for name in net.nodes.keys() {
+        nodes.insert(name.clone(), net.start(name).await.unwrap());
+    }
+    TestNet { dir, net, nodes }
+}
+
+/// Reads receipts of `id` until `done` says the set is complete.
+async fn gather(
+    receipts: &mut Receipts,
+    id: MessageId,
+    mut got: Vec<Receipt>,
+    done: impl Fn(&[Receipt]) -> bool,
+) -> Vec<Receipt> {
+    within("receipts", async {
+        while !done(&got) {
+            got.push(receipts.next_for(id).await.expect("receipt stream ended"));
+        }
+    })
+    .await;
+    got
+}
+
+fn has(got: &[Receipt], name: &str) -> bool {
+    got.iter().any(|r| r.stage.name() == name)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relayed_message_s_receipts_reach_the_originator_stage_by_stage() {
+    let net = relay_federation().await;
+    let afi = net.subscriber("afi", "duty-desk").await;
+    let mut afi_inbox = afi.inbox().unwrap();
+    let mut receipts = Receipts::connect(net.options("dea", "duty-desk"))
+        .await
+        .unwrap();
+    let desk = net.client("dea", "duty-desk").await;
+
+    // Addressed under AFI's current name, through the relay.
+    let sent = desk
+        .send(
+            Draft::new(&liaison("verify the consignee of container MSCU 123456"))
+                .to("PFM")
+                .precedence(Precedence::Routine)
+                .respond_within(Duration::from_secs(3600)),
+        )
+        .await
+        .unwrap();
+    let d = within("AFI's copy", afi_inbox.next()).await.unwrap();
+    assert_eq!(d.id, sent.id);
+    let original = d.envelope.clone();
+    d.ack().await.unwrap();
+
+    // Opened first, answered after: the response goes once the acknowledgement has been seen.
+    let stages = ["accepted", "persisted", "delivered", "acknowledged"];
+    let got = gather(&mut receipts, sent.id, Vec::new(), |g| {
+        stages.iter().all(|s| has(g, s))
+    })
+    .await;
+    afi.respond(
+        &original,
+        pb::BusinessResponse {
+            outcome: pb::BusinessOutcome::PositiveHit as i32,
+            reason: "consignee is a front company".into(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let mut got = gather(&mut receipts, sent.id, got, |g| {
+        has(g, "response:positive-hit")
+    })
+    .await;
+
+    // Each stage once, from the node or client that reached it, in time order.
+    assert_eq!(got.len(), 5, "{got:#?}");
+    got.sort_by_key(|r| r.at);
+    let names: Vec<_> = got.iter().map(|r| r.stage.name()).collect();
+    assert_eq!(
+        names,
+        [
+            "accepted",
+            "persisted",
+            "delivered",
+            "acknowledged",
+            "response:positive-hit"
+        ]
+    );
+    for r in &got {
+        assert_eq!(r.message_id, sent.id);
+        assert_eq!(r.addressee, "afi", "{r:?}");
+        assert!(r.at.is_some(), "{r:?}");
+    }
+    let by: Vec<_> = got.iter().map(|r| r.by.as_str()).collect();
+    assert_eq!(by[..3], ["dea-1", "afi-1", "afi-1"]);
+    assert!(
+        by[3].contains("duty-desk") && by[3].starts_with("afi"),
+        "{}",
+        by[3]
+    );
+    assert_eq!(by[4], "afi/duty-desk");
+    assert_eq!(got[4].detail, "consignee is a front company");
+
+    // The response settled the deadline: no overdue notice will follow (checked in the
+    // respond-by unit tests; here the deadline is an hour away anyway).
+    desk.close().await;
+    afi.close().await;
+    receipts.close().await;
+    net.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_non_delivery_joins_the_receipt_stream() {
+    let net = relay_federation().await;
+    let mut receipts = Receipts::connect(net.options("dea", "analyst"))
+        .await
+        .unwrap();
+    let analyst = net.client("dea", "analyst").await;
+    // DEA's node routes `zzz` to CENAPI, which knows no such agency.
+    let sent = analyst
+        .send(
+            Draft::new(&liaison("to nobody"))
+                .to("zzz")
+                .precedence(Precedence::Flash),
+        )
+        .await
+        .unwrap();
+    let got = gather(&mut receipts, sent.id, Vec::new(), |g| {
+        has(g, "accepted") && g.iter().any(|r| matches!(r.stage, Stage::NonDelivery(_)))
+    })
+    .await;
+    let nd = got
+        .iter()
+        .find(|r| matches!(r.stage, Stage::NonDelivery(_)))
+        .unwrap();
+    assert_eq!(nd.stage.name(), "non-delivery:unknown-recipient", "{nd:?}");
+    assert_eq!((nd.addressee.as_str(), nd.by.as_str()), ("zzz", "dea-1"));
+    assert!(
+        nd.detail.contains("no route to agency zzz"),
+        "{}",
+        nd.detail
+    );
+    assert!(!has(&got, "persisted"), "{got:#?}");
+    analyst.close().await;
+    receipts.close().await;
+    net.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unanswered_request_is_overdue_and_need_more_time_moves_the_deadline() {
+    let net = relay_federation().await;
+    let afi = net.subscriber("afi", "duty-desk").await;
+    let escalation =
+        enlace::Client::connect(net.options("afi", "duty-desk").subscribe("24x7-desk"))
+            .await
+            .unwrap();
+    let (mut afi_inbox, mut desk_24x7) = (afi.inbox().unwrap(), escalation.inbox().unwrap());
+    let mut receipts = Receipts::connect(net.options("dea", "duty-desk"))
+        .await
+        .unwrap();
+    let desk = net.client("dea", "duty-desk").await;
+
+    let request = |body: &str, within: u64| {
+        Draft::new(&liaison(body))
+            .to("afi")
+            .precedence(Precedence::Immediate)
+            .respond_within(Duration::from_secs(within))
+    };
+    // One nobody answers, one answered "need more time".
+    let silent = desk.send(request("silent", 1)).await.unwrap();
+    let slow = desk.send(request("slow", 1)).await.unwrap();
+    let mut need_until = None;
+    for _ in 0..2 {
+        let d = within("AFI's copies", afi_inbox.next()).await.unwrap();
+        if d.id == slow.id {
+            let until = SystemTime::now() + Duration::from_secs(3);
+            need_until = Some(until);
+            afi.respond(
+                &d.envelope,
+                pb::BusinessResponse {
+                    outcome: pb::BusinessOutcome::NeedMoreTime as i32,
+                    need_until: Some(timestamp(until)),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        }
+        d.ack().await.unwrap();
+    }
+    let need_until = need_until.expect("the slow request arrived");
+
+    // The silent one: an overdue notice to the originator, through the relay...
+    let got = gather(&mut receipts, silent.id, Vec::new(), |g| has(g, "overdue")).await;
+    let overdue = got.iter().find(|r| r.stage == Stage::Overdue).unwrap();
+    assert_eq!(
+        (overdue.addressee.as_str(), overdue.by.as_str()),
+        ("afi", "afi-1")
+    );
+    assert!(
+        overdue.detail.contains("no business response by"),
+        "{}",
+        overdue.detail
+    );
+    // ...and a reminder to AFI's 24/7 desk.
+    let reminder = within("reminder", desk_24x7.next()).await.unwrap();
+    let r = Receipt::from_envelope(&reminder.envelope).unwrap();
+    assert_eq!((r.message_id, r.stage.clone()), (silent.id, Stage::Overdue));
+    assert_eq!(r.unit, "24x7-desk");
+    reminder.ack().await.unwrap();
+
+    // The slow one: overdue only at the deadline it asked for, once.
+    let got = gather(&mut receipts, slow.id, Vec::new(), |g| has(g, "overdue")).await;
+    let overdue = got.iter().find(|r| r.stage == Stage::Overdue).unwrap();
+    assert!(overdue.at.unwrap() >= need_until, "{overdue:?}");
+    assert!(has(&got, "response:need-more-time"), "{got:#?}");
+    let reminder = within("second reminder", desk_24x7.next()).await.unwrap();
+    assert_eq!(
+        Receipt::from_envelope(&reminder.envelope)
+            .unwrap()
+            .message_id,
+        slow.id
+    );
+    reminder.ack().await.unwrap();
+
+    desk.close().await;
+    afi.close().await;
+    escalation.close().await;
+    receipts.close().await;
+    net.stop().await;
+}
