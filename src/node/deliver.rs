@@ -190,7 +190,19 @@ async fn bulk_writer(
             }
         }
         if send.write_all(&buf).await.is_err() {
-            // The reader sees the same failure and settles what is pending.
+            // The reader sees the same failure and settles what is pending, but it may already
+            // have done so and ended (the connection closed while this batch was on its way
+            // here): settle what it has not taken, so nothing stays pending for good.
+            let left: Vec<_> = {
+                let mut p = pending.lock().expect("pending lock poisoned");
+                sent.iter()
+                    .filter_map(|(item, _)| p.remove(&item.id))
+                    .map(|(entry, _, _)| entry)
+                    .collect()
+            };
+            for entry in left {
+                fail(&c, entry, "analytical stream failed".into());
+            }
             stream = None;
             continue;
         }
