@@ -340,6 +340,15 @@ impl Client {
         self.connection.close(0u32.into(), b"client aborted");
     }
 
+    /// Closes the connection at once like [`Client::abort`], without acknowledging anything,
+    /// and waits until the node has been told: it then puts every unacknowledged delivery back
+    /// for the next consumer, without counting a failed attempt. For reading a mailbox without
+    /// consuming it (`enlace status`).
+    pub async fn abandon(self) {
+        self.abort();
+        self.endpoint.wait_idle().await;
+    }
+
     /// Closes the connection after flushing acknowledgements: each delivery stream is finished
     /// and the node given up to [`CLOSE_FLUSH`] to confirm receipt, so an acknowledged message is
     /// not offered again.

@@ -280,3 +280,102 @@ async fn an_unanswered_request_is_overdue_and_need_more_time_moves_the_deadline(
     receipts.close().await;
     net.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enlace_status_prints_the_timeline_without_consuming_it() {
+    let net = relay_federation().await;
+    let afi = net.subscriber("afi", "duty-desk").await;
+    let mut afi_inbox = afi.inbox().unwrap();
+    let desk = net.client("dea", "duty-desk").await;
+    let mut dea_events = net.node("dea-1").events();
+    let sent = desk
+        .send(Draft::new(&liaison("status check")).to("cmi"))
+        .await
+        .unwrap();
+    let mut afi_events = net.node("afi-1").events();
+    let d = within("AFI's copy", afi_inbox.next()).await.unwrap();
+    let original = d.envelope.clone();
+    d.ack().await.unwrap();
+    // Answered once AFI's node has the acknowledgement, so the timeline has one order.
+    common::wait_event(
+        &mut afi_events,
+        |e| matches!(e, enlace::node::Event::Acknowledged { id, .. } if *id == sent.id),
+    )
+    .await;
+    afi.respond(
+        &original,
+        pb::BusinessResponse {
+            outcome: pb::BusinessOutcome::ActionTaken as i32,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    // Every receipt is in DEA's node (accepted there: ACCEPTED from DEA's node itself, the
+    // other four through the relay) before the CLI looks.
+    let mut taken = 0;
+    while taken < 5 {
+        let e = common::wait_event(
+            &mut dea_events,
+            |e| matches!(e, enlace::node::Event::Accepted { id, .. } if *id != sent.id),
+        )
+        .await;
+        let _ = e;
+        taken += 1;
+    }
+
+    let run = |args: Vec<String>| {
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_enlace"));
+        cmd.args(args).envs(net.cli_env("dea", "duty-desk"));
+        async move { cmd.output().await.unwrap() }
+    };
+    let id = sent.id.to_string();
+    let out = run(vec!["status".into(), id.clone()]).await;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(lines[0].starts_with("AT (UTC)"), "{stdout}");
+    let stages: Vec<&str> = lines[1..]
+        .iter()
+        .map(|l| l.split_whitespace().nth(1).unwrap())
+        .collect();
+    assert_eq!(
+        stages,
+        [
+            "accepted",
+            "persisted",
+            "delivered",
+            "acknowledged",
+            "response:action-taken"
+        ],
+        "{stdout}"
+    );
+    assert!(lines[2].contains("afi-1"), "{stdout}");
+
+    // Read again, as JSON: nothing was consumed.
+    let out = run(vec!["status".into(), "--json".into(), id.clone()]).await;
+    assert!(out.status.success());
+    let rows: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 5);
+    assert!(rows.iter().all(|r| r["messageId"] == id.as_str()));
+    assert_eq!(rows[4]["by"], "afi/duty-desk");
+
+    // An id with no receipts, and one that is not an id.
+    let other = MessageId::new_v7(SystemTime::now()).to_string();
+    let out = run(vec!["status".into(), other]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no receipts"));
+    let out = run(vec!["status".into(), "not-an-id".into()]).await;
+    assert_eq!(out.status.code(), Some(2));
+
+    desk.close().await;
+    afi.close().await;
+    net.stop().await;
+}

@@ -297,29 +297,28 @@ impl Node {
     /// receipt (a copy put back because its client went away is delivered with attempt 1 again,
     /// so a receipt may come twice).
     pub(super) fn delivered(self: &Arc<Self>, item: &Item, to: &str, unit: &str, attempt: u32) {
+        let at = SystemTime::now();
         self.events.record(Event::Delivered {
             id: item.id,
             to: to.to_owned(),
             attempt,
         });
         if attempt == 1 {
-            self.receipt_about(
-                item,
-                pb::ReceiptStage::Delivered,
-                unit,
-                self.config.name.clone(),
-            );
+            let by = self.config.name.clone();
+            self.receipt_about(item, pb::ReceiptStage::Delivered, unit, by, at);
         }
     }
 
-    /// A client of `unit` acknowledged a copy: finished, and an ACKNOWLEDGED receipt naming it.
+    /// A client of `unit` acknowledged a copy: finished, and an ACKNOWLEDGED receipt naming it
+    /// (timed before the event is recorded, so anything that follows the event is later).
     pub(super) fn acknowledged(self: &Arc<Self>, item: &Item, by: String, unit: &str) {
+        let at = SystemTime::now();
         let event = Event::Acknowledged {
             id: item.id,
             by: by.clone(),
         };
         self.finished(item, event);
-        self.receipt_about(item, pb::ReceiptStage::Acknowledged, unit, by);
+        self.receipt_about(item, pb::ReceiptStage::Acknowledged, unit, by, at);
     }
 
     fn receipt_about(
@@ -328,22 +327,14 @@ impl Node {
         stage: pb::ReceiptStage,
         unit: &str,
         by: String,
+        at: SystemTime,
     ) {
         let Ok(env) = <pb::Envelope as prost::Message>::decode(item.signed.envelope.clone()) else {
             return;
         };
         if receipt::wants_receipts(&env) {
             let agency = self.config.agency.as_str();
-            self.receipt(
-                item.id,
-                &env,
-                stage,
-                agency,
-                unit,
-                by,
-                SystemTime::now(),
-                String::new(),
-            );
+            self.receipt(item.id, &env, stage, agency, unit, by, at, String::new());
         }
     }
 }
