@@ -77,6 +77,9 @@ pub struct Receipt {
     /// Free text: a non-delivery's detail, a rejection's reason, the deadline an overdue notice
     /// is about.
     pub detail: String,
+    /// The nodes the receipt itself passed, from its hop records (filled in by the client that
+    /// received it; empty from [`Receipt::from_envelope`]).
+    pub path: Vec<String>,
 }
 
 impl Receipt {
@@ -103,6 +106,7 @@ impl Receipt {
                 by: r.by,
                 at: r.at.as_ref().and_then(system_time),
                 detail: r.detail,
+                path: Vec::new(),
             })
         } else if t == pb::NonDelivery::full_name() {
             let r = pb::NonDelivery::decode(env.payload.clone()).ok()?;
@@ -114,6 +118,7 @@ impl Receipt {
                 by: r.node,
                 at: r.at.as_ref().and_then(system_time),
                 detail: r.detail,
+                path: Vec::new(),
             })
         } else if t == pb::BusinessResponse::full_name() {
             let r = pb::BusinessResponse::decode(env.payload.clone()).ok()?;
@@ -129,6 +134,7 @@ impl Receipt {
                 by: format!("{}/{}", o.agency, o.client),
                 at: env.created_at.as_ref().and_then(system_time),
                 detail: r.reason,
+                path: Vec::new(),
             })
         } else {
             None
@@ -164,6 +170,12 @@ pub fn receipts_unit(client: &str) -> String {
     } else {
         "receipts".into()
     }
+}
+
+/// Whether a unit is a receipts unit (`receipts`, `receipts-<client>`): these names are
+/// reserved for receipts.
+pub fn is_receipts_unit(unit: &str) -> bool {
+    unit == "receipts" || unit.starts_with("receipts-")
 }
 
 /// The precedence of a message's receipts: a time-sensitive message's receipts travel at its own
@@ -281,6 +293,7 @@ mod tests {
     fn units_and_precedence() {
         assert_eq!(receipts_unit("duty-desk"), "receipts-duty-desk");
         assert_eq!(receipts_unit(&"a".repeat(60)), "receipts");
+        assert!(is_receipts_unit("receipts-duty-desk") && !is_receipts_unit("desk"));
         assert_eq!(precedence_for(Precedence::Flash), Precedence::Flash);
         assert_eq!(precedence_for(Precedence::Bulk), Precedence::Routine);
     }

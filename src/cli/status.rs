@@ -46,9 +46,10 @@ pub(super) async fn run(a: StatusArgs) -> Result<(), Failure> {
     let mut got: Vec<Receipt> = Vec::new();
     while let Ok(Some(d)) = tokio::time::timeout(a.idle, inbox.next()).await {
         // Not acknowledged: the receipt stays for whoever reads it next.
-        if let Some(r) = Receipt::from_envelope(&d.envelope)
+        if let Some(mut r) = Receipt::from_envelope(&d.envelope)
             && r.message_id == id
         {
+            r.path = d.signed.hops.iter().map(|h| h.node.clone()).collect();
             got.push(r);
         }
     }
@@ -106,5 +107,6 @@ fn to_json(r: &Receipt) -> serde_json::Value {
         "unit": r.unit,
         "by": r.by,
         "detail": r.detail,
+        "path": r.path,
     })
 }

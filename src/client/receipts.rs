@@ -88,7 +88,10 @@ impl Receipts {
     async fn read(&mut self) -> Option<Receipt> {
         loop {
             let d = self.inbox.next().await?;
-            let r = Receipt::from_envelope(&d.envelope);
+            let r = Receipt::from_envelope(&d.envelope).map(|mut r| {
+                r.path = d.signed.hops.iter().map(|h| h.node.clone()).collect();
+                r
+            });
             let payload_type = d.envelope.payload_type.clone();
             // A failed acknowledgement only means the node offers it again, and the inbox
             // drops the redelivery.

@@ -148,14 +148,15 @@ impl Node {
             .then(|| Refusal::new(RefusalCode::ShuttingDown, "the node is shutting down"))
     }
 
-    /// True when nothing waits in any queue.
+    /// True when nothing waits in any queue, receipts units aside: receipts wait there, durable,
+    /// until their originator reads them, which shutting down cannot hurry.
     fn drained(&self) -> bool {
         let mailboxes_empty = self
             .mailboxes
             .lock()
             .expect("mailbox map lock poisoned")
-            .values()
-            .all(|q| q.is_empty());
+            .iter()
+            .all(|(unit, q)| crate::receipt::is_receipts_unit(unit) || q.is_empty());
         mailboxes_empty && self.outboxes.values().all(|q| q.is_empty())
     }
 
