@@ -379,3 +379,53 @@ async fn enlace_status_prints_the_timeline_without_consuming_it() {
     afi.close().await;
     net.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enlace_send_respond_within_then_status_shows_the_request_overdue() {
+    let net = relay_federation().await;
+    let mut dea_events = net.node("dea-1").events();
+    let run = |args: &[&str]| {
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_enlace"));
+        cmd.args(args).envs(net.cli_env("dea", "duty-desk"));
+        async move { cmd.output().await.unwrap() }
+    };
+    let out = run(&[
+        "send",
+        "--to",
+        "cmi",
+        "--text",
+        "confirm the hit within a second",
+        "--respond-within",
+        "1s",
+        "--json",
+    ])
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let accepted: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id = MessageId::parse(accepted["accepted"].as_str().unwrap()).unwrap();
+    // Nobody at AFI answers. DEA's node takes the ACCEPTED receipt, then PERSISTED and OVERDUE
+    // from AFI's node through the relay.
+    for _ in 0..3 {
+        common::wait_event(
+            &mut dea_events,
+            |e| matches!(e, enlace::node::Event::Accepted { id: got, .. } if *got != id),
+        )
+        .await;
+    }
+    let out = run(&["status", "--json", &id.to_string()]).await;
+    assert!(out.status.success());
+    let stages: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["stage"].to_string())
+        .collect();
+    assert_eq!(
+        stages,
+        ["\"accepted\"", "\"persisted\"", "\"overdue\""],
+        "{stages:?}"
+    );
+    net.stop().await;
+}

@@ -65,6 +65,9 @@ fn line_draft(a: &SendArgs, namespace: &[u8], line_no: u64, line: &str) -> anyho
         .precedence(precedence)
         .status(a.status)
         .expires_in(a.expires_in);
+    if let Some(r) = a.respond_within {
+        d = d.respond_within(r);
+    }
     let to: Vec<String> = match v["to"].as_array() {
         Some(list) => list
             .iter()
