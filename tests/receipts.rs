@@ -34,9 +34,16 @@ fn liaison(body: &str) -> pb::LiaisonMessage {
 /// unknown agency `zzz` to CENAPI too, which has no route for it. AFI's escalation unit is its
 /// 24/7 desk.
 async fn relay_federation() -> TestNet {
+    relay_federation_with_limits(&[]).await
+}
+
+/// [`relay_federation`] with extra `[limits]` lines for every node.
+async fn relay_federation_with_limits(limits: &[&str]) -> TestNet {
     init_logging();
     let dir = tempfile::tempdir().unwrap();
-    let mut net = LocalNetwork::mesh(dir.path(), &certs(), &["dea", "afi", "cenapi"]).unwrap();
+    let mut net =
+        LocalNetwork::mesh_with_limits(dir.path(), &certs(), &["dea", "afi", "cenapi"], limits)
+            .unwrap();
     net.extra.insert(
         "dea-1".into(),
         format!("{DIRECTORY}\n[routes]\nCMI = \"cenapi-1\"\nzzz = \"cenapi-1\"\n"),
@@ -427,5 +434,46 @@ async fn enlace_send_respond_within_then_status_shows_the_request_overdue() {
         ["\"accepted\"", "\"persisted\"", "\"overdue\""],
         "{stages:?}"
     );
+    net.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deadline_of_a_copy_still_waiting_survives_a_restart_of_the_addressee_s_node() {
+    let mut net = relay_federation_with_limits(&["shutdown_grace_ms = 100"]).await;
+    let mut receipts = Receipts::connect(net.options("dea", "duty-desk"))
+        .await
+        .unwrap();
+    let desk = net.client("dea", "duty-desk").await;
+    let mut afi_events = net.node("afi-1").events();
+    let sent = desk
+        .send(
+            Draft::new(&liaison("nobody at AFI reads this before the deadline"))
+                .to("afi")
+                .respond_within(Duration::from_secs(4)),
+        )
+        .await
+        .unwrap();
+    // Persisted at AFI's node, nobody subscribed: the copy waits in its mailbox.
+    common::wait_event(
+        &mut afi_events,
+        |e| matches!(e, enlace::node::Event::Accepted { id, .. } if *id == sent.id),
+    )
+    .await;
+    let afi = net.nodes.remove("afi-1").unwrap();
+    afi.stop().await;
+    let restarted = SystemTime::now();
+    net.nodes
+        .insert("afi-1".into(), net.net.start("afi-1").await.unwrap());
+
+    // The restarted node found the copy in its store, tracked its deadline again, and says so.
+    let got = gather(&mut receipts, sent.id, Vec::new(), |g| has(g, "overdue")).await;
+    let overdue = got.iter().find(|r| r.stage == Stage::Overdue).unwrap();
+    assert!(
+        overdue.at.unwrap() > restarted,
+        "the deadline passed before the restart; this test needs a longer respond_within"
+    );
+    assert_eq!(overdue.by, "afi-1");
+    desk.close().await;
+    receipts.close().await;
     net.stop().await;
 }
