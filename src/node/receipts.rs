@@ -108,32 +108,14 @@ impl Node {
         )
     }
 
-    /// Sends one receipt about `original` (which [`receipt::wants_receipts`]) to its originator.
-    #[allow(clippy::too_many_arguments)]
-    fn receipt(
-        self: &Arc<Self>,
-        id: MessageId,
-        original: &pb::Envelope,
-        stage: pb::ReceiptStage,
-        addressee: &str,
-        unit: &str,
-        by: String,
-        at: SystemTime,
-        detail: String,
-    ) {
-        let Some(originator) = &original.originator else {
+    /// Sends receipt `r` about `original` (which [`receipt::wants_receipts`]) to its originator.
+    fn receipt(self: &Arc<Self>, original: &pb::Envelope, r: pb::Receipt) {
+        let (Some(originator), Some(id)) =
+            (&original.originator, MessageId::from_slice(&r.message_id))
+        else {
             return;
         };
         let precedence = Precedence::from_pb(original.precedence()).unwrap_or(Precedence::Routine);
-        let r = pb::Receipt {
-            message_id: id.to_bytes(),
-            addressee_agency: addressee.to_owned(),
-            stage: stage as i32,
-            by,
-            at: Some(timestamp(at)),
-            addressee_unit: unit.to_owned(),
-            detail,
-        };
         self.send_system(
             &r,
             &[Node::receipts_to(originator)],
@@ -148,9 +130,8 @@ impl Node {
     /// the originator's node (at `received`, the time the sender is told), PERSISTED for each
     /// local mailbox copy (at `durable_at`, when its write returned; a time-sensitive copy is
     /// delivered while its write is in flight, so its DELIVERED may be earlier), respond-by
-    /// tracking for
-    /// action copies, and a business response from one of this node's clients settling the
-    /// deadline of the message it answers.
+    /// tracking for action copies, and a business response from one of this node's clients
+    /// settling the deadline of the message it answers.
     pub(super) fn after_take(
         self: &Arc<Self>,
         admitted: &Admitted,
@@ -172,14 +153,15 @@ impl Node {
             for agency in own.chain(plan.peers.iter().flat_map(|p| &p.agencies)) {
                 let stage = pb::ReceiptStage::Accepted;
                 self.receipt(
-                    admitted.id,
                     env,
-                    stage,
-                    agency.as_str(),
-                    "",
-                    me.clone(),
-                    received,
-                    String::new(),
+                    stage_receipt(
+                        admitted.id,
+                        stage,
+                        agency.as_str(),
+                        "",
+                        me.clone(),
+                        received,
+                    ),
                 );
             }
         }
@@ -187,14 +169,8 @@ impl Node {
         for unit in &plan.local_units {
             let stage = pb::ReceiptStage::Persisted;
             self.receipt(
-                admitted.id,
                 env,
-                stage,
-                agency,
-                unit,
-                me.clone(),
-                durable_at,
-                String::new(),
+                stage_receipt(admitted.id, stage, agency, unit, me.clone(), durable_at),
             );
         }
         if !plan.local_units.is_empty() {
@@ -334,8 +310,28 @@ impl Node {
         };
         if receipt::wants_receipts(&env) {
             let agency = self.config.agency.as_str();
-            self.receipt(item.id, &env, stage, agency, unit, by, at, String::new());
+            self.receipt(&env, stage_receipt(item.id, stage, agency, unit, by, at));
         }
+    }
+}
+
+/// A receipt of `stage` for message `id` and one addressee (agency, unit), by `by` at `at`.
+fn stage_receipt(
+    id: MessageId,
+    stage: pb::ReceiptStage,
+    agency: &str,
+    unit: &str,
+    by: String,
+    at: SystemTime,
+) -> pb::Receipt {
+    pb::Receipt {
+        message_id: id.to_bytes(),
+        addressee_agency: agency.to_owned(),
+        stage: stage as i32,
+        by,
+        at: Some(timestamp(at)),
+        addressee_unit: unit.to_owned(),
+        detail: String::new(),
     }
 }
 
