@@ -461,6 +461,10 @@ async fn a_deadline_of_a_copy_still_waiting_survives_a_restart_of_the_addressee_
     .await;
     let afi = net.nodes.remove("afi-1").unwrap();
     afi.stop().await;
+    // Same data directory, a fresh port (the old one may not be free yet); AFI's node dials
+    // CENAPI's, so the link comes back.
+    net.net.nodes.get_mut("afi-1").unwrap().addr = enlace::network::free_port().unwrap();
+    net.net.write_configs().unwrap();
     let restarted = SystemTime::now();
     net.nodes
         .insert("afi-1".into(), net.net.start("afi-1").await.unwrap());
