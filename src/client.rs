@@ -28,6 +28,10 @@
 //! each must be [`Delivery::ack`]ed, or the node offers it again. The client drops redeliveries
 //! of messages it has already handed to the application, so each message is seen once.
 
+mod receipts;
+
+pub use receipts::{HELD_CAPACITY, Receipts};
+
 use std::collections::{HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -334,6 +338,15 @@ impl Client {
     /// For giving up on a node that stopped answering, rather than waiting for the idle timeout.
     pub fn abort(&self) {
         self.connection.close(0u32.into(), b"client aborted");
+    }
+
+    /// Closes the connection at once like [`Client::abort`], without acknowledging anything,
+    /// and waits until the node has been told: it then puts every unacknowledged delivery back
+    /// for the next consumer, without counting a failed attempt. For reading a mailbox without
+    /// consuming it (`enlace status`).
+    pub async fn abandon(self) {
+        self.abort();
+        self.endpoint.wait_idle().await;
     }
 
     /// Closes the connection after flushing acknowledgements: each delivery stream is finished

@@ -51,6 +51,10 @@ pub struct Config {
     pub directory: Directory,
     /// Next-hop peer for agencies reached through a relay (`[routes]`), by agency id.
     pub routes: BTreeMap<AgencyId, String>,
+    /// The unit of this agency that gets a reminder when an action copy for this agency has no
+    /// business response by its `respond_by` (`node.escalation_unit`, e.g. its 24/7 desk); ""
+    /// (the default) is the agency inbox.
+    pub escalation_unit: String,
 }
 
 /// Where the node's TLS material lives.
@@ -143,6 +147,7 @@ struct RawNode {
     trust_domain: String,
     listen: String,
     data_dir: PathBuf,
+    escalation_unit: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -249,6 +254,16 @@ impl Config {
             ));
         }
         let listen = addr("node.listen", &raw.node.listen)?;
+        let escalation_unit = match raw.node.escalation_unit {
+            None => String::new(),
+            Some(u) if crate::identity::is_name(&u) => u,
+            Some(u) => {
+                return Err(err(
+                    "node.escalation_unit",
+                    format!("{u:?} is not a unit name (1 to 63 lowercase letters, digits and '-')"),
+                ));
+            }
+        };
 
         let mut limits = Limits::default();
         if let Some(v) = raw.limits.max_frame_bytes {
@@ -400,6 +415,7 @@ impl Config {
         Ok(Config {
             directory,
             routes,
+            escalation_unit,
             name,
             agency: own_agency,
             trust_domain: raw.node.trust_domain,
@@ -546,6 +562,20 @@ address = "127.0.0.1:7402"
 
         let (key, _) = error_of(&GOOD.replace("agency = \"pgr\"", "agency = \"dea\""));
         assert_eq!(key, "peers[0].serves");
+
+        let bad_unit = GOOD.replace(
+            "data_dir = \"data\"",
+            "data_dir = \"data\"\nescalation_unit = \"24/7\"",
+        );
+        let (key, reason) = error_of(&bad_unit);
+        assert_eq!(key, "node.escalation_unit");
+        assert!(reason.contains("not a unit name"), "{reason}");
+        let unit = GOOD.replace(
+            "data_dir = \"data\"",
+            "data_dir = \"data\"\nescalation_unit = \"24x7-desk\"",
+        );
+        let c = Config::parse(&unit, Path::new("/")).unwrap();
+        assert_eq!(c.escalation_unit, "24x7-desk");
 
         let (key, reason) = error_of(&GOOD.replace("[tls]", "[tls]\nbogus = 1"));
         assert!(key.contains("[tls]"), "{key}");

@@ -20,6 +20,8 @@ pub mod payloads;
 pub mod pipeline;
 pub mod pki;
 pub mod policy;
+pub mod receipt;
+pub mod respond;
 pub mod route;
 pub mod session;
 pub mod signature;
@@ -28,5 +30,5 @@ pub mod tls;
 pub mod validate;
 pub mod wire;
 
-pub use client::{Client, ClientOptions, Delivery, Inbox};
+pub use client::{Client, ClientOptions, Delivery, Inbox, Receipts};
 pub use message::{Draft, MessageId, Precedence};

@@ -202,6 +202,7 @@ pub fn system_time(t: &prost_types::Timestamp) -> Option<SystemTime> {
 pub struct Draft {
     envelope: pb::Envelope,
     expires_in: Option<Duration>,
+    respond_within: Option<Duration>,
     id: Option<MessageId>,
 }
 
@@ -223,6 +224,7 @@ impl Draft {
                 ..Default::default()
             },
             expires_in: Some(Duration::from_secs(7 * 24 * 3600)),
+            respond_within: None,
             id: None,
         }
     }
@@ -268,6 +270,14 @@ impl Draft {
         self
     }
 
+    /// Asks each action addressee for a business response within `d` (`respond_by`): without
+    /// one by then, the originator gets an overdue notice and the addressee's escalation unit a
+    /// reminder.
+    pub fn respond_within(mut self, d: Duration) -> Draft {
+        self.respond_within = Some(d);
+        self
+    }
+
     pub fn case_id(mut self, id: &str) -> Draft {
         self.envelope.case_id = id.to_owned();
         self
@@ -308,8 +318,28 @@ impl Draft {
         self.envelope.originator = Some(originator);
         self.envelope.created_at = Some(timestamp(now));
         self.envelope.expires_at = self.expires_in.map(|d| timestamp(now + d));
+        if let Some(d) = self.respond_within {
+            self.envelope.respond_by = Some(timestamp(now + d));
+        }
         self.envelope
     }
+}
+
+/// Formats a time as RFC 3339 UTC with milliseconds, e.g. `2026-11-28T05:40:00.123Z`.
+pub fn rfc3339(t: SystemTime) -> String {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let odt = time::OffsetDateTime::from_unix_timestamp(d.as_secs() as i64)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        odt.year(),
+        u8::from(odt.month()),
+        odt.day(),
+        odt.hour(),
+        odt.minute(),
+        odt.second(),
+        d.subsec_millis()
+    )
 }
 
 #[cfg(test)]

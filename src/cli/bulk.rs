@@ -68,6 +68,9 @@ fn line_draft(a: &SendArgs, namespace: &[u8], line_no: u64, line: &str) -> anyho
         // A feed of thousands of records: the progress line is its receipt; only a record that
         // will not arrive is reported back.
         .non_delivery_receipts_only();
+    if let Some(r) = a.respond_within {
+        d = d.respond_within(r);
+    }
     let to: Vec<String> = match v["to"].as_array() {
         Some(list) => list
             .iter()

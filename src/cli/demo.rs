@@ -5,7 +5,9 @@
 //! ROUTINE/BULK analytical records to CENAPI while the DEA duty desk sends FLASH precursor alerts to
 //! PGR and AFI, addressed by the agencies' current names (FGR, CMI). DEA's node has no link to
 //! AFI's: those copies go through CENAPI's node, a relay. Prints, per message, the recipient,
-//! precedence, path and time from send to delivery; then stops everything it started.
+//! precedence, path and time from send to delivery; then AFI's duty desk answers the first alert
+//! (action taken) and the demo prints that alert's receipts as the DEA duty desk's receipt
+//! stream got them (AFI's back through the relay); then stops everything it started.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -16,7 +18,7 @@ use anyhow::Context;
 use tokio::task::JoinSet;
 
 use super::Failure;
-use crate::client::Client;
+use crate::client::{Client, Receipts};
 use crate::message::{Draft, MessageId, Precedence};
 use crate::network::LocalNetwork;
 use crate::payloads::{PrecursorAlert, quantity, seaport, text};
@@ -83,6 +85,8 @@ struct Arrival {
     precedence: Precedence,
     path: String,
     latency: Duration,
+    /// Kept for alerts, so the recipient can answer them.
+    envelope: Option<pb::Envelope>,
 }
 
 pub(super) async fn run(a: DemoArgs) -> Result<(), Failure> {
@@ -182,6 +186,7 @@ async fn play(net: &LocalNetwork, a: &DemoArgs) -> Result<(), Failure> {
                     precedence: d.precedence,
                     path,
                     latency,
+                    envelope: d.precedence.is_time_sensitive().then(|| d.envelope.clone()),
                 });
                 // A failed ack only means a redelivery, which the client drops.
                 let _ = d.ack().await;
@@ -191,6 +196,9 @@ async fn play(net: &LocalNetwork, a: &DemoArgs) -> Result<(), Failure> {
         receiving_clients.push(client);
     }
     let desk = Arc::new(connect("dea", "duty-desk", false).await?);
+    let mut receipts = Receipts::connect(net.client_options("dea", "duty-desk")?)
+        .await
+        .context("DEA duty desk's receipt stream")?;
     let analyst = Arc::new(connect("dea", "analyst", false).await?);
 
     println!(
@@ -242,6 +250,10 @@ async fn play(net: &LocalNetwork, a: &DemoArgs) -> Result<(), Failure> {
         }
     }
     report(&arrivals, &alerts, accepted, a.records, elapsed);
+    if let Some(first) = alerts.first() {
+        show_receipts(&connect, &mut receipts, &arrivals, *first).await?;
+    }
+    receipts.close().await;
     let complete = arrivals.len() == a.records + 2 * a.alerts;
     if complete {
         Ok(())
@@ -252,6 +264,70 @@ async fn play(net: &LocalNetwork, a: &DemoArgs) -> Result<(), Failure> {
             a.records + 2 * a.alerts
         )))
     }
+}
+
+/// AFI's duty desk answers the first alert; prints that alert's receipts in time order.
+async fn show_receipts<F, Fut>(
+    connect: &F,
+    receipts: &mut Receipts,
+    arrivals: &[Arrival],
+    alert: MessageId,
+) -> Result<(), Failure>
+where
+    F: Fn(&str, &str, bool) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Client>>,
+{
+    let afi_copy = arrivals
+        .iter()
+        .find(|a| a.id == alert && a.recipient.starts_with("AFI"))
+        .and_then(|a| a.envelope.as_ref());
+    if let Some(original) = afi_copy {
+        let afi = connect("afi", "duty-desk", false).await?;
+        let answer = pb::BusinessResponse {
+            outcome: pb::BusinessOutcome::ActionTaken as i32,
+            reason: "interception team dispatched to Manzanillo".into(),
+            ..Default::default()
+        };
+        afi.respond(original, answer)
+            .await
+            .context("AFI's business response refused")?;
+        afi.close().await;
+    }
+    // Accepted, persisted, delivered and acknowledged for PGR and AFI, and AFI's response.
+    let expected = 9;
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), async {
+        while got.len() < expected {
+            match receipts.next_for(alert).await {
+                Some(r) => got.push(r),
+                None => break,
+            }
+        }
+    })
+    .await;
+    got.sort_by_key(|r| r.at);
+    println!(
+        "\nReceipts of alert {alert} (`enlace status {alert}` shows the same), AFI's back through CENAPI's node:"
+    );
+    println!(
+        "{:<24} {:<24} {:<10} {:<22} {:<28} DETAIL",
+        "AT (UTC)", "STAGE", "ADDRESSEE", "BY", "RECEIPT'S PATH"
+    );
+    for r in &got {
+        println!(
+            "{:<24} {:<24} {:<10} {:<22} {:<28} {}",
+            r.at.map(crate::message::rfc3339).unwrap_or_default(),
+            r.stage.name(),
+            r.addressee,
+            r.by,
+            r.path.join(" → "),
+            r.detail
+        );
+    }
+    if got.len() < expected {
+        println!("({} of {expected} receipts arrived within 10 s)", got.len());
+    }
+    Ok(())
 }
 
 async fn stream_records(client: Arc<Client>, sent: SentLog, n: usize) -> anyhow::Result<usize> {
@@ -274,7 +350,9 @@ async fn stream_records(client: Arc<Client>, sent: SentLog, n: usize) -> anyhow:
             .id(id)
             .to("cenapi")
             .precedence(precedence)
-            .expires_in(Duration::from_secs(7 * 86400));
+            .expires_in(Duration::from_secs(7 * 86400))
+            // An analytical feed, as `enlace send --bulk` sends it: no stage receipts.
+            .non_delivery_receipts_only();
         sent.lock()
             .expect("sent log lock")
             .insert(id, (Instant::now(), precedence));

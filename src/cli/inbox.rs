@@ -1,7 +1,7 @@
 //! `enlace inbox`: print deliveries as a table or JSON lines, acknowledging each once printed.
 
 use std::io::Write;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use super::{ConnectArgs, Failure, exit, fail, parse_duration};
 use crate::client::{Client, Delivery};
@@ -117,17 +117,5 @@ fn strip_payload(mut v: serde_json::Value) -> serde_json::Value {
 
 /// Formats a time as RFC 3339 UTC with milliseconds.
 pub fn utc(t: SystemTime) -> String {
-    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let odt = time::OffsetDateTime::from_unix_timestamp(d.as_secs() as i64)
-        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
-        odt.year(),
-        u8::from(odt.month()),
-        odt.day(),
-        odt.hour(),
-        odt.minute(),
-        odt.second(),
-        d.subsec_millis()
-    )
+    crate::message::rfc3339(t)
 }

@@ -1,4 +1,4 @@
-//! The `enlace` command line: send, inbox, pki, demo.
+//! The `enlace` command line: send, inbox, status, dlq, pki, demo, bench.
 //!
 //! Thin glue over the client library and the PKI module: parse flags, call the library, print.
 //! Exit codes are documented in [`exit`] and in `enlace --help`.
@@ -10,6 +10,7 @@ mod dlq;
 mod inbox;
 pub mod pki;
 mod send;
+mod status;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -52,6 +53,8 @@ pub enum Command {
     Send(send::SendArgs),
     /// Read your inbox: print deliveries as a table or JSON lines, acknowledging each.
     Inbox(inbox::InboxArgs),
+    /// Show the receipts of a message you sent as a timeline (without consuming them).
+    Status(status::StatusArgs),
     /// Inspect and redrive dead letters (operator certificate required).
     #[command(subcommand)]
     Dlq(dlq::DlqCommand),
@@ -124,6 +127,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::Send(a) => send::run(a).await,
         Command::Inbox(a) => inbox::run(a).await,
+        Command::Status(a) => status::run(a).await,
         Command::Dlq(c) => dlq::run(c).await,
         Command::Pki(c) => pki::run(c).map_err(Failure::from),
         Command::Demo(a) => demo::run(a).await,

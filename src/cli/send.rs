@@ -37,6 +37,10 @@ pub struct SendArgs {
     /// Lifetime, e.g. 90s, 15m, 6h, 2d: the message is never delivered after it.
     #[arg(long, default_value = "7d", value_parser = parse_duration)]
     pub expires_in: Duration,
+    /// Ask action addressees for a business response within this time (respond_by): without
+    /// one, you get an overdue receipt and their escalation unit a reminder.
+    #[arg(long, value_parser = parse_duration)]
+    pub respond_within: Option<Duration>,
     /// ACTUAL, EXERCISE, TEST or SYSTEM.
     #[arg(long, default_value = "actual", value_parser = parse_status)]
     pub status: pb::Status,
@@ -127,6 +131,9 @@ pub(super) async fn run(a: SendArgs) -> Result<(), Failure> {
     }
     if let Some(c) = &a.case_id {
         draft = draft.case_id(c);
+    }
+    if let Some(d) = a.respond_within {
+        draft = draft.respond_within(d);
     }
     let client = Client::connect(a.connect.options()?)
         .await

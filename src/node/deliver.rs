@@ -19,7 +19,6 @@ use quinn::{Connection, RecvStream, SendStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
 use super::Node;
-use super::events::Event;
 use super::queue::{Item, Queue};
 use crate::client::stream_priority;
 use crate::identity::PeerCert;
@@ -123,11 +122,8 @@ async fn deliver_alert(c: &Consumer, entry: Entry<Item>) {
         frame::write(&mut send, &deliver_frame(c, &entry))
             .await
             .map_err(|e| e.to_string())?;
-        c.node.events.record(Event::Delivered {
-            id,
-            to: c.to.clone(),
-            attempt: entry.item.attempts + 1,
-        });
+        c.node
+            .delivered(&entry.item, &c.to, &c.unit, entry.item.attempts + 1);
         let mut reader = FrameReader::new(recv, CONTROL_FRAME_LIMIT);
         match reader.read().await.map_err(|e| e.to_string())?.body {
             Some(Body::Ack(a)) if a.message_id.as_ref() == id.as_bytes() => Ok(()),
@@ -136,13 +132,7 @@ async fn deliver_alert(c: &Consumer, entry: Entry<Item>) {
     })
     .await;
     match result {
-        Ok(Ok(())) => c.node.finished(
-            &entry.item,
-            Event::Acknowledged {
-                id,
-                by: c.to.clone(),
-            },
-        ),
+        Ok(Ok(())) => c.node.acknowledged(&entry.item, c.to.clone(), &c.unit),
         Err(_) => fail(c, entry, "did not acknowledge in time".into()),
         Ok(Err(reason)) => fail(c, entry, format!("delivery failed: {reason}")),
     }
@@ -195,21 +185,29 @@ async fn bulk_writer(
             for (entry, slot) in batch {
                 frame::encode_into(&deliver_frame(&c, &entry), &mut buf);
                 let (id, attempt) = (entry.item.id, entry.item.attempts + 1);
+                sent.push((entry.item.clone(), attempt));
                 pending.insert(id, (entry, deadline, slot));
-                sent.push((id, attempt));
             }
         }
         if send.write_all(&buf).await.is_err() {
-            // The reader sees the same failure and settles what is pending.
+            // The reader sees the same failure and settles what is pending, but it may already
+            // have done so and ended (the connection closed while this batch was on its way
+            // here): settle what it has not taken, so nothing stays pending for good.
+            let left: Vec<_> = {
+                let mut p = pending.lock().expect("pending lock poisoned");
+                sent.iter()
+                    .filter_map(|(item, _)| p.remove(&item.id))
+                    .map(|(entry, _, _)| entry)
+                    .collect()
+            };
+            for entry in left {
+                fail(&c, entry, "analytical stream failed".into());
+            }
             stream = None;
             continue;
         }
-        for (id, attempt) in sent {
-            c.node.events.record(Event::Delivered {
-                id,
-                to: c.to.clone(),
-                attempt,
-            });
+        for (item, attempt) in sent {
+            c.node.delivered(&item, &c.to, &c.unit, attempt);
         }
     }
     // The consumer is gone: whatever was waiting to be written goes back.
@@ -232,8 +230,7 @@ async fn read_acks(c: Arc<Consumer>, recv: RecvStream, pending: Pending) {
                 };
                 let done = pending.lock().expect("pending lock poisoned").remove(&id);
                 if let Some((entry, _, _)) = done {
-                    let by = c.to.clone();
-                    c.node.finished(&entry.item, Event::Acknowledged { id, by });
+                    c.node.acknowledged(&entry.item, c.to.clone(), &c.unit);
                 }
             }
             Ok(other) => break format!("expected Ack, got {other:?}"),

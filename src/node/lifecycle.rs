@@ -15,10 +15,10 @@ use super::queue::{Item, Queue, Seq};
 use super::{Node, entry};
 use crate::identity::AgencyId;
 use crate::lanes::{AfterFailure, Entry};
-use crate::message::{Draft, MessageId, Precedence, timestamp};
+use crate::message::{MessageId, Precedence, timestamp};
 use crate::route;
 use crate::store::{Op, PutRecord, StoreError};
-use crate::validate::{Admitted, Refusal, seal};
+use crate::validate::{Admitted, Refusal};
 use crate::wire::pb::{self, RefusalCode};
 
 /// A refusal, with the message id when known.
@@ -175,6 +175,7 @@ impl Node {
             // The store refused this message alone (e.g. over its size limit): nothing written.
             Err(e) => return Err((Refusal::new(RefusalCode::Invalid, e.to_string()), Some(id))),
         };
+        let durable_at = SystemTime::now();
         if early.is_empty() {
             for ((q, signed, _), seq) in copies.into_iter().zip(seqs) {
                 queue_copy(q, item(signed, Seq::durable(seq)));
@@ -190,6 +191,7 @@ impl Node {
             precedence: admitted.precedence,
             destinations: plan.fan_out(),
         });
+        self.after_take(&admitted, &plan, from_peer, now, durable_at);
         Ok(pb::Accepted {
             message_id: id.to_bytes(),
             accepted_at: Some(timestamp(now)),
@@ -315,9 +317,13 @@ impl Node {
                 queue: queue.name().to_owned(),
             });
             self.record_about(&e.item, |seq| vec![Op::Done(seq)]);
+            let addressees = match e.item.signed.route_to.join(",") {
+                to if to.is_empty() => queue.destination().to_owned(),
+                to => to,
+            };
             self.report_non_delivery(
                 &e.item,
-                queue.destination(),
+                &addressees,
                 pb::NonDeliveryReason::Expired,
                 "expired before it could be delivered".into(),
             );
@@ -349,11 +355,17 @@ impl Node {
             }
             _ => pb::NonDeliveryReason::Refused,
         };
-        self.report_non_delivery(item, queue.destination(), why, reason);
+        // The addressee agencies the refused copy was for, not the peer that refused it.
+        let addressees = match item.signed.route_to.join(",") {
+            to if to.is_empty() => queue.destination().to_owned(),
+            to => to,
+        };
+        self.report_non_delivery(item, &addressees, why, reason);
     }
 
-    /// Sends a `NonDelivery` report about `item` to its originator's agency inbox. Reports about
-    /// reports are never sent (a system message that cannot be delivered is only logged).
+    /// Sends a `NonDelivery` report about `item` to its originator's agency inbox and, when a
+    /// client sent it, to that client's receipts unit (one message). Reports about system
+    /// messages (receipts, reports) are never sent: such a failure is only logged.
     fn report_non_delivery(
         self: &Arc<Self>,
         item: &Item,
@@ -370,55 +382,29 @@ impl Node {
         let Some(originator) = env.originator else {
             return;
         };
-        let now = SystemTime::now();
         let report = pb::NonDelivery {
             message_id: item.id.to_bytes(),
             addressee_agency: destination.to_owned(),
             reason: reason as i32,
             detail,
             node: self.config.name.clone(),
-            at: Some(timestamp(now)),
+            at: Some(timestamp(SystemTime::now())),
         };
-        let draft = Draft::new(&report)
-            .to(&originator.agency)
-            .precedence(Precedence::Priority)
-            .status(pb::Status::System)
-            .kind(pb::MessageKind::Response)
-            .in_reply_to(item.id)
-            .expires_in(REPORT_LIFETIME);
-        let me = pb::Originator {
-            agency: self.config.agency.to_string(),
-            node: self.config.name.clone(),
-            client: String::new(),
-        };
-        let env = draft.finish(me, now);
-        let signed = seal(&env, &self.signer);
-        let ctx = crate::validate::NodeContext {
-            agency: &self.config.agency,
-            node: &self.config.name,
-            max_hops: self.config.limits.max_hops,
-            verified: &self.verified,
-        };
-        let admitted = match crate::validate::admit(signed, &self.me, &ctx, now) {
-            Ok(a) => a,
-            Err((r, _)) => {
-                tracing::error!(reason = %r.reason, "own non-delivery report is invalid");
-                return;
-            }
-        };
-        let id = admitted.id;
-        let node = self.clone();
-        // Taking the report is asynchronous (it may wait for storage); the caller need not wait.
-        tokio::spawn(async move {
-            let from = format!("{}/node/{}", node.config.agency, node.config.name);
-            if let Err((r, _)) = node.take(admitted, false, from.clone(), now).await {
-                node.events.record(Event::Refused {
-                    id: Some(id),
-                    from,
-                    code: r.code,
-                    reason: format!("non-delivery report not queued: {}", r.reason),
-                });
-            }
-        });
+        let mut to = vec![originator.agency.clone()];
+        if !originator.client.is_empty() {
+            to.push(format!(
+                "{}/{}",
+                originator.agency,
+                crate::receipt::receipts_unit(&originator.client)
+            ));
+        }
+        self.send_system(
+            &report,
+            &to,
+            Precedence::Priority,
+            REPORT_LIFETIME,
+            item.id,
+            "non-delivery report",
+        );
     }
 }

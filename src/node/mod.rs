@@ -11,6 +11,7 @@ mod link;
 pub mod links;
 mod operator;
 mod queue;
+mod receipts;
 mod recovery;
 mod server;
 
@@ -86,6 +87,8 @@ pub(crate) struct Node {
     /// Batch signatures already verified (see `signature`).
     verified: crate::signature::VerifiedRoots,
     retry: RetryPolicy,
+    /// Respond-by deadlines of action copies held for this agency (see `receipts`).
+    deadlines: Mutex<crate::respond::Deadlines<receipts::Awaited>>,
 }
 
 impl Node {
@@ -145,14 +148,15 @@ impl Node {
             .then(|| Refusal::new(RefusalCode::ShuttingDown, "the node is shutting down"))
     }
 
-    /// True when nothing waits in any queue.
+    /// True when nothing waits in any queue, receipts units aside: receipts wait there, durable,
+    /// until their originator reads them, which shutting down cannot hurry.
     fn drained(&self) -> bool {
         let mailboxes_empty = self
             .mailboxes
             .lock()
             .expect("mailbox map lock poisoned")
-            .values()
-            .all(|q| q.is_empty());
+            .iter()
+            .all(|(unit, q)| crate::receipt::is_receipts_unit(unit) || q.is_empty());
         mailboxes_empty && self.outboxes.values().all(|q| q.is_empty())
     }
 
@@ -163,6 +167,7 @@ impl Node {
                 self.expired(&q, expired);
             }
         }
+        self.overdue(now);
     }
 }
 
@@ -297,6 +302,7 @@ fn bind(config: Config) -> Result<(Arc<Node>, quinn::Endpoint), NodeError> {
         signer,
         verified: Default::default(),
         retry,
+        deadlines: Mutex::new(crate::respond::Deadlines::new(receipts::MAX_DEADLINES)),
         link_inbox,
         link_rx: Mutex::new(link_rx),
         links,

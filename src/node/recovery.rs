@@ -46,6 +46,12 @@ impl Node {
             let e = entry(item, precedence, time(m.expires_at_ms));
             match (self.queue_named(&m.queue), m.dead) {
                 (Some(q), None) => {
+                    // An action copy still waiting here owes its originator an answer.
+                    if m.queue.starts_with("mailbox:")
+                        && let Ok(env) = pb::Envelope::decode(e.item.signed.envelope.clone())
+                    {
+                        self.await_response(e.item.id, &env);
+                    }
                     q.push_checked(e);
                     waiting += 1;
                 }

@@ -1,0 +1,147 @@
+//! The originator's side of receipts: a stream of typed [`Receipt`]s for the messages this
+//! client sent, per message if wanted, and [`Client::respond`] for an addressee's business
+//! response.
+//!
+//! Receipts are durable messages in the originator client's receipts unit
+//! (`receipts-<client>`, see [`crate::receipt::receipts_unit`]), so they wait there until read:
+//! [`Receipts`] is a second connection subscribed to that unit. It consumes what it reads (each
+//! receipt is acknowledged as it is taken from the node); `enlace status` reads without
+//! consuming. Receipts of one message can arrive in any order (they come from different nodes and
+//! take separate streams): order them by [`Receipt::at`]. A stage may be reported twice (a copy
+//! put back for another client is delivered again); nothing here removes such duplicates.
+
+use std::collections::VecDeque;
+
+use super::{Accepted, Client, ClientError, ClientOptions, Inbox};
+use crate::identity;
+use crate::message::{Draft, MessageId, Precedence};
+use crate::receipt::{Receipt, precedence_for, receipts_unit};
+use crate::session::SubmitError;
+use crate::wire::pb;
+
+/// Receipts of other messages that [`Receipts::next_for`] holds while it waits for one message;
+/// beyond this, the oldest held receipt is dropped (and logged).
+pub const HELD_CAPACITY: usize = 10_000;
+
+/// A stream of the receipts (stages, business responses, non-delivery reports, overdue notices)
+/// of the messages one client sent.
+pub struct Receipts {
+    client: Client,
+    inbox: Inbox,
+    held: VecDeque<Receipt>,
+}
+
+impl Receipts {
+    /// Connects to the node with `opts`' certificate, reading that client's receipts unit (the
+    /// unit and subscription in `opts` are replaced).
+    ///
+    /// # Errors
+    /// As [`Client::connect`]; [`ClientError::Key`] if the certificate names no client.
+    pub async fn connect(opts: ClientOptions) -> Result<Receipts, ClientError> {
+        let me = identity::own_identity(&opts.tls.chain[0])
+            .map_err(|e| ClientError::Key(e.to_string()))?;
+        let client = Client::connect(opts.subscribe(&receipts_unit(&me.name))).await?;
+        // Subscribed just above, so the inbox is there.
+        let inbox = client.inbox().expect("subscribed client has an inbox");
+        Ok(Receipts {
+            client,
+            inbox,
+            held: VecDeque::new(),
+        })
+    }
+
+    /// The next receipt of any message, or `None` when the connection has ended.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: a receipt is taken from the node only once it can be returned.
+    pub async fn next(&mut self) -> Option<Receipt> {
+        if let Some(r) = self.held.pop_front() {
+            return Some(r);
+        }
+        self.read().await
+    }
+
+    /// The next receipt of message `id`; receipts of other messages that arrive meanwhile are
+    /// held for [`Receipts::next`] and later calls (up to [`HELD_CAPACITY`]).
+    ///
+    /// # Cancel safety
+    /// Cancel safe: receipts read while waiting are held, not lost.
+    pub async fn next_for(&mut self, id: MessageId) -> Option<Receipt> {
+        if let Some(i) = self.held.iter().position(|r| r.message_id == id) {
+            return self.held.remove(i);
+        }
+        loop {
+            let r = self.read().await?;
+            if r.message_id == id {
+                return Some(r);
+            }
+            if self.held.len() >= HELD_CAPACITY
+                && let Some(old) = self.held.pop_front()
+            {
+                tracing::warn!(id = %old.message_id, stage = %old.stage.name(), "too many held receipts; oldest dropped");
+            }
+            self.held.push_back(r);
+        }
+    }
+
+    /// Reads, acknowledges and decodes the next receipt from the node.
+    async fn read(&mut self) -> Option<Receipt> {
+        loop {
+            let d = self.inbox.next().await?;
+            let r = Receipt::from_envelope(&d.envelope).map(|mut r| {
+                r.path = d.signed.hops.iter().map(|h| h.node.clone()).collect();
+                r
+            });
+            let payload_type = d.envelope.payload_type.clone();
+            // A failed acknowledgement only means the node offers it again, and the inbox
+            // drops the redelivery.
+            let _ = d.ack().await;
+            match r {
+                Some(r) => return Some(r),
+                None => tracing::warn!(
+                    payload = %payload_type,
+                    "message in the receipts unit is not a receipt; skipped"
+                ),
+            }
+        }
+    }
+
+    /// Closes the connection after flushing acknowledgements.
+    pub async fn close(self) {
+        self.client.close().await;
+    }
+}
+
+impl Client {
+    /// Sends the business response to a message this client's agency received: to its
+    /// originator's receipts unit, in reply to it, with its status (an exercise's answer is an
+    /// exercise) and its receipts' precedence. `response.message_id` is set to the original's.
+    /// The node that serves this client settles the original's respond-by deadline with it (a
+    /// NEED_MORE_TIME with `need_until` moves it; any other outcome ends it).
+    ///
+    /// # Errors
+    /// As [`Client::send`]; [`SubmitError::Protocol`] if `original` has no originator client.
+    pub async fn respond(
+        &self,
+        original: &pb::Envelope,
+        mut response: pb::BusinessResponse,
+    ) -> Result<Accepted, SubmitError> {
+        let id = MessageId::from_slice(&original.message_id)
+            .ok_or_else(|| SubmitError::Protocol("the original has no message id".into()))?;
+        let o = original
+            .originator
+            .as_ref()
+            .filter(|o| !o.client.is_empty())
+            .ok_or_else(|| SubmitError::Protocol("the original has no originator client".into()))?;
+        response.message_id = id.to_bytes();
+        let precedence = Precedence::from_pb(original.precedence()).unwrap_or(Precedence::Routine);
+        let draft = Draft::new(&response)
+            .to(&format!("{}/{}", o.agency, receipts_unit(&o.client)))
+            .precedence(precedence_for(precedence))
+            .status(original.status())
+            .kind(pb::MessageKind::Response)
+            .in_reply_to(id)
+            .case_id(&original.case_id);
+        self.send(draft).await
+    }
+}

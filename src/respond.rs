@@ -1,0 +1,191 @@
+//! Respond-by deadlines: which action copies still owe the originator a business response, and
+//! which are overdue.
+//!
+//! Sans-I/O: [`Deadlines`] is a plain map driven with the current time as a parameter. The node
+//! that serves an addressee tracks the copies it persisted for that addressee and feeds in the
+//! business responses its clients send; it does the sending (an overdue notice to the originator,
+//! a reminder to the escalation unit). A deadline fires once; a NEED_MORE_TIME response moves it
+//! (and re-arms it, if it had fired); any other outcome ends the tracking. Nothing here survives
+//! a restart: the node rebuilds what it can from its store (see `node::recovery`).
+
+use std::collections::HashMap;
+use std::time::SystemTime;
+
+use crate::message::MessageId;
+
+/// What an addressee's business response does to its deadline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// The business is done (action taken, hit confirmed or denied, rejected): stop tracking.
+    Final,
+    /// Need more time until this instant: the deadline moves there.
+    MoreTime(SystemTime),
+}
+
+/// A deadline that has passed without a business response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Overdue<T> {
+    pub id: MessageId,
+    pub deadline: SystemTime,
+    pub info: T,
+}
+
+#[derive(Debug)]
+struct Pending<T> {
+    deadline: SystemTime,
+    /// After this the message itself has expired and nobody is owed anything.
+    expires_at: SystemTime,
+    fired: bool,
+    info: T,
+}
+
+/// Pending respond-by deadlines, by message id, bounded.
+#[derive(Debug)]
+pub struct Deadlines<T> {
+    pending: HashMap<MessageId, Pending<T>>,
+    capacity: usize,
+}
+
+impl<T: Clone> Deadlines<T> {
+    /// At most `capacity` messages are tracked; [`Deadlines::track`] refuses more (the caller
+    /// logs it: such a message gets no overdue notice, its receipts are unaffected).
+    pub fn new(capacity: usize) -> Deadlines<T> {
+        Deadlines {
+            pending: HashMap::new(),
+            capacity,
+        }
+    }
+
+    /// Starts tracking `id`. Tracking an id already tracked changes nothing (a redelivered or
+    /// recovered copy does not reset the deadline). Returns false when full.
+    pub fn track(
+        &mut self,
+        id: MessageId,
+        deadline: SystemTime,
+        expires_at: SystemTime,
+        info: T,
+    ) -> bool {
+        if self.pending.contains_key(&id) {
+            return true;
+        }
+        if self.pending.len() >= self.capacity {
+            return false;
+        }
+        self.pending.insert(
+            id,
+            Pending {
+                deadline,
+                expires_at,
+                fired: false,
+                info,
+            },
+        );
+        true
+    }
+
+    /// A business response to `id` arrived. Returns false if `id` was not tracked.
+    pub fn answer(&mut self, id: MessageId, answer: Answer) -> bool {
+        match answer {
+            Answer::Final => self.pending.remove(&id).is_some(),
+            Answer::MoreTime(until) => match self.pending.get_mut(&id) {
+                Some(p) => {
+                    p.deadline = until;
+                    p.fired = false;
+                    true
+                }
+                None => false,
+            },
+        }
+    }
+
+    /// The deadlines that passed by `now` and have not fired yet; each fires once. Messages that
+    /// have expired are forgotten.
+    pub fn due(&mut self, now: SystemTime) -> Vec<Overdue<T>> {
+        self.pending.retain(|_, p| p.expires_at > now);
+        self.pending
+            .iter_mut()
+            .filter(|(_, p)| !p.fired && p.deadline <= now)
+            .map(|(id, p)| {
+                p.fired = true;
+                Overdue {
+                    id: *id,
+                    deadline: p.deadline,
+                    info: p.info.clone(),
+                }
+            })
+            .collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.pending.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pending.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use super::*;
+
+    fn t(s: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(1_800_000_000 + s)
+    }
+
+    fn id(n: u64) -> MessageId {
+        MessageId::derived(b"test", &n.to_be_bytes())
+    }
+
+    #[test]
+    fn overdue_fires_once() {
+        let mut d = Deadlines::new(10);
+        assert!(d.track(id(1), t(60), t(3600), "afi"));
+        assert!(d.due(t(59)).is_empty());
+        let due = d.due(t(60));
+        assert_eq!(due.len(), 1);
+        assert_eq!(
+            (due[0].id, due[0].deadline, due[0].info),
+            (id(1), t(60), "afi")
+        );
+        assert!(d.due(t(61)).is_empty());
+        assert!(d.due(t(600)).is_empty());
+    }
+
+    #[test]
+    fn a_final_response_cancels() {
+        let mut d = Deadlines::new(10);
+        d.track(id(1), t(60), t(3600), ());
+        assert!(d.answer(id(1), Answer::Final));
+        assert!(d.due(t(61)).is_empty());
+        assert!(d.is_empty());
+        assert!(!d.answer(id(1), Answer::Final));
+    }
+
+    #[test]
+    fn need_more_time_moves_the_deadline_and_rearms_it() {
+        let mut d = Deadlines::new(10);
+        d.track(id(1), t(60), t(3600), ());
+        assert!(d.answer(id(1), Answer::MoreTime(t(120))));
+        assert!(d.due(t(61)).is_empty());
+        assert_eq!(d.due(t(120)).len(), 1);
+        // Already overdue, then more time asked: it fires again at the new deadline.
+        assert!(d.answer(id(1), Answer::MoreTime(t(300))));
+        assert!(d.due(t(299)).is_empty());
+        assert_eq!(d.due(t(300))[0].deadline, t(300));
+    }
+
+    #[test]
+    fn tracking_is_idempotent_bounded_and_ends_with_expiry() {
+        let mut d = Deadlines::new(2);
+        assert!(d.track(id(1), t(60), t(100), ()));
+        assert!(d.track(id(1), t(999), t(100), ()));
+        assert!(d.track(id(2), t(60), t(100), ()));
+        assert!(!d.track(id(3), t(60), t(100), ()));
+        assert_eq!(d.due(t(60)).len(), 2);
+        assert!(d.due(t(100)).is_empty());
+        assert!(d.is_empty());
+    }
+}
