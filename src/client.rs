@@ -576,10 +576,12 @@ async fn read_deliveries(
                 _ = is_closing(&mut closing) => {
                     // Flush what the application already acknowledged, then stop.
                     ack_rx.close();
+                    let mut ids = Vec::new();
                     while let Ok(id) = ack_rx.try_recv() {
-                        if write_ack(&mut send, id).await.is_err() {
-                            return;
-                        }
+                        ids.push(id);
+                    }
+                    if write_acks(&mut send, &ids).await.is_err() {
+                        return;
                     }
                     None
                 }
@@ -632,10 +634,6 @@ async fn read_deliveries(
 async fn is_closing(closing: &mut watch::Receiver<bool>) {
     // An error means the client is gone, which is closing too.
     let _ = closing.wait_for(|c| *c).await;
-}
-
-async fn write_ack(send: &mut SendStream, id: MessageId) -> Result<(), FrameError> {
-    write_acks(send, &[id]).await
 }
 
 /// Most acknowledgements written at once.

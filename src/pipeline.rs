@@ -180,11 +180,7 @@ async fn run(
             {
                 batch.push(more);
             }
-            let frames = encode_batch(&mut batch, signer.as_deref());
-            pending
-                .lock()
-                .expect("pending lock poisoned")
-                .extend(batch.into_iter().map(|r| (r.answer, r.permit)));
+            let frames = encode_batch(batch, signer.as_deref(), &pending);
             if let Err(e) = send.write_all(&frames).await {
                 ended = Some(Some(e.to_string()));
                 break;
@@ -217,9 +213,9 @@ async fn run(
     }
 }
 
-/// Signs the batch's unsigned envelopes together and encodes every request as a `Submit` frame,
-/// in order, into one buffer.
-fn encode_batch(batch: &mut [Request], signer: Option<&Signer>) -> Bytes {
+/// Signs the batch's unsigned envelopes together, encodes every request as a `Submit` frame, in
+/// order, into one buffer, and queues the requests' answers as pending.
+fn encode_batch(batch: Vec<Request>, signer: Option<&Signer>, pending: &Pending) -> Bytes {
     let unsigned: Vec<&[u8]> = batch
         .iter()
         .filter_map(|r| match &r.envelope {
@@ -228,12 +224,14 @@ fn encode_batch(batch: &mut [Request], signer: Option<&Signer>) -> Bytes {
         })
         .collect();
     let mut signatures = match signer {
-        Some(s) if !unsigned.is_empty() => s.sign_batch(&unsigned).into_iter(),
-        _ => Vec::new().into_iter(),
-    };
+        Some(s) if !unsigned.is_empty() => s.sign_batch(&unsigned),
+        _ => Vec::new(),
+    }
+    .into_iter();
     let mut out = BytesMut::new();
-    for r in batch.iter_mut() {
-        let signed = match std::mem::replace(&mut r.envelope, Envelope::Unsigned(Bytes::new())) {
+    let mut pending = pending.lock().expect("pending lock poisoned");
+    for r in batch {
+        let signed = match r.envelope {
             Envelope::Signed(s) => s,
             Envelope::Unsigned(envelope) => pb::SignedEnvelope {
                 envelope,
@@ -242,14 +240,11 @@ fn encode_batch(batch: &mut [Request], signer: Option<&Signer>) -> Bytes {
                 route_to: Vec::new(),
             },
         };
-        frame::encode_into(
-            &pb::Frame {
-                body: Some(Body::Submit(pb::Submit {
-                    envelope: Some(signed),
-                })),
-            },
-            &mut out,
-        );
+        let submit = Body::Submit(pb::Submit {
+            envelope: Some(signed),
+        });
+        frame::encode_into(&pb::Frame { body: Some(submit) }, &mut out);
+        pending.push_back((r.answer, r.permit));
     }
     out.freeze()
 }

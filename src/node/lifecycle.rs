@@ -131,12 +131,15 @@ impl Node {
                 })
             })
             .collect();
+        // Stage receipts come from the node that delivers: for local copies only.
+        let wants_receipts = crate::receipt::wants_receipts(&admitted.envelope);
         let item = |signed: &Arc<pb::SignedEnvelope>, seq| Item {
             seq,
             id,
             signed: signed.clone(),
             received_at: now,
             attempts: 0,
+            stage_receipts: wants_receipts && Arc::ptr_eq(signed, &local),
         };
         let queue_copy = |q: &Arc<Queue>, item| {
             // Room was checked above; concurrent submissions can overshoot the bound by at most

@@ -59,6 +59,10 @@ pub struct Item {
     pub received_at: SystemTime,
     /// Delivery or forwarding attempts so far.
     pub attempts: u32,
+    /// Whether this node owes the originator stage receipts (delivered, acknowledged) for this
+    /// copy: a mailbox copy of a message that asked for them ([`crate::receipt::wants_receipts`]).
+    /// Decided once when the copy is queued, so delivering a copy never decodes its envelope.
+    pub stage_receipts: bool,
 }
 
 /// A copy that failed too often, parked for an operator.

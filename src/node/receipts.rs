@@ -305,13 +305,14 @@ impl Node {
         by: String,
         at: SystemTime,
     ) {
+        if !item.stage_receipts {
+            return;
+        }
         let Ok(env) = <pb::Envelope as prost::Message>::decode(item.signed.envelope.clone()) else {
             return;
         };
-        if receipt::wants_receipts(&env) {
-            let agency = self.config.agency.as_str();
-            self.receipt(&env, stage_receipt(item.id, stage, agency, unit, by, at));
-        }
+        let agency = self.config.agency.as_str();
+        self.receipt(&env, stage_receipt(item.id, stage, agency, unit, by, at));
     }
 }
 

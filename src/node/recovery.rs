@@ -36,21 +36,26 @@ impl Node {
                 unreadable += 1;
                 continue;
             };
+            // Only a mailbox copy owes its originator anything from this node.
+            let env = m
+                .queue
+                .starts_with("mailbox:")
+                .then(|| pb::Envelope::decode(signed.envelope.clone()).ok())
+                .flatten();
             let item = Item {
                 seq: super::queue::Seq::durable(m.seq),
                 id: MessageId::from_slice(&m.message_id).expect("16-byte array"),
                 signed: Arc::new(signed),
                 received_at: time(m.received_at_ms),
                 attempts: m.attempts,
+                stage_receipts: env.as_ref().is_some_and(crate::receipt::wants_receipts),
             };
             let e = entry(item, precedence, time(m.expires_at_ms));
             match (self.queue_named(&m.queue), m.dead) {
                 (Some(q), None) => {
                     // An action copy still waiting here owes its originator an answer.
-                    if m.queue.starts_with("mailbox:")
-                        && let Ok(env) = pb::Envelope::decode(e.item.signed.envelope.clone())
-                    {
-                        self.await_response(e.item.id, &env);
+                    if let Some(env) = &env {
+                        self.await_response(e.item.id, env);
                     }
                     q.push_checked(e);
                     waiting += 1;
