@@ -43,30 +43,26 @@ pub enum DirectoryError {
 }
 
 impl Directory {
-    /// Adds an agency. Aliases are compared without case; an alias equal to another agency's
-    /// alias is refused, so every name resolves to exactly one agency.
-    ///
-    /// Ids must all be added before aliases can be checked against them: use
-    /// [`Directory::build`] for a whole directory.
+    /// Adds an agency whose id is already reserved in `aliases` (see [`Directory::build`]).
+    /// Aliases are compared without case; an alias that is another agency's id or alias is
+    /// refused, so every name resolves to exactly one agency.
     fn insert(&mut self, agency: Agency) -> Result<(), DirectoryError> {
-        if self.agencies.contains_key(&agency.id) {
-            return Err(DirectoryError::Duplicate(agency.id));
-        }
         let mut aliases = Vec::new();
         for raw in &agency.aliases {
             let alias = raw.to_ascii_lowercase();
             if !is_name(&alias) {
                 return Err(DirectoryError::BadAlias(raw.clone()));
             }
-            // Its own id resolves to it anyway.
-            if alias == agency.id.as_str() {
-                continue;
-            }
-            if let Some(of) = self.aliases.get(&alias) {
-                return Err(DirectoryError::Collision {
-                    alias,
-                    of: of.clone(),
-                });
+            match self.aliases.get(&alias) {
+                // Its own id, or an alias listed twice: it resolves to this agency anyway.
+                Some(of) if *of == agency.id => continue,
+                Some(of) => {
+                    return Err(DirectoryError::Collision {
+                        alias,
+                        of: of.clone(),
+                    });
+                }
+                None => {}
             }
             self.aliases.insert(alias.clone(), agency.id.clone());
             aliases.push(alias);
@@ -86,25 +82,8 @@ impl Directory {
                 return Err((i, DirectoryError::Duplicate(a.id.clone())));
             }
         }
-        let ids = std::mem::take(&mut d.aliases);
         for (i, a) in agencies.into_iter().enumerate() {
-            // The agency's own id is reserved for it; the others' ids are collisions.
-            for alias in &a.aliases {
-                let alias = alias.to_ascii_lowercase();
-                if let Some(of) = ids.get(&alias).filter(|of| **of != a.id) {
-                    return Err((
-                        i,
-                        DirectoryError::Collision {
-                            alias,
-                            of: of.clone(),
-                        },
-                    ));
-                }
-            }
             d.insert(a).map_err(|e| (i, e))?;
-        }
-        for (name, id) in ids {
-            d.aliases.insert(name, id);
         }
         Ok(d)
     }

@@ -166,6 +166,16 @@ pub fn wants_response(env: &pb::Envelope) -> bool {
     from_a_client(env) && env.respond_by.is_some()
 }
 
+/// Where the receipts of a message from `originator` go: its agency, the receipts unit of its
+/// client (`dea/receipts-duty-desk`).
+pub fn receipts_address(originator: &pb::Originator) -> String {
+    format!(
+        "{}/{}",
+        originator.agency,
+        receipts_unit(&originator.client)
+    )
+}
+
 /// The unit of the originator's agency whose mailbox holds a client's receipts:
 /// `receipts-<client>`, or `receipts` when the client's name is too long for that to be a unit
 /// name (every such client then shares it).

@@ -15,7 +15,7 @@ use std::collections::VecDeque;
 use super::{Accepted, Client, ClientError, ClientOptions, Inbox};
 use crate::identity;
 use crate::message::{Draft, MessageId, Precedence};
-use crate::receipt::{Receipt, precedence_for, receipts_unit};
+use crate::receipt::{Receipt, precedence_for, receipts_address, receipts_unit};
 use crate::session::SubmitError;
 use crate::wire::pb;
 
@@ -136,7 +136,7 @@ impl Client {
         response.message_id = id.to_bytes();
         let precedence = Precedence::from_pb(original.precedence()).unwrap_or(Precedence::Routine);
         let draft = Draft::new(&response)
-            .to(&format!("{}/{}", o.agency, receipts_unit(&o.client)))
+            .to(&receipts_address(o))
             .precedence(precedence_for(precedence))
             .status(original.status())
             .kind(pb::MessageKind::Response)

@@ -82,12 +82,7 @@ impl Node {
         let local = Arc::new({
             let mut s = admitted.signed.clone();
             s.route_to.clear();
-            s.hops.push(pb::HopRecord {
-                node: self.config.name.clone(),
-                agency: self.config.agency.to_string(),
-                received_at: Some(timestamp(now)),
-                forwarded_at: None,
-            });
+            s.hops.push(self.hop_record(now, None));
             s
         });
         let onward: Vec<Arc<pb::SignedEnvelope>> = plan
@@ -230,6 +225,20 @@ impl Node {
         router.plan(&admitted.addressees, arrival)
     }
 
+    /// This node's hop record: when it received a message, and when it forwarded it on.
+    pub(super) fn hop_record(
+        &self,
+        received_at: SystemTime,
+        forwarded_at: Option<SystemTime>,
+    ) -> pb::HopRecord {
+        pb::HopRecord {
+            node: self.config.name.clone(),
+            agency: self.config.agency.to_string(),
+            received_at: Some(timestamp(received_at)),
+            forwarded_at: forwarded_at.map(timestamp),
+        }
+    }
+
     /// The store failed: it is fatal (see [`crate::store`]). The node refuses everything from
     /// now on with this reason, and stops so that a supervisor restarts it.
     pub(super) fn storage_failed(&self, e: &StoreError) -> Refusal {
@@ -320,13 +329,9 @@ impl Node {
                 queue: queue.name().to_owned(),
             });
             self.record_about(&e.item, |seq| vec![Op::Done(seq)]);
-            let addressees = match e.item.signed.route_to.join(",") {
-                to if to.is_empty() => queue.destination().to_owned(),
-                to => to,
-            };
             self.report_non_delivery(
                 &e.item,
-                &addressees,
+                queue,
                 pb::NonDeliveryReason::Expired,
                 "expired before it could be delivered".into(),
             );
@@ -358,12 +363,7 @@ impl Node {
             }
             _ => pb::NonDeliveryReason::Refused,
         };
-        // The addressee agencies the refused copy was for, not the peer that refused it.
-        let addressees = match item.signed.route_to.join(",") {
-            to if to.is_empty() => queue.destination().to_owned(),
-            to => to,
-        };
-        self.report_non_delivery(item, &addressees, why, reason);
+        self.report_non_delivery(item, queue, why, reason);
     }
 
     /// Sends a `NonDelivery` report about `item` to its originator's agency inbox and, when a
@@ -372,7 +372,7 @@ impl Node {
     fn report_non_delivery(
         self: &Arc<Self>,
         item: &Item,
-        destination: &str,
+        queue: &Queue,
         reason: pb::NonDeliveryReason,
         detail: String,
     ) {
@@ -385,9 +385,14 @@ impl Node {
         let Some(originator) = env.originator else {
             return;
         };
+        // The addressee agencies the copy was for (an outbox copy names them), not the peer.
+        let addressees = match item.signed.route_to.join(",") {
+            to if to.is_empty() => queue.destination().to_owned(),
+            to => to,
+        };
         let report = pb::NonDelivery {
             message_id: item.id.to_bytes(),
-            addressee_agency: destination.to_owned(),
+            addressee_agency: addressees,
             reason: reason as i32,
             detail,
             node: self.config.name.clone(),
@@ -395,11 +400,7 @@ impl Node {
         };
         let mut to = vec![originator.agency.clone()];
         if !originator.client.is_empty() {
-            to.push(format!(
-                "{}/{}",
-                originator.agency,
-                crate::receipt::receipts_unit(&originator.client)
-            ));
+            to.push(crate::receipt::receipts_address(&originator));
         }
         self.send_system(
             &report,

@@ -39,7 +39,7 @@ use crate::client::stream_priority;
 use crate::config::Peer;
 use crate::identity::{self, Role};
 use crate::lanes::Entry;
-use crate::message::{Precedence, timestamp};
+use crate::message::Precedence;
 use crate::pipeline::{DEFAULT_WINDOW_BYTES, Pipeline};
 use crate::session::{self, CONTROL_FRAME_LIMIT, ConnectError, SubmitError};
 use crate::tls;
@@ -431,12 +431,9 @@ async fn forward_analytical(
 /// The copy to forward: the originator's envelope with this node's hop record appended.
 fn with_hop(node: &Node, entry: &Entry<Item>) -> pb::SignedEnvelope {
     let mut signed = (*entry.item.signed).clone();
-    signed.hops.push(pb::HopRecord {
-        node: node.config.name.clone(),
-        agency: node.config.agency.to_string(),
-        received_at: Some(timestamp(entry.item.received_at)),
-        forwarded_at: Some(timestamp(SystemTime::now())),
-    });
+    signed
+        .hops
+        .push(node.hop_record(entry.item.received_at, Some(SystemTime::now())));
     signed
 }
 

@@ -21,7 +21,7 @@ use super::Node;
 use super::events::Event;
 use super::queue::Item;
 use crate::message::{Draft, MessageId, Precedence, system_time, timestamp};
-use crate::receipt::{self, precedence_for, receipts_unit};
+use crate::receipt::{self, precedence_for};
 use crate::respond::Answer;
 use crate::route::Plan;
 use crate::validate::{Admitted, seal};
@@ -99,15 +99,6 @@ impl Node {
         });
     }
 
-    /// Where a message's receipts go: its originator's agency, receipts unit of its client.
-    fn receipts_to(originator: &pb::Originator) -> String {
-        format!(
-            "{}/{}",
-            originator.agency,
-            receipts_unit(&originator.client)
-        )
-    }
-
     /// Sends receipt `r` about `original` (which [`receipt::wants_receipts`]) to its originator.
     fn receipt(self: &Arc<Self>, original: &pb::Envelope, r: pb::Receipt) {
         let (Some(originator), Some(id)) =
@@ -118,9 +109,12 @@ impl Node {
         let precedence = Precedence::from_pb(original.precedence()).unwrap_or(Precedence::Routine);
         self.send_system(
             &r,
-            &[Node::receipts_to(originator)],
+            &[receipt::receipts_address(originator)],
             precedence_for(precedence),
-            lifetime(original),
+            lifetime(
+                original.expires_at.as_ref().and_then(system_time),
+                SystemTime::now(),
+            ),
             id,
             "receipt",
         );
@@ -252,15 +246,11 @@ impl Node {
                 "" => self.config.agency.to_string(),
                 unit => format!("{}/{unit}", self.config.agency),
             };
-            let lifetime = a
-                .expires_at
-                .duration_since(now)
-                .unwrap_or_default()
-                .max(RECEIPT_MIN_LIFETIME);
+            let lifetime = lifetime(Some(a.expires_at), now);
             tracing::info!(id = %o.id, %deadline, %escalation, "respond-by deadline passed");
             self.send_system(
                 &r,
-                &[Node::receipts_to(&a.originator), escalation],
+                &[receipt::receipts_address(&a.originator), escalation],
                 precedence_for(a.precedence),
                 lifetime,
                 o.id,
@@ -336,14 +326,10 @@ fn stage_receipt(
     }
 }
 
-/// How long a receipt about `original` lives: as long as the original, at least
-/// [`RECEIPT_MIN_LIFETIME`].
-fn lifetime(original: &pb::Envelope) -> Duration {
-    let now = SystemTime::now();
-    original
-        .expires_at
-        .as_ref()
-        .and_then(system_time)
+/// How long a receipt about a message expiring at `expires_at` lives: as long as the message, at
+/// least [`RECEIPT_MIN_LIFETIME`].
+fn lifetime(expires_at: Option<SystemTime>, now: SystemTime) -> Duration {
+    expires_at
         .and_then(|t| t.duration_since(now).ok())
         .unwrap_or_default()
         .max(RECEIPT_MIN_LIFETIME)
