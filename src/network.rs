@@ -15,7 +15,6 @@ use crate::config::Config;
 use crate::identity::Role;
 use crate::node::{self, NodeError, RunningNode};
 use crate::pki::{Pki, PkiError, node_dns_name};
-use crate::tls::{TlsError, TlsMaterial};
 
 /// One node of a local network.
 #[derive(Debug, Clone)]
@@ -38,8 +37,6 @@ pub enum NetworkError {
     Config { path: PathBuf, reason: String },
     #[error(transparent)]
     Node(#[from] NodeError),
-    #[error(transparent)]
-    Tls(#[from] TlsError),
     #[error("no node named {0}")]
     NoSuchNode(String),
 }
@@ -211,21 +208,38 @@ impl LocalNetwork {
         Ok(node::start(self.config(node)?).await?)
     }
 
-    /// Client options for `agency/client` connecting to its agency's first node.
+    /// Client options for `agency/client` (its certificate in the PKI) connecting to its
+    /// agency's first node.
+    ///
+    /// # Errors
+    /// [`NetworkError::NoSuchNode`] when the network has no node of `agency`.
     pub fn client_options(
         &self,
         agency: &str,
         client: &str,
     ) -> Result<ClientOptions, NetworkError> {
-        let spec = self
-            .nodes
+        let spec = self.node_of(agency)?;
+        let leaf = self.pki.leaf_paths(agency, client, Role::Client);
+        Ok(ClientOptions::new(spec.addr.to_string())
+            .server_name(self.server_name(agency, &spec.name))
+            .identity(&leaf.cert, &leaf.key)
+            .trust(self.pki.root_cert_path()))
+    }
+
+    /// The first node of `agency`.
+    ///
+    /// # Errors
+    /// [`NetworkError::NoSuchNode`] when there is none.
+    pub fn node_of(&self, agency: &str) -> Result<&NodeSpec, NetworkError> {
+        self.nodes
             .values()
             .find(|n| n.agency == agency)
-            .ok_or_else(|| NetworkError::NoSuchNode(format!("(node of agency {agency})")))?;
-        let leaf = self.pki.leaf_paths(agency, client, Role::Client);
-        let tls = TlsMaterial::load(&leaf.cert, &leaf.key, &self.pki.root_cert_path(), &[])?;
-        let server_name = node_dns_name(self.pki.trust_domain(), agency, &spec.name);
-        Ok(ClientOptions::new(spec.addr, &server_name, tls))
+            .ok_or_else(|| NetworkError::NoSuchNode(format!("(node of agency {agency})")))
+    }
+
+    /// The DNS name in the certificate of node `node` of `agency`.
+    pub fn server_name(&self, agency: &str, node: &str) -> String {
+        node_dns_name(self.pki.trust_domain(), agency, node)
     }
 }
 

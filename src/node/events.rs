@@ -1,12 +1,13 @@
 //! Lifecycle events: the one place every message event in the node passes through.
 //!
-//! Accepted, routed, forwarded, delivered, acknowledged, expired and refused: each is recorded
-//! here and nowhere else, so the delivery log, metrics and (later) the tamper-evident log and
-//! receipts hang off a single hook. Today an event becomes a structured `tracing` record (target
+//! Every change of a copy's fate is recorded here by the ledger (`node::ledger`), and connection
+//! and link changes by the server and links, and nothing else logs under target `enlace::event`,
+//! so the delivery log, metrics and (later) the tamper-evident log hang off a single hook. Today an event becomes a structured `tracing` record (target
 //! `enlace::event`) and is offered to in-process observers (tests, the demo) on a bounded
 //! broadcast channel. Payload content is never logged: only ids, identities and reasons.
 
 use std::net::SocketAddr;
+use std::time::SystemTime;
 
 use tokio::sync::broadcast;
 
@@ -45,6 +46,39 @@ pub enum Event {
         id: MessageId,
         peer: String,
         code: RefusalCode,
+        reason: String,
+    },
+    /// A copy was taken from its queue for an attempt (to a client or a peer).
+    Dispatched {
+        id: MessageId,
+        queue: String,
+        attempt: u32,
+    },
+    /// A copy went back to the head of its lane without an attempt counted (its connection went
+    /// away before an answer).
+    Returned {
+        id: MessageId,
+        queue: String,
+        reason: String,
+    },
+    /// A copy waits until `until` because the peer was busy (no attempt counted).
+    Deferred {
+        id: MessageId,
+        queue: String,
+        until: SystemTime,
+    },
+    /// An attempt failed; the copy is tried again at `at`.
+    Retrying {
+        id: MessageId,
+        queue: String,
+        attempts: u32,
+        at: SystemTime,
+        reason: String,
+    },
+    /// A stored copy was removed without being delivered.
+    Purged {
+        id: Option<MessageId>,
+        queue: String,
         reason: String,
     },
     /// A copy was handed to a client.
@@ -91,7 +125,7 @@ pub struct Events {
 }
 
 impl Events {
-    pub fn new(node: &str) -> Events {
+    pub(crate) fn new(node: &str) -> Events {
         Events {
             node: node.to_owned(),
             tx: broadcast::channel(OBSERVER_CAPACITY).0,
@@ -99,12 +133,12 @@ impl Events {
     }
 
     /// Observes events from now on. A slow observer misses events (it gets `Lagged`).
-    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+    pub(crate) fn subscribe(&self) -> broadcast::Receiver<Event> {
         self.tx.subscribe()
     }
 
     /// Records an event.
-    pub fn record(&self, e: Event) {
+    pub(crate) fn record(&self, e: Event) {
         let node = self.node.as_str();
         match &e {
             Event::Connected { remote, who } => {
@@ -164,6 +198,30 @@ impl Events {
             Event::Expired { id, queue } => {
                 tracing::info!(target: "enlace::event", node, event = "expired", %id, %queue)
             }
+            Event::Dispatched { id, queue, attempt } => tracing::debug!(
+                target: "enlace::event", node, event = "dispatched", %id, %queue, attempt
+            ),
+            Event::Returned { id, queue, reason } => tracing::debug!(
+                target: "enlace::event", node, event = "returned", %id, %queue, %reason
+            ),
+            Event::Deferred { id, queue, until } => tracing::debug!(
+                target: "enlace::event", node, event = "deferred", %id, %queue,
+                until = %crate::message::rfc3339(*until)
+            ),
+            Event::Retrying {
+                id,
+                queue,
+                attempts,
+                at,
+                reason,
+            } => tracing::debug!(
+                target: "enlace::event", node, event = "retrying", %id, %queue, attempts,
+                at = %crate::message::rfc3339(*at), %reason
+            ),
+            Event::Purged { id, queue, reason } => tracing::warn!(
+                target: "enlace::event", node, event = "purged",
+                id = id.map(|i| i.to_string()).unwrap_or_else(|| "-".into()), %queue, %reason
+            ),
             Event::Link {
                 peer,
                 state,
