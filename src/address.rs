@@ -33,6 +33,14 @@ pub enum Mailbox {
 pub struct Unit(String);
 
 impl Unit {
+    /// The unit's name, e.g. `24x7-desk`.
+    ///
+    /// ```
+    /// use enlace::Mailbox;
+    ///
+    /// let Mailbox::Unit(unit) = Mailbox::unit("24x7-desk").unwrap() else { unreachable!() };
+    /// assert_eq!(unit.as_str(), "24x7-desk");
+    /// ```
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -51,6 +59,14 @@ pub struct BadUnit(pub String);
 
 impl Mailbox {
     /// The mailbox of a named unit.
+    ///
+    /// ```
+    /// use enlace::Mailbox;
+    ///
+    /// let desk = Mailbox::unit("24x7-desk").unwrap();
+    /// assert_eq!(desk.to_string(), "24x7-desk");
+    /// assert!(Mailbox::unit("-desk").is_err());
+    /// ```
     ///
     /// # Errors
     /// [`BadUnit`] when `name` is not a valid unit name.

@@ -45,12 +45,9 @@ mod inbox;
 mod options;
 mod receipts;
 
-pub use inbox::{Dedup, Delivery, Inbox, SEEN_CAPACITY};
-pub use options::{
-    BusyRetry, ClientOptions, DEFAULT_CLOSE_TIMEOUT, DEFAULT_CONNECT_TIMEOUT,
-    DEFAULT_INBOX_CAPACITY, DEFAULT_WINDOW_BYTES,
-};
-pub use receipts::{HELD_CAPACITY, Receipts};
+pub use inbox::{Dedup, Delivery, Inbox};
+pub use options::{BusyRetry, ClientOptions};
+pub use receipts::Receipts;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -80,9 +77,11 @@ use crate::wire::{CONTROL_FRAME_LIMIT, FRAME_SLACK};
 /// disk).
 #[derive(Debug, Clone)]
 pub struct Accepted {
+    /// The id of the message accepted: the one its receipts will name.
     pub id: MessageId,
     /// How many destinations (local mailboxes and peer nodes) the node routed it to.
     pub routed: u32,
+    /// When the node accepted it, by the node's clock; `None` if the node did not say.
     pub accepted_at: Option<SystemTime>,
     /// How many times the node refused it as busy before taking it (see [`BusyRetry`]).
     pub busy_retries: u32,
@@ -118,7 +117,17 @@ pub struct Acceptance {
 }
 
 impl Acceptance {
-    /// The id of the message handed over.
+    /// The id of the message handed over, known before the node answers.
+    ///
+    /// ```no_run
+    /// # async fn example(client: enlace::Client, draft: enlace::Draft)
+    /// #     -> Result<(), enlace::SubmitError> {
+    /// let acceptance = client.send(draft).await?;
+    /// println!("handed over {}", acceptance.id());
+    /// let accepted = acceptance.await?;
+    /// # let _ = accepted;
+    /// # Ok(()) }
+    /// ```
     pub fn id(&self) -> MessageId {
         self.id
     }
@@ -355,17 +364,39 @@ impl Client {
     }
 
     /// Who the node says we are (agency, role, name), from our certificate.
+    ///
+    /// ```no_run
+    /// # fn example(client: &enlace::Client) {
+    /// let me = client.identity();
+    /// println!("{}/{}", me.agency, me.name);
+    /// # }
+    /// ```
     pub fn identity(&self) -> &pb::PeerIdentity {
         // `connect` checked that the node's Welcome names it.
         self.welcome.you.as_ref().expect("checked at connect")
     }
 
-    /// The node's identity.
+    /// The node's identity (agency, role, name), from its certificate.
+    ///
+    /// ```no_run
+    /// # fn example(client: &enlace::Client) {
+    /// println!("connected to node {} of {}", client.node().name, client.node().agency);
+    /// # }
+    /// ```
     pub fn node(&self) -> &pb::PeerIdentity {
         self.welcome.node.as_ref().expect("checked at connect")
     }
 
-    /// The largest frame the node accepts.
+    /// The largest frame the node accepts, in bytes (its `limits.max_frame_bytes`, 1 MiB by
+    /// default): a message whose signed envelope is larger is refused as `TOO_LARGE`.
+    ///
+    /// ```no_run
+    /// # fn example(client: &enlace::Client, document: Vec<u8>) {
+    /// if document.len() as u64 > client.max_frame_bytes() {
+    ///     eprintln!("too large for this node: split it or send a reference");
+    /// }
+    /// # }
+    /// ```
     pub fn max_frame_bytes(&self) -> u64 {
         self.welcome.max_frame_bytes
     }
@@ -455,6 +486,12 @@ impl Client {
     /// The mailbox where this client's receipts wait: its agency's unit `receipts-<client>`.
     /// [`Client::receipts`] reads it as typed receipts; subscribing to it directly reads the
     /// receipt messages themselves (`enlace status` does, without acknowledging them).
+    ///
+    /// ```no_run
+    /// # fn example(client: &enlace::Client) {
+    /// println!("receipts wait in {}", client.receipts_mailbox()); // e.g. receipts-duty-desk
+    /// # }
+    /// ```
     pub fn receipts_mailbox(&self) -> Mailbox {
         crate::receipt::receipts_mailbox(&self.identity().name)
     }
@@ -462,13 +499,33 @@ impl Client {
     /// This client's receipts: every stage of every message it sent, as typed receipts, on this
     /// connection (see [`Receipts`]).
     ///
+    /// ```no_run
+    /// # async fn example(client: enlace::Client) -> Result<(), enlace::ClientError> {
+    /// let mut receipts = client.receipts().await?;
+    /// while let Some(r) = receipts.next().await {
+    ///     println!("{} {} {}", r.message_id, r.addressee, r.stage.name());
+    /// }
+    /// # Ok(()) }
+    /// ```
+    ///
     /// # Errors
     /// As [`Client::subscribe`].
     pub async fn receipts(&self) -> Result<Receipts, ClientError> {
-        Ok(Receipts::new(self.subscribe(self.receipts_mailbox()).await?))
+        Ok(Receipts::new(
+            self.subscribe(self.receipts_mailbox()).await?,
+        ))
     }
 
     /// Lists dead letters (operators only): of `queue`, or of every queue when it is empty.
+    /// Queues are named `mailbox:<agency>[/<unit>]`, `outbox:<peer node>` or `orphans`.
+    ///
+    /// ```no_run
+    /// # async fn example(operator: enlace::Client) -> Result<(), enlace::SubmitError> {
+    /// for d in operator.dlq_list("outbox:pgr-1").await? {
+    ///     println!("{:?}", d);
+    /// }
+    /// # Ok(()) }
+    /// ```
     ///
     /// # Errors
     /// [`SubmitError::Refused`] for anyone whose certificate does not grant the operator role.
@@ -484,6 +541,14 @@ impl Client {
 
     /// Shows the dead-lettered copies of one message (operators only).
     ///
+    /// ```no_run
+    /// # async fn example(operator: enlace::Client) -> Result<(), Box<dyn std::error::Error>> {
+    /// let id: enlace::MessageId = "01a220d3-7886-74d0-99d1-f57d343e1e76".parse()?;
+    /// let copies = operator.dlq_show(id).await?;
+    /// println!("{} dead-lettered copies", copies.len());
+    /// # Ok(()) }
+    /// ```
+    ///
     /// # Errors
     /// As [`Client::dlq_list`].
     pub async fn dlq_show(&self, id: MessageId) -> Result<Vec<pb::DeadLetterInfo>, SubmitError> {
@@ -498,6 +563,14 @@ impl Client {
 
     /// Puts dead letters back in their queues (operators only): one message's copies, or all
     /// (of `queue` when it is not empty). Returns the ids put back.
+    ///
+    /// ```no_run
+    /// # async fn example(operator: enlace::Client) -> Result<(), enlace::SubmitError> {
+    /// // Everything dead-lettered toward pgr-1, now that its link is back.
+    /// let redriven = operator.dlq_redrive(None, "outbox:pgr-1").await?;
+    /// println!("{} copies back in their queue", redriven.len());
+    /// # Ok(()) }
+    /// ```
     ///
     /// # Errors
     /// As [`Client::dlq_list`].
@@ -524,6 +597,17 @@ impl Client {
     /// Closes the connection at once, without flushing anything: submissions in flight fail with
     /// [`SubmitError::Connection`] (outcome unknown: resend with the same id) and inboxes end.
     /// For giving up on a node that stopped answering, rather than waiting for the idle timeout.
+    ///
+    /// ```no_run
+    /// # async fn example(client: enlace::Client, draft: enlace::Draft)
+    /// #     -> Result<(), enlace::SubmitError> {
+    /// let acceptance = client.send(draft).await?;
+    /// match tokio::time::timeout(std::time::Duration::from_secs(30), acceptance).await {
+    ///     Ok(answer) => println!("{:?}", answer?.id),
+    ///     Err(_) => client.abort(), // resend later, on another connection, with the same id
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub fn abort(&self) {
         self.sender.connection.close(0u32.into(), b"client aborted");
     }
@@ -532,6 +616,16 @@ impl Client {
     /// and waits until the node has been told: it then puts every unacknowledged delivery back
     /// for the next consumer, without counting a failed attempt. For reading a mailbox without
     /// consuming it (`enlace status`).
+    ///
+    /// ```no_run
+    /// # async fn example(client: enlace::Client) -> Result<(), enlace::ClientError> {
+    /// let mut inbox = client.subscribe(enlace::Mailbox::Inbox).await?;
+    /// if let Some(d) = inbox.next().await {
+    ///     println!("next waiting: {}", d.id()); // not acknowledged
+    /// }
+    /// client.abandon().await; // the node offers it again to the next reader
+    /// # Ok(()) }
+    /// ```
     pub async fn abandon(&self) {
         self.abort();
         let _ = tokio::time::timeout(self.close_timeout, self.endpoint.wait_idle()).await;
@@ -551,10 +645,16 @@ impl Client {
         let _ = self.closing.send(true);
         let mut gone = self.writers_gone.lock().await;
         let _ = tokio::time::timeout(self.close_timeout, gone.recv()).await;
-        self.sender
-            .connection
-            .close(0u32.into(), b"client closed");
+        self.sender.connection.close(0u32.into(), b"client closed");
         let _ = tokio::time::timeout(self.close_timeout, self.endpoint.wait_idle()).await;
+    }
+}
+
+impl Drop for Client {
+    /// A client dropped without [`Client::close`] closes its connection at once, as
+    /// [`Client::abort`] does: its inboxes end, and the node puts back what was not acknowledged.
+    fn drop(&mut self) {
+        self.abort();
     }
 }
 

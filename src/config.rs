@@ -14,12 +14,21 @@ use serde::Deserialize;
 use crate::directory::{Agency, Directory};
 use crate::identity::{AgencyId, is_name};
 
-/// A configuration problem: which key, and why.
+/// A configuration problem: which key, and why. Fix the key in the file and load it again.
+///
+/// ```
+/// let err = enlace::config::Config::load("/nonexistent/enlaced.toml".as_ref()).unwrap_err();
+/// assert_eq!(err.key, "(file)");
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[error("{file}: {key}: {reason}")]
 pub struct ConfigError {
+    /// The config file, as its path was given.
     pub file: String,
+    /// The key at fault, e.g. `limits.max_hops` or `peers[0].address`; for a TOML syntax error,
+    /// the table, key and line; `(file)` when the file could not be read.
     pub key: String,
+    /// What is wrong with it, and often the accepted form or range.
     pub reason: String,
 }
 
@@ -27,7 +36,9 @@ pub struct ConfigError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
+    /// Plain text lines for people (`format = "human"`, the default).
     Human,
+    /// One JSON object per line, for log collectors (`format = "json"`).
     Json,
 }
 

@@ -254,11 +254,24 @@ impl Draft {
     }
 
     /// The payload's fully qualified type name.
+    ///
+    /// ```
+    /// let draft = enlace::Draft::from(enlace::pb::LiaisonMessage::default());
+    /// assert_eq!(draft.payload_type(), "enlace.v1.LiaisonMessage");
+    /// ```
     pub fn payload_type(&self) -> &str {
         &self.envelope.payload_type
     }
 
-    /// The precedence set so far.
+    /// The precedence set so far (ROUTINE unless [`Draft::precedence`] said otherwise).
+    ///
+    /// ```
+    /// use enlace::{Draft, Precedence, pb};
+    ///
+    /// let draft = Draft::from(pb::LiaisonMessage::default());
+    /// assert_eq!(draft.get_precedence(), Precedence::Routine);
+    /// assert_eq!(draft.precedence(Precedence::Flash).get_precedence(), Precedence::Flash);
+    /// ```
     pub fn get_precedence(&self) -> Precedence {
         Precedence::from_pb(self.envelope.precedence()).unwrap_or(Precedence::Routine)
     }

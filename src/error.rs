@@ -14,14 +14,25 @@ use crate::wire::pb;
 /// Why a connection could not be established or was not authorized.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
-    /// The node's address could not be resolved or reached.
+    /// The node's address could not be resolved or reached. Check the address and port in
+    /// [`ClientOptions::new`](crate::ClientOptions::new) and that the node is running; trying
+    /// again later may succeed.
     #[error("cannot connect to {addr}: {reason}")]
-    Connect { addr: String, reason: String },
+    Connect {
+        /// The address as given, or as resolved.
+        addr: String,
+        /// What failed: resolving the name, or reaching the node.
+        reason: String,
+    },
     /// The node refused the connection after the handshake (wrong role, wrong agency, not in
-    /// its peer table).
+    /// its peer table). Trying again with the same certificate gets the same answer: use a
+    /// certificate the node accepts, or the node of the certificate's agency.
     #[error("the node refused the connection ({code:?}): {reason}")]
     Refused {
+        /// The node's refusal code: `UNAUTHORIZED`, or `UNSUPPORTED_VERSION` when the client's
+        /// protocol version is one the node does not speak.
         code: pb::RefusalCode,
+        /// The node's reason, in words.
         reason: String,
     },
     /// The TLS handshake failed (unknown CA, expired or revoked certificate), in words.
@@ -47,10 +58,16 @@ impl ConnectError {
 /// Why a submission (or another request) did not succeed.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum SubmitError {
-    /// The node refused the message; `code` says why and whether to retry.
+    /// The node refused the message; `code` says why and whether to retry
+    /// ([`SubmitError::is_busy`]). A busy refusal may be sent again after `retry_after`; any
+    /// other needs the message (or its addressees, or this client's rights) changed first.
     #[error("refused ({code:?}): {reason}")]
     Refused {
+        /// Why, as a code: `QUEUE_FULL` and `SHUTTING_DOWN` mean busy (try again later); the
+        /// others (`INVALID`, `EXPIRED`, `UNKNOWN_RECIPIENT`, `TOO_LARGE`, ...) are final for
+        /// this message as it is.
         code: pb::RefusalCode,
+        /// The node's reason, in words, naming the field or limit at fault.
         reason: String,
         /// For `QUEUE_FULL` and `SHUTTING_DOWN`: when the node suggests trying again.
         retry_after: Option<Duration>,
@@ -92,6 +109,7 @@ pub enum ClientError {
     /// Its certificate, key or trust bundle could not be loaded.
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
+    /// The node could not be reached, or did not authorize this client (see [`ConnectError`]).
     #[error(transparent)]
     Connect(#[from] ConnectError),
     /// The options are incomplete or the key cannot sign.
@@ -102,11 +120,16 @@ pub enum ClientError {
     Subscribe(SubmitError),
 }
 
-/// A payload was not of the requested type or did not decode.
+/// A payload was not of the requested type or did not decode. Check
+/// [`Message::payload_type`](crate::Message::payload_type) before decoding, or decode it as the
+/// type it declares.
 #[derive(Debug, thiserror::Error)]
 #[error("payload is {actual}, not {expected} (or does not decode): {reason}")]
 pub struct PayloadError {
+    /// The fully qualified protobuf name asked for, e.g. `enlace.v1.PrecursorChemicalAlert`.
     pub expected: String,
+    /// The payload type the message declares.
     pub actual: String,
+    /// `type mismatch`, or why the bytes did not decode as the expected type.
     pub reason: String,
 }

@@ -13,8 +13,8 @@
 //! - **Expiry**: expired items are never returned by [`Lanes::pop`]; they are handed back to the
 //!   caller so that it can tell the originator.
 //! - **Retry with backoff**: an item whose delivery failed can be parked until a due time
-//!   ([`Lanes::retry_at`]); when due it returns to the head of its lane. `dispatch::RetryPolicy` decides
-//!   the delay, and when to give up (dead letter): see [`crate::dispatch`].
+//!   ([`Lanes::retry_at`]); when due it returns to the head of its lane. The dispatcher
+//!   ([`crate::dispatch`]) decides the delay, and when to give up (a dead letter).
 
 use std::collections::VecDeque;
 use std::time::SystemTime;
@@ -47,6 +47,7 @@ impl Class {
     }
 }
 
+#[cfg(test)]
 /// The queue is at capacity for this class of traffic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Full;
@@ -99,6 +100,7 @@ impl<T> Lanes<T> {
         }
     }
 
+    #[cfg(test)]
     /// Items waiting in all lanes.
     pub fn len(&self) -> usize {
         self.lanes.iter().map(VecDeque::len).sum::<usize>() + self.parked.len()
@@ -123,6 +125,7 @@ impl<T> Lanes<T> {
         self.class_len(p) < self.capacity
     }
 
+    #[cfg(test)]
     /// Appends an item to its lane.
     ///
     /// # Errors
@@ -152,6 +155,7 @@ impl<T> Lanes<T> {
         self.parked.push((due, entry));
     }
 
+    #[cfg(test)]
     /// Takes the next item to serve at `now`, and every expired item met on the way.
     pub fn pop(&mut self, now: SystemTime) -> Popped<T> {
         self.pop_class(now, Class::Any)
@@ -320,8 +324,15 @@ mod tests {
         q.push(e(Precedence::Bulk, 1)).unwrap();
         assert!(q.pop_class(t(1), Class::TimeSensitive).next.is_none());
         q.push(e(Precedence::Priority, 2)).unwrap();
-        assert!(q.pop_class(t(1), Class::Analytical).next.is_some_and(|e| e.item == 1));
-        assert_eq!(q.pop_class(t(1), Class::TimeSensitive).next.map(|e| e.item), Some(2));
+        assert!(
+            q.pop_class(t(1), Class::Analytical)
+                .next
+                .is_some_and(|e| e.item == 1)
+        );
+        assert_eq!(
+            q.pop_class(t(1), Class::TimeSensitive).next.map(|e| e.item),
+            Some(2)
+        );
     }
 
     #[test]

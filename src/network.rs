@@ -19,8 +19,11 @@ use crate::pki::{Pki, PkiError, node_dns_name};
 /// One node of a local network.
 #[derive(Debug, Clone)]
 pub struct NodeSpec {
+    /// The agency the node serves, e.g. `dea`; the PKI must have its issuing CA.
     pub agency: String,
+    /// The node's name, e.g. `dea-1`; the PKI must have its node certificate.
     pub name: String,
+    /// The loopback address it listens on (`node.listen`).
     pub addr: SocketAddr,
     /// Peer node names.
     pub peers: Vec<String>,
@@ -29,22 +32,43 @@ pub struct NodeSpec {
 /// Why a local network could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum NetworkError {
+    /// The PKI directory could not be opened (it must exist already: see
+    /// [`Pki::federation`](crate::pki::Pki::federation)).
     #[error(transparent)]
     Pki(#[from] PkiError),
+    /// A directory or config file could not be written, or no free loopback port was found.
     #[error("I/O on {path}: {reason}")]
-    Io { path: PathBuf, reason: String },
+    Io {
+        /// The file or directory (`127.0.0.1:0` when binding a port failed).
+        path: PathBuf,
+        /// The operating system's error.
+        reason: String,
+    },
+    /// A node's config file does not load: usually extra lines given in
+    /// [`LocalNetwork::limits`], [`LocalNetwork::extra`] or [`LocalNetwork::node_extra`] that
+    /// the config rejects.
     #[error("config {path}: {reason}")]
-    Config { path: PathBuf, reason: String },
+    Config {
+        /// The config file.
+        path: PathBuf,
+        /// The [`ConfigError`](crate::ConfigError), in words.
+        reason: String,
+    },
+    /// A node could not start (see [`NodeError`]).
     #[error(transparent)]
     Node(#[from] NodeError),
+    /// The network has no such node (or no node of the agency asked for). Holds what was asked.
     #[error("no node named {0}")]
     NoSuchNode(String),
 }
 
 /// Config files for a set of nodes over one PKI directory.
 pub struct LocalNetwork {
+    /// The network's directory (absolute): configs in `config/`, node data in `data/`.
     pub dir: PathBuf,
+    /// The PKI whose certificates the nodes and clients use.
     pub pki: Pki,
+    /// The nodes, by name. After changing them, call [`LocalNetwork::write_configs`].
     pub nodes: BTreeMap<String, NodeSpec>,
     /// Extra `key = value` lines for every node's `[limits]` table (tests shorten timeouts).
     pub limits: Vec<String>,

@@ -40,12 +40,22 @@ pub fn text(language: &str, text: &str) -> pb::LocalizedText {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct CasNumber(String);
 
-/// A value that is not what its type requires, and why.
+/// A value that is not what its type requires, and why: correct the value (the message says
+/// the expected form) and parse it again.
+///
+/// ```
+/// let err = "345-78-9".parse::<enlace::payloads::CasNumber>().unwrap_err();
+/// assert_eq!(err.what, "CAS number");
+/// assert_eq!(err.why, "its check digit does not match");
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{value:?} is not a valid {what}: {why}")]
 pub struct BadValue {
+    /// What the value was meant to be, e.g. `CAS number` or `UN/LOCODE`.
     pub what: &'static str,
+    /// The value as given, cut to its first 40 characters.
     pub value: String,
+    /// What is wrong with it, with an example of the expected form.
     pub why: &'static str,
 }
 
@@ -62,11 +72,10 @@ impl std::str::FromStr for CasNumber {
         let [a, b, c] = parts[..] else {
             return Err(bad("expected three groups of digits, e.g. 345-78-8"));
         };
-        let digits = |p: &str| !p.is_empty() && p.bytes().all(|x| x.is_ascii_digit());
-        if !(digits(a) && digits(b) && digits(c)) || !(2..=7).contains(&a.len()) {
-            return Err(bad("expected 2 to 7 digits, 2 digits and 1 check digit"));
-        }
-        if b.len() != 2 || c.len() != 1 {
+        let digits = |p: &str, n: std::ops::RangeInclusive<usize>| {
+            n.contains(&p.len()) && p.bytes().all(|x| x.is_ascii_digit())
+        };
+        if !(digits(a, 2..=7) && digits(b, 2..=2) && digits(c, 1..=1)) {
             return Err(bad("expected 2 to 7 digits, 2 digits and 1 check digit"));
         }
         // The check digit is the sum of the other digits, each times its position from the
@@ -106,6 +115,11 @@ pub struct UnLocode(String);
 
 impl UnLocode {
     /// The country part (ISO 3166-1 alpha-2).
+    ///
+    /// ```
+    /// let port: enlace::payloads::UnLocode = "CNSHA".parse().unwrap();
+    /// assert_eq!(port.country(), "CN");
+    /// ```
     pub fn country(&self) -> &str {
         &self.0[..2]
     }
@@ -141,18 +155,31 @@ impl fmt::Display for UnLocode {
 /// A unit of measure for chemical quantities (their UCUM codes on the wire).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Unit {
+    /// Kilograms (`kg`).
     Kilogram,
+    /// Grams (`g`).
     Gram,
+    /// Milligrams (`mg`).
     Milligram,
+    /// Metric tonnes of 1000 kg (`t`).
     Tonne,
+    /// Litres (`L`).
     Litre,
+    /// Millilitres (`mL`).
     Millilitre,
-    /// Counted items: tablets, capsules, containers.
+    /// Counted items: tablets, capsules, containers (`{count}`).
     Count,
 }
 
 impl Unit {
     /// The UCUM code the schema carries.
+    ///
+    /// ```
+    /// use enlace::payloads::Unit;
+    ///
+    /// assert_eq!(Unit::Millilitre.ucum(), "mL");
+    /// assert_eq!(Unit::Count.ucum(), "{count}");
+    /// ```
     pub fn ucum(self) -> &'static str {
         match self {
             Unit::Kilogram => "kg",
@@ -185,6 +212,13 @@ pub struct Quantity {
 
 impl Quantity {
     /// An amount of `value` `unit`s (a finite, non-negative number; anything else becomes 0).
+    ///
+    /// ```
+    /// use enlace::payloads::{Quantity, Unit};
+    ///
+    /// assert_eq!(Quantity::new(60.0, Unit::Milligram).to_pb().unit, "mg");
+    /// assert_eq!(Quantity::new(-1.0, Unit::Gram).to_pb().value, "0");
+    /// ```
     pub fn new(value: f64, unit: Unit) -> Quantity {
         let value = if value.is_finite() && value >= 0.0 {
             value
@@ -198,26 +232,53 @@ impl Quantity {
         }
     }
 
+    /// A mass in kilograms: `Quantity::new(value, Unit::Kilogram)`.
+    ///
+    /// ```
+    /// let q = enlace::payloads::Quantity::kilograms(1200.0).to_pb();
+    /// assert_eq!((q.value.as_str(), q.unit.as_str()), ("1200", "kg"));
+    /// ```
     pub fn kilograms(value: f64) -> Quantity {
         Quantity::new(value, Unit::Kilogram)
     }
 
+    /// A volume in litres: `Quantity::new(value, Unit::Litre)`.
+    ///
+    /// ```
+    /// let q = enlace::payloads::Quantity::litres(208.5).to_pb();
+    /// assert_eq!((q.value.as_str(), q.unit.as_str()), ("208.5", "L"));
+    /// ```
     pub fn litres(value: f64) -> Quantity {
         Quantity::new(value, Unit::Litre)
     }
 
     /// A count of items (tablets, containers).
+    ///
+    /// ```
+    /// let q = enlace::payloads::Quantity::items(48_000).to_pb();
+    /// assert_eq!((q.value.as_str(), q.unit.as_str()), ("48000", "{count}"));
+    /// ```
     pub fn items(count: u64) -> Quantity {
         Quantity::new(count as f64, Unit::Count)
     }
 
     /// Marks the amount as an estimate, not a weighed or counted figure.
+    ///
+    /// ```
+    /// let q = enlace::payloads::Quantity::kilograms(500.0).estimated();
+    /// assert!(q.to_pb().estimated);
+    /// ```
     pub fn estimated(mut self) -> Quantity {
         self.estimated = true;
         self
     }
 
     /// The schema's form: a decimal string and a UCUM unit.
+    ///
+    /// ```
+    /// let q = enlace::payloads::Quantity::kilograms(0.25).to_pb();
+    /// assert_eq!((q.value.as_str(), q.unit.as_str(), q.estimated), ("0.25", "kg", false));
+    /// ```
     pub fn to_pb(&self) -> pb::Quantity {
         pb::Quantity {
             value: format!("{}", self.value),
@@ -262,6 +323,12 @@ pub struct Chemical(pb::ChemicalLine);
 impl Chemical {
     /// A chemical by its controlled name (also its name as labelled, unless
     /// [`Chemical::labelled`] says otherwise).
+    ///
+    /// ```
+    /// let line = enlace::payloads::Chemical::new("pseudoephedrine").build();
+    /// assert_eq!(line.controlled_substance_name, "pseudoephedrine");
+    /// assert_eq!(line.name_as_labelled, "pseudoephedrine");
+    /// ```
     pub fn new(controlled_name: &str) -> Chemical {
         Chemical(pb::ChemicalLine {
             name_as_labelled: controlled_name.to_owned(),
@@ -271,34 +338,81 @@ impl Chemical {
     }
 
     /// The name exactly as on the label or documents.
+    ///
+    /// ```
+    /// let line = enlace::payloads::Chemical::new("pseudoephedrine")
+    ///     .labelled("Pseudoefedrina HCl 60 mg")
+    ///     .build();
+    /// assert_eq!(line.name_as_labelled, "Pseudoefedrina HCl 60 mg");
+    /// ```
     pub fn labelled(mut self, name: &str) -> Chemical {
         self.0.name_as_labelled = name.to_owned();
         self
     }
 
+    /// The chemical's CAS Registry Number, checked when it was parsed.
+    ///
+    /// ```
+    /// use enlace::payloads::Chemical;
+    ///
+    /// let line = Chemical::new("pseudoephedrine").cas("90-82-4".parse().unwrap()).build();
+    /// assert_eq!(line.cas_number, "90-82-4");
+    /// ```
     pub fn cas(mut self, cas: CasNumber) -> Chemical {
         self.0.cas_number = cas.0;
         self
     }
 
-    /// The net quantity declared or found.
+    /// The net quantity declared or found (weight, volume or count).
+    ///
+    /// ```
+    /// use enlace::payloads::{Chemical, Quantity};
+    ///
+    /// let line = Chemical::new("acetone").quantity(Quantity::litres(800.0)).build();
+    /// assert_eq!(line.quantity.unwrap().unit, "L");
+    /// ```
     pub fn quantity(mut self, q: Quantity) -> Chemical {
         self.0.quantity = Some(q.to_pb());
         self
     }
 
-    /// The quantity of the controlled substance in its base form (DEA Form 486).
+    /// The quantity of the controlled substance in its base (anhydrous, salt-free) form, as DEA
+    /// Form 486 requires.
+    ///
+    /// ```
+    /// use enlace::payloads::{Chemical, Quantity};
+    ///
+    /// let line = Chemical::new("pseudoephedrine hydrochloride")
+    ///     .quantity(Quantity::kilograms(1200.0))
+    ///     .base_quantity(Quantity::kilograms(983.0).estimated())
+    ///     .build();
+    /// assert!(line.base_quantity.unwrap().estimated);
+    /// ```
     pub fn base_quantity(mut self, q: Quantity) -> Chemical {
         self.0.base_quantity = Some(q.to_pb());
         self
     }
 
+    /// The physical form in which it travels: powder, liquid, tablets...
+    ///
+    /// ```
+    /// use enlace::payloads::Chemical;
+    /// use enlace::pb;
+    ///
+    /// let line = Chemical::new("pseudoephedrine").form(pb::ChemicalForm::Tablet).build();
+    /// assert_eq!(line.form(), pb::ChemicalForm::Tablet);
+    /// ```
     pub fn form(mut self, form: pb::ChemicalForm) -> Chemical {
         self.0.form = form as i32;
         self
     }
 
     /// The protobuf line, to set what the builder does not cover.
+    ///
+    /// ```
+    /// let mut line = enlace::payloads::Chemical::new("pseudoephedrine").build();
+    /// line.hs_code = "2939.42".into();
+    /// ```
     pub fn build(self) -> pb::ChemicalLine {
         self.0
     }
@@ -334,6 +448,16 @@ impl Chemical {
 pub struct PrecursorAlert(pb::PrecursorChemicalAlert);
 
 impl PrecursorAlert {
+    /// An alert of the given kind (a pre-export notification, a suspicious, stopped or
+    /// suspended shipment, a seizure...), with nothing else set yet.
+    ///
+    /// ```
+    /// use enlace::payloads::PrecursorAlert;
+    /// use enlace::pb;
+    ///
+    /// let alert = PrecursorAlert::new(pb::PrecursorAlertKind::Seizure).build();
+    /// assert_eq!(alert.kind(), pb::PrecursorAlertKind::Seizure);
+    /// ```
     pub fn new(kind: pb::PrecursorAlertKind) -> PrecursorAlert {
         PrecursorAlert(pb::PrecursorChemicalAlert {
             kind: kind as i32,
@@ -341,13 +465,38 @@ impl PrecursorAlert {
         })
     }
 
-    /// Adds a chemical line.
+    /// Adds a chemical line (one per substance and form).
+    ///
+    /// ```
+    /// use enlace::payloads::{Chemical, PrecursorAlert};
+    /// use enlace::pb;
+    ///
+    /// let alert = PrecursorAlert::new(pb::PrecursorAlertKind::SuspiciousShipment)
+    ///     .chemical(Chemical::new("pseudoephedrine"))
+    ///     .chemical(Chemical::new("ephedrine"))
+    ///     .build();
+    /// assert_eq!(alert.chemicals.len(), 2);
+    /// ```
     pub fn chemical(mut self, c: Chemical) -> PrecursorAlert {
         self.0.chemicals.push(c.0);
         self
     }
 
     /// Sets a sea shipment: vessel, port of loading and expected point of entry.
+    ///
+    /// ```
+    /// use enlace::payloads::{PrecursorAlert, seaport};
+    /// use enlace::pb;
+    ///
+    /// let alert = PrecursorAlert::new(pb::PrecursorAlertKind::SuspiciousShipment)
+    ///     .vessel(
+    ///         "MSC Example",
+    ///         seaport("CNSHA".parse().unwrap(), "Shanghai"),
+    ///         seaport("MXZLO".parse().unwrap(), "Manzanillo"),
+    ///     )
+    ///     .build();
+    /// assert_eq!(alert.shipment.unwrap().transport_mode(), pb::TransportMode::Sea);
+    /// ```
     pub fn vessel(
         mut self,
         vessel: &str,
@@ -363,6 +512,17 @@ impl PrecursorAlert {
     }
 
     /// Adds a party (exporter, importer, consignee...) and its country (ISO 3166-1 alpha-2).
+    ///
+    /// ```
+    /// use enlace::payloads::PrecursorAlert;
+    /// use enlace::pb;
+    ///
+    /// let alert = PrecursorAlert::new(pb::PrecursorAlertKind::PreExportNotification)
+    ///     .party(pb::PartyRole::Exporter, "Example Chemical Co.", "IN")
+    ///     .party(pb::PartyRole::Importer, "Importadora Ejemplo S.A. de C.V.", "MX")
+    ///     .build();
+    /// assert_eq!(alert.parties[1].country, "MX");
+    /// ```
     pub fn party(mut self, role: pb::PartyRole, name: &str, country: &str) -> PrecursorAlert {
         self.0.parties.push(pb::Party {
             role: role as i32,
@@ -373,7 +533,17 @@ impl PrecursorAlert {
         self
     }
 
-    /// Adds an external reference, e.g. ("PEN Online", "PEN-2026-123456").
+    /// Adds an external reference: a record in another system, e.g. a PEN Online notification.
+    ///
+    /// ```
+    /// use enlace::payloads::PrecursorAlert;
+    /// use enlace::pb;
+    ///
+    /// let alert = PrecursorAlert::new(pb::PrecursorAlertKind::PreExportNotification)
+    ///     .reference("PEN Online", "PEN-2026-123456")
+    ///     .build();
+    /// assert_eq!(alert.external_references[0].system, "PEN Online");
+    /// ```
     pub fn reference(mut self, system: &str, reference: &str) -> PrecursorAlert {
         self.0.external_references.push(pb::ExternalReference {
             system: system.to_owned(),
@@ -383,22 +553,66 @@ impl PrecursorAlert {
         self
     }
 
+    /// What the sender asks the addressees to do: intercept, verify legitimacy, consult before
+    /// acting, or nothing (information only).
+    ///
+    /// ```
+    /// use enlace::payloads::PrecursorAlert;
+    /// use enlace::pb;
+    ///
+    /// let alert = PrecursorAlert::new(pb::PrecursorAlertKind::SuspiciousShipment)
+    ///     .action(pb::PrecursorRequestedAction::Intercept)
+    ///     .build();
+    /// assert_eq!(alert.requested_action(), pb::PrecursorRequestedAction::Intercept);
+    /// ```
     pub fn action(mut self, action: pb::PrecursorRequestedAction) -> PrecursorAlert {
         self.0.requested_action = action as i32;
         self
     }
 
+    /// The sender's account of the facts, in words (see [`text`]).
+    ///
+    /// ```
+    /// use enlace::payloads::{PrecursorAlert, text};
+    /// use enlace::pb;
+    ///
+    /// let alert = PrecursorAlert::new(pb::PrecursorAlertKind::SuspiciousShipment)
+    ///     .narrative(text("en", "Load declared as vitamin C; consignee unknown at its address."))
+    ///     .build();
+    /// assert_eq!(alert.narrative.unwrap().language, "en");
+    /// ```
     pub fn narrative(mut self, t: pb::LocalizedText) -> PrecursorAlert {
         self.0.narrative = Some(t);
         self
     }
 
     /// The protobuf alert, to set what the builder does not cover.
+    ///
+    /// ```
+    /// use enlace::payloads::PrecursorAlert;
+    /// use enlace::{Draft, pb};
+    ///
+    /// let mut alert = PrecursorAlert::new(pb::PrecursorAlertKind::IllicitLaboratory).build();
+    /// alert.laboratory = Some(pb::IllicitLaboratory { active: true, ..Default::default() });
+    /// let draft = Draft::from(alert).to("pgr");
+    /// # let _ = draft;
+    /// ```
     pub fn build(self) -> pb::PrecursorChemicalAlert {
         self.0
     }
 
-    /// A draft carrying this alert.
+    /// A draft carrying this alert, to address and send.
+    ///
+    /// ```
+    /// use enlace::payloads::PrecursorAlert;
+    /// use enlace::{Precedence, pb};
+    ///
+    /// let draft = PrecursorAlert::new(pb::PrecursorAlertKind::SuspiciousShipment)
+    ///     .into_draft()
+    ///     .to("pgr")
+    ///     .precedence(Precedence::Flash);
+    /// assert_eq!(draft.payload_type(), "enlace.v1.PrecursorChemicalAlert");
+    /// ```
     pub fn into_draft(self) -> Draft {
         Draft::from(self)
     }
@@ -429,12 +643,21 @@ pub struct Document(pb::Document);
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("document {file_name:?}: its content does not match its SHA-256")]
 pub struct DocumentMismatch {
+    /// The document's file name, as its sender gave it.
     pub file_name: String,
 }
 
 impl Document {
     /// A document of `media_type` named `file_name` (directories are stripped) holding
     /// `content`; its SHA-256 is computed here.
+    ///
+    /// ```
+    /// use enlace::payloads::Document;
+    ///
+    /// let doc = Document::new("/scans/manifest.pdf", "application/pdf", vec![0x25, 0x50]).build();
+    /// assert_eq!(doc.file_name, "manifest.pdf");
+    /// assert_eq!(doc.sha256.len(), 32);
+    /// ```
     pub fn new(file_name: &str, media_type: &str, content: Vec<u8>) -> Document {
         let name = file_name
             .rsplit(['/', '\\'])
@@ -451,21 +674,52 @@ impl Document {
         })
     }
 
+    /// What the document is, in words (see [`text`]).
+    ///
+    /// ```
+    /// use enlace::payloads::{Document, text};
+    ///
+    /// let doc = Document::new("photo.jpg", "image/jpeg", vec![0xff, 0xd8])
+    ///     .description(text("es-MX", "Fotografía de los tambos en el muelle"))
+    ///     .build();
+    /// assert!(doc.description.is_some());
+    /// ```
     pub fn description(mut self, t: pb::LocalizedText) -> Document {
         self.0.description = Some(t);
         self
     }
 
+    /// The protobuf document, e.g. to embed it in another payload.
+    ///
+    /// ```
+    /// let doc = enlace::payloads::Document::new("a.txt", "text/plain", b"hi".to_vec()).build();
+    /// assert_eq!(doc.media_type, "text/plain");
+    /// ```
     pub fn build(self) -> pb::Document {
         self.0
     }
 
-    /// A draft carrying this document.
+    /// A draft carrying this document, to address and send.
+    ///
+    /// ```
+    /// let draft = enlace::payloads::Document::new("a.txt", "text/plain", b"hi".to_vec())
+    ///     .into_draft()
+    ///     .to("pgr");
+    /// assert_eq!(draft.payload_type(), "enlace.v1.Document");
+    /// ```
     pub fn into_draft(self) -> Draft {
         Draft::from(self)
     }
 
     /// Checks a received document's content against its SHA-256.
+    ///
+    /// ```no_run
+    /// # fn example(delivery: &enlace::Delivery) -> Result<(), Box<dyn std::error::Error>> {
+    /// let doc: enlace::pb::Document = delivery.payload()?;
+    /// enlace::payloads::Document::verify(&doc)?;
+    /// std::fs::write(&doc.file_name, &doc.content)?;
+    /// # Ok(()) }
+    /// ```
     ///
     /// # Errors
     /// [`DocumentMismatch`] when they differ.
@@ -496,7 +750,14 @@ mod tests {
         for ok in ["345-78-8", "90-82-4", "7732-18-5", "50-00-0"] {
             assert!(ok.parse::<CasNumber>().is_ok(), "{ok}");
         }
-        for bad in ["345-78-7", "3-78-8", "345-7-8", "345788", "a45-78-8", "12345678-00-0"] {
+        for bad in [
+            "345-78-7",
+            "3-78-8",
+            "345-7-8",
+            "345788",
+            "a45-78-8",
+            "12345678-00-0",
+        ] {
             assert!(bad.parse::<CasNumber>().is_err(), "{bad}");
         }
     }

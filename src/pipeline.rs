@@ -29,8 +29,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
 use crate::error::SubmitError;
 use crate::signature::Signer;
-use crate::wire::CONTROL_FRAME_LIMIT;
 use crate::tls::describe_connection_error;
+use crate::wire::CONTROL_FRAME_LIMIT;
 use crate::wire::frame::{self, FrameReader};
 use crate::wire::pb::{self, frame::Body};
 
@@ -106,7 +106,10 @@ impl Pipeline {
     /// # Panics
     /// If the pipeline was made without a signer.
     pub async fn hand_over_unsigned(&self, envelope: Bytes) -> Result<Answer, SubmitError> {
-        assert!(self.signs, "hand_over_unsigned on a pipeline without a signer");
+        assert!(
+            self.signs,
+            "hand_over_unsigned on a pipeline without a signer"
+        );
         let cost = envelope.len() + SIGNATURE_BYTES;
         self.enqueue(Envelope::Unsigned(envelope), cost).await
     }
@@ -142,9 +145,9 @@ impl Future for Answer {
     type Output = Result<pb::Accepted, SubmitError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        Pin::new(&mut self.0).poll(cx).map(|r| {
-            r.unwrap_or_else(|_| Err(SubmitError::Connection("pipeline closed".into())))
-        })
+        Pin::new(&mut self.0)
+            .poll(cx)
+            .map(|r| r.unwrap_or_else(|_| Err(SubmitError::Connection("pipeline closed".into()))))
     }
 }
 

@@ -126,7 +126,10 @@ mod tests {
         assert_eq!(c, Ok(Authorized::Client));
         let desk = id("dea", Role::Client, "desk");
         assert_eq!(may_read(&desk, ""), Ok(Mailbox::Inbox));
-        assert_eq!(may_read(&desk, "analyst"), Mailbox::unit("analyst").map_err(|_| unreachable!()));
+        assert_eq!(
+            may_read(&desk, "analyst"),
+            Mailbox::unit("analyst").map_err(|_| unreachable!())
+        );
         assert!(may_read(&desk, "Not A Unit").is_err());
         assert!(may_read(&id("pgr", Role::Node, "pgr-1"), "").is_err());
         let n = authorize(

@@ -29,6 +29,8 @@ pub enum Stage {
     Acknowledged,
     /// The addressee's business answer.
     Response {
+        /// The addressee's answer: action taken, a positive or negative hit, more time
+        /// needed, or rejected.
         outcome: pb::BusinessOutcome,
         /// For NEED_MORE_TIME: the new deadline.
         need_until: Option<SystemTime>,
@@ -41,6 +43,14 @@ pub enum Stage {
 
 impl Stage {
     /// A short lowercase name, for timelines and logs.
+    ///
+    /// ```
+    /// use enlace::{Stage, pb};
+    ///
+    /// assert_eq!(Stage::Delivered.name(), "delivered");
+    /// let late = Stage::NonDelivery(pb::NonDeliveryReason::Expired);
+    /// assert_eq!(late.name(), "non-delivery:expired");
+    /// ```
     pub fn name(&self) -> String {
         match self {
             Stage::Accepted => "accepted".into(),
@@ -71,15 +81,18 @@ pub struct Receipt {
     pub addressee: String,
     /// The addressee's unit, when the stage concerns one.
     pub unit: String,
+    /// What happened to the message for this addressee.
     pub stage: Stage,
     /// The node, or for acknowledgements and responses the client, that produced the stage.
     pub by: String,
+    /// When the stage happened, by the clock of the node (or client) that reports it; `None` if
+    /// the receipt does not say.
     pub at: Option<SystemTime>,
     /// Free text: a non-delivery's detail, a rejection's reason, the deadline an overdue notice
     /// is about.
     pub detail: String,
     /// The nodes the receipt itself passed, from its hop records (filled in by the client that
-    /// received it; empty from [`Receipt::from_envelope`]).
+    /// received it; empty from [`Receipt::from_message`]).
     pub path: Vec<String>,
 }
 
@@ -154,7 +167,7 @@ impl Receipt {
 /// Whether a message is a client's own: not SYSTEM traffic (receipts, non-delivery reports,
 /// overdue notices) nor a business response (which is the receipt of the message it answers).
 fn from_a_client(m: &Message) -> bool {
-    m.from_client() && m.payload_type != pb::BusinessResponse::full_name()
+    m.is_from_client() && m.payload_type != pb::BusinessResponse::full_name()
 }
 
 /// Whether a message gets stage receipts: a client's message (so receipts never cause
@@ -167,7 +180,7 @@ pub(crate) fn wants_receipts(m: &Message) -> bool {
 /// Whether a message gets a non-delivery report when it will not arrive: any client's message
 /// (receipts and reports never cause reports).
 pub(crate) fn wants_non_delivery(m: &Message) -> bool {
-    m.from_client()
+    m.is_from_client()
 }
 
 /// Whether a message is tracked for its `respond_by` deadline: a client's message with a
@@ -244,14 +257,22 @@ mod tests {
     fn receipts_and_responses_get_no_receipts() {
         let now = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
         let desk = originator(Some("duty-desk"));
-        let alert = message(Draft::new(&pb::LiaisonMessage::default()).to("afi"), &desk, now);
+        let alert = message(
+            Draft::new(&pb::LiaisonMessage::default()).to("afi"),
+            &desk,
+            now,
+        );
         assert!(wants_receipts(&alert) && wants_non_delivery(&alert));
         let receipt = Draft::new(&pb::Receipt::default())
             .to("dea")
             .status(Status::System);
         let receipt = message(receipt, &originator(None), now);
         assert!(!wants_receipts(&receipt) && !wants_non_delivery(&receipt));
-        let response = message(Draft::new(&pb::BusinessResponse::default()).to("dea"), &desk, now);
+        let response = message(
+            Draft::new(&pb::BusinessResponse::default()).to("dea"),
+            &desk,
+            now,
+        );
         assert!(!wants_receipts(&response));
         assert!(!wants_response(&alert));
         // A bulk feed asks for non-delivery reports only, and still gets a respond-by.
@@ -332,7 +353,10 @@ mod tests {
             receipts_mailbox("duty-desk"),
             Mailbox::unit("receipts-duty-desk").unwrap()
         );
-        assert_eq!(receipts_mailbox(&"a".repeat(60)), Mailbox::unit("receipts").unwrap());
+        assert_eq!(
+            receipts_mailbox(&"a".repeat(60)),
+            Mailbox::unit("receipts").unwrap()
+        );
         assert!(is_receipts_mailbox(&receipts_mailbox("duty-desk")));
         assert!(!is_receipts_mailbox(&Mailbox::unit("desk").unwrap()));
         assert!(!is_receipts_mailbox(&Mailbox::Inbox));

@@ -5,7 +5,8 @@
 //! one when they deny, and the node sends it back (`Refused` frame) and records it. Nothing here
 //! decides anything.
 
-use crate::message::MessageId;
+use bytes::Bytes;
+
 use crate::wire::pb::{self, RefusalCode};
 
 /// A refusal: a code for programs and a reason for people.
@@ -28,12 +29,12 @@ impl Refusal {
         Refusal::new(RefusalCode::Invalid, reason)
     }
 
-    /// The wire form, with the message id when known.
-    pub fn to_pb(&self, id: Option<MessageId>) -> pb::Refused {
+    /// The wire form, with the refused message's id (16 bytes, or empty when unknown).
+    pub fn to_pb(&self, message_id: Bytes) -> pb::Refused {
         pb::Refused {
             code: self.code as i32,
             reason: self.reason.clone(),
-            message_id: id.map(MessageId::to_bytes).unwrap_or_default(),
+            message_id,
             retry_after_ms: 0,
         }
     }

@@ -72,11 +72,7 @@ pub struct Arrival<'a> {
 
 impl<F> Router<'_, F> {
     /// Decides where a message addressed to `addressees` (agency name as written, unit) goes.
-    pub fn plan<'h>(
-        &self,
-        addressees: &[Addressee],
-        arrival: Arrival<'_>,
-    ) -> Result<Plan, Refusal>
+    pub fn plan<'h>(&self, addressees: &[Addressee], arrival: Arrival<'_>) -> Result<Plan, Refusal>
     where
         F: Fn(&AgencyId) -> Option<NextHop<'h>>,
     {

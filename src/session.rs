@@ -144,7 +144,11 @@ pub(crate) async fn request(connection: &Connection, body: Body) -> Result<Body,
     frame::write_body(&mut send, body).await?;
     // Only fails if the node already stopped the stream; its answer is read below.
     let _ = send.finish();
-    match FrameReader::new(recv, ANSWER_FRAME_LIMIT).read().await?.body {
+    match FrameReader::new(recv, ANSWER_FRAME_LIMIT)
+        .read()
+        .await?
+        .body
+    {
         Some(Body::Refused(r)) => Err(SubmitError::from_refused(r)),
         Some(b) => Ok(b),
         None => Err(SubmitError::Protocol("empty answer".into())),

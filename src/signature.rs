@@ -16,7 +16,7 @@ use std::collections::{HashSet, VecDeque};
 use std::sync::Mutex;
 
 use bytes::Bytes;
-use ring::signature::{self, Ed25519KeyPair, KeyPair};
+use ring::signature::{self, Ed25519KeyPair};
 
 use crate::merkle::{self, Hash};
 use crate::wire::pb;
@@ -79,8 +79,10 @@ impl Signer {
         Ok(Signer { key, cert_sha256 })
     }
 
+    #[cfg(test)]
     /// The raw public key.
     pub fn public_key(&self) -> &[u8] {
+        use ring::signature::KeyPair;
         self.key.public_key().as_ref()
     }
 
@@ -94,6 +96,7 @@ impl Signer {
         }
     }
 
+    #[cfg(test)]
     /// Encodes an envelope and signs its exact bytes: the signed form a client or node sends.
     pub fn seal(&self, env: &pb::Envelope) -> pb::SignedEnvelope {
         let bytes = Bytes::from(prost::Message::encode_to_vec(env));

@@ -10,7 +10,7 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use crate::identity::{AgencyId, PeerCert, Role};
+use crate::identity::{PeerCert, Role};
 use crate::message::{Message, MessageId, Status};
 use crate::refusal::Refusal;
 use crate::signature;
@@ -28,7 +28,6 @@ pub(crate) struct Admitted {
 
 /// The node doing the admitting.
 pub(crate) struct NodeContext<'a> {
-    pub agency: &'a AgencyId,
     pub node: &'a str,
     /// Largest hop count the node itself allows, whatever the envelope says.
     pub max_hops: u32,
@@ -152,14 +151,13 @@ mod tests {
 
     use super::*;
     use crate::draft::Draft;
-    use crate::identity::Identity;
+    use crate::identity::{AgencyId, Identity};
     use crate::message::{Originator, Precedence};
     use crate::signature::Signer;
 
     struct Fixture {
         signer: Signer,
         cert: PeerCert,
-        agency: AgencyId,
         now: SystemTime,
         verified: signature::VerifiedRoots,
     }
@@ -182,7 +180,6 @@ mod tests {
         Fixture {
             signer,
             cert,
-            agency: AgencyId::new("dea").unwrap(),
             now: UNIX_EPOCH + Duration::from_secs(1_800_000_000),
             verified: Default::default(),
         }
@@ -207,7 +204,6 @@ mod tests {
 
     fn ctx(f: &Fixture, max_hops: u32) -> NodeContext<'_> {
         NodeContext {
-            agency: &f.agency,
             node: "dea-1",
             max_hops,
             verified: &f.verified,
@@ -236,10 +232,7 @@ mod tests {
     #[test]
     fn refuses_expired_and_tampered() {
         let f = fixture();
-        let env = draft().finish(
-            &originator("duty-desk"),
-            f.now - Duration::from_secs(120),
-        );
+        let env = draft().finish(&originator("duty-desk"), f.now - Duration::from_secs(120));
         assert_eq!(run(&f, &env).unwrap_err().code, RefusalCode::Expired);
 
         let env = draft().finish(&originator("duty-desk"), f.now);
@@ -267,9 +260,7 @@ mod tests {
                     ..Default::default()
                 });
             }
-            let mut s = f
-                .signer
-                .seal(&d.finish(&originator("duty-desk"), f.now));
+            let mut s = f.signer.seal(&d.finish(&originator("duty-desk"), f.now));
             s.hops = hops.iter().map(|n| hop(n)).collect();
             admit(s, &f.cert, &ctx(&f, 2), f.now).map_err(|(r, _)| r)
         };

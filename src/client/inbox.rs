@@ -56,8 +56,8 @@ impl Seen {
 }
 
 /// The ids an application has acknowledged, shared by the clients it uses one after another
-/// (see [`ClientOptions::dedup`](crate::ClientOptions::dedup)). Bounded: the oldest ids are
-/// forgotten after [`SEEN_CAPACITY`].
+/// (see [`ClientOptions::dedup`](crate::ClientOptions::dedup)). Bounded: it keeps the 100,000
+/// most recently acknowledged ids and forgets the oldest first.
 ///
 /// ```
 /// let seen = enlace::Dedup::default();
@@ -130,6 +130,13 @@ impl Inbox {
     }
 
     /// The mailbox it reads.
+    ///
+    /// ```no_run
+    /// # async fn example(client: enlace::Client) -> Result<(), enlace::ClientError> {
+    /// let inbox = client.subscribe(enlace::Mailbox::Inbox).await?;
+    /// assert_eq!(inbox.mailbox(), &enlace::Mailbox::Inbox);
+    /// # Ok(()) }
+    /// ```
     pub fn mailbox(&self) -> &Mailbox {
         &self.mailbox
     }
@@ -138,6 +145,16 @@ impl Inbox {
     ///
     /// A redelivery of a message the application already acknowledged (the acknowledgement was
     /// lost, or the node restarted before recording it) is acknowledged again and skipped.
+    ///
+    /// ```no_run
+    /// # async fn example(mut inbox: enlace::Inbox) -> Result<(), enlace::SubmitError> {
+    /// while let Some(delivery) = inbox.next().await {
+    ///     println!("{} {}", delivery.precedence(), delivery.message().payload_type());
+    ///     delivery.ack().await?;
+    /// }
+    /// // The connection has ended: connect again to read on.
+    /// # Ok(()) }
+    /// ```
     ///
     /// # Cancel safety
     /// Cancel safe: no delivery is lost if the future is dropped.
@@ -211,41 +228,97 @@ impl std::fmt::Debug for Delivery {
 }
 
 impl Delivery {
-    /// The message id.
+    /// The message id: the same for every copy and redelivery of the message.
+    ///
+    /// ```no_run
+    /// # fn example(delivery: &enlace::Delivery) {
+    /// println!("message {}", delivery.id());
+    /// # }
+    /// ```
     pub fn id(&self) -> MessageId {
         self.id
     }
 
+    /// The message's precedence, as its originator set it.
+    ///
+    /// ```no_run
+    /// # fn example(delivery: &enlace::Delivery) {
+    /// if delivery.precedence() == enlace::Precedence::Flash {
+    ///     println!("FLASH: page the duty officer");
+    /// }
+    /// # }
+    /// ```
     pub fn precedence(&self) -> Precedence {
         self.message.precedence
     }
 
     /// 1 for the first delivery, higher for redeliveries.
+    ///
+    /// ```no_run
+    /// # fn example(delivery: &enlace::Delivery) {
+    /// if delivery.attempt() > 1 {
+    ///     println!("offered again: it may have been processed before");
+    /// }
+    /// # }
+    /// ```
     pub fn attempt(&self) -> u32 {
         self.attempt
     }
 
     /// The mailbox it was delivered to.
+    ///
+    /// ```no_run
+    /// # fn example(delivery: &enlace::Delivery) {
+    /// println!("for {}", delivery.mailbox()); // "(inbox)" or a unit name
+    /// # }
+    /// ```
     pub fn mailbox(&self) -> &Mailbox {
         &self.mailbox
     }
 
-    /// When this client received it.
+    /// When this client received it, by this machine's clock.
+    ///
+    /// ```no_run
+    /// # fn example(delivery: &enlace::Delivery) {
+    /// println!("received {}", enlace::rfc3339(delivery.received_at()));
+    /// # }
+    /// ```
     pub fn received_at(&self) -> SystemTime {
         self.received_at
     }
 
     /// The message: originator, addressees, times, case, payload type.
+    ///
+    /// ```no_run
+    /// # fn example(delivery: &enlace::Delivery) {
+    /// let m = delivery.message();
+    /// println!("{} from {} in case {:?}", m.payload_type(), m.originator(), m.case_id());
+    /// # }
+    /// ```
     pub fn message(&self) -> &Message {
         &self.message
     }
 
     /// The nodes it passed, oldest first, from their hop records.
+    ///
+    /// ```no_run
+    /// # fn example(delivery: &enlace::Delivery) {
+    /// for hop in delivery.hops() {
+    ///     println!("{} ({}) received it at {:?}", hop.node, hop.agency, hop.received_at);
+    /// }
+    /// # }
+    /// ```
     pub fn hops(&self) -> Vec<Hop> {
         self.hops.iter().map(Hop::from_pb).collect()
     }
 
     /// The names of the nodes it passed, oldest first.
+    ///
+    /// ```no_run
+    /// # fn example(delivery: &enlace::Delivery) {
+    /// println!("via {}", delivery.path().join(" → ")); // e.g. dea-1 → pgr-1
+    /// # }
+    /// ```
     pub fn path(&self) -> Vec<&str> {
         self.hops.iter().map(|h| h.node.as_str()).collect()
     }
@@ -274,7 +347,16 @@ impl Delivery {
     }
 
     /// The signed envelope as delivered: the originator's exact bytes and signature, and the
-    /// hop records of the nodes it passed.
+    /// hop records of the nodes it passed: what to archive as evidence of what was received.
+    ///
+    /// ```no_run
+    /// # fn example(delivery: &enlace::Delivery) {
+    /// use prost::Message as _;
+    ///
+    /// let evidence: Vec<u8> = delivery.signed_envelope().encode_to_vec();
+    /// # let _ = evidence;
+    /// # }
+    /// ```
     pub fn signed_envelope(&self) -> pb::SignedEnvelope {
         self.message.signed(self.hops.clone(), Vec::new())
     }
@@ -284,6 +366,13 @@ impl Delivery {
     /// The id is remembered first, whatever happens to the acknowledgement on the wire: the
     /// application has processed the message, so a redelivery (the acknowledgement was lost with
     /// the connection, or the node restarted before recording it) is dropped, not shown again.
+    ///
+    /// ```no_run
+    /// # async fn example(delivery: enlace::Delivery) -> Result<(), enlace::SubmitError> {
+    /// // Process (store, display, forward) the message first, then:
+    /// delivery.ack().await?;
+    /// # Ok(()) }
+    /// ```
     ///
     /// # Errors
     /// The delivery stream has ended; the node will offer the message again, and this client
@@ -308,15 +397,20 @@ pub(crate) struct AckWriters {
 }
 
 /// Accepts delivery streams from the node and reads each in its own task.
-pub(crate) async fn receive(connection: Connection, routes: Routes, max_frame: u64, acks: AckWriters) {
+pub(crate) async fn receive(
+    connection: Connection,
+    routes: Routes,
+    max_frame: u64,
+    acks: AckWriters,
+) {
     let mut closing = acks.closing.clone();
     loop {
         let (send, recv) = tokio::select! {
             s = connection.accept_bi() => match s {
                 Ok(s) => s,
-                Err(_) => return,
+                Err(_) => break,
             },
-            _ = is_closing(&mut closing) => return,
+            _ = is_closing(&mut closing) => break,
         };
         tokio::spawn(read_deliveries(
             send,
@@ -326,6 +420,11 @@ pub(crate) async fn receive(connection: Connection, routes: Routes, max_frame: u
             acks.clone(),
         ));
     }
+    // Closing waits for the writers, not for this task.
+    drop(acks);
+    // Deliveries end with the connection: every inbox then ends, once what it holds is read.
+    connection.closed().await;
+    routes.lock().expect("routes lock poisoned").clear();
 }
 
 /// Reads `Deliver` frames from one stream (one, for an alert; many, for analytical traffic) and
@@ -408,7 +507,9 @@ async fn read_deliveries(
             }
             // A mailbox this client no longer reads: not acknowledged, so the node offers it
             // again elsewhere.
-            None => tracing::debug!(id = %delivery.id, mailbox = %delivery.mailbox, "delivery for a mailbox no longer read"),
+            None => {
+                tracing::debug!(id = %delivery.id, mailbox = %delivery.mailbox, "delivery for a mailbox no longer read")
+            }
         }
     }
 }

@@ -42,11 +42,12 @@ pub const DEFAULT_INBOX_CAPACITY: usize = 1024;
 /// [`Accepted::busy_retries`]: crate::Accepted::busy_retries
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BusyRetry {
-    /// The first wait when the node did not say how long.
+    /// The first wait when the node did not say how long (default 100 ms); it doubles with
+    /// each further retry.
     pub initial: Duration,
-    /// The longest single wait.
+    /// The longest single wait, whatever the node suggests (default 2 s).
     pub max_delay: Duration,
-    /// The most time spent retrying one message; zero never retries.
+    /// The most time spent retrying one message (default 60 s); zero never retries.
     pub max_wait: Duration,
 }
 
@@ -62,6 +63,11 @@ impl Default for BusyRetry {
 
 impl BusyRetry {
     /// Never retry: a busy refusal is returned at once.
+    ///
+    /// ```
+    /// let opts = enlace::ClientOptions::new("dea-1.dea.enlace.example:7400")
+    ///     .busy_retry(enlace::BusyRetry::never());
+    /// ```
     pub fn never() -> BusyRetry {
         BusyRetry {
             max_wait: Duration::ZERO,
@@ -125,6 +131,10 @@ impl ClientOptions {
     /// Options for the node at `node`: `host:port` (a DNS name, resolved when connecting, which
     /// is also the name its certificate must carry) or `ip:port` (then give
     /// [`ClientOptions::server_name`]).
+    ///
+    /// ```
+    /// let opts = enlace::ClientOptions::new("dea-1.dea.enlace.example:7400");
+    /// ```
     pub fn new(node: impl Into<String>) -> ClientOptions {
         ClientOptions {
             node: node.into(),
@@ -300,9 +310,15 @@ mod tests {
         let (addr, name) = o.resolve().await.unwrap();
         assert_eq!(addr.to_string(), "127.0.0.1:7400");
         assert_eq!(name, "dea-1.dea.enlace.test");
-        let (addr, name) = ClientOptions::new("localhost:7400").resolve().await.unwrap();
+        let (addr, name) = ClientOptions::new("localhost:7400")
+            .resolve()
+            .await
+            .unwrap();
         assert_eq!((addr.port(), name.as_str()), (7400, "localhost"));
-        let e = ClientOptions::new("127.0.0.1:7400").resolve().await.unwrap_err();
+        let e = ClientOptions::new("127.0.0.1:7400")
+            .resolve()
+            .await
+            .unwrap_err();
         assert!(e.to_string().contains("server_name"), "{e}");
         assert!(ClientOptions::new("no-port").resolve().await.is_err());
         let e = ClientOptions::new("x:1").material().err().unwrap();

@@ -54,6 +54,16 @@ impl Receipts {
 
     /// The next receipt of any message, or `None` when the connection has ended.
     ///
+    /// ```no_run
+    /// # async fn example(mut receipts: enlace::Receipts) {
+    /// while let Some(r) = receipts.next().await {
+    ///     if let enlace::Stage::NonDelivery(why) = r.stage {
+    ///         eprintln!("{} will not reach {}: {why:?}", r.message_id, r.addressee);
+    ///     }
+    /// }
+    /// # }
+    /// ```
+    ///
     /// # Cancel safety
     /// Cancel safe: a receipt is taken from the node only once it can be returned.
     pub async fn next(&mut self) -> Option<Receipt> {
@@ -64,7 +74,19 @@ impl Receipts {
     }
 
     /// The next receipt of message `id`; receipts of other messages that arrive meanwhile are
-    /// held for [`Receipts::next`] and later calls (up to [`HELD_CAPACITY`]).
+    /// held for [`Receipts::next`] and later calls (up to 10,000 of them; beyond that the oldest
+    /// held receipt is dropped and logged).
+    ///
+    /// ```no_run
+    /// # async fn example(client: enlace::Client, draft: enlace::Draft)
+    /// #     -> Result<(), Box<dyn std::error::Error>> {
+    /// let mut receipts = client.receipts().await?;
+    /// let accepted = client.send(draft).await?.await?;
+    /// if let Some(first) = receipts.next_for(accepted.id).await {
+    ///     println!("{} by {}", first.stage.name(), first.by);
+    /// }
+    /// # Ok(()) }
+    /// ```
     ///
     /// # Cancel safety
     /// Cancel safe: receipts read while waiting are held, not lost.
@@ -107,7 +129,6 @@ impl Receipts {
             }
         }
     }
-
 }
 
 impl Client {

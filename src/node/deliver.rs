@@ -20,9 +20,9 @@ use std::time::{Instant, SystemTime};
 use quinn::{Connection, RecvStream, SendStream};
 use tokio::sync::{mpsc, watch};
 
+use super::conn::Conn;
 use super::ledger::{InFlight, Queue};
 use super::state::Node;
-use super::streams::Conn;
 use crate::address::Mailbox;
 use crate::dispatch::{CLIENT_WINDOWS, Dispatcher, Next, Outcome, Slot, Ticket};
 use crate::message::{MessageId, Precedence};
@@ -184,7 +184,10 @@ async fn deliver_alert(c: Arc<Consumer>, copy: InFlight, ticket: Ticket) {
     let outcome = match result {
         Ok(Ok(())) => Outcome::Done,
         Err(_) => c.failed(Outcome::TimedOut),
-        Ok(Err(reason)) => c.failed(Outcome::Failed(format!("{}: delivery failed: {reason}", c.to))),
+        Ok(Err(reason)) => c.failed(Outcome::Failed(format!(
+            "{}: delivery failed: {reason}",
+            c.to
+        ))),
     };
     c.settle(copy, ticket, outcome).await;
 }

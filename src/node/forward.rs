@@ -96,7 +96,10 @@ pub(super) async fn run(node: Arc<Node>, conn: Connection, peer: String, outbox:
             }
         }
         let notified = outbox.notified();
-        let (wake_at, full) = match node.ledger.next(&outbox, &mut dispatcher, SystemTime::now()) {
+        let (wake_at, full) = match node
+            .ledger
+            .next(&outbox, &mut dispatcher, SystemTime::now())
+        {
             Next::Send(copy, ticket) => {
                 match ticket.slot {
                     Slot::Alert => {

@@ -19,15 +19,18 @@
 //! [`Ledger::settle`], and if it is dropped unsettled (its connection went away, a task ended)
 //! it goes back to the head of its lane, so no copy is ever lost in flight.
 
+mod dead;
 pub(crate) mod queue;
+mod recovery;
+mod take;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::SystemTime;
 
-use bytes::Bytes;
-use prost::Message as _;
 use tokio::sync::{Notify, mpsc};
 
 use super::events::{Event, Events};
@@ -35,11 +38,11 @@ use crate::address::Mailbox;
 use crate::dispatch::{Action, Dispatcher, Next};
 use crate::identity::AgencyId;
 use crate::lanes::Entry;
-use crate::message::{Message, MessageId, Precedence, from_millis, millis, timestamp};
+use crate::message::{Message, Precedence, timestamp};
 use crate::receipt;
 use crate::refusal::Refusal;
 use crate::route::Plan;
-use crate::store::{Op, PutRecord, Store, StoreError, StoredMessage};
+use crate::store::{Op, Store, StoreError};
 use crate::wire::pb::{self, RefusalCode};
 pub(crate) use queue::{Copy, DeadLetter, Queue, QueueId, Seq, Transit};
 
@@ -110,7 +113,11 @@ pub(crate) struct InFlight {
 impl InFlight {
     pub fn copy(&self) -> &Copy {
         // Present until the copy is settled or dropped, which consumes `self`.
-        &self.entry.as_ref().expect("an in-flight copy is present").item
+        &self
+            .entry
+            .as_ref()
+            .expect("an in-flight copy is present")
+            .item
     }
 
     pub fn precedence(&self) -> Precedence {
@@ -134,7 +141,8 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         if let Some(entry) = self.entry.take() {
-            self.ledger.returned(&self.queue, entry, "its attempt was abandoned");
+            self.ledger
+                .returned(&self.queue, entry, "its attempt was abandoned");
         }
     }
 }
@@ -157,6 +165,10 @@ struct Inner {
     orphans: Arc<Queue>,
     notices: mpsc::Sender<Notice>,
     notices_dropped: AtomicU64,
+    /// Store records being written in the background (see [`Ledger::flush`]).
+    recording: AtomicUsize,
+    /// Woken when `recording` falls to zero.
+    recorded: Notify,
     /// Set once the store has failed, with the reason given to every sender from then on.
     failed: OnceLock<String>,
     /// Woken when the store fails: the node then stops, so that a supervisor restarts it.
@@ -192,6 +204,8 @@ impl Ledger {
             orphans: Queue::new(QueueId::Orphans, agency, 1),
             notices,
             notices_dropped: AtomicU64::new(0),
+            recording: AtomicUsize::new(0),
+            recorded: Notify::new(),
             failed: OnceLock::new(),
             fatal: Notify::new(),
         };
@@ -264,178 +278,21 @@ impl Ledger {
         self.0.fatal.notified().await;
     }
 
+    /// Waits until the store records written in the background (acknowledgements, attempts,
+    /// dead letters) are on disk or have failed.
+    pub async fn flush(&self) {
+        loop {
+            let recorded = self.0.recorded.notified();
+            if self.0.recording.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            recorded.await;
+        }
+    }
+
     /// Closes the store once nothing more will be written.
     pub async fn close(&self) -> Result<(), StoreError> {
         self.0.store.clone().close().await
-    }
-
-    /// **Taken**: the message is routed by `t.plan`, written to the store (one `Put` per
-    /// destination queue, one group-committed write) and queued; the sender may then hear
-    /// `Accepted`. A time-sensitive copy is queued *while* its write is in flight (cut-through),
-    /// so its delivery or forwarding does not wait for the fsync; `Accepted` still does. A
-    /// retransmission of a message already in the store is answered `Accepted` again without a
-    /// second copy.
-    ///
-    /// # Errors
-    /// A refusal for the sender: a full queue (`QUEUE_FULL`), no room for another mailbox, the
-    /// store refusing the message or failing (then the node stops).
-    pub async fn take(&self, t: Taking<'_>) -> Result<pb::Accepted, Refusal> {
-        let Taking {
-            message,
-            hops,
-            plan,
-            from,
-            from_peer,
-            now,
-        } = t;
-        let id = message.id;
-        let routed = plan.fan_out() as u32;
-        let accepted = || pb::Accepted {
-            message_id: id.to_bytes(),
-            accepted_at: Some(timestamp(now)),
-            routed,
-        };
-        let mut queues = Vec::with_capacity(plan.fan_out());
-        for m in &plan.local {
-            let q = self.mailbox(m).ok_or_else(|| {
-                Refusal::new(
-                    RefusalCode::UnknownRecipient,
-                    format!("this node keeps at most {MAX_MAILBOXES} unit mailboxes"),
-                )
-            })?;
-            queues.push(q);
-        }
-        for p in &plan.peers {
-            let q = self.outbox(&p.node).ok_or_else(|| {
-                Refusal::new(
-                    RefusalCode::UnknownRecipient,
-                    format!("no link to node {}", p.node),
-                )
-            })?;
-            queues.push(q);
-        }
-        if let Some(full) = queues.iter().find(|q| !q.has_room(message.precedence)) {
-            return Err(Refusal::new(
-                RefusalCode::QueueFull,
-                format!("{} is full; retry later", full.name()),
-            ));
-        }
-        // Local copies carry this node's hop record; onward copies get it when forwarded, and
-        // name the agencies the peer is to deliver or relay them for.
-        let mut transits = Vec::with_capacity(queues.len());
-        if !plan.local.is_empty() {
-            let mut local = hops.clone();
-            local.push(self.hop_record(now, None));
-            let t = Arc::new(Transit {
-                hops: local,
-                route_to: Vec::new(),
-            });
-            transits.extend(std::iter::repeat_n(t, plan.local.len()));
-        }
-        for p in &plan.peers {
-            transits.push(Arc::new(Transit {
-                hops: hops.clone(),
-                route_to: p.agencies.iter().map(|a| a.to_string()).collect(),
-            }));
-        }
-        // On disk before the sender hears "accepted". Local copies share one encoding.
-        let mut encoded: Vec<Bytes> = Vec::with_capacity(transits.len());
-        for (i, t) in transits.iter().enumerate() {
-            let bytes = match i {
-                i if i > 0 && Arc::ptr_eq(t, &transits[i - 1]) => encoded[i - 1].clone(),
-                _ => Bytes::from(
-                    message
-                        .signed(t.hops.clone(), t.route_to.clone())
-                        .encode_to_vec(),
-                ),
-            };
-            encoded.push(bytes);
-        }
-        let ops = queues
-            .iter()
-            .zip(&encoded)
-            .map(|(q, bytes)| {
-                Op::Put(PutRecord {
-                    queue: q.name().to_owned(),
-                    message_id: *id.as_bytes(),
-                    precedence: message.precedence.to_pb() as u8,
-                    expires_at_ms: millis(message.expires_at),
-                    received_at_ms: millis(now),
-                    bytes: bytes.clone(),
-                })
-            })
-            .collect();
-        let entry = |transit: &Arc<Transit>, seq| Entry {
-            precedence: message.precedence,
-            expires_at: message.expires_at,
-            item: Copy {
-                message: message.clone(),
-                transit: transit.clone(),
-                seq,
-                received_at: now,
-                attempts: 0,
-            },
-        };
-        // Cut-through (see above). Room was checked; concurrent submissions can overshoot the
-        // bound by at most their number, and an accepted copy is never dropped. Should the write
-        // fail, or the message turn out to be a retransmission, the copy may still be delivered:
-        // once more at worst, with the same id, which the recipient's client drops.
-        let early: Vec<_> = if message.precedence.is_time_sensitive() {
-            queues
-                .iter()
-                .zip(&transits)
-                .map(|(q, t)| {
-                    let (set, seq) = Seq::pending();
-                    q.push_checked(entry(t, seq));
-                    set
-                })
-                .collect()
-        } else {
-            Vec::new()
-        };
-        let seqs = match self.0.store.commit_if_new(ops).await {
-            Ok(seqs) => seqs,
-            // Already accepted (a retransmission after a lost answer): accepted again, once.
-            Err(StoreError::Duplicate { .. }) => return Ok(accepted()),
-            Err(e) if e.is_fatal() => return Err(self.storage_failed(&e)),
-            // The store refused this message alone (e.g. over its size limit): nothing written.
-            Err(e) => return Err(Refusal::invalid(e.to_string())),
-        };
-        let durable_at = SystemTime::now();
-        if early.is_empty() {
-            for ((q, t), seq) in queues.iter().zip(&transits).zip(seqs) {
-                q.push_checked(entry(t, Seq::durable(seq)));
-            }
-        } else {
-            for (set, seq) in early.into_iter().zip(seqs) {
-                let _ = set.send(Some(seq));
-            }
-        }
-        self.0.events.record(Event::Accepted {
-            id,
-            from: from.to_owned(),
-            precedence: message.precedence,
-            destinations: plan.fan_out(),
-        });
-        self.notify(Notice::Taken {
-            onward: plan.peers.iter().flat_map(|p| p.agencies.clone()).collect(),
-            local: plan.local,
-            message,
-            from_peer,
-            received: now,
-            durable_at,
-        });
-        Ok(accepted())
-    }
-
-    /// **Refused**: a submission (from `from`) that the node did not take, and why.
-    pub fn refused(&self, id: Option<MessageId>, from: &str, refusal: &Refusal) {
-        self.0.events.record(Event::Refused {
-            id,
-            from: from.to_owned(),
-            code: refusal.code,
-            reason: refusal.reason.clone(),
-        });
     }
 
     /// **Dispatched**: takes the next copy to send from `queue`, as `dispatcher` decides given
@@ -607,176 +464,6 @@ impl Ledger {
         }
     }
 
-    /// **Redriven**: dead letters matching `wanted` (of the queue named `queue`, if given) go
-    /// back to their queue as fresh copies (one store write for all of them), attempts reset.
-    /// Orphans have no consumer and stay. Returns the ids put back.
-    ///
-    /// # Errors
-    /// The refusal to send the operator when the store cannot write.
-    pub async fn redrive(
-        &self,
-        queue: Option<&str>,
-        wanted: impl Fn(&DeadLetter) -> bool,
-        by: &str,
-    ) -> Result<Vec<MessageId>, Refusal> {
-        let mut ids = Vec::new();
-        for q in self.queues() {
-            if queue.is_some_and(|n| q.name() != n) || *q.id() == QueueId::Orphans {
-                continue;
-            }
-            // A dead letter whose copy is not on disk yet (a time-sensitive copy, queued while
-            // its write was in flight) stays parked: it can be redriven once it is.
-            let dead = q.take_dead(|d| wanted(d) && d.entry.item.seq.get().is_some());
-            if dead.is_empty() {
-                continue;
-            }
-            let ops = dead
-                .iter()
-                .filter_map(|d| d.entry.item.seq.get().map(Op::Redrive))
-                .collect();
-            let seqs = match self.0.store.commit(ops).await {
-                Ok(seqs) => seqs,
-                Err(e) => {
-                    for d in dead {
-                        q.dead_letter(d);
-                    }
-                    return Err(if e.is_fatal() {
-                        self.storage_failed(&e)
-                    } else {
-                        Refusal::invalid(e.to_string())
-                    });
-                }
-            };
-            for (mut d, seq) in dead.into_iter().zip(seqs) {
-                let id = d.entry.item.id();
-                d.entry.item.seq = Seq::durable(seq);
-                d.entry.item.attempts = 0;
-                q.requeue(d.entry);
-                self.0.events.record(Event::Redriven {
-                    id,
-                    queue: q.name().to_owned(),
-                    by: by.to_owned(),
-                });
-                ids.push(id);
-            }
-        }
-        Ok(ids)
-    }
-
-    /// The dead letters matching `pred`, with their queues (read only).
-    pub fn dead_letters(
-        &self,
-        pred: impl Fn(&Queue, &DeadLetter) -> bool,
-    ) -> Vec<(Arc<Queue>, DeadLetter)> {
-        let mut out = Vec::new();
-        for q in self.queues() {
-            for d in q.dead_letters() {
-                if pred(&q, &d) {
-                    out.push((q.clone(), d));
-                }
-            }
-        }
-        out
-    }
-
-    /// Puts the live copies recovered from the store back where they were: waiting copies to
-    /// their queue's lanes, dead letters to its dead letters. A copy whose queue no longer exists
-    /// (a peer removed from the config) is **dead-lettered** in the orphans queue, for an
-    /// operator; one that does not decode (damage the checksum missed) is **purged**.
-    pub fn recover(&self, recovered: Vec<StoredMessage>) {
-        let (mut waiting, mut dead, mut orphaned, mut unreadable) = (0, 0, 0, 0);
-        for m in recovered {
-            let id = MessageId::from_slice(&m.message_id);
-            let copy = pb::SignedEnvelope::decode(m.bytes.clone())
-                .ok()
-                .and_then(|s| {
-                    let message = Message::parse(s.envelope, s.signature).ok()?;
-                    let transit = Transit {
-                        hops: s.hops,
-                        route_to: s.route_to,
-                    };
-                    Some((message, transit))
-                });
-            let precedence = pb::Precedence::try_from(i32::from(m.precedence))
-                .ok()
-                .and_then(Precedence::from_pb);
-            let (Some((message, transit)), Some(precedence), Some(id)) = (copy, precedence, id)
-            else {
-                let queue = m.queue.clone();
-                self.purged(m.seq, id, &queue, "the stored copy does not decode");
-                unreadable += 1;
-                continue;
-            };
-            let message = Arc::new(message);
-            let entry = Entry {
-                precedence,
-                expires_at: from_millis(m.expires_at_ms),
-                item: Copy {
-                    message: message.clone(),
-                    transit: Arc::new(transit),
-                    seq: Seq::durable(m.seq),
-                    received_at: from_millis(m.received_at_ms),
-                    attempts: m.attempts,
-                },
-            };
-            let queue = match QueueId::parse(&m.queue, &self.0.agency) {
-                Some(QueueId::Mailbox(mb)) => self.mailbox(&mb),
-                Some(QueueId::Outbox(peer)) => self.outbox(&peer),
-                Some(QueueId::Orphans) | None => None,
-            };
-            match (queue, m.dead) {
-                (Some(q), None) => {
-                    if matches!(q.id(), QueueId::Mailbox(_)) && receipt::wants_response(&message) {
-                        // An action copy still waiting here owes its originator an answer.
-                        self.notify(Notice::Waiting { message });
-                    }
-                    q.push_checked(entry);
-                    waiting += 1;
-                }
-                (q, Some(reason)) => {
-                    // An orphan stays one: its queue is still gone.
-                    let q = q.unwrap_or_else(|| self.0.orphans.clone());
-                    q.dead_letter(DeadLetter {
-                        entry,
-                        reason,
-                        at: SystemTime::now(),
-                    });
-                    dead += 1;
-                }
-                (None, None) => {
-                    let reason = format!("queue {} no longer exists in the configuration", m.queue);
-                    self.0.events.record(Event::DeadLettered {
-                        id: entry.item.id(),
-                        queue: self.0.orphans.name().to_owned(),
-                        reason: reason.clone(),
-                    });
-                    self.record_later(vec![Op::DeadLetter(m.seq, reason.clone())]);
-                    self.0.orphans.dead_letter(DeadLetter {
-                        entry,
-                        reason,
-                        at: SystemTime::now(),
-                    });
-                    orphaned += 1;
-                }
-            }
-        }
-        tracing::info!(
-            node = %self.0.node,
-            waiting, dead, orphaned, unreadable,
-            "recovered queues from the store"
-        );
-    }
-
-    /// **Purged**: a stored copy is removed without being delivered.
-    fn purged(&self, seq: u64, id: Option<MessageId>, queue: &str, why: &str) {
-        self.0.events.record(Event::Purged {
-            id,
-            queue: queue.to_owned(),
-            reason: why.to_owned(),
-        });
-        self.record_later(vec![Op::Done(seq)]);
-    }
-
     /// This node's hop record: when it received a message, and when it forwarded it on.
     pub fn hop_record(
         &self,
@@ -809,6 +496,7 @@ impl Ledger {
     /// a redelivery that the client drops; a lost attempt count only a later dead letter).
     fn record_later(&self, ops: Vec<Op>) {
         let ledger = self.clone();
+        self.0.recording.fetch_add(1, Ordering::AcqRel);
         tokio::spawn(async move {
             if let Err(e) = ledger.0.store.commit(ops).await {
                 if e.is_fatal() {
@@ -817,7 +505,14 @@ impl Ledger {
                     tracing::warn!(error = %e, "store op not applied");
                 }
             }
+            ledger.recorded_one();
         });
+    }
+
+    fn recorded_one(&self) {
+        if self.0.recording.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.recorded.notify_waiters();
+        }
     }
 
     /// As [`Ledger::record_later`], for ops about one copy: once the copy's `Put` is durable (at
@@ -827,17 +522,26 @@ impl Ledger {
             Some(seq) => self.record_later(ops(seq)),
             None => {
                 let (ledger, seq) = (self.clone(), copy.seq.clone());
+                self.0.recording.fetch_add(1, Ordering::AcqRel);
                 tokio::spawn(async move {
                     if let Some(seq) = seq.wait().await {
                         ledger.record_later(ops(seq));
                     }
+                    ledger.recorded_one();
                 });
             }
         }
     }
 
     /// A stage receipt about a mailbox copy, when its originator asked for them.
-    fn stage(&self, queue: &Queue, copy: &Copy, stage: pb::ReceiptStage, by: String, at: SystemTime) {
+    fn stage(
+        &self,
+        queue: &Queue,
+        copy: &Copy,
+        stage: pb::ReceiptStage,
+        by: String,
+        at: SystemTime,
+    ) {
         let QueueId::Mailbox(mailbox) = queue.id() else {
             return;
         };
@@ -854,7 +558,13 @@ impl Ledger {
     }
 
     /// A non-delivery report about `copy`, when its originator gets one.
-    fn undelivered(&self, queue: &Queue, copy: &Copy, reason: pb::NonDeliveryReason, detail: String) {
+    fn undelivered(
+        &self,
+        queue: &Queue,
+        copy: &Copy,
+        reason: pb::NonDeliveryReason,
+        detail: String,
+    ) {
         if !receipt::wants_non_delivery(&copy.message) {
             return;
         }

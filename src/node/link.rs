@@ -19,9 +19,10 @@ use rustls_pki_types::CertificateDer;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use super::conn::Conn;
 use super::links::{Change, Links};
 use super::state::Node;
-use super::streams::{self, Conn};
+use super::streams;
 use crate::config::Peer;
 use crate::error::ConnectError;
 use crate::identity::{self, Role};
@@ -212,7 +213,8 @@ impl Link {
             self.dialer(dialer)
         );
         let by = self.dialer(dialer).to_owned();
-        self.links.set(&self.peer.node, Change::Up, detail, Some(&by));
+        self.links
+            .set(&self.peer.node, Change::Up, detail, Some(&by));
         self.current = Some(Current {
             conn,
             dialer,

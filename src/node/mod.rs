@@ -2,11 +2,12 @@
 //!
 //! Thin async glue. Decisions are made by the sans-I/O core (`policy`, `validate`, `route`,
 //! `dispatch`, `lanes`, `receipt`, `respond`); every change of a copy's fate goes through the
-//! [`ledger`], which owns the node's store and queues. Files, by job:
+//! ledger (`ledger`), which owns the node's store and queues. Files, by job:
 //!
 //! - `runtime`: start, run, check, and shutdown;
 //! - `state`: the state every task of a node shares;
 //! - `server`: accepting connections and authorizing them;
+//! - `conn`: an authorized connection: who, and which mailboxes it reads;
 //! - `streams`: serving the request streams of a connection (submissions, subscriptions,
 //!   operator requests);
 //! - `intake`: routing an admitted message and handing it to the ledger;
@@ -18,6 +19,7 @@
 //! - `operator`: dead-letter requests;
 //! - `events`: the hook every event passes through.
 
+mod conn;
 mod deliver;
 mod events;
 mod forward;

@@ -28,7 +28,7 @@ pub(super) async fn handle(node: &Arc<Node>, by: &str, request: Body) -> Body {
                 Ok(ids) => Body::DlqRedriven(pb::DlqRedriven {
                     message_ids: ids.into_iter().map(MessageId::to_bytes).collect(),
                 }),
-                Err(refusal) => Body::Refused(refusal.to_pb(None)),
+                Err(refusal) => Body::Refused(refusal.to_pb(Default::default())),
             }
         }
         other => Body::Refused(pb::Refused {

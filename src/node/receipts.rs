@@ -175,7 +175,14 @@ impl Worker {
             let agencies = std::iter::repeat_n(own, local.len().min(1)).chain(onward);
             for agency in agencies {
                 let stage = pb::ReceiptStage::Accepted;
-                let r = stage_receipt(m.id, stage, agency.as_str(), &Mailbox::Inbox, me.clone(), received);
+                let r = stage_receipt(
+                    m.id,
+                    stage,
+                    agency.as_str(),
+                    &Mailbox::Inbox,
+                    me.clone(),
+                    received,
+                );
                 out.extend(self.receipt(m, r));
             }
         }
@@ -215,7 +222,14 @@ impl Worker {
         let mut to = vec![m.originator.agency.to_string()];
         to.extend(receipt::receipts_address(&m.originator));
         let what = "non-delivery report";
-        vec![self.system(&report, &to, Precedence::Priority, REPORT_LIFETIME, m.id, what)]
+        vec![self.system(
+            &report,
+            &to,
+            Precedence::Priority,
+            REPORT_LIFETIME,
+            m.id,
+            what,
+        )]
     }
 
     /// Tracks the respond-by deadline of a message held here for this node's agency, if it is
@@ -356,7 +370,8 @@ impl Worker {
                 let now = SystemTime::now();
                 if let Err(r) = node.take(admitted, &from, false, now).await {
                     let reason = format!("{} not queued: {}", o.what, r.reason);
-                    node.ledger.refused(Some(id), &from, &Refusal::new(r.code, reason));
+                    node.ledger
+                        .refused(Some(id), &from, &Refusal::new(r.code, reason));
                 }
             });
         }

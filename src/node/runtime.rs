@@ -283,6 +283,9 @@ async fn serve(bound: Bound, shutdown: impl Future<Output = ()>) {
     tasks.abort_all();
     endpoint.close(0u32.into(), b"node shutting down");
     let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+    // Acknowledgements recorded in the background reach the disk, so a restart does not offer
+    // acknowledged copies again.
+    let _ = tokio::time::timeout(Duration::from_secs(1), node.ledger.flush()).await;
     if let Err(e) = node.ledger.close().await {
         tracing::error!(node = %node.config.name, error = %e, "store closed with an error");
     }

@@ -12,9 +12,10 @@ use std::time::Duration;
 use quinn::{Connection, RecvStream, SendStream};
 use rustls_pki_types::CertificateDer;
 
+use super::conn::Conn;
 use super::events::Event;
 use super::state::Node;
-use super::streams::{self, Conn};
+use super::streams;
 use crate::identity::{self, PeerCert, Role};
 use crate::policy::{self, Authorized};
 use crate::refusal::Refusal;
@@ -148,7 +149,7 @@ async fn refuse_connection(
         reason: refusal.reason.clone(),
     });
     if let Some(mut send) = send
-        && frame::write_body(&mut send, Body::Refused(refusal.to_pb(None)))
+        && frame::write_body(&mut send, Body::Refused(refusal.to_pb(Default::default())))
             .await
             .is_ok()
     {

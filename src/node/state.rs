@@ -5,8 +5,8 @@
 //! that use it.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use quinn::Connection;
 use tokio::sync::mpsc;
@@ -60,7 +60,6 @@ impl Node {
     /// What admission needs to know about this node.
     pub fn admission(&self) -> NodeContext<'_> {
         NodeContext {
-            agency: &self.config.agency,
             node: &self.config.name,
             max_hops: self.config.limits.max_hops,
             verified: &self.verified,

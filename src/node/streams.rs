@@ -11,23 +11,23 @@
 //! Streams are served in their own tasks because QUIC hands them over in the order they were
 //! opened: an alert opened after a bulk transfer must not wait behind it.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use quinn::{Connection, RecvStream, SendStream};
+use quinn::{RecvStream, SendStream};
 use tokio::sync::watch;
 
+use super::conn::Conn;
 use super::state::Node;
 use crate::address::Mailbox;
-use crate::identity::{PeerCert, Role};
+use crate::identity::Role;
 use crate::message::MessageId;
 use crate::policy;
 use crate::refusal::Refusal;
 use crate::validate;
+use crate::wire::FRAME_SLACK;
 use crate::wire::frame::{self, FrameError, FrameReader};
 use crate::wire::pb::{self, RefusalCode, frame::Body};
-use crate::wire::FRAME_SLACK;
 
 /// Requests processed at once per stream.
 const PIPELINE_DEPTH: usize = 1024;
@@ -41,36 +41,6 @@ const SKIP_FACTOR: u64 = 16;
 /// What a sender is told to wait before retrying a QUEUE_FULL or SHUTTING_DOWN refusal.
 const RETRY_AFTER: Duration = Duration::from_millis(500);
 
-/// An authorized connection and what it does at this node.
-pub(super) struct Conn {
-    pub conn: Connection,
-    /// Who is on the other end, from its verified certificate.
-    pub who: PeerCert,
-    /// `who`, printed once (`agency/role/name`).
-    pub name: String,
-    /// Mailboxes this connection reads, each with the stop signal of its delivery loop.
-    subscriptions: Mutex<HashMap<Mailbox, watch::Sender<bool>>>,
-}
-
-impl Conn {
-    pub fn new(conn: Connection, who: PeerCert) -> Arc<Conn> {
-        Arc::new(Conn {
-            name: who.identity.to_string(),
-            conn,
-            who,
-            subscriptions: Mutex::default(),
-        })
-    }
-
-    fn from_peer(&self) -> bool {
-        self.who.identity.role == Role::Node
-    }
-
-    fn subscriptions(&self) -> std::sync::MutexGuard<'_, HashMap<Mailbox, watch::Sender<bool>>> {
-        self.subscriptions.lock().expect("subscriptions lock poisoned")
-    }
-}
-
 /// Serves the streams the other side opens, each in its own task, until the connection ends.
 pub(super) async fn serve(node: Arc<Node>, conn: Arc<Conn>) {
     while let Ok((send, recv)) = conn.conn.accept_bi().await {
@@ -81,14 +51,14 @@ pub(super) async fn serve(node: Arc<Node>, conn: Arc<Conn>) {
 /// Serves one stream: reads request frames and writes their answers in order.
 async fn stream(node: Arc<Node>, conn: Arc<Conn>, mut send: SendStream, recv: RecvStream) {
     // Peers forward what a client submitted within the limit, plus hop records.
-    let max = node.config.limits.max_frame_bytes + if conn.from_peer() { FRAME_SLACK } else { 0 };
+    let max = node.config.limits.max_frame_bytes + if conn.is_peer() { FRAME_SLACK } else { 0 };
     let mut reader = FrameReader::new(recv, max);
     let (tx, mut rx) = tokio::sync::mpsc::channel::<tokio::task::JoinHandle<Body>>(PIPELINE_DEPTH);
     let writer = tokio::spawn(async move {
         let answer = |r: Result<Body, tokio::task::JoinError>| {
             r.unwrap_or_else(|e| {
                 let r = Refusal::invalid(format!("internal error: {e}"));
-                Body::Refused(r.to_pb(None))
+                Body::Refused(r.to_pb(Default::default()))
             })
         };
         let mut next = None;
@@ -166,7 +136,7 @@ fn frame_refusal(e: &FrameError) -> Refusal {
 /// Records a refusal and returns its answer frame.
 fn refuse(node: &Node, conn: &Conn, refusal: Refusal, id: Option<MessageId>) -> Body {
     node.ledger.refused(id, &conn.name, &refusal);
-    let mut r = refusal.to_pb(id);
+    let mut r = refusal.to_pb(id.map(MessageId::to_bytes).unwrap_or_default());
     if refusal.is_busy() {
         r.retry_after_ms = RETRY_AFTER.as_millis() as u64;
     }
@@ -212,7 +182,10 @@ async fn request(
                 Some(b) => format!("{b:?}").chars().take(40).collect(),
                 None => "an empty frame".to_owned(),
             };
-            let r = Refusal::new(RefusalCode::Malformed, format!("expected Submit, got {got}"));
+            let r = Refusal::new(
+                RefusalCode::Malformed,
+                format!("expected Submit, got {got}"),
+            );
             return Err((r, None));
         }
     };
@@ -222,7 +195,7 @@ async fn request(
     let now = SystemTime::now();
     let admitted = validate::admit(signed, &conn.who, &node.admission(), now)?;
     let id = admitted.message.id();
-    node.take(admitted, &conn.name, conn.from_peer(), now)
+    node.take(admitted, &conn.name, conn.is_peer(), now)
         .await
         .map(Body::Accepted)
         .map_err(|r| (r, Some(id)))
@@ -240,18 +213,13 @@ fn subscribe(node: &Arc<Node>, conn: &Arc<Conn>, unit: &str) -> Result<Body, Ref
             ),
         )
     })?;
-    let stop = {
-        let mut subs = conn.subscriptions();
-        if subs.contains_key(&mailbox) {
-            return Err(Refusal::new(
-                RefusalCode::Invalid,
-                format!("this connection already reads {mailbox}"),
-            ));
-        }
-        let (tx, rx) = watch::channel(false);
-        subs.insert(mailbox.clone(), tx);
-        rx
-    };
+    let (tx, stop) = watch::channel(false);
+    if !conn.start_reading(&mailbox, tx) {
+        return Err(Refusal::new(
+            RefusalCode::Invalid,
+            format!("this connection already reads {mailbox}"),
+        ));
+    }
     tokio::spawn(super::deliver::run(
         node.clone(),
         conn.clone(),
@@ -266,10 +234,8 @@ fn subscribe(node: &Arc<Node>, conn: &Arc<Conn>, unit: &str) -> Result<Body, Ref
 
 /// Stops delivering a mailbox on this connection (nothing to do if it was not read here).
 fn unsubscribe(conn: &Conn, unit: &str) -> Body {
-    if let Ok(mailbox) = Mailbox::from_wire(unit)
-        && let Some(stop) = conn.subscriptions().remove(&mailbox)
-    {
-        let _ = stop.send(true);
+    if let Ok(mailbox) = Mailbox::from_wire(unit) {
+        conn.stop_reading(&mailbox);
     }
     Body::Unsubscribed(pb::Unsubscribed {
         unit: unit.to_owned(),

@@ -90,8 +90,8 @@ fn to_json(d: &Delivery) -> serde_json::Value {
     let m = d.message();
     let payload = json::decode_json(m.payload_type(), m.payload_bytes())
         .unwrap_or_else(|e| serde_json::json!({"error": e.to_string()}));
-    let envelope = json::decode_json("Envelope", m.envelope_bytes())
-        .unwrap_or(serde_json::Value::Null);
+    let envelope =
+        json::decode_json("Envelope", m.envelope_bytes()).unwrap_or(serde_json::Value::Null);
     serde_json::json!({
         "id": d.id().to_string(),
         "receivedAt": utc(d.received_at()),

@@ -37,7 +37,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Send a typed message (from flags, a JSON file or any file) through your agency's node.
-    Send(send::SendArgs),
+    Send(Box<send::SendArgs>),
     /// Read your inbox: print deliveries as a table or JSON lines, acknowledging each.
     Inbox(inbox::InboxArgs),
     /// Show the receipts of a message you sent as a timeline (without consuming them).
@@ -58,7 +58,7 @@ enum Command {
 async fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::Send(a) if a.bulk.is_some() => bulk::run(&a).await,
-        Command::Send(a) => send::run(a).await,
+        Command::Send(a) => send::run(*a).await,
         Command::Inbox(a) => inbox::run(a).await,
         Command::Status(a) => status::run(a).await,
         Command::Dlq(c) => dlq::run(c).await,

@@ -84,7 +84,10 @@ pub(super) async fn run(a: SendArgs) -> Result<(), Failure> {
         (_, _, _, Some(path)) => {
             let content =
                 std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-            let media = a.media_type.clone().unwrap_or_else(|| media_type(path).into());
+            let media = a
+                .media_type
+                .clone()
+                .unwrap_or_else(|| media_type(path).into());
             let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
             let doc = Document::new(name, &media, content).build();
             (

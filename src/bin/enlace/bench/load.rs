@@ -219,7 +219,13 @@ impl Template {
 type InFlight = (MessageId, Instant, Acceptance);
 
 impl Sent {
-    fn note(&mut self, id: MessageId, at: Instant, r: Result<(), SubmitError>, accepted: &AtomicU64) {
+    fn note(
+        &mut self,
+        id: MessageId,
+        at: Instant,
+        r: Result<(), SubmitError>,
+        accepted: &AtomicU64,
+    ) {
         match r {
             Ok(()) => {
                 accepted.fetch_add(1, Ordering::Relaxed);
@@ -235,7 +241,10 @@ impl Sent {
 
 /// Hands one message over. A busy node's refusal (QUEUE_FULL) is retried inside the client's
 /// acceptance, with the same id, and the latency clock keeps running.
-async fn send(client: &Client, t: &Template) -> (MessageId, Instant, Result<Acceptance, SubmitError>) {
+async fn send(
+    client: &Client,
+    t: &Template,
+) -> (MessageId, Instant, Result<Acceptance, SubmitError>) {
     let id = MessageId::new_v7(SystemTime::now());
     let at = Instant::now();
     (id, at, client.send(t.draft(id)).await)
