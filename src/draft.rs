@@ -263,19 +263,6 @@ impl Draft {
         &self.envelope.payload_type
     }
 
-    /// The precedence set so far (ROUTINE unless [`Draft::precedence`] said otherwise).
-    ///
-    /// ```
-    /// use enlace::{Draft, Precedence, pb};
-    ///
-    /// let draft = Draft::from(pb::LiaisonMessage::default());
-    /// assert_eq!(draft.get_precedence(), Precedence::Routine);
-    /// assert_eq!(draft.precedence(Precedence::Flash).get_precedence(), Precedence::Flash);
-    /// ```
-    pub fn get_precedence(&self) -> Precedence {
-        Precedence::from_pb(self.envelope.precedence()).unwrap_or(Precedence::Routine)
-    }
-
     /// Completes the envelope for sending at `now` by `originator`.
     pub(crate) fn finish(mut self, originator: &Originator, now: SystemTime) -> pb::Envelope {
         let id = self.id.unwrap_or_else(|| MessageId::new_v7(now));

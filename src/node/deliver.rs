@@ -11,7 +11,7 @@
 //! No acknowledgement within the ack timeout, or a failed stream, is a failed attempt
 //! (redelivery with backoff, then a dead letter); if the client's connection is gone, the copy
 //! goes straight back to the head of its lane for another consumer. When the client
-//! unsubscribes, the loop takes nothing more and settles what is in flight.
+//! unsubscribes, the loop ends, and what it had in flight goes back at once.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -19,6 +19,7 @@ use std::time::{Instant, SystemTime};
 
 use quinn::{Connection, RecvStream, SendStream};
 use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
 
 use super::conn::Conn;
 use super::ledger::{InFlight, Queue};
@@ -95,34 +96,27 @@ pub(super) async fn run(
         settled,
     });
     let mut dispatcher = Dispatcher::new(CLIENT_WINDOWS, node.retry, false);
+    // Every task of this subscription; dropping the set when the loop ends aborts them, and the
+    // copies they hold go back to the mailbox (`InFlight` returns itself when dropped).
+    let mut tasks = JoinSet::new();
     // Bounded by the analytical window: a slot is taken before a copy is sent here.
     let (analytical, rx) = mpsc::channel(CLIENT_WINDOWS.analytical);
-    tokio::spawn(analytical_writer(c.clone(), rx));
-    let mut in_flight = 0usize;
+    tasks.spawn(analytical_writer(c.clone(), rx));
     let settle = |d: &mut Dispatcher, (copy, ticket, outcome): Settled| {
         let action = d.settle(ticket, outcome, copy.copy().attempts, SystemTime::now());
         node.ledger.settle(copy, action, &c.to);
     };
-    let mut stopping = false;
     loop {
         while let Ok(s) = back.try_recv() {
-            in_flight -= 1;
             settle(&mut dispatcher, s);
         }
-        if stopping && in_flight == 0 {
-            return;
-        }
+        while tasks.try_join_next().is_some() {}
         let notified = queue.notified();
-        let next = match stopping {
-            false => node.ledger.next(&queue, &mut dispatcher, SystemTime::now()),
-            true => Next::Full,
-        };
-        let (wake_at, full) = match next {
+        let (wake_at, full) = match node.ledger.next(&queue, &mut dispatcher, SystemTime::now()) {
             Next::Send(copy, ticket) => {
-                in_flight += 1;
                 match ticket.slot {
                     Slot::Alert => {
-                        tokio::spawn(deliver_alert(c.clone(), copy, ticket));
+                        tasks.spawn(deliver_alert(c.clone(), copy, ticket));
                     }
                     Slot::Analytical => {
                         // The channel has room for the whole window, so this never waits long.
@@ -148,14 +142,14 @@ pub(super) async fn run(
         tokio::select! {
             biased;
             _ = c.conn.closed() => return,
+            // Unsubscribed: what is in flight goes back at once, not after its ack timeout.
+            _ = stop.wait_for(|s| *s) => return,
             s = back.recv() => {
                 // The loop holds a sender, so the channel never closes under it.
                 if let Some(s) = s {
-                    in_flight -= 1;
                     settle(&mut dispatcher, s);
                 }
             }
-            _ = stop.wait_for(|s| *s), if !stopping => stopping = true,
             // With both windows full, a change of the queue changes nothing.
             _ = notified, if !full => {}
             _ = sleep => {}
@@ -199,14 +193,16 @@ type Pending = Arc<Mutex<HashMap<MessageId, (InFlight, Ticket, Instant)>>>;
 /// a failure).
 async fn analytical_writer(c: Arc<Consumer>, mut rx: mpsc::Receiver<(InFlight, Ticket)>) {
     let mut stream: Option<(SendStream, Pending)> = None;
+    // The ack reader and the ack-timeout checker of each stream; aborted with this task.
+    let mut helpers = JoinSet::new();
     while let Some(first) = rx.recv().await {
         if stream.is_none() {
             match c.conn.open_bi().await {
                 Ok((send, recv)) => {
                     let _ = send.set_priority(Precedence::Routine.stream_priority());
                     let pending = Pending::default();
-                    tokio::spawn(read_acks(c.clone(), recv, pending.clone()));
-                    tokio::spawn(expire_unacked(c.clone(), pending.clone()));
+                    helpers.spawn(read_acks(c.clone(), recv, pending.clone()));
+                    helpers.spawn(expire_unacked(c.clone(), pending.clone()));
                     stream = Some((send, pending));
                 }
                 Err(_) => {
@@ -257,6 +253,7 @@ async fn analytical_writer(c: Arc<Consumer>, mut rx: mpsc::Receiver<(InFlight, T
     if let Some((mut send, _)) = stream {
         let _ = send.finish();
     }
+    helpers.join_all().await;
 }
 
 /// Reads `Ack` frames from the analytical stream; when it ends, settles every pending delivery.

@@ -7,11 +7,12 @@ use std::time::SystemTime;
 use bytes::Bytes;
 use prost::Message as _;
 
-use super::{Copy, Ledger, MAX_MAILBOXES, Notice, Seq, Taking, Transit};
+use super::{Copy, Ledger, MAX_MAILBOXES, Notice, Queue, Seq, Taking, Transit};
 use crate::lanes::Entry;
-use crate::message::{MessageId, millis, timestamp};
+use crate::message::{Message, MessageId, millis, timestamp};
 use crate::node::events::Event;
 use crate::refusal::Refusal;
+use crate::route::Plan;
 use crate::store::{Op, PutRecord, StoreError};
 use crate::wire::pb::{self, RefusalCode};
 
@@ -36,79 +37,22 @@ impl Ledger {
             now,
         } = t;
         let id = message.id;
-        let routed = plan.fan_out() as u32;
-        let accepted = || pb::Accepted {
+        let accepted = pb::Accepted {
             message_id: id.to_bytes(),
             accepted_at: Some(timestamp(now)),
-            routed,
+            routed: plan.fan_out() as u32,
         };
-        let mut queues = Vec::with_capacity(plan.fan_out());
-        for m in &plan.local {
-            let q = self.mailbox(m).ok_or_else(|| {
-                Refusal::new(
-                    RefusalCode::UnknownRecipient,
-                    format!("this node keeps at most {MAX_MAILBOXES} unit mailboxes"),
-                )
-            })?;
-            queues.push(q);
-        }
-        for p in &plan.peers {
-            let q = self.outbox(&p.node).ok_or_else(|| {
-                Refusal::new(
-                    RefusalCode::UnknownRecipient,
-                    format!("no link to node {}", p.node),
-                )
-            })?;
-            queues.push(q);
-        }
-        if let Some(full) = queues.iter().find(|q| !q.has_room(message.precedence)) {
-            return Err(Refusal::new(
-                RefusalCode::QueueFull,
-                format!("{} is full; retry later", full.name()),
-            ));
-        }
-        // Local copies carry this node's hop record; onward copies get it when forwarded, and
-        // name the agencies the peer is to deliver or relay them for.
-        let mut transits = Vec::with_capacity(queues.len());
-        if !plan.local.is_empty() {
-            let mut local = hops.clone();
-            local.push(self.hop_record(now, None));
-            let t = Arc::new(Transit {
-                hops: local,
-                route_to: Vec::new(),
-            });
-            transits.extend(std::iter::repeat_n(t, plan.local.len()));
-        }
-        for p in &plan.peers {
-            transits.push(Arc::new(Transit {
-                hops: hops.clone(),
-                route_to: p.agencies.iter().map(|a| a.to_string()).collect(),
-            }));
-        }
-        // On disk before the sender hears "accepted". Local copies share one encoding.
-        let mut encoded: Vec<Bytes> = Vec::with_capacity(transits.len());
-        for (i, t) in transits.iter().enumerate() {
-            let bytes = match i {
-                i if i > 0 && Arc::ptr_eq(t, &transits[i - 1]) => encoded[i - 1].clone(),
-                _ => Bytes::from(
-                    message
-                        .signed(t.hops.clone(), t.route_to.clone())
-                        .encode_to_vec(),
-                ),
-            };
-            encoded.push(bytes);
-        }
-        let ops = queues
+        let copies = self.destinations(&message, hops, &plan, now)?;
+        let ops = copies
             .iter()
-            .zip(&encoded)
-            .map(|(q, bytes)| {
+            .map(|c| {
                 Op::Put(PutRecord {
-                    queue: q.name().to_owned(),
+                    queue: c.queue.name().to_owned(),
                     message_id: *id.as_bytes(),
                     precedence: message.precedence.to_pb() as u8,
                     expires_at_ms: millis(message.expires_at),
                     received_at_ms: millis(now),
-                    bytes: bytes.clone(),
+                    bytes: c.bytes.clone(),
                 })
             })
             .collect();
@@ -127,31 +71,29 @@ impl Ledger {
         // bound by at most their number, and an accepted copy is never dropped. Should the write
         // fail, or the message turn out to be a retransmission, the copy may still be delivered:
         // once more at worst, with the same id, which the recipient's client drops.
-        let early: Vec<_> = if message.precedence.is_time_sensitive() {
-            queues
+        let early: Vec<_> = match message.precedence.is_time_sensitive() {
+            true => copies
                 .iter()
-                .zip(&transits)
-                .map(|(q, t)| {
+                .map(|c| {
                     let (set, seq) = Seq::pending();
-                    q.push_checked(entry(t, seq));
+                    c.queue.push_checked(entry(&c.transit, seq));
                     set
                 })
-                .collect()
-        } else {
-            Vec::new()
+                .collect(),
+            false => Vec::new(),
         };
         let seqs = match self.0.store.commit_if_new(ops).await {
             Ok(seqs) => seqs,
             // Already accepted (a retransmission after a lost answer): accepted again, once.
-            Err(StoreError::Duplicate { .. }) => return Ok(accepted()),
+            Err(StoreError::Duplicate { .. }) => return Ok(accepted),
             Err(e) if e.is_fatal() => return Err(self.storage_failed(&e)),
             // The store refused this message alone (e.g. over its size limit): nothing written.
             Err(e) => return Err(Refusal::invalid(e.to_string())),
         };
         let durable_at = SystemTime::now();
         if early.is_empty() {
-            for ((q, t), seq) in queues.iter().zip(&transits).zip(seqs) {
-                q.push_checked(entry(t, Seq::durable(seq)));
+            for (c, seq) in copies.iter().zip(seqs) {
+                c.queue.push_checked(entry(&c.transit, Seq::durable(seq)));
             }
         } else {
             for (set, seq) in early.into_iter().zip(seqs) {
@@ -172,7 +114,65 @@ impl Ledger {
             received: now,
             durable_at,
         });
-        Ok(accepted())
+        Ok(accepted)
+    }
+
+    /// The copies `plan` calls for: each destination queue (which must have room for the
+    /// message's class), what travels with the copy, and the copy's encoding for the store.
+    /// Local copies carry this node's hop record and share one encoding; onward copies get
+    /// their hop record when forwarded, and name the agencies the peer is to deliver or relay
+    /// them for.
+    fn destinations(
+        &self,
+        message: &Message,
+        hops: Vec<pb::HopRecord>,
+        plan: &Plan,
+        now: SystemTime,
+    ) -> Result<Vec<Destination>, Refusal> {
+        let mut out = Vec::with_capacity(plan.fan_out());
+        let mut local: Option<(Arc<Transit>, Bytes)> = None;
+        for m in &plan.local {
+            let queue = self.mailbox(m).ok_or_else(|| {
+                Refusal::new(
+                    RefusalCode::UnknownRecipient,
+                    format!("this node keeps at most {MAX_MAILBOXES} unit mailboxes"),
+                )
+            })?;
+            let (transit, bytes) = local
+                .get_or_insert_with(|| {
+                    let mut hops = hops.clone();
+                    hops.push(self.hop_record(now, None));
+                    transit(message, hops, Vec::new())
+                })
+                .clone();
+            out.push(Destination {
+                queue,
+                transit,
+                bytes,
+            });
+        }
+        for p in &plan.peers {
+            let queue = self.outbox(&p.node).ok_or_else(|| {
+                Refusal::new(
+                    RefusalCode::UnknownRecipient,
+                    format!("no link to node {}", p.node),
+                )
+            })?;
+            let route_to = p.agencies.iter().map(|a| a.to_string()).collect();
+            let (transit, bytes) = transit(message, hops.clone(), route_to);
+            out.push(Destination {
+                queue,
+                transit,
+                bytes,
+            });
+        }
+        if let Some(full) = out.iter().find(|c| !c.queue.has_room(message.precedence)) {
+            return Err(Refusal::new(
+                RefusalCode::QueueFull,
+                format!("{} is full; retry later", full.queue.name()),
+            ));
+        }
+        Ok(out)
     }
 
     /// **Refused**: a submission (from `from`) that the node did not take, and why.
@@ -184,4 +184,26 @@ impl Ledger {
             reason: refusal.reason.clone(),
         });
     }
+}
+
+/// One copy a message is taken as: its queue, its transit records, its stored form.
+struct Destination {
+    queue: Arc<Queue>,
+    transit: Arc<Transit>,
+    bytes: Bytes,
+}
+
+/// Transit records for a copy, and the copy's encoding as the store keeps it (the signed
+/// envelope with those records).
+fn transit(
+    message: &Message,
+    hops: Vec<pb::HopRecord>,
+    route_to: Vec<String>,
+) -> (Arc<Transit>, Bytes) {
+    let bytes = Bytes::from(
+        message
+            .signed(hops.clone(), route_to.clone())
+            .encode_to_vec(),
+    );
+    (Arc::new(Transit { hops, route_to }), bytes)
 }
