@@ -5,6 +5,7 @@
 //! (`receipts`). Admission (who may send what) happens before, in `validate`; routing decisions
 //! are the sans-I/O `route`'s.
 
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use super::ledger::Taking;
@@ -46,6 +47,41 @@ impl Node {
                 now,
             })
             .await
+    }
+
+    /// Routes this node's own messages (receipts, reports, fresh ids) and has the ledger take
+    /// them all with one store write; one answer per message, in order.
+    pub async fn take_own(
+        &self,
+        messages: Vec<Arc<Message>>,
+        from: &str,
+        now: SystemTime,
+    ) -> Vec<Result<pb::Accepted, Refusal>> {
+        let mut answers: Vec<Option<Result<pb::Accepted, Refusal>>> = Vec::new();
+        let mut takings = Vec::new();
+        let mut slots = Vec::new();
+        for message in messages {
+            answers.push(None);
+            match self.plan(&message, &[], None) {
+                Ok(plan) => {
+                    slots.push(answers.len() - 1);
+                    takings.push(Taking {
+                        message,
+                        hops: Vec::new(),
+                        plan,
+                        from,
+                        from_peer: false,
+                        now,
+                    });
+                }
+                Err(r) => *answers.last_mut().expect("pushed above") = Some(Err(r)),
+            }
+        }
+        let taken = self.ledger.take_all(takings, false).await;
+        for (slot, answer) in slots.into_iter().zip(taken) {
+            answers[slot] = Some(answer);
+        }
+        answers.into_iter().map(|a| a.expect("answered")).collect()
     }
 
     /// Where a message goes: local mailboxes and next-hop peers (see [`route::Router`]).

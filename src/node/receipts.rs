@@ -9,7 +9,7 @@
 //! with a reminder (to `node.escalation_unit`) for each that passed without a business response.
 //!
 //! It works in batches: the receipts of every notice waiting are signed with one batch signature
-//! and taken together, so their store writes share one fsync. Which messages get receipts, and
+//! and taken together, with one store write. Which messages get receipts, and
 //! how urgent those are, is decided in the sans-I/O `receipt`; deadlines are kept by the sans-I/O
 //! `respond`.
 //!
@@ -23,7 +23,6 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use prost::Message as _;
 use tokio::sync::mpsc;
-use tokio::task::JoinSet;
 
 use super::ledger::Notice;
 use super::state::Node;
@@ -35,7 +34,6 @@ use crate::receipt::{self, precedence_for};
 use crate::refusal::Refusal;
 use crate::respond::{Answer, Deadlines};
 use crate::signature::Signer;
-use crate::validate::Admitted;
 use crate::wire::pb;
 
 /// The most respond-by deadlines a node tracks at once; beyond it, a message gets no overdue
@@ -337,8 +335,8 @@ impl Worker {
         }
     }
 
-    /// Signs `out` with one batch signature and takes every message (their writes share the
-    /// store's group commit). A message that cannot be queued is recorded as refused.
+    /// Signs `out` with one batch signature and takes every message with one store write. A
+    /// message that cannot be queued is recorded as refused.
     async fn send(&self, out: Vec<Outgoing>) {
         if out.is_empty() {
             return;
@@ -349,33 +347,29 @@ impl Worker {
             .collect();
         let refs: Vec<&[u8]> = bytes.iter().map(|b| b.as_ref()).collect();
         let signatures = self.signer.sign_batch(&refs);
-        let from = self.node.own_name();
-        let mut takes = JoinSet::new();
+        let mut messages = Vec::with_capacity(out.len());
+        let mut what = Vec::with_capacity(out.len());
         for ((o, bytes), signature) in out.into_iter().zip(bytes).zip(signatures) {
-            let message = match Message::parse(bytes, Some(signature)) {
-                Ok(m) => m,
+            match Message::parse(bytes, Some(signature)) {
+                Ok(m) => {
+                    messages.push(Arc::new(m));
+                    what.push(o.what);
+                }
                 Err((r, _)) => {
                     tracing::error!(reason = %r.reason, what = o.what, "own system message is invalid");
-                    continue;
                 }
-            };
-            let (node, from) = (self.node.clone(), from.clone());
-            takes.spawn(async move {
-                let id = message.id;
-                let admitted = Admitted {
-                    message: Arc::new(message),
-                    hops: Vec::new(),
-                    route_to: Vec::new(),
-                };
-                let now = SystemTime::now();
-                if let Err(r) = node.take(admitted, &from, false, now).await {
-                    let reason = format!("{} not queued: {}", o.what, r.reason);
-                    node.ledger
-                        .refused(Some(id), &from, &Refusal::new(r.code, reason));
-                }
-            });
+            }
         }
-        while takes.join_next().await.is_some() {}
+        let from = self.node.own_name();
+        let ids: Vec<MessageId> = messages.iter().map(|m| m.id).collect();
+        let answers = self.node.take_own(messages, &from, SystemTime::now()).await;
+        for ((answer, id), what) in answers.into_iter().zip(ids).zip(what) {
+            if let Err(r) = answer {
+                let reason = format!("{what} not queued: {}", r.reason);
+                let refusal = Refusal::new(r.code, reason);
+                self.node.ledger.refused(Some(id), &from, &refusal);
+            }
+        }
     }
 }
 

@@ -38,7 +38,8 @@ the bench's own runtime:
   records  1 KiB ROUTINE analytical reports, submitted by --producers tasks that together keep
            --outstanding sends in flight, as fast as the node accepts them (the client retries
            QUEUE_FULL after the node's retry-after, with the same id);
-  alerts   512-byte FLASH precursor alerts, one every 5 ms, never waiting for the last answer.
+  alerts   512-byte FLASH precursor alerts, one every 5 ms, each sent and awaited in a task of
+           its own (so no answer delays another alert).
 Each receiving application acknowledges every delivery as soon as it has it. Records and alerts
 have separate senders and receivers and share every node on the way:
   single     DEA analyst -> dea-1 -> DEA analyst (unit records)

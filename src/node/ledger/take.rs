@@ -28,93 +28,116 @@ impl Ledger {
     /// A refusal for the sender: a full queue (`QUEUE_FULL`), no room for another mailbox, the
     /// store refusing the message or failing (then the node stops).
     pub async fn take(&self, t: Taking<'_>) -> Result<pb::Accepted, Refusal> {
-        let Taking {
-            message,
-            hops,
-            plan,
-            from,
-            from_peer,
-            now,
-        } = t;
-        let id = message.id;
-        let accepted = pb::Accepted {
-            message_id: id.to_bytes(),
-            accepted_at: Some(timestamp(now)),
-            routed: plan.fan_out() as u32,
-        };
-        let copies = self.destinations(&message, hops, &plan, now)?;
-        let ops = copies
-            .iter()
-            .map(|c| {
-                Op::Put(PutRecord {
-                    queue: c.queue.name().to_owned(),
-                    message_id: *id.as_bytes(),
-                    precedence: message.precedence.to_pb() as u8,
-                    expires_at_ms: millis(message.expires_at),
-                    received_at_ms: millis(now),
-                    bytes: c.bytes.clone(),
-                })
-            })
-            .collect();
-        let entry = |transit: &Arc<Transit>, seq| Entry {
-            precedence: message.precedence,
-            expires_at: message.expires_at,
-            item: Copy {
-                message: message.clone(),
-                transit: transit.clone(),
-                seq,
-                received_at: now,
-                attempts: 0,
-            },
-        };
+        let mut answers = self.take_all(vec![t], true).await;
+        answers.pop().expect("one answer per message")
+    }
+
+    /// **Taken**, for several messages at once with one store write: as [`Ledger::take`] for
+    /// each, with one answer per message, in order. With `unique` false the store does not check
+    /// the messages' ids against those it has seen: for messages this node has just written
+    /// itself (receipts and reports, under fresh ids).
+    pub async fn take_all(
+        &self,
+        takings: Vec<Taking<'_>>,
+        unique: bool,
+    ) -> Vec<Result<pb::Accepted, Refusal>> {
+        let mut answers: Vec<Option<Result<pb::Accepted, Refusal>>> = Vec::new();
+        let mut ready = Vec::new();
+        for t in takings {
+            let i = answers.len();
+            answers.push(None);
+            match self.destinations(&t.message, t.hops.clone(), &t.plan, t.now) {
+                Ok(copies) => ready.push((i, t, copies)),
+                Err(r) => answers[i] = Some(Err(r)),
+            }
+        }
+        let mut ops = Vec::new();
+        for (_, t, copies) in &ready {
+            ops.extend(
+                copies
+                    .iter()
+                    .map(|c| put(&t.message, &c.queue, &c.bytes, t.now)),
+            );
+        }
         // Cut-through (see above). Room was checked; concurrent submissions can overshoot the
         // bound by at most their number, and an accepted copy is never dropped. Should the write
         // fail, or the message turn out to be a retransmission, the copy may still be delivered:
         // once more at worst, with the same id, which the recipient's client drops.
-        let early: Vec<_> = match message.precedence.is_time_sensitive() {
-            true => copies
-                .iter()
-                .map(|c| {
-                    let (set, seq) = Seq::pending();
-                    c.queue.push_checked(entry(&c.transit, seq));
-                    set
-                })
-                .collect(),
-            false => Vec::new(),
+        let early: Vec<Vec<_>> = ready
+            .iter()
+            .map(
+                |(_, t, copies)| match t.message.precedence.is_time_sensitive() {
+                    true => copies
+                        .iter()
+                        .map(|c| {
+                            let (set, seq) = Seq::pending();
+                            c.queue.push_checked(entry(t, &c.transit, seq));
+                            set
+                        })
+                        .collect(),
+                    false => Vec::new(),
+                },
+            )
+            .collect();
+        let written = match unique {
+            true => self.0.store.commit_if_new(ops).await,
+            false => self.0.store.commit(ops).await,
         };
-        let seqs = match self.0.store.commit_if_new(ops).await {
-            Ok(seqs) => seqs,
-            // Already accepted (a retransmission after a lost answer): accepted again, once.
-            Err(StoreError::Duplicate { .. }) => return Ok(accepted),
-            Err(e) if e.is_fatal() => return Err(self.storage_failed(&e)),
-            // The store refused this message alone (e.g. over its size limit): nothing written.
-            Err(e) => return Err(Refusal::invalid(e.to_string())),
+        let mut seqs = match written {
+            Ok(seqs) => seqs.into_iter(),
+            Err(e) => {
+                let refusal = match e {
+                    // Already accepted (a retransmission after a lost answer): accepted again,
+                    // once.
+                    StoreError::Duplicate { .. } => None,
+                    e if e.is_fatal() => Some(self.storage_failed(&e)),
+                    // The store refused this request alone (e.g. over its size limit): nothing
+                    // was written.
+                    e => Some(Refusal::invalid(e.to_string())),
+                };
+                for (i, t, _) in ready {
+                    answers[i] = Some(match &refusal {
+                        None => Ok(accepted(&t)),
+                        Some(r) => Err(r.clone()),
+                    });
+                }
+                return answers.into_iter().map(|a| a.expect("answered")).collect();
+            }
         };
         let durable_at = SystemTime::now();
-        if early.is_empty() {
-            for (c, seq) in copies.iter().zip(seqs) {
-                c.queue.push_checked(entry(&c.transit, Seq::durable(seq)));
+        for ((i, t, copies), early) in ready.into_iter().zip(early) {
+            if early.is_empty() {
+                for (c, seq) in copies.iter().zip(seqs.by_ref()) {
+                    c.queue
+                        .push_checked(entry(&t, &c.transit, Seq::durable(seq)));
+                }
+            } else {
+                for (set, seq) in early.into_iter().zip(seqs.by_ref()) {
+                    let _ = set.send(Some(seq));
+                }
             }
-        } else {
-            for (set, seq) in early.into_iter().zip(seqs) {
-                let _ = set.send(Some(seq));
-            }
+            answers[i] = Some(Ok(accepted(&t)));
+            self.0.events.record(Event::Accepted {
+                id: t.message.id,
+                from: t.from.to_owned(),
+                precedence: t.message.precedence,
+                destinations: t.plan.fan_out(),
+            });
+            self.notify(Notice::Taken {
+                onward: t
+                    .plan
+                    .peers
+                    .iter()
+                    .flat_map(|p| p.agencies.clone())
+                    .collect(),
+                local: t.plan.local,
+                message: t.message,
+                from_peer: t.from_peer,
+                received: t.now,
+                durable_at,
+            });
         }
-        self.0.events.record(Event::Accepted {
-            id,
-            from: from.to_owned(),
-            precedence: message.precedence,
-            destinations: plan.fan_out(),
-        });
-        self.notify(Notice::Taken {
-            onward: plan.peers.iter().flat_map(|p| p.agencies.clone()).collect(),
-            local: plan.local,
-            message,
-            from_peer,
-            received: now,
-            durable_at,
-        });
-        Ok(accepted)
+        answers.into_iter().map(|a| a.expect("answered")).collect()
     }
 
     /// The copies `plan` calls for: each destination queue (which must have room for the
@@ -206,4 +229,40 @@ fn transit(
             .encode_to_vec(),
     );
     (Arc::new(Transit { hops, route_to }), bytes)
+}
+
+/// The answer a sender hears for a message taken (or taken before).
+fn accepted(t: &Taking<'_>) -> pb::Accepted {
+    pb::Accepted {
+        message_id: t.message.id.to_bytes(),
+        accepted_at: Some(timestamp(t.now)),
+        routed: t.plan.fan_out() as u32,
+    }
+}
+
+/// The store record of one copy.
+fn put(message: &Message, queue: &Queue, bytes: &Bytes, now: SystemTime) -> Op {
+    Op::Put(PutRecord {
+        queue: queue.name().to_owned(),
+        message_id: *message.id.as_bytes(),
+        precedence: message.precedence.to_pb() as u8,
+        expires_at_ms: millis(message.expires_at),
+        received_at_ms: millis(now),
+        bytes: bytes.clone(),
+    })
+}
+
+/// A queued copy of the message `t` takes, with its transit records and store sequence.
+fn entry(t: &Taking<'_>, transit: &Arc<Transit>, seq: Seq) -> Entry<Copy> {
+    Entry {
+        precedence: t.message.precedence,
+        expires_at: t.message.expires_at,
+        item: Copy {
+            message: t.message.clone(),
+            transit: transit.clone(),
+            seq,
+            received_at: t.now,
+            attempts: 0,
+        },
+    }
 }
