@@ -15,17 +15,18 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 use quinn::{Connection, RecvStream, SendStream};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
 use super::conn::Conn;
+use super::consume::{self, Settled, Sink};
 use super::ledger::{InFlight, Queue};
 use super::state::Node;
 use crate::address::Mailbox;
-use crate::dispatch::{CLIENT_WINDOWS, Dispatcher, Next, Outcome, Slot, Ticket};
+use crate::dispatch::{CLIENT_WINDOWS, Dispatcher, Outcome, Slot, Ticket};
 use crate::message::{MessageId, Precedence};
 use crate::wire::CONTROL_FRAME_LIMIT;
 use crate::wire::frame::{self, FrameReader};
@@ -33,9 +34,6 @@ use crate::wire::pb::{self, frame::Body};
 
 /// Most analytical deliveries written at once.
 const WRITE_BATCH: usize = 64;
-
-/// A copy whose attempt ended, on its way back to the loop.
-type Settled = (InFlight, Ticket, Outcome);
 
 /// What the delivery tasks of one subscription share.
 struct Consumer {
@@ -86,7 +84,7 @@ pub(super) async fn run(
     mut stop: watch::Receiver<bool>,
 ) {
     // Every copy in flight comes back once; the windows bound how many are in flight.
-    let (settled, mut back) =
+    let (settled, back) =
         mpsc::channel::<Settled>(CLIENT_WINDOWS.alerts + CLIENT_WINDOWS.analytical);
     let c = Arc::new(Consumer {
         node: node.clone(),
@@ -95,65 +93,53 @@ pub(super) async fn run(
         mailbox,
         settled,
     });
-    let mut dispatcher = Dispatcher::new(CLIENT_WINDOWS, node.retry, false);
-    // Every task of this subscription; dropping the set when the loop ends aborts them, and the
-    // copies they hold go back to the mailbox (`InFlight` returns itself when dropped).
     let mut tasks = JoinSet::new();
     // Bounded by the analytical window: a slot is taken before a copy is sent here.
     let (analytical, rx) = mpsc::channel(CLIENT_WINDOWS.analytical);
     tasks.spawn(analytical_writer(c.clone(), rx));
-    let settle = |d: &mut Dispatcher, (copy, ticket, outcome): Settled| {
-        let action = d.settle(ticket, outcome, copy.copy().attempts, SystemTime::now());
-        node.ledger.settle(copy, action, &c.to);
+    let mut sink = ClientSink {
+        consumer: c.clone(),
+        tasks,
+        analytical,
     };
-    loop {
-        while let Ok(s) = back.try_recv() {
-            settle(&mut dispatcher, s);
-        }
-        while tasks.try_join_next().is_some() {}
-        let notified = queue.notified();
-        let (wake_at, full) = match node.ledger.next(&queue, &mut dispatcher, SystemTime::now()) {
-            Next::Send(copy, ticket) => {
-                match ticket.slot {
-                    Slot::Alert => {
-                        tasks.spawn(deliver_alert(c.clone(), copy, ticket));
-                    }
-                    Slot::Analytical => {
-                        // The channel has room for the whole window, so this never waits long.
-                        if analytical.send((copy, ticket)).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-                continue;
-            }
-            Next::Wait { wake_at } => (wake_at, false),
-            Next::Full => (None, true),
-        };
-        let sleep = async {
-            match wake_at {
-                Some(at) => {
-                    let wait = at.duration_since(SystemTime::now()).unwrap_or_default();
-                    tokio::time::sleep(wait).await
-                }
-                None => std::future::pending().await,
-            }
-        };
+    let ended = async {
         tokio::select! {
-            biased;
-            _ = c.conn.closed() => return,
+            _ = c.conn.closed() => {}
             // Unsubscribed: what is in flight goes back at once, not after its ack timeout.
-            _ = stop.wait_for(|s| *s) => return,
-            s = back.recv() => {
-                // The loop holds a sender, so the channel never closes under it.
-                if let Some(s) = s {
-                    settle(&mut dispatcher, s);
-                }
-            }
-            // With both windows full, a change of the queue changes nothing.
-            _ = notified, if !full => {}
-            _ = sleep => {}
+            _ = stop.wait_for(|s| *s) => {}
         }
+    };
+    let dispatcher = Dispatcher::new(CLIENT_WINDOWS, node.retry, false);
+    consume::run(&node, &queue, dispatcher, &c.to, back, &mut sink, ended).await;
+    // Dropping the sink aborts its tasks; the copies they hold go back to the mailbox.
+}
+
+/// How a subscribed client gets its copies: alerts each in a task of their own, analytical
+/// copies through the writer of the long-lived stream.
+struct ClientSink {
+    consumer: Arc<Consumer>,
+    /// Every task of this subscription; dropping the set aborts them, and the copies they hold
+    /// go back to the mailbox (`InFlight` returns itself when dropped).
+    tasks: JoinSet<()>,
+    analytical: mpsc::Sender<(InFlight, Ticket)>,
+}
+
+impl Sink for ClientSink {
+    async fn send(&mut self, copy: InFlight, ticket: Ticket) -> bool {
+        match ticket.slot {
+            Slot::Alert => {
+                self.tasks
+                    .spawn(deliver_alert(self.consumer.clone(), copy, ticket));
+                true
+            }
+            // The channel has room for the whole window, so this never waits long.
+            Slot::Analytical => self.analytical.send((copy, ticket)).await.is_ok(),
+        }
+    }
+
+    async fn settled(&mut self, _: &Dispatcher) -> bool {
+        while self.tasks.try_join_next().is_some() {}
+        true
     }
 }
 

@@ -20,17 +20,15 @@ use std::time::SystemTime;
 use quinn::Connection;
 use tokio::sync::mpsc;
 
+use super::consume::{self, Settled, Sink};
 use super::ledger::{InFlight, Queue};
 use super::state::Node;
-use crate::dispatch::{Dispatcher, Next, Outcome, PEER_WINDOWS, Slot, Ticket};
+use crate::dispatch::{Dispatcher, Outcome, PEER_WINDOWS, Slot, Ticket};
 use crate::error::SubmitError;
 use crate::message::Precedence;
 use crate::pipeline::{Answer, DEFAULT_WINDOW_BYTES, Pipeline};
 use crate::session;
 use crate::wire::pb;
-
-/// A copy whose forward was answered, on its way back to the loop.
-type Settled = (InFlight, Ticket, Outcome);
 
 /// What a peer's answer to a forward means for the copy.
 fn outcome(answer: Result<pb::Accepted, SubmitError>) -> Outcome {
@@ -59,9 +57,7 @@ fn with_hop(node: &Node, copy: &InFlight) -> pb::SignedEnvelope {
 /// Forwards `outbox` to `peer` over `conn` until the connection ends.
 pub(super) async fn run(node: Arc<Node>, conn: Connection, peer: String, outbox: Arc<Queue>) {
     // Every copy in flight comes back once; the windows bound how many are in flight.
-    let (settled, mut back) =
-        mpsc::channel::<Settled>(PEER_WINDOWS.alerts + PEER_WINDOWS.analytical);
-    let mut dispatcher = Dispatcher::new(PEER_WINDOWS, node.retry, true);
+    let (settled, back) = mpsc::channel::<Settled>(PEER_WINDOWS.alerts + PEER_WINDOWS.analytical);
     let pipeline = Pipeline::new(
         conn.clone(),
         DEFAULT_WINDOW_BYTES,
@@ -69,77 +65,75 @@ pub(super) async fn run(node: Arc<Node>, conn: Connection, peer: String, outbox:
         None,
     );
     let (analytical, rx) = mpsc::channel(PEER_WINDOWS.analytical);
-    tokio::spawn(forward_analytical(
+    let writer = tokio::spawn(forward_analytical(
         node.clone(),
         pipeline,
         rx,
         settled.clone(),
     ));
-    // Analytical copies taken, waiting for the alerts taken before them to be answered.
-    let mut held: VecDeque<(InFlight, Ticket)> = VecDeque::new();
-    let settle = |d: &mut Dispatcher, (copy, ticket, outcome): Settled| {
-        let action = d.settle(ticket, outcome, copy.copy().attempts, SystemTime::now());
-        node.ledger.settle(copy, action, &peer);
+    let mut sink = PeerSink {
+        node: node.clone(),
+        conn: conn.clone(),
+        settled,
+        held: VecDeque::new(),
+        analytical,
     };
-    loop {
-        while let Ok(s) = back.try_recv() {
-            settle(&mut dispatcher, s);
+    let dispatcher = Dispatcher::new(PEER_WINDOWS, node.retry, true);
+    consume::run(
+        &node,
+        &outbox,
+        dispatcher,
+        &peer,
+        back,
+        &mut sink,
+        conn.closed(),
+    )
+    .await;
+    // The copies held or in the pipeline go back to the outbox as they are dropped.
+    writer.abort();
+}
+
+/// How a peer link forwards its copies: alerts each on a stream of their own, analytical copies
+/// through the pipeline, each once the alerts taken before it are answered.
+struct PeerSink {
+    node: Arc<Node>,
+    conn: Connection,
+    settled: mpsc::Sender<Settled>,
+    /// Analytical copies taken, waiting for the alerts taken before them to be answered.
+    held: VecDeque<(InFlight, Ticket)>,
+    analytical: mpsc::Sender<(InFlight, Ticket)>,
+}
+
+impl Sink for PeerSink {
+    async fn send(&mut self, copy: InFlight, ticket: Ticket) -> bool {
+        match ticket.slot {
+            Slot::Alert => {
+                let signed = with_hop(&self.node, &copy);
+                let (conn, settled) = (self.conn.clone(), self.settled.clone());
+                tokio::spawn(async move {
+                    let priority = copy.precedence().stream_priority();
+                    let answer = session::submit(&conn, signed, priority).await;
+                    let _ = settled.send((copy, ticket, outcome(answer))).await;
+                });
+            }
+            Slot::Analytical => self.held.push_back((copy, ticket)),
         }
-        while held
+        true
+    }
+
+    async fn settled(&mut self, dispatcher: &Dispatcher) -> bool {
+        while self
+            .held
             .front()
             .is_some_and(|(_, t)| dispatcher.released(t.barrier))
         {
-            let next = held.pop_front().expect("checked above");
+            let next = self.held.pop_front().expect("checked above");
             // The channel has room for the whole window, so this never waits long.
-            if analytical.send(next).await.is_err() {
-                return;
+            if self.analytical.send(next).await.is_err() {
+                return false;
             }
         }
-        let notified = outbox.notified();
-        let (wake_at, full) = match node
-            .ledger
-            .next(&outbox, &mut dispatcher, SystemTime::now())
-        {
-            Next::Send(copy, ticket) => {
-                match ticket.slot {
-                    Slot::Alert => {
-                        let signed = with_hop(&node, &copy);
-                        let (conn, settled) = (conn.clone(), settled.clone());
-                        tokio::spawn(async move {
-                            let priority = copy.precedence().stream_priority();
-                            let answer = session::submit(&conn, signed, priority).await;
-                            let _ = settled.send((copy, ticket, outcome(answer))).await;
-                        });
-                    }
-                    Slot::Analytical => held.push_back((copy, ticket)),
-                }
-                continue;
-            }
-            Next::Wait { wake_at } => (wake_at, false),
-            Next::Full => (None, true),
-        };
-        let sleep = async {
-            match wake_at {
-                Some(at) => {
-                    let wait = at.duration_since(SystemTime::now()).unwrap_or_default();
-                    tokio::time::sleep(wait).await
-                }
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            biased;
-            _ = conn.closed() => return,
-            s = back.recv() => {
-                // The loop holds a sender, so the channel never closes under it.
-                if let Some(s) = s {
-                    settle(&mut dispatcher, s);
-                }
-            }
-            // With both windows full, a change of the outbox changes nothing.
-            _ = notified, if !full => {}
-            _ = sleep => {}
-        }
+        true
     }
 }
 

@@ -12,14 +12,16 @@
 //!   operator requests);
 //! - `intake`: routing an admitted message and handing it to the ledger;
 //! - `ledger` (with `ledger::queue`): the one place a copy's fate changes;
-//! - `deliver`: a subscribed client's delivery loop;
+//! - `consume`: the one loop that drives a consumer of a queue, with the dispatcher;
+//! - `deliver`: what a subscribed client's consumer does with its copies;
 //! - `link` and `links`: one connection per peer node, and its state;
-//! - `forward`: forwarding an outbox over a peer link;
+//! - `forward`: what a peer link's consumer does with its copies;
 //! - `receipts`: receipts, non-delivery reports and respond-by deadlines;
 //! - `operator`: dead-letter requests;
 //! - `events`: the hook every event passes through.
 
 mod conn;
+mod consume;
 mod deliver;
 mod events;
 mod forward;
