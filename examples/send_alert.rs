@@ -17,9 +17,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use enlace::network::LocalNetwork;
-use enlace::payloads::{PrecursorAlert, quantity, seaport, text};
-use enlace::wire::pb;
-use enlace::{Client, Draft, Precedence};
+use enlace::payloads::{Chemical, PrecursorAlert, Quantity, seaport, text};
+use enlace::{Client, Mailbox, Precedence, pb};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -30,21 +29,21 @@ async fn main() -> anyhow::Result<()> {
     let dea = net.start("dea-1").await?;
     let pgr = net.start("pgr-1").await?;
 
-    // The PGR duty desk subscribes to its agency's inbox; the DEA duty desk only sends.
-    let desk = Client::connect(net.client_options("pgr", "duty-desk")?.subscribe("")).await?;
-    let mut inbox = desk.inbox().context("a subscribed client has an inbox")?;
+    // The PGR duty desk reads its agency's inbox; the DEA duty desk only sends.
+    let desk = Client::connect(net.client_options("pgr", "duty-desk")?).await?;
+    let mut inbox = desk.subscribe(Mailbox::Inbox).await?;
     let sender = Client::connect(net.client_options("dea", "duty-desk")?).await?;
 
-    let alert = PrecursorAlert::new(pb::PrecursorAlertKind::SuspiciousShipment)
+    let draft = PrecursorAlert::new(pb::PrecursorAlertKind::SuspiciousShipment)
         .chemical(
-            "Pseudoephedrine hydrochloride",
-            "345-78-8",
-            quantity("1200", "kg"),
+            Chemical::new("Pseudoephedrine hydrochloride")
+                .cas("345-78-8".parse()?)
+                .quantity(Quantity::kilograms(1200.0)),
         )
         .vessel(
             "MSC Example",
-            seaport("CNSHA", "Shanghai", "CN"),
-            seaport("MXZLO", "Manzanillo", "MX"),
+            seaport("CNSHA".parse()?, "Shanghai"),
+            seaport("MXZLO".parse()?, "Manzanillo"),
         )
         .party(
             pb::PartyRole::Consignee,
@@ -57,13 +56,15 @@ async fn main() -> anyhow::Result<()> {
             "en",
             "Diverted pseudoephedrine declared as vitamin C; expected at Manzanillo within 72 h.",
         ))
-        .build();
-    let draft = Draft::new(&alert)
+        .into_draft()
         .to("pgr")
         .precedence(Precedence::Flash)
         .expires_in(Duration::from_secs(6 * 3600))
         .case_id("DEA-2026-0142");
-    let accepted = sender.send(draft).await?;
+    let accepted = sender
+        .send(draft)
+        .await? // handed over
+        .await?; // accepted by dea-1
     println!(
         "dea-1 accepted {} (routed to {} destination)",
         accepted.id, accepted.routed
@@ -83,21 +84,15 @@ async fn main() -> anyhow::Result<()> {
         .as_ref()
         .map(|q| format!("{} {}", q.value, q.unit))
         .unwrap_or_default();
-    let path: Vec<&str> = delivery
-        .signed
-        .hops
-        .iter()
-        .map(|h| h.node.as_str())
-        .collect();
     println!(
         "PGR duty desk received {} {} via {}: {} {} (CAS {}), case {}",
-        delivery.precedence,
-        delivery.id,
-        path.join(" → "),
+        delivery.precedence(),
+        delivery.id(),
+        delivery.path().join(" → "),
         amount,
         chemical.name_as_labelled,
         chemical.cas_number,
-        delivery.envelope.case_id,
+        delivery.message().case_id(),
     );
     // Until acknowledged, the node offers the message again after its ack timeout.
     delivery.ack().await?;

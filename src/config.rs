@@ -14,12 +14,21 @@ use serde::Deserialize;
 use crate::directory::{Agency, Directory};
 use crate::identity::{AgencyId, is_name};
 
-/// A configuration problem: which key, and why.
+/// A configuration problem: which key, and why. Fix the key in the file and load it again.
+///
+/// ```
+/// let err = enlace::config::Config::load("/nonexistent/enlaced.toml".as_ref()).unwrap_err();
+/// assert_eq!(err.key, "(file)");
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[error("{file}: {key}: {reason}")]
 pub struct ConfigError {
+    /// The config file, as its path was given.
     pub file: String,
+    /// The key at fault, e.g. `limits.max_hops` or `peers[0].address`; for a TOML syntax error,
+    /// the table, key and line; `(file)` when the file could not be read.
     pub key: String,
+    /// What is wrong with it, and often the accepted form or range.
     pub reason: String,
 }
 
@@ -27,7 +36,9 @@ pub struct ConfigError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
+    /// Plain text lines for people (`format = "human"`, the default).
     Human,
+    /// One JSON object per line, for log collectors (`format = "json"`).
     Json,
 }
 
@@ -35,56 +46,56 @@ pub enum LogFormat {
 #[derive(Debug, Clone)]
 pub struct Config {
     /// This node's name, e.g. `dea-1`; must match its certificate.
-    pub name: String,
+    pub(crate) name: String,
     /// The agency this node serves; must match its certificate.
-    pub agency: AgencyId,
-    pub trust_domain: String,
-    pub listen: SocketAddr,
-    pub data_dir: PathBuf,
-    pub tls: TlsPaths,
-    pub limits: Limits,
-    pub log_format: LogFormat,
-    pub log_level: String,
+    pub(crate) agency: AgencyId,
+    pub(crate) trust_domain: String,
+    pub(crate) listen: SocketAddr,
+    pub(crate) data_dir: PathBuf,
+    pub(crate) tls: TlsPaths,
+    pub(crate) limits: Limits,
+    pub(crate) log_format: LogFormat,
+    pub(crate) log_level: String,
     /// Peer nodes by node name.
-    pub peers: BTreeMap<String, Peer>,
+    pub(crate) peers: BTreeMap<String, Peer>,
     /// Agency ids, display names, aliases and serving nodes (`[agencies.<id>]`).
-    pub directory: Directory,
+    pub(crate) directory: Directory,
     /// Next-hop peer for agencies reached through a relay (`[routes]`), by agency id.
-    pub routes: BTreeMap<AgencyId, String>,
+    pub(crate) routes: BTreeMap<AgencyId, String>,
     /// The unit of this agency that gets a reminder when an action copy for this agency has no
     /// business response by its `respond_by` (`node.escalation_unit`, e.g. its 24/7 desk); ""
     /// (the default) is the agency inbox.
-    pub escalation_unit: String,
+    pub(crate) escalation_unit: String,
 }
 
 /// Where the node's TLS material lives.
 #[derive(Debug, Clone)]
-pub struct TlsPaths {
-    pub cert: PathBuf,
-    pub key: PathBuf,
-    pub ca: PathBuf,
-    pub crls: Vec<PathBuf>,
+pub(crate) struct TlsPaths {
+    pub(crate) cert: PathBuf,
+    pub(crate) key: PathBuf,
+    pub(crate) ca: PathBuf,
+    pub(crate) crls: Vec<PathBuf>,
 }
 
 /// Bounds on what the node accepts and holds.
 #[derive(Debug, Clone)]
-pub struct Limits {
+pub(crate) struct Limits {
     /// Largest frame accepted, in bytes, checked before decoding.
-    pub max_frame_bytes: u64,
+    pub(crate) max_frame_bytes: u64,
     /// Messages held per mailbox or peer outbox before senders get QUEUE_FULL.
-    pub queue_capacity: usize,
+    pub(crate) queue_capacity: usize,
     /// How long a connection has to send its `Hello`.
-    pub handshake_timeout: Duration,
+    pub(crate) handshake_timeout: Duration,
     /// How long a client has to acknowledge a delivery before it is offered again.
-    pub ack_timeout: Duration,
+    pub(crate) ack_timeout: Duration,
     /// How long shutdown waits for in-flight work before closing connections.
-    pub shutdown_grace: Duration,
+    pub(crate) shutdown_grace: Duration,
     /// Delivery attempts (each ending in an ack timeout or a failed stream) before a copy goes
     /// to the dead letters.
-    pub max_delivery_attempts: u32,
+    pub(crate) max_delivery_attempts: u32,
     /// Most nodes a message may have passed (hop records) when it arrives here, whatever its
     /// own handling policy allows.
-    pub max_hops: u32,
+    pub(crate) max_hops: u32,
 }
 
 impl Default for Limits {
@@ -103,14 +114,14 @@ impl Default for Limits {
 
 /// A peer node: where it is and who it must prove to be.
 #[derive(Debug, Clone)]
-pub struct Peer {
-    pub node: String,
-    pub agency: AgencyId,
-    pub address: SocketAddr,
+pub(crate) struct Peer {
+    pub(crate) node: String,
+    pub(crate) agency: AgencyId,
+    pub(crate) address: SocketAddr,
     /// TLS server name to expect in the peer's certificate.
-    pub server_name: String,
+    pub(crate) server_name: String,
     /// Agencies whose traffic goes to this peer (its own agency at least).
-    pub serves: Vec<AgencyId>,
+    pub(crate) serves: Vec<AgencyId>,
 }
 
 #[derive(Deserialize)]
@@ -197,7 +208,41 @@ const MAX_HOPS_LIMIT: u32 = 64;
 const FRAME_LIMIT_RANGE: (u64, u64) = (4 * 1024, 64 * 1024 * 1024);
 
 impl Config {
-    /// Reads and validates a config file.
+    /// The node's name, e.g. `dea-1`.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The agency the node serves.
+    pub fn agency(&self) -> &AgencyId {
+        &self.agency
+    }
+
+    /// The address it listens on.
+    pub fn listen(&self) -> SocketAddr {
+        self.listen
+    }
+
+    /// How it logs (`[log] format`).
+    pub fn log_format(&self) -> LogFormat {
+        self.log_format
+    }
+
+    /// Its log level (`[log] level`), as a tracing filter.
+    pub fn log_level(&self) -> &str {
+        &self.log_level
+    }
+
+    /// Reads and validates a config file (TOML; `deploy/` has annotated examples).
+    ///
+    /// ```no_run
+    /// let config = enlace::config::Config::load("/etc/enlace/enlaced.toml".as_ref())?;
+    /// println!("node {} of agency {}", config.name(), config.agency());
+    /// # Ok::<(), enlace::config::ConfigError>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the file, the key and the reason.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
             file: path.display().to_string(),
@@ -214,7 +259,7 @@ impl Config {
 
     /// Parses config text; relative paths are resolved against `base`.
     /// Errors are `(key, reason)`.
-    pub fn parse(text: &str, base: &Path) -> Result<Config, (String, String)> {
+    pub(crate) fn parse(text: &str, base: &Path) -> Result<Config, (String, String)> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| {
             let reason = e.message().to_owned();
             let key = e
@@ -435,13 +480,13 @@ impl Config {
     }
 
     /// The peer that serves `agency` itself, if any.
-    pub fn peer_for(&self, agency: &AgencyId) -> Option<&Peer> {
+    pub(crate) fn peer_for(&self, agency: &AgencyId) -> Option<&Peer> {
         self.peers.values().find(|p| p.serves.contains(agency))
     }
 
     /// The peer to send `agency`'s traffic to: its `[routes]` entry, else the peer that serves
     /// it. The peer is a relay when it does not serve the agency itself.
-    pub fn next_hop(&self, agency: &AgencyId) -> Option<&Peer> {
+    pub(crate) fn next_hop(&self, agency: &AgencyId) -> Option<&Peer> {
         match self.routes.get(agency) {
             Some(via) => self.peers.get(via),
             None => self.peer_for(agency),

@@ -99,16 +99,13 @@ impl Directory {
         AgencyId::new(&lower).ok()
     }
 
+    #[cfg(test)]
     /// The directory entry of an agency.
     pub fn get(&self, id: &AgencyId) -> Option<&Agency> {
         self.agencies.get(id)
     }
 
-    /// Every agency, by id.
-    pub fn agencies(&self) -> impl Iterator<Item = &Agency> {
-        self.agencies.values()
-    }
-
+    #[cfg(test)]
     /// How an agency is shown to people: its display name, or its id.
     pub fn display<'a>(&'a self, id: &'a AgencyId) -> &'a str {
         self.get(id).map_or(id.as_str(), |a| a.display.as_str())

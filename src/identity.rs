@@ -2,9 +2,9 @@
 //!
 //! Identities are SPIFFE-style URIs carried as the one URI SAN of every leaf certificate:
 //! `spiffe://<trust-domain>/agency/<agency>/<role>/<name>`, where role is `node`, `client` or
-//! `operator`. The agency's issuing CA carries the agency id as its subject's organizational unit,
-//! and a leaf is only believed if its issuer names the same agency (agency CAs cannot issue CAs, so a
-//! CA of one agency cannot mint identities of another).
+//! `operator`. The agency's issuing CA carries the agency id as its subject's organizational
+//! unit, and a leaf is only believed if its issuer names the same agency (agency CAs cannot issue
+//! CAs, so a CA of one agency cannot mint identities of another).
 //!
 //! This module parses and checks certificates that rustls has already verified; it does no chain
 //! or revocation checking of its own, and it never looks at message contents: a peer's identity
@@ -53,11 +53,28 @@ impl fmt::Display for Role {
 }
 
 /// A stable agency id such as `dea` or `pgr`: lowercase ASCII letters, digits and `-`.
+///
+/// ```
+/// use enlace::AgencyId;
+///
+/// let dea = AgencyId::new("dea").unwrap();
+/// assert_eq!(dea.to_string(), "dea");
+/// assert!(AgencyId::new("DEA").is_err());
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct AgencyId(String);
 
 impl AgencyId {
-    /// Validates an agency id.
+    /// Validates an agency id: 1 to 63 lowercase ASCII letters, digits and `-`, not starting or
+    /// ending with `-`.
+    ///
+    /// ```
+    /// let pgr = enlace::AgencyId::new("pgr").unwrap();
+    /// # let _ = pgr;
+    /// ```
+    ///
+    /// # Errors
+    /// [`IdentityError::BadName`] when `s` is not such a name.
     pub fn new(s: &str) -> Result<AgencyId, IdentityError> {
         if is_name(s) {
             Ok(AgencyId(s.to_owned()))
@@ -66,6 +83,12 @@ impl AgencyId {
         }
     }
 
+    /// The id as a string slice, e.g. `dea`.
+    ///
+    /// ```
+    /// let dea = enlace::AgencyId::new("dea").unwrap();
+    /// assert_eq!(dea.as_str(), "dea");
+    /// ```
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -98,6 +121,7 @@ pub struct Identity {
 }
 
 impl Identity {
+    #[cfg(test)]
     /// The identity's URI, as carried in its certificate's URI SAN.
     pub fn uri(&self) -> String {
         spiffe_uri(
@@ -143,21 +167,45 @@ pub fn spiffe_uri(trust_domain: &str, agency: &str, role: Role, name: &str) -> S
     format!("spiffe://{trust_domain}/agency/{agency}/{role}/{name}")
 }
 
-/// Why a certificate does not yield an identity.
+/// Why a name is not a valid agency id, or a certificate does not yield an identity.
+///
+/// Nodes report the certificate variants, in words, when they refuse a connection; the remedy
+/// is a certificate issued as the PKI profile says (see [`pki`](crate::pki)).
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
+    /// The name (an agency id, node or client name) is not 1 to 63 lowercase ASCII letters,
+    /// digits and `-`, or starts or ends with `-`. Holds the name as given.
     #[error("not a valid name: {0:?} (lowercase letters, digits and '-', at most 63)")]
     BadName(String),
+    /// The certificate's URI SAN is not `spiffe://<trust-domain>/agency/<agency>/<role>/<name>`
+    /// with a known role and valid names. Holds the URI as found.
     #[error("not an Enlace identity URI: {0:?}")]
     BadUri(String),
+    /// The certificate (or its subject alternative names) is not valid DER; holds the parser's
+    /// message.
     #[error("certificate could not be parsed: {0}")]
     Unparseable(String),
+    /// The certificate carries no URI SAN, or more than one (holds how many): an Enlace
+    /// certificate names exactly one identity.
     #[error("certificate must carry exactly one URI SAN, found {0}")]
     UriSanCount(usize),
+    /// The certificate names an agency other than the one its issuing CA serves: an agency CA
+    /// can only vouch for its own agency's nodes and clients.
     #[error("certificate claims agency {claimed} but was issued by the CA of agency {issuer:?}")]
-    AgencyMismatch { claimed: String, issuer: String },
+    AgencyMismatch {
+        /// The agency in the certificate's URI SAN.
+        claimed: String,
+        /// The agency its issuer names (the issuer's organizational unit); empty if none.
+        issuer: String,
+    },
+    /// The certificate belongs to another federation (trust domain) than the node's.
     #[error("certificate is from trust domain {found}, expected {expected}")]
-    WrongTrustDomain { found: String, expected: String },
+    WrongTrustDomain {
+        /// The trust domain in the certificate's URI SAN.
+        found: String,
+        /// The node's own trust domain (`node.trust_domain` in its config).
+        expected: String,
+    },
 }
 
 /// A verified peer: its identity, plus what audit and revocation need to name the certificate.

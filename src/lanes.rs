@@ -13,17 +13,41 @@
 //! - **Expiry**: expired items are never returned by [`Lanes::pop`]; they are handed back to the
 //!   caller so that it can tell the originator.
 //! - **Retry with backoff**: an item whose delivery failed can be parked until a due time
-//!   ([`Lanes::retry_at`]); when due it returns to the head of its lane. [`RetryPolicy`] decides
-//!   the delay, and when to give up (dead letter).
+//!   ([`Lanes::retry_at`]); when due it returns to the head of its lane. The dispatcher
+//!   ([`crate::dispatch`]) decides the delay, and when to give up (a dead letter).
 
 use std::collections::VecDeque;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use crate::message::Precedence;
 
 /// See the module docs.
 pub const SHARE_EVERY: u32 = 16;
 
+/// Which lanes a consumer may take from: all, or only one class of traffic (when its window for
+/// the other class is full).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Class {
+    /// Any lane, most urgent first, with the minimum share for lower lanes.
+    Any,
+    /// FLASH, IMMEDIATE and PRIORITY only.
+    TimeSensitive,
+    /// ROUTINE and BULK only.
+    Analytical,
+}
+
+impl Class {
+    /// The lanes this class may take from (index 0 is FLASH).
+    fn lanes(self) -> std::ops::Range<usize> {
+        match self {
+            Class::Any => 0..5,
+            Class::TimeSensitive => 0..3,
+            Class::Analytical => 3..5,
+        }
+    }
+}
+
+#[cfg(test)]
 /// The queue is at capacity for this class of traffic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Full;
@@ -76,6 +100,7 @@ impl<T> Lanes<T> {
         }
     }
 
+    #[cfg(test)]
     /// Items waiting in all lanes.
     pub fn len(&self) -> usize {
         self.lanes.iter().map(VecDeque::len).sum::<usize>() + self.parked.len()
@@ -100,6 +125,7 @@ impl<T> Lanes<T> {
         self.class_len(p) < self.capacity
     }
 
+    #[cfg(test)]
     /// Appends an item to its lane.
     ///
     /// # Errors
@@ -129,15 +155,16 @@ impl<T> Lanes<T> {
         self.parked.push((due, entry));
     }
 
+    #[cfg(test)]
     /// Takes the next item to serve at `now`, and every expired item met on the way.
     pub fn pop(&mut self, now: SystemTime) -> Popped<T> {
-        self.pop_class(now, false)
+        self.pop_class(now, Class::Any)
     }
 
-    /// Like [`Lanes::pop`], but with `time_sensitive_only` takes only FLASH, IMMEDIATE or
-    /// PRIORITY items (for a consumer whose analytical path is busy). The minimum share for lower
-    /// lanes applies only when they may be taken.
-    pub fn pop_class(&mut self, now: SystemTime, time_sensitive_only: bool) -> Popped<T> {
+    /// Like [`Lanes::pop`], but takes only from the lanes of `class` (for a consumer whose window
+    /// for the other class is full). The minimum share for lower lanes applies among the lanes
+    /// that may be taken.
+    pub fn pop_class(&mut self, now: SystemTime, class: Class) -> Popped<T> {
         let mut expired = Vec::new();
         let mut i = 0;
         while i < self.parked.len() {
@@ -155,9 +182,8 @@ impl<T> Lanes<T> {
                 expired.extend(lane.pop_front());
             }
         }
-        let eligible = if time_sensitive_only { 3 } else { 5 };
-        let Some(top) = self.lanes[..eligible].iter().position(|l| !l.is_empty()) else {
-            self.streak = 0;
+        let range = class.lanes();
+        let Some(top) = range.clone().find(|&i| !self.lanes[i].is_empty()) else {
             let wake_at = self.parked.iter().map(|(due, _)| *due).min();
             return Popped {
                 next: None,
@@ -165,7 +191,7 @@ impl<T> Lanes<T> {
                 wake_at,
             };
         };
-        let lower = (top + 1..eligible).find(|&i| !self.lanes[i].is_empty());
+        let lower = (top + 1..range.end).find(|&i| !self.lanes[i].is_empty());
         let pick = match lower {
             Some(low) if self.streak >= SHARE_EVERY => {
                 self.streak = 0;
@@ -200,45 +226,6 @@ impl<T> Lanes<T> {
             out.extend(gone);
         }
         out
-    }
-}
-
-/// What to do after a failed delivery attempt.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AfterFailure {
-    /// Offer it again after this delay.
-    Retry(Duration),
-    /// Give up: move it to the dead-letter queue.
-    DeadLetter,
-}
-
-/// Redelivery policy: exponential backoff from `base`, capped at `max_delay`, and a dead letter
-/// after `max_attempts` attempts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RetryPolicy {
-    pub base: Duration,
-    pub max_delay: Duration,
-    pub max_attempts: u32,
-}
-
-impl Default for RetryPolicy {
-    fn default() -> RetryPolicy {
-        RetryPolicy {
-            base: Duration::from_secs(1),
-            max_delay: Duration::from_secs(60),
-            max_attempts: 10,
-        }
-    }
-}
-
-impl RetryPolicy {
-    /// Decides after `attempts` failed attempts (1 after the first failure).
-    pub fn after_failure(&self, attempts: u32) -> AfterFailure {
-        if attempts >= self.max_attempts {
-            return AfterFailure::DeadLetter;
-        }
-        let factor = 1u32 << attempts.saturating_sub(1).min(16);
-        AfterFailure::Retry((self.base * factor).min(self.max_delay))
     }
 }
 
@@ -335,10 +322,17 @@ mod tests {
     fn time_sensitive_only_leaves_analytical_items() {
         let mut q = Lanes::new(10);
         q.push(e(Precedence::Bulk, 1)).unwrap();
-        assert!(q.pop_class(t(1), true).next.is_none());
+        assert!(q.pop_class(t(1), Class::TimeSensitive).next.is_none());
         q.push(e(Precedence::Priority, 2)).unwrap();
-        assert_eq!(q.pop_class(t(1), true).next.map(|e| e.item), Some(2));
-        assert_eq!(q.pop_class(t(1), false).next.map(|e| e.item), Some(1));
+        assert!(
+            q.pop_class(t(1), Class::Analytical)
+                .next
+                .is_some_and(|e| e.item == 1)
+        );
+        assert_eq!(
+            q.pop_class(t(1), Class::TimeSensitive).next.map(|e| e.item),
+            Some(2)
+        );
     }
 
     #[test]
@@ -370,35 +364,5 @@ mod tests {
         let p = q.pop(t(6));
         assert_eq!(p.expired.len(), 1);
         assert!(q.is_empty());
-    }
-
-    #[test]
-    fn retry_policy_backs_off_then_gives_up() {
-        let p = RetryPolicy {
-            base: Duration::from_secs(1),
-            max_delay: Duration::from_secs(5),
-            max_attempts: 4,
-        };
-        assert_eq!(
-            p.after_failure(1),
-            AfterFailure::Retry(Duration::from_secs(1))
-        );
-        assert_eq!(
-            p.after_failure(2),
-            AfterFailure::Retry(Duration::from_secs(2))
-        );
-        assert_eq!(
-            p.after_failure(3),
-            AfterFailure::Retry(Duration::from_secs(4))
-        );
-        assert_eq!(p.after_failure(4), AfterFailure::DeadLetter);
-        let long = RetryPolicy {
-            max_attempts: 100,
-            ..p
-        };
-        assert_eq!(
-            long.after_failure(40),
-            AfterFailure::Retry(Duration::from_secs(5))
-        );
     }
 }

@@ -1,172 +1,484 @@
-//! Domain types for messages: ids, precedence, and a typed builder for outgoing envelopes.
+//! Messages as Enlace knows them: [`Message`], the one domain type a signed envelope becomes, with
+//! its originator, addressees and hops, and the time conversions of the protobuf fields. (Ids are
+//! in `id`, precedence and status in `precedence`; both are re-exported here.)
 //!
-//! [`Draft`] is how a Rust user writes a message: a typed payload, addressees, precedence and
-//! expiry. The client library turns a draft into the exact bytes the originator signs. Nothing here
-//! does I/O; the current time is always a parameter.
+//! The protobuf `Envelope` is decoded in exactly one place, [`Message::parse`], which checks its
+//! structure (id, originator, addressees, precedence, status, times, payload type) and keeps the
+//! exact bytes the originator signed beside the fields read from them. Nodes build a `Message`
+//! once when they admit an envelope (or recover it from their store) and carry it with every
+//! queued copy; the client library builds one for every delivery. Who sent it and whether its
+//! signature holds are admission's business (`validate`), not this module's.
+//!
+//! Nothing here does I/O; the current time is always a parameter.
 
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use prost::Message as _;
 
+use crate::address::Mailbox;
+pub use crate::id::{BadMessageId, MessageId};
+use crate::identity::{AgencyId, is_name};
+pub use crate::precedence::{BadPrecedence, BadStatus, Precedence, Status};
+use crate::refusal::Refusal;
 use crate::wire::pb;
 
-/// A message id: a UUIDv7 (time-ordered), 16 bytes.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct MessageId([u8; 16]);
+/// Who wrote a message: a client of an agency at the node that accepted it, or for SYSTEM
+/// messages the node itself.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Originator {
+    /// The originator's agency (stable id).
+    pub agency: AgencyId,
+    /// The node that accepted the message from its client (or that wrote it).
+    pub node: String,
+    /// The client (certificate name); `None` for a node's own SYSTEM messages.
+    pub client: Option<String>,
+}
 
-impl MessageId {
-    /// A fresh UUIDv7 for the given time.
-    pub fn new_v7(now: SystemTime) -> MessageId {
-        let mut rnd = [0u8; 10];
-        // The system RNG failing is not recoverable in any meaningful way for id generation.
-        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut rnd)
-            .expect("system random number generator");
-        let ms = now
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_millis() as u64;
-        let mut b = [0u8; 16];
-        b[..6].copy_from_slice(&ms.to_be_bytes()[2..]);
-        b[6..].copy_from_slice(&rnd);
-        b[6] = (b[6] & 0x0f) | 0x70; // version 7
-        b[8] = (b[8] & 0x3f) | 0x80; // RFC 9562 variant
-        MessageId(b)
-    }
-
-    /// A deterministic id derived from a namespace and a name (UUIDv8 layout, SHA-256 based).
-    /// Used where a re-run must produce the same id, e.g. bulk sending resumed from a file.
-    pub fn derived(namespace: &[u8], name: &[u8]) -> MessageId {
-        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
-        ctx.update(b"enlace/v1 derived message id\0");
-        ctx.update(&(namespace.len() as u64).to_be_bytes());
-        ctx.update(namespace);
-        ctx.update(name);
-        let d = ctx.finish();
-        let mut b = [0u8; 16];
-        b.copy_from_slice(&d.as_ref()[..16]);
-        b[6] = (b[6] & 0x0f) | 0x80; // version 8
-        b[8] = (b[8] & 0x3f) | 0x80;
-        MessageId(b)
-    }
-
-    pub fn from_slice(b: &[u8]) -> Option<MessageId> {
-        b.try_into().ok().map(MessageId)
-    }
-
-    pub fn as_bytes(&self) -> &[u8; 16] {
-        &self.0
-    }
-
-    pub fn to_bytes(self) -> Bytes {
-        Bytes::copy_from_slice(&self.0)
-    }
-
-    /// Parses the canonical hyphenated form.
-    pub fn parse(s: &str) -> Option<MessageId> {
-        let hex: String = s.chars().filter(|c| *c != '-').collect();
-        if hex.len() != 32 {
-            return None;
+impl Originator {
+    pub(crate) fn to_pb(&self) -> pb::Originator {
+        pb::Originator {
+            agency: self.agency.to_string(),
+            node: self.node.clone(),
+            client: self.client.clone().unwrap_or_default(),
         }
-        let mut b = [0u8; 16];
-        for (i, byte) in b.iter_mut().enumerate() {
-            *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
-        }
-        Some(MessageId(b))
     }
 }
 
-impl fmt::Display for MessageId {
+impl fmt::Display for Originator {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, b) in self.0.iter().enumerate() {
-            if matches!(i, 4 | 6 | 8 | 10) {
-                f.write_str("-")?;
+        match &self.client {
+            Some(c) => write!(f, "{}/{c}", self.agency),
+            None => write!(f, "{}/node/{}", self.agency, self.node),
+        }
+    }
+}
+
+/// One recipient of a message.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Addressee {
+    /// The agency as the originator wrote it, in lowercase: its id or an alias, resolved by the
+    /// agency directory when the message is routed.
+    pub agency: String,
+    /// The agency's inbox or one of its units.
+    pub mailbox: Mailbox,
+    /// Whether the addressee is expected to act (an action copy) or only informed.
+    pub action: bool,
+}
+
+impl fmt::Display for Addressee {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.mailbox {
+            Mailbox::Inbox => f.write_str(&self.agency),
+            Mailbox::Unit(u) => write!(f, "{}/{u}", self.agency),
+        }
+    }
+}
+
+/// A node a message passed, as its hop record says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hop {
+    /// The node's name.
+    pub node: String,
+    /// The node's agency.
+    pub agency: String,
+    /// When the node received the message.
+    pub received_at: Option<SystemTime>,
+    /// When it forwarded the message on, if it did.
+    pub forwarded_at: Option<SystemTime>,
+}
+
+impl Hop {
+    pub(crate) fn from_pb(h: &pb::HopRecord) -> Hop {
+        Hop {
+            node: h.node.clone(),
+            agency: h.agency.clone(),
+            received_at: h.received_at.as_ref().and_then(system_time),
+            forwarded_at: h.forwarded_at.as_ref().and_then(system_time),
+        }
+    }
+}
+
+/// A signed message, parsed once from the exact envelope bytes its originator signed.
+///
+/// Clients see one in every [`Delivery`](crate::Delivery); nodes carry one with every copy they
+/// queue. The fields are read from [`Message::envelope_bytes`], which are never re-encoded.
+#[derive(Debug, Clone)]
+pub struct Message {
+    pub(crate) id: MessageId,
+    pub(crate) originator: Originator,
+    pub(crate) addressees: Vec<Addressee>,
+    pub(crate) precedence: Precedence,
+    pub(crate) status: Status,
+    pub(crate) created_at: SystemTime,
+    pub(crate) expires_at: SystemTime,
+    pub(crate) respond_by: Option<SystemTime>,
+    /// `HandlingPolicy.max_hops`: relay nodes allowed between the originator's node and the node
+    /// that serves an addressee.
+    pub(crate) max_relays: Option<u32>,
+    pub(crate) case_id: String,
+    pub(crate) in_reply_to: Option<MessageId>,
+    pub(crate) payload_type: String,
+    pub(crate) payload: Bytes,
+    /// Whether the originator asked for a receipt per stage (not non-delivery reports only).
+    pub(crate) stage_receipts: bool,
+    /// The exact bytes the originator signed.
+    pub(crate) envelope: Bytes,
+    /// The originator's signature over `envelope` (single or batch).
+    pub(crate) signature: Option<pb::Signature>,
+}
+
+impl Message {
+    /// Parses and checks the structure of an envelope: every field a node relies on must be
+    /// present and well-formed. `envelope` are the exact signed bytes; `signature` travels
+    /// beside them. Refusals are `INVALID` with a reason naming the field.
+    pub(crate) fn parse(
+        envelope: Bytes,
+        signature: Option<pb::Signature>,
+    ) -> Result<Message, (Refusal, Option<MessageId>)> {
+        let env = pb::Envelope::decode(envelope.clone()).map_err(|e| {
+            let reason = format!("envelope bytes do not decode: {e}");
+            (Refusal::invalid(reason), None)
+        })?;
+        let id = MessageId::from_slice(&env.message_id)
+            .filter(MessageId::is_v7_or_v8)
+            .ok_or_else(|| {
+                let reason = "message_id must be a 16-byte UUIDv7 (or a derived UUIDv8)";
+                (Refusal::invalid(reason), None)
+            })?;
+        let fail = |reason: String| (Refusal::invalid(reason), Some(id));
+        let o = env
+            .originator
+            .as_ref()
+            .ok_or_else(|| fail("originator is missing".into()))?;
+        let originator = Originator {
+            agency: AgencyId::new(&o.agency).map_err(|_| {
+                fail(format!(
+                    "originator agency {} is not an agency id",
+                    clip(&o.agency)
+                ))
+            })?,
+            node: name_field(&o.node, "originator node").map_err(&fail)?,
+            client: match o.client.as_str() {
+                "" => None,
+                c => Some(name_field(c, "originator client").map_err(&fail)?),
+            },
+        };
+        let precedence = Precedence::from_pb(env.precedence())
+            .ok_or_else(|| fail("precedence is missing or unknown".into()))?;
+        let status = Status::from_pb(env.status()).ok_or_else(|| {
+            fail("status is missing or unknown (ACTUAL, EXERCISE, TEST or SYSTEM)".into())
+        })?;
+        let time = |t: &Option<prost_types::Timestamp>, what: &str| {
+            t.as_ref()
+                .and_then(system_time)
+                .ok_or_else(|| fail(format!("{what} is missing")))
+        };
+        let created_at = time(&env.created_at, "created_at")?;
+        let expires_at = time(&env.expires_at, "expires_at")?;
+        let respond_by = env.respond_by.as_ref().and_then(system_time);
+        if env.payload_type.is_empty() {
+            return Err(fail("payload_type is missing".into()));
+        }
+        let in_reply_to = match env.in_reply_to.len() {
+            0 => None,
+            _ => Some(
+                MessageId::from_slice(&env.in_reply_to)
+                    .ok_or_else(|| fail("in_reply_to must be a 16-byte message id".into()))?,
+            ),
+        };
+        if env.addressees.is_empty() {
+            return Err(fail("no addressees".into()));
+        }
+        let mut addressees: Vec<Addressee> = Vec::with_capacity(env.addressees.len());
+        for a in &env.addressees {
+            // Agency names are compared without case ("FGR" is "fgr"); the directory resolves
+            // aliases when the message is routed.
+            let agency = a.agency.to_ascii_lowercase();
+            if !is_name(&agency) {
+                return Err(fail(format!(
+                    "addressee {} is not an agency id or alias",
+                    clip(&a.agency)
+                )));
             }
-            write!(f, "{b:02x}")?;
+            let mailbox = match a.unit.as_str() {
+                "" => Mailbox::Inbox,
+                u => Mailbox::unit(u).map_err(|_| {
+                    fail(format!(
+                        "addressee unit {} is not a valid name (lowercase letters, digits, '-')",
+                        clip(u)
+                    ))
+                })?,
+            };
+            let action = a.copy_type() != pb::CopyType::Information;
+            match addressees
+                .iter_mut()
+                .find(|x| x.agency == agency && x.mailbox == mailbox)
+            {
+                // Named twice: once as an action copy is enough to make it one.
+                Some(x) => x.action |= action,
+                None => addressees.push(Addressee {
+                    agency,
+                    mailbox,
+                    action,
+                }),
+            }
         }
-        Ok(())
-    }
-}
-
-impl fmt::Debug for MessageId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(self, f)
-    }
-}
-
-/// Precedence, ordered so that a more urgent level compares greater.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Precedence {
-    Bulk,
-    Routine,
-    Priority,
-    Immediate,
-    Flash,
-}
-
-impl Precedence {
-    /// All levels, most urgent first.
-    pub const ALL: [Precedence; 5] = [
-        Precedence::Flash,
-        Precedence::Immediate,
-        Precedence::Priority,
-        Precedence::Routine,
-        Precedence::Bulk,
-    ];
-
-    /// FLASH, IMMEDIATE and PRIORITY are time-sensitive: they travel one per stream, ahead of
-    /// everything else. ROUTINE and BULK are analytical traffic.
-    pub fn is_time_sensitive(self) -> bool {
-        self >= Precedence::Priority
-    }
-
-    pub fn from_pb(p: pb::Precedence) -> Option<Precedence> {
-        Some(match p {
-            pb::Precedence::Flash => Precedence::Flash,
-            pb::Precedence::Immediate => Precedence::Immediate,
-            pb::Precedence::Priority => Precedence::Priority,
-            pb::Precedence::Routine => Precedence::Routine,
-            pb::Precedence::Bulk => Precedence::Bulk,
-            pb::Precedence::Unspecified => return None,
+        Ok(Message {
+            id,
+            originator,
+            addressees,
+            precedence,
+            status,
+            created_at,
+            expires_at,
+            respond_by,
+            max_relays: env.handling.as_ref().and_then(|h| h.max_hops),
+            stage_receipts: env.receipts() != pb::ReceiptRequest::NonDeliveryOnly,
+            case_id: env.case_id,
+            in_reply_to,
+            payload_type: env.payload_type,
+            payload: env.payload,
+            envelope,
+            signature,
         })
     }
 
-    pub fn to_pb(self) -> pb::Precedence {
-        match self {
-            Precedence::Flash => pb::Precedence::Flash,
-            Precedence::Immediate => pb::Precedence::Immediate,
-            Precedence::Priority => pb::Precedence::Priority,
-            Precedence::Routine => pb::Precedence::Routine,
-            Precedence::Bulk => pb::Precedence::Bulk,
-        }
+    /// The message id.
+    ///
+    /// ```
+    /// # fn example(delivery: &enlace::Delivery) {
+    /// let m = delivery.message();
+    /// assert_eq!(m.id(), delivery.id());
+    /// # }
+    /// ```
+    pub fn id(&self) -> MessageId {
+        self.id
     }
 
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Precedence::Flash => "FLASH",
-            Precedence::Immediate => "IMMEDIATE",
-            Precedence::Priority => "PRIORITY",
-            Precedence::Routine => "ROUTINE",
-            Precedence::Bulk => "BULK",
-        }
+    /// Who wrote it.
+    ///
+    /// ```
+    /// # fn example(delivery: &enlace::Delivery) {
+    /// let m = delivery.message();
+    /// println!("from {}", m.originator()); // e.g. dea/duty-desk
+    /// # }
+    /// ```
+    pub fn originator(&self) -> &Originator {
+        &self.originator
     }
 
-    /// Parses a level name, case-insensitively.
-    pub fn parse(s: &str) -> Option<Precedence> {
-        Precedence::ALL
-            .into_iter()
-            .find(|p| p.as_str().eq_ignore_ascii_case(s))
+    /// Its addressees, in order, without duplicates.
+    ///
+    /// ```
+    /// # fn example(delivery: &enlace::Delivery) {
+    /// let m = delivery.message();
+    /// for a in m.addressees() {
+    ///     println!("{a}{}", if a.action { "" } else { " (for information)" });
+    /// }
+    /// # }
+    /// ```
+    pub fn addressees(&self) -> &[Addressee] {
+        &self.addressees
+    }
+
+    /// How urgent it is, as its originator set it.
+    ///
+    /// ```
+    /// # fn example(delivery: &enlace::Delivery) {
+    /// let m = delivery.message();
+    /// if m.precedence().is_time_sensitive() {
+    ///     println!("handle now");
+    /// }
+    /// # }
+    /// ```
+    pub fn precedence(&self) -> Precedence {
+        self.precedence
+    }
+
+    /// What kind of traffic it is: actual, exercise, test, or a node's own system message.
+    ///
+    /// ```
+    /// # fn example(delivery: &enlace::Delivery) {
+    /// let m = delivery.message();
+    /// if m.status() == enlace::Status::Exercise {
+    ///     println!("EXERCISE EXERCISE EXERCISE");
+    /// }
+    /// # }
+    /// ```
+    pub fn status(&self) -> Status {
+        self.status
+    }
+
+    /// When the originator wrote it.
+    ///
+    /// ```
+    /// # fn example(delivery: &enlace::Delivery) {
+    /// let m = delivery.message();
+    /// println!("written {}", enlace::rfc3339(m.created_at()));
+    /// # }
+    /// ```
+    pub fn created_at(&self) -> SystemTime {
+        self.created_at
+    }
+
+    /// After this instant it is never delivered.
+    ///
+    /// ```
+    /// # fn example(delivery: &enlace::Delivery) {
+    /// let m = delivery.message();
+    /// println!("valid until {}", enlace::rfc3339(m.expires_at()));
+    /// # }
+    /// ```
+    pub fn expires_at(&self) -> SystemTime {
+        self.expires_at
+    }
+
+    /// When a business response is due from each action addressee, if asked for.
+    ///
+    /// ```
+    /// # fn example(delivery: &enlace::Delivery) {
+    /// let m = delivery.message();
+    /// if let Some(due) = m.respond_by() {
+    ///     println!("answer by {}", enlace::rfc3339(due));
+    /// }
+    /// # }
+    /// ```
+    pub fn respond_by(&self) -> Option<SystemTime> {
+        self.respond_by
+    }
+
+    /// The case it belongs to ("" if none).
+    ///
+    /// ```
+    /// # fn example(delivery: &enlace::Delivery) {
+    /// let m = delivery.message();
+    /// if !m.case_id().is_empty() {
+    ///     println!("case {}", m.case_id());
+    /// }
+    /// # }
+    /// ```
+    pub fn case_id(&self) -> &str {
+        &self.case_id
+    }
+
+    /// The message it answers, updates, corrects or cancels.
+    ///
+    /// ```
+    /// # fn example(delivery: &enlace::Delivery) {
+    /// let m = delivery.message();
+    /// if let Some(earlier) = m.in_reply_to() {
+    ///     println!("about {earlier} ({:?})", m.envelope().kind());
+    /// }
+    /// # }
+    /// ```
+    pub fn in_reply_to(&self) -> Option<MessageId> {
+        self.in_reply_to
+    }
+
+    /// The fully qualified protobuf name of the payload, e.g. `enlace.v1.PrecursorChemicalAlert`.
+    ///
+    /// ```
+    /// use prost::Name as _;
+    ///
+    /// # fn example(delivery: &enlace::Delivery) {
+    /// let m = delivery.message();
+    /// if m.payload_type() == enlace::pb::PrecursorChemicalAlert::full_name() {
+    ///     println!("a precursor alert");
+    /// }
+    /// # }
+    /// ```
+    pub fn payload_type(&self) -> &str {
+        &self.payload_type
+    }
+
+    /// The encoded payload.
+    ///
+    /// ```
+    /// # fn example(delivery: &enlace::Delivery) {
+    /// let m = delivery.message();
+    /// let json = enlace::json::decode_json(m.payload_type(), m.payload_bytes());
+    /// # let _ = json;
+    /// # }
+    /// ```
+    pub fn payload_bytes(&self) -> &Bytes {
+        &self.payload
+    }
+
+    /// The exact envelope bytes the originator signed.
+    ///
+    /// ```
+    /// # fn example(delivery: &enlace::Delivery) {
+    /// let m = delivery.message();
+    /// println!("{} signed bytes", m.envelope_bytes().len());
+    /// # }
+    /// ```
+    pub fn envelope_bytes(&self) -> &Bytes {
+        &self.envelope
+    }
+
+    /// The whole envelope as protobuf, decoded from [`Message::envelope_bytes`] (for fields this
+    /// type does not expose, such as the handling policy).
+    ///
+    /// ```
+    /// # fn example(delivery: &enlace::Delivery) {
+    /// let m = delivery.message();
+    /// if let Some(h) = m.envelope().handling {
+    ///     println!("TLP {:?}", h.tlp());
+    /// }
+    /// # }
+    /// ```
+    pub fn envelope(&self) -> pb::Envelope {
+        // The bytes decoded once already, in `parse`.
+        pb::Envelope::decode(self.envelope.clone()).unwrap_or_default()
+    }
+
+    /// Whether its originator is a client (not a node's own SYSTEM message).
+    pub(crate) fn is_from_client(&self) -> bool {
+        self.status != Status::System && self.originator.client.is_some()
+    }
+
+    /// The wire form of this message with the given transit records.
+    pub(crate) fn signed(
+        &self,
+        hops: Vec<pb::HopRecord>,
+        route_to: Vec<String>,
+    ) -> pb::SignedEnvelope {
+        pb::SignedEnvelope {
+            envelope: self.envelope.clone(),
+            signature: self.signature.clone(),
+            hops,
+            route_to,
+        }
     }
 }
 
-impl fmt::Display for Precedence {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+/// Checks a name field (node or client name) of the originator.
+fn name_field(v: &str, what: &str) -> Result<String, String> {
+    if is_name(v) {
+        Ok(v.to_owned())
+    } else {
+        Err(format!("{what} {} is not a valid name", clip(v)))
     }
+}
+
+/// A value quoted for a reason, cut to a length that keeps refusals and logs small whatever the
+/// sender put there.
+pub(crate) fn clip(s: &str) -> String {
+    const MAX: usize = 64;
+    if s.len() <= MAX {
+        return format!("{s:?}");
+    }
+    let cut = (0..=MAX)
+        .rev()
+        .find(|&i| s.is_char_boundary(i))
+        .unwrap_or(0);
+    format!("{:?}… ({} bytes)", &s[..cut], s.len())
 }
 
 /// Converts a system time to a protobuf timestamp.
-pub fn timestamp(t: SystemTime) -> prost_types::Timestamp {
+pub(crate) fn timestamp(t: SystemTime) -> prost_types::Timestamp {
     let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
     prost_types::Timestamp {
         seconds: d.as_secs() as i64,
@@ -175,157 +487,31 @@ pub fn timestamp(t: SystemTime) -> prost_types::Timestamp {
 }
 
 /// Converts a protobuf timestamp to a system time (None if before the epoch or malformed).
-pub fn system_time(t: &prost_types::Timestamp) -> Option<SystemTime> {
+pub(crate) fn system_time(t: &prost_types::Timestamp) -> Option<SystemTime> {
     if t.seconds < 0 || !(0..1_000_000_000).contains(&t.nanos) {
         return None;
     }
     Some(UNIX_EPOCH + Duration::new(t.seconds as u64, t.nanos as u32))
 }
 
-/// A message being written: typed payload, addressees, precedence, expiry and handling.
-///
-/// ```
-/// use std::time::Duration;
-/// use enlace::message::{Draft, Precedence};
-/// use enlace::wire::pb;
-///
-/// let alert = pb::PrecursorChemicalAlert::default();
-/// let draft = Draft::new(&alert)
-///     .to("pgr")
-///     .to("afi")
-///     .precedence(Precedence::Flash)
-///     .expires_in(Duration::from_secs(6 * 3600))
-///     .case_id("DEA-2026-0142");
-/// assert_eq!(draft.envelope().addressees.len(), 2);
-/// ```
-#[derive(Debug, Clone)]
-pub struct Draft {
-    envelope: pb::Envelope,
-    expires_in: Option<Duration>,
-    respond_within: Option<Duration>,
-    id: Option<MessageId>,
+/// Milliseconds since the Unix epoch, as the store keeps times.
+pub(crate) fn millis(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64
 }
 
-impl Draft {
-    /// Starts a message with a typed payload. Defaults: ROUTINE, ACTUAL, ORIGINAL, expires in 7 days.
-    pub fn new<P: prost::Message + prost::Name>(payload: &P) -> Draft {
-        Draft::from_raw(P::full_name(), payload.encode_to_vec().into())
-    }
-
-    /// Starts a message whose payload is already encoded.
-    pub fn from_raw(payload_type: String, payload: Bytes) -> Draft {
-        Draft {
-            envelope: pb::Envelope {
-                precedence: pb::Precedence::Routine as i32,
-                status: pb::Status::Actual as i32,
-                kind: pb::MessageKind::Original as i32,
-                payload_type,
-                payload,
-                ..Default::default()
-            },
-            expires_in: Some(Duration::from_secs(7 * 24 * 3600)),
-            respond_within: None,
-            id: None,
-        }
-    }
-
-    /// Adds an action addressee: an agency id, or `agency/unit`.
-    pub fn to(self, addressee: &str) -> Draft {
-        self.addressee(addressee, pb::CopyType::Action)
-    }
-
-    /// Adds an information-copy addressee.
-    pub fn info(self, addressee: &str) -> Draft {
-        self.addressee(addressee, pb::CopyType::Information)
-    }
-
-    fn addressee(mut self, addressee: &str, copy: pb::CopyType) -> Draft {
-        let (agency, unit) = addressee.split_once('/').unwrap_or((addressee, ""));
-        self.envelope.addressees.push(pb::Addressee {
-            agency: agency.to_owned(),
-            unit: unit.to_owned(),
-            copy_type: copy as i32,
-        });
-        self
-    }
-
-    pub fn precedence(mut self, p: Precedence) -> Draft {
-        self.envelope.precedence = p.to_pb() as i32;
-        self
-    }
-
-    pub fn status(mut self, s: pb::Status) -> Draft {
-        self.envelope.status = s as i32;
-        self
-    }
-
-    pub fn kind(mut self, k: pb::MessageKind) -> Draft {
-        self.envelope.kind = k as i32;
-        self
-    }
-
-    /// Sets the lifetime; the message is never delivered after it.
-    pub fn expires_in(mut self, d: Duration) -> Draft {
-        self.expires_in = Some(d);
-        self
-    }
-
-    /// Asks each action addressee for a business response within `d` (`respond_by`): without
-    /// one by then, the originator gets an overdue notice and the addressee's escalation unit a
-    /// reminder.
-    pub fn respond_within(mut self, d: Duration) -> Draft {
-        self.respond_within = Some(d);
-        self
-    }
-
-    pub fn case_id(mut self, id: &str) -> Draft {
-        self.envelope.case_id = id.to_owned();
-        self
-    }
-
-    pub fn in_reply_to(mut self, id: MessageId) -> Draft {
-        self.envelope.in_reply_to = id.to_bytes();
-        self
-    }
-
-    /// Asks for a non-delivery report only, instead of a receipt for every stage: for
-    /// high-volume analytical feeds (`enlace send --bulk`, the benchmark's records).
-    pub fn non_delivery_receipts_only(mut self) -> Draft {
-        self.envelope.receipts = pb::ReceiptRequest::NonDeliveryOnly as i32;
-        self
-    }
-
-    pub fn handling(mut self, h: pb::HandlingPolicy) -> Draft {
-        self.envelope.handling = Some(h);
-        self
-    }
-
-    /// Fixes the message id (default: a fresh UUIDv7 at send time).
-    pub fn id(mut self, id: MessageId) -> Draft {
-        self.id = Some(id);
-        self
-    }
-
-    /// The envelope as built so far (without id, originator or times).
-    pub fn envelope(&self) -> &pb::Envelope {
-        &self.envelope
-    }
-
-    /// Completes the envelope for sending at `now` by `originator`.
-    pub fn finish(mut self, originator: pb::Originator, now: SystemTime) -> pb::Envelope {
-        let id = self.id.unwrap_or_else(|| MessageId::new_v7(now));
-        self.envelope.message_id = id.to_bytes();
-        self.envelope.originator = Some(originator);
-        self.envelope.created_at = Some(timestamp(now));
-        self.envelope.expires_at = self.expires_in.map(|d| timestamp(now + d));
-        if let Some(d) = self.respond_within {
-            self.envelope.respond_by = Some(timestamp(now + d));
-        }
-        self.envelope
-    }
+/// The time `ms` milliseconds after the Unix epoch.
+pub(crate) fn from_millis(ms: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(ms)
 }
 
 /// Formats a time as RFC 3339 UTC with milliseconds, e.g. `2026-11-28T05:40:00.123Z`.
+///
+/// ```
+/// use std::time::{Duration, UNIX_EPOCH};
+///
+/// let t = UNIX_EPOCH + Duration::from_millis(1_795_000_000_123);
+/// assert_eq!(enlace::rfc3339(t), "2026-11-18T11:06:40.123Z");
+/// ```
 pub fn rfc3339(t: SystemTime) -> String {
     let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
     let odt = time::OffsetDateTime::from_unix_timestamp(d.as_secs() as i64)
@@ -345,50 +531,88 @@ pub fn rfc3339(t: SystemTime) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::draft::Draft;
 
-    #[test]
-    fn uuid_v7_layout_and_order() {
-        let t = UNIX_EPOCH + Duration::from_millis(1_700_000_000_000);
-        let a = MessageId::new_v7(t);
-        let b = MessageId::new_v7(t + Duration::from_millis(1));
-        assert_eq!(a.as_bytes()[6] >> 4, 7);
-        assert_eq!(a.as_bytes()[8] >> 6, 0b10);
-        assert!(a < b);
-        assert_eq!(MessageId::parse(&a.to_string()), Some(a));
-        assert_eq!(a.to_string().len(), 36);
+    fn now() -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(1_800_000_000)
+    }
+
+    fn originator() -> Originator {
+        Originator {
+            agency: AgencyId::new("dea").unwrap(),
+            node: "dea-1".into(),
+            client: Some("duty-desk".into()),
+        }
+    }
+
+    fn parse(env: &pb::Envelope) -> Result<Message, Refusal> {
+        Message::parse(env.encode_to_vec().into(), None).map_err(|(r, _)| r)
     }
 
     #[test]
-    fn derived_ids_are_stable_and_distinct() {
-        let a = MessageId::derived(b"file", b"1");
-        assert_eq!(a, MessageId::derived(b"file", b"1"));
-        assert_ne!(a, MessageId::derived(b"file", b"2"));
-        assert_ne!(a, MessageId::derived(b"fil", b"e1"));
-    }
-
-    #[test]
-    fn precedence_orders_flash_first() {
-        assert!(Precedence::Flash > Precedence::Immediate);
-        assert!(Precedence::Routine > Precedence::Bulk);
-        assert!(Precedence::Priority.is_time_sensitive());
-        assert!(!Precedence::Routine.is_time_sensitive());
-        assert_eq!(Precedence::parse("flash"), Some(Precedence::Flash));
-    }
-
-    #[test]
-    fn draft_finishes_with_id_times_and_originator() {
-        let now = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
-        let env = Draft::from_raw("enlace.v1.LiaisonMessage".into(), Bytes::new())
+    fn parse_reads_every_field_once_and_keeps_the_bytes() {
+        let env = Draft::from_raw("enlace.v1.LiaisonMessage", Bytes::from_static(b"x"))
+            .to("PGR")
             .to("pgr/desk")
             .info("cenapi")
+            .to("pgr")
+            .precedence(Precedence::Flash)
+            .case_id("C-1")
             .expires_in(Duration::from_secs(60))
-            .finish(pb::Originator::default(), now);
-        assert_eq!(env.message_id.len(), 16);
-        assert_eq!(env.addressees[0].unit, "desk");
-        assert_eq!(env.addressees[1].copy_type(), pb::CopyType::Information);
-        assert_eq!(
-            system_time(env.expires_at.as_ref().unwrap()),
-            Some(now + Duration::from_secs(60))
+            .finish(&originator(), now());
+        let bytes = Bytes::from(env.encode_to_vec());
+        let m = Message::parse(bytes.clone(), None).unwrap();
+        assert_eq!(m.envelope_bytes(), &bytes);
+        assert_eq!(m.precedence(), Precedence::Flash);
+        assert_eq!(m.status(), Status::Actual);
+        assert_eq!(m.originator(), &originator());
+        assert_eq!(m.expires_at(), now() + Duration::from_secs(60));
+        assert_eq!(m.case_id(), "C-1");
+        let to: Vec<String> = m.addressees().iter().map(|a| a.to_string()).collect();
+        assert_eq!(to, ["pgr", "pgr/desk", "cenapi"]);
+        assert!(m.addressees()[0].action && !m.addressees()[2].action);
+        assert!(m.is_from_client() && m.stage_receipts);
+    }
+
+    #[test]
+    fn parse_refuses_what_a_node_cannot_use() {
+        let good = || {
+            Draft::from_raw("enlace.v1.LiaisonMessage", Bytes::new())
+                .to("pgr")
+                .finish(&originator(), now())
+        };
+        let mut env = good();
+        env.addressees.clear();
+        assert!(parse(&env).unwrap_err().reason.contains("no addressees"));
+        let mut env = good();
+        env.precedence = 0;
+        assert!(parse(&env).unwrap_err().reason.contains("precedence"));
+        let mut env = good();
+        env.precedence = 42;
+        assert!(parse(&env).unwrap_err().reason.contains("precedence"));
+        let mut env = good();
+        env.status = 0;
+        assert!(parse(&env).unwrap_err().reason.contains("status"));
+        let mut env = good();
+        env.message_id = Bytes::from_static(b"short");
+        assert!(parse(&env).unwrap_err().reason.contains("UUIDv7"));
+        let mut env = good();
+        env.expires_at = None;
+        assert!(parse(&env).unwrap_err().reason.contains("expires_at"));
+        let mut env = good();
+        env.addressees[0].unit = "Not A Unit".into();
+        assert!(parse(&env).unwrap_err().reason.contains("unit"));
+        let mut env = good();
+        env.originator.as_mut().unwrap().client = "x".repeat(900_000);
+        let r = parse(&env).unwrap_err();
+        assert!(
+            r.reason.len() < 200,
+            "an attacker-sized field stays small: {}",
+            r.reason
+        );
+        assert!(
+            Message::parse(Bytes::from_static(b"\xff\xff"), None).is_err(),
+            "garbage does not decode"
         );
     }
 }

@@ -15,13 +15,15 @@ use crate::config::Config;
 use crate::identity::Role;
 use crate::node::{self, NodeError, RunningNode};
 use crate::pki::{Pki, PkiError, node_dns_name};
-use crate::tls::{TlsError, TlsMaterial};
 
 /// One node of a local network.
 #[derive(Debug, Clone)]
 pub struct NodeSpec {
+    /// The agency the node serves, e.g. `dea`; the PKI must have its issuing CA.
     pub agency: String,
+    /// The node's name, e.g. `dea-1`; the PKI must have its node certificate.
     pub name: String,
+    /// The loopback address it listens on (`node.listen`).
     pub addr: SocketAddr,
     /// Peer node names.
     pub peers: Vec<String>,
@@ -30,24 +32,43 @@ pub struct NodeSpec {
 /// Why a local network could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum NetworkError {
+    /// The PKI directory could not be opened (it must exist already: see
+    /// [`Pki::federation`](crate::pki::Pki::federation)).
     #[error(transparent)]
     Pki(#[from] PkiError),
+    /// A directory or config file could not be written, or no free loopback port was found.
     #[error("I/O on {path}: {reason}")]
-    Io { path: PathBuf, reason: String },
+    Io {
+        /// The file or directory (`127.0.0.1:0` when binding a port failed).
+        path: PathBuf,
+        /// The operating system's error.
+        reason: String,
+    },
+    /// A node's config file does not load: usually extra lines given in
+    /// [`LocalNetwork::limits`], [`LocalNetwork::extra`] or [`LocalNetwork::node_extra`] that
+    /// the config rejects.
     #[error("config {path}: {reason}")]
-    Config { path: PathBuf, reason: String },
+    Config {
+        /// The config file.
+        path: PathBuf,
+        /// The [`ConfigError`](crate::ConfigError), in words.
+        reason: String,
+    },
+    /// A node could not start (see [`NodeError`]).
     #[error(transparent)]
     Node(#[from] NodeError),
-    #[error(transparent)]
-    Tls(#[from] TlsError),
+    /// The network has no such node (or no node of the agency asked for). Holds what was asked.
     #[error("no node named {0}")]
     NoSuchNode(String),
 }
 
 /// Config files for a set of nodes over one PKI directory.
 pub struct LocalNetwork {
+    /// The network's directory (absolute): configs in `config/`, node data in `data/`.
     pub dir: PathBuf,
+    /// The PKI whose certificates the nodes and clients use.
     pub pki: Pki,
+    /// The nodes, by name. After changing them, call [`LocalNetwork::write_configs`].
     pub nodes: BTreeMap<String, NodeSpec>,
     /// Extra `key = value` lines for every node's `[limits]` table (tests shorten timeouts).
     pub limits: Vec<String>,
@@ -211,21 +232,38 @@ impl LocalNetwork {
         Ok(node::start(self.config(node)?).await?)
     }
 
-    /// Client options for `agency/client` connecting to its agency's first node.
+    /// Client options for `agency/client` (its certificate in the PKI) connecting to its
+    /// agency's first node.
+    ///
+    /// # Errors
+    /// [`NetworkError::NoSuchNode`] when the network has no node of `agency`.
     pub fn client_options(
         &self,
         agency: &str,
         client: &str,
     ) -> Result<ClientOptions, NetworkError> {
-        let spec = self
-            .nodes
+        let spec = self.node_of(agency)?;
+        let leaf = self.pki.leaf_paths(agency, client, Role::Client);
+        Ok(ClientOptions::new(spec.addr.to_string())
+            .server_name(self.server_name(agency, &spec.name))
+            .identity(&leaf.cert, &leaf.key)
+            .trust(self.pki.root_cert_path()))
+    }
+
+    /// The first node of `agency`.
+    ///
+    /// # Errors
+    /// [`NetworkError::NoSuchNode`] when there is none.
+    pub fn node_of(&self, agency: &str) -> Result<&NodeSpec, NetworkError> {
+        self.nodes
             .values()
             .find(|n| n.agency == agency)
-            .ok_or_else(|| NetworkError::NoSuchNode(format!("(node of agency {agency})")))?;
-        let leaf = self.pki.leaf_paths(agency, client, Role::Client);
-        let tls = TlsMaterial::load(&leaf.cert, &leaf.key, &self.pki.root_cert_path(), &[])?;
-        let server_name = node_dns_name(self.pki.trust_domain(), agency, &spec.name);
-        Ok(ClientOptions::new(spec.addr, &server_name, tls))
+            .ok_or_else(|| NetworkError::NoSuchNode(format!("(node of agency {agency})")))
+    }
+
+    /// The DNS name in the certificate of node `node` of `agency`.
+    pub fn server_name(&self, agency: &str, node: &str) -> String {
+        node_dns_name(self.pki.trust_domain(), agency, node)
     }
 }
 

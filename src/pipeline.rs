@@ -17,21 +17,24 @@
 //! alone and waits for nothing.
 
 use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
 use prost::Message;
 use quinn::Connection;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
-use crate::session::{CONTROL_FRAME_LIMIT, SubmitError};
+use crate::error::SubmitError;
 use crate::signature::Signer;
 use crate::tls::describe_connection_error;
+use crate::wire::CONTROL_FRAME_LIMIT;
 use crate::wire::frame::{self, FrameReader};
 use crate::wire::pb::{self, frame::Body};
 
-type Answer = oneshot::Sender<Result<pb::Accepted, SubmitError>>;
+type Reply = oneshot::Sender<Result<pb::Accepted, SubmitError>>;
 
 /// What to send: a signed envelope (forwarded as it is) or envelope bytes to sign first.
 enum Envelope {
@@ -41,12 +44,12 @@ enum Envelope {
 
 struct Request {
     envelope: Envelope,
-    answer: Answer,
+    answer: Reply,
     permit: OwnedSemaphorePermit,
 }
 
 /// A long-lived submission stream with a bound on unanswered bytes.
-pub struct Pipeline {
+pub(crate) struct Pipeline {
     tx: mpsc::Sender<Request>,
     window: Arc<Semaphore>,
     window_bytes: u32,
@@ -54,7 +57,7 @@ pub struct Pipeline {
 }
 
 /// Most envelopes signed with one signature, and written with one write.
-pub const MAX_BATCH: usize = 64;
+pub(crate) const MAX_BATCH: usize = 64;
 
 /// What a signature with a proof for a batch of [`MAX_BATCH`] adds to an envelope's frame, at
 /// most: the signature, the certificate hash, six 32-byte hashes and their framing.
@@ -62,7 +65,7 @@ const SIGNATURE_BYTES: usize = 512;
 
 /// Default bound on unanswered bulk bytes: well below quinn's send window, so bulk never fills
 /// the connection ahead of an alert.
-pub const DEFAULT_WINDOW_BYTES: u32 = 128 * 1024;
+pub(crate) const DEFAULT_WINDOW_BYTES: u32 = 128 * 1024;
 
 impl Pipeline {
     /// Starts the pipeline's task on `connection`. `priority` is the stream's QUIC priority.
@@ -85,34 +88,33 @@ impl Pipeline {
         }
     }
 
-    /// Submits one signed envelope and waits for the node's answer.
+    /// Hands one signed envelope over for sending and returns its [`Answer`], to await.
     ///
     /// Waits first for room in the window (backpressure). A frame larger than the window still
-    /// goes through, alone.
+    /// goes through, alone. Envelopes handed over go out in the order they were handed over.
     ///
     /// # Cancel safety
-    /// Not cancel safe once the frame is handed over: the node may accept it anyway.
-    pub async fn submit(&self, envelope: pb::SignedEnvelope) -> Result<pb::Accepted, SubmitError> {
+    /// Cancel safe until it returns: nothing is sent for a cancelled call.
+    pub async fn hand_over(&self, envelope: pb::SignedEnvelope) -> Result<Answer, SubmitError> {
         let cost = envelope.encoded_len() + 16;
-        self.hand_over(Envelope::Signed(envelope), cost).await
+        self.enqueue(Envelope::Signed(envelope), cost).await
     }
 
-    /// Signs the exact `envelope` bytes (in a batch with whatever else is waiting), submits them
-    /// and waits for the node's answer. As [`Pipeline::submit`] otherwise.
+    /// Hands the exact `envelope` bytes over to be signed (in a batch with whatever else is
+    /// waiting) and sent. As [`Pipeline::hand_over`] otherwise.
     ///
     /// # Panics
     /// If the pipeline was made without a signer.
-    pub async fn submit_unsigned(&self, envelope: Bytes) -> Result<pb::Accepted, SubmitError> {
-        assert!(self.signs, "submit_unsigned on a pipeline without a signer");
+    pub async fn hand_over_unsigned(&self, envelope: Bytes) -> Result<Answer, SubmitError> {
+        assert!(
+            self.signs,
+            "hand_over_unsigned on a pipeline without a signer"
+        );
         let cost = envelope.len() + SIGNATURE_BYTES;
-        self.hand_over(Envelope::Unsigned(envelope), cost).await
+        self.enqueue(Envelope::Unsigned(envelope), cost).await
     }
 
-    async fn hand_over(
-        &self,
-        envelope: Envelope,
-        cost: usize,
-    ) -> Result<pb::Accepted, SubmitError> {
+    async fn enqueue(&self, envelope: Envelope, cost: usize) -> Result<Answer, SubmitError> {
         let cost = u32::try_from(cost)
             .unwrap_or(u32::MAX)
             .clamp(1, self.window_bytes);
@@ -131,12 +133,25 @@ impl Pipeline {
             })
             .await
             .map_err(|_| SubmitError::Connection("pipeline closed".into()))?;
-        rx.await
-            .map_err(|_| SubmitError::Connection("pipeline closed".into()))?
+        Ok(Answer(rx))
     }
 }
 
-type Pending = Arc<Mutex<VecDeque<(Answer, OwnedSemaphorePermit)>>>;
+/// The node's answer to one envelope handed to a [`Pipeline`]: `Accepted`, or why not.
+#[must_use = "an answer says whether the node took the message"]
+pub(crate) struct Answer(oneshot::Receiver<Result<pb::Accepted, SubmitError>>);
+
+impl Future for Answer {
+    type Output = Result<pb::Accepted, SubmitError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.0)
+            .poll(cx)
+            .map(|r| r.unwrap_or_else(|_| Err(SubmitError::Connection("pipeline closed".into()))))
+    }
+}
+
+type Pending = Arc<Mutex<VecDeque<(Reply, OwnedSemaphorePermit)>>>;
 
 async fn run(
     connection: Connection,
@@ -149,9 +164,9 @@ async fn run(
             Ok(s) => s,
             Err(e) => {
                 let err = SubmitError::Connection(describe_connection_error(&e));
-                let _ = first.answer.send(Err(clone_err(&err)));
+                let _ = first.answer.send(Err(err.clone()));
                 while let Some(r) = rx.recv().await {
-                    let _ = r.answer.send(Err(clone_err(&err)));
+                    let _ = r.answer.send(Err(err.clone()));
                 }
                 return;
             }
@@ -249,10 +264,6 @@ fn encode_batch(batch: Vec<Request>, signer: Option<&Signer>, pending: &Pending)
     out.freeze()
 }
 
-fn clone_err(e: &SubmitError) -> SubmitError {
-    SubmitError::Connection(e.to_string())
-}
-
 /// Reads answers in order and completes the oldest pending submission with each. Returns why the
 /// stream ended, if abnormally.
 async fn read_answers(recv: quinn::RecvStream, pending: Pending) -> Option<String> {
@@ -263,18 +274,7 @@ async fn read_answers(recv: quinn::RecvStream, pending: Pending) -> Option<Strin
             Err(frame::FrameError::End) => return None,
             Err(e) => return Some(e.to_string()),
         };
-        let result = match frame.body {
-            Some(Body::Accepted(a)) => Ok(a),
-            Some(Body::Refused(r)) => Err(SubmitError::Refused {
-                code: r.code(),
-                retry_after: (r.retry_after_ms > 0)
-                    .then(|| Duration::from_millis(r.retry_after_ms)),
-                reason: r.reason,
-            }),
-            other => Err(SubmitError::Protocol(format!(
-                "expected Accepted or Refused, got {other:?}"
-            ))),
-        };
+        let result = crate::session::accepted(frame.body);
         let Some((answer, permit)) = pending.lock().expect("pending lock poisoned").pop_front()
         else {
             return Some("the node answered a submission that was never sent".into());

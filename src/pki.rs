@@ -4,10 +4,10 @@
 //! This is what `enlace pki` drives and what generated the committed fixtures in `certs/test/`.
 //! It is **not** a production CA: private keys sit unencrypted on disk (mode 0600), nothing is
 //! backed by an HSM, there is no audit trail, no OCSP, no certificate transparency, no name
-//! constraints on agency CAs (the identity check in [`crate::identity`] stands in for them), and
-//! no protection against two processes editing the same directory at once. A deployment with
-//! real stakes should run its CAs in an HSM-backed tool and only use the layout and profiles
-//! documented here.
+//! constraints on agency CAs (the nodes' identity check stands in for them: a leaf is only
+//! believed if its issuing CA names the same agency), and no protection against two processes
+//! editing the same directory at once. A deployment with real stakes should run its CAs in an
+//! HSM-backed tool and only use the layout and profiles documented here.
 //!
 //! Layout of a PKI directory (the directory is the whole state):
 //!
@@ -51,37 +51,71 @@ pub const ORGANIZATION: &str = "Enlace Federation";
 /// Common name (CN) of the root CA.
 pub const ROOT_CN: &str = "Enlace Federation Root CA";
 
-/// Why a PKI operation failed.
+/// Why a PKI operation failed; each variant says what to fix before running it again.
 #[derive(Debug, thiserror::Error)]
 pub enum PkiError {
+    /// An agency, node or client name is not 1 to 63 lowercase ASCII letters, digits and `-`
+    /// (not starting or ending with `-`). Holds the name as given.
     #[error("not a valid name: {0:?} (lowercase letters, digits and '-', at most 63)")]
     BadName(String),
+    /// The agency id `root` names the root CA's files; choose another id.
     #[error("{0:?} is reserved (the root CA's files use it)")]
     ReservedName(String),
+    /// The trust domain is not dot-separated valid names of at most 125 characters in all.
     #[error("not a valid trust domain: {0:?} (dot-separated names, such as enlace.example)")]
     BadTrustDomain(String),
+    /// A file the operation would write exists already. Replacing a CA or a certificate
+    /// invalidates what was issued with it; set [`PkiOptions::overwrite`] (`--force`) only if
+    /// that is intended.
     #[error("{} already exists; refusing to replace it without --force", .0.display())]
     AlreadyExists(PathBuf),
+    /// The directory has no `trust-domain` file: create the PKI first ([`Pki::init`],
+    /// `enlace pki init`).
     #[error("{} is not a PKI directory (no trust-domain file; run `enlace pki init`)", .0.display())]
     NotInitialized(PathBuf),
+    /// The agency has no issuing CA in this PKI: add it first ([`Pki::add_agency`],
+    /// `enlace pki agency`).
     #[error("no issuing CA for agency {0:?} in this PKI (run `enlace pki agency` first)")]
     UnknownAgency(String),
+    /// [`Pki::issue_client`] was asked for a node certificate: use [`Pki::issue_node`].
     #[error("role {0} is not a client role (issue nodes with issue_node)")]
     NotAClientRole(Role),
+    /// A validity window that ends before (or when) it starts.
     #[error("validity ends ({not_after}) before it starts ({not_before})")]
     EmptyValidity {
+        /// The start asked for.
         not_before: OffsetDateTime,
+        /// The end asked for.
         not_after: OffsetDateTime,
     },
+    /// The certificate to revoke was not signed by the CA named: revoke it with its issuer
+    /// (an agency CA for leaves, [`CaRef::Root`] for agency CAs).
     #[error("{} was not issued by the {ca} CA", path.display())]
-    NotIssuedBy { path: PathBuf, ca: String },
+    NotIssuedBy {
+        /// The certificate file given.
+        path: PathBuf,
+        /// The CA it was checked against (`root` or an agency id).
+        ca: String,
+    },
+    /// A certificate, key, CRL or `.revoked` file does not parse, or a CA's certificate and key
+    /// do not belong together: correct the line the reason names, or restore the file.
     #[error("{}: {reason}", path.display())]
-    Malformed { path: PathBuf, reason: String },
+    Malformed {
+        /// The file at fault.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A file or directory could not be read or written. Some files of the operation may have
+    /// been written already.
     #[error("{}: {source}", path.display())]
     Io {
+        /// The file or directory.
         path: PathBuf,
+        /// The I/O error.
         source: std::io::Error,
     },
+    /// The certificate, key or CRL could not be generated or signed (rcgen's error).
     #[error("certificate generation failed: {0}")]
     Generate(#[from] rcgen::Error),
 }
@@ -89,7 +123,9 @@ pub enum PkiError {
 /// A certificate authority in a PKI directory: the root or an agency's issuing CA.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CaRef<'a> {
+    /// The federation's root CA, which signs the agency CAs.
     Root,
+    /// The issuing CA of the agency with this id, which signs its nodes and clients.
     Agency(&'a str),
 }
 
@@ -143,10 +179,12 @@ impl Validity {
         })
     }
 
+    /// When the window opens: a certificate is not valid before this instant.
     pub fn not_before(&self) -> OffsetDateTime {
         self.not_before
     }
 
+    /// When the window closes: a certificate is not valid after this instant.
     pub fn not_after(&self) -> OffsetDateTime {
         self.not_after
     }
@@ -182,7 +220,9 @@ impl Default for PkiOptions {
 /// Where an issued certificate chain and its private key were written.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IssuedPaths {
+    /// The certificate file (PEM): for a leaf, the leaf followed by its agency CA.
     pub cert: PathBuf,
+    /// The private key file (PEM, PKCS#8, mode 0600).
     pub key: PathBuf,
 }
 
@@ -258,10 +298,12 @@ impl Pki {
         self
     }
 
+    /// The PKI directory.
     pub fn dir(&self) -> &Path {
         &self.dir
     }
 
+    /// The federation's trust domain, e.g. `enlace.example`: the host of every identity URI.
     pub fn trust_domain(&self) -> &str {
         &self.trust_domain
     }
@@ -388,18 +430,23 @@ impl Pki {
         self.ca_cert_path(CaRef::Root)
     }
 
+    /// Where a CA's certificate is: `ca/<stem>.pem`.
     pub fn ca_cert_path(&self, ca: CaRef<'_>) -> PathBuf {
         self.dir.join("ca").join(format!("{}.pem", ca.stem()))
     }
 
+    /// Where a CA's private key is: `ca/<stem>.key.pem`.
     pub fn ca_key_path(&self, ca: CaRef<'_>) -> PathBuf {
         self.dir.join("ca").join(format!("{}.key.pem", ca.stem()))
     }
 
+    /// Where a CA's list of revoked serials is: `ca/<stem>.revoked`, one `<hex> <unix-seconds>`
+    /// per line.
     pub fn revoked_path(&self, ca: CaRef<'_>) -> PathBuf {
         self.dir.join("ca").join(format!("{}.revoked", ca.stem()))
     }
 
+    /// Where a CA's CRL is: `crl/<stem>.crl.pem` (what a node's `tls.crl_dir` points at).
     pub fn crl_path(&self, ca: CaRef<'_>) -> PathBuf {
         self.dir.join("crl").join(format!("{}.crl.pem", ca.stem()))
     }

@@ -7,9 +7,10 @@
 
 use std::collections::BTreeMap;
 
+use crate::address::Mailbox;
 use crate::config::Peer;
 use crate::identity::{AgencyId, Identity, Role};
-use crate::validate::Refusal;
+use crate::refusal::Refusal;
 use crate::wire::PROTOCOL_VERSION;
 use crate::wire::pb::{self, RefusalCode};
 
@@ -17,7 +18,7 @@ use crate::wire::pb::{self, RefusalCode};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Authorized {
     /// A client (or operator) of this node's agency.
-    Client { subscribe: bool, unit: String },
+    Client,
     /// A peer node from the peer table.
     Peer { node: String },
 }
@@ -58,13 +59,7 @@ pub fn authorize(
                     "this node serves clients of agency {own_agency}; {who} must use its own agency's node"
                 )));
             }
-            if !hello.unit.is_empty() && !crate::identity::is_name(&hello.unit) {
-                return Err(deny(format!("unit {:?} is not a valid name", hello.unit)));
-            }
-            Ok(Authorized::Client {
-                subscribe: hello.subscribe,
-                unit: hello.unit.clone(),
-            })
+            Ok(Authorized::Client)
         }
         Role::Node => match peers.get(&who.name) {
             Some(p) if p.agency == who.agency => Ok(Authorized::Peer {
@@ -73,6 +68,19 @@ pub fn authorize(
             _ => Err(deny(format!("node {who} is not in this node's peer table"))),
         },
     }
+}
+
+/// Decides whether a client may read the mailbox `unit` names ("" for the agency inbox) on its
+/// connection. Today any client or operator of the node's agency (the only ones it serves) may
+/// read any mailbox of it; the unit must be a valid name.
+pub(crate) fn may_read(who: &Identity, unit: &str) -> Result<Mailbox, Refusal> {
+    if who.role == Role::Node {
+        return Err(Refusal::new(
+            RefusalCode::Unauthorized,
+            format!("{who} is a node; only clients read mailboxes"),
+        ));
+    }
+    Mailbox::from_wire(unit).map_err(|e| Refusal::new(RefusalCode::Unauthorized, e.to_string()))
 }
 
 #[cfg(test)]
@@ -92,8 +100,6 @@ mod tests {
         pb::Hello {
             protocol_version: PROTOCOL_VERSION,
             role: role as i32,
-            subscribe: true,
-            unit: String::new(),
         }
     }
 
@@ -117,13 +123,15 @@ mod tests {
             &dea,
             &peers(),
         );
-        assert!(matches!(
-            c,
-            Ok(Authorized::Client {
-                subscribe: true,
-                ..
-            })
-        ));
+        assert_eq!(c, Ok(Authorized::Client));
+        let desk = id("dea", Role::Client, "desk");
+        assert_eq!(may_read(&desk, ""), Ok(Mailbox::Inbox));
+        assert_eq!(
+            may_read(&desk, "analyst"),
+            Mailbox::unit("analyst").map_err(|_| unreachable!())
+        );
+        assert!(may_read(&desk, "Not A Unit").is_err());
+        assert!(may_read(&id("pgr", Role::Node, "pgr-1"), "").is_err());
         let n = authorize(
             &id("pgr", Role::Node, "pgr-1"),
             &hello(pb::Role::Node),

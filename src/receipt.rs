@@ -4,15 +4,16 @@
 //!
 //! Sans-I/O. Nodes send receipts as small signed SYSTEM messages (payload `enlace.v1.Receipt`,
 //! or `enlace.v1.NonDelivery`); an addressee's application answers with a `BusinessResponse`.
-//! This module turns any of the three, as an envelope, into one [`Receipt`], and decides
-//! [`wants_receipts`], [`receipts_unit`] and [`precedence_for`]. It sends nothing: the node's
-//! `node::receipts` does.
+//! This module turns any of the three, as a [`Message`], into one [`Receipt`], and decides which
+//! messages get receipts, which mailbox they go to and how urgent they are. It sends nothing: the
+//! node's `node::receipts` does.
 
 use std::time::SystemTime;
 
-use prost::{Message, Name};
+use prost::{Message as _, Name};
 
-use crate::message::{MessageId, Precedence, system_time};
+use crate::address::Mailbox;
+use crate::message::{Message, MessageId, Originator, Precedence, system_time};
 use crate::wire::pb;
 
 /// The stage a receipt reports, in the order a message normally goes through them.
@@ -28,6 +29,8 @@ pub enum Stage {
     Acknowledged,
     /// The addressee's business answer.
     Response {
+        /// The addressee's answer: action taken, a positive or negative hit, more time
+        /// needed, or rejected.
         outcome: pb::BusinessOutcome,
         /// For NEED_MORE_TIME: the new deadline.
         need_until: Option<SystemTime>,
@@ -40,6 +43,14 @@ pub enum Stage {
 
 impl Stage {
     /// A short lowercase name, for timelines and logs.
+    ///
+    /// ```
+    /// use enlace::{Stage, pb};
+    ///
+    /// assert_eq!(Stage::Delivered.name(), "delivered");
+    /// let late = Stage::NonDelivery(pb::NonDeliveryReason::Expired);
+    /// assert_eq!(late.name(), "non-delivery:expired");
+    /// ```
     pub fn name(&self) -> String {
         match self {
             Stage::Accepted => "accepted".into(),
@@ -70,26 +81,37 @@ pub struct Receipt {
     pub addressee: String,
     /// The addressee's unit, when the stage concerns one.
     pub unit: String,
+    /// What happened to the message for this addressee.
     pub stage: Stage,
     /// The node, or for acknowledgements and responses the client, that produced the stage.
     pub by: String,
+    /// When the stage happened, by the clock of the node (or client) that reports it; `None` if
+    /// the receipt does not say.
     pub at: Option<SystemTime>,
     /// Free text: a non-delivery's detail, a rejection's reason, the deadline an overdue notice
     /// is about.
     pub detail: String,
     /// The nodes the receipt itself passed, from its hop records (filled in by the client that
-    /// received it; empty from [`Receipt::from_envelope`]).
+    /// received it; empty from [`Receipt::from_message`]).
     pub path: Vec<String>,
 }
 
 impl Receipt {
-    /// Reads a receipt from a delivered envelope: a `Receipt` or `NonDelivery` from a node, or a
+    /// Reads a receipt from a delivered message: a `Receipt` or `NonDelivery` from a node, or a
     /// `BusinessResponse` from an addressee's client. `None` for anything else, or a payload that
     /// does not decode.
-    pub fn from_envelope(env: &pb::Envelope) -> Option<Receipt> {
-        let t = env.payload_type.as_str();
+    ///
+    /// ```
+    /// # fn show(delivery: &enlace::Delivery) {
+    /// if let Some(r) = enlace::Receipt::from_message(delivery.message()) {
+    ///     println!("{} {} by {}", r.message_id, r.stage.name(), r.by);
+    /// }
+    /// # }
+    /// ```
+    pub fn from_message(m: &Message) -> Option<Receipt> {
+        let t = m.payload_type.as_str();
         if t == pb::Receipt::full_name() {
-            let r = pb::Receipt::decode(env.payload.clone()).ok()?;
+            let r = pb::Receipt::decode(m.payload.clone()).ok()?;
             let stage = match r.stage() {
                 pb::ReceiptStage::Accepted => Stage::Accepted,
                 pb::ReceiptStage::Persisted => Stage::Persisted,
@@ -109,7 +131,7 @@ impl Receipt {
                 path: Vec::new(),
             })
         } else if t == pb::NonDelivery::full_name() {
-            let r = pb::NonDelivery::decode(env.payload.clone()).ok()?;
+            let r = pb::NonDelivery::decode(m.payload.clone()).ok()?;
             Some(Receipt {
                 message_id: MessageId::from_slice(&r.message_id)?,
                 stage: Stage::NonDelivery(r.reason()),
@@ -121,18 +143,18 @@ impl Receipt {
                 path: Vec::new(),
             })
         } else if t == pb::BusinessResponse::full_name() {
-            let r = pb::BusinessResponse::decode(env.payload.clone()).ok()?;
-            let o = env.originator.clone().unwrap_or_default();
+            let r = pb::BusinessResponse::decode(m.payload.clone()).ok()?;
+            let o = &m.originator;
             Some(Receipt {
                 message_id: MessageId::from_slice(&r.message_id)?,
                 stage: Stage::Response {
                     outcome: r.outcome(),
                     need_until: r.need_until.as_ref().and_then(system_time),
                 },
-                addressee: o.agency.clone(),
+                addressee: o.agency.to_string(),
                 unit: String::new(),
-                by: format!("{}/{}", o.agency, o.client),
-                at: env.created_at.as_ref().and_then(system_time),
+                by: o.to_string(),
+                at: Some(m.created_at),
                 detail: r.reason,
                 path: Vec::new(),
             })
@@ -144,59 +166,57 @@ impl Receipt {
 
 /// Whether a message is a client's own: not SYSTEM traffic (receipts, non-delivery reports,
 /// overdue notices) nor a business response (which is the receipt of the message it answers).
-fn from_a_client(env: &pb::Envelope) -> bool {
-    env.status() != pb::Status::System
-        && env.payload_type != pb::BusinessResponse::full_name()
-        && env
-            .originator
-            .as_ref()
-            .is_some_and(|o| !o.client.is_empty())
+fn from_a_client(m: &Message) -> bool {
+    m.is_from_client() && m.payload_type != pb::BusinessResponse::full_name()
 }
 
 /// Whether a message gets stage receipts: a client's message (so receipts never cause
 /// receipts) whose originator did not ask for non-delivery reports only
 /// ([`pb::ReceiptRequest::NonDeliveryOnly`], as bulk feeds do).
-pub fn wants_receipts(env: &pb::Envelope) -> bool {
-    from_a_client(env) && env.receipts() != pb::ReceiptRequest::NonDeliveryOnly
+pub(crate) fn wants_receipts(m: &Message) -> bool {
+    from_a_client(m) && m.stage_receipts
+}
+
+/// Whether a message gets a non-delivery report when it will not arrive: any client's message
+/// (receipts and reports never cause reports).
+pub(crate) fn wants_non_delivery(m: &Message) -> bool {
+    m.is_from_client()
 }
 
 /// Whether a message is tracked for its `respond_by` deadline: a client's message with a
 /// deadline (whichever receipts it asked for).
-pub fn wants_response(env: &pb::Envelope) -> bool {
-    from_a_client(env) && env.respond_by.is_some()
+pub(crate) fn wants_response(m: &Message) -> bool {
+    from_a_client(m) && m.respond_by.is_some()
 }
 
-/// Where the receipts of a message from `originator` go: its agency, the receipts unit of its
-/// client (`dea/receipts-duty-desk`).
-pub fn receipts_address(originator: &pb::Originator) -> String {
-    format!(
-        "{}/{}",
-        originator.agency,
-        receipts_unit(&originator.client)
-    )
+/// Where the receipts of a message from the client `originator` go: its agency, the receipts
+/// unit of its client (`dea/receipts-duty-desk`). `None` for a node's own messages.
+pub(crate) fn receipts_address(originator: &Originator) -> Option<String> {
+    let client = originator.client.as_deref()?;
+    Some(receipts_mailbox(client).address(originator.agency.as_str()))
 }
 
 /// The unit of the originator's agency whose mailbox holds a client's receipts:
 /// `receipts-<client>`, or `receipts` when the client's name is too long for that to be a unit
 /// name (every such client then shares it).
-pub fn receipts_unit(client: &str) -> String {
-    let unit = format!("receipts-{client}");
-    if crate::identity::is_name(&unit) {
-        unit
-    } else {
-        "receipts".into()
-    }
+pub(crate) fn receipts_mailbox(client: &str) -> Mailbox {
+    Mailbox::unit(&format!("receipts-{client}"))
+        .or_else(|_| Mailbox::unit("receipts"))
+        .expect("\"receipts\" is a unit name")
 }
 
-/// Whether a unit is a receipts unit (`receipts`, `receipts-<client>`): these names are
+/// Whether a mailbox is a receipts unit (`receipts`, `receipts-<client>`): these names are
 /// reserved for receipts.
-pub fn is_receipts_unit(unit: &str) -> bool {
-    unit == "receipts" || unit.starts_with("receipts-")
+pub(crate) fn is_receipts_mailbox(m: &Mailbox) -> bool {
+    match m {
+        Mailbox::Inbox => false,
+        Mailbox::Unit(u) => u.as_str() == "receipts" || u.as_str().starts_with("receipts-"),
+    }
 }
 
 /// The precedence of a message's receipts: a time-sensitive message's receipts travel at its own
 /// precedence (an alert's receipts are alerts); an analytical message's at ROUTINE.
-pub fn precedence_for(original: Precedence) -> Precedence {
+pub(crate) fn precedence_for(original: Precedence) -> Precedence {
     if original.is_time_sensitive() {
         original
     } else {
@@ -204,10 +224,10 @@ pub fn precedence_for(original: Precedence) -> Precedence {
     }
 }
 
-/// Reads the business response carried by an envelope, if it is one.
-pub fn business_response(env: &pb::Envelope) -> Option<pb::BusinessResponse> {
-    (env.payload_type == pb::BusinessResponse::full_name())
-        .then(|| pb::BusinessResponse::decode(env.payload.clone()).ok())
+/// Reads the business response carried by a message, if it is one.
+pub(crate) fn business_response(m: &Message) -> Option<pb::BusinessResponse> {
+    (m.payload_type == pb::BusinessResponse::full_name())
+        .then(|| pb::BusinessResponse::decode(m.payload.clone()).ok())
         .flatten()
 }
 
@@ -216,40 +236,52 @@ mod tests {
     use std::time::{Duration, UNIX_EPOCH};
 
     use super::*;
-    use crate::message::{Draft, timestamp};
+    use crate::draft::Draft;
+    use crate::identity::AgencyId;
+    use crate::message::{Status, timestamp};
 
-    fn originator(client: &str) -> pb::Originator {
-        pb::Originator {
-            agency: "dea".into(),
+    fn originator(client: Option<&str>) -> Originator {
+        Originator {
+            agency: AgencyId::new("dea").unwrap(),
             node: "dea-1".into(),
-            client: client.into(),
+            client: client.map(str::to_owned),
         }
+    }
+
+    fn message(d: Draft, o: &Originator, now: SystemTime) -> Message {
+        let env = d.finish(o, now);
+        Message::parse(prost::Message::encode_to_vec(&env).into(), None).unwrap()
     }
 
     #[test]
     fn receipts_and_responses_get_no_receipts() {
         let now = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
-        let alert = Draft::new(&pb::LiaisonMessage::default())
-            .to("afi")
-            .finish(originator("duty-desk"), now);
-        assert!(wants_receipts(&alert));
+        let desk = originator(Some("duty-desk"));
+        let alert = message(
+            Draft::new(&pb::LiaisonMessage::default()).to("afi"),
+            &desk,
+            now,
+        );
+        assert!(wants_receipts(&alert) && wants_non_delivery(&alert));
         let receipt = Draft::new(&pb::Receipt::default())
             .to("dea")
-            .status(pb::Status::System)
-            .finish(originator(""), now);
-        assert!(!wants_receipts(&receipt));
-        let response = Draft::new(&pb::BusinessResponse::default())
-            .to("dea")
-            .finish(originator("duty-desk"), now);
+            .status(Status::System);
+        let receipt = message(receipt, &originator(None), now);
+        assert!(!wants_receipts(&receipt) && !wants_non_delivery(&receipt));
+        let response = message(
+            Draft::new(&pb::BusinessResponse::default()).to("dea"),
+            &desk,
+            now,
+        );
         assert!(!wants_receipts(&response));
         assert!(!wants_response(&alert));
         // A bulk feed asks for non-delivery reports only, and still gets a respond-by.
         let feed = Draft::new(&pb::LiaisonMessage::default())
             .to("afi")
             .non_delivery_receipts_only()
-            .respond_within(Duration::from_secs(60))
-            .finish(originator("analyst"), now);
-        assert!(!wants_receipts(&feed));
+            .respond_within(Duration::from_secs(60));
+        let feed = message(feed, &originator(Some("analyst")), now);
+        assert!(!wants_receipts(&feed) && wants_non_delivery(&feed));
         assert!(wants_response(&feed));
     }
 
@@ -257,6 +289,7 @@ mod tests {
     fn each_payload_becomes_its_stage() {
         let now = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
         let id = MessageId::new_v7(now);
+        let node = originator(None);
         let r = pb::Receipt {
             message_id: id.to_bytes(),
             addressee_agency: "afi".into(),
@@ -265,8 +298,8 @@ mod tests {
             at: Some(timestamp(now)),
             ..Default::default()
         };
-        let env = Draft::new(&r).finish(originator(""), now);
-        let got = Receipt::from_envelope(&env).unwrap();
+        let m = message(Draft::new(&r).to("dea"), &node, now);
+        let got = Receipt::from_message(&m).unwrap();
         assert_eq!((got.message_id, got.stage.clone()), (id, Stage::Persisted));
         assert_eq!((got.at, got.by.as_str()), (Some(now), "afi-1"));
 
@@ -277,15 +310,12 @@ mod tests {
             need_until: Some(timestamp(later)),
             reason: "checking the manifest".into(),
         };
-        let env = Draft::new(&b).finish(
-            pb::Originator {
-                agency: "afi".into(),
-                node: "afi-1".into(),
-                client: "duty-desk".into(),
-            },
-            now,
-        );
-        let got = Receipt::from_envelope(&env).unwrap();
+        let afi = Originator {
+            agency: AgencyId::new("afi").unwrap(),
+            node: "afi-1".into(),
+            client: Some("duty-desk".into()),
+        };
+        let got = Receipt::from_message(&message(Draft::new(&b).to("dea"), &afi, now)).unwrap();
         assert_eq!(
             got.stage,
             Stage::Response {
@@ -304,20 +334,37 @@ mod tests {
             reason: pb::NonDeliveryReason::Expired as i32,
             ..Default::default()
         };
-        let env = Draft::new(&n).finish(originator(""), now);
+        let m = message(Draft::new(&n).to("dea"), &node, now);
         assert_eq!(
-            Receipt::from_envelope(&env).unwrap().stage.name(),
+            Receipt::from_message(&m).unwrap().stage.name(),
             "non-delivery:expired"
         );
-        let other = Draft::new(&pb::LiaisonMessage::default()).finish(originator("x"), now);
-        assert_eq!(Receipt::from_envelope(&other), None);
+        let other = message(
+            Draft::new(&pb::LiaisonMessage::default()).to("dea"),
+            &originator(Some("x")),
+            now,
+        );
+        assert_eq!(Receipt::from_message(&other), None);
     }
 
     #[test]
     fn units_and_precedence() {
-        assert_eq!(receipts_unit("duty-desk"), "receipts-duty-desk");
-        assert_eq!(receipts_unit(&"a".repeat(60)), "receipts");
-        assert!(is_receipts_unit("receipts-duty-desk") && !is_receipts_unit("desk"));
+        assert_eq!(
+            receipts_mailbox("duty-desk"),
+            Mailbox::unit("receipts-duty-desk").unwrap()
+        );
+        assert_eq!(
+            receipts_mailbox(&"a".repeat(60)),
+            Mailbox::unit("receipts").unwrap()
+        );
+        assert!(is_receipts_mailbox(&receipts_mailbox("duty-desk")));
+        assert!(!is_receipts_mailbox(&Mailbox::unit("desk").unwrap()));
+        assert!(!is_receipts_mailbox(&Mailbox::Inbox));
+        assert_eq!(
+            receipts_address(&originator(Some("duty-desk"))).as_deref(),
+            Some("dea/receipts-duty-desk")
+        );
+        assert_eq!(receipts_address(&originator(None)), None);
         assert_eq!(precedence_for(Precedence::Flash), Precedence::Flash);
         assert_eq!(precedence_for(Precedence::Bulk), Precedence::Routine);
     }

@@ -116,10 +116,7 @@ impl<T: Clone> Deadlines<T> {
             .collect()
     }
 
-    pub fn len(&self) -> usize {
-        self.pending.len()
-    }
-
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.pending.is_empty()
     }

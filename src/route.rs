@@ -9,16 +9,18 @@
 //! message's handling policy) and loops (a next hop the message has already passed) are refused
 //! here, before anything is queued.
 
+use crate::address::Mailbox;
 use crate::directory::Directory;
 use crate::identity::AgencyId;
-use crate::validate::Refusal;
+use crate::message::Addressee;
+use crate::refusal::Refusal;
 use crate::wire::pb::RefusalCode;
 
 /// Where copies of one message go.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Plan {
-    /// Units of this node's agency ("" is the agency inbox), without duplicates.
-    pub local_units: Vec<String>,
+    /// Mailboxes of this node's agency, without duplicates.
+    pub local: Vec<Mailbox>,
     /// Peer nodes, without duplicates, each with the agencies its copy is for.
     pub peers: Vec<PeerCopy>,
 }
@@ -34,7 +36,7 @@ pub struct PeerCopy {
 impl Plan {
     /// How many destinations (mailboxes and peers) the message goes to.
     pub fn fan_out(&self) -> usize {
-        self.local_units.len() + self.peers.len()
+        self.local.len() + self.peers.len()
     }
 }
 
@@ -70,11 +72,7 @@ pub struct Arrival<'a> {
 
 impl<F> Router<'_, F> {
     /// Decides where a message addressed to `addressees` (agency name as written, unit) goes.
-    pub fn plan<'h>(
-        &self,
-        addressees: &[(String, String)],
-        arrival: Arrival<'_>,
-    ) -> Result<Plan, Refusal>
+    pub fn plan<'h>(&self, addressees: &[Addressee], arrival: Arrival<'_>) -> Result<Plan, Refusal>
     where
         F: Fn(&AgencyId) -> Option<NextHop<'h>>,
     {
@@ -94,13 +92,18 @@ impl<F> Router<'_, F> {
             }
         });
         let mut onward: Vec<AgencyId> = Vec::new();
-        for (name, unit) in addressees {
+        for Addressee {
+            agency: name,
+            mailbox,
+            ..
+        } in addressees
+        {
             let agency = self.directory.resolve(name);
             match (&agency, &handed) {
                 (Some(a), _) if a == self.agency => {
                     let wanted = handed.as_ref().is_none_or(|h| h.contains(a));
-                    if wanted && !plan.local_units.contains(unit) {
-                        plan.local_units.push(unit.clone());
+                    if wanted && !plan.local.contains(mailbox) {
+                        plan.local.push(mailbox.clone());
                     }
                 }
                 (Some(a), None) if !onward.contains(a) => onward.push(a.clone()),
@@ -249,9 +252,13 @@ mod tests {
         }
     }
 
-    fn to(list: &[(&str, &str)]) -> Vec<(String, String)> {
+    fn to(list: &[(&str, &str)]) -> Vec<Addressee> {
         list.iter()
-            .map(|(x, u)| (x.to_string(), u.to_string()))
+            .map(|(x, u)| Addressee {
+                agency: x.to_ascii_lowercase(),
+                mailbox: Mailbox::from_wire(u).unwrap(),
+                action: true,
+            })
             .collect()
     }
 
@@ -285,7 +292,7 @@ mod tests {
                 CLIENT,
             )
             .unwrap();
-        assert_eq!(p.local_units, vec!["desk".to_string()]);
+        assert_eq!(p.local, vec![Mailbox::unit("desk").unwrap()]);
         assert_eq!(
             p.peers,
             vec![
@@ -316,7 +323,7 @@ mod tests {
                 CLIENT,
             )
             .unwrap();
-        assert_eq!(p.local_units, vec![String::new()]);
+        assert_eq!(p.local, vec![Mailbox::Inbox]);
         assert_eq!(p.peers[0].agencies, vec![a("pgr")]);
         assert_eq!(p.peers[1].agencies, vec![a("afi")]);
     }
@@ -357,7 +364,7 @@ mod tests {
         };
         // Addressed to PGR and AFI (as "PFM"): DEA sent PGR's copy direct, this one is AFI's.
         let p = r.plan(&to(&[("pgr", ""), ("PFM", "")]), arrival).unwrap();
-        assert!(p.local_units.is_empty());
+        assert!(p.local.is_empty());
         assert_eq!(
             p.peers,
             vec![PeerCopy {
@@ -377,7 +384,7 @@ mod tests {
             max_relays: None,
         };
         let p = r.plan(&to(&[("cenapi", ""), ("afi", "")]), legacy).unwrap();
-        assert_eq!(p.local_units, vec![String::new()]);
+        assert_eq!(p.local, vec![Mailbox::Inbox]);
         assert!(p.peers.is_empty());
         assert!(r.plan(&to(&[("afi", "")]), legacy).is_err());
     }

@@ -16,7 +16,7 @@ use std::collections::{HashSet, VecDeque};
 use std::sync::Mutex;
 
 use bytes::Bytes;
-use ring::signature::{self, Ed25519KeyPair, KeyPair};
+use ring::signature::{self, Ed25519KeyPair};
 
 use crate::merkle::{self, Hash};
 use crate::wire::pb;
@@ -36,7 +36,7 @@ fn signed_root(size: u64, root: &Hash) -> Vec<u8> {
 }
 
 /// The name of the one supported algorithm.
-pub const ED25519: &str = "ed25519";
+pub(crate) const ED25519: &str = "ed25519";
 
 fn signed_bytes(envelope: &[u8]) -> Vec<u8> {
     let mut m = Vec::with_capacity(CONTEXT.len() + 8 + envelope.len());
@@ -48,7 +48,7 @@ fn signed_bytes(envelope: &[u8]) -> Vec<u8> {
 
 /// Why a signature was not accepted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum SignatureError {
+pub(crate) enum SignatureError {
     #[error("the envelope is not signed")]
     Missing,
     #[error("unsupported signature algorithm {0:?}")]
@@ -66,7 +66,7 @@ pub enum SignatureError {
 }
 
 /// Signs envelopes with an originator's private key.
-pub struct Signer {
+pub(crate) struct Signer {
     key: Ed25519KeyPair,
     cert_sha256: [u8; 32],
 }
@@ -79,8 +79,10 @@ impl Signer {
         Ok(Signer { key, cert_sha256 })
     }
 
+    #[cfg(test)]
     /// The raw public key.
     pub fn public_key(&self) -> &[u8] {
+        use ring::signature::KeyPair;
         self.key.public_key().as_ref()
     }
 
@@ -91,6 +93,18 @@ impl Signer {
             signer_certificate_sha256: Bytes::copy_from_slice(&self.cert_sha256),
             signature: Bytes::copy_from_slice(self.key.sign(&signed_bytes(envelope)).as_ref()),
             batch: None,
+        }
+    }
+
+    #[cfg(test)]
+    /// Encodes an envelope and signs its exact bytes: the signed form a client or node sends.
+    pub fn seal(&self, env: &pb::Envelope) -> pb::SignedEnvelope {
+        let bytes = Bytes::from(prost::Message::encode_to_vec(env));
+        pb::SignedEnvelope {
+            signature: Some(self.sign(&bytes)),
+            envelope: bytes,
+            hops: Vec::new(),
+            route_to: Vec::new(),
         }
     }
 
@@ -129,7 +143,7 @@ impl Signer {
 /// few hashes instead of a signature verification. Bounded: past [`VerifiedRoots::CAPACITY`]
 /// the oldest entry is forgotten (which only costs a re-verification).
 #[derive(Default)]
-pub struct VerifiedRoots {
+pub(crate) struct VerifiedRoots {
     inner: Mutex<(HashSet<RootKey>, VecDeque<RootKey>)>,
 }
 
@@ -165,7 +179,7 @@ impl VerifiedRoots {
 /// Verifies that `sig` is a signature over `envelope` (alone, or as a member of a signed batch)
 /// by the holder of the certificate with the given SHA-256 and Ed25519 public key. With `cache`,
 /// a batch root verified before is not verified again.
-pub fn verify(
+pub(crate) fn verify(
     envelope: &[u8],
     sig: Option<&pb::Signature>,
     cert_sha256: &[u8; 32],

@@ -22,18 +22,48 @@ use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyD
 use crate::wire::ALPN;
 
 /// Why TLS material could not be loaded or a configuration built.
+///
+/// Returned by [`Client::connect`](crate::Client::connect) (as [`ClientError::Tls`]) and by a
+/// starting node (as [`NodeError::Tls`]); every variant is a local problem, found before anything
+/// is sent, so retrying without changing the files or the address gets the same error.
+///
+/// [`ClientError::Tls`]: crate::ClientError::Tls
+/// [`NodeError::Tls`]: crate::NodeError::Tls
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
+    /// A certificate, key, trust bundle or CRL file could not be read or is not valid PEM:
+    /// check the path and the file's permissions and contents.
     #[error("cannot read {path}: {reason}")]
-    Read { path: PathBuf, reason: String },
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// What failed: the I/O error or the PEM parser's complaint.
+        reason: String,
+    },
+    /// A certificate file (the chain, or the trust bundle) holds no `CERTIFICATE` block: it may
+    /// be the key, or empty.
     #[error("{path} holds no certificate")]
-    NoCertificate { path: PathBuf },
+    NoCertificate {
+        /// The file.
+        path: PathBuf,
+    },
+    /// rustls refused the material: e.g. a key that does not match the certificate, a trust
+    /// bundle certificate it cannot use, or a key type it does not support.
     #[error("invalid TLS configuration: {0}")]
     Rustls(#[from] rustls::Error),
+    /// The certificate verifier or QUIC configuration could not be built from the trust bundle
+    /// and CRLs (e.g. a CRL that does not parse); holds the reason.
     #[error("invalid client certificate verifier: {0}")]
     Verifier(String),
+    /// The UDP socket could not be bound: the address is in use, not local, or not permitted.
+    /// Choose another address (a node's `node.listen`) or stop what holds it.
     #[error("cannot bind UDP socket on {addr}: {reason}")]
-    Bind { addr: SocketAddr, reason: String },
+    Bind {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// The operating system's error.
+        reason: String,
+    },
 }
 
 /// The crypto provider: ring, always passed explicitly.

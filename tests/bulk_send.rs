@@ -85,7 +85,7 @@ async fn bulk_file_is_sent_once_and_resumes() {
     loop {
         match tokio::time::timeout(Duration::from_secs(3), inbox.next()).await {
             Ok(Some(d)) => {
-                let r: enlace::wire::pb::AnalyticalReport = d.payload().unwrap();
+                let r: enlace::pb::AnalyticalReport = d.payload().unwrap();
                 let title = r.title.unwrap().text;
                 assert!(titles.insert(title.clone()), "{title} delivered twice");
                 d.ack().await.unwrap();

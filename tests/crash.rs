@@ -11,12 +11,11 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use common::{Daemon, certs};
-use enlace::client::{Client, ClientOptions, Dedup};
+use common::{Daemon, SendAndWait, certs, within};
 use enlace::network::LocalNetwork;
-use enlace::session::SubmitError;
-use enlace::wire::pb;
-use enlace::{Draft, MessageId, Precedence};
+use enlace::{
+    Client, ClientOptions, Dedup, Draft, Inbox, Mailbox, MessageId, Precedence, SubmitError, pb,
+};
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
@@ -54,20 +53,19 @@ fn draft(id: MessageId, i: u64) -> Draft {
 
 /// Reads the inbox until the connection ends, acknowledging everything.
 fn consume(
-    client: &Client,
+    mut inbox: Inbox,
     seen: Arc<Mutex<Seen>>,
     progress: Arc<Notify>,
 ) -> tokio::task::JoinHandle<()> {
-    let mut inbox = client.inbox().unwrap();
     tokio::spawn(async move {
         while let Some(d) = inbox.next().await {
             {
                 let mut s = seen.lock().unwrap();
-                if s.acked.contains(&d.id) {
-                    s.shown_after_ack.push(d.id);
+                if s.acked.contains(&d.id()) {
+                    s.shown_after_ack.push(d.id());
                 }
-                *s.shown.entry(d.id).or_default() += 1;
-                s.acked.insert(d.id);
+                *s.shown.entry(d.id()).or_default() += 1;
+                s.acked.insert(d.id());
             }
             progress.notify_waiters();
             // A failed ack (the node died) only means a redelivery, which the client drops.
@@ -97,10 +95,10 @@ async fn kill9_under_mixed_load_loses_nothing_acknowledged() {
 
     let mut daemon = Daemon::start(&config);
     for round in 0..=rounds {
-        let mut consumer_options = options("duty-desk").subscribe("");
-        consumer_options.dedup = dedup.clone();
+        let consumer_options = options("duty-desk").dedup(dedup.clone());
         let consumer_client = Client::connect(consumer_options).await.unwrap();
-        let consumer = consume(&consumer_client, seen.clone(), progress.clone());
+        let inbox = consumer_client.subscribe(Mailbox::Inbox).await.unwrap();
+        let consumer = consume(inbox, seen.clone(), progress.clone());
         let sender = Arc::new(Client::connect(options("analyst")).await.unwrap());
 
         let mut batch: Vec<(MessageId, u64)> = std::mem::take(&mut unknown);
@@ -118,7 +116,7 @@ async fn kill9_under_mixed_load_loses_nothing_acknowledged() {
             while !killed && in_flight.len() < 64 {
                 let Some((id, i)) = pending.next() else { break };
                 let s = sender.clone();
-                in_flight.spawn(async move { (id, i, s.send(draft(id, i)).await) });
+                in_flight.spawn(async move { (id, i, s.submit(draft(id, i)).await) });
             }
             let Some(done) = in_flight.join_next().await else {
                 break;
@@ -164,13 +162,15 @@ async fn kill9_under_mixed_load_loses_nothing_acknowledged() {
                 .expect("every accepted message is delivered within 60 s");
         }
         drop(sender);
+        // The consumer's inbox ends with its connection (bounded: a test must fail, not hang).
+        let inbox_ends = "the consumer's inbox ends with its connection";
         if !last {
-            let _ = consumer.await;
+            let _ = within(inbox_ends, consumer).await;
             drop(consumer_client);
             daemon = Daemon::start(&config);
         } else {
             consumer_client.close().await;
-            let _ = consumer.await;
+            let _ = within(inbox_ends, consumer).await;
         }
     }
     let status = daemon.terminate_keep_logs().0;

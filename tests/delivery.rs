@@ -5,26 +5,21 @@ mod common;
 
 use std::time::Duration;
 
-use common::{TestNet, certs, within};
-use enlace::identity;
-use enlace::payloads::{PrecursorAlert, quantity, seaport, text};
-use enlace::signature;
-use enlace::wire::pb;
-use enlace::{Draft, Precedence};
-use rustls_pki_types::CertificateDer;
-use rustls_pki_types::pem::PemObject;
+use common::{SendAndWait, TestNet, raw, within};
+use enlace::payloads::{Chemical, PrecursorAlert, Quantity, seaport, text};
+use enlace::{Draft, Precedence, pb};
 
 fn alert() -> pb::PrecursorChemicalAlert {
     PrecursorAlert::new(pb::PrecursorAlertKind::SuspiciousShipment)
         .chemical(
-            "Pseudoephedrine hydrochloride",
-            "345-78-8",
-            quantity("1200", "kg"),
+            Chemical::new("Pseudoephedrine hydrochloride")
+                .cas("345-78-8".parse().unwrap())
+                .quantity(Quantity::kilograms(1200.0)),
         )
         .vessel(
             "MSC Test",
-            seaport("CNSHA", "Shanghai", "CN"),
-            seaport("MXZLO", "Manzanillo", "MX"),
+            seaport("CNSHA".parse().unwrap(), "Shanghai"),
+            seaport("MXZLO".parse().unwrap(), "Manzanillo"),
         )
         .party(pb::PartyRole::Consignee, "Importadora Ejemplo", "MX")
         .reference("PEN Online", "PEN-2026-000123")
@@ -42,7 +37,7 @@ async fn flash_alert_reaches_clients_at_two_other_nodes() {
 
     let sent = alert();
     let accepted = dea
-        .send(
+        .submit(
             Draft::new(&sent)
                 .to("pgr")
                 .to("afi")
@@ -54,35 +49,32 @@ async fn flash_alert_reaches_clients_at_two_other_nodes() {
         .expect("DEA's node accepts the alert");
     assert_eq!(accepted.routed, 2, "routed to two peer nodes");
 
-    // The originator's certificate, to check the signature over the bytes that arrived.
-    let dea_pem = std::fs::read(certs().join("clients/dea/duty-desk.pem")).unwrap();
-    let dea_der = CertificateDer::from_pem_slice(&dea_pem).unwrap();
-    let dea_cert = identity::from_certificate(&dea_der, "enlace.test").unwrap();
+    // The originator's certificate and key, to check the signature over the bytes that arrived.
+    let dea_signer = raw::Signer::load("clients/dea/duty-desk");
 
     for (client, node) in [(&pgr, "pgr-1"), (&afi, "afi-1")] {
         let mut inbox = client.inbox().unwrap();
         let d = within("delivery", inbox.next()).await.expect("a delivery");
-        assert_eq!(d.id, accepted.id);
-        assert_eq!(d.precedence, Precedence::Flash);
-        assert_eq!(d.attempt, 1);
+        assert_eq!(d.id(), accepted.id);
+        assert_eq!(d.precedence(), Precedence::Flash);
+        assert_eq!(d.attempt(), 1);
         let got: pb::PrecursorChemicalAlert = d.payload().expect("typed payload decodes");
         assert_eq!(got, sent, "payload intact");
-        let o = d.envelope.originator.clone().unwrap();
+        let o = d.message().originator().clone();
         assert_eq!(
-            (o.agency.as_str(), o.client.as_str(), o.node.as_str()),
-            ("dea", "duty-desk", "dea-1")
+            (o.agency.as_str(), o.client.as_deref(), o.node.as_str()),
+            ("dea", Some("duty-desk"), "dea-1")
         );
-        assert_eq!(d.envelope.case_id, "DEA-2026-0142");
-        signature::verify(
-            &d.signed.envelope,
-            d.signed.signature.as_ref(),
-            &dea_cert.sha256,
-            dea_cert.ed25519_public_key.as_deref(),
-            None,
-        )
-        .expect("the originator's signature holds over the delivered bytes");
-        let path: Vec<&str> = d.signed.hops.iter().map(|h| h.node.as_str()).collect();
-        assert_eq!(path, ["dea-1", node]);
+        assert_eq!(d.message().case_id(), "DEA-2026-0142");
+        let signed = d.signed_envelope();
+        assert!(
+            signed
+                .signature
+                .as_ref()
+                .is_some_and(|sig| dea_signer.verify(&signed.envelope, sig)),
+            "the originator's signature holds over the delivered bytes"
+        );
+        assert_eq!(d.path(), ["dea-1", node]);
         d.ack().await.unwrap();
     }
     net.stop().await;
@@ -104,7 +96,7 @@ async fn local_delivery_and_shared_inbox() {
     let dea = net.client("dea", "analyst").await;
     let n = 40;
     for i in 0..n {
-        dea.send(Draft::new(&liaison(&format!("registro {i}"))).to("cenapi"))
+        dea.submit(Draft::new(&liaison(&format!("registro {i}"))).to("cenapi"))
             .await
             .unwrap();
     }
@@ -118,21 +110,17 @@ async fn local_delivery_and_shared_inbox() {
             }
         })
         .await;
-        assert!(seen.insert(d.id), "message {} delivered twice", d.id);
+        assert!(seen.insert(d.id()), "message {} delivered twice", d.id());
         d.ack().await.unwrap();
     }
     // A DEA client also receives mail for its own agency from its own node.
     let desk = net.subscriber("dea", "duty-desk").await;
-    dea.send(Draft::new(&liaison("local")).to("dea"))
+    dea.submit(Draft::new(&liaison("local")).to("dea"))
         .await
         .unwrap();
     let d = within("local delivery", desk.inbox().unwrap().next())
         .await
         .unwrap();
-    assert_eq!(
-        d.signed.hops.len(),
-        1,
-        "delivered by the origin node itself"
-    );
+    assert_eq!(d.hops().len(), 1, "delivered by the origin node itself");
     net.stop().await;
 }

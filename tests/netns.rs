@@ -18,11 +18,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use common::netns::{Lab, Link, NODE_PORT, Ns, lab_or_skip};
-use common::{Daemon, certs, init_logging};
-use enlace::client::{ClientOptions, Dedup};
+use common::{Daemon, SendAndWait, certs, init_logging};
 use enlace::network::{LocalNetwork, NodeSpec};
-use enlace::wire::pb;
-use enlace::{Client, Draft, MessageId, Precedence};
+use enlace::{
+    Client, ClientOptions, Dedup, Draft, Mailbox, MessageId, Precedence, Role, Status, pb,
+};
 use tokio::sync::Notify;
 
 /// Two nodes in namespaces of their own. Fields drop in order: daemons before the lab that
@@ -86,13 +86,19 @@ impl Federation {
         })
     }
 
+    /// Options for `agency/client` reaching its node over the uplink (not at the address the
+    /// node's peer knows it by, on the link).
     fn options(&self, agency: &str, client: &str) -> ClientOptions {
-        let mut o = self.net.client_options(agency, client).unwrap();
-        o.node = match agency {
+        let node = match agency {
             "dea" => self.dea_ns.node_addr(),
             _ => self.pgr_ns.node_addr(),
         };
-        o
+        let spec = self.net.node_of(agency).unwrap();
+        let leaf = self.net.pki.leaf_paths(agency, client, Role::Client);
+        ClientOptions::new(node.to_string())
+            .server_name(self.net.server_name(agency, &spec.name))
+            .identity(&leaf.cert, &leaf.key)
+            .trust(self.net.pki.root_cert_path())
     }
 
     async fn client(&self, agency: &str, client: &str) -> Client {
@@ -101,10 +107,11 @@ impl Federation {
 
     /// A subscriber to `agency`'s inbox whose deliveries `reader` records.
     async fn reader(&self, agency: &str, reader: &Reader) -> Client {
-        let mut o = self.options(agency, "duty-desk").subscribe("");
-        o.dedup = reader.dedup.clone();
+        let o = self
+            .options(agency, "duty-desk")
+            .dedup(reader.dedup.clone());
         let c = Client::connect(o).await.unwrap();
-        reader.consume(&c);
+        reader.consume(&c).await;
         c
     }
 
@@ -144,18 +151,19 @@ struct Reader {
 }
 
 impl Reader {
-    fn consume(&self, client: &Client) {
-        let mut inbox = client.inbox().expect("a subscriber has an inbox");
+    /// Subscribes `client` to its agency's inbox and records what it delivers.
+    async fn consume(&self, client: &Client) {
+        let mut inbox = client.subscribe(Mailbox::Inbox).await.unwrap();
         let me = self.clone();
         tokio::spawn(async move {
             while let Some(d) = inbox.next().await {
-                let report = (d.envelope.status() == pb::Status::System)
+                let report = (d.message().status() == Status::System)
                     .then(|| d.payload::<pb::NonDelivery>().ok())
                     .flatten()
                     .and_then(|r| Some((MessageId::from_slice(&r.message_id)?, r.reason())));
                 me.got.lock().unwrap().push(Got {
-                    id: d.id,
-                    precedence: d.precedence,
+                    id: d.id(),
+                    precedence: d.precedence(),
                     at: Instant::now(),
                     report,
                 });
@@ -219,14 +227,19 @@ async fn send(
         .to("pgr")
         .precedence(precedence)
         .expires_in(expires_in);
-    sender.send(draft).await.unwrap().id
+    sender.submit(draft).await.unwrap().id
 }
+
+/// The window of unanswered analytical bytes on a node's link to its peer: the library's
+/// pipeline default (`pipeline::DEFAULT_WINDOW_BYTES`, internal since the public API was made
+/// small), 128 KiB, the same as a client's default `window_bytes`.
+const LINK_WINDOW_BYTES: usize = 128 * 1024;
 
 /// How many of these records fit in the analytical pipeline's window of unanswered bytes: the
 /// most that can be in flight on a link, ahead of anything queued after them.
 fn on_the_wire() -> usize {
     let record_bytes = prost::Message::encoded_len(&record(0));
-    enlace::pipeline::DEFAULT_WINDOW_BYTES as usize / record_bytes + 1
+    LINK_WINDOW_BYTES / record_bytes + 1
 }
 
 const HOUR: Duration = Duration::from_secs(3600);
@@ -352,7 +365,7 @@ async fn after_a_partition_heals_everything_unexpired_arrives_once_alerts_first(
     }
     // Alerts sent during the partition, after 300 records, come first once it heals, except
     // for records that were already on the wire when it struck: the link's analytical pipeline
-    // has at most DEFAULT_WINDOW_BYTES unanswered, and those are retransmitted as the link
+    // has at most LINK_WINDOW_BYTES unanswered, and those are retransmitted as the link
     // comes back, possibly ahead of an alert. Nothing still queued may pass an alert.
     let (alerts, records) = positions(&got, &live);
     let last_alert = *alerts.iter().max().unwrap();

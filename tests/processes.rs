@@ -5,7 +5,8 @@ mod common;
 
 use std::process::Command;
 
-use common::{Daemon, TestNet, certs, within};
+use common::{Daemon, SendAndWait, TestNet, certs, within};
+use enlace::Mailbox;
 use enlace::network::LocalNetwork;
 
 const ENLACED: &str = env!("CARGO_BIN_EXE_enlaced");
@@ -78,25 +79,22 @@ async fn daemon_serves_and_stops_cleanly_on_sigterm() {
     let daemon = Daemon::start(&net.config_path("pgr-1"));
     let dea = net.start("dea-1").await.unwrap();
 
-    let pgr = enlace::Client::connect(
-        net.client_options("pgr", "duty-desk")
-            .unwrap()
-            .subscribe(""),
-    )
-    .await
-    .unwrap();
+    let pgr = enlace::Client::connect(net.client_options("pgr", "duty-desk").unwrap())
+        .await
+        .unwrap();
+    let mut inbox = pgr.subscribe(Mailbox::Inbox).await.unwrap();
     let sender = enlace::Client::connect(net.client_options("dea", "duty-desk").unwrap())
         .await
         .unwrap();
-    let body = enlace::wire::pb::LiaisonMessage::default();
+    let body = enlace::pb::LiaisonMessage::default();
     let acc = sender
-        .send(enlace::Draft::new(&body).to("pgr"))
+        .submit(enlace::Draft::new(&body).to("pgr"))
         .await
         .unwrap();
-    let d = within("delivery via the daemon", pgr.inbox().unwrap().next())
+    let d = within("delivery via the daemon", inbox.next())
         .await
         .unwrap();
-    assert_eq!(d.id, acc.id);
+    assert_eq!(d.id(), acc.id);
     d.ack().await.unwrap();
 
     let (status, rest) = tokio::task::spawn_blocking(move || daemon.terminate_keep_logs())

@@ -5,11 +5,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{TestNet, wait_event, within};
+use common::{SendAndWait, TestNet, wait_event, within};
 use enlace::node::Event;
-use enlace::session::SubmitError;
-use enlace::wire::pb;
-use enlace::{Draft, Precedence};
+use enlace::{BusyRetry, Client, Draft, Precedence, Status, SubmitError, pb};
 
 fn liaison(body: &str) -> pb::LiaisonMessage {
     pb::LiaisonMessage {
@@ -31,16 +29,16 @@ async fn unacknowledged_messages_are_redelivered_then_dead_lettered_and_redriven
     let mut inbox = desk.inbox().unwrap();
 
     let acc = analyst
-        .send(Draft::new(&liaison("needs an ack")).to("dea"))
+        .submit(Draft::new(&liaison("needs an ack")).to("dea"))
         .await
         .unwrap();
     // First attempt: the application drops it without acknowledging.
     let d = within("first delivery", inbox.next()).await.unwrap();
-    assert_eq!((d.id, d.attempt), (acc.id, 1));
+    assert_eq!((d.id(), d.attempt()), (acc.id, 1));
     drop(d);
     // Offered again (same id, next attempt) after the backoff; dropped again.
     let d = within("redelivery", inbox.next()).await.unwrap();
-    assert_eq!((d.id, d.attempt), (acc.id, 2));
+    assert_eq!((d.id(), d.attempt()), (acc.id, 2));
     drop(d);
     let dead = wait_event(&mut events, |e| matches!(e, Event::DeadLettered { .. })).await;
     match dead {
@@ -76,7 +74,7 @@ async fn unacknowledged_messages_are_redelivered_then_dead_lettered_and_redriven
     let d = within("delivery after redrive", inbox.next())
         .await
         .unwrap();
-    assert_eq!((d.id, d.attempt), (acc.id, 1));
+    assert_eq!((d.id(), d.attempt()), (acc.id, 1));
     d.ack().await.unwrap();
     wait_event(
         &mut events,
@@ -96,7 +94,7 @@ async fn expired_message_is_not_delivered_and_the_originator_is_told() {
 
     // Nobody at PGR reads their inbox while this alert is alive.
     let acc = sender
-        .send(
+        .submit(
             Draft::new(&liaison("the ship already sailed"))
                 .to("pgr")
                 .precedence(Precedence::Flash)
@@ -114,8 +112,8 @@ async fn expired_message_is_not_delivered_and_the_originator_is_told() {
     let d = within("non-delivery report", dea_desk.inbox().unwrap().next())
         .await
         .unwrap();
-    assert_eq!(d.envelope.status(), pb::Status::System);
-    assert_eq!(d.envelope.in_reply_to.as_ref(), acc.id.as_bytes());
+    assert_eq!(d.message().status(), Status::System);
+    assert_eq!(d.message().in_reply_to(), Some(acc.id));
     let report: pb::NonDelivery = d.payload().unwrap();
     assert_eq!(report.reason(), pb::NonDeliveryReason::Expired);
     assert_eq!(report.message_id.as_ref(), acc.id.as_bytes());
@@ -128,24 +126,27 @@ async fn expired_message_is_not_delivered_and_the_originator_is_told() {
     // A PGR reader that connects now gets the next message, never the expired one.
     let pgr = net.subscriber("pgr", "duty-desk").await;
     let next = sender
-        .send(Draft::new(&liaison("fresh")).to("pgr"))
+        .submit(Draft::new(&liaison("fresh")).to("pgr"))
         .await
         .unwrap();
     let d = within("fresh message", pgr.inbox().unwrap().next())
         .await
         .unwrap();
-    assert_eq!(d.id, next.id);
+    assert_eq!(d.id(), next.id);
     net.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_queue_refuses_with_retry_after_and_still_takes_flash() {
     let net = TestNet::mesh_with_limits(&["dea"], &["queue_capacity = 5"]).await;
-    let sender = net.client("dea", "analyst").await;
+    // This client must see the QUEUE_FULL refusal, not retry it.
+    let sender = Client::connect(net.options("dea", "analyst").busy_retry(BusyRetry::never()))
+        .await
+        .unwrap();
     // Nobody reads the DEA inbox: five analytical messages fill it.
     for i in 0..5 {
         sender
-            .send(
+            .submit(
                 Draft::new(&liaison(&format!("record {i}")))
                     .to("dea")
                     .precedence(Precedence::Bulk),
@@ -154,7 +155,7 @@ async fn full_queue_refuses_with_retry_after_and_still_takes_flash() {
             .unwrap();
     }
     match sender
-        .send(Draft::new(&liaison("one too many")).to("dea"))
+        .submit(Draft::new(&liaison("one too many")).to("dea"))
         .await
     {
         Err(SubmitError::Refused {
@@ -171,7 +172,7 @@ async fn full_queue_refuses_with_retry_after_and_still_takes_flash() {
     // Time-sensitive traffic has its own room: a FLASH alert is still accepted, and all six
     // are delivered once someone reads the inbox.
     let flash = sender
-        .send(
+        .submit(
             Draft::new(&liaison("alert"))
                 .to("dea")
                 .precedence(Precedence::Flash),
@@ -183,7 +184,7 @@ async fn full_queue_refuses_with_retry_after_and_still_takes_flash() {
     let mut got = Vec::new();
     while got.len() < 6 {
         let d = within("deliveries", inbox.next()).await.unwrap();
-        got.push(d.id);
+        got.push(d.id());
         d.ack().await.unwrap();
     }
     assert!(got.contains(&flash.id));

@@ -8,13 +8,9 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
-use common::{TestNet, certs, init_logging, within};
-use enlace::Receipts;
-use enlace::message::timestamp;
+use common::{SendAndWait, TestNet, certs, init_logging, within};
 use enlace::network::LocalNetwork;
-use enlace::receipt::{Receipt, Stage};
-use enlace::wire::pb;
-use enlace::{Draft, MessageId, Precedence};
+use enlace::{Draft, Mailbox, MessageId, Precedence, Receipt, Receipts, Stage, pb};
 
 const DIRECTORY: &str = r#"
 [agencies.afi]
@@ -22,6 +18,15 @@ display = "CMI"
 aliases = ["pfm", "cmi"]
 served_by = "afi-1"
 "#;
+
+/// A protobuf timestamp for `t`.
+fn timestamp(t: SystemTime) -> prost_types::Timestamp {
+    let d = t.duration_since(std::time::UNIX_EPOCH).unwrap();
+    prost_types::Timestamp {
+        seconds: d.as_secs() as i64,
+        nanos: d.subsec_nanos() as i32,
+    }
+}
 
 fn liaison(body: &str) -> pb::LiaisonMessage {
     pb::LiaisonMessage {
@@ -89,14 +94,12 @@ async fn a_relayed_message_s_receipts_reach_the_originator_stage_by_stage() {
     let net = relay_federation().await;
     let afi = net.subscriber("afi", "duty-desk").await;
     let mut afi_inbox = afi.inbox().unwrap();
-    let mut receipts = Receipts::connect(net.options("dea", "duty-desk"))
-        .await
-        .unwrap();
     let desk = net.client("dea", "duty-desk").await;
+    let mut receipts = desk.receipts().await.unwrap();
 
     // Addressed under AFI's current name, through the relay.
     let sent = desk
-        .send(
+        .submit(
             Draft::new(&liaison("verify the consignee of container MSCU 123456"))
                 .to("PFM")
                 .precedence(Precedence::Routine)
@@ -105,8 +108,8 @@ async fn a_relayed_message_s_receipts_reach_the_originator_stage_by_stage() {
         .await
         .unwrap();
     let d = within("AFI's copy", afi_inbox.next()).await.unwrap();
-    assert_eq!(d.id, sent.id);
-    let original = d.envelope.clone();
+    assert_eq!(d.id(), sent.id);
+    let original = d.message().clone();
     d.ack().await.unwrap();
 
     // Opened first, answered after: the response goes once the acknowledgement has been seen.
@@ -123,6 +126,8 @@ async fn a_relayed_message_s_receipts_reach_the_originator_stage_by_stage() {
             ..Default::default()
         },
     )
+    .await
+    .unwrap()
     .await
     .unwrap();
     let mut got = gather(&mut receipts, sent.id, got, |g| {
@@ -161,22 +166,20 @@ async fn a_relayed_message_s_receipts_reach_the_originator_stage_by_stage() {
 
     // The response settled the deadline: no overdue notice will follow (checked in the
     // respond-by unit tests; here the deadline is an hour away anyway).
+    drop(receipts);
     desk.close().await;
     afi.close().await;
-    receipts.close().await;
     net.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_non_delivery_joins_the_receipt_stream() {
     let net = relay_federation().await;
-    let mut receipts = Receipts::connect(net.options("dea", "analyst"))
-        .await
-        .unwrap();
     let analyst = net.client("dea", "analyst").await;
+    let mut receipts = analyst.receipts().await.unwrap();
     // DEA's node routes `zzz` to CENAPI, which knows no such agency.
     let sent = analyst
-        .send(
+        .submit(
             Draft::new(&liaison("to nobody"))
                 .to("zzz")
                 .precedence(Precedence::Flash),
@@ -199,8 +202,8 @@ async fn a_non_delivery_joins_the_receipt_stream() {
         nd.detail
     );
     assert!(!has(&got, "persisted"), "{got:#?}");
+    drop(receipts);
     analyst.close().await;
-    receipts.close().await;
     net.stop().await;
 }
 
@@ -208,15 +211,14 @@ async fn a_non_delivery_joins_the_receipt_stream() {
 async fn an_unanswered_request_is_overdue_and_need_more_time_moves_the_deadline() {
     let net = relay_federation().await;
     let afi = net.subscriber("afi", "duty-desk").await;
-    let escalation =
-        enlace::Client::connect(net.options("afi", "duty-desk").subscribe("24x7-desk"))
-            .await
-            .unwrap();
-    let (mut afi_inbox, mut desk_24x7) = (afi.inbox().unwrap(), escalation.inbox().unwrap());
-    let mut receipts = Receipts::connect(net.options("dea", "duty-desk"))
+    let escalation = net.client("afi", "duty-desk").await;
+    let mut afi_inbox = afi.inbox().unwrap();
+    let mut desk_24x7 = escalation
+        .subscribe(Mailbox::unit("24x7-desk").unwrap())
         .await
         .unwrap();
     let desk = net.client("dea", "duty-desk").await;
+    let mut receipts = desk.receipts().await.unwrap();
 
     let request = |body: &str, within: u64| {
         Draft::new(&liaison(body))
@@ -225,22 +227,24 @@ async fn an_unanswered_request_is_overdue_and_need_more_time_moves_the_deadline(
             .respond_within(Duration::from_secs(within))
     };
     // One nobody answers, one answered "need more time".
-    let silent = desk.send(request("silent", 1)).await.unwrap();
-    let slow = desk.send(request("slow", 1)).await.unwrap();
+    let silent = desk.submit(request("silent", 1)).await.unwrap();
+    let slow = desk.submit(request("slow", 1)).await.unwrap();
     let mut need_until = None;
     for _ in 0..2 {
         let d = within("AFI's copies", afi_inbox.next()).await.unwrap();
-        if d.id == slow.id {
+        if d.id() == slow.id {
             let until = SystemTime::now() + Duration::from_secs(3);
             need_until = Some(until);
             afi.respond(
-                &d.envelope,
+                d.message(),
                 pb::BusinessResponse {
                     outcome: pb::BusinessOutcome::NeedMoreTime as i32,
                     need_until: Some(timestamp(until)),
                     ..Default::default()
                 },
             )
+            .await
+            .unwrap()
             .await
             .unwrap();
         }
@@ -262,7 +266,7 @@ async fn an_unanswered_request_is_overdue_and_need_more_time_moves_the_deadline(
     );
     // ...and a reminder to AFI's 24/7 desk.
     let reminder = within("reminder", desk_24x7.next()).await.unwrap();
-    let r = Receipt::from_envelope(&reminder.envelope).unwrap();
+    let r = Receipt::from_message(reminder.message()).unwrap();
     assert_eq!((r.message_id, r.stage.clone()), (silent.id, Stage::Overdue));
     assert_eq!(r.unit, "24x7-desk");
     reminder.ack().await.unwrap();
@@ -274,17 +278,17 @@ async fn an_unanswered_request_is_overdue_and_need_more_time_moves_the_deadline(
     assert!(has(&got, "response:need-more-time"), "{got:#?}");
     let reminder = within("second reminder", desk_24x7.next()).await.unwrap();
     assert_eq!(
-        Receipt::from_envelope(&reminder.envelope)
+        Receipt::from_message(reminder.message())
             .unwrap()
             .message_id,
         slow.id
     );
     reminder.ack().await.unwrap();
 
+    drop(receipts);
     desk.close().await;
     afi.close().await;
     escalation.close().await;
-    receipts.close().await;
     net.stop().await;
 }
 
@@ -296,12 +300,12 @@ async fn enlace_status_prints_the_timeline_without_consuming_it() {
     let desk = net.client("dea", "duty-desk").await;
     let mut dea_events = net.node("dea-1").events();
     let sent = desk
-        .send(Draft::new(&liaison("status check")).to("cmi"))
+        .submit(Draft::new(&liaison("status check")).to("cmi"))
         .await
         .unwrap();
     let mut afi_events = net.node("afi-1").events();
     let d = within("AFI's copy", afi_inbox.next()).await.unwrap();
-    let original = d.envelope.clone();
+    let original = d.message().clone();
     d.ack().await.unwrap();
     // Answered once AFI's node has the acknowledgement, so the timeline has one order.
     common::wait_event(
@@ -316,6 +320,8 @@ async fn enlace_status_prints_the_timeline_without_consuming_it() {
             ..Default::default()
         },
     )
+    .await
+    .unwrap()
     .await
     .unwrap();
     // Every receipt is in DEA's node (accepted there: ACCEPTED from DEA's node itself, the
@@ -413,7 +419,7 @@ async fn enlace_send_respond_within_then_status_shows_the_request_overdue() {
         String::from_utf8_lossy(&out.stderr)
     );
     let accepted: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let id = MessageId::parse(accepted["accepted"].as_str().unwrap()).unwrap();
+    let id: MessageId = accepted["accepted"].as_str().unwrap().parse().unwrap();
     // Nobody at AFI answers. DEA's node takes the ACCEPTED receipt, then PERSISTED and OVERDUE
     // from AFI's node through the relay.
     for _ in 0..3 {
@@ -440,13 +446,11 @@ async fn enlace_send_respond_within_then_status_shows_the_request_overdue() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deadline_of_a_copy_still_waiting_survives_a_restart_of_the_addressee_s_node() {
     let mut net = relay_federation_with_limits(&["shutdown_grace_ms = 100"]).await;
-    let mut receipts = Receipts::connect(net.options("dea", "duty-desk"))
-        .await
-        .unwrap();
     let desk = net.client("dea", "duty-desk").await;
+    let mut receipts = desk.receipts().await.unwrap();
     let mut afi_events = net.node("afi-1").events();
     let sent = desk
-        .send(
+        .submit(
             Draft::new(&liaison("nobody at AFI reads this before the deadline"))
                 .to("afi")
                 .respond_within(Duration::from_secs(4)),
@@ -477,7 +481,7 @@ async fn a_deadline_of_a_copy_still_waiting_survives_a_restart_of_the_addressee_
         "the deadline passed before the restart; this test needs a longer respond_within"
     );
     assert_eq!(overdue.by, "afi-1");
+    drop(receipts);
     desk.close().await;
-    receipts.close().await;
     net.stop().await;
 }

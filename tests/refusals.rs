@@ -4,12 +4,10 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{TestNet, certs, dial_dea, material, quic_config, wait_event, within};
-use enlace::client::{Client, ClientError};
+use common::raw::{self, DialError, Raw};
+use common::{SendAndWait, TestNet, certs, wait_event, within};
 use enlace::node::Event;
-use enlace::session::{self, ConnectError};
-use enlace::tls;
-use enlace::wire::pb;
+use enlace::{Client, ClientError, pb};
 
 fn refused_reason(e: &Event) -> Option<&str> {
     match e {
@@ -73,19 +71,24 @@ async fn certificates_that_are_refused() {
 async fn no_client_certificate_is_refused() {
     let net = TestNet::mesh(&["dea"]).await;
     let mut events = net.node("dea-1").events();
-    let roots = material("clients/dea/duty-desk").roots;
-    let mut cfg = rustls::ClientConfig::builder_with_provider(tls::provider())
+    let mut cfg = rustls::ClientConfig::builder_with_provider(raw::provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .unwrap()
-        .with_root_certificates(roots)
+        .with_root_certificates(raw::roots())
         .with_no_client_auth();
-    cfg.alpn_protocols = vec![enlace::wire::ALPN.to_vec()];
-    let quic = tls::quic_client_config(cfg).unwrap();
-    let r = dial_dea(&net, quic, pb::Role::Client).await;
+    cfg.alpn_protocols = vec![enlace::protocol::ALPN.to_vec()];
+    let quic = raw::quic(cfg);
+    let r = raw::dial_explained(
+        net.addr("dea"),
+        &net.server_name("dea"),
+        quic,
+        pb::Role::Client,
+    )
+    .await;
     let err = r
         .err()
         .expect("a connection without a client certificate is refused")
-        .to_string();
+        .described();
     assert!(err.contains("certificate required"), "client sees: {err}");
     let logged = wait_event(&mut events, |e| refused_reason(e).is_some()).await;
     assert!(
@@ -96,12 +99,8 @@ async fn no_client_certificate_is_refused() {
 }
 
 /// Dials dea-1 with a certificate and a Hello claiming `role`.
-async fn dial_as(
-    net: &TestNet,
-    cert_stem: &str,
-    role: pb::Role,
-) -> Result<session::Session, ConnectError> {
-    dial_dea(net, quic_config(cert_stem), role).await
+async fn dial_as(net: &TestNet, cert_stem: &str, role: pb::Role) -> Result<Raw, DialError> {
+    net.raw("dea", cert_stem, role).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -109,9 +108,13 @@ async fn client_certificate_cannot_act_as_a_node() {
     let net = TestNet::mesh(&["dea", "pgr"]).await;
     let r = dial_as(&net, "clients/dea/duty-desk", pb::Role::Node).await;
     match r {
-        Err(ConnectError::Refused { code, reason }) => {
-            assert_eq!(code, pb::RefusalCode::Unauthorized);
-            assert!(reason.contains("grants role client, not node"), "{reason}");
+        Err(DialError::Refused(r)) => {
+            assert_eq!(r.code(), pb::RefusalCode::Unauthorized);
+            assert!(
+                r.reason.contains("grants role client, not node"),
+                "{}",
+                r.reason
+            );
         }
         Err(e) => panic!("refused for the wrong reason: {e}"),
         Ok(_) => panic!("a client certificate was accepted as a node"),
@@ -124,11 +127,13 @@ async fn node_missing_from_the_peer_table_is_refused() {
     let net = TestNet::mesh(&["dea", "pgr"]).await;
     // pgr-2 holds a valid PGR node certificate, but dea-1's peer table lists only pgr-1.
     match dial_as(&net, "nodes/pgr/pgr-2", pb::Role::Node).await {
-        Err(ConnectError::Refused { code, reason }) => {
-            assert_eq!(code, pb::RefusalCode::Unauthorized);
+        Err(DialError::Refused(r)) => {
+            assert_eq!(r.code(), pb::RefusalCode::Unauthorized);
             assert!(
-                reason.contains("pgr/node/pgr-2 is not in this node's peer table"),
-                "{reason}"
+                r.reason
+                    .contains("pgr/node/pgr-2 is not in this node's peer table"),
+                "{}",
+                r.reason
             );
         }
         Err(e) => panic!("refused for the wrong reason: {e}"),
@@ -198,10 +203,13 @@ async fn refusals_do_not_disturb_other_traffic() {
         assert!(matches!(r, Err(ClientError::Connect(_))), "{stem}");
     }
     let body = pb::LiaisonMessage::default();
-    let acc = dea.send(enlace::Draft::new(&body).to("pgr")).await.unwrap();
+    let acc = dea
+        .submit(enlace::Draft::new(&body).to("pgr"))
+        .await
+        .unwrap();
     let d = within("delivery after refusals", pgr.inbox().unwrap().next())
         .await
         .unwrap();
-    assert_eq!(d.id, acc.id);
+    assert_eq!(d.id(), acc.id);
     net.stop().await;
 }

@@ -8,11 +8,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use common::{Daemon, certs, within};
-use enlace::client::Client;
+use common::{Daemon, SendAndWait, certs, within};
 use enlace::network::LocalNetwork;
-use enlace::wire::pb;
-use enlace::{Draft, MessageId, Precedence};
+use enlace::{Client, Draft, Mailbox, MessageId, Precedence, pb};
 use tokio::sync::Notify;
 
 const MESSAGES: u64 = 400;
@@ -57,22 +55,18 @@ async fn relay_killed_mid_transfer_loses_nothing_and_delivers_nothing_twice() {
     let afi = net.start("afi-1").await.unwrap();
 
     // AFI's application: counts what it is shown, acknowledges everything.
-    let reader = Client::connect(
-        net.client_options("afi", "duty-desk")
-            .unwrap()
-            .subscribe(""),
-    )
-    .await
-    .unwrap();
-    let mut inbox = reader.inbox().unwrap();
+    let reader = Client::connect(net.client_options("afi", "duty-desk").unwrap())
+        .await
+        .unwrap();
+    let mut inbox = reader.subscribe(Mailbox::Inbox).await.unwrap();
     let shown: Arc<Mutex<HashMap<MessageId, u32>>> = Arc::default();
     let progress = Arc::new(Notify::new());
     let consumer = tokio::spawn({
         let (shown, progress) = (shown.clone(), progress.clone());
         async move {
             while let Some(d) = inbox.next().await {
-                assert_eq!(d.signed.hops.len(), 3, "dea-1 → cenapi-1 → afi-1");
-                *shown.lock().unwrap().entry(d.id).or_default() += 1;
+                assert_eq!(d.hops().len(), 3, "dea-1 → cenapi-1 → afi-1");
+                *shown.lock().unwrap().entry(d.id()).or_default() += 1;
                 progress.notify_waiters();
                 d.ack().await.unwrap();
             }
@@ -88,7 +82,7 @@ async fn relay_killed_mid_transfer_loses_nothing_and_delivers_nothing_twice() {
         let mut accepted = Vec::new();
         for i in 0..MESSAGES {
             let id = MessageId::new_v7(SystemTime::now());
-            sender.send(draft(id, i)).await.unwrap();
+            sender.submit(draft(id, i)).await.unwrap();
             accepted.push(id);
         }
         sender.close().await;

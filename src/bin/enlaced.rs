@@ -37,11 +37,12 @@ fn main() -> ExitCode {
     init_logging(&config);
     if args.check_config {
         return match enlace::node::check(&config) {
-            Ok((_, me)) => {
+            Ok(()) => {
                 println!(
-                    "{}: configuration is valid (node {})",
+                    "{}: configuration is valid (node {}/node/{})",
                     args.config.display(),
-                    me.identity
+                    config.agency(),
+                    config.name()
                 );
                 ExitCode::SUCCESS
             }
@@ -70,11 +71,11 @@ fn main() -> ExitCode {
 
 fn init_logging(config: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("ENLACE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log_level));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(config.log_level()));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    match config.log_format {
+    match config.log_format() {
         LogFormat::Json => builder.json().init(),
         LogFormat::Human => builder.init(),
     }

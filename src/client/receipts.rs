@@ -3,8 +3,8 @@
 //! response.
 //!
 //! Receipts are durable messages in the originator client's receipts unit
-//! (`receipts-<client>`, see [`crate::receipt::receipts_unit`]), so they wait there until read:
-//! [`Receipts`] is a second connection subscribed to that unit. It consumes what it reads (each
+//! (`receipts-<client>`), so they wait there until read: [`Receipts`] is a subscription to that
+//! unit on the client's own connection ([`Client::receipts`]). It consumes what it reads (each
 //! receipt is acknowledged as it is taken from the node); `enlace status` reads without
 //! consuming. Receipts of one message can arrive in any order (they come from different nodes and
 //! take separate streams): order them by [`Receipt::at`]. A stage may be reported twice (a copy
@@ -12,11 +12,11 @@
 
 use std::collections::VecDeque;
 
-use super::{Accepted, Client, ClientError, ClientOptions, Inbox};
-use crate::identity;
-use crate::message::{Draft, MessageId, Precedence};
-use crate::receipt::{Receipt, precedence_for, receipts_address, receipts_unit};
-use crate::session::SubmitError;
+use super::{Acceptance, Client, Inbox};
+use crate::draft::Draft;
+use crate::error::SubmitError;
+use crate::message::{Message, MessageId};
+use crate::receipt::{Receipt, precedence_for, receipts_address};
 use crate::wire::pb;
 
 /// Receipts of other messages that [`Receipts::next_for`] holds while it waits for one message;
@@ -24,33 +24,45 @@ use crate::wire::pb;
 pub const HELD_CAPACITY: usize = 10_000;
 
 /// A stream of the receipts (stages, business responses, non-delivery reports, overdue notices)
-/// of the messages one client sent.
+/// of the messages one client sent, from [`Client::receipts`].
+///
+/// ```no_run
+/// # async fn example(client: enlace::Client, draft: enlace::Draft)
+/// #     -> Result<(), Box<dyn std::error::Error>> {
+/// let mut receipts = client.receipts().await?;
+/// let accepted = client.send(draft).await?.await?;
+/// while let Some(r) = receipts.next_for(accepted.id).await {
+///     println!("{} {} by {}", r.addressee, r.stage.name(), r.by);
+///     if matches!(r.stage, enlace::Stage::Response { .. }) {
+///         break;
+///     }
+/// }
+/// # Ok(()) }
+/// ```
 pub struct Receipts {
-    client: Client,
     inbox: Inbox,
     held: VecDeque<Receipt>,
 }
 
 impl Receipts {
-    /// Connects to the node with `opts`' certificate, reading that client's receipts unit (the
-    /// unit and subscription in `opts` are replaced).
-    ///
-    /// # Errors
-    /// As [`Client::connect`]; [`ClientError::Key`] if the certificate names no client.
-    pub async fn connect(opts: ClientOptions) -> Result<Receipts, ClientError> {
-        let me = identity::own_identity(&opts.tls.chain[0])
-            .map_err(|e| ClientError::Key(e.to_string()))?;
-        let client = Client::connect(opts.subscribe(&receipts_unit(&me.name))).await?;
-        // Subscribed just above, so the inbox is there.
-        let inbox = client.inbox().expect("subscribed client has an inbox");
-        Ok(Receipts {
-            client,
+    pub(crate) fn new(inbox: Inbox) -> Receipts {
+        Receipts {
             inbox,
             held: VecDeque::new(),
-        })
+        }
     }
 
     /// The next receipt of any message, or `None` when the connection has ended.
+    ///
+    /// ```no_run
+    /// # async fn example(mut receipts: enlace::Receipts) {
+    /// while let Some(r) = receipts.next().await {
+    ///     if let enlace::Stage::NonDelivery(why) = r.stage {
+    ///         eprintln!("{} will not reach {}: {why:?}", r.message_id, r.addressee);
+    ///     }
+    /// }
+    /// # }
+    /// ```
     ///
     /// # Cancel safety
     /// Cancel safe: a receipt is taken from the node only once it can be returned.
@@ -62,7 +74,19 @@ impl Receipts {
     }
 
     /// The next receipt of message `id`; receipts of other messages that arrive meanwhile are
-    /// held for [`Receipts::next`] and later calls (up to [`HELD_CAPACITY`]).
+    /// held for [`Receipts::next`] and later calls (up to 10,000 of them; beyond that the oldest
+    /// held receipt is dropped and logged).
+    ///
+    /// ```no_run
+    /// # async fn example(client: enlace::Client, draft: enlace::Draft)
+    /// #     -> Result<(), Box<dyn std::error::Error>> {
+    /// let mut receipts = client.receipts().await?;
+    /// let accepted = client.send(draft).await?.await?;
+    /// if let Some(first) = receipts.next_for(accepted.id).await {
+    ///     println!("{} by {}", first.stage.name(), first.by);
+    /// }
+    /// # Ok(()) }
+    /// ```
     ///
     /// # Cancel safety
     /// Cancel safe: receipts read while waiting are held, not lost.
@@ -88,11 +112,11 @@ impl Receipts {
     async fn read(&mut self) -> Option<Receipt> {
         loop {
             let d = self.inbox.next().await?;
-            let r = Receipt::from_envelope(&d.envelope).map(|mut r| {
-                r.path = d.signed.hops.iter().map(|h| h.node.clone()).collect();
+            let r = Receipt::from_message(d.message()).map(|mut r| {
+                r.path = d.path().into_iter().map(str::to_owned).collect();
                 r
             });
-            let payload_type = d.envelope.payload_type.clone();
+            let payload_type = d.message().payload_type().to_owned();
             // A failed acknowledgement only means the node offers it again, and the inbox
             // drops the redelivery.
             let _ = d.ack().await;
@@ -105,11 +129,6 @@ impl Receipts {
             }
         }
     }
-
-    /// Closes the connection after flushing acknowledgements.
-    pub async fn close(self) {
-        self.client.close().await;
-    }
 }
 
 impl Client {
@@ -119,29 +138,37 @@ impl Client {
     /// The node that serves this client settles the original's respond-by deadline with it (a
     /// NEED_MORE_TIME with `need_until` moves it; any other outcome ends it).
     ///
+    /// ```no_run
+    /// # async fn example(client: enlace::Client, delivery: enlace::Delivery)
+    /// #     -> Result<(), enlace::SubmitError> {
+    /// let response = enlace::pb::BusinessResponse {
+    ///     outcome: enlace::pb::BusinessOutcome::ActionTaken as i32,
+    ///     reason: "interception team dispatched".into(),
+    ///     ..Default::default()
+    /// };
+    /// client.respond(delivery.message(), response).await?.await?;
+    /// delivery.ack().await?;
+    /// # Ok(()) }
+    /// ```
+    ///
     /// # Errors
     /// As [`Client::send`]; [`SubmitError::Protocol`] if `original` has no originator client.
     pub async fn respond(
         &self,
-        original: &pb::Envelope,
+        original: &Message,
         mut response: pb::BusinessResponse,
-    ) -> Result<Accepted, SubmitError> {
-        let id = MessageId::from_slice(&original.message_id)
-            .ok_or_else(|| SubmitError::Protocol("the original has no message id".into()))?;
-        let o = original
-            .originator
-            .as_ref()
-            .filter(|o| !o.client.is_empty())
+    ) -> Result<Acceptance, SubmitError> {
+        let id = original.id();
+        let to = receipts_address(original.originator())
             .ok_or_else(|| SubmitError::Protocol("the original has no originator client".into()))?;
         response.message_id = id.to_bytes();
-        let precedence = Precedence::from_pb(original.precedence()).unwrap_or(Precedence::Routine);
         let draft = Draft::new(&response)
-            .to(&receipts_address(o))
-            .precedence(precedence_for(precedence))
+            .to(&to)
+            .precedence(precedence_for(original.precedence()))
             .status(original.status())
             .kind(pb::MessageKind::Response)
             .in_reply_to(id)
-            .case_id(&original.case_id);
+            .case_id(original.case_id());
         self.send(draft).await
     }
 }

@@ -1,129 +1,159 @@
 //! Delivering a mailbox to a subscribed client, time-sensitive traffic first.
 //!
-//! FLASH, IMMEDIATE and PRIORITY messages each get a stream of their own at high priority,
-//! acknowledged on it; up to [`ALERT_WINDOW`] are in flight per client. ROUTINE and BULK messages
-//! travel as `Deliver` frames on one long-lived, low-priority stream, acknowledged by `Ack` frames
-//! on the same stream; at most [`BULK_WINDOW`] are unacknowledged, so a slow client stops the
-//! analytical flow, never the alerts. The next message is taken from the mailbox only when its
-//! path has room, so a FLASH alert queued behind a backlog of bulk goes out next.
+//! One loop per subscription (a mailbox read on a connection). The sans-I/O
+//! [`Dispatcher`](crate::dispatch::Dispatcher) says which copy goes next given the windows in
+//! flight ([`CLIENT_WINDOWS`]: 64 alerts, 256 analytical copies) and what each outcome means; the
+//! ledger takes and settles the copies. FLASH, IMMEDIATE and PRIORITY copies each get a stream of
+//! their own at their precedence's priority, acknowledged on it; ROUTINE and BULK copies travel
+//! as `Deliver` frames on one long-lived, low-priority stream, acknowledged by `Ack` frames on the
+//! same stream. A slow client stops the analytical flow, never the alerts.
 //!
-//! A delivery that is not acknowledged within the ack timeout, or whose stream fails, counts as a
-//! failed attempt (redelivery with backoff, then a dead letter); if the client's connection is
-//! gone, the copy goes straight back to the head of its lane for another consumer.
+//! No acknowledgement within the ack timeout, or a failed stream, is a failed attempt
+//! (redelivery with backoff, then a dead letter); if the client's connection is gone, the copy
+//! goes straight back to the head of its lane for another consumer. When the client
+//! unsubscribes, the loop ends, and what it had in flight goes back at once.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use quinn::{Connection, RecvStream, SendStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
 
-use super::Node;
-use super::queue::{Item, Queue};
-use crate::client::stream_priority;
-use crate::identity::PeerCert;
-use crate::lanes::Entry;
+use super::conn::Conn;
+use super::consume::{self, Settled, Sink};
+use super::ledger::{InFlight, Queue};
+use super::state::Node;
+use crate::address::Mailbox;
+use crate::dispatch::{CLIENT_WINDOWS, Dispatcher, Outcome, Slot, Ticket};
 use crate::message::{MessageId, Precedence};
-use crate::session::CONTROL_FRAME_LIMIT;
+use crate::wire::CONTROL_FRAME_LIMIT;
 use crate::wire::frame::{self, FrameReader};
 use crate::wire::pb::{self, frame::Body};
-
-/// Unacknowledged time-sensitive deliveries per client (each on its own stream).
-pub const ALERT_WINDOW: usize = 64;
-
-/// Unacknowledged analytical deliveries per client on the shared stream.
-pub const BULK_WINDOW: usize = 256;
 
 /// Most analytical deliveries written at once.
 const WRITE_BATCH: usize = 64;
 
-/// Where one client's deliveries go.
+/// What the delivery tasks of one subscription share.
 struct Consumer {
     node: Arc<Node>,
     conn: Connection,
-    mailbox: Arc<Queue>,
+    /// The client's identity, as acknowledgements name it.
     to: String,
-    unit: String,
+    mailbox: Mailbox,
+    settled: mpsc::Sender<Settled>,
 }
 
-type Pending = Arc<Mutex<HashMap<MessageId, (Entry<Item>, Instant, OwnedSemaphorePermit)>>>;
-
-pub(super) async fn run(node: Arc<Node>, conn: Connection, who: Arc<PeerCert>, unit: String) {
-    let Some(mailbox) = node.mailbox(&unit) else {
-        tracing::warn!(%unit, who = %who.identity, "no room for another unit mailbox; not subscribed");
-        return;
-    };
-    let c = Arc::new(Consumer {
-        mailbox,
-        node,
-        conn,
-        to: who.identity.to_string(),
-        unit,
-    });
-    let alerts = Arc::new(Semaphore::new(ALERT_WINDOW));
-    let bulk_slots = Arc::new(Semaphore::new(BULK_WINDOW));
-    // Bounded by the bulk window: a slot is taken before an entry is sent here.
-    let (bulk_tx, bulk_rx) = mpsc::channel::<(Entry<Item>, OwnedSemaphorePermit)>(BULK_WINDOW);
-    let pending: Pending = Arc::default();
-    tokio::spawn(bulk_writer(c.clone(), bulk_rx, pending.clone()));
-    tokio::spawn(expire_unacked(c.clone(), pending));
-    let on_expired = |expired| c.node.expired(&c.mailbox, expired);
-    loop {
-        // The semaphores are never closed, so acquiring fails only if they were.
-        let alert_slot = tokio::select! {
-            p = alerts.clone().acquire_owned() => p.expect("semaphore never closed"),
-            _ = c.conn.closed() => return,
-        };
-        tokio::select! {
-            biased;
-            _ = c.conn.closed() => return,
-            e = c.mailbox.pop_class(true, on_expired) => spawn_alert(&c, e, alert_slot),
-            bulk_slot = bulk_slots.clone().acquire_owned() => {
-                let bulk_slot = bulk_slot.expect("semaphore never closed");
-                let e = tokio::select! {
-                    e = c.mailbox.pop(on_expired) => e,
-                    _ = c.conn.closed() => return,
-                };
-                if e.precedence.is_time_sensitive() {
-                    spawn_alert(&c, e, alert_slot);
-                } else if let Err(mpsc::error::SendError((e, _))) = bulk_tx.send((e, bulk_slot)).await {
-                    c.mailbox.requeue(e);
-                    return;
-                }
-            }
+impl Consumer {
+    fn deliver_frame(&self, copy: &InFlight) -> pb::Frame {
+        let c = copy.copy();
+        pb::Frame {
+            body: Some(Body::Deliver(pb::Deliver {
+                envelope: Some(c.message.signed(c.transit.hops.clone(), Vec::new())),
+                attempt: copy.attempt(),
+                agency: self.node.config.agency.to_string(),
+                unit: self.mailbox.wire_name().to_owned(),
+            })),
         }
     }
-}
 
-fn spawn_alert(c: &Arc<Consumer>, entry: Entry<Item>, slot: OwnedSemaphorePermit) {
-    let c = c.clone();
-    tokio::spawn(async move {
-        deliver_alert(&c, entry).await;
-        drop(slot);
-    });
-}
+    /// A failed attempt; if the client is gone, it was not the message's fault.
+    fn failed(&self, outcome: Outcome) -> Outcome {
+        if self.conn.close_reason().is_some() {
+            Outcome::Lost
+        } else {
+            outcome
+        }
+    }
 
-fn deliver_frame(c: &Consumer, entry: &Entry<Item>) -> pb::Frame {
-    pb::Frame {
-        body: Some(Body::Deliver(pb::Deliver {
-            envelope: Some((*entry.item.signed).clone()),
-            attempt: entry.item.attempts + 1,
-            agency: c.node.config.agency.to_string(),
-            unit: c.unit.clone(),
-        })),
+    /// Hands a settled copy back to the loop. If the loop has ended, the copy is dropped, which
+    /// puts it back in its queue.
+    async fn settle(&self, copy: InFlight, ticket: Ticket, outcome: Outcome) {
+        let _ = self.settled.send((copy, ticket, outcome)).await;
     }
 }
 
-async fn deliver_alert(c: &Consumer, entry: Entry<Item>) {
-    let id = entry.item.id;
-    let result = tokio::time::timeout(c.node.config.limits.ack_timeout, async {
+/// Delivers `queue` (the mailbox `mailbox`) to the client on `conn` until the connection ends
+/// or `stop` is set.
+pub(super) async fn run(
+    node: Arc<Node>,
+    conn: Arc<Conn>,
+    mailbox: Mailbox,
+    queue: Arc<Queue>,
+    mut stop: watch::Receiver<bool>,
+) {
+    // Every copy in flight comes back once; the windows bound how many are in flight.
+    let (settled, back) =
+        mpsc::channel::<Settled>(CLIENT_WINDOWS.alerts + CLIENT_WINDOWS.analytical);
+    let c = Arc::new(Consumer {
+        node: node.clone(),
+        conn: conn.conn.clone(),
+        to: conn.name.clone(),
+        mailbox,
+        settled,
+    });
+    let mut tasks = JoinSet::new();
+    // Bounded by the analytical window: a slot is taken before a copy is sent here.
+    let (analytical, rx) = mpsc::channel(CLIENT_WINDOWS.analytical);
+    tasks.spawn(analytical_writer(c.clone(), rx));
+    let mut sink = ClientSink {
+        consumer: c.clone(),
+        tasks,
+        analytical,
+    };
+    let ended = async {
+        tokio::select! {
+            _ = c.conn.closed() => {}
+            // Unsubscribed: what is in flight goes back at once, not after its ack timeout.
+            _ = stop.wait_for(|s| *s) => {}
+        }
+    };
+    let dispatcher = Dispatcher::new(CLIENT_WINDOWS, node.retry, false);
+    consume::run(&node, &queue, dispatcher, &c.to, back, &mut sink, ended).await;
+    // Dropping the sink aborts its tasks; the copies they hold go back to the mailbox.
+}
+
+/// How a subscribed client gets its copies: alerts each in a task of their own, analytical
+/// copies through the writer of the long-lived stream.
+struct ClientSink {
+    consumer: Arc<Consumer>,
+    /// Every task of this subscription; dropping the set aborts them, and the copies they hold
+    /// go back to the mailbox (`InFlight` returns itself when dropped).
+    tasks: JoinSet<()>,
+    analytical: mpsc::Sender<(InFlight, Ticket)>,
+}
+
+impl Sink for ClientSink {
+    async fn send(&mut self, copy: InFlight, ticket: Ticket) -> bool {
+        match ticket.slot {
+            Slot::Alert => {
+                self.tasks
+                    .spawn(deliver_alert(self.consumer.clone(), copy, ticket));
+                true
+            }
+            // The channel has room for the whole window, so this never waits long.
+            Slot::Analytical => self.analytical.send((copy, ticket)).await.is_ok(),
+        }
+    }
+
+    async fn settled(&mut self, _: &Dispatcher) -> bool {
+        while self.tasks.try_join_next().is_some() {}
+        true
+    }
+}
+
+/// Delivers one time-sensitive copy on a stream of its own and waits for its `Ack`.
+async fn deliver_alert(c: Arc<Consumer>, copy: InFlight, ticket: Ticket) {
+    let id = copy.copy().id();
+    let timeout = c.node.config.limits.ack_timeout;
+    let result = tokio::time::timeout(timeout, async {
         let (mut send, recv) = c.conn.open_bi().await.map_err(|e| e.to_string())?;
-        let _ = send.set_priority(stream_priority(entry.precedence));
-        frame::write(&mut send, &deliver_frame(c, &entry))
+        let _ = send.set_priority(copy.precedence().stream_priority());
+        frame::write(&mut send, &c.deliver_frame(&copy))
             .await
             .map_err(|e| e.to_string())?;
-        c.node
-            .delivered(&entry.item, &c.to, &c.unit, entry.item.attempts + 1);
+        c.node.ledger.delivered(&copy, &c.to);
         let mut reader = FrameReader::new(recv, CONTROL_FRAME_LIMIT);
         match reader.read().await.map_err(|e| e.to_string())?.body {
             Some(Body::Ack(a)) if a.message_id.as_ref() == id.as_bytes() => Ok(()),
@@ -131,47 +161,47 @@ async fn deliver_alert(c: &Consumer, entry: Entry<Item>) {
         }
     })
     .await;
-    match result {
-        Ok(Ok(())) => c.node.acknowledged(&entry.item, c.to.clone(), &c.unit),
-        Err(_) => fail(c, entry, "did not acknowledge in time".into()),
-        Ok(Err(reason)) => fail(c, entry, format!("delivery failed: {reason}")),
-    }
+    let outcome = match result {
+        Ok(Ok(())) => Outcome::Done,
+        Err(_) => c.failed(Outcome::TimedOut),
+        Ok(Err(reason)) => c.failed(Outcome::Failed(format!(
+            "{}: delivery failed: {reason}",
+            c.to
+        ))),
+    };
+    c.settle(copy, ticket, outcome).await;
 }
 
-/// A failed attempt; if the client is gone, it was not the message's fault: offer it again.
-fn fail(c: &Consumer, entry: Entry<Item>, reason: String) {
-    if c.conn.close_reason().is_some() {
-        c.mailbox.requeue(entry);
-    } else {
-        c.node
-            .failed(&c.mailbox, entry, format!("{}: {reason}", c.to));
-    }
-}
+/// Analytical copies written and waiting for their `Ack`, by message id.
+type Pending = Arc<Mutex<HashMap<MessageId, (InFlight, Ticket, Instant)>>>;
 
-/// Writes analytical deliveries on the long-lived stream, opened on first use.
-async fn bulk_writer(
-    c: Arc<Consumer>,
-    mut rx: mpsc::Receiver<(Entry<Item>, OwnedSemaphorePermit)>,
-    pending: Pending,
-) {
-    let mut stream: Option<SendStream> = None;
-    while let Some((entry, slot)) = rx.recv().await {
+/// Writes analytical deliveries on the long-lived stream, opened on first use (and again after
+/// a failure).
+async fn analytical_writer(c: Arc<Consumer>, mut rx: mpsc::Receiver<(InFlight, Ticket)>) {
+    let mut stream: Option<(SendStream, Pending)> = None;
+    // The ack reader and the ack-timeout checker of each stream; aborted with this task.
+    let mut helpers = JoinSet::new();
+    while let Some(first) = rx.recv().await {
         if stream.is_none() {
             match c.conn.open_bi().await {
                 Ok((send, recv)) => {
-                    let _ = send.set_priority(stream_priority(Precedence::Routine));
-                    tokio::spawn(read_acks(c.clone(), recv, pending.clone()));
-                    stream = Some(send);
+                    let _ = send.set_priority(Precedence::Routine.stream_priority());
+                    let pending = Pending::default();
+                    helpers.spawn(read_acks(c.clone(), recv, pending.clone()));
+                    helpers.spawn(expire_unacked(c.clone(), pending.clone()));
+                    stream = Some((send, pending));
                 }
                 Err(_) => {
-                    c.mailbox.requeue(entry);
-                    break;
+                    c.settle(first.0, first.1, Outcome::Lost).await;
+                    continue;
                 }
             }
         }
-        let Some(send) = stream.as_mut() else { break };
+        let Some((send, pending)) = stream.as_mut() else {
+            continue;
+        };
         // Deliveries already waiting go out in the same write.
-        let mut batch = vec![(entry, slot)];
+        let mut batch = vec![first];
         while batch.len() < WRITE_BATCH
             && let Ok(more) = rx.try_recv()
         {
@@ -179,42 +209,37 @@ async fn bulk_writer(
         }
         let deadline = Instant::now() + c.node.config.limits.ack_timeout;
         let mut buf = bytes::BytesMut::new();
-        let mut sent = Vec::with_capacity(batch.len());
+        let mut ids = Vec::with_capacity(batch.len());
+        for (copy, _) in &batch {
+            frame::encode_into(&c.deliver_frame(copy), &mut buf);
+            c.node.ledger.delivered(copy, &c.to);
+            ids.push(copy.copy().id());
+        }
         {
-            let mut pending = pending.lock().expect("pending lock poisoned");
-            for (entry, slot) in batch {
-                frame::encode_into(&deliver_frame(&c, &entry), &mut buf);
-                let (id, attempt) = (entry.item.id, entry.item.attempts + 1);
-                sent.push((entry.item.clone(), attempt));
-                pending.insert(id, (entry, deadline, slot));
+            let mut p = pending.lock().expect("pending lock poisoned");
+            for (copy, ticket) in batch {
+                p.insert(copy.copy().id(), (copy, ticket, deadline));
             }
         }
         if send.write_all(&buf).await.is_err() {
-            // The reader sees the same failure and settles what is pending, but it may already
-            // have done so and ended (the connection closed while this batch was on its way
-            // here): settle what it has not taken, so nothing stays pending for good.
+            // The ack reader sees the same failure and settles what is pending, but it may
+            // already have done so and ended: settle what it has not taken.
             let left: Vec<_> = {
                 let mut p = pending.lock().expect("pending lock poisoned");
-                sent.iter()
-                    .filter_map(|(item, _)| p.remove(&item.id))
-                    .map(|(entry, _, _)| entry)
-                    .collect()
+                ids.iter().filter_map(|id| p.remove(id)).collect()
             };
-            for entry in left {
-                fail(&c, entry, "analytical stream failed".into());
+            for (copy, ticket, _) in left {
+                let outcome = c.failed(Outcome::Failed("analytical stream failed".into()));
+                c.settle(copy, ticket, outcome).await;
             }
             stream = None;
-            continue;
-        }
-        for (item, attempt) in sent {
-            c.node.delivered(&item, &c.to, &c.unit, attempt);
         }
     }
-    // The consumer is gone: whatever was waiting to be written goes back.
-    rx.close();
-    while let Ok((entry, _)) = rx.try_recv() {
-        c.mailbox.requeue(entry);
+    // The loop is gone: finish the stream; the ack reader settles what is still pending.
+    if let Some((mut send, _)) = stream {
+        let _ = send.finish();
     }
+    helpers.join_all().await;
 }
 
 /// Reads `Ack` frames from the analytical stream; when it ends, settles every pending delivery.
@@ -229,22 +254,23 @@ async fn read_acks(c: Arc<Consumer>, recv: RecvStream, pending: Pending) {
                     continue;
                 };
                 let done = pending.lock().expect("pending lock poisoned").remove(&id);
-                if let Some((entry, _, _)) = done {
-                    c.node.acknowledged(&entry.item, c.to.clone(), &c.unit);
+                if let Some((copy, ticket, _)) = done {
+                    c.settle(copy, ticket, Outcome::Done).await;
                 }
             }
             Ok(other) => break format!("expected Ack, got {other:?}"),
             Err(e) => break e.to_string(),
         }
     };
-    let settled: Vec<_> = pending
+    let left: Vec<_> = pending
         .lock()
         .expect("pending lock poisoned")
         .drain()
-        .map(|(_, (entry, _, _))| entry)
+        .map(|(_, v)| v)
         .collect();
-    for entry in settled {
-        fail(&c, entry, format!("analytical stream ended: {reason}"));
+    for (copy, ticket, _) in left {
+        let outcome = Outcome::Failed(format!("{}: analytical stream ended: {reason}", c.to));
+        c.settle(copy, ticket, c.failed(outcome)).await;
     }
 }
 
@@ -257,18 +283,21 @@ async fn expire_unacked(c: Arc<Consumer>, pending: Pending) {
             _ = tick.tick() => {}
             _ = c.conn.closed() => return,
         }
+        if Arc::strong_count(&pending) == 1 {
+            return; // The stream and its reader are gone.
+        }
         let now = Instant::now();
         let late: Vec<_> = {
             let mut p = pending.lock().expect("pending lock poisoned");
             let ids: Vec<MessageId> = p
                 .iter()
-                .filter(|(_, (_, deadline, _))| *deadline <= now)
+                .filter(|(_, (_, _, deadline))| *deadline <= now)
                 .map(|(id, _)| *id)
                 .collect();
             ids.into_iter().filter_map(|id| p.remove(&id)).collect()
         };
-        for (entry, _, _) in late {
-            fail(&c, entry, "did not acknowledge in time".into());
+        for (copy, ticket, _) in late {
+            c.settle(copy, ticket, c.failed(Outcome::TimedOut)).await;
         }
     }
 }

@@ -1,12 +1,14 @@
 //! Lifecycle events: the one place every message event in the node passes through.
 //!
-//! Accepted, routed, forwarded, delivered, acknowledged, expired and refused: each is recorded
-//! here and nowhere else, so the delivery log, metrics and (later) the tamper-evident log and
-//! receipts hang off a single hook. Today an event becomes a structured `tracing` record (target
-//! `enlace::event`) and is offered to in-process observers (tests, the demo) on a bounded
-//! broadcast channel. Payload content is never logged: only ids, identities and reasons.
+//! Every change of a copy's fate is recorded here by the ledger (`node::ledger`), and connection
+//! and link changes by the server and links, and nothing else logs under target `enlace::event`,
+//! so the delivery log, metrics and (later) the tamper-evident log hang off a single hook. Today
+//! an event becomes a structured `tracing` record (target `enlace::event`) and is offered to
+//! in-process observers (tests, the demo) on a bounded broadcast channel. Payload content is
+//! never logged: only ids, identities and reasons.
 
 use std::net::SocketAddr;
+use std::time::SystemTime;
 
 use tokio::sync::broadcast;
 
@@ -14,67 +16,195 @@ use crate::message::{MessageId, Precedence};
 use crate::wire::pb::RefusalCode;
 
 /// Something that happened to a message or a connection.
+///
+/// Every event is also written as a `tracing` record under target `enlace::event`; observers
+/// get them from [`RunningNode::events`](crate::node::RunningNode::events). The fields carry ids,
+/// identities and reasons only, never payload content. Identities are written
+/// `<agency>/<role>/<name>`, e.g. `dea/client/duty-desk` or `pgr/node/pgr-1`. Queues are named as
+/// the node's store names them: `mailbox:<agency>` (the agency inbox), `mailbox:<agency>/<unit>`,
+/// `outbox:<peer node>`, or `orphans` (dead letters whose queue no longer exists).
+///
+/// ```no_run
+/// # async fn example(node: enlace::node::RunningNode) {
+/// use enlace::node::Event;
+/// use tokio::sync::broadcast::error::RecvError;
+///
+/// let mut events = node.events();
+/// loop {
+///     match events.recv().await {
+///         Ok(Event::DeadLettered { id, queue, reason }) => {
+///             eprintln!("{id} dead-lettered in {queue}: {reason}");
+///         }
+///         Ok(_) => {}
+///         Err(RecvError::Lagged(missed)) => eprintln!("fell behind: {missed} events missed"),
+///         Err(RecvError::Closed) => break, // the node stopped
+///     }
+/// }
+/// # }
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     /// A connection was authorized.
-    Connected { remote: SocketAddr, who: String },
+    Connected {
+        /// The remote UDP address of the connection.
+        remote: SocketAddr,
+        /// The identity its certificate names, e.g. `dea/client/duty-desk`.
+        who: String,
+    },
     /// A connection was refused before it was authorized.
     ConnectionRefused {
+        /// The remote UDP address of the connection.
         remote: SocketAddr,
+        /// The identity its certificate names; `None` when the connection was refused before
+        /// one could be read (a failed TLS handshake, a certificate without a valid identity).
         who: Option<String>,
+        /// Why, in words; the same text is sent to the other side as the close reason.
         reason: String,
     },
-    /// The node took responsibility for a message.
+    /// The node took responsibility for a message: it is durable and queued.
     Accepted {
+        /// The message id.
         id: MessageId,
+        /// Who handed it over: a client's or peer node's identity, or this node's own
+        /// (`<agency>/node/<name>`) for the receipts and reports it writes itself.
         from: String,
+        /// The message's precedence.
         precedence: Precedence,
+        /// How many destinations it was routed to: local mailboxes plus peer outboxes.
         destinations: usize,
     },
     /// A message (or a frame that may have been one) was refused.
     Refused {
+        /// The message id; `None` when the frame did not yield a valid one.
         id: Option<MessageId>,
+        /// Who handed it over, as in [`Event::Accepted`].
         from: String,
+        /// The refusal code sent back to the submitter.
         code: RefusalCode,
+        /// The refusal's reason, as sent back.
         reason: String,
     },
     /// A peer node accepted a forwarded copy.
-    Forwarded { id: MessageId, peer: String },
+    Forwarded {
+        /// The message id.
+        id: MessageId,
+        /// The peer node's name, e.g. `pgr-1`.
+        peer: String,
+    },
     /// A peer node refused a forwarded copy; it will not be retried.
     ForwardRefused {
+        /// The message id.
         id: MessageId,
+        /// The peer node's name.
         peer: String,
+        /// The peer's refusal code (never a busy one: those defer the copy instead).
         code: RefusalCode,
+        /// The peer's reason, as it gave it.
+        reason: String,
+    },
+    /// A copy was taken from its queue for an attempt (to a client or a peer).
+    Dispatched {
+        /// The message id.
+        id: MessageId,
+        /// The queue it was taken from.
+        queue: String,
+        /// This attempt's number: 1 for the first.
+        attempt: u32,
+    },
+    /// A copy went back to the head of its lane without an attempt counted (its connection went
+    /// away before an answer).
+    Returned {
+        /// The message id.
+        id: MessageId,
+        /// The queue it went back to.
+        queue: String,
+        /// Why: the client or peer whose connection went away, or `its attempt was abandoned`.
+        reason: String,
+    },
+    /// A copy waits until `until` because the peer was busy (no attempt counted).
+    Deferred {
+        /// The message id.
+        id: MessageId,
+        /// The queue it waits in.
+        queue: String,
+        /// When it may be tried again: the peer's retry-after, or a short default wait when the
+        /// peer named none.
+        until: SystemTime,
+    },
+    /// An attempt failed; the copy is tried again at `at`.
+    Retrying {
+        /// The message id.
+        id: MessageId,
+        /// The queue it waits in.
+        queue: String,
+        /// Failed attempts so far, this one included.
+        attempts: u32,
+        /// When the next attempt is due (exponential backoff).
+        at: SystemTime,
+        /// Why this attempt failed, e.g. `did not acknowledge in time`.
+        reason: String,
+    },
+    /// A stored copy was removed without being delivered.
+    Purged {
+        /// The message id; `None` when the stored record does not name a valid one.
+        id: Option<MessageId>,
+        /// The queue the stored copy belonged to.
+        queue: String,
+        /// Why, e.g. the stored copy does not decode.
         reason: String,
     },
     /// A copy was handed to a client.
     Delivered {
+        /// The message id.
         id: MessageId,
+        /// The identity of the client it was written to.
         to: String,
+        /// This attempt's number: 1 for the first delivery.
         attempt: u32,
     },
     /// A client acknowledged a copy.
-    Acknowledged { id: MessageId, by: String },
+    Acknowledged {
+        /// The message id.
+        id: MessageId,
+        /// The identity of the client that acknowledged it.
+        by: String,
+    },
     /// A copy failed too many times and was moved to its queue's dead letters.
     DeadLettered {
+        /// The message id.
         id: MessageId,
+        /// The queue whose dead letters now hold it (`orphans` when its own queue no longer
+        /// exists).
         queue: String,
+        /// Why, e.g. `10 attempts failed; last: ...`; an operator sees the same reason.
         reason: String,
     },
     /// An operator put a dead-lettered copy back in its queue.
     Redriven {
+        /// The message id.
         id: MessageId,
+        /// The queue it went back to.
         queue: String,
+        /// The identity of the operator who asked, e.g. `dea/operator/ops`.
         by: String,
     },
     /// A copy expired while waiting and was removed.
-    Expired { id: MessageId, queue: String },
+    Expired {
+        /// The message id.
+        id: MessageId,
+        /// The queue it waited in.
+        queue: String,
+    },
     /// A peer link changed state: `connecting`, `up` (detail: address and which node dialed),
     /// `down` (detail: the reason), `backoff` (detail: the next delay), or `duplicate-closed` (a
-    /// second connection to the peer was closed; the link is unchanged). See `node::links`.
+    /// second connection to the peer was closed; the link is unchanged). See
+    /// [`LinkStatus`](crate::node::LinkStatus).
     Link {
+        /// The peer node's name.
         peer: String,
+        /// The new state, as above.
         state: &'static str,
+        /// What goes with the state, as above.
         detail: String,
     },
 }
@@ -91,7 +221,7 @@ pub struct Events {
 }
 
 impl Events {
-    pub fn new(node: &str) -> Events {
+    pub(crate) fn new(node: &str) -> Events {
         Events {
             node: node.to_owned(),
             tx: broadcast::channel(OBSERVER_CAPACITY).0,
@@ -99,12 +229,12 @@ impl Events {
     }
 
     /// Observes events from now on. A slow observer misses events (it gets `Lagged`).
-    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+    pub(crate) fn subscribe(&self) -> broadcast::Receiver<Event> {
         self.tx.subscribe()
     }
 
     /// Records an event.
-    pub fn record(&self, e: Event) {
+    pub(crate) fn record(&self, e: Event) {
         let node = self.node.as_str();
         match &e {
             Event::Connected { remote, who } => {
@@ -164,6 +294,30 @@ impl Events {
             Event::Expired { id, queue } => {
                 tracing::info!(target: "enlace::event", node, event = "expired", %id, %queue)
             }
+            Event::Dispatched { id, queue, attempt } => tracing::debug!(
+                target: "enlace::event", node, event = "dispatched", %id, %queue, attempt
+            ),
+            Event::Returned { id, queue, reason } => tracing::debug!(
+                target: "enlace::event", node, event = "returned", %id, %queue, %reason
+            ),
+            Event::Deferred { id, queue, until } => tracing::debug!(
+                target: "enlace::event", node, event = "deferred", %id, %queue,
+                until = %crate::message::rfc3339(*until)
+            ),
+            Event::Retrying {
+                id,
+                queue,
+                attempts,
+                at,
+                reason,
+            } => tracing::debug!(
+                target: "enlace::event", node, event = "retrying", %id, %queue, attempts,
+                at = %crate::message::rfc3339(*at), %reason
+            ),
+            Event::Purged { id, queue, reason } => tracing::warn!(
+                target: "enlace::event", node, event = "purged",
+                id = id.map(|i| i.to_string()).unwrap_or_else(|| "-".into()), %queue, %reason
+            ),
             Event::Link {
                 peer,
                 state,

@@ -25,6 +25,13 @@ pub enum LinkState {
 }
 
 impl LinkState {
+    /// The state's name as events and logs write it: `connecting`, `up`, `down` or `backoff`.
+    ///
+    /// ```
+    /// use enlace::node::LinkState;
+    ///
+    /// assert_eq!(LinkState::Backoff.as_str(), "backoff");
+    /// ```
     pub fn as_str(self) -> &'static str {
         match self {
             LinkState::Connecting => "connecting",
@@ -38,10 +45,13 @@ impl LinkState {
 /// One peer link's gauge and counters.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LinkStatus {
+    /// The peer node's name, as in the config's `[[peers]] node`.
     pub peer: String,
+    /// Where the link is now.
     pub state: LinkState,
     /// Why it is in this state (the peer's address, a close reason, a dial error, the delay).
     pub detail: String,
+    /// When the link entered its current state (or its detail last changed).
     pub since: SystemTime,
     /// The node that dialed the connection in use, while up.
     pub dialed_by: Option<String>,

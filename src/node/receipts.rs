@@ -1,30 +1,39 @@
 //! Receipts and respond-by: the node's side of telling an originator how far its message got.
 //!
-//! Every receipt a node sends comes from one of the lifecycle transitions in `node::lifecycle`
-//! or `node::deliver`, through a method here: [`Node::after_take`] (ACCEPTED at the originator's
-//! node, PERSISTED at the node that serves the addressee, and a business response stopping or
-//! moving a deadline), [`Node::delivered`], [`Node::acknowledged`], and [`Node::overdue`] (the
-//! sweeper's respond-by check). Receipts, non-delivery reports and overdue notices are small
-//! SYSTEM messages signed by this node, sent with [`Node::send_system`] and routed like any
-//! message (so they travel back through relays), to the originator client's receipts unit
-//! (`receipt::receipts_unit`). Which messages get receipts, and how urgent those are, is decided
-//! in the sans-I/O `receipt`; deadlines are kept by the sans-I/O `respond`.
+//! One task per node, the receipts worker, reads the ledger's [`Notice`]s (a message taken, a
+//! copy delivered or acknowledged, a copy that will not arrive, a recovered copy still waiting)
+//! and turns them into receipts: small SYSTEM messages from this node to the originator
+//! client's receipts unit (`receipt::receipts_mailbox`), routed like any message, so they are
+//! durable and travel back through relays. It also keeps the respond-by deadlines of action
+//! copies held for this agency, and once a second sends an overdue notice (to the originator)
+//! with a reminder (to `node.escalation_unit`) for each that passed without a business response.
+//!
+//! It works in batches: the receipts of every notice waiting are signed with one batch signature
+//! and taken together, with one store write. Which messages get receipts, and
+//! how urgent those are, is decided in the sans-I/O `receipt`; deadlines are kept by the sans-I/O
+//! `respond`.
 //!
 //! Respond-by deadlines are kept in memory. At start, the node tracks again the action copies
-//! still waiting in its mailboxes (`node::recovery`); a copy that was acknowledged but not yet
-//! answered before a restart is forgotten, and gets no overdue notice.
+//! still waiting in its mailboxes; a copy that was acknowledged but not yet answered before a
+//! restart is forgotten, and gets no overdue notice.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use super::Node;
-use super::events::Event;
-use super::queue::Item;
-use crate::message::{Draft, MessageId, Precedence, system_time, timestamp};
+use bytes::Bytes;
+use prost::Message as _;
+use tokio::sync::mpsc;
+
+use super::ledger::Notice;
+use super::state::Node;
+use crate::address::Mailbox;
+use crate::draft::Draft;
+use crate::identity::AgencyId;
+use crate::message::{Message, MessageId, Originator, Precedence, Status, rfc3339, timestamp};
 use crate::receipt::{self, precedence_for};
-use crate::respond::Answer;
-use crate::route::Plan;
-use crate::validate::{Admitted, seal};
+use crate::refusal::Refusal;
+use crate::respond::{Answer, Deadlines};
+use crate::signature::Signer;
 use crate::wire::pb;
 
 /// The most respond-by deadlines a node tracks at once; beyond it, a message gets no overdue
@@ -35,283 +44,341 @@ pub const MAX_DEADLINES: usize = 100_000;
 /// still read them a while after a short-lived alert expired.
 const RECEIPT_MIN_LIFETIME: Duration = Duration::from_secs(3600);
 
+/// How long a non-delivery report lives.
+const REPORT_LIFETIME: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Notices handled in one batch (one signature, one round of store writes).
+const BATCH: usize = 256;
+
 /// What the node needs to send an overdue notice and a reminder about one message.
 #[derive(Debug, Clone)]
-pub(super) struct Awaited {
-    originator: pb::Originator,
+struct Awaited {
+    originator: Originator,
     precedence: Precedence,
     expires_at: SystemTime,
 }
 
-impl Node {
-    /// Sends a SYSTEM message from this node with `payload` to `to` (`agency` or
-    /// `agency/unit`), in reply to `about`. Taking it may wait for storage; the caller does not.
-    /// A message that cannot be queued is recorded as refused (`what` says what it was).
-    pub(super) fn send_system<P: prost::Message + prost::Name>(
-        self: &Arc<Self>,
-        payload: &P,
-        to: &[String],
-        precedence: Precedence,
-        lifetime: Duration,
-        about: MessageId,
-        what: &'static str,
-    ) {
-        let now = SystemTime::now();
-        let draft = to
-            .iter()
-            .fold(Draft::new(payload), |d, a| d.to(a))
-            .precedence(precedence)
-            .status(pb::Status::System)
-            .kind(pb::MessageKind::Response)
-            .in_reply_to(about)
-            .expires_in(lifetime);
-        let me = pb::Originator {
-            agency: self.config.agency.to_string(),
-            node: self.config.name.clone(),
-            client: String::new(),
-        };
-        let signed = seal(&draft.finish(me, now), &self.signer);
-        let ctx = crate::validate::NodeContext {
-            agency: &self.config.agency,
-            node: &self.config.name,
-            max_hops: self.config.limits.max_hops,
-            verified: &self.verified,
-        };
-        let admitted = match crate::validate::admit(signed, &self.me, &ctx, now) {
-            Ok(a) => a,
-            Err((r, _)) => {
-                tracing::error!(reason = %r.reason, what, "own system message is invalid");
-                return;
+/// A SYSTEM message this node is about to send.
+struct Outgoing {
+    envelope: pb::Envelope,
+    /// What it is, for the log if it cannot be queued.
+    what: &'static str,
+}
+
+struct Worker {
+    node: Arc<Node>,
+    signer: Signer,
+    /// This node, as the originator of its SYSTEM messages.
+    me: Originator,
+    deadlines: Deadlines<Awaited>,
+}
+
+/// Runs the receipts worker until the ledger is gone.
+pub(super) async fn run(node: Arc<Node>, signer: Signer, mut notices: mpsc::Receiver<Notice>) {
+    let me = Originator {
+        agency: node.config.agency.clone(),
+        node: node.config.name.clone(),
+        client: None,
+    };
+    let mut w = Worker {
+        node,
+        signer,
+        me,
+        deadlines: Deadlines::new(MAX_DEADLINES),
+    };
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        let out = tokio::select! {
+            n = notices.recv() => {
+                let Some(n) = n else { return };
+                let mut out = w.handle(n);
+                for _ in 1..BATCH {
+                    match notices.try_recv() {
+                        Ok(n) => out.extend(w.handle(n)),
+                        Err(_) => break,
+                    }
+                }
+                out
             }
+            _ = tick.tick() => w.overdue(SystemTime::now()),
         };
-        let id = admitted.id;
-        let node = self.clone();
-        tokio::spawn(async move {
-            let from = format!("{}/node/{}", node.config.agency, node.config.name);
-            if let Err((r, _)) = node.take(admitted, false, from.clone(), now).await {
-                node.events.record(Event::Refused {
-                    id: Some(id),
-                    from,
-                    code: r.code,
-                    reason: format!("{what} not queued: {}", r.reason),
-                });
+        w.send(out).await;
+    }
+}
+
+impl Worker {
+    /// The receipts a notice calls for (and the deadlines it starts or settles).
+    fn handle(&mut self, n: Notice) -> Vec<Outgoing> {
+        match n {
+            Notice::Taken {
+                message,
+                local,
+                onward,
+                from_peer,
+                received,
+                durable_at,
+            } => self.taken(&message, &local, &onward, from_peer, received, durable_at),
+            Notice::Stage {
+                message,
+                stage,
+                mailbox,
+                by,
+                at,
+            } => {
+                let agency = self.node.config.agency.as_str();
+                let r = stage_receipt(message.id, stage, agency, &mailbox, by, at);
+                self.receipt(&message, r).into_iter().collect()
             }
-        });
+            Notice::Undelivered {
+                message,
+                addressees,
+                reason,
+                detail,
+            } => self.non_delivery(&message, addressees, reason, detail),
+            Notice::Waiting { message } => {
+                self.await_response(&message);
+                Vec::new()
+            }
+        }
     }
 
-    /// Sends receipt `r` about `original` (which [`receipt::wants_receipts`]) to its originator.
-    fn receipt(self: &Arc<Self>, original: &pb::Envelope, r: pb::Receipt) {
-        let (Some(originator), Some(id)) =
-            (&original.originator, MessageId::from_slice(&r.message_id))
-        else {
-            return;
-        };
-        let precedence = Precedence::from_pb(original.precedence()).unwrap_or(Precedence::Routine);
-        self.send_system(
-            &r,
-            &[receipt::receipts_address(originator)],
-            precedence_for(precedence),
-            lifetime(
-                original.expires_at.as_ref().and_then(system_time),
-                SystemTime::now(),
-            ),
-            id,
-            "receipt",
-        );
-    }
-
-    /// After a message was taken (durable and queued): ACCEPTED for each addressee when this is
-    /// the originator's node (at `received`, the time the sender is told), PERSISTED for each
-    /// local mailbox copy (at `durable_at`, when its write returned; a time-sensitive copy is
-    /// delivered while its write is in flight, so its DELIVERED may be earlier), respond-by
-    /// tracking for action copies, and a business response from one of this node's clients
-    /// settling the deadline of the message it answers.
-    pub(super) fn after_take(
-        self: &Arc<Self>,
-        admitted: &Admitted,
-        plan: &Plan,
+    /// After a message was taken: ACCEPTED for each addressee when this is the originator's node
+    /// (at `received`, the time the sender is told), PERSISTED for each local mailbox copy (at
+    /// `durable_at`, when its write returned; a time-sensitive copy is delivered while its write
+    /// is in flight, so its DELIVERED may be earlier), respond-by tracking for action copies, and
+    /// a business response from one of this node's clients settling the deadline of the message
+    /// it answers.
+    fn taken(
+        &mut self,
+        m: &Message,
+        local: &[Mailbox],
+        onward: &[AgencyId],
         from_peer: bool,
         received: SystemTime,
         durable_at: SystemTime,
-    ) {
-        let env = &admitted.envelope;
-        if !from_peer && let Some(answer) = receipt::business_response(env) {
+    ) -> Vec<Outgoing> {
+        if !from_peer && let Some(answer) = receipt::business_response(m) {
             self.answered(&answer);
         }
-        if !receipt::wants_receipts(env) {
-            return;
+        if !local.is_empty() {
+            self.await_response(m);
         }
-        let me = &self.config.name;
+        if !receipt::wants_receipts(m) {
+            return Vec::new();
+        }
+        let me = self.node.config.name.clone();
+        let own = &self.node.config.agency;
+        let mut out = Vec::new();
         if !from_peer {
-            let own = std::iter::repeat_n(&self.config.agency, plan.local_units.len().min(1));
-            for agency in own.chain(plan.peers.iter().flat_map(|p| &p.agencies)) {
+            let agencies = std::iter::repeat_n(own, local.len().min(1)).chain(onward);
+            for agency in agencies {
                 let stage = pb::ReceiptStage::Accepted;
-                self.receipt(
-                    env,
-                    stage_receipt(
-                        admitted.id,
-                        stage,
-                        agency.as_str(),
-                        "",
-                        me.clone(),
-                        received,
-                    ),
+                let r = stage_receipt(
+                    m.id,
+                    stage,
+                    agency.as_str(),
+                    &Mailbox::Inbox,
+                    me.clone(),
+                    received,
                 );
+                out.extend(self.receipt(m, r));
             }
         }
-        let agency = self.config.agency.as_str();
-        for unit in &plan.local_units {
+        for mailbox in local {
             let stage = pb::ReceiptStage::Persisted;
-            self.receipt(
-                env,
-                stage_receipt(admitted.id, stage, agency, unit, me.clone(), durable_at),
-            );
+            let r = stage_receipt(m.id, stage, own.as_str(), mailbox, me.clone(), durable_at);
+            out.extend(self.receipt(m, r));
         }
-        if !plan.local_units.is_empty() {
-            self.await_response(admitted.id, env);
-        }
+        out
+    }
+
+    /// Receipt `r` about `original` (which [`receipt::wants_receipts`]) to its originator.
+    fn receipt(&self, original: &Message, r: pb::Receipt) -> Option<Outgoing> {
+        let to = receipt::receipts_address(&original.originator)?;
+        let lifetime = lifetime(Some(original.expires_at), SystemTime::now());
+        let precedence = precedence_for(original.precedence);
+        Some(self.system(&r, &[to], precedence, lifetime, original.id, "receipt"))
+    }
+
+    /// A `NonDelivery` report about `m` to its originator's agency inbox and client's receipts
+    /// unit (one message).
+    fn non_delivery(
+        &self,
+        m: &Message,
+        addressees: String,
+        reason: pb::NonDeliveryReason,
+        detail: String,
+    ) -> Vec<Outgoing> {
+        let report = pb::NonDelivery {
+            message_id: m.id.to_bytes(),
+            addressee_agency: addressees,
+            reason: reason as i32,
+            detail,
+            node: self.node.config.name.clone(),
+            at: Some(timestamp(SystemTime::now())),
+        };
+        let mut to = vec![m.originator.agency.to_string()];
+        to.extend(receipt::receipts_address(&m.originator));
+        let what = "non-delivery report";
+        vec![self.system(
+            &report,
+            &to,
+            Precedence::Priority,
+            REPORT_LIFETIME,
+            m.id,
+            what,
+        )]
     }
 
     /// Tracks the respond-by deadline of a message held here for this node's agency, if it is
     /// an action copy with a deadline.
-    pub(super) fn await_response(&self, id: MessageId, env: &pb::Envelope) {
-        if !receipt::wants_response(env) {
+    fn await_response(&mut self, m: &Message) {
+        if !receipt::wants_response(m) {
             return;
         }
-        let directory = &self.config.directory;
-        let action_for_us = env.addressees.iter().any(|a| {
-            a.copy_type() != pb::CopyType::Information
-                && directory.resolve(&a.agency).as_ref() == Some(&self.config.agency)
-        });
-        let (Some(deadline), Some(expires_at), Some(originator)) = (
-            env.respond_by.as_ref().and_then(system_time),
-            env.expires_at.as_ref().and_then(system_time),
-            env.originator.clone(),
-        ) else {
+        let directory = &self.node.config.directory;
+        let own = &self.node.config.agency;
+        let action_for_us = m
+            .addressees
+            .iter()
+            .any(|a| a.action && directory.resolve(&a.agency).as_ref() == Some(own));
+        let Some(deadline) = m.respond_by else {
             return;
         };
         if !action_for_us {
             return;
         }
         let awaited = Awaited {
-            originator,
-            precedence: Precedence::from_pb(env.precedence()).unwrap_or(Precedence::Routine),
-            expires_at,
+            originator: m.originator.clone(),
+            precedence: m.precedence,
+            expires_at: m.expires_at,
         };
-        let mut d = self.deadlines.lock().expect("deadlines lock poisoned");
-        if !d.track(id, deadline, expires_at, awaited) {
+        if !self.deadlines.track(m.id, deadline, m.expires_at, awaited) {
+            let id = m.id;
             tracing::warn!(%id, max = MAX_DEADLINES, "too many respond-by deadlines; this one is not tracked");
         }
     }
 
     /// A business response from one of this node's clients.
-    fn answered(&self, r: &pb::BusinessResponse) {
+    fn answered(&mut self, r: &pb::BusinessResponse) {
         let Some(id) = MessageId::from_slice(&r.message_id) else {
             return;
         };
-        let answer = match (r.outcome(), r.need_until.as_ref().and_then(system_time)) {
+        let need_until = r.need_until.as_ref().and_then(crate::message::system_time);
+        let answer = match (r.outcome(), need_until) {
             (pb::BusinessOutcome::NeedMoreTime, Some(until)) => Answer::MoreTime(until),
             // More time without saying until when leaves the deadline as it is.
             (pb::BusinessOutcome::NeedMoreTime, None) => return,
             _ => Answer::Final,
         };
-        let mut d = self.deadlines.lock().expect("deadlines lock poisoned");
-        if d.answer(id, answer) {
+        if self.deadlines.answer(id, answer) {
             tracing::debug!(%id, ?answer, "business response settles a respond-by deadline");
         }
     }
 
-    /// The sweeper's respond-by check: for each deadline that passed without a business
-    /// response, an overdue notice to the originator and a reminder to this agency's escalation
-    /// unit, as one message (a receipt of stage OVERDUE).
-    pub(super) fn overdue(self: &Arc<Self>, now: SystemTime) {
-        let due = self
-            .deadlines
-            .lock()
-            .expect("deadlines lock poisoned")
-            .due(now);
-        for o in due {
+    /// For each deadline that passed without a business response, an overdue notice to the
+    /// originator and a reminder to this agency's escalation unit, as one message (a receipt of
+    /// stage OVERDUE).
+    fn overdue(&mut self, now: SystemTime) -> Vec<Outgoing> {
+        let config = &self.node.config;
+        let mut out = Vec::new();
+        for o in self.deadlines.due(now) {
             let a = &o.info;
-            let deadline = crate::message::rfc3339(o.deadline);
+            let deadline = rfc3339(o.deadline);
             let r = pb::Receipt {
                 message_id: o.id.to_bytes(),
-                addressee_agency: self.config.agency.to_string(),
+                addressee_agency: config.agency.to_string(),
                 stage: pb::ReceiptStage::Overdue as i32,
-                by: self.config.name.clone(),
+                by: config.name.clone(),
                 at: Some(timestamp(now)),
-                addressee_unit: self.config.escalation_unit.clone(),
+                addressee_unit: config.escalation_unit.clone(),
                 detail: format!("no business response by {deadline}"),
             };
-            let escalation = match self.config.escalation_unit.as_str() {
-                "" => self.config.agency.to_string(),
-                unit => format!("{}/{unit}", self.config.agency),
+            let escalation = match config.escalation_unit.as_str() {
+                "" => config.agency.to_string(),
+                unit => format!("{}/{unit}", config.agency),
             };
-            let lifetime = lifetime(Some(a.expires_at), now);
+            let Some(originator) = receipt::receipts_address(&a.originator) else {
+                continue;
+            };
             tracing::info!(id = %o.id, %deadline, %escalation, "respond-by deadline passed");
-            self.send_system(
-                &r,
-                &[receipt::receipts_address(&a.originator), escalation],
-                precedence_for(a.precedence),
-                lifetime,
-                o.id,
-                "overdue notice",
-            );
+            let lifetime = lifetime(Some(a.expires_at), now);
+            let precedence = precedence_for(a.precedence);
+            let to = [originator, escalation];
+            out.push(self.system(&r, &to, precedence, lifetime, o.id, "overdue notice"));
+        }
+        out
+    }
+
+    /// A SYSTEM message from this node with `payload` to `to` (`agency` or `agency/unit`), in
+    /// reply to `about`.
+    fn system<P: prost::Message + prost::Name>(
+        &self,
+        payload: &P,
+        to: &[String],
+        precedence: Precedence,
+        lifetime: Duration,
+        about: MessageId,
+        what: &'static str,
+    ) -> Outgoing {
+        let draft = to
+            .iter()
+            .fold(Draft::new(payload), |d, a| d.to(a))
+            .precedence(precedence)
+            .status(Status::System)
+            .kind(pb::MessageKind::Response)
+            .in_reply_to(about)
+            .expires_in(lifetime);
+        Outgoing {
+            envelope: draft.finish(&self.me, SystemTime::now()),
+            what,
         }
     }
 
-    /// A copy was written to a client of `unit`: the event, and on the first attempt a DELIVERED
-    /// receipt (a copy put back because its client went away is delivered with attempt 1 again,
-    /// so a receipt may come twice).
-    pub(super) fn delivered(self: &Arc<Self>, item: &Item, to: &str, unit: &str, attempt: u32) {
-        let at = SystemTime::now();
-        self.events.record(Event::Delivered {
-            id: item.id,
-            to: to.to_owned(),
-            attempt,
-        });
-        if attempt == 1 {
-            let by = self.config.name.clone();
-            self.receipt_about(item, pb::ReceiptStage::Delivered, unit, by, at);
-        }
-    }
-
-    /// A client of `unit` acknowledged a copy: finished, and an ACKNOWLEDGED receipt naming it
-    /// (timed before the event is recorded, so anything that follows the event is later).
-    pub(super) fn acknowledged(self: &Arc<Self>, item: &Item, by: String, unit: &str) {
-        let at = SystemTime::now();
-        let event = Event::Acknowledged {
-            id: item.id,
-            by: by.clone(),
-        };
-        self.finished(item, event);
-        self.receipt_about(item, pb::ReceiptStage::Acknowledged, unit, by, at);
-    }
-
-    fn receipt_about(
-        self: &Arc<Self>,
-        item: &Item,
-        stage: pb::ReceiptStage,
-        unit: &str,
-        by: String,
-        at: SystemTime,
-    ) {
-        if !item.stage_receipts {
+    /// Signs `out` with one batch signature and takes every message with one store write. A
+    /// message that cannot be queued is recorded as refused.
+    async fn send(&self, out: Vec<Outgoing>) {
+        if out.is_empty() {
             return;
         }
-        let Ok(env) = <pb::Envelope as prost::Message>::decode(item.signed.envelope.clone()) else {
-            return;
-        };
-        let agency = self.config.agency.as_str();
-        self.receipt(&env, stage_receipt(item.id, stage, agency, unit, by, at));
+        let bytes: Vec<Bytes> = out
+            .iter()
+            .map(|o| Bytes::from(o.envelope.encode_to_vec()))
+            .collect();
+        let refs: Vec<&[u8]> = bytes.iter().map(|b| b.as_ref()).collect();
+        let signatures = self.signer.sign_batch(&refs);
+        let mut messages = Vec::with_capacity(out.len());
+        let mut what = Vec::with_capacity(out.len());
+        for ((o, bytes), signature) in out.into_iter().zip(bytes).zip(signatures) {
+            match Message::parse(bytes, Some(signature)) {
+                Ok(m) => {
+                    messages.push(Arc::new(m));
+                    what.push(o.what);
+                }
+                Err((r, _)) => {
+                    tracing::error!(reason = %r.reason, what = o.what, "own system message is invalid");
+                }
+            }
+        }
+        let from = self.node.own_name();
+        let ids: Vec<MessageId> = messages.iter().map(|m| m.id).collect();
+        let answers = self.node.take_own(messages, &from, SystemTime::now()).await;
+        for ((answer, id), what) in answers.into_iter().zip(ids).zip(what) {
+            if let Err(r) = answer {
+                let reason = format!("{what} not queued: {}", r.reason);
+                let refusal = Refusal::new(r.code, reason);
+                self.node.ledger.refused(Some(id), &from, &refusal);
+            }
+        }
     }
 }
 
-/// A receipt of `stage` for message `id` and one addressee (agency, unit), by `by` at `at`.
+/// A receipt of `stage` for message `id` and one addressee (agency, mailbox), by `by` at `at`.
 fn stage_receipt(
     id: MessageId,
     stage: pb::ReceiptStage,
     agency: &str,
-    unit: &str,
+    mailbox: &Mailbox,
     by: String,
     at: SystemTime,
 ) -> pb::Receipt {
@@ -321,7 +388,7 @@ fn stage_receipt(
         stage: stage as i32,
         by,
         at: Some(timestamp(at)),
-        addressee_unit: unit.to_owned(),
+        addressee_unit: mailbox.wire_name().to_owned(),
         detail: String::new(),
     }
 }

@@ -1,30 +1,35 @@
-//! Accepting connections: TLS identity, `Hello`/`Welcome`, then one task per submitted message.
+//! Accepting connections: TLS identity, `Hello`/`Welcome`, then the connection's streams.
 //!
 //! A connection is authorized only after its certificate yields an identity and
 //! [`crate::policy::authorize`] accepts its `Hello`; a refusal is sent as a `Refused` frame and
-//! repeated in the connection close reason, so the other side learns why either way.
+//! repeated in the connection close reason, so the other side learns why either way. An
+//! authorized peer node's connection goes to its link (`link`); every connection's request
+//! streams are served by `streams`.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use quinn::{Connection, RecvStream, SendStream};
 use rustls_pki_types::CertificateDer;
 
+use super::conn::Conn;
 use super::events::Event;
-use super::{Node, deliver};
+use super::state::Node;
+use super::streams;
 use crate::identity::{self, PeerCert, Role};
 use crate::policy::{self, Authorized};
-use crate::session::CONTROL_FRAME_LIMIT;
-use crate::validate::{self, NodeContext, Refusal};
-use crate::wire::frame::{self, FrameError, FrameReader};
+use crate::refusal::Refusal;
+use crate::wire::CONTROL_FRAME_LIMIT;
+use crate::wire::frame::{self, FrameReader};
 use crate::wire::pb::{self, RefusalCode, frame::Body};
 
 /// Application close code for a connection refused after the TLS handshake.
-pub const CLOSE_REFUSED: u32 = 0x10;
+pub(super) const CLOSE_REFUSED: u32 = 0x10;
 
 /// How long a refused peer gets to read the refusal before the connection is closed.
 const REFUSAL_LINGER: Duration = Duration::from_secs(1);
 
+/// Accepts connections until the endpoint closes, each in its own task.
 pub(super) async fn accept(node: Arc<Node>, endpoint: quinn::Endpoint) {
     while let Some(incoming) = endpoint.accept().await {
         tokio::spawn(handle(node.clone(), incoming));
@@ -44,7 +49,7 @@ async fn handle(node: Arc<Node>, incoming: quinn::Incoming) {
             return;
         }
         Err(e) => {
-            node.events.record(Event::ConnectionRefused {
+            node.events().record(Event::ConnectionRefused {
                 remote,
                 who: None,
                 reason: format!("TLS handshake failed: {e}"),
@@ -53,7 +58,7 @@ async fn handle(node: Arc<Node>, incoming: quinn::Incoming) {
         }
     };
     let who = match peer_cert(&conn, &node.config.trust_domain) {
-        Ok(w) => Arc::new(w),
+        Ok(w) => w,
         Err(reason) => {
             return refuse_connection(&node, &conn, None, None, unauthorized(reason)).await;
         }
@@ -79,21 +84,6 @@ async fn handle(node: Arc<Node>, incoming: quinn::Incoming) {
         Ok(a) => a,
         Err(r) => return refuse_connection(&node, &conn, Some(&who), Some(send), r).await,
     };
-    if let Authorized::Client {
-        subscribe: true,
-        unit,
-    } = &auth
-        && node.mailbox(unit).is_none()
-    {
-        let r = Refusal::new(
-            RefusalCode::UnknownRecipient,
-            format!(
-                "no mailbox for unit {unit:?}: this node keeps at most {} mailboxes",
-                super::MAX_MAILBOXES
-            ),
-        );
-        return refuse_connection(&node, &conn, Some(&who), Some(send), r).await;
-    }
     let welcome = pb::Welcome {
         protocol_version: crate::wire::PROTOCOL_VERSION,
         node: Some(peer_identity(&node.me)),
@@ -106,7 +96,7 @@ async fn handle(node: Arc<Node>, incoming: quinn::Incoming) {
     {
         return;
     }
-    node.events.record(Event::Connected {
+    node.events().record(Event::Connected {
         remote,
         who: who.identity.to_string(),
     });
@@ -116,9 +106,7 @@ async fn handle(node: Arc<Node>, incoming: quinn::Incoming) {
     // A peer's connection becomes (or competes to become) its link; see `link`.
     if let Authorized::Peer { node: peer } = &auth
         && let Some(link) = node.link_inbox.get(peer)
-        && link
-            .try_send(super::link::Input::Incoming(conn.clone()))
-            .is_err()
+        && link.try_send(conn.clone()).is_err()
     {
         conn.close(
             CLOSE_REFUSED.into(),
@@ -126,32 +114,7 @@ async fn handle(node: Arc<Node>, incoming: quinn::Incoming) {
         );
         return;
     }
-    let from_peer = matches!(auth, Authorized::Peer { .. });
-    if let Authorized::Client {
-        subscribe: true,
-        unit,
-    } = &auth
-    {
-        tokio::spawn(deliver::run(
-            node.clone(),
-            conn.clone(),
-            who.clone(),
-            unit.clone(),
-        ));
-    }
-    serve_streams(node, conn, who, from_peer).await;
-}
-
-/// Serves the streams the other side opens, each in its own task, until the connection ends.
-pub(super) async fn serve_streams(
-    node: Arc<Node>,
-    conn: Connection,
-    who: Arc<PeerCert>,
-    from_peer: bool,
-) {
-    while let Ok((send, recv)) = conn.accept_bi().await {
-        tokio::spawn(submission(node.clone(), who.clone(), from_peer, send, recv));
-    }
+    streams::serve(node, Conn::new(conn, who)).await;
 }
 
 async fn read_hello(conn: &Connection) -> Result<(SendStream, RecvStream, pb::Hello), String> {
@@ -180,13 +143,13 @@ async fn refuse_connection(
     send: Option<SendStream>,
     refusal: Refusal,
 ) {
-    node.events.record(Event::ConnectionRefused {
+    node.events().record(Event::ConnectionRefused {
         remote: conn.remote_address(),
         who: who.map(|w| w.identity.to_string()),
         reason: refusal.reason.clone(),
     });
     if let Some(mut send) = send
-        && frame::write_body(&mut send, Body::Refused(refusal.to_pb(None)))
+        && frame::write_body(&mut send, Body::Refused(refusal.to_pb(Default::default())))
             .await
             .is_ok()
     {
@@ -220,207 +183,4 @@ fn peer_identity(p: &PeerCert) -> pb::PeerIdentity {
         } as i32,
         name: p.identity.name.clone(),
     }
-}
-
-/// Serves one stream opened by the other side: a sequence of request frames (one, for an alert on
-/// its own stream; many, for the pipelined analytical stream), answered in order.
-///
-/// Requests are processed concurrently (each may wait for storage), at most [`PIPELINE_DEPTH`]
-/// at a time per stream; answers are written in request order. A frame over the size limit is
-/// refused without being decoded, and its body skipped so the stream stays usable; a frame
-/// declaring an absurd length ends the stream instead.
-async fn submission(
-    node: Arc<Node>,
-    who: Arc<PeerCert>,
-    from_peer: bool,
-    mut send: SendStream,
-    recv: RecvStream,
-) {
-    // Peers forward what a client submitted within the limit, plus hop records.
-    let max = node.config.limits.max_frame_bytes + if from_peer { FRAME_SLACK } else { 0 };
-    let mut reader = FrameReader::new(recv, max);
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<tokio::task::JoinHandle<Body>>(PIPELINE_DEPTH);
-    let writer = tokio::spawn(async move {
-        let answer = |r: Result<Body, tokio::task::JoinError>| {
-            r.unwrap_or_else(|e| {
-                Body::Refused(
-                    Refusal::new(RefusalCode::Invalid, format!("internal error: {e}")).to_pb(None),
-                )
-            })
-        };
-        let mut next = None;
-        loop {
-            let handle = match next.take() {
-                Some(h) => h,
-                None => match rx.recv().await {
-                    Some(h) => h,
-                    None => break,
-                },
-            };
-            let mut buf = bytes::BytesMut::new();
-            let encode = |body, buf: &mut bytes::BytesMut| {
-                frame::encode_into(&pb::Frame { body: Some(body) }, buf)
-            };
-            encode(answer(handle.await), &mut buf);
-            // Answers that are ready already go out in the same write, still in order.
-            while buf.len() < ANSWER_BATCH_BYTES {
-                match rx.try_recv() {
-                    Ok(h) if h.is_finished() => encode(answer(h.await), &mut buf),
-                    Ok(h) => {
-                        next = Some(h);
-                        break;
-                    }
-                    Err(_) => break,
-                }
-            }
-            // A sender that went away does not need its answers.
-            if send.write_all(&buf).await.is_err() {
-                return;
-            }
-        }
-        let _ = send.finish();
-    });
-    loop {
-        let (answer, stop) = match reader.read().await {
-            Ok(frame) => {
-                let (node, who) = (node.clone(), who.clone());
-                let h = tokio::spawn(async move { answer(&node, &who, from_peer, frame).await });
-                if tx.send(h).await.is_err() {
-                    break;
-                }
-                continue;
-            }
-            // The stream or connection went away: nothing to answer.
-            Err(FrameError::End | FrameError::Read(_) | FrameError::Write(_)) => break,
-            Err(e @ FrameError::TooLarge { len, .. }) => {
-                let r = refuse(&node, &who, frame_refusal(&e), None);
-                // Skipping keeps the stream in sync; a wildly oversized claim is not worth reading.
-                let stop = len > max.saturating_mul(SKIP_FACTOR) || reader.skip(len).await.is_err();
-                (r, stop)
-            }
-            Err(e @ FrameError::Malformed(_)) => {
-                (refuse(&node, &who, frame_refusal(&e), None), false)
-            }
-            Err(e) => (refuse(&node, &who, frame_refusal(&e), None), true),
-        };
-        if tx.send(tokio::spawn(async move { answer })).await.is_err() || stop {
-            if stop {
-                let _ = reader.stream().stop(0u32.into());
-            }
-            break;
-        }
-    }
-    drop(tx);
-    let _ = writer.await;
-}
-
-/// Room above the frame limit for what nodes add to a message in transit (hop records, delivery
-/// fields): a message accepted within the limit must still pass every later hop.
-pub const FRAME_SLACK: u64 = 16 * 1024;
-
-/// Requests processed at once per stream.
-const PIPELINE_DEPTH: usize = 1024;
-
-/// Ready answers are gathered into one write up to about this many bytes.
-const ANSWER_BATCH_BYTES: usize = 16 * 1024;
-
-/// Oversized frames up to this many times the limit are skipped; larger claims end the stream.
-const SKIP_FACTOR: u64 = 16;
-
-fn frame_refusal(e: &FrameError) -> Refusal {
-    e.refusal()
-        .map(|r| Refusal::new(r.code(), r.reason))
-        .unwrap_or_else(|| Refusal::new(RefusalCode::Malformed, e.to_string()))
-}
-
-/// Records a refusal and returns its answer frame.
-fn refuse(
-    node: &Node,
-    who: &PeerCert,
-    refusal: Refusal,
-    id: Option<crate::message::MessageId>,
-) -> Body {
-    node.events.record(Event::Refused {
-        id,
-        from: who.identity.to_string(),
-        code: refusal.code,
-        reason: refusal.reason.clone(),
-    });
-    let mut r = refusal.to_pb(id);
-    if matches!(
-        refusal.code,
-        RefusalCode::QueueFull | RefusalCode::ShuttingDown
-    ) {
-        r.retry_after_ms = RETRY_AFTER.as_millis() as u64;
-    }
-    Body::Refused(r)
-}
-
-/// Answers one request frame.
-async fn answer(node: &Arc<Node>, who: &PeerCert, from_peer: bool, frame: pb::Frame) -> Body {
-    match receive(node, who, from_peer, frame).await {
-        Ok(body) => body,
-        Err((refusal, id)) => refuse(node, who, refusal, id),
-    }
-}
-
-/// What a sender is told to wait before retrying a QUEUE_FULL or SHUTTING_DOWN refusal.
-const RETRY_AFTER: Duration = Duration::from_millis(500);
-
-use super::lifecycle::Refused;
-
-/// Handles one request frame: a submitted message, or an operator request.
-async fn receive(
-    node: &Arc<Node>,
-    who: &PeerCert,
-    from_peer: bool,
-    frame: pb::Frame,
-) -> Result<Body, Refused> {
-    let signed = match frame.body {
-        Some(Body::Submit(pb::Submit {
-            envelope: Some(signed),
-        })) => signed,
-        Some(op @ (Body::DlqList(_) | Body::DlqShow(_) | Body::DlqRedrive(_))) => {
-            if who.identity.role != Role::Operator {
-                let r = Refusal::new(
-                    RefusalCode::Unauthorized,
-                    format!(
-                        "{} is not an operator; dead letters need an operator certificate",
-                        who.identity
-                    ),
-                );
-                return Err((r, None));
-            }
-            return Ok(super::operator::handle(node, &who.identity.to_string(), op).await);
-        }
-        other => {
-            let got = match other {
-                Some(Body::Submit(_)) => "Submit without an envelope".to_owned(),
-                Some(b) => format!("{b:?}").chars().take(40).collect(),
-                None => "an empty frame".to_owned(),
-            };
-            return Err((
-                Refusal::new(
-                    RefusalCode::Malformed,
-                    format!("expected Submit, got {got}"),
-                ),
-                None,
-            ));
-        }
-    };
-    if let Some(refusal) = node.refusing_new_work() {
-        return Err((refusal, None));
-    }
-    let now = SystemTime::now();
-    let ctx = NodeContext {
-        agency: &node.config.agency,
-        node: &node.config.name,
-        max_hops: node.config.limits.max_hops,
-        verified: &node.verified,
-    };
-    let admitted = validate::admit(signed, who, &ctx, now)?;
-    let from = who.identity.to_string();
-    node.take(admitted, from_peer, from, now)
-        .await
-        .map(Body::Accepted)
 }

@@ -18,8 +18,8 @@ use super::{CaRef, ORGANIZATION, Pki, PkiError, Validity, check_name};
 /// The outcome of [`Pki::revoke`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Revocation {
-    /// Serial of the revoked certificate, lowercase hex without separators (as in
-    /// [`crate::identity::PeerCert::serial`]).
+    /// Serial of the revoked certificate, lowercase hex without separators (as nodes log the
+    /// serials of the certificates they see).
     pub serial: String,
     /// False if the serial was already listed (revoking is idempotent).
     pub newly_revoked: bool,

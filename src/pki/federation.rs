@@ -17,9 +17,11 @@ pub const DEMO_TRUST_DOMAIN: &str = "enlace.example";
 /// One agency of a federation to create: its issuing CA, nodes and clients.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AgencySpec {
+    /// The agency id, e.g. `dea`: the OU of its issuing CA and the agency of its identities.
     pub id: String,
     /// Display name in the CA's common name; `None` means the id in upper case.
     pub display: Option<String>,
+    /// Names of its nodes, e.g. `dea-1`, each issued a node certificate.
     pub nodes: Vec<String>,
     /// Clients and operators, with their role.
     pub clients: Vec<(String, Role)>,
@@ -40,7 +42,10 @@ impl AgencySpec {
 /// A federation that was just written, and every file written for it, in order.
 #[derive(Debug, Clone)]
 pub struct Federation {
+    /// The PKI directory, open for further operations.
     pub pki: Pki,
+    /// Every file written: the trust-domain file, then each CA's certificate, key, revocation
+    /// list and CRL, and each leaf's certificate and key.
     pub written: Vec<PathBuf>,
 }
 

@@ -140,11 +140,13 @@ pub struct StoreStats {
 }
 
 impl StoreStats {
+    #[cfg(test)]
     /// Records per fsync: above 1 when batching or group commit shares fsyncs.
     pub fn records_per_fsync(&self) -> f64 {
         self.records_written as f64 / self.fsyncs.max(1) as f64
     }
 
+    #[cfg(test)]
     /// Commit requests per fsync: above 1 when concurrent callers share fsyncs.
     pub fn commits_per_fsync(&self) -> f64 {
         self.commits as f64 / self.fsyncs.max(1) as f64
@@ -319,6 +321,7 @@ impl Store {
         }
     }
 
+    #[cfg(test)]
     /// Whether a `Put` of this message id into this queue is on disk, durably: true for every
     /// live copy (waiting or dead-lettered) and for finished copies whose `Put` record has not
     /// been reclaimed yet. That window is measured in log, not time: it always covers the newest
@@ -330,6 +333,7 @@ impl Store {
         self.shared.seen().contains(queue, message_id)
     }
 
+    #[cfg(test)]
     pub fn stats(&self) -> StoreStats {
         // As for `seen`: only the writer's short critical sections hold this lock.
         self.shared

@@ -1,8 +1,8 @@
 //! Proto3 JSON for payloads and envelopes, driven by the compiled schema descriptors.
 //!
-//! The CLI reads typed messages from JSON and prints inboxes as JSON lines. Conversion goes through
-//! `prost-reflect` dynamic messages so the JSON follows the standard proto3 mapping for every type in
-//! `proto/` without hand-written serde code.
+//! The CLI reads typed messages from JSON and prints inboxes as JSON lines. Conversion goes
+//! through `prost-reflect` dynamic messages so the JSON follows the standard proto3 mapping for
+//! every type in `proto/` without hand-written serde code.
 
 use std::sync::OnceLock;
 
@@ -14,12 +14,29 @@ use super::DESCRIPTOR_SET;
 /// Why a JSON conversion failed.
 #[derive(Debug, thiserror::Error)]
 pub enum JsonError {
+    /// No message of the schema has this name (as given: full, such as
+    /// `enlace.v1.PrecursorChemicalAlert`, or short, such as `PrecursorChemicalAlert`). Check
+    /// the spelling against `proto/enlace/v1/`.
     #[error("unknown message type {0:?}")]
     UnknownType(String),
+    /// The JSON does not fit the message type under the proto3 JSON mapping (an unknown field,
+    /// a value of the wrong type, an unknown enum name): correct the JSON.
     #[error("invalid JSON for {type_name}: {reason}")]
-    Invalid { type_name: String, reason: String },
+    Invalid {
+        /// The message type's full name.
+        type_name: String,
+        /// What the JSON mapping objected to.
+        reason: String,
+    },
+    /// The bytes are not a valid protobuf encoding of the message type: they are of another
+    /// type, or damaged.
     #[error("payload does not decode as {type_name}: {reason}")]
-    Undecodable { type_name: String, reason: String },
+    Undecodable {
+        /// The message type's full name.
+        type_name: String,
+        /// What the decoder objected to.
+        reason: String,
+    },
 }
 
 fn pool() -> &'static DescriptorPool {

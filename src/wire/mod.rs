@@ -18,8 +18,17 @@ pub mod pb {
 /// ALPN protocol id of the node protocol.
 pub const ALPN: &[u8] = b"enlace/1";
 
-/// Version sent in `Hello` and `Welcome`.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// Version sent in `Hello` and `Welcome`. Version 2 subscribes to mailboxes with `Subscribe`
+/// requests (several per connection) instead of in `Hello`.
+pub const PROTOCOL_VERSION: u32 = 2;
+
+/// Room above the frame limit for what nodes add to a message in transit (hop records, delivery
+/// fields): a message accepted within the limit must still pass every later hop.
+pub const FRAME_SLACK: u64 = 16 * 1024;
+
+/// Largest control frame (Hello, Welcome, Accepted, Refused, Ack, subscriptions) either side
+/// accepts.
+pub const CONTROL_FRAME_LIMIT: u64 = 64 * 1024;
 
 /// The compiled descriptor set of every schema, for JSON conversion.
 pub const DESCRIPTOR_SET: &[u8] =

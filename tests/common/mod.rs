@@ -6,13 +6,47 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use enlace::client::{Client, ClientOptions};
 use enlace::network::LocalNetwork;
 use enlace::node::{Event, RunningNode};
-use enlace::tls::TlsMaterial;
+use enlace::{Accepted, Client, ClientOptions, Draft, Inbox, Mailbox, SubmitError};
 use tokio::sync::broadcast;
 
 pub mod netns;
+pub mod raw;
+
+/// Sending and waiting for the node's answer in one call, as most tests want it.
+#[allow(async_fn_in_trait)]
+pub trait SendAndWait {
+    /// Hands `draft` over and waits for the node's acceptance (or refusal).
+    async fn submit(&self, draft: Draft) -> Result<Accepted, SubmitError>;
+}
+
+impl SendAndWait for Client {
+    async fn submit(&self, draft: Draft) -> Result<Accepted, SubmitError> {
+        self.send(draft).await?.await
+    }
+}
+
+/// A client that subscribed to its agency's inbox when it connected; its inbox is taken once.
+pub struct Subscriber {
+    pub client: Client,
+    inbox: std::sync::Mutex<Option<Inbox>>,
+}
+
+impl Subscriber {
+    /// The inbox (once).
+    pub fn inbox(&self) -> Option<Inbox> {
+        self.inbox.lock().unwrap().take()
+    }
+}
+
+impl std::ops::Deref for Subscriber {
+    type Target = Client;
+
+    fn deref(&self) -> &Client {
+        &self.client
+    }
+}
 
 pub fn certs() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("certs/test")
@@ -76,28 +110,55 @@ impl TestNet {
 
     /// Options for `agency`'s node but with another certificate (relative to certs/test).
     pub fn options_with(&self, agency: &str, cert_stem: &str) -> ClientOptions {
-        let mut o = self.options(agency, "duty-desk");
-        o.tls = material(cert_stem);
-        o
+        let base = certs();
+        self.options(agency, "duty-desk").identity(
+            base.join(format!("{cert_stem}.pem")),
+            base.join(format!("{cert_stem}.key.pem")),
+        )
     }
 
     pub async fn client(&self, agency: &str, client: &str) -> Client {
         Client::connect(self.options(agency, client)).await.unwrap()
     }
 
-    pub async fn subscriber(&self, agency: &str, client: &str) -> Client {
-        Client::connect(self.options(agency, client).subscribe(""))
-            .await
-            .unwrap()
+    /// A client reading its agency's inbox.
+    pub async fn subscriber(&self, agency: &str, client: &str) -> Subscriber {
+        let client = self.client(agency, client).await;
+        let inbox = client.subscribe(Mailbox::Inbox).await.unwrap();
+        Subscriber {
+            client,
+            inbox: std::sync::Mutex::new(Some(inbox)),
+        }
+    }
+
+    /// The address of the first node of `agency`.
+    pub fn addr(&self, agency: &str) -> std::net::SocketAddr {
+        self.net.node_of(agency).unwrap().addr
+    }
+
+    /// The certificate name of the first node of `agency`.
+    pub fn server_name(&self, agency: &str) -> String {
+        let node = &self.net.node_of(agency).unwrap().name;
+        self.net.server_name(agency, node)
+    }
+
+    /// Dials `agency`'s node with the raw client, presenting `cert_stem` and claiming `role`.
+    pub async fn raw(
+        &self,
+        agency: &str,
+        cert_stem: &str,
+        role: enlace::pb::Role,
+    ) -> Result<raw::Raw, raw::DialError> {
+        let quic = raw::quic(raw::tls_config(cert_stem));
+        raw::dial(self.addr(agency), &self.server_name(agency), quic, role).await
     }
 
     /// The `ENLACE_*` environment that points the `enlace` CLI at `agency`'s node as `client`.
     pub fn cli_env(&self, agency: &str, client: &str) -> Vec<(&'static str, String)> {
-        let o = self.options(agency, client);
         let c = certs().join(format!("clients/{agency}/{client}"));
         vec![
-            ("ENLACE_NODE", o.node.to_string()),
-            ("ENLACE_SERVER_NAME", o.server_name),
+            ("ENLACE_NODE", self.addr(agency).to_string()),
+            ("ENLACE_SERVER_NAME", self.server_name(agency)),
             ("ENLACE_CERT", format!("{}.pem", c.display())),
             ("ENLACE_KEY", format!("{}.key.pem", c.display())),
             (
@@ -115,18 +176,6 @@ impl TestNet {
         }
         while set.join_next().await.is_some() {}
     }
-}
-
-/// TLS material for `<stem>.pem` / `<stem>.key.pem` under certs/test, trusting the test root.
-pub fn material(stem: &str) -> TlsMaterial {
-    let base = certs();
-    TlsMaterial::load(
-        &base.join(format!("{stem}.pem")),
-        &base.join(format!("{stem}.key.pem")),
-        &base.join("ca/root.pem"),
-        &[],
-    )
-    .unwrap()
 }
 
 /// Waits (bounded) for the first event matching `pred`.
@@ -260,35 +309,4 @@ impl Drop for Daemon {
             self.kill9();
         }
     }
-}
-
-/// Dials dea-1 of `net` with a QUIC client config and a `Hello` claiming `role`, below the client
-/// library: for tests that need hand-made frames or a certificate the library would not use.
-pub async fn dial_dea(
-    net: &TestNet,
-    quic: quinn::ClientConfig,
-    role: enlace::wire::pb::Role,
-) -> Result<enlace::session::Session, enlace::session::ConnectError> {
-    let endpoint = enlace::tls::endpoint("127.0.0.1:0".parse().unwrap(), None).unwrap();
-    let opts = net.options("dea", "duty-desk");
-    let hello = enlace::wire::pb::Hello {
-        protocol_version: enlace::wire::PROTOCOL_VERSION,
-        role: role as i32,
-        ..Default::default()
-    };
-    let timeout = Duration::from_secs(5);
-    enlace::session::dial(
-        &endpoint,
-        quic,
-        opts.node,
-        &opts.server_name,
-        hello,
-        timeout,
-    )
-    .await
-}
-
-/// A QUIC client config presenting the certificate `cert_stem` (under certs/test).
-pub fn quic_config(cert_stem: &str) -> quinn::ClientConfig {
-    enlace::tls::quic_client_config(material(cert_stem).client_config().unwrap()).unwrap()
 }

@@ -20,10 +20,12 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use tokio::task::JoinSet;
 
-use super::Failure;
-use crate::message::MessageId;
-use crate::network::LocalNetwork;
-use crate::pki::{DEMO_TRUST_DOMAIN, Pki, PkiOptions, demo_agencies};
+use enlace::MessageId;
+use enlace::network::LocalNetwork;
+use enlace::pki::{DEMO_TRUST_DOMAIN, Pki, PkiOptions, demo_agencies};
+
+use super::connect::parse_duration;
+use super::exit::Failure;
 use load::{Flow, RECORD_BYTES, Sent, Stamp};
 
 const AFTER_HELP: &str = "Run `enlace bench --help` for what each number means.";
@@ -34,9 +36,10 @@ directory), each node on a runtime of its own (2 worker threads, as a separate e
 would have; the store's writer thread besides), and drives them through the client library from
 the bench's own runtime:
   records  1 KiB ROUTINE analytical reports, submitted by --producers tasks that together keep
-           --outstanding sends in flight, as fast as the node accepts them (QUEUE_FULL is retried
-           after the node's retry-after, with the same id);
-  alerts   512-byte FLASH precursor alerts, one every 5 ms, each send in its own task.
+           --outstanding sends in flight, as fast as the node accepts them (the client retries
+           QUEUE_FULL after the node's retry-after, with the same id);
+  alerts   512-byte FLASH precursor alerts, one every 5 ms, each sent and awaited in a task of
+           its own (so no answer delays another alert).
 Each receiving application acknowledges every delivery as soon as it has it. Records and alerts
 have separate senders and receivers and share every node on the way:
   single     DEA analyst -> dea-1 -> DEA analyst (unit records)
@@ -88,9 +91,9 @@ pub struct BenchArgs {
     pub json: bool,
 }
 
-/// A duration for `--duration`: as [`super::parse_duration`], and not zero.
+/// A duration for `--duration`: as [`parse_duration`], and not zero.
 fn measured_duration(s: &str) -> Result<Duration, String> {
-    match super::parse_duration(s)? {
+    match parse_duration(s)? {
         d if d.is_zero() => Err("the measured window cannot be empty".into()),
         d => Ok(d),
     }
@@ -268,7 +271,7 @@ async fn run_one(
             .context("cannot start a node's runtime")?;
         let config = net.config(&spec.name)?;
         let node = rt
-            .spawn(crate::node::start(config))
+            .spawn(enlace::node::start(config))
             .await
             .context("starting a node")??;
         nodes.push((node, rt));

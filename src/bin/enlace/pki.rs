@@ -1,4 +1,4 @@
-//! `enlace pki`: create and maintain a development or test PKI directory (see [`crate::pki`]).
+//! `enlace pki`: create and maintain a development or test PKI directory (see `enlace::pki`).
 //!
 //! Thin glue: parses arguments, calls [`Pki`], prints every path it wrote. It makes no decisions
 //! of its own and is no substitute for a production CA.
@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
-use crate::identity::Role;
-use crate::pki::{CaRef, DEMO_TRUST_DOMAIN, Pki, PkiOptions, Validity, demo_agencies};
+use enlace::Role;
+use enlace::pki::{CaRef, DEMO_TRUST_DOMAIN, Pki, PkiOptions, Validity, demo_agencies};
 
 /// Subcommands of `enlace pki`.
 #[derive(Debug, clap::Subcommand)]
@@ -195,7 +195,7 @@ pub fn run(cmd: PkiCommand) -> anyhow::Result<()> {
         } => {
             let pki = open(&dir)?.with_options(forced(force));
             let paths = pki.issue_node(&agency, &name, days.map(Validity::days_from_now))?;
-            let dns = crate::pki::node_dns_name(pki.trust_domain(), &agency, &name);
+            let dns = enlace::pki::node_dns_name(pki.trust_domain(), &agency, &name);
             println!("issued node {agency}/{name} (server name {dns})");
             print_written(&[paths.cert, paths.key]);
         }

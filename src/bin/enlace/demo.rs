@@ -17,13 +17,12 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::Context;
 use tokio::task::JoinSet;
 
-use super::Failure;
-use crate::client::{Client, Receipts};
-use crate::message::{Draft, MessageId, Precedence};
-use crate::network::LocalNetwork;
-use crate::payloads::{PrecursorAlert, quantity, seaport, text};
-use crate::pki::{DEMO_TRUST_DOMAIN, Pki, PkiOptions, demo_agencies};
-use crate::wire::pb;
+use enlace::network::LocalNetwork;
+use enlace::payloads::{Chemical, PrecursorAlert, Quantity, UnLocode, seaport, text};
+use enlace::pki::{DEMO_TRUST_DOMAIN, Pki, PkiOptions, demo_agencies};
+use enlace::{Acceptance, Client, Draft, Mailbox, Message, MessageId, Precedence, Receipts, pb};
+
+use super::exit::Failure;
 
 /// Arguments of `enlace demo`.
 #[derive(Debug, clap::Args)]
@@ -77,6 +76,11 @@ fn routes(node: &str) -> &'static str {
 /// Analytical record sends in flight at once.
 const BULK_CONCURRENCY: usize = 32;
 
+/// A port code written in this file.
+fn port(code: &str) -> UnLocode {
+    code.parse().expect("a valid UN/LOCODE")
+}
+
 type SentLog = Arc<Mutex<HashMap<MessageId, (Instant, Precedence)>>>;
 
 struct Arrival {
@@ -86,7 +90,7 @@ struct Arrival {
     path: String,
     latency: Duration,
     /// Kept for alerts, so the recipient can answer them.
-    envelope: Option<pb::Envelope>,
+    message: Option<Message>,
 }
 
 pub(super) async fn run(a: DemoArgs) -> Result<(), Failure> {
@@ -142,13 +146,9 @@ pub(super) async fn run(a: DemoArgs) -> Result<(), Failure> {
 }
 
 async fn play(net: &LocalNetwork, a: &DemoArgs) -> Result<(), Failure> {
-    let connect = |agency: &str, client: &str, subscribe: bool| {
+    let connect = |agency: &str, client: &str| {
         let opts = net.client_options(agency, client);
-        async move {
-            let opts = opts?;
-            let opts = if subscribe { opts.subscribe("") } else { opts };
-            Client::connect(opts).await.map_err(anyhow::Error::from)
-        }
+        async move { Client::connect(opts?).await.map_err(anyhow::Error::from) }
     };
     let receivers = [
         ("pgr", "duty-desk", a.alerts),
@@ -159,8 +159,8 @@ async fn play(net: &LocalNetwork, a: &DemoArgs) -> Result<(), Failure> {
     let mut readers = JoinSet::new();
     let mut receiving_clients = Vec::new();
     for (agency, name, expect) in receivers {
-        let client = connect(agency, name, true).await?;
-        let mut inbox = client.inbox().context("subscribed client has an inbox")?;
+        let client = connect(agency, name).await?;
+        let mut inbox = client.subscribe(Mailbox::Inbox).await?;
         let sent = sent.clone();
         let recipient = format!("{}/{name}", agency.to_uppercase());
         readers.spawn(async move {
@@ -170,23 +170,17 @@ async fn play(net: &LocalNetwork, a: &DemoArgs) -> Result<(), Failure> {
                 let latency = sent
                     .lock()
                     .expect("sent log lock")
-                    .get(&d.id)
+                    .get(&d.id())
                     .map(|(at, _)| at.elapsed())
                     .unwrap_or_default();
-                let path = d
-                    .signed
-                    .hops
-                    .iter()
-                    .map(|h| h.node.as_str())
-                    .collect::<Vec<_>>()
-                    .join(" → ");
+                let urgent = d.precedence().is_time_sensitive();
                 got.push(Arrival {
-                    id: d.id,
+                    id: d.id(),
                     recipient: recipient.clone(),
-                    precedence: d.precedence,
-                    path,
+                    precedence: d.precedence(),
+                    path: d.path().join(" → "),
                     latency,
-                    envelope: d.precedence.is_time_sensitive().then(|| d.envelope.clone()),
+                    message: urgent.then(|| d.message().clone()),
                 });
                 // A failed ack only means a redelivery, which the client drops.
                 let _ = d.ack().await;
@@ -195,11 +189,12 @@ async fn play(net: &LocalNetwork, a: &DemoArgs) -> Result<(), Failure> {
         });
         receiving_clients.push(client);
     }
-    let desk = Arc::new(connect("dea", "duty-desk", false).await?);
-    let mut receipts = Receipts::connect(net.client_options("dea", "duty-desk")?)
+    let desk = Arc::new(connect("dea", "duty-desk").await?);
+    let mut receipts = desk
+        .receipts()
         .await
         .context("DEA duty desk's receipt stream")?;
-    let analyst = Arc::new(connect("dea", "analyst", false).await?);
+    let analyst = Arc::new(connect("dea", "analyst").await?);
 
     println!(
         "\nDEA analyst streams {} analytical records to CENAPI; DEA duty desk sends {} FLASH alert(s) to FGR and CMI meanwhile.\n\
@@ -223,7 +218,11 @@ async fn play(net: &LocalNetwork, a: &DemoArgs) -> Result<(), Failure> {
         sent.lock()
             .expect("sent log lock")
             .insert(id, (Instant::now(), Precedence::Flash));
-        desk.send(draft).await.context("FLASH alert refused")?;
+        desk.send(draft)
+            .await
+            .context("FLASH alert not sent")?
+            .await
+            .context("FLASH alert refused")?;
         alerts.push(id);
     }
     let accepted = bulk.await.context("bulk sender task")??;
@@ -244,16 +243,13 @@ async fn play(net: &LocalNetwork, a: &DemoArgs) -> Result<(), Failure> {
     for c in receiving_clients {
         c.close().await;
     }
-    for c in [desk, analyst] {
-        if let Ok(c) = Arc::try_unwrap(c) {
-            c.close().await;
-        }
-    }
+    analyst.close().await;
     report(&arrivals, &alerts, accepted, a.records, elapsed);
     if let Some(first) = alerts.first() {
         show_receipts(&connect, &mut receipts, &arrivals, *first).await?;
     }
-    receipts.close().await;
+    drop(receipts);
+    desk.close().await;
     let complete = arrivals.len() == a.records + 2 * a.alerts;
     if complete {
         Ok(())
@@ -274,21 +270,23 @@ async fn show_receipts<F, Fut>(
     alert: MessageId,
 ) -> Result<(), Failure>
 where
-    F: Fn(&str, &str, bool) -> Fut,
+    F: Fn(&str, &str) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<Client>>,
 {
     let afi_copy = arrivals
         .iter()
         .find(|a| a.id == alert && a.recipient.starts_with("AFI"))
-        .and_then(|a| a.envelope.as_ref());
+        .and_then(|a| a.message.as_ref());
     if let Some(original) = afi_copy {
-        let afi = connect("afi", "duty-desk", false).await?;
+        let afi = connect("afi", "duty-desk").await?;
         let answer = pb::BusinessResponse {
             outcome: pb::BusinessOutcome::ActionTaken as i32,
             reason: "interception team dispatched to Manzanillo".into(),
             ..Default::default()
         };
         afi.respond(original, answer)
+            .await
+            .context("AFI's business response not sent")?
             .await
             .context("AFI's business response refused")?;
         afi.close().await;
@@ -316,7 +314,7 @@ where
     for r in &got {
         println!(
             "{:<24} {:<24} {:<10} {:<22} {:<28} {}",
-            r.at.map(crate::message::rfc3339).unwrap_or_default(),
+            r.at.map(enlace::rfc3339).unwrap_or_default(),
             r.stage.name(),
             r.addressee,
             r.by,
@@ -331,13 +329,13 @@ where
 }
 
 async fn stream_records(client: Arc<Client>, sent: SentLog, n: usize) -> anyhow::Result<usize> {
-    let mut in_flight = JoinSet::new();
+    let mut in_flight: std::collections::VecDeque<Acceptance> = Default::default();
     let mut accepted = 0;
     for i in 0..n {
         if in_flight.len() >= BULK_CONCURRENCY
-            && let Some(r) = in_flight.join_next().await
+            && let Some(oldest) = in_flight.pop_front()
         {
-            r??;
+            oldest.await?;
             accepted += 1;
         }
         let precedence = if i % 2 == 0 {
@@ -356,11 +354,10 @@ async fn stream_records(client: Arc<Client>, sent: SentLog, n: usize) -> anyhow:
         sent.lock()
             .expect("sent log lock")
             .insert(id, (Instant::now(), precedence));
-        let client = client.clone();
-        in_flight.spawn(async move { client.send(draft).await.map(|_| ()) });
+        in_flight.push_back(client.send(draft).await?);
     }
-    while let Some(r) = in_flight.join_next().await {
-        r??;
+    for acceptance in in_flight {
+        acceptance.await?;
         accepted += 1;
     }
     Ok(accepted)
@@ -368,8 +365,17 @@ async fn stream_records(client: Arc<Client>, sent: SentLog, n: usize) -> anyhow:
 
 fn sample_alert(i: usize) -> pb::PrecursorChemicalAlert {
     PrecursorAlert::new(pb::PrecursorAlertKind::SuspiciousShipment)
-        .chemical("Pseudoephedrine hydrochloride", "345-78-8", quantity("1200", "kg"))
-        .vessel("MSC Demo", seaport("CNSHA", "Shanghai", "CN"), seaport("MXZLO", "Manzanillo", "MX"))
+        .chemical(
+            Chemical::new("Pseudoephedrine hydrochloride")
+                .labelled("Vitamin C")
+                .cas("345-78-8".parse().expect("a valid CAS number"))
+                .quantity(Quantity::kilograms(1200.0)),
+        )
+        .vessel(
+            "MSC Demo",
+            seaport(port("CNSHA"), "Shanghai"),
+            seaport(port("MXZLO"), "Manzanillo"),
+        )
         .party(pb::PartyRole::Consignee, "Importadora Ejemplo S.A. de C.V.", "MX")
         .reference("PEN Online", &format!("PEN-DEMO-{:04}", i + 1))
         .action(pb::PrecursorRequestedAction::Intercept)

@@ -1,16 +1,15 @@
-//! `enlace send`: one typed message from flags or a JSON payload file.
+//! `enlace send`: one typed message from flags, a JSON payload file, or any file as a document.
+//! (`--bulk`, a file of records, is `bulk`.)
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
+use enlace::payloads::Document;
+use enlace::{Draft, Precedence, Status, json, pb};
 
-use super::{ConnectArgs, Failure, exit, fail, parse_duration};
-use crate::client::Client;
-use crate::message::{Draft, Precedence};
-use crate::session::SubmitError;
-use crate::wire::json;
-use crate::wire::pb::{self, RefusalCode};
+use super::connect::{ConnectArgs, parse_duration};
+use super::exit::{self, Failure, fail, submit_failure};
 
 /// Arguments of `enlace send`.
 #[derive(Debug, clap::Args)]
@@ -19,6 +18,7 @@ Examples:
   enlace send --to pgr --to afi --precedence flash --expires-in 6h \\
       --type PrecursorChemicalAlert --payload alert.json
   enlace send --to cenapi --text 'Reunión de enlace el martes' --lang es-MX
+  enlace send --to pgr --file manifest.pdf --media-type application/pdf
 
 The payload file holds the payload message in proto3 JSON (field names in lowerCamelCase,
 enums by name), e.g. {\"kind\": \"PRECURSOR_ALERT_KIND_SUSPICIOUS_SHIPMENT\", ...}.")]
@@ -32,7 +32,7 @@ pub struct SendArgs {
     #[arg(long)]
     pub info: Vec<String>,
     /// FLASH, IMMEDIATE, PRIORITY, ROUTINE or BULK.
-    #[arg(long, default_value = "routine", value_parser = parse_precedence)]
+    #[arg(long, default_value = "routine")]
     pub precedence: Precedence,
     /// Lifetime, e.g. 90s, 15m, 6h, 2d: the message is never delivered after it.
     #[arg(long, default_value = "7d", value_parser = parse_duration)]
@@ -42,26 +42,34 @@ pub struct SendArgs {
     #[arg(long, value_parser = parse_duration)]
     pub respond_within: Option<Duration>,
     /// ACTUAL, EXERCISE, TEST or SYSTEM.
-    #[arg(long, default_value = "actual", value_parser = parse_status)]
-    pub status: pb::Status,
+    #[arg(long, default_value = "actual")]
+    pub status: Status,
     /// Case identifier, to thread related messages.
     #[arg(long)]
     pub case_id: Option<String>,
     /// Payload type, e.g. PrecursorChemicalAlert (with --payload).
-    #[arg(long, requires = "payload", conflicts_with = "text")]
+    #[arg(long, requires = "payload", conflicts_with_all = ["text", "file"])]
     pub r#type: Option<String>,
     /// JSON file holding the payload (proto3 JSON of --type).
     #[arg(long, requires = "type")]
     pub payload: Option<PathBuf>,
     /// Free text: sends a LiaisonMessage with this body.
-    #[arg(long, required_unless_present_any = ["payload", "bulk"])]
+    #[arg(long, required_unless_present_any = ["payload", "bulk", "file"], conflicts_with = "file")]
     pub text: Option<String>,
+    /// Any file (a scanned manifest, a photograph, a PDF): sends it as a Document with its
+    /// name, media type and SHA-256.
+    #[arg(long)]
+    pub file: Option<PathBuf>,
+    /// The media type of --file (default: guessed from its extension, else
+    /// application/octet-stream).
+    #[arg(long, requires = "file")]
+    pub media_type: Option<String>,
     /// Stream a file of analytical records, one JSON object per line:
     /// {"type": "AnalyticalReport", "payload": {...}} (optional per line: "to", "precedence",
     /// "caseId"). Message ids derive from the file and line, and progress is saved beside the
     /// file (FILE.enlace-progress): run it again after an interruption and it resumes without
     /// sending anything twice.
-    #[arg(long, conflicts_with_all = ["text", "type", "payload"])]
+    #[arg(long, conflicts_with_all = ["text", "type", "payload", "file"])]
     pub bulk: Option<PathBuf>,
     /// BCP-47 language tag of --text.
     #[arg(long, default_value = "en")]
@@ -71,23 +79,23 @@ pub struct SendArgs {
     pub json: bool,
 }
 
-pub(super) fn parse_precedence(s: &str) -> Result<Precedence, String> {
-    Precedence::parse(s)
-        .ok_or_else(|| format!("{s:?}: use FLASH, IMMEDIATE, PRIORITY, ROUTINE or BULK"))
-}
-
-fn parse_status(s: &str) -> Result<pb::Status, String> {
-    pb::Status::from_str_name(&format!("STATUS_{}", s.to_ascii_uppercase()))
-        .filter(|s| *s != pb::Status::Unspecified)
-        .ok_or_else(|| format!("{s:?}: use ACTUAL, EXERCISE, TEST or SYSTEM"))
-}
-
 pub(super) async fn run(a: SendArgs) -> Result<(), Failure> {
-    if let Some(file) = &a.bulk {
-        return super::bulk::run(&a, file).await;
-    }
-    let (type_name, payload) = match (&a.r#type, &a.payload, &a.text) {
-        (Some(t), Some(path), _) => {
+    let (type_name, payload) = match (&a.r#type, &a.payload, &a.text, &a.file) {
+        (_, _, _, Some(path)) => {
+            let content =
+                std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+            let media = a
+                .media_type
+                .clone()
+                .unwrap_or_else(|| media_type(path).into());
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+            let doc = Document::new(name, &media, content).build();
+            (
+                <pb::Document as prost::Name>::full_name(),
+                prost::Message::encode_to_vec(&doc),
+            )
+        }
+        (Some(t), Some(path), _, _) => {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("cannot read {}", path.display()))?;
             let value: serde_json::Value = serde_json::from_str(&text)
@@ -95,7 +103,7 @@ pub(super) async fn run(a: SendArgs) -> Result<(), Failure> {
             let full = json::descriptor(t)?.full_name().to_owned();
             (full, json::encode_json(t, &value)?)
         }
-        (_, _, Some(text)) => {
+        (_, _, Some(text), _) => {
             let lt = |t: &str| pb::LocalizedText {
                 language: a.lang.clone(),
                 text: t.to_owned(),
@@ -135,10 +143,11 @@ pub(super) async fn run(a: SendArgs) -> Result<(), Failure> {
     if let Some(d) = a.respond_within {
         draft = draft.respond_within(d);
     }
-    let client = Client::connect(a.connect.options()?)
-        .await
-        .map_err(|e| fail(exit::CONNECT, e))?;
-    let result = client.send(draft).await;
+    let client = a.connect.connect().await?;
+    let result = match client.send(draft).await {
+        Ok(acceptance) => acceptance.await,
+        Err(e) => Err(e),
+    };
     client.close().await;
     match result {
         Ok(acc) => {
@@ -159,13 +168,25 @@ pub(super) async fn run(a: SendArgs) -> Result<(), Failure> {
     }
 }
 
-/// The exit code and error for a failed submission.
-pub(super) fn submit_failure(e: SubmitError) -> Failure {
-    match e {
-        SubmitError::Refused { code, .. } => {
-            let busy = matches!(code, RefusalCode::QueueFull | RefusalCode::ShuttingDown);
-            fail(if busy { exit::RETRY } else { exit::REFUSED }, e)
-        }
-        e => fail(exit::CONNECT, e),
+/// A media type for a file, from its extension.
+fn media_type(path: &std::path::Path) -> &'static str {
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    match ext.as_str() {
+        "pdf" => "application/pdf",
+        "jpg" | "jpeg" => "image/jpeg",
+        "png" => "image/png",
+        "tif" | "tiff" => "image/tiff",
+        "txt" => "text/plain",
+        "csv" => "text/csv",
+        "json" => "application/json",
+        "xml" => "application/xml",
+        "zip" => "application/zip",
+        "docx" => "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+        "xlsx" => "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+        _ => "application/octet-stream",
     }
 }

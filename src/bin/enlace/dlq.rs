@@ -1,10 +1,12 @@
 //! `enlace dlq`: list, show and redrive dead letters (needs an operator certificate).
 
+use std::time::{Duration, UNIX_EPOCH};
+
+use enlace::{Client, MessageId, SubmitError, pb};
+
+use super::connect::ConnectArgs;
+use super::exit::{self, Failure, fail};
 use super::inbox::utc;
-use super::{ConnectArgs, Failure, exit, fail};
-use crate::client::Client;
-use crate::message::{MessageId, system_time};
-use crate::wire::pb;
 
 /// Subcommands of `enlace dlq`.
 #[derive(Debug, clap::Subcommand)]
@@ -44,17 +46,14 @@ pub enum DlqCommand {
 }
 
 fn parse_id(s: &str) -> Result<MessageId, Failure> {
-    MessageId::parse(s)
-        .ok_or_else(|| fail(exit::USAGE, anyhow::anyhow!("{s:?} is not a message id")))
+    s.parse().map_err(|e| fail(exit::USAGE, e))
 }
 
 async fn connect(c: &ConnectArgs) -> Result<Client, Failure> {
-    Client::connect(c.options()?)
-        .await
-        .map_err(|e| fail(exit::CONNECT, e))
+    c.connect().await
 }
 
-fn refused(e: crate::session::SubmitError) -> Failure {
+fn refused(e: SubmitError) -> Failure {
     fail(exit::REFUSED, e)
 }
 
@@ -138,7 +137,11 @@ fn id(e: &pb::DeadLetterInfo) -> String {
 }
 
 fn to_json(e: &pb::DeadLetterInfo) -> serde_json::Value {
-    let time = |t: &Option<prost_types::Timestamp>| t.as_ref().and_then(system_time).map(utc);
+    let time = |t: &Option<prost_types::Timestamp>| {
+        let t = t.as_ref().filter(|t| t.seconds >= 0)?;
+        let d = Duration::new(t.seconds as u64, t.nanos.clamp(0, 999_999_999) as u32);
+        Some(utc(UNIX_EPOCH + d))
+    };
     serde_json::json!({
         "id": id(e),
         "queue": e.queue,

@@ -8,25 +8,23 @@
 //! had already accepted (same id), so nothing is sent twice. Progress is a bar on a terminal and
 //! plain lines otherwise.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::io::{BufRead, BufReader, IsTerminal, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow};
-use tokio::task::JoinSet;
+use enlace::{Acceptance, BusyRetry, Client, Draft, MessageId, Precedence, SubmitError, json};
 
-use super::send::{SendArgs, parse_precedence, submit_failure};
-use super::{Failure, exit, fail};
-use crate::client::Client;
-use crate::message::{Draft, MessageId};
-use crate::session::SubmitError;
-use crate::wire::json;
-use crate::wire::pb::RefusalCode;
+use super::exit::{self, Failure, connect_failure, fail, submit_failure};
+use super::send::SendArgs;
 
 /// Sends in flight at once (the client pipelines them on one stream with a bounded window).
 const IN_FLIGHT: usize = 512;
+
+/// How long a line refused as busy (`QUEUE_FULL`) is retried before the run stops (to be
+/// resumed later): a feed waits out a full queue.
+const BUSY_WAIT: Duration = Duration::from_secs(24 * 3600);
 
 /// Saved progress: how many leading lines (and bytes) are done, and a hash of those bytes.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -57,7 +55,7 @@ fn line_draft(a: &SendArgs, namespace: &[u8], line_no: u64, line: &str) -> anyho
     let mut name = line_no.to_be_bytes().to_vec();
     name.extend_from_slice(line.as_bytes());
     let precedence = match v["precedence"].as_str() {
-        Some(p) => parse_precedence(p).map_err(|e| anyhow!(e))?,
+        Some(p) => p.parse::<Precedence>()?,
         None => a.precedence,
     };
     let mut d = Draft::from_raw(full, payload.into())
@@ -88,21 +86,6 @@ fn line_draft(a: &SendArgs, namespace: &[u8], line_no: u64, line: &str) -> anyho
         d = d.case_id(c);
     }
     Ok(d)
-}
-
-/// Sends one line, waiting out QUEUE_FULL refusals (same id each time).
-async fn send_line(client: &Client, draft: Draft) -> Result<(), SubmitError> {
-    loop {
-        match client.send(draft.clone()).await {
-            Ok(_) => return Ok(()),
-            Err(SubmitError::Refused {
-                code: RefusalCode::QueueFull,
-                retry_after,
-                ..
-            }) => tokio::time::sleep(retry_after.unwrap_or(Duration::from_millis(500))).await,
-            Err(e) => return Err(e),
-        }
-    }
 }
 
 /// Tracks which lines are done and advances the saved prefix in order.
@@ -138,7 +121,9 @@ impl Tracker {
     }
 }
 
-pub(super) async fn run(a: &SendArgs, file: &Path) -> Result<(), Failure> {
+/// Runs `enlace send --bulk FILE`.
+pub(super) async fn run(a: &SendArgs) -> Result<(), Failure> {
+    let file = a.bulk.as_deref().expect("called for --bulk");
     let file = std::path::absolute(file).with_context(|| format!("{}", file.display()))?;
     let total_lines = BufReader::new(
         std::fs::File::open(&file).with_context(|| format!("cannot open {}", file.display()))?,
@@ -191,18 +176,20 @@ pub(super) async fn run(a: &SendArgs, file: &Path) -> Result<(), Failure> {
         digest,
         open: BTreeMap::new(),
     };
-    let client = Arc::new(
-        Client::connect(a.connect.options()?)
-            .await
-            .map_err(|e| fail(exit::CONNECT, e))?,
-    );
+    let busy = BusyRetry {
+        max_wait: BUSY_WAIT,
+        ..BusyRetry::default()
+    };
+    let client = Client::connect(a.connect.options().busy_retry(busy))
+        .await
+        .map_err(connect_failure)?;
     let namespace = file.as_os_str().as_encoded_bytes().to_vec();
     let tty = std::io::stderr().is_terminal();
     let started = Instant::now();
     let first = tracker.saved.lines_done;
     let mut last_report = Instant::now();
     let mut last_save = Instant::now();
-    let mut in_flight = JoinSet::new();
+    let mut in_flight: VecDeque<(u64, Acceptance)> = VecDeque::new();
     let mut line_no = tracker.saved.lines_done;
     let mut bad_lines = Vec::new();
     let mut stop: Option<Failure> = None;
@@ -223,11 +210,13 @@ pub(super) async fn run(a: &SendArgs, file: &Path) -> Result<(), Failure> {
                 continue;
             }
             match line_draft(a, &namespace, line_no, &text) {
-                Ok(d) => {
-                    let c = client.clone();
-                    let n = line_no;
-                    in_flight.spawn(async move { (n, send_line(&c, d).await) });
-                }
+                Ok(d) => match client.send(d).await {
+                    Ok(acceptance) => in_flight.push_back((line_no, acceptance)),
+                    Err(e) => {
+                        stop = Some(submit_failure(e));
+                        break;
+                    }
+                },
                 Err(e) => {
                     // A line that can never be sent is reported, and does not block the rest.
                     bad_lines.push(format!("line {line_no}: {e:#}"));
@@ -235,19 +224,14 @@ pub(super) async fn run(a: &SendArgs, file: &Path) -> Result<(), Failure> {
                 }
             }
         }
-        let Some(r) = in_flight.join_next().await else {
+        let Some((n, acceptance)) = in_flight.pop_front() else {
             break;
         };
-        let (n, result) = r.map_err(|e| anyhow!("send task failed: {e}"))?;
-        match result {
-            Ok(()) => tracker.done(n),
-            // The node is going away (or cannot store): stop here and resume later.
-            Err(
-                e @ SubmitError::Refused {
-                    code: RefusalCode::ShuttingDown,
-                    ..
-                },
-            ) => {
+        match acceptance.await {
+            Ok(_) => tracker.done(n),
+            // The node is going away (or cannot store), or stayed busy: stop here and resume
+            // later.
+            Err(e) if e.is_busy() => {
                 if stop.is_none() {
                     stop = Some(submit_failure(e));
                 }
@@ -281,10 +265,7 @@ pub(super) async fn run(a: &SendArgs, file: &Path) -> Result<(), Failure> {
     if tty {
         eprintln!();
     }
-    match Arc::try_unwrap(client) {
-        Ok(c) => c.close().await,
-        Err(c) => c.abort(),
-    }
+    client.close().await;
     for b in &bad_lines {
         eprintln!("not sent: {b}");
     }

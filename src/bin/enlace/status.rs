@@ -5,15 +5,15 @@
 //! for the next reader (no delivery attempt is counted). It stops after `--idle` without a new
 //! receipt. It sees what the node hands out in that time: up to the node's delivery windows (64
 //! time-sensitive and 256 analytical receipts at once), so with a larger backlog of unread
-//! receipts of other messages, read them (an application's [`crate::Receipts`] stream) first.
+//! receipts of other messages, read them (an application's `enlace::Receipts` stream) first.
 
 use std::io::Write;
 use std::time::Duration;
 
-use super::{ConnectArgs, Failure, exit, fail, parse_duration};
-use crate::client::Client;
-use crate::message::{MessageId, rfc3339};
-use crate::receipt::{Receipt, receipts_unit};
+use enlace::{MessageId, Receipt, rfc3339};
+
+use super::connect::{ConnectArgs, parse_duration};
+use super::exit::{self, Failure, connect_failure, fail};
 
 /// Arguments of `enlace status`.
 #[derive(Debug, clap::Args)]
@@ -31,25 +31,19 @@ pub struct StatusArgs {
 }
 
 pub(super) async fn run(a: StatusArgs) -> Result<(), Failure> {
-    let id = MessageId::parse(&a.message_id).ok_or_else(|| {
-        fail(
-            exit::USAGE,
-            anyhow::anyhow!("{:?} is not a message id (a UUID)", a.message_id),
-        )
-    })?;
-    let opts = a.connect.options()?;
-    let me = crate::identity::own_identity(&opts.tls.chain[0])?;
-    let client = Client::connect(opts.subscribe(&receipts_unit(&me.name)))
+    let id: MessageId = a.message_id.parse().map_err(|e| fail(exit::USAGE, e))?;
+    let client = a.connect.connect().await?;
+    let mut inbox = client
+        .subscribe(client.receipts_mailbox())
         .await
-        .map_err(|e| fail(exit::CONNECT, e))?;
-    let mut inbox = client.inbox().expect("subscribed client has an inbox");
+        .map_err(connect_failure)?;
     let mut got: Vec<Receipt> = Vec::new();
     while let Ok(Some(d)) = tokio::time::timeout(a.idle, inbox.next()).await {
         // Not acknowledged: the receipt stays for whoever reads it next.
-        if let Some(mut r) = Receipt::from_envelope(&d.envelope)
+        if let Some(mut r) = Receipt::from_message(d.message())
             && r.message_id == id
         {
-            r.path = d.signed.hops.iter().map(|h| h.node.clone()).collect();
+            r.path = d.path().into_iter().map(str::to_owned).collect();
             got.push(r);
         }
     }

@@ -1,0 +1,107 @@
+//! `enlace`: the command line of Enlace. Send typed messages, read mailboxes and receipts,
+//! manage dead letters and a development PKI, run the demo and the benchmark.
+//!
+//! Thin glue over the `enlace` library's public API: parse flags, call the library, print, map
+//! errors to the exit codes in [`exit`]. Each subcommand is a module of its own.
+#![forbid(unsafe_code)]
+
+mod bench;
+mod bulk;
+mod connect;
+mod demo;
+mod dlq;
+mod exit;
+mod inbox;
+mod pki;
+mod send;
+mod status;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use exit::Failure;
+
+const AFTER_HELP: &str = "\
+Exit codes: 0 ok, 1 failure, 2 usage, 3 cannot connect or connection refused,
+4 message refused by the node, 5 node busy (queue full or shutting down): retry later.";
+
+/// Enlace: secure exchange of typed messages between law-enforcement agencies.
+#[derive(Debug, Parser)]
+#[command(name = "enlace", version, after_help = AFTER_HELP)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Send a typed message (from flags, a JSON file or any file) through your agency's node.
+    Send(Box<send::SendArgs>),
+    /// Read your inbox: print deliveries as a table or JSON lines, acknowledging each.
+    Inbox(inbox::InboxArgs),
+    /// Show the receipts of a message you sent as a timeline (without consuming them).
+    Status(status::StatusArgs),
+    /// Inspect and redrive dead letters (operator certificate required).
+    #[command(subcommand)]
+    Dlq(dlq::DlqCommand),
+    /// Create and maintain a development or test PKI.
+    #[command(subcommand)]
+    Pki(pki::PkiCommand),
+    /// Run a small agency network on this machine and play a FLASH alert amid bulk traffic.
+    Demo(demo::DemoArgs),
+    /// Measure throughput and alert latency over real mTLS QUIC on loopback.
+    Bench(bench::BenchArgs),
+}
+
+/// Runs a parsed command line.
+async fn run(cli: Cli) -> Result<(), Failure> {
+    match cli.command {
+        Command::Send(a) if a.bulk.is_some() => bulk::run(&a).await,
+        Command::Send(a) => send::run(*a).await,
+        Command::Inbox(a) => inbox::run(a).await,
+        Command::Status(a) => status::run(a).await,
+        Command::Dlq(c) => dlq::run(c).await,
+        Command::Pki(c) => pki::run(c).map_err(Failure::from),
+        Command::Demo(a) => demo::run(a).await,
+        Command::Bench(a) => bench::run(a).await,
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let verbose = matches!(&cli.command, Command::Demo(d) if d.verbose);
+    let default = if verbose { "info" } else { "warn" };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("ENLACE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default)),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            eprintln!("error: {:#}", f.error);
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

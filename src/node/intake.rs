@@ -1,0 +1,114 @@
+//! Taking a message: routing an admitted message with this node's directory and routing table,
+//! and handing it to the ledger, which persists and queues it.
+//!
+//! Used for what clients and peers submit (`streams`) and for the node's own SYSTEM messages
+//! (`receipts`). Admission (who may send what) happens before, in `validate`; routing decisions
+//! are the sans-I/O `route`'s.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use super::ledger::Taking;
+use super::state::Node;
+use crate::identity::AgencyId;
+use crate::message::Message;
+use crate::refusal::Refusal;
+use crate::route::{self, Plan};
+use crate::validate::Admitted;
+use crate::wire::pb;
+
+impl Node {
+    /// Routes an admitted message and has the ledger take it: on disk and queued when this
+    /// returns `Ok`, so the sender may hear `Accepted`.
+    ///
+    /// # Errors
+    /// The refusal for the sender (no route, a loop, a full queue, a store failure); recording
+    /// it is the caller's business.
+    pub async fn take(
+        &self,
+        admitted: Admitted,
+        from: &str,
+        from_peer: bool,
+        now: SystemTime,
+    ) -> Result<pb::Accepted, Refusal> {
+        let Admitted {
+            message,
+            hops,
+            route_to,
+        } = admitted;
+        let plan = self.plan(&message, &hops, from_peer.then_some(&route_to[..]))?;
+        self.ledger
+            .take(Taking {
+                message,
+                hops,
+                plan,
+                from,
+                from_peer,
+                now,
+            })
+            .await
+    }
+
+    /// Routes this node's own messages (receipts, reports, fresh ids) and has the ledger take
+    /// them all with one store write; one answer per message, in order.
+    pub async fn take_own(
+        &self,
+        messages: Vec<Arc<Message>>,
+        from: &str,
+        now: SystemTime,
+    ) -> Vec<Result<pb::Accepted, Refusal>> {
+        let mut answers: Vec<Option<Result<pb::Accepted, Refusal>>> = Vec::new();
+        let mut takings = Vec::new();
+        let mut slots = Vec::new();
+        for message in messages {
+            answers.push(None);
+            match self.plan(&message, &[], None) {
+                Ok(plan) => {
+                    slots.push(answers.len() - 1);
+                    takings.push(Taking {
+                        message,
+                        hops: Vec::new(),
+                        plan,
+                        from,
+                        from_peer: false,
+                        now,
+                    });
+                }
+                Err(r) => *answers.last_mut().expect("pushed above") = Some(Err(r)),
+            }
+        }
+        let taken = self.ledger.take_all(takings, false).await;
+        for (slot, answer) in slots.into_iter().zip(taken) {
+            answers[slot] = Some(answer);
+        }
+        answers.into_iter().map(|a| a.expect("answered")).collect()
+    }
+
+    /// Where a message goes: local mailboxes and next-hop peers (see [`route::Router`]).
+    fn plan(
+        &self,
+        message: &Message,
+        hops: &[pb::HopRecord],
+        route_to: Option<&[String]>,
+    ) -> Result<Plan, Refusal> {
+        let config = &self.config;
+        let router = route::Router {
+            agency: &config.agency,
+            node: &config.name,
+            directory: &config.directory,
+            next_hop: |a: &AgencyId| {
+                config.next_hop(a).map(|p| route::NextHop {
+                    node: p.node.as_str(),
+                    relay: p.agency != *a,
+                })
+            },
+        };
+        let hops: Vec<String> = hops.iter().map(|h| h.node.clone()).collect();
+        let arrival = route::Arrival {
+            from_peer: route_to,
+            hops: &hops,
+            max_relays: message.max_relays,
+        };
+        router.plan(&message.addressees, arrival)
+    }
+}

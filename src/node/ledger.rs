@@ -1,0 +1,595 @@
+//! The ledger: the one place where a message copy's fate changes.
+//!
+//! A node holds copies of messages in queues (a mailbox per unit of its agency, an outbox per
+//! peer node). Every change of a copy's fate is a method here: taken (queued and persisted),
+//! dispatched (in flight to a client or peer), delivered, acknowledged, forwarded, refused
+//! downstream, returned, deferred, retried, dead-lettered, redriven, expired, purged; and a
+//! refused submission is recorded here too. Each records exactly one [`Event`] and writes the
+//! store's fate records (`Put`, `Done`, `Attempt`, `DeadLetter`, `Redrive`): the ledger owns the
+//! node's [`Store`] and its queues, whose mutating methods are visible to it alone
+//! ([`queue`]), so nothing else can change a fate. What the originator must hear about a change
+//! (stage receipts, non-delivery reports, respond-by tracking) leaves as a [`Notice`] for the
+//! receipts worker (`node::receipts`).
+//!
+//! What to do next (which copy to send, what an outcome means) is decided by the sans-I/O
+//! [`crate::dispatch`]; where a message goes by [`crate::route`]. The ledger carries out those
+//! decisions and decides nothing itself.
+//!
+//! A copy taken from a queue travels as an [`InFlight`]: it is settled through
+//! [`Ledger::settle`], and if it is dropped unsettled (its connection went away, a task ended)
+//! it goes back to the head of its lane, so no copy is ever lost in flight.
+
+mod dead;
+pub(crate) mod queue;
+mod recovery;
+mod take;
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::SystemTime;
+
+use tokio::sync::{Notify, mpsc};
+
+use super::events::{Event, Events};
+use crate::address::Mailbox;
+use crate::dispatch::{Action, Dispatcher, Next};
+use crate::identity::AgencyId;
+use crate::lanes::Entry;
+use crate::message::{Message, Precedence, timestamp};
+use crate::receipt;
+use crate::refusal::Refusal;
+use crate::route::Plan;
+use crate::store::{Op, Store, StoreError};
+use crate::wire::pb::{self, RefusalCode};
+pub(crate) use queue::{Copy, DeadLetter, Queue, QueueId, Seq, Transit};
+
+/// Mailboxes (agency inbox plus units) a node keeps; units are created on first use, so this
+/// bounds what addressees and subscribers can make a node allocate.
+pub const MAX_MAILBOXES: usize = 1024;
+
+/// Notices waiting for the receipts worker. When it is this far behind (its store writes are
+/// stuck), further notices are dropped, counted and logged: a receipt, a report or a deadline
+/// is lost, never a message.
+pub(crate) const NOTICE_BACKLOG: usize = 65_536;
+
+/// What the originator of a message must hear about, or the node must track, after a change.
+#[derive(Debug)]
+pub(crate) enum Notice {
+    /// A message was taken: durable, and queued for these mailboxes and onward agencies.
+    Taken {
+        message: Arc<Message>,
+        local: Vec<Mailbox>,
+        onward: Vec<AgencyId>,
+        /// Whether a peer node handed it over (else one of this node's clients, or the node).
+        from_peer: bool,
+        /// When the sender was told it was accepted.
+        received: SystemTime,
+        /// When its write returned.
+        durable_at: SystemTime,
+    },
+    /// A mailbox copy was delivered or acknowledged.
+    Stage {
+        message: Arc<Message>,
+        stage: pb::ReceiptStage,
+        mailbox: Mailbox,
+        by: String,
+        at: SystemTime,
+    },
+    /// A copy will not arrive.
+    Undelivered {
+        message: Arc<Message>,
+        /// The addressee agencies the copy was for.
+        addressees: String,
+        reason: pb::NonDeliveryReason,
+        detail: String,
+    },
+    /// A copy recovered at start still waits in a mailbox: its deadline is tracked again.
+    Waiting { message: Arc<Message> },
+}
+
+/// What the ledger needs to know to take a message.
+pub(crate) struct Taking<'a> {
+    pub message: Arc<Message>,
+    /// Hop records as received (this node's own is added here).
+    pub hops: Vec<pb::HopRecord>,
+    pub plan: Plan,
+    /// Who handed it over, for the event: a client, a peer node, or this node.
+    pub from: &'a str,
+    pub from_peer: bool,
+    pub now: SystemTime,
+}
+
+/// A copy taken from its queue and not yet settled. Dropped unsettled, it goes back to the head
+/// of its lane (see the module docs).
+pub(crate) struct InFlight {
+    entry: Option<Entry<Copy>>,
+    queue: Arc<Queue>,
+    ledger: Ledger,
+}
+
+impl InFlight {
+    pub fn copy(&self) -> &Copy {
+        // Present until the copy is settled or dropped, which consumes `self`.
+        &self
+            .entry
+            .as_ref()
+            .expect("an in-flight copy is present")
+            .item
+    }
+
+    pub fn precedence(&self) -> Precedence {
+        self.entry
+            .as_ref()
+            .expect("an in-flight copy is present")
+            .precedence
+    }
+
+    /// This attempt's number: 1 for the first delivery.
+    pub fn attempt(&self) -> u32 {
+        self.copy().attempts + 1
+    }
+
+    fn take(mut self) -> (Entry<Copy>, Arc<Queue>) {
+        let entry = self.entry.take().expect("an in-flight copy is present");
+        (entry, self.queue.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Some(entry) = self.entry.take() {
+            self.ledger
+                .returned(&self.queue, entry, "its attempt was abandoned");
+        }
+    }
+}
+
+/// The node's ledger; clones share it.
+#[derive(Clone)]
+pub(crate) struct Ledger(Arc<Inner>);
+
+struct Inner {
+    node: String,
+    agency: AgencyId,
+    capacity: usize,
+    store: Store,
+    events: Events,
+    /// Mailboxes of this node's agency. Created on first use, at most [`MAX_MAILBOXES`].
+    mailboxes: Mutex<HashMap<Mailbox, Arc<Queue>>>,
+    /// One outbox per peer node, by node name; fixed at start.
+    outboxes: HashMap<String, Arc<Queue>>,
+    /// Dead letters whose queue no longer exists.
+    orphans: Arc<Queue>,
+    notices: mpsc::Sender<Notice>,
+    notices_dropped: AtomicU64,
+    /// Store records being written in the background (see [`Ledger::flush`]).
+    recording: AtomicUsize,
+    /// Woken when `recording` falls to zero.
+    recorded: Notify,
+    /// Set once the store has failed, with the reason given to every sender from then on.
+    failed: OnceLock<String>,
+    /// Woken when the store fails: the node then stops, so that a supervisor restarts it.
+    fatal: Notify,
+}
+
+impl Ledger {
+    /// A ledger over `store` for node `node` of `agency`, with an outbox per peer. Returns the
+    /// receiving end of its notices, for the receipts worker.
+    pub fn new(
+        node: &str,
+        agency: &AgencyId,
+        peers: impl Iterator<Item = String>,
+        capacity: usize,
+        store: Store,
+        events: Events,
+    ) -> (Ledger, mpsc::Receiver<Notice>) {
+        let outboxes = peers
+            .map(|p| {
+                let q = Queue::new(QueueId::Outbox(p.clone()), agency, capacity);
+                (p, q)
+            })
+            .collect();
+        let (notices, rx) = mpsc::channel(NOTICE_BACKLOG);
+        let inner = Inner {
+            node: node.to_owned(),
+            agency: agency.clone(),
+            capacity,
+            store,
+            events,
+            mailboxes: Mutex::default(),
+            outboxes,
+            orphans: Queue::new(QueueId::Orphans, agency, 1),
+            notices,
+            notices_dropped: AtomicU64::new(0),
+            recording: AtomicUsize::new(0),
+            recorded: Notify::new(),
+            failed: OnceLock::new(),
+            fatal: Notify::new(),
+        };
+        (Ledger(Arc::new(inner)), rx)
+    }
+
+    pub fn events(&self) -> &Events {
+        &self.0.events
+    }
+
+    /// The mailbox of `m`, created on first use; `None` when creating it would exceed
+    /// [`MAX_MAILBOXES`].
+    pub fn mailbox(&self, m: &Mailbox) -> Option<Arc<Queue>> {
+        let mut all = self.0.mailboxes.lock().expect("mailbox map lock poisoned");
+        if let Some(q) = all.get(m) {
+            return Some(q.clone());
+        }
+        if all.len() >= MAX_MAILBOXES {
+            return None;
+        }
+        let id = QueueId::Mailbox(m.clone());
+        let q = Queue::new(id, &self.0.agency, self.0.capacity);
+        all.insert(m.clone(), q.clone());
+        Some(q)
+    }
+
+    /// The outbox toward peer node `peer`.
+    pub fn outbox(&self, peer: &str) -> Option<Arc<Queue>> {
+        self.0.outboxes.get(peer).cloned()
+    }
+
+    /// Every queue: mailboxes, outboxes, orphans.
+    pub fn queues(&self) -> Vec<Arc<Queue>> {
+        let mut all: Vec<_> = self
+            .0
+            .mailboxes
+            .lock()
+            .expect("mailbox map lock poisoned")
+            .values()
+            .cloned()
+            .collect();
+        all.extend(self.0.outboxes.values().cloned());
+        all.push(self.0.orphans.clone());
+        all
+    }
+
+    /// True when nothing waits in any queue, receipts units aside: receipts wait there, durable,
+    /// until their originator reads them, which shutting down cannot hurry.
+    pub fn drained(&self) -> bool {
+        let mailboxes_empty = self
+            .0
+            .mailboxes
+            .lock()
+            .expect("mailbox map lock poisoned")
+            .iter()
+            .all(|(m, q)| receipt::is_receipts_mailbox(m) || q.is_empty());
+        mailboxes_empty && self.0.outboxes.values().all(|q| q.is_empty())
+    }
+
+    /// Why the node takes no new messages because its store failed, if it did.
+    pub fn failure(&self) -> Option<&str> {
+        self.0.failed.get().map(String::as_str)
+    }
+
+    /// Completes when the store has failed (the node then stops).
+    pub async fn fatal(&self) {
+        if self.failure().is_some() {
+            return;
+        }
+        self.0.fatal.notified().await;
+    }
+
+    /// Waits until the store records written in the background (acknowledgements, attempts,
+    /// dead letters) are on disk or have failed.
+    pub async fn flush(&self) {
+        loop {
+            let recorded = self.0.recorded.notified();
+            if self.0.recording.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            recorded.await;
+        }
+    }
+
+    /// Closes the store once nothing more will be written.
+    pub async fn close(&self) -> Result<(), StoreError> {
+        self.0.store.clone().close().await
+    }
+
+    /// **Dispatched**: takes the next copy to send from `queue`, as `dispatcher` decides given
+    /// its windows. Copies found expired on the way are expired.
+    pub fn next(
+        &self,
+        queue: &Arc<Queue>,
+        dispatcher: &mut Dispatcher,
+        now: SystemTime,
+    ) -> Next<InFlight> {
+        let mut expired = Vec::new();
+        let next = queue.with_lanes(|lanes| dispatcher.next(lanes, now, &mut expired));
+        if !expired.is_empty() {
+            self.expire(queue, expired);
+        }
+        match next {
+            Next::Send(entry, ticket) => {
+                self.0.events.record(Event::Dispatched {
+                    id: entry.item.id(),
+                    queue: queue.name().to_owned(),
+                    attempt: entry.item.attempts + 1,
+                });
+                let copy = InFlight {
+                    entry: Some(entry),
+                    queue: queue.clone(),
+                    ledger: self.clone(),
+                };
+                Next::Send(copy, ticket)
+            }
+            Next::Wait { wake_at } => Next::Wait { wake_at },
+            Next::Full => Next::Full,
+        }
+    }
+
+    /// **Delivered**: a mailbox copy was written to the client `to`. On the first attempt, a
+    /// DELIVERED receipt is owed (a copy put back because its client went away is delivered
+    /// with attempt 1 again, so the receipt may come twice).
+    pub fn delivered(&self, copy: &InFlight, to: &str) {
+        let at = SystemTime::now();
+        let attempt = copy.attempt();
+        self.0.events.record(Event::Delivered {
+            id: copy.copy().id(),
+            to: to.to_owned(),
+            attempt,
+        });
+        if attempt == 1 {
+            self.stage(
+                &copy.queue,
+                copy.copy(),
+                pb::ReceiptStage::Delivered,
+                self.0.node.clone(),
+                at,
+            );
+        }
+    }
+
+    /// Settles a copy after its attempt, as the dispatcher decided: **acknowledged** (by client
+    /// `by`) or **forwarded** (to the peer), **returned**, **deferred**, **retried**,
+    /// **dead-lettered**, or **refused downstream** (with a non-delivery report).
+    pub fn settle(&self, copy: InFlight, action: Action, by: &str) {
+        let (mut entry, queue) = copy.take();
+        let id = entry.item.id();
+        match action {
+            Action::Finish => {
+                let at = SystemTime::now();
+                match queue.id() {
+                    QueueId::Outbox(peer) => self.0.events.record(Event::Forwarded {
+                        id,
+                        peer: peer.clone(),
+                    }),
+                    _ => {
+                        self.0.events.record(Event::Acknowledged {
+                            id,
+                            by: by.to_owned(),
+                        });
+                        let stage = pb::ReceiptStage::Acknowledged;
+                        self.stage(&queue, &entry.item, stage, by.to_owned(), at);
+                    }
+                }
+                self.record_about(&entry.item, |seq| vec![Op::Done(seq)]);
+            }
+            Action::Return => self.returned(&queue, entry, by),
+            Action::Defer(until) => {
+                self.0.events.record(Event::Deferred {
+                    id,
+                    queue: queue.name().to_owned(),
+                    until,
+                });
+                queue.retry_at(entry, until);
+            }
+            Action::Retry {
+                at,
+                attempts,
+                reason,
+            } => {
+                self.0.events.record(Event::Retrying {
+                    id,
+                    queue: queue.name().to_owned(),
+                    attempts,
+                    at,
+                    reason,
+                });
+                entry.item.attempts = attempts;
+                self.record_about(&entry.item, move |seq| vec![Op::Attempt(seq, attempts)]);
+                queue.retry_at(entry, at);
+            }
+            Action::DeadLetter { attempts, reason } => {
+                self.0.events.record(Event::DeadLettered {
+                    id,
+                    queue: queue.name().to_owned(),
+                    reason: reason.clone(),
+                });
+                entry.item.attempts = attempts;
+                let why = reason.clone();
+                self.record_about(&entry.item, move |seq| {
+                    vec![Op::Attempt(seq, attempts), Op::DeadLetter(seq, why)]
+                });
+                queue.dead_letter(DeadLetter {
+                    entry,
+                    reason,
+                    at: SystemTime::now(),
+                });
+            }
+            Action::Undeliverable { why, code, reason } => {
+                self.0.events.record(Event::ForwardRefused {
+                    id,
+                    peer: queue.destination().to_owned(),
+                    code,
+                    reason: reason.clone(),
+                });
+                self.record_about(&entry.item, |seq| vec![Op::Done(seq)]);
+                self.undelivered(&queue, &entry.item, why, reason);
+            }
+        }
+    }
+
+    /// **Returned**: a copy goes back to the head of its lane, no attempt counted (its
+    /// connection went away before an answer).
+    fn returned(&self, queue: &Queue, entry: Entry<Copy>, why: &str) {
+        self.0.events.record(Event::Returned {
+            id: entry.item.id(),
+            queue: queue.name().to_owned(),
+            reason: why.to_owned(),
+        });
+        queue.requeue(entry);
+    }
+
+    /// **Expired**: copies that expired while waiting are finished, and each originator told.
+    pub fn expire(&self, queue: &Queue, entries: Vec<Entry<Copy>>) {
+        for e in entries {
+            self.0.events.record(Event::Expired {
+                id: e.item.id(),
+                queue: queue.name().to_owned(),
+            });
+            self.record_about(&e.item, |seq| vec![Op::Done(seq)]);
+            let why = pb::NonDeliveryReason::Expired;
+            let detail = "expired before it could be delivered".to_owned();
+            self.undelivered(queue, &e.item, why, detail);
+        }
+    }
+
+    /// Expires every copy past its expiry, wherever it waits (the sweeper's round).
+    pub fn sweep(&self, now: SystemTime) {
+        for q in self.queues() {
+            let expired = q.drain_expired(now);
+            if !expired.is_empty() {
+                self.expire(&q, expired);
+            }
+        }
+    }
+
+    /// This node's hop record: when it received a message, and when it forwarded it on.
+    pub fn hop_record(
+        &self,
+        received_at: SystemTime,
+        forwarded_at: Option<SystemTime>,
+    ) -> pb::HopRecord {
+        pb::HopRecord {
+            node: self.0.node.clone(),
+            agency: self.0.agency.to_string(),
+            received_at: Some(timestamp(received_at)),
+            forwarded_at: forwarded_at.map(timestamp),
+        }
+    }
+
+    /// The store failed: it is fatal (see [`crate::store`]). The node refuses everything from
+    /// now on with this reason, and stops so that a supervisor restarts it.
+    fn storage_failed(&self, e: &StoreError) -> Refusal {
+        let reason = format!(
+            "node {} cannot store messages ({e}); try later or another route",
+            self.0.node
+        );
+        if self.0.failed.set(reason.clone()).is_ok() {
+            tracing::error!(node = %self.0.node, error = %e, "storage failed: refusing everything and stopping");
+            self.0.fatal.notify_one();
+        }
+        Refusal::new(RefusalCode::ShuttingDown, reason)
+    }
+
+    /// Records store ops whose durability the caller need not wait for (a lost `Done` only means
+    /// a redelivery that the client drops; a lost attempt count only a later dead letter).
+    fn record_later(&self, ops: Vec<Op>) {
+        let ledger = self.clone();
+        self.0.recording.fetch_add(1, Ordering::AcqRel);
+        tokio::spawn(async move {
+            if let Err(e) = ledger.0.store.commit(ops).await {
+                if e.is_fatal() {
+                    ledger.storage_failed(&e);
+                } else {
+                    tracing::warn!(error = %e, "store op not applied");
+                }
+            }
+            ledger.recorded_one();
+        });
+    }
+
+    fn recorded_one(&self) {
+        if self.0.recording.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.recorded.notify_waiters();
+        }
+    }
+
+    /// As [`Ledger::record_later`], for ops about one copy: once the copy's `Put` is durable (at
+    /// once for almost every copy). A copy that was never written needs no record.
+    fn record_about(&self, copy: &Copy, ops: impl FnOnce(u64) -> Vec<Op> + Send + 'static) {
+        match copy.seq.get() {
+            Some(seq) => self.record_later(ops(seq)),
+            None => {
+                let (ledger, seq) = (self.clone(), copy.seq.clone());
+                self.0.recording.fetch_add(1, Ordering::AcqRel);
+                tokio::spawn(async move {
+                    if let Some(seq) = seq.wait().await {
+                        ledger.record_later(ops(seq));
+                    }
+                    ledger.recorded_one();
+                });
+            }
+        }
+    }
+
+    /// A stage receipt about a mailbox copy, when its originator asked for them.
+    fn stage(
+        &self,
+        queue: &Queue,
+        copy: &Copy,
+        stage: pb::ReceiptStage,
+        by: String,
+        at: SystemTime,
+    ) {
+        let QueueId::Mailbox(mailbox) = queue.id() else {
+            return;
+        };
+        if !receipt::wants_receipts(&copy.message) {
+            return;
+        }
+        self.notify(Notice::Stage {
+            message: copy.message.clone(),
+            stage,
+            mailbox: mailbox.clone(),
+            by,
+            at,
+        });
+    }
+
+    /// A non-delivery report about `copy`, when its originator gets one.
+    fn undelivered(
+        &self,
+        queue: &Queue,
+        copy: &Copy,
+        reason: pb::NonDeliveryReason,
+        detail: String,
+    ) {
+        if !receipt::wants_non_delivery(&copy.message) {
+            return;
+        }
+        // The addressee agencies the copy was for (an outbox copy names them), not the peer.
+        let addressees = match copy.transit.route_to.join(",") {
+            to if to.is_empty() => queue.destination().to_owned(),
+            to => to,
+        };
+        self.notify(Notice::Undelivered {
+            message: copy.message.clone(),
+            addressees,
+            reason,
+            detail,
+        });
+    }
+
+    fn notify(&self, n: Notice) {
+        if self.0.notices.try_send(n).is_err() {
+            let dropped = self.0.notices_dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            if dropped.is_power_of_two() {
+                tracing::warn!(
+                    node = %self.0.node, dropped,
+                    "receipts worker is {NOTICE_BACKLOG} notices behind; receipts dropped"
+                );
+            }
+        }
+    }
+}

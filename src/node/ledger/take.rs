@@ -1,0 +1,268 @@
+//! The ledger's first transitions of a message: **taken** (persisted and queued, with
+//! cut-through for time-sensitive copies), or **refused** before any copy exists.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use prost::Message as _;
+
+use super::{Copy, Ledger, MAX_MAILBOXES, Notice, Queue, Seq, Taking, Transit};
+use crate::lanes::Entry;
+use crate::message::{Message, MessageId, millis, timestamp};
+use crate::node::events::Event;
+use crate::refusal::Refusal;
+use crate::route::Plan;
+use crate::store::{Op, PutRecord, StoreError};
+use crate::wire::pb::{self, RefusalCode};
+
+impl Ledger {
+    /// **Taken**: the message is routed by `t.plan`, written to the store (one `Put` per
+    /// destination queue, one group-committed write) and queued; the sender may then hear
+    /// `Accepted`. A time-sensitive copy is queued *while* its write is in flight (cut-through),
+    /// so its delivery or forwarding does not wait for the fsync; `Accepted` still does. A
+    /// retransmission of a message already in the store is answered `Accepted` again without a
+    /// second copy.
+    ///
+    /// # Errors
+    /// A refusal for the sender: a full queue (`QUEUE_FULL`), no room for another mailbox, the
+    /// store refusing the message or failing (then the node stops).
+    pub async fn take(&self, t: Taking<'_>) -> Result<pb::Accepted, Refusal> {
+        let mut answers = self.take_all(vec![t], true).await;
+        answers.pop().expect("one answer per message")
+    }
+
+    /// **Taken**, for several messages at once with one store write: as [`Ledger::take`] for
+    /// each, with one answer per message, in order. With `unique` false the store does not check
+    /// the messages' ids against those it has seen: for messages this node has just written
+    /// itself (receipts and reports, under fresh ids).
+    pub async fn take_all(
+        &self,
+        takings: Vec<Taking<'_>>,
+        unique: bool,
+    ) -> Vec<Result<pb::Accepted, Refusal>> {
+        let mut answers: Vec<Option<Result<pb::Accepted, Refusal>>> = Vec::new();
+        let mut ready = Vec::new();
+        for t in takings {
+            let i = answers.len();
+            answers.push(None);
+            match self.destinations(&t.message, t.hops.clone(), &t.plan, t.now) {
+                Ok(copies) => ready.push((i, t, copies)),
+                Err(r) => answers[i] = Some(Err(r)),
+            }
+        }
+        let mut ops = Vec::new();
+        for (_, t, copies) in &ready {
+            ops.extend(
+                copies
+                    .iter()
+                    .map(|c| put(&t.message, &c.queue, &c.bytes, t.now)),
+            );
+        }
+        // Cut-through (see above). Room was checked; concurrent submissions can overshoot the
+        // bound by at most their number, and an accepted copy is never dropped. Should the write
+        // fail, or the message turn out to be a retransmission, the copy may still be delivered:
+        // once more at worst, with the same id, which the recipient's client drops.
+        let early: Vec<Vec<_>> = ready
+            .iter()
+            .map(
+                |(_, t, copies)| match t.message.precedence.is_time_sensitive() {
+                    true => copies
+                        .iter()
+                        .map(|c| {
+                            let (set, seq) = Seq::pending();
+                            c.queue.push_checked(entry(t, &c.transit, seq));
+                            set
+                        })
+                        .collect(),
+                    false => Vec::new(),
+                },
+            )
+            .collect();
+        let written = match unique {
+            true => self.0.store.commit_if_new(ops).await,
+            false => self.0.store.commit(ops).await,
+        };
+        let mut seqs = match written {
+            Ok(seqs) => seqs.into_iter(),
+            Err(e) => {
+                let refusal = match e {
+                    // Already accepted (a retransmission after a lost answer): accepted again,
+                    // once.
+                    StoreError::Duplicate { .. } => None,
+                    e if e.is_fatal() => Some(self.storage_failed(&e)),
+                    // The store refused this request alone (e.g. over its size limit): nothing
+                    // was written.
+                    e => Some(Refusal::invalid(e.to_string())),
+                };
+                for (i, t, _) in ready {
+                    answers[i] = Some(match &refusal {
+                        None => Ok(accepted(&t)),
+                        Some(r) => Err(r.clone()),
+                    });
+                }
+                return answers.into_iter().map(|a| a.expect("answered")).collect();
+            }
+        };
+        let durable_at = SystemTime::now();
+        for ((i, t, copies), early) in ready.into_iter().zip(early) {
+            if early.is_empty() {
+                for (c, seq) in copies.iter().zip(seqs.by_ref()) {
+                    c.queue
+                        .push_checked(entry(&t, &c.transit, Seq::durable(seq)));
+                }
+            } else {
+                for (set, seq) in early.into_iter().zip(seqs.by_ref()) {
+                    let _ = set.send(Some(seq));
+                }
+            }
+            answers[i] = Some(Ok(accepted(&t)));
+            self.0.events.record(Event::Accepted {
+                id: t.message.id,
+                from: t.from.to_owned(),
+                precedence: t.message.precedence,
+                destinations: t.plan.fan_out(),
+            });
+            self.notify(Notice::Taken {
+                onward: t
+                    .plan
+                    .peers
+                    .iter()
+                    .flat_map(|p| p.agencies.clone())
+                    .collect(),
+                local: t.plan.local,
+                message: t.message,
+                from_peer: t.from_peer,
+                received: t.now,
+                durable_at,
+            });
+        }
+        answers.into_iter().map(|a| a.expect("answered")).collect()
+    }
+
+    /// The copies `plan` calls for: each destination queue (which must have room for the
+    /// message's class), what travels with the copy, and the copy's encoding for the store.
+    /// Local copies carry this node's hop record and share one encoding; onward copies get
+    /// their hop record when forwarded, and name the agencies the peer is to deliver or relay
+    /// them for.
+    fn destinations(
+        &self,
+        message: &Message,
+        hops: Vec<pb::HopRecord>,
+        plan: &Plan,
+        now: SystemTime,
+    ) -> Result<Vec<Destination>, Refusal> {
+        let mut out = Vec::with_capacity(plan.fan_out());
+        let mut local: Option<(Arc<Transit>, Bytes)> = None;
+        for m in &plan.local {
+            let queue = self.mailbox(m).ok_or_else(|| {
+                Refusal::new(
+                    RefusalCode::UnknownRecipient,
+                    format!("this node keeps at most {MAX_MAILBOXES} unit mailboxes"),
+                )
+            })?;
+            let (transit, bytes) = local
+                .get_or_insert_with(|| {
+                    let mut hops = hops.clone();
+                    hops.push(self.hop_record(now, None));
+                    transit(message, hops, Vec::new())
+                })
+                .clone();
+            out.push(Destination {
+                queue,
+                transit,
+                bytes,
+            });
+        }
+        for p in &plan.peers {
+            let queue = self.outbox(&p.node).ok_or_else(|| {
+                Refusal::new(
+                    RefusalCode::UnknownRecipient,
+                    format!("no link to node {}", p.node),
+                )
+            })?;
+            let route_to = p.agencies.iter().map(|a| a.to_string()).collect();
+            let (transit, bytes) = transit(message, hops.clone(), route_to);
+            out.push(Destination {
+                queue,
+                transit,
+                bytes,
+            });
+        }
+        if let Some(full) = out.iter().find(|c| !c.queue.has_room(message.precedence)) {
+            return Err(Refusal::new(
+                RefusalCode::QueueFull,
+                format!("{} is full; retry later", full.queue.name()),
+            ));
+        }
+        Ok(out)
+    }
+
+    /// **Refused**: a submission (from `from`) that the node did not take, and why.
+    pub fn refused(&self, id: Option<MessageId>, from: &str, refusal: &Refusal) {
+        self.0.events.record(Event::Refused {
+            id,
+            from: from.to_owned(),
+            code: refusal.code,
+            reason: refusal.reason.clone(),
+        });
+    }
+}
+
+/// One copy a message is taken as: its queue, its transit records, its stored form.
+struct Destination {
+    queue: Arc<Queue>,
+    transit: Arc<Transit>,
+    bytes: Bytes,
+}
+
+/// Transit records for a copy, and the copy's encoding as the store keeps it (the signed
+/// envelope with those records).
+fn transit(
+    message: &Message,
+    hops: Vec<pb::HopRecord>,
+    route_to: Vec<String>,
+) -> (Arc<Transit>, Bytes) {
+    let bytes = Bytes::from(
+        message
+            .signed(hops.clone(), route_to.clone())
+            .encode_to_vec(),
+    );
+    (Arc::new(Transit { hops, route_to }), bytes)
+}
+
+/// The answer a sender hears for a message taken (or taken before).
+fn accepted(t: &Taking<'_>) -> pb::Accepted {
+    pb::Accepted {
+        message_id: t.message.id.to_bytes(),
+        accepted_at: Some(timestamp(t.now)),
+        routed: t.plan.fan_out() as u32,
+    }
+}
+
+/// The store record of one copy.
+fn put(message: &Message, queue: &Queue, bytes: &Bytes, now: SystemTime) -> Op {
+    Op::Put(PutRecord {
+        queue: queue.name().to_owned(),
+        message_id: *message.id.as_bytes(),
+        precedence: message.precedence.to_pb() as u8,
+        expires_at_ms: millis(message.expires_at),
+        received_at_ms: millis(now),
+        bytes: bytes.clone(),
+    })
+}
+
+/// A queued copy of the message `t` takes, with its transit records and store sequence.
+fn entry(t: &Taking<'_>, transit: &Arc<Transit>, seq: Seq) -> Entry<Copy> {
+    Entry {
+        precedence: t.message.precedence,
+        expires_at: t.message.expires_at,
+        item: Copy {
+            message: t.message.clone(),
+            transit: transit.clone(),
+            seq,
+            received_at: t.now,
+            attempts: 0,
+        },
+    }
+}

@@ -1,0 +1,356 @@
+//! The ledger's own tests: every change of fate records one event and the store records that
+//! make it survive a restart; and, read from the source, nothing else changes a fate.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use prost::Message as _;
+use tokio::sync::broadcast;
+
+use super::*;
+use crate::dispatch::{CLIENT_WINDOWS, Dispatcher, Outcome, PEER_WINDOWS, RetryPolicy};
+use crate::draft::Draft;
+use crate::message::{Originator, Status};
+use crate::route::PeerCopy;
+use crate::store::{StoreOptions, StoredMessage};
+
+fn agency(s: &str) -> AgencyId {
+    AgencyId::new(s).unwrap()
+}
+
+fn ledger(dir: &Path) -> (Ledger, mpsc::Receiver<Notice>, Vec<StoredMessage>) {
+    let (store, recovered) = Store::open(dir, StoreOptions::default()).unwrap();
+    let (l, notices) = Ledger::new(
+        "dea-1",
+        &agency("dea"),
+        ["pgr-1".to_string()].into_iter(),
+        100,
+        store,
+        Events::new("dea-1"),
+    );
+    (l, notices, recovered)
+}
+
+fn message(precedence: Precedence, lifetime: Duration) -> Arc<Message> {
+    let o = Originator {
+        agency: agency("dea"),
+        node: "dea-1".into(),
+        client: Some("duty-desk".into()),
+    };
+    let env = Draft::new(&pb::LiaisonMessage::default())
+        .to("dea/desk")
+        .to("pgr")
+        .precedence(precedence)
+        .status(Status::Actual)
+        .expires_in(lifetime)
+        .finish(&o, SystemTime::now());
+    Arc::new(Message::parse(env.encode_to_vec().into(), None).unwrap())
+}
+
+fn plan() -> Plan {
+    Plan {
+        local: vec![Mailbox::unit("desk").unwrap()],
+        peers: vec![PeerCopy {
+            node: "pgr-1".into(),
+            agencies: vec![agency("pgr")],
+        }],
+    }
+}
+
+async fn take(l: &Ledger, m: &Arc<Message>) {
+    let taking = Taking {
+        message: m.clone(),
+        hops: Vec::new(),
+        plan: plan(),
+        from: "dea/client/duty-desk",
+        from_peer: false,
+        now: SystemTime::now(),
+    };
+    l.take(taking).await.unwrap();
+}
+
+/// The events recorded since `rx` subscribed.
+fn drain(rx: &mut broadcast::Receiver<Event>) -> Vec<Event> {
+    std::iter::from_fn(|| rx.try_recv().ok()).collect()
+}
+
+fn dispatch(l: &Ledger, q: &Arc<Queue>, d: &mut Dispatcher) -> (InFlight, crate::dispatch::Ticket) {
+    match l.next(q, d, SystemTime::now()) {
+        Next::Send(copy, ticket) => (copy, ticket),
+        _ => panic!("expected a copy to send"),
+    }
+}
+
+/// What a restart recovers, once the store has applied what the ledger recorded in the
+/// background.
+async fn settled_store(dir: &Path, l: Ledger) -> Vec<StoredMessage> {
+    l.flush().await;
+    l.close().await.unwrap();
+    drop(l);
+    let (_, _, recovered) = ledger(dir);
+    recovered
+}
+
+#[tokio::test]
+async fn every_change_records_one_event_and_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (l, mut notices, _) = ledger(dir.path());
+    let mut events = l.events().subscribe();
+    let m = message(Precedence::Routine, Duration::from_secs(3600));
+    take(&l, &m).await;
+    assert!(matches!(
+        &drain(&mut events)[..],
+        [Event::Accepted {
+            destinations: 2,
+            ..
+        }]
+    ));
+    assert!(matches!(notices.try_recv(), Ok(Notice::Taken { .. })));
+
+    // The mailbox copy: dispatched, delivered, then its client went away (returned).
+    let mailbox = l.mailbox(&Mailbox::unit("desk").unwrap()).unwrap();
+    let mut d = Dispatcher::new(CLIENT_WINDOWS, RetryPolicy::default(), false);
+    let (copy, ticket) = dispatch(&l, &mailbox, &mut d);
+    l.delivered(&copy, "dea/client/desk");
+    let action = d.settle(
+        ticket,
+        Outcome::Lost,
+        copy.copy().attempts,
+        SystemTime::now(),
+    );
+    l.settle(copy, action, "dea/client/desk");
+    let e = drain(&mut events);
+    assert!(
+        matches!(
+            &e[..],
+            [
+                Event::Dispatched { .. },
+                Event::Delivered { attempt: 1, .. },
+                Event::Returned { .. }
+            ]
+        ),
+        "{e:?}"
+    );
+    // Then an attempt that timed out: retried later, its attempt counted.
+    let (copy, ticket) = dispatch(&l, &mailbox, &mut d);
+    let action = d.settle(
+        ticket,
+        Outcome::TimedOut,
+        copy.copy().attempts,
+        SystemTime::now(),
+    );
+    l.settle(copy, action, "dea/client/desk");
+    let e = drain(&mut events);
+    assert!(
+        matches!(
+            &e[..],
+            [
+                Event::Dispatched { .. },
+                Event::Retrying { attempts: 1, .. }
+            ]
+        ),
+        "{e:?}"
+    );
+
+    // The outbox copy: the peer is busy (deferred), then refuses it for good.
+    let outbox = l.outbox("pgr-1").unwrap();
+    let mut p = Dispatcher::new(PEER_WINDOWS, RetryPolicy::default(), true);
+    let (copy, ticket) = dispatch(&l, &outbox, &mut p);
+    let action = p.settle(
+        ticket,
+        Outcome::Busy(Some(Duration::ZERO)),
+        0,
+        SystemTime::now(),
+    );
+    l.settle(copy, action, "pgr-1");
+    let (copy, ticket) = dispatch(&l, &outbox, &mut p);
+    let refused = Outcome::Refused {
+        code: RefusalCode::UnknownRecipient,
+        reason: "no such unit".into(),
+    };
+    let action = p.settle(ticket, refused, 0, SystemTime::now());
+    l.settle(copy, action, "pgr-1");
+    let e = drain(&mut events);
+    assert!(
+        matches!(
+            &e[..],
+            [
+                Event::Dispatched { .. },
+                Event::Deferred { .. },
+                Event::Dispatched { .. },
+                Event::ForwardRefused { .. }
+            ]
+        ),
+        "{e:?}"
+    );
+    // The originator hears of the refusal (after the delivered receipt of the mailbox copy).
+    let told: Vec<Notice> = std::iter::from_fn(|| notices.try_recv().ok()).collect();
+    assert!(
+        matches!(
+            &told[..],
+            [
+                Notice::Stage {
+                    stage: pb::ReceiptStage::Delivered,
+                    ..
+                },
+                Notice::Undelivered {
+                    reason: pb::NonDeliveryReason::UnknownRecipient,
+                    ..
+                }
+            ]
+        ),
+        "{told:?}"
+    );
+
+    // After a restart: the outbox copy is finished, the mailbox copy waits with its attempt.
+    let recovered = settled_store(dir.path(), l).await;
+    assert_eq!(recovered.len(), 1, "{recovered:?}");
+    assert_eq!(recovered[0].queue, "mailbox:dea/desk");
+    assert_eq!(recovered[0].attempts, 1);
+}
+
+#[tokio::test]
+async fn dropped_copies_return_and_dead_letters_are_redriven() {
+    let dir = tempfile::tempdir().unwrap();
+    let (l, _notices, _) = ledger(dir.path());
+    let mut events = l.events().subscribe();
+    let m = message(Precedence::Flash, Duration::from_secs(3600));
+    take(&l, &m).await;
+    let mailbox = l.mailbox(&Mailbox::unit("desk").unwrap()).unwrap();
+    // A copy abandoned in flight (its task ended) goes back to its queue.
+    let one = RetryPolicy {
+        max_attempts: 1,
+        ..RetryPolicy::default()
+    };
+    let mut d = Dispatcher::new(CLIENT_WINDOWS, one, false);
+    let (copy, _) = dispatch(&l, &mailbox, &mut d);
+    drop(copy);
+    assert!(!mailbox.is_empty());
+    // One failed attempt is all this policy allows: dead-lettered.
+    let (copy, ticket) = dispatch(&l, &mailbox, &mut d);
+    let action = d.settle(
+        ticket,
+        Outcome::Failed("reset".into()),
+        0,
+        SystemTime::now(),
+    );
+    l.settle(copy, action, "dea/client/desk");
+    assert_eq!(mailbox.dead_letters().len(), 1);
+    drain(&mut events);
+    // The copy's write is durable (`take` returned), so it can be redriven at once.
+    let ids = l.redrive(None, |_| true, "dea/operator/ops").await.unwrap();
+    assert_eq!(ids, vec![m.id]);
+    let e = drain(&mut events);
+    assert!(matches!(&e[..], [Event::Redriven { .. }]), "{e:?}");
+    assert!(mailbox.dead_letters().is_empty() && !mailbox.is_empty());
+}
+
+#[tokio::test]
+async fn expired_copies_are_finished_and_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let (l, mut notices, _) = ledger(dir.path());
+    let m = message(Precedence::Routine, Duration::from_millis(1));
+    take(&l, &m).await;
+    let _ = notices.try_recv();
+    let mut events = l.events().subscribe();
+    l.sweep(SystemTime::now() + Duration::from_secs(1));
+    let e = drain(&mut events);
+    assert!(
+        matches!(&e[..], [Event::Expired { .. }, Event::Expired { .. }]),
+        "{e:?}"
+    );
+    assert!(matches!(notices.try_recv(), Ok(Notice::Undelivered { .. })));
+    let recovered = settled_store(dir.path(), l).await;
+    assert!(recovered.is_empty(), "{recovered:?}");
+}
+
+/// Every `.rs` file under `dir`.
+fn sources(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(sources(&p));
+        } else if p.extension().is_some_and(|x| x == "rs") {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[test]
+fn no_fate_changes_outside_the_ledger() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let rel = |p: &Path| p.strip_prefix(&src).unwrap().to_string_lossy().into_owned();
+    let ledger = |f: &str| f == "node/ledger.rs" || f.starts_with("node/ledger/");
+    // What changes a fate, and the only files that may name it.
+    // Each rule: a pattern, and which files (relative to src/) may contain it.
+    type Allowed<'a> = &'a dyn Fn(&str) -> bool;
+    let rules: &[(&str, Allowed)] = &[
+        // The store's fate records and commits: the ledger writes them; the store defines them.
+        ("Op::Put", &|f| ledger(f) || f.starts_with("store/")),
+        ("Op::Done", &|f| ledger(f) || f.starts_with("store/")),
+        ("Op::Attempt", &|f| ledger(f) || f.starts_with("store/")),
+        ("Op::DeadLetter", &|f| ledger(f) || f.starts_with("store/")),
+        ("Op::Redrive", &|f| ledger(f) || f.starts_with("store/")),
+        (".commit(", &|f| ledger(f) || f.starts_with("store/")),
+        (".commit_if_new(", &|f| ledger(f) || f.starts_with("store/")),
+        // The store is opened once, and handed to the ledger.
+        ("Store::open", &|f| {
+            f == "node/runtime.rs" || ledger(f) || f.starts_with("store/")
+        }),
+        // Queues change only through the ledger (their mutators are private to it, too).
+        (".push_checked(", &|f| ledger(f) || f == "lanes.rs"),
+        (".requeue(", &|f| ledger(f) || f == "lanes.rs"),
+        (".retry_at(", &|f| {
+            ledger(f) || f == "lanes.rs" || f == "dispatch.rs"
+        }),
+        (".take_dead(", &ledger),
+        (".drain_expired(", &|f| ledger(f) || f == "lanes.rs"),
+        // The events of fate changes are recorded by the ledger alone (events.rs defines them).
+        ("Event::Accepted {", &|f| ledger(f) || f == "node/events.rs"),
+        ("Event::Refused {", &|f| ledger(f) || f == "node/events.rs"),
+        ("Event::Dispatched {", &|f| {
+            ledger(f) || f == "node/events.rs"
+        }),
+        ("Event::Delivered {", &|f| {
+            ledger(f) || f == "node/events.rs"
+        }),
+        ("Event::Acknowledged {", &|f| {
+            ledger(f) || f == "node/events.rs"
+        }),
+        ("Event::Forwarded {", &|f| {
+            ledger(f) || f == "node/events.rs"
+        }),
+        ("Event::ForwardRefused {", &|f| {
+            ledger(f) || f == "node/events.rs"
+        }),
+        ("Event::Returned {", &|f| ledger(f) || f == "node/events.rs"),
+        ("Event::Deferred {", &|f| ledger(f) || f == "node/events.rs"),
+        ("Event::Retrying {", &|f| ledger(f) || f == "node/events.rs"),
+        ("Event::DeadLettered {", &|f| {
+            ledger(f) || f == "node/events.rs"
+        }),
+        ("Event::Redriven {", &|f| ledger(f) || f == "node/events.rs"),
+        ("Event::Expired {", &|f| ledger(f) || f == "node/events.rs"),
+        ("Event::Purged {", &|f| ledger(f) || f == "node/events.rs"),
+    ];
+    let mut found = Vec::new();
+    for path in sources(&src) {
+        let file = rel(&path);
+        let text = std::fs::read_to_string(&path).unwrap();
+        for (n, line) in text.lines().enumerate() {
+            let code = line.split("//").next().unwrap_or("");
+            for (pattern, allowed) in rules {
+                if code.contains(pattern) && !allowed(&file) {
+                    found.push(format!("src/{file}:{}: {pattern}", n + 1));
+                }
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "a copy's fate changes outside node::ledger:\n{}",
+        found.join("\n")
+    );
+}

@@ -1,0 +1,293 @@
+//! Starting, running and stopping a node.
+//!
+//! [`run`] is what `enlaced` calls: it loads the node's certificate, opens its store, rebuilds
+//! its queues, binds its socket, starts the tasks (the acceptor, one link per peer, the expiry
+//! sweeper, the receipts worker), and when the shutdown future completes (or the store fails)
+//! refuses new work, drains for up to the grace period, and closes. [`start`] does the same in
+//! the background for tests and the demo.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime};
+
+use quinn::Connection;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use super::events::{Event, Events};
+use super::ledger::{Ledger, Notice};
+use super::links::{LinkStatus, Links};
+use super::state::Node;
+use super::{link, receipts, server};
+use crate::config::Config;
+use crate::dispatch::RetryPolicy;
+use crate::identity::{self, PeerCert};
+use crate::signature::Signer;
+use crate::store::{Store, StoreError, StoreOptions};
+use crate::tls::{self, TlsError, TlsMaterial};
+
+/// Why a node could not start or stopped abnormally.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// Its certificate, key, trust bundle or CRLs could not be loaded, or its socket bound.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// Its certificate does not name the node its config describes.
+    #[error("the node's own certificate is unusable: {0}")]
+    OwnCertificate(String),
+    /// Its store cannot be opened: another process holds it, or it is damaged.
+    #[error("the node's store cannot be opened: {0}")]
+    Store(StoreError),
+    /// It stopped because its store failed; a supervisor should restart it (the store is
+    /// recovered from disk at start).
+    #[error("stopped because storage failed: {0}")]
+    StorageFailed(String),
+}
+
+/// A node started in this process (tests, the demo): its address, events and a stop handle.
+///
+/// ```no_run
+/// # async fn example(config: enlace::config::Config) -> Result<(), enlace::NodeError> {
+/// let node = enlace::node::start(config).await?;
+/// println!("listening on {}", node.addr);
+/// let mut events = node.events();
+/// # let _ = &mut events;
+/// node.stop().await;
+/// # Ok(()) }
+/// ```
+pub struct RunningNode {
+    /// The address the node listens on.
+    pub addr: SocketAddr,
+    events: Events,
+    links: Arc<Links>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RunningNode {
+    /// Observes the node's events from now on (a slow observer misses some; the log record is
+    /// always written).
+    pub fn events(&self) -> tokio::sync::broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    /// Every peer link's state and counters, by peer name.
+    pub fn links(&self) -> Vec<LinkStatus> {
+        self.links.snapshot()
+    }
+
+    /// Stops the node gracefully and waits for it.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        let _ = (&mut self.task).await;
+    }
+}
+
+/// Starts a node in the background.
+///
+/// # Errors
+/// As [`run`], for what fails before the node serves.
+pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let bound = bind(config)?;
+    let addr = bound
+        .endpoint
+        .local_addr()
+        .map_err(|e| NodeError::Tls(TlsError::Verifier(e.to_string())))?;
+    let events = bound.node.events().clone();
+    let links = bound.node.links.clone();
+    let task = tokio::spawn(serve(bound, async {
+        let _ = rx.await;
+    }));
+    Ok(RunningNode {
+        addr,
+        events,
+        links,
+        stop: Some(tx),
+        task,
+    })
+}
+
+/// Runs a node until `shutdown` completes, then drains and closes.
+///
+/// ```no_run
+/// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+/// let config = enlace::config::Config::load("/etc/enlace/enlaced.toml".as_ref())?;
+/// enlace::node::run(config, async {
+///     let _ = tokio::signal::ctrl_c().await;
+/// })
+/// .await?;
+/// # Ok(()) }
+/// ```
+///
+/// # Errors
+/// [`NodeError::Tls`], [`NodeError::OwnCertificate`] and [`NodeError::Store`] when it cannot
+/// start; [`NodeError::StorageFailed`] when it stopped because its store failed.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), NodeError> {
+    let bound = bind(config)?;
+    let ledger = bound.node.ledger.clone();
+    serve(bound, shutdown).await;
+    match ledger.failure() {
+        Some(reason) => Err(NodeError::StorageFailed(reason.to_owned())),
+        None => Ok(()),
+    }
+}
+
+/// Loads the node's TLS material and checks its certificate against the config, without binding
+/// anything (`enlaced --check-config`).
+///
+/// # Errors
+/// [`NodeError::Tls`] for unreadable material, [`NodeError::OwnCertificate`] for a certificate
+/// of another node or a key that does not match it.
+pub fn check(config: &Config) -> Result<(), NodeError> {
+    own_identity(config).map(|_| ())
+}
+
+/// The node's TLS material and its identity, checked against the config.
+fn own_identity(config: &Config) -> Result<(TlsMaterial, PeerCert), NodeError> {
+    let tls = TlsMaterial::load(
+        &config.tls.cert,
+        &config.tls.key,
+        &config.tls.ca,
+        &config.tls.crls,
+    )?;
+    let me = identity::from_certificate(&tls.chain[0], &config.trust_domain)
+        .map_err(|e| NodeError::OwnCertificate(e.to_string()))?;
+    if me.identity.role != identity::Role::Node
+        || me.identity.agency != config.agency
+        || me.identity.name != config.name
+    {
+        return Err(NodeError::OwnCertificate(format!(
+            "certificate is {} but the config says node {}/{}",
+            me.identity, config.agency, config.name
+        )));
+    }
+    // Building the server config also checks that the key matches the certificate.
+    tls.server_config()?;
+    Ok((tls, me))
+}
+
+/// A node ready to serve: its state, its socket, and what its tasks start from.
+struct Bound {
+    node: Arc<Node>,
+    endpoint: quinn::Endpoint,
+    /// The receiving end of each peer's link inbox, by peer name.
+    link_rx: HashMap<String, mpsc::Receiver<Connection>>,
+    notices: mpsc::Receiver<Notice>,
+    signer: Signer,
+}
+
+/// Checks the config's TLS material, opens the store, rebuilds the queues and binds the socket.
+fn bind(config: Config) -> Result<Bound, NodeError> {
+    let (tls, me) = own_identity(&config)?;
+    let server = tls::quic_server_config(tls.server_config()?)?;
+    let endpoint = tls::endpoint(config.listen, Some(server))?;
+    let events = Events::new(&config.name);
+    let mut link_inbox = HashMap::new();
+    let mut link_rx = HashMap::new();
+    for name in config.peers.keys() {
+        let (tx, rx) = mpsc::channel(link::INBOX_CAPACITY);
+        link_inbox.insert(name.clone(), tx);
+        link_rx.insert(name.clone(), rx);
+    }
+    let links = Arc::new(Links::new(events.clone(), config.peers.keys().cloned()));
+    let signer = Signer::from_pkcs8(tls.key_der(), tls.leaf_sha256())
+        .map_err(|e| NodeError::OwnCertificate(e.to_string()))?;
+    let retry = RetryPolicy {
+        max_attempts: config.limits.max_delivery_attempts,
+        ..RetryPolicy::default()
+    };
+    let (store, recovered) = Store::open(&config.data_dir.join("store"), StoreOptions::default())
+        .map_err(NodeError::Store)?;
+    let (ledger, notices) = Ledger::new(
+        &config.name,
+        &config.agency,
+        config.peers.keys().cloned(),
+        config.limits.queue_capacity,
+        store,
+        events,
+    );
+    ledger.recover(recovered);
+    let node = Arc::new(Node {
+        config,
+        me,
+        tls,
+        ledger,
+        links,
+        link_inbox,
+        verified: Default::default(),
+        retry,
+        shutting_down: AtomicBool::new(false),
+    });
+    Ok(Bound {
+        node,
+        endpoint,
+        link_rx,
+        notices,
+        signer,
+    })
+}
+
+async fn serve(bound: Bound, shutdown: impl Future<Output = ()>) {
+    let Bound {
+        node,
+        endpoint,
+        mut link_rx,
+        notices,
+        signer,
+    } = bound;
+    tracing::info!(
+        node = %node.config.name,
+        agency = %node.config.agency,
+        addr = %endpoint.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        peers = node.config.peers.len(),
+        "node listening"
+    );
+    let mut tasks = JoinSet::new();
+    for peer in node.config.peers.values() {
+        if let Some(rx) = link_rx.remove(&peer.node) {
+            let endpoint = endpoint.clone();
+            tasks.spawn(link::run(node.clone(), endpoint, peer.clone(), rx));
+        }
+    }
+    tasks.spawn(receipts::run(node.clone(), signer, notices));
+    let sweeper = node.clone();
+    tasks.spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            sweeper.ledger.sweep(SystemTime::now());
+        }
+    });
+    let acceptor = tokio::spawn(server::accept(node.clone(), endpoint.clone()));
+    tokio::select! {
+        _ = shutdown => {}
+        _ = node.ledger.fatal() => {}
+    }
+
+    tracing::info!(node = %node.config.name, "shutting down: refusing new work, draining");
+    node.shutting_down.store(true, Ordering::Release);
+    acceptor.abort();
+    let deadline = tokio::time::Instant::now() + node.config.limits.shutdown_grace;
+    while !node.ledger.drained() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if !node.ledger.drained() {
+        tracing::warn!(node = %node.config.name, "grace period over with messages still queued");
+    }
+    tasks.abort_all();
+    endpoint.close(0u32.into(), b"node shutting down");
+    let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+    // Acknowledgements recorded in the background reach the disk, so a restart does not offer
+    // acknowledged copies again.
+    let _ = tokio::time::timeout(Duration::from_secs(1), node.ledger.flush()).await;
+    if let Err(e) = node.ledger.close().await {
+        tracing::error!(node = %node.config.name, error = %e, "store closed with an error");
+    }
+    tracing::info!(node = %node.config.name, "stopped");
+}

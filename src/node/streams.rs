@@ -1,0 +1,243 @@
+//! Serving the request streams of an authorized connection: submitted messages, subscriptions
+//! and operator requests, each stream in its own task.
+//!
+//! A stream carries a sequence of request frames (one, for an alert on its own stream; many, for
+//! the pipelined analytical stream), answered in order. Requests are processed concurrently
+//! (each may wait for storage), at most [`PIPELINE_DEPTH`] at a time per stream. A frame over the
+//! size limit is refused without being decoded, and its body skipped so the stream stays usable;
+//! a frame declaring an absurd length ends the stream instead. An empty stream, finished at once,
+//! is answered by finishing the other side: peers use it to probe a link.
+//!
+//! Streams are served in their own tasks because QUIC hands them over in the order they were
+//! opened: an alert opened after a bulk transfer must not wait behind it.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use quinn::{RecvStream, SendStream};
+use tokio::sync::watch;
+
+use super::conn::Conn;
+use super::state::Node;
+use crate::address::Mailbox;
+use crate::identity::Role;
+use crate::message::MessageId;
+use crate::policy;
+use crate::refusal::Refusal;
+use crate::validate;
+use crate::wire::FRAME_SLACK;
+use crate::wire::frame::{self, FrameError, FrameReader};
+use crate::wire::pb::{self, RefusalCode, frame::Body};
+
+/// Requests processed at once per stream.
+const PIPELINE_DEPTH: usize = 1024;
+
+/// Ready answers are gathered into one write up to about this many bytes.
+const ANSWER_BATCH_BYTES: usize = 16 * 1024;
+
+/// Oversized frames up to this many times the limit are skipped; larger claims end the stream.
+const SKIP_FACTOR: u64 = 16;
+
+/// What a sender is told to wait before retrying a QUEUE_FULL or SHUTTING_DOWN refusal.
+const RETRY_AFTER: Duration = Duration::from_millis(500);
+
+/// Serves the streams the other side opens, each in its own task, until the connection ends.
+pub(super) async fn serve(node: Arc<Node>, conn: Arc<Conn>) {
+    while let Ok((send, recv)) = conn.conn.accept_bi().await {
+        tokio::spawn(stream(node.clone(), conn.clone(), send, recv));
+    }
+}
+
+/// Serves one stream: reads request frames and writes their answers in order.
+async fn stream(node: Arc<Node>, conn: Arc<Conn>, mut send: SendStream, recv: RecvStream) {
+    // Peers forward what a client submitted within the limit, plus hop records.
+    let max = node.config.limits.max_frame_bytes + if conn.is_peer() { FRAME_SLACK } else { 0 };
+    let mut reader = FrameReader::new(recv, max);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<tokio::task::JoinHandle<Body>>(PIPELINE_DEPTH);
+    let writer = tokio::spawn(async move {
+        let answer = |r: Result<Body, tokio::task::JoinError>| {
+            r.unwrap_or_else(|e| {
+                let r = Refusal::invalid(format!("internal error: {e}"));
+                Body::Refused(r.to_pb(Default::default()))
+            })
+        };
+        let mut next = None;
+        loop {
+            let handle = match next.take() {
+                Some(h) => h,
+                None => match rx.recv().await {
+                    Some(h) => h,
+                    None => break,
+                },
+            };
+            let mut buf = bytes::BytesMut::new();
+            let encode = |body, buf: &mut bytes::BytesMut| {
+                frame::encode_into(&pb::Frame { body: Some(body) }, buf)
+            };
+            encode(answer(handle.await), &mut buf);
+            // Answers that are ready already go out in the same write, still in order.
+            while buf.len() < ANSWER_BATCH_BYTES {
+                match rx.try_recv() {
+                    Ok(h) if h.is_finished() => encode(answer(h.await), &mut buf),
+                    Ok(h) => {
+                        next = Some(h);
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
+            // A sender that went away does not need its answers.
+            if send.write_all(&buf).await.is_err() {
+                return;
+            }
+        }
+        let _ = send.finish();
+    });
+    loop {
+        let (answer, stop) = match reader.read().await {
+            Ok(frame) => {
+                let (node, conn) = (node.clone(), conn.clone());
+                let h = tokio::spawn(async move { answer(&node, &conn, frame).await });
+                if tx.send(h).await.is_err() {
+                    break;
+                }
+                continue;
+            }
+            // The stream or connection went away: nothing to answer.
+            Err(FrameError::End | FrameError::Read(_) | FrameError::Write(_)) => break,
+            Err(e @ FrameError::TooLarge { len, .. }) => {
+                let r = refuse(&node, &conn, frame_refusal(&e), None);
+                // Skipping keeps the stream in sync; a wildly oversized claim is not worth reading.
+                let stop = len > max.saturating_mul(SKIP_FACTOR) || reader.skip(len).await.is_err();
+                (r, stop)
+            }
+            Err(e @ FrameError::Malformed(_)) => {
+                (refuse(&node, &conn, frame_refusal(&e), None), false)
+            }
+            Err(e) => (refuse(&node, &conn, frame_refusal(&e), None), true),
+        };
+        if tx.send(tokio::spawn(async move { answer })).await.is_err() || stop {
+            if stop {
+                let _ = reader.stream().stop(0u32.into());
+            }
+            break;
+        }
+    }
+    drop(tx);
+    let _ = writer.await;
+}
+
+fn frame_refusal(e: &FrameError) -> Refusal {
+    e.refusal()
+        .map(|r| Refusal::new(r.code(), r.reason))
+        .unwrap_or_else(|| Refusal::new(RefusalCode::Malformed, e.to_string()))
+}
+
+/// Records a refusal and returns its answer frame.
+fn refuse(node: &Node, conn: &Conn, refusal: Refusal, id: Option<MessageId>) -> Body {
+    node.ledger.refused(id, &conn.name, &refusal);
+    let mut r = refusal.to_pb(id.map(MessageId::to_bytes).unwrap_or_default());
+    if refusal.is_busy() {
+        r.retry_after_ms = RETRY_AFTER.as_millis() as u64;
+    }
+    Body::Refused(r)
+}
+
+/// Answers one request frame.
+async fn answer(node: &Arc<Node>, conn: &Arc<Conn>, frame: pb::Frame) -> Body {
+    match request(node, conn, frame).await {
+        Ok(body) => body,
+        Err((refusal, id)) => refuse(node, conn, refusal, id),
+    }
+}
+
+/// Handles one request frame.
+async fn request(
+    node: &Arc<Node>,
+    conn: &Arc<Conn>,
+    frame: pb::Frame,
+) -> Result<Body, (Refusal, Option<MessageId>)> {
+    let signed = match frame.body {
+        Some(Body::Submit(pb::Submit {
+            envelope: Some(signed),
+        })) => signed,
+        Some(Body::Subscribe(s)) => return subscribe(node, conn, &s.unit).map_err(|r| (r, None)),
+        Some(Body::Unsubscribe(u)) => return Ok(unsubscribe(conn, &u.unit)),
+        Some(op @ (Body::DlqList(_) | Body::DlqShow(_) | Body::DlqRedrive(_))) => {
+            if conn.who.identity.role != Role::Operator {
+                let r = Refusal::new(
+                    RefusalCode::Unauthorized,
+                    format!(
+                        "{} is not an operator; dead letters need an operator certificate",
+                        conn.name
+                    ),
+                );
+                return Err((r, None));
+            }
+            return Ok(super::operator::handle(node, &conn.name, op).await);
+        }
+        other => {
+            let got = match other {
+                Some(Body::Submit(_)) => "Submit without an envelope".to_owned(),
+                Some(b) => format!("{b:?}").chars().take(40).collect(),
+                None => "an empty frame".to_owned(),
+            };
+            let r = Refusal::new(
+                RefusalCode::Malformed,
+                format!("expected Submit, got {got}"),
+            );
+            return Err((r, None));
+        }
+    };
+    if let Some(refusal) = node.refusing_new_work() {
+        return Err((refusal, None));
+    }
+    let now = SystemTime::now();
+    let admitted = validate::admit(signed, &conn.who, &node.admission(), now)?;
+    let id = admitted.message.id();
+    node.take(admitted, &conn.name, conn.is_peer(), now)
+        .await
+        .map(Body::Accepted)
+        .map_err(|r| (r, Some(id)))
+}
+
+/// Starts delivering a mailbox on this connection, if the client may read it.
+fn subscribe(node: &Arc<Node>, conn: &Arc<Conn>, unit: &str) -> Result<Body, Refusal> {
+    let mailbox = policy::may_read(&conn.who.identity, unit)?;
+    let queue = node.ledger.mailbox(&mailbox).ok_or_else(|| {
+        Refusal::new(
+            RefusalCode::UnknownRecipient,
+            format!(
+                "no mailbox for {mailbox}: this node keeps at most {} mailboxes",
+                super::ledger::MAX_MAILBOXES
+            ),
+        )
+    })?;
+    let (tx, stop) = watch::channel(false);
+    if !conn.start_reading(&mailbox, tx) {
+        return Err(Refusal::new(
+            RefusalCode::Invalid,
+            format!("this connection already reads {mailbox}"),
+        ));
+    }
+    tokio::spawn(super::deliver::run(
+        node.clone(),
+        conn.clone(),
+        mailbox,
+        queue,
+        stop,
+    ));
+    Ok(Body::Subscribed(pb::Subscribed {
+        unit: unit.to_owned(),
+    }))
+}
+
+/// Stops delivering a mailbox on this connection (nothing to do if it was not read here).
+fn unsubscribe(conn: &Conn, unit: &str) -> Body {
+    if let Ok(mailbox) = Mailbox::from_wire(unit) {
+        conn.stop_reading(&mailbox);
+    }
+    Body::Unsubscribed(pb::Unsubscribed {
+        unit: unit.to_owned(),
+    })
+}
