@@ -68,7 +68,8 @@ use crate::identity::{self, AgencyId};
 use crate::message::{MessageId, Originator, Precedence};
 use crate::pipeline::{self, Pipeline};
 use crate::session::{self, Session};
-use crate::signature::Signer;
+use crate::signature::{Signer, VerifiedRoots};
+use crate::signers::Signers;
 use crate::tls;
 use crate::wire::pb::{self, frame::Body};
 use crate::wire::{CONTROL_FRAME_LIMIT, FRAME_SLACK};
@@ -174,6 +175,7 @@ impl Sender {
                 envelope: bytes,
                 hops: Vec::new(),
                 route_to: Vec::new(),
+                signer_chain: Vec::new(),
             };
             let recv = session::hand_over(&self.connection, signed, p.stream_priority()).await?;
             Ok(Handed::Alert(recv))
@@ -330,11 +332,19 @@ impl Client {
             closing: closing.subscribe(),
             done: writers_done,
         };
+        let trust_domain = identity::own_identity(&tls_material.chain[0])
+            .map(|i| i.trust_domain)
+            .map_err(|e| ClientError::Options(format!("the client certificate: {e}")))?;
+        let checks = Arc::new(inbox::Checks {
+            signers: Signers::new(tls_material.signer_verifier()?, &trust_domain),
+            verified: VerifiedRoots::default(),
+        });
         tokio::spawn(inbox::receive(
             connection.clone(),
             routes.clone(),
             max,
             acks,
+            checks,
         ));
         let signer = Arc::new(signer);
         let analytical = Pipeline::new(

@@ -61,6 +61,7 @@ mod respond;
 mod route;
 mod session;
 mod signature;
+mod signers;
 mod store;
 mod tls;
 mod validate;

@@ -444,12 +444,14 @@ impl Message {
         &self,
         hops: Vec<pb::HopRecord>,
         route_to: Vec<String>,
+        signer_chain: &[Bytes],
     ) -> pb::SignedEnvelope {
         pb::SignedEnvelope {
             envelope: self.envelope.clone(),
             signature: self.signature.clone(),
             hops,
             route_to,
+            signer_chain: signer_chain.to_vec(),
         }
     }
 }

@@ -253,6 +253,7 @@ fn encode_batch(batch: Vec<Request>, signer: Option<&Signer>, pending: &Pending)
                 signature: signatures.next(),
                 hops: Vec::new(),
                 route_to: Vec::new(),
+                signer_chain: Vec::new(),
             },
         };
         let submit = Body::Submit(pb::Submit {

@@ -105,6 +105,7 @@ impl Signer {
             envelope: bytes,
             hops: Vec::new(),
             route_to: Vec::new(),
+            signer_chain: Vec::new(),
         }
     }
 

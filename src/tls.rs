@@ -15,6 +15,7 @@ use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use rustls::RootCertStore;
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
+use rustls::server::danger::ClientCertVerifier;
 use rustls::server::{NoServerSessionStorage, WebPkiClientVerifier};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
@@ -120,6 +121,17 @@ impl TlsMaterial {
         let mut out = [0u8; 32];
         out.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, &self.chain[0]).as_ref());
         out
+    }
+
+    /// The verifier of originators' certificate chains (see `signers`): the federation's roots
+    /// and this material's CRLs, as for client certificates at the handshake. Node certificates
+    /// carry clientAuth too, so a node's own SYSTEM messages verify the same way.
+    pub fn signer_verifier(&self) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
+        let verifier = WebPkiClientVerifier::builder_with_provider(self.roots.clone(), provider())
+            .with_crls(self.crls.clone())
+            .build()
+            .map_err(|e| TlsError::Verifier(e.to_string()))?;
+        Ok(verifier)
     }
 
     /// A server config that requires and verifies client certificates (TLS 1.3, no resumption,

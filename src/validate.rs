@@ -11,7 +11,8 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use crate::identity::{PeerCert, Role};
-use crate::message::{Message, MessageId, Status};
+use crate::message::{Message, MessageId, Status, clip};
+use crate::receipt;
 use crate::refusal::Refusal;
 use crate::signature;
 use crate::wire::pb::{self, RefusalCode};
@@ -24,6 +25,9 @@ pub(crate) struct Admitted {
     pub hops: Vec<pb::HopRecord>,
     /// From a peer: the agencies its copy is for at this node.
     pub route_to: Vec<String>,
+    /// The signer's certificate chain (leaf first), carried with every copy; set by the caller
+    /// (the client's handshake chain, or the verified chain a peer's envelope carried).
+    pub signer_chain: Arc<[bytes::Bytes]>,
 }
 
 /// The node doing the admitting.
@@ -37,13 +41,20 @@ pub(crate) struct NodeContext<'a> {
 
 /// Checks a submitted envelope.
 ///
-/// From a client: the originator must be the client itself at this node, and the signature must
-/// verify against the client's certificate. From a peer node: the envelope must carry a signature
-/// (end-to-end verification of originators at relays needs a certificate directory, see
-/// ARCHITECTURE.md) and must not exceed its hop limit.
+/// Whoever sent it, the originator's signature must verify over the exact bytes against the
+/// signer's certificate (`signer`: from a client, the client's own, which is `sender`; from a
+/// peer node, the chain the envelope carries, verified by the caller, or why it did not verify),
+/// and the signer must be the
+/// originator: a client of the originator's agency with the originator's name, or for SYSTEM
+/// traffic (receipts, reports) the originating node itself; a node originates nothing else.
+/// From a client: the originator must be the client itself at this node; it may not send SYSTEM
+/// traffic, control payloads, hop records or `route_to`. From a peer: the last hop record must
+/// be the peer's. For everyone: control payloads must name their sender honestly (see
+/// [`receipt::check_control`]), and expiry, hop limits and loops are checked.
 pub(crate) fn admit(
     signed: pb::SignedEnvelope,
     sender: &PeerCert,
+    signer: Result<&PeerCert, String>,
     node: &NodeContext<'_>,
     now: SystemTime,
 ) -> Result<Admitted, (Refusal, Option<MessageId>)> {
@@ -52,50 +63,70 @@ pub(crate) fn admit(
         signature,
         hops,
         route_to,
+        signer_chain,
     } = signed;
     let message = Message::parse(envelope, signature)?;
     let id = message.id;
     let fail = |r: Refusal| (r, Some(id));
+    let deny = |reason: String| fail(Refusal::new(RefusalCode::Unauthorized, reason));
     let originator = &message.originator;
-    match sender.identity.role {
+    let signer = match sender.identity.role {
         Role::Client | Role::Operator => {
             let me = &sender.identity;
             if originator.agency != me.agency
                 || originator.client.as_deref() != Some(me.name.as_str())
                 || originator.node != node.node
             {
-                return Err(fail(Refusal::new(
-                    RefusalCode::Unauthorized,
-                    format!(
-                        "originator {}/{}@{} does not match the sender's certificate {}/{} at node {}",
-                        originator.agency,
-                        originator.client.as_deref().unwrap_or(""),
-                        originator.node,
-                        me.agency,
-                        me.name,
-                        node.node
-                    ),
+                return Err(deny(format!(
+                    "originator {}/{}@{} does not match the sender's certificate {}/{} at node {}",
+                    originator.agency,
+                    originator.client.as_deref().unwrap_or(""),
+                    originator.node,
+                    me.agency,
+                    me.name,
+                    node.node
                 )));
             }
-            signature::verify(
-                &message.envelope,
-                message.signature.as_ref(),
-                &sender.sha256,
-                sender.ed25519_public_key.as_deref(),
-                Some(node.verified),
-            )
-            .map_err(|e| fail(Refusal::invalid(format!("originator signature: {e}"))))?;
+            if message.status == Status::System {
+                return Err(deny("only nodes send SYSTEM traffic".into()));
+            }
+            if receipt::is_node_control(&message) {
+                return Err(deny(format!(
+                    "only nodes send {} payloads",
+                    message.payload_type
+                )));
+            }
+            if !hops.is_empty() || !route_to.is_empty() {
+                return Err(fail(Refusal::invalid(
+                    "clients cannot set hop records or route_to; nodes add them",
+                )));
+            }
+            sender
         }
         Role::Node => {
-            // Only a node's own system messages (reports) have no client.
-            if message.originator.client.is_none() && message.status != Status::System {
-                return Err(fail(Refusal::invalid("originator is incomplete")));
+            let last = hops.last();
+            if last.is_none_or(|h| {
+                h.node != sender.identity.name || h.agency != sender.identity.agency.as_str()
+            }) {
+                return Err(deny(format!(
+                    "the last hop record must be the sending node's ({}), not {}",
+                    sender.identity.name,
+                    last.map_or("missing".into(), |h| clip(&h.node))
+                )));
             }
-            if message.signature.is_none() {
-                return Err(fail(Refusal::invalid("the envelope is not signed")));
-            }
+            signer.map_err(|reason| fail(Refusal::invalid(format!("originator signature: {reason}"))))?
         }
-    }
+    };
+    signed_by_originator(&message, signer).map_err(deny)?;
+    signature::verify(
+        &message.envelope,
+        message.signature.as_ref(),
+        &signer.sha256,
+        signer.ed25519_public_key.as_deref(),
+        Some(node.verified),
+    )
+    .map_err(|e| fail(Refusal::invalid(format!("originator signature: {e}"))))?;
+    receipt::check_control(&message).map_err(deny)?;
     if message.expires_at <= now {
         return Err(fail(Refusal::new(
             RefusalCode::Expired,
@@ -140,7 +171,42 @@ pub(crate) fn admit(
         message: Arc::new(message),
         hops,
         route_to,
+        signer_chain: signer_chain.into(),
     })
+}
+
+/// Whether `signer` is the originator of `message`: a client (or operator) of the originator's
+/// agency with the originator's name, or, for SYSTEM traffic, the originating node itself.
+pub(crate) fn signed_by_originator(message: &Message, signer: &PeerCert) -> Result<(), String> {
+    let o = &message.originator;
+    let s = &signer.identity;
+    let ok = match &o.client {
+        Some(client) => {
+            matches!(s.role, Role::Client | Role::Operator)
+                && s.agency == o.agency
+                && &s.name == client
+        }
+        None => {
+            message.status == Status::System
+                && s.role == Role::Node
+                && s.agency == o.agency
+                && s.name == o.node
+        }
+    };
+    if ok {
+        Ok(())
+    } else if o.client.is_none() && message.status != Status::System {
+        Err(format!(
+            "node {}/{} originated a message that is not SYSTEM traffic; nodes originate only \
+             their own receipts and reports",
+            o.agency, o.node
+        ))
+    } else {
+        Err(format!(
+            "the envelope claims originator {o} but is signed by {s}; the signer must be the \
+             originator"
+        ))
+    }
 }
 
 #[cfg(test)]

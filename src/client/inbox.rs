@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::SystemTime;
 
+use bytes::Bytes;
 use quinn::{Connection, SendStream};
 use tokio::sync::{mpsc, watch};
 
@@ -20,6 +21,8 @@ use crate::address::Mailbox;
 use crate::error::{PayloadError, SubmitError};
 use crate::message::{Hop, Message, MessageId, Precedence};
 use crate::session;
+use crate::signature::VerifiedRoots;
+use crate::signers::Signers;
 use crate::wire::frame::{self, FrameError, FrameReader};
 use crate::wire::pb::{self, frame::Body};
 
@@ -81,6 +84,34 @@ impl Dedup {
 
     fn insert(&self, id: MessageId) {
         self.0.lock().expect("seen lock poisoned").insert(id);
+    }
+}
+
+/// What a client checks of every delivery before the application sees it: the signer's chain
+/// (to the federation root), that the signer is the originator, the originator's signature over
+/// the exact bytes, and that a control payload names its sender honestly. A delivery that fails
+/// is not handed over (and not acknowledged): it is logged, and the node offers it again until
+/// it dead-letters it.
+pub(crate) struct Checks {
+    pub signers: Signers,
+    pub verified: VerifiedRoots,
+}
+
+impl Checks {
+    fn check(&self, m: &Message, chain: &[Bytes]) -> Result<(), String> {
+        let signer = self
+            .signers
+            .signer_for(m.signature.as_ref(), chain, SystemTime::now())?;
+        crate::validate::signed_by_originator(m, &signer.cert)?;
+        crate::signature::verify(
+            &m.envelope,
+            m.signature.as_ref(),
+            &signer.cert.sha256,
+            signer.cert.ed25519_public_key.as_deref(),
+            Some(&self.verified),
+        )
+        .map_err(|e| format!("originator signature: {e}"))?;
+        crate::receipt::check_control(m)
     }
 }
 
@@ -209,6 +240,7 @@ pub struct Delivery {
     id: MessageId,
     message: Message,
     hops: Vec<pb::HopRecord>,
+    signer_chain: Vec<Bytes>,
     attempt: u32,
     mailbox: Mailbox,
     received_at: SystemTime,
@@ -358,7 +390,7 @@ impl Delivery {
     /// # }
     /// ```
     pub fn signed_envelope(&self) -> pb::SignedEnvelope {
-        self.message.signed(self.hops.clone(), Vec::new())
+        self.message.signed(self.hops.clone(), Vec::new(), &self.signer_chain)
     }
 
     /// Acknowledges the message: the node will not offer it again.
@@ -402,6 +434,7 @@ pub(crate) async fn receive(
     routes: Routes,
     max_frame: u64,
     acks: AckWriters,
+    checks: Arc<Checks>,
 ) {
     let mut closing = acks.closing.clone();
     loop {
@@ -418,6 +451,7 @@ pub(crate) async fn receive(
             routes.clone(),
             max_frame,
             acks.clone(),
+            checks.clone(),
         ));
     }
     // Closing waits for the writers, not for this task.
@@ -436,6 +470,7 @@ async fn read_deliveries(
     routes: Routes,
     max_frame: u64,
     acks: AckWriters,
+    checks: Arc<Checks>,
 ) {
     let (ack_tx, mut ack_rx) = mpsc::channel::<MessageId>(ACK_QUEUE);
     let AckWriters { mut closing, done } = acks;
@@ -494,6 +529,10 @@ async fn read_deliveries(
             tracing::warn!("node delivered an envelope that does not parse; ignored");
             continue;
         };
+        if let Err(reason) = checks.check(&delivery.message, &delivery.signer_chain) {
+            tracing::warn!(id = %delivery.id, %reason, "delivery refused: it is not what it claims to be");
+            continue;
+        }
         let route = routes
             .lock()
             .expect("routes lock poisoned")
@@ -545,6 +584,7 @@ fn to_delivery(d: pb::Deliver, ack: mpsc::Sender<MessageId>) -> Option<Delivery>
         id: message.id,
         message,
         hops: signed.hops,
+        signer_chain: signed.signer_chain,
         attempt: d.attempt,
         mailbox: Mailbox::from_wire(&d.unit).ok()?,
         received_at: SystemTime::now(),

@@ -7,7 +7,9 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use bytes::Bytes;
 use quinn::Connection;
+use rustls_pki_types::CertificateDer;
 use tokio::sync::watch;
 
 use crate::address::Mailbox;
@@ -20,13 +22,16 @@ pub(super) struct Conn {
     pub who: PeerCert,
     /// `who`, printed once (`agency/role/name`).
     pub name: String,
+    /// Its verified certificate chain (leaf first), as envelopes carry a signer's chain.
+    pub chain: Arc<[Bytes]>,
     /// Mailboxes this connection reads, each with the stop signal of its delivery loop.
     subscriptions: Mutex<HashMap<Mailbox, watch::Sender<bool>>>,
 }
 
 impl Conn {
-    pub fn new(conn: Connection, who: PeerCert) -> Arc<Conn> {
+    pub fn new(conn: Connection, who: PeerCert, chain: &[CertificateDer<'_>]) -> Arc<Conn> {
         Arc::new(Conn {
+            chain: chain.iter().map(|c| Bytes::copy_from_slice(c)).collect(),
             name: who.identity.to_string(),
             conn,
             who,

@@ -50,7 +50,11 @@ impl Consumer {
         let c = copy.copy();
         pb::Frame {
             body: Some(Body::Deliver(pb::Deliver {
-                envelope: Some(c.message.signed(c.transit.hops.clone(), Vec::new())),
+                envelope: Some(c.message.signed(
+                    c.transit.hops.clone(),
+                    Vec::new(),
+                    &c.transit.signer_chain,
+                )),
                 attempt: copy.attempt(),
                 agency: self.node.config.agency.to_string(),
                 unit: self.mailbox.wire_name().to_owned(),

@@ -51,7 +51,8 @@ fn with_hop(node: &Node, copy: &InFlight) -> pb::SignedEnvelope {
         node.ledger
             .hop_record(c.received_at, Some(SystemTime::now())),
     );
-    c.message.signed(hops, c.transit.route_to.clone())
+    c.message
+        .signed(hops, c.transit.route_to.clone(), &c.transit.signer_chain)
 }
 
 /// Forwards `outbox` to `peer` over `conn` until the connection ends.

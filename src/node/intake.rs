@@ -35,12 +35,14 @@ impl Node {
             message,
             hops,
             route_to,
+            signer_chain,
         } = admitted;
         let plan = self.plan(&message, &hops, from_peer.then_some(&route_to[..]))?;
         self.ledger
             .take(Taking {
                 message,
                 hops,
+                signer_chain,
                 plan,
                 from,
                 from_peer,
@@ -54,6 +56,7 @@ impl Node {
     pub async fn take_own(
         &self,
         messages: Vec<Arc<Message>>,
+        signer_chain: &Arc<[bytes::Bytes]>,
         from: &str,
         now: SystemTime,
     ) -> Vec<Result<pb::Accepted, Refusal>> {
@@ -68,6 +71,7 @@ impl Node {
                     takings.push(Taking {
                         message,
                         hops: Vec::new(),
+                        signer_chain: signer_chain.clone(),
                         plan,
                         from,
                         from_peer: false,

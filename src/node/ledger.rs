@@ -95,6 +95,8 @@ pub(crate) struct Taking<'a> {
     pub message: Arc<Message>,
     /// Hop records as received (this node's own is added here).
     pub hops: Vec<pb::HopRecord>,
+    /// The signer's certificate chain, carried with every copy.
+    pub signer_chain: Arc<[bytes::Bytes]>,
     pub plan: Plan,
     /// Who handed it over, for the event: a client, a peer node, or this node.
     pub from: &'a str,

@@ -284,8 +284,11 @@ async fn connect(
             peer.address, peer.agency, peer.node
         )));
     }
+    // Its chain was verified by the handshake: what it signs can be checked here.
+    node.signers.trusted(cert.clone(), (*chain).clone());
     // The peer submits to us on this connection too.
-    tokio::spawn(streams::serve(node.clone(), Conn::new(conn.clone(), cert)));
+    let serving = Conn::new(conn.clone(), cert, &chain);
+    tokio::spawn(streams::serve(node.clone(), serving));
     // Keep the control stream open for the life of the link.
     let control = session.control;
     tokio::spawn({

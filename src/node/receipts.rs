@@ -70,6 +70,8 @@ struct Worker {
     signer: Signer,
     /// This node, as the originator of its SYSTEM messages.
     me: Originator,
+    /// This node's certificate chain, carried with its SYSTEM messages.
+    chain: Arc<[Bytes]>,
     deadlines: Deadlines<Awaited>,
 }
 
@@ -80,7 +82,9 @@ pub(super) async fn run(node: Arc<Node>, signer: Signer, mut notices: mpsc::Rece
         node: node.config.name.clone(),
         client: None,
     };
+    let chain = node.tls.chain.iter().map(|c| Bytes::copy_from_slice(c)).collect();
     let mut w = Worker {
+        chain,
         node,
         signer,
         me,
@@ -362,7 +366,8 @@ impl Worker {
         }
         let from = self.node.own_name();
         let ids: Vec<MessageId> = messages.iter().map(|m| m.id).collect();
-        let answers = self.node.take_own(messages, &from, SystemTime::now()).await;
+        let now = SystemTime::now();
+        let answers = self.node.take_own(messages, &self.chain, &from, now).await;
         for ((answer, id), what) in answers.into_iter().zip(ids).zip(what) {
             if let Err(r) = answer {
                 let reason = format!("{what} not queued: {}", r.reason);

@@ -26,6 +26,7 @@ use crate::config::Config;
 use crate::dispatch::RetryPolicy;
 use crate::identity::{self, PeerCert};
 use crate::signature::Signer;
+use crate::signers::Signers;
 use crate::store::{Store, StoreError, StoreOptions};
 use crate::tls::{self, TlsError, TlsMaterial};
 
@@ -213,7 +214,10 @@ fn bind(config: Config) -> Result<Bound, NodeError> {
         events,
     );
     ledger.recover(recovered);
+    let signers = Signers::new(tls.signer_verifier()?, &config.trust_domain);
+    signers.trusted(me.clone(), tls.chain.clone());
     let node = Arc::new(Node {
+        signers,
         config,
         me,
         tls,

@@ -57,7 +57,7 @@ async fn handle(node: Arc<Node>, incoming: quinn::Incoming) {
             return;
         }
     };
-    let who = match peer_cert(&conn, &node.config.trust_domain) {
+    let (who, chain) = match peer_cert(&node, &conn) {
         Ok(w) => w,
         Err(reason) => {
             return refuse_connection(&node, &conn, None, None, unauthorized(reason)).await;
@@ -114,7 +114,7 @@ async fn handle(node: Arc<Node>, incoming: quinn::Incoming) {
         );
         return;
     }
-    streams::serve(node, Conn::new(conn, who)).await;
+    streams::serve(node, Conn::new(conn, who, &chain)).await;
 }
 
 async fn read_hello(conn: &Connection) -> Result<(SendStream, RecvStream, pb::Hello), String> {
@@ -160,8 +160,13 @@ async fn refuse_connection(
     conn.close(CLOSE_REFUSED.into(), refusal.reason.as_bytes());
 }
 
-/// Reads the peer's verified certificate chain and derives its identity.
-fn peer_cert(conn: &Connection, trust_domain: &str) -> Result<PeerCert, String> {
+/// Reads the peer's verified certificate chain and derives its identity; the chain is
+/// remembered as a signer's (the handshake verified it), so what this peer signs can be checked
+/// here and handed on.
+fn peer_cert(
+    node: &Node,
+    conn: &Connection,
+) -> Result<(PeerCert, Vec<CertificateDer<'static>>), String> {
     let chain = conn
         .peer_identity()
         .and_then(|a| a.downcast::<Vec<CertificateDer<'static>>>().ok())
@@ -169,7 +174,10 @@ fn peer_cert(conn: &Connection, trust_domain: &str) -> Result<PeerCert, String> 
     let leaf = chain
         .first()
         .ok_or_else(|| "empty certificate chain".to_owned())?;
-    identity::from_certificate(leaf, trust_domain).map_err(|e| e.to_string())
+    let cert =
+        identity::from_certificate(leaf, &node.config.trust_domain).map_err(|e| e.to_string())?;
+    node.signers.trusted(cert.clone(), (*chain).clone());
+    Ok((cert, *chain))
 }
 
 fn peer_identity(p: &PeerCert) -> pb::PeerIdentity {

@@ -19,6 +19,7 @@ use crate::dispatch::RetryPolicy;
 use crate::identity::PeerCert;
 use crate::refusal::Refusal;
 use crate::signature::VerifiedRoots;
+use crate::signers::Signers;
 use crate::tls::TlsMaterial;
 use crate::validate::NodeContext;
 use crate::wire::pb::RefusalCode;
@@ -37,6 +38,8 @@ pub(super) struct Node {
     pub link_inbox: HashMap<String, mpsc::Sender<Connection>>,
     /// Batch signatures already verified (see `signature`).
     pub verified: VerifiedRoots,
+    /// Originators' certificate chains, verified, by SHA-256 (see `signers`).
+    pub signers: Signers,
     /// Redelivery policy (`limits.max_delivery_attempts`).
     pub retry: RetryPolicy,
     pub shutting_down: AtomicBool,

@@ -193,7 +193,26 @@ async fn request(
         return Err((refusal, None));
     }
     let now = SystemTime::now();
-    let admitted = validate::admit(signed, &conn.who, &node.admission(), now)?;
+    // From a client, the signer is the client itself, its chain the one its handshake
+    // presented; from a peer, the chain the envelope carries, verified here.
+    let signer = match conn.is_peer() {
+        true => Some(node.signers.signer_for(
+            signed.signature.as_ref(),
+            &signed.signer_chain,
+            now,
+        )),
+        false => None,
+    };
+    let cert = match &signer {
+        Some(Ok(s)) => Ok(&s.cert),
+        Some(Err(reason)) => Err(reason.clone()),
+        None => Ok(&conn.who),
+    };
+    let mut admitted = validate::admit(signed, &conn.who, cert, &node.admission(), now)?;
+    admitted.signer_chain = match &signer {
+        Some(Ok(s)) => s.chain_bytes(),
+        _ => conn.chain.clone(),
+    };
     let id = admitted.message.id();
     node.take(admitted, &conn.name, conn.is_peer(), now)
         .await

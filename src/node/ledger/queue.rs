@@ -95,6 +95,8 @@ pub(crate) struct Transit {
     pub hops: Vec<pb::HopRecord>,
     /// For an outbox copy: the agencies the peer is to deliver or relay it for.
     pub route_to: Vec<String>,
+    /// The signer's certificate chain, leaf first (see `signers`).
+    pub signer_chain: Arc<[bytes::Bytes]>,
 }
 
 /// One copy of a message waiting in a queue.

@@ -30,6 +30,7 @@ impl Ledger {
                     let transit = Transit {
                         hops: s.hops,
                         route_to: s.route_to,
+                        signer_chain: s.signer_chain.into(),
                     };
                     Some((message, transit))
                 });

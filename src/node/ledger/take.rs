@@ -46,7 +46,7 @@ impl Ledger {
         for t in takings {
             let i = answers.len();
             answers.push(None);
-            match self.destinations(&t.message, t.hops.clone(), &t.plan, t.now) {
+            match self.destinations(&t.message, t.hops.clone(), &t.signer_chain, &t.plan, t.now) {
                 Ok(copies) => ready.push((i, t, copies)),
                 Err(r) => answers[i] = Some(Err(r)),
             }
@@ -149,6 +149,7 @@ impl Ledger {
         &self,
         message: &Message,
         hops: Vec<pb::HopRecord>,
+        chain: &Arc<[Bytes]>,
         plan: &Plan,
         now: SystemTime,
     ) -> Result<Vec<Destination>, Refusal> {
@@ -165,7 +166,7 @@ impl Ledger {
                 .get_or_insert_with(|| {
                     let mut hops = hops.clone();
                     hops.push(self.hop_record(now, None));
-                    transit(message, hops, Vec::new())
+                    transit(message, hops, Vec::new(), chain)
                 })
                 .clone();
             out.push(Destination {
@@ -182,7 +183,7 @@ impl Ledger {
                 )
             })?;
             let route_to = p.agencies.iter().map(|a| a.to_string()).collect();
-            let (transit, bytes) = transit(message, hops.clone(), route_to);
+            let (transit, bytes) = transit(message, hops.clone(), route_to, chain);
             out.push(Destination {
                 queue,
                 transit,
@@ -222,13 +223,16 @@ fn transit(
     message: &Message,
     hops: Vec<pb::HopRecord>,
     route_to: Vec<String>,
+    chain: &Arc<[Bytes]>,
 ) -> (Arc<Transit>, Bytes) {
-    let bytes = Bytes::from(
-        message
-            .signed(hops.clone(), route_to.clone())
-            .encode_to_vec(),
-    );
-    (Arc::new(Transit { hops, route_to }), bytes)
+    let signed = message.signed(hops.clone(), route_to.clone(), chain);
+    let bytes = Bytes::from(signed.encode_to_vec());
+    let transit = Transit {
+        hops,
+        route_to,
+        signer_chain: chain.clone(),
+    };
+    (Arc::new(transit), bytes)
 }
 
 /// The answer a sender hears for a message taken (or taken before).

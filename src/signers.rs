@@ -1,0 +1,207 @@
+//! The certificates of the originators whose signatures a node or client checks: verified once,
+//! as rustls verifies a client certificate (chain to the federation root, validity, CRLs), and
+//! cached by the SHA-256 a signature names.
+//!
+//! Every node that admits an envelope, and every client that receives one, checks the
+//! originator's signature over the exact bytes; the signer's certificate chain comes from the
+//! connection it arrived on (a client's own handshake at the origin node), or is asked of the
+//! previous hop, which had to know it to admit the message. This module only verifies and
+//! remembers chains; asking for them is the node's and the client's business. Sans-I/O: the time
+//! is a parameter.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use rustls::server::danger::ClientCertVerifier;
+use rustls_pki_types::{CertificateDer, UnixTime};
+
+use crate::identity::{self, PeerCert};
+
+/// Signer chains a cache keeps; beyond it, the oldest is forgotten (it is fetched and verified
+/// again if needed).
+pub(crate) const CAPACITY: usize = 4096;
+
+/// A signer whose chain verified: its identity and key, and the chain (to hand to the next hop).
+#[derive(Debug)]
+pub(crate) struct Signer {
+    pub cert: PeerCert,
+    pub chain: Vec<CertificateDer<'static>>,
+}
+
+impl Signer {
+    /// The chain as the envelope carries it (`SignedEnvelope.signer_chain`).
+    pub fn chain_bytes(&self) -> Arc<[bytes::Bytes]> {
+        self.chain
+            .iter()
+            .map(|c| bytes::Bytes::copy_from_slice(c))
+            .collect()
+    }
+}
+
+/// Verified signer chains by the SHA-256 of their leaf. Clones share the cache.
+#[derive(Clone)]
+pub(crate) struct Signers {
+    verifier: Arc<dyn ClientCertVerifier>,
+    trust_domain: String,
+    cache: Arc<Mutex<Cache>>,
+}
+
+#[derive(Default)]
+struct Cache {
+    by_hash: HashMap<[u8; 32], Arc<Signer>>,
+    order: VecDeque<[u8; 32]>,
+}
+
+impl Signers {
+    /// A cache verifying chains with `verifier` (the federation's roots and CRLs) for identities
+    /// of `trust_domain`.
+    pub fn new(verifier: Arc<dyn ClientCertVerifier>, trust_domain: &str) -> Signers {
+        Signers {
+            verifier,
+            trust_domain: trust_domain.to_owned(),
+            cache: Arc::default(),
+        }
+    }
+
+    /// The verified signer whose leaf certificate has this SHA-256, if known.
+    pub fn get(&self, sha256: &[u8]) -> Option<Arc<Signer>> {
+        let key: [u8; 32] = sha256.try_into().ok()?;
+        self.lock().by_hash.get(&key).cloned()
+    }
+
+    /// Verifies `chain` (leaf first) at `now` and remembers it.
+    ///
+    /// # Errors
+    /// Why the chain is not a signer's: empty, not chaining to the federation root, expired,
+    /// revoked, or without an identity of this federation.
+    pub fn verify(
+        &self,
+        chain: Vec<CertificateDer<'static>>,
+        now: SystemTime,
+    ) -> Result<Arc<Signer>, String> {
+        let (leaf, intermediates) = chain
+            .split_first()
+            .ok_or_else(|| "an empty certificate chain".to_owned())?;
+        let now = UnixTime::since_unix_epoch(
+            now.duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap_or_default(),
+        );
+        self.verifier
+            .verify_client_cert(leaf, intermediates, now)
+            .map_err(|e| format!("the signer's certificate is not valid: {e}"))?;
+        let cert = identity::from_certificate(leaf, &self.trust_domain)
+            .map_err(|e| format!("the signer's certificate: {e}"))?;
+        Ok(self.remember(Signer { cert, chain }))
+    }
+
+    /// The signer a signature names: remembered by its SHA-256, or verified now from `chain`
+    /// (the chain an envelope carries, leaf first), which must be that signer's.
+    ///
+    /// # Errors
+    /// Why there is no verified signer: no signature, or a chain that is missing, invalid, or
+    /// another certificate's.
+    pub fn signer_for(
+        &self,
+        signature: Option<&crate::wire::pb::Signature>,
+        chain: &[bytes::Bytes],
+        now: SystemTime,
+    ) -> Result<Arc<Signer>, String> {
+        let hash = &signature
+            .ok_or_else(|| "the envelope is not signed".to_owned())?
+            .signer_certificate_sha256;
+        if let Some(s) = self.get(hash) {
+            return Ok(s);
+        }
+        if chain.is_empty() {
+            return Err("the signer's certificate chain is missing".into());
+        }
+        let chain = chain
+            .iter()
+            .map(|c| CertificateDer::from(c.to_vec()))
+            .collect();
+        let s = self.verify(chain, now)?;
+        if s.cert.sha256.as_slice() != hash.as_ref() {
+            return Err("the certificate chain is not the signer's".into());
+        }
+        Ok(s)
+    }
+
+    /// Remembers a chain that was verified already (a connection's own, by its handshake).
+    pub fn trusted(&self, cert: PeerCert, chain: Vec<CertificateDer<'static>>) -> Arc<Signer> {
+        self.remember(Signer { cert, chain })
+    }
+
+    /// Forgets every chain: after the CRLs changed, each is verified again on its next use.
+    pub fn forget_all(&self) {
+        let mut c = self.lock();
+        c.by_hash.clear();
+        c.order.clear();
+    }
+
+    fn remember(&self, s: Signer) -> Arc<Signer> {
+        let s = Arc::new(s);
+        let mut c = self.lock();
+        if c.by_hash.insert(s.cert.sha256, s.clone()).is_none() {
+            c.order.push_back(s.cert.sha256);
+            if c.order.len() > CAPACITY
+                && let Some(old) = c.order.pop_front()
+            {
+                c.by_hash.remove(&old);
+            }
+        }
+        s
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Cache> {
+        // Only this module's short critical sections hold the lock.
+        self.cache.lock().expect("signer cache lock poisoned")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::tls::TlsMaterial;
+
+    fn material(stem: &str) -> TlsMaterial {
+        let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("certs/test");
+        let crls = ["crl/root.crl.pem", "crl/dea.crl.pem", "crl/pgr.crl.pem"]
+            .iter()
+            .map(|c| base.join(c))
+            .collect::<Vec<_>>();
+        TlsMaterial::load(
+            &base.join(format!("{stem}.pem")),
+            &base.join(format!("{stem}.key.pem")),
+            &base.join("ca/root.pem"),
+            &crls,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn chains_are_verified_like_client_certificates_and_cached_by_hash() {
+        let node = material("nodes/dea/dea-1");
+        let signers = Signers::new(node.signer_verifier().unwrap(), "enlace.test");
+        let now = SystemTime::now();
+        let desk = material("clients/dea/duty-desk");
+        let s = signers.verify(desk.chain.clone(), now).unwrap();
+        assert_eq!(s.cert.identity.name, "duty-desk");
+        assert!(signers.get(&desk.leaf_sha256()).is_some());
+        // Node certificates sign their own SYSTEM messages: they verify too.
+        let pgr = material("nodes/pgr/pgr-1");
+        assert!(signers.verify(pgr.chain.clone(), now).is_ok());
+        // Revoked, expired, another federation's, or no chain at all: refused, not cached.
+        for stem in ["clients/dea/revoked", "clients/dea/expired", "rogue/clients/dea/duty-desk"] {
+            let m = material(stem);
+            let e = signers.verify(m.chain.clone(), now).unwrap_err();
+            assert!(e.contains("not valid"), "{stem}: {e}");
+            assert!(signers.get(&m.leaf_sha256()).is_none());
+        }
+        assert!(signers.verify(Vec::new(), now).is_err());
+        signers.forget_all();
+        assert!(signers.get(&desk.leaf_sha256()).is_none());
+    }
+}
