@@ -228,8 +228,23 @@ impl LocalNetwork {
     }
 
     /// Starts a node in this process from its config file.
+    ///
+    /// A node restarted in the same process rebinds the address its previous run held: quinn
+    /// releases that socket when its endpoint driver next runs, after `stop` has returned, so
+    /// an address still in use is retried for up to two seconds.
     pub async fn start(&self, node: &str) -> Result<RunningNode, NetworkError> {
-        Ok(node::start(self.config(node)?).await?)
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
+        loop {
+            match node::start(self.config(node)?).await {
+                Err(node::NodeError::Tls(crate::tls::TlsError::Bind { kind, .. }))
+                    if kind == std::io::ErrorKind::AddrInUse
+                        && tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
+                r => return Ok(r?),
+            }
+        }
     }
 
     /// Client options for `agency/client` (its certificate in the PKI) connecting to its

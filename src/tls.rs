@@ -64,6 +64,8 @@ pub enum TlsError {
         addr: SocketAddr,
         /// The operating system's error.
         reason: String,
+        /// Its kind (`AddrInUse` when another socket holds the address).
+        kind: std::io::ErrorKind,
     },
 }
 
@@ -231,6 +233,7 @@ pub fn endpoint(
     let bind_err = |e: std::io::Error| TlsError::Bind {
         addr,
         reason: e.to_string(),
+        kind: e.kind(),
     };
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))
         .map_err(bind_err)?;

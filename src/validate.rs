@@ -114,6 +114,17 @@ pub(crate) fn admit(
                     last.map_or("missing".into(), |h| clip(&h.node))
                 )));
             }
+            // The path starts where the message entered the federation.
+            let first = &hops[0];
+            if first.node != originator.node || first.agency != originator.agency.as_str() {
+                return Err(deny(format!(
+                    "the first hop record must be the originator's node ({}/{}), not {}/{}",
+                    originator.agency,
+                    originator.node,
+                    clip(&first.agency),
+                    clip(&first.node)
+                )));
+            }
             signer.map_err(|reason| fail(Refusal::invalid(format!("originator signature: {reason}"))))?
         }
     };
@@ -277,7 +288,7 @@ mod tests {
     }
 
     fn run(f: &Fixture, env: &pb::Envelope) -> Result<Admitted, Refusal> {
-        admit(f.signer.seal(env), &f.cert, &ctx(f, 8), f.now).map_err(|(r, _)| r)
+        admit(f.signer.seal(env), &f.cert, Ok(&f.cert), &ctx(f, 8), f.now).map_err(|(r, _)| r)
     }
 
     #[test]
@@ -307,18 +318,57 @@ mod tests {
         let last = bytes.len() - 1;
         bytes[last] ^= 1;
         signed.envelope = bytes.into();
-        let (r, _) = admit(signed, &f.cert, &ctx(&f, 8), f.now).unwrap_err();
+        let (r, _) = admit(signed, &f.cert, Ok(&f.cert), &ctx(&f, 8), f.now).unwrap_err();
         assert_eq!(r.code, RefusalCode::Invalid);
+    }
+
+    /// A node certificate: `dea-2` is a node of agency `dea`.
+    fn node_cert(name: &str) -> PeerCert {
+        PeerCert {
+            identity: Identity {
+                trust_domain: "enlace.test".into(),
+                agency: AgencyId::new(name.split('-').next().unwrap()).unwrap(),
+                role: Role::Node,
+                name: name.into(),
+            },
+            serial: "02".into(),
+            sha256: [2; 32],
+            ed25519_public_key: None,
+        }
+    }
+
+    fn hop(node: &str) -> pb::HopRecord {
+        pb::HopRecord {
+            node: node.into(),
+            agency: node.split('-').next().unwrap().into(),
+            ..Default::default()
+        }
+    }
+
+    /// `signed` as forwarded to `at` along `hops` (the last one sends it), its originator's
+    /// chain verified as `signer`.
+    fn forwarded(
+        f: &Fixture,
+        mut signed: pb::SignedEnvelope,
+        hops: &[&str],
+        signer: Result<&PeerCert, String>,
+        at: &str,
+        max_hops: u32,
+    ) -> Result<Admitted, Refusal> {
+        signed.hops = hops.iter().map(|n| hop(n)).collect();
+        let peer = node_cert(hops.last().unwrap());
+        let ctx = NodeContext {
+            node: at,
+            max_hops,
+            verified: &f.verified,
+        };
+        admit(signed, &peer, signer, &ctx, f.now).map_err(|(r, _)| r)
     }
 
     #[test]
     fn refuses_loops_and_too_many_hops() {
         let f = fixture();
-        let hop = |node: &str| pb::HopRecord {
-            node: node.into(),
-            ..Default::default()
-        };
-        let with_hops = |hops: &[&str], max_hops: Option<u32>| {
+        let with_hops = |hops: &[&str], max_hops: Option<u32>, node_max: u32| {
             let mut d = draft();
             if let Some(n) = max_hops {
                 d = d.handling(pb::HandlingPolicy {
@@ -326,19 +376,90 @@ mod tests {
                     ..Default::default()
                 });
             }
-            let mut s = f.signer.seal(&d.finish(&originator("duty-desk"), f.now));
-            s.hops = hops.iter().map(|n| hop(n)).collect();
-            admit(s, &f.cert, &ctx(&f, 2), f.now).map_err(|(r, _)| r)
+            let s = f.signer.seal(&d.finish(&originator("duty-desk"), f.now));
+            forwarded(&f, s, hops, Ok(&f.cert), "pgr-1", node_max)
         };
-        let r = with_hops(&["cenapi-1", "dea-1"], None).unwrap_err();
+        let r = with_hops(&["dea-1", "pgr-1", "dea-2"], None, 8).unwrap_err();
         assert_eq!(r.code, RefusalCode::Unauthorized);
         assert!(r.reason.contains("routing loop"), "{}", r.reason);
-        let r = with_hops(&["pgr-1", "cenapi-1", "afi-1"], None).unwrap_err();
+        let r = with_hops(&["dea-1", "dea-3", "dea-4"], None, 2).unwrap_err();
         assert!(r.reason.contains("hop limit exceeded"), "{}", r.reason);
         // Two nodes passed: the originator's and one relay.
-        let r = with_hops(&["pgr-1", "cenapi-1"], Some(0)).unwrap_err();
+        let r = with_hops(&["dea-1", "dea-3"], Some(0), 2).unwrap_err();
         assert!(r.reason.contains("allows 0"), "{}", r.reason);
-        assert!(with_hops(&["pgr-1", "cenapi-1"], Some(1)).is_ok());
+        assert!(with_hops(&["dea-1", "dea-3"], Some(1), 2).is_ok());
+    }
+
+    #[test]
+    fn a_peer_cannot_claim_another_originator_or_skip_the_path() {
+        let f = fixture();
+        let good = || f.signer.seal(&draft().finish(&originator("duty-desk"), f.now));
+        assert!(forwarded(&f, good(), &["dea-1"], Ok(&f.cert), "pgr-1", 8).is_ok());
+
+        // The chain the envelope carried did not verify.
+        let r = forwarded(&f, good(), &["dea-1"], Err("unknown CA".into()), "pgr-1", 8);
+        let r = r.unwrap_err();
+        assert_eq!(r.code, RefusalCode::Invalid);
+        assert!(r.reason.contains("unknown CA"), "{}", r.reason);
+
+        // Signed by duty-desk, but claiming to come from AFI.
+        let mut afi = originator("duty-desk");
+        afi.agency = AgencyId::new("afi").unwrap();
+        afi.node = "afi-1".into();
+        let s = f.signer.seal(&draft().finish(&afi, f.now));
+        let r = forwarded(&f, s, &["afi-1"], Ok(&f.cert), "pgr-1", 8).unwrap_err();
+        assert_eq!(r.code, RefusalCode::Unauthorized);
+        assert!(r.reason.contains("signed by"), "{}", r.reason);
+
+        // The last hop must be the sending peer, the first the originator's node.
+        let mut s = good();
+        s.hops = vec![hop("dea-1")];
+        let ctx = ctx(&f, 8);
+        let r = admit(s, &node_cert("afi-1"), Ok(&f.cert), &ctx, f.now).unwrap_err();
+        assert!(r.0.reason.contains("last hop record"), "{}", r.0.reason);
+        let r = forwarded(&f, good(), &["afi-1", "pgr-2"], Ok(&f.cert), "pgr-1", 8);
+        let r = r.unwrap_err();
+        assert!(r.reason.contains("first hop"), "{}", r.reason);
+
+        // A bad signature is caught past the first node too.
+        let mut s = good();
+        let mut bytes = s.envelope.to_vec();
+        bytes[3] ^= 1;
+        s.envelope = bytes.into();
+        let r = forwarded(&f, s, &["dea-1"], Ok(&f.cert), "pgr-1", 8);
+        assert_eq!(r.unwrap_err().code, RefusalCode::Invalid);
+    }
+
+    #[test]
+    fn clients_cannot_send_system_traffic_or_set_the_path() {
+        let f = fixture();
+        let system = draft()
+            .status(Status::System)
+            .finish(&originator("duty-desk"), f.now);
+        let r = run(&f, &system).unwrap_err();
+        assert!(r.reason.contains("only nodes send SYSTEM"), "{}", r.reason);
+
+        let mut s = f.signer.seal(&draft().finish(&originator("duty-desk"), f.now));
+        s.hops = vec![hop("cenapi-1")];
+        let r = admit(s, &f.cert, Ok(&f.cert), &ctx(&f, 8), f.now).unwrap_err();
+        assert!(r.0.reason.contains("hop records"), "{}", r.0.reason);
+
+        let mut s = f.signer.seal(&draft().finish(&originator("duty-desk"), f.now));
+        s.route_to = vec!["afi".into()];
+        assert!(admit(s, &f.cert, Ok(&f.cert), &ctx(&f, 8), f.now).is_err());
+    }
+
+    #[test]
+    fn a_node_originates_only_system_traffic_in_its_own_name() {
+        let f = fixture();
+        let node = node_cert("dea-1");
+        let mut o = originator("x");
+        o.client = None;
+        let env = draft().finish(&o, f.now);
+        let message = Message::parse(Bytes::from(prost::Message::encode_to_vec(&env)), None);
+        let message = message.map_err(|(r, _)| r).unwrap();
+        let r = signed_by_originator(&message, &node).unwrap_err();
+        assert!(r.contains("not SYSTEM traffic"), "{r}");
     }
 
     #[test]

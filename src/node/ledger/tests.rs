@@ -64,6 +64,7 @@ async fn take(l: &Ledger, m: &Arc<Message>) {
         plan: plan(),
         from: "dea/client/duty-desk",
         from_peer: false,
+        signer_chain: Arc::from([]),
         now: SystemTime::now(),
     };
     l.take(taking).await.unwrap();
