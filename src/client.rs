@@ -465,6 +465,7 @@ impl Client {
     /// one already read on this connection, too many mailboxes).
     pub async fn subscribe(&self, mailbox: Mailbox) -> Result<Inbox, ClientError> {
         let (tx, rx) = mpsc::channel(self.inbox_capacity);
+        let refused = Arc::new(std::sync::atomic::AtomicU64::new(0));
         {
             let mut routes = self.routes.lock().expect("routes lock poisoned");
             if routes.contains_key(&mailbox) {
@@ -474,7 +475,13 @@ impl Client {
                     retry_after: None,
                 }));
             }
-            routes.insert(mailbox.clone(), tx);
+            routes.insert(
+                mailbox.clone(),
+                inbox::Route {
+                    tx,
+                    refused: refused.clone(),
+                },
+            );
         }
         let inbox = Inbox::new(
             mailbox.clone(),
@@ -482,6 +489,7 @@ impl Client {
             self.dedup.clone(),
             self.routes.clone(),
             self.sender.connection.clone(),
+            refused,
         );
         let body = Body::Subscribe(pb::Subscribe {
             unit: mailbox.wire_name().to_owned(),

@@ -9,6 +9,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::SystemTime;
@@ -19,7 +20,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::address::Mailbox;
 use crate::error::{PayloadError, SubmitError};
-use crate::message::{Hop, Message, MessageId, Precedence};
+use crate::message::{Hop, Message, MessageId, Precedence, clip};
 use crate::session;
 use crate::signature::VerifiedRoots;
 use crate::signers::Signers;
@@ -116,7 +117,14 @@ impl Checks {
 }
 
 /// Where each subscribed mailbox's deliveries go, by mailbox.
-pub(crate) type Routes = Arc<Mutex<HashMap<Mailbox, mpsc::Sender<Delivery>>>>;
+pub(crate) type Routes = Arc<Mutex<HashMap<Mailbox, Route>>>;
+
+/// One subscription's channel, and its count of deliveries refused by [`Checks`].
+#[derive(Clone)]
+pub(crate) struct Route {
+    pub tx: mpsc::Sender<Delivery>,
+    pub refused: Arc<AtomicU64>,
+}
 
 /// The deliveries of one mailbox, in the order the node sent them: a [`Stream`] of
 /// [`Delivery`].
@@ -141,6 +149,7 @@ pub struct Inbox {
     seen: Dedup,
     routes: Routes,
     connection: Connection,
+    refused: Arc<AtomicU64>,
 }
 
 impl Inbox {
@@ -150,6 +159,7 @@ impl Inbox {
         seen: Dedup,
         routes: Routes,
         connection: Connection,
+        refused: Arc<AtomicU64>,
     ) -> Inbox {
         Inbox {
             mailbox,
@@ -157,7 +167,25 @@ impl Inbox {
             seen,
             routes,
             connection,
+            refused,
         }
+    }
+
+    /// How many deliveries of this mailbox the client library refused because they are not
+    /// what they claim to be (a signature that does not verify against a certificate of the
+    /// federation, a signer who is not the originator, a receipt not signed by whoever it
+    /// names). Each is logged, and none is acknowledged, so the node offers it again until it
+    /// dead-letters it for operators to examine.
+    ///
+    /// ```no_run
+    /// # async fn example(inbox: enlace::Inbox) {
+    /// if inbox.refused() > 0 {
+    ///     eprintln!("{} deliveries refused as not authentic", inbox.refused());
+    /// }
+    /// # }
+    /// ```
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
     }
 
     /// The mailbox it reads.
@@ -529,17 +557,20 @@ async fn read_deliveries(
             tracing::warn!("node delivered an envelope that does not parse; ignored");
             continue;
         };
-        if let Err(reason) = checks.check(&delivery.message, &delivery.signer_chain) {
-            tracing::warn!(id = %delivery.id, %reason, "delivery refused: it is not what it claims to be");
-            continue;
-        }
         let route = routes
             .lock()
             .expect("routes lock poisoned")
             .get(&delivery.mailbox)
             .cloned();
+        if let Err(reason) = checks.check(&delivery.message, &delivery.signer_chain) {
+            tracing::warn!(id = %delivery.id, mailbox = %delivery.mailbox, reason = %clip(&reason), "delivery refused: it is not what it claims to be");
+            if let Some(r) = route {
+                r.refused.fetch_add(1, Ordering::Relaxed);
+            }
+            continue;
+        }
         match route {
-            Some(tx) => {
+            Some(Route { tx, .. }) => {
                 if tx.send(delivery).await.is_err() {
                     return;
                 }
