@@ -84,6 +84,9 @@ pub(crate) struct Limits {
     pub(crate) max_frame_bytes: u64,
     /// Messages held per mailbox or peer outbox before senders get QUEUE_FULL.
     pub(crate) queue_capacity: usize,
+    /// Message ids remembered (until their message expires) to tell a resubmission from a new
+    /// message and an id conflict from a duplicate.
+    pub(crate) dedup_ids: usize,
     /// How long a connection has to send its `Hello`.
     pub(crate) handshake_timeout: Duration,
     /// How long a client has to acknowledge a delivery before it is offered again.
@@ -103,6 +106,7 @@ impl Default for Limits {
         Limits {
             max_frame_bytes: 1024 * 1024,
             queue_capacity: 100_000,
+            dedup_ids: 262_144,
             handshake_timeout: Duration::from_secs(5),
             ack_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(5),
@@ -176,6 +180,7 @@ struct RawTls {
 struct RawLimits {
     max_frame_bytes: Option<u64>,
     queue_capacity: Option<usize>,
+    dedup_ids: Option<usize>,
     handshake_timeout_ms: Option<u64>,
     ack_timeout_ms: Option<u64>,
     shutdown_grace_ms: Option<u64>,
@@ -328,6 +333,12 @@ impl Config {
                 return Err(err("limits.queue_capacity", "must be at least 1".into()));
             }
             limits.queue_capacity = v;
+        }
+        if let Some(v) = raw.limits.dedup_ids {
+            if v == 0 {
+                return Err(err("limits.dedup_ids", "must be at least 1".into()));
+            }
+            limits.dedup_ids = v;
         }
         let ms = |key: &str, v: Option<u64>, default: Duration| match v {
             Some(0) => Err(err(key, "must be greater than 0".into())),

@@ -38,6 +38,7 @@
 mod address;
 mod client;
 pub mod config;
+mod dedup;
 mod directory;
 mod dispatch;
 mod draft;

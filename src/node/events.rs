@@ -73,6 +73,14 @@ pub enum Event {
         /// How many destinations it was routed to: local mailboxes plus peer outboxes.
         destinations: usize,
     },
+    /// A message the node had already taken arrived again with the same bytes (a client's
+    /// resubmission, a peer's resend over a new link): answered `Accepted`, not queued again.
+    Duplicate {
+        /// The message id.
+        id: MessageId,
+        /// Who handed it over, as in [`Event::Accepted`].
+        from: String,
+    },
     /// A message (or a frame that may have been one) was refused.
     Refused {
         /// The message id; `None` when the frame did not yield a valid one.
@@ -257,6 +265,9 @@ impl Events {
                 target: "enlace::event", node, event = "accepted", %id, %from,
                 %precedence, destinations
             ),
+            Event::Duplicate { id, from } => {
+                tracing::info!(target: "enlace::event", node, event = "duplicate", %id, %from)
+            }
             Event::Refused {
                 id,
                 from,

@@ -35,6 +35,7 @@ use tokio::sync::{Notify, mpsc};
 
 use super::events::{Event, Events};
 use crate::address::Mailbox;
+use crate::dedup::Ids;
 use crate::dispatch::{Action, Dispatcher, Next};
 use crate::identity::AgencyId;
 use crate::lanes::Entry;
@@ -175,6 +176,10 @@ struct Inner {
     failed: OnceLock<String>,
     /// Woken when the store fails: the node then stops, so that a supervisor restarts it.
     fatal: Notify,
+    /// Message ids taken and being taken, for duplicate detection (see [`crate::dedup`]).
+    ids: Mutex<Ids>,
+    /// Woken whenever a claim on an id is settled.
+    ids_settled: Notify,
 }
 
 impl Ledger {
@@ -185,6 +190,7 @@ impl Ledger {
         agency: &AgencyId,
         peers: impl Iterator<Item = String>,
         capacity: usize,
+        dedup_ids: usize,
         store: Store,
         events: Events,
     ) -> (Ledger, mpsc::Receiver<Notice>) {
@@ -210,6 +216,8 @@ impl Ledger {
             recorded: Notify::new(),
             failed: OnceLock::new(),
             fatal: Notify::new(),
+            ids: Mutex::new(Ids::new(dedup_ids)),
+            ids_settled: Notify::new(),
         };
         (Ledger(Arc::new(inner)), rx)
     }
@@ -458,6 +466,7 @@ impl Ledger {
 
     /// Expires every copy past its expiry, wherever it waits (the sweeper's round).
     pub fn sweep(&self, now: SystemTime) {
+        self.0.ids.lock().expect("ids lock poisoned").expire(now);
         for q in self.queues() {
             let expired = q.drain_expired(now);
             if !expired.is_empty() {

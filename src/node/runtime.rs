@@ -210,6 +210,7 @@ fn bind(config: Config) -> Result<Bound, NodeError> {
         &config.agency,
         config.peers.keys().cloned(),
         config.limits.queue_capacity,
+        config.limits.dedup_ids,
         store,
         events,
     );
