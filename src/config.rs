@@ -13,6 +13,7 @@ use serde::Deserialize;
 
 use crate::directory::{Agency, Directory};
 use crate::identity::{AgencyId, is_name};
+use crate::policy::{Reader, Readers};
 
 /// A configuration problem: which key, and why. Fix the key in the file and load it again.
 ///
@@ -66,6 +67,9 @@ pub struct Config {
     /// business response by its `respond_by` (`node.escalation_unit`, e.g. its 24/7 desk); ""
     /// (the default) is the agency inbox.
     pub(crate) escalation_unit: String,
+    /// Who may read which mailbox besides its owner (`[inbox] readers`, `[units.<name>]
+    /// readers`; see [`crate::policy::may_read`]).
+    pub(crate) readers: Readers,
 }
 
 /// Where the node's TLS material lives.
@@ -143,6 +147,17 @@ struct RawConfig {
     agencies: BTreeMap<String, RawAgency>,
     #[serde(default)]
     routes: BTreeMap<String, String>,
+    #[serde(default)]
+    inbox: RawMailbox,
+    #[serde(default)]
+    units: BTreeMap<String, RawMailbox>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawMailbox {
+    #[serde(default)]
+    readers: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -468,10 +483,13 @@ impl Config {
             }
         }
 
+        let readers = readers(raw.inbox, raw.units)?;
+
         Ok(Config {
             directory,
             routes,
             escalation_unit,
+            readers,
             name,
             agency: own_agency,
             trust_domain: raw.node.trust_domain,
@@ -503,6 +521,36 @@ impl Config {
             None => self.peer_for(agency),
         }
     }
+}
+
+/// Builds the mailbox grants from `[inbox]` and `[units.<name>]`.
+fn readers(
+    inbox: RawMailbox,
+    units: BTreeMap<String, RawMailbox>,
+) -> Result<Readers, (String, String)> {
+    let list = |key: &str, raw: Vec<String>| {
+        raw.iter()
+            .map(|r| Reader::parse(r).map_err(|e| (key.to_owned(), e)))
+            .collect::<Result<Vec<_>, _>>()
+    };
+    let mut out = Readers {
+        inbox: list("inbox.readers", inbox.readers)?,
+        units: BTreeMap::new(),
+    };
+    for (unit, m) in units {
+        let key = format!("units.{unit}");
+        let mailbox =
+            crate::address::Mailbox::unit(&unit).map_err(|e| (key.clone(), e.to_string()))?;
+        if crate::receipt::is_receipts_mailbox(&mailbox) {
+            return Err((
+                key,
+                "receipts units are read by their own client only and cannot be granted".into(),
+            ));
+        }
+        let readers = list(&format!("{key}.readers"), m.readers)?;
+        out.units.insert(unit, readers);
+    }
+    Ok(out)
 }
 
 /// Builds the agency directory from `[agencies.<id>]`, checking every name and serving node.
@@ -727,5 +775,30 @@ PFM = "cenapi-1"
             error_of(&text.replace("display = \"CMI\"", "display = \"CMI\"\ncolour = 1"));
         assert!(key.contains("agencies.afi"), "{key}");
         assert!(reason.contains("unknown field"), "{reason}");
+    }
+
+    #[test]
+    fn mailbox_grants_are_checked() {
+        let c = Config::parse(
+            &format!(
+                "{GOOD}\n[inbox]\nreaders = [\"role:client\"]\n\n[units.24x7-desk]\nreaders = \
+                 [\"duty-desk\", \"analyst\"]\n"
+            ),
+            Path::new("/etc/enlace"),
+        )
+        .unwrap();
+        assert_eq!(c.readers.inbox, vec![Reader::AnyClient]);
+        assert_eq!(c.readers.units["24x7-desk"].len(), 2);
+        assert!(Config::parse(GOOD, Path::new("/")).unwrap().readers == Readers::default());
+
+        let (key, reason) = error_of(&format!("{GOOD}\n[units.Desk]\nreaders = []\n"));
+        assert_eq!(key, "units.Desk");
+        assert!(reason.contains("not a unit name"), "{reason}");
+        let (key, reason) = error_of(&format!("{GOOD}\n[units.receipts-x]\nreaders = []\n"));
+        assert_eq!(key, "units.receipts-x");
+        assert!(reason.contains("cannot be granted"), "{reason}");
+        let (key, reason) = error_of(&format!("{GOOD}\n[inbox]\nreaders = [\"role:operator\"]\n"));
+        assert_eq!(key, "inbox.readers");
+        assert!(reason.contains("role:client"), "{reason}");
     }
 }

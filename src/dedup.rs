@@ -1,14 +1,15 @@
-//! Duplicate detection by message id, for every precedence: which ids a node has taken, from
-//! whom, and which are being taken right now.
+//! Duplicate detection by message id and originator, for every precedence: which ids a node
+//! has taken, from which originator, and which are being taken right now.
 //!
-//! Sans-I/O. A message id names one message of one originator. A node that sees an id again
-//! answers by what came with it:
-//! - the same envelope bytes (a client resubmitting after a lost answer, a peer resending after
-//!   its link was replaced): a **duplicate**, answered `Accepted` and never queued twice;
-//! - other bytes: a **conflict**, refused with `DUPLICATE_ID` (an id reused by its originator for
-//!   another message, or claimed by someone else);
-//! - the same bytes while the first copy is still being taken (concurrent resubmissions): the
-//!   second waits for the first's outcome ([`Claim::InProgress`]).
+//! Sans-I/O. A message id names one message of one originator (an idempotency key, as in
+//! NATS's `Nats-Msg-Id` or Kafka's idempotent producer). A node that sees an id again answers by
+//! the originator that came with it:
+//! - the same originator (a client resubmitting after a lost answer, even with a fresh
+//!   timestamp; a peer resending after its link was replaced): a **duplicate**, answered
+//!   `Accepted` and never queued twice; the first copy taken is the one delivered;
+//! - another originator: a **conflict**, refused with `DUPLICATE_ID`;
+//! - the same originator while the first copy is still being taken (concurrent resubmissions):
+//!   the second waits for the first's outcome ([`Claim::InProgress`]).
 //!
 //! An id is remembered until its message expires (a resubmission after that is refused as
 //! expired anyway) or until [`Ids`] holds `capacity` ids, when the id expiring soonest is
@@ -20,14 +21,25 @@ use std::time::SystemTime;
 
 use crate::message::{Message, MessageId};
 
-/// What identifies a message's content: the first half of the SHA-256 of its exact envelope
-/// bytes, which name its originator too.
+/// What identifies a message's originator: the first half of the SHA-256 of its agency, node
+/// and client names.
 pub(crate) type Fingerprint = [u8; 16];
 
-/// The fingerprint of `m`.
+/// The fingerprint of `m`'s originator.
 pub(crate) fn fingerprint(m: &Message) -> Fingerprint {
-    let d = ring::digest::digest(&ring::digest::SHA256, &m.envelope);
-    d.as_ref()[..16].try_into().expect("SHA-256 is 32 bytes")
+    let o = &m.originator;
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    for part in [
+        o.agency.as_str(),
+        &o.node,
+        o.client.as_deref().unwrap_or(""),
+    ] {
+        ctx.update(&(part.len() as u64).to_be_bytes());
+        ctx.update(part.as_bytes());
+    }
+    ctx.finish().as_ref()[..16]
+        .try_into()
+        .expect("SHA-256 is 32 bytes")
 }
 
 /// The answer to [`Ids::claim`].
@@ -35,12 +47,12 @@ pub(crate) fn fingerprint(m: &Message) -> Fingerprint {
 pub(crate) enum Claim {
     /// Never seen: the caller takes it and then calls [`Ids::settle`].
     New,
-    /// Already taken with these bytes: answer `Accepted`, queue nothing.
+    /// Already taken from this originator: answer `Accepted`, queue nothing.
     Duplicate,
-    /// Being taken with these bytes by another caller: wait for its [`Ids::settle`], then claim
-    /// again.
+    /// Being taken from this originator by another caller: wait for its [`Ids::settle`], then
+    /// claim again.
     InProgress,
-    /// Seen with other bytes: refuse with `DUPLICATE_ID`.
+    /// Seen from another originator: refuse with `DUPLICATE_ID`.
     Conflict,
 }
 
@@ -163,7 +175,7 @@ mod tests {
     }
 
     #[test]
-    fn same_bytes_are_a_duplicate_other_bytes_a_conflict() {
+    fn the_same_originator_is_a_duplicate_another_a_conflict() {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
         let later = now + Duration::from_secs(60);
         let mut ids = Ids::new(10);

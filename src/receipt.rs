@@ -197,12 +197,18 @@ pub(crate) fn receipts_address(originator: &Originator) -> Option<String> {
 }
 
 /// The unit of the originator's agency whose mailbox holds a client's receipts:
-/// `receipts-<client>`, or `receipts` when the client's name is too long for that to be a unit
-/// name (every such client then shares it).
+/// `receipts-<client>`; for a client whose name is too long for that to be a unit name, its
+/// first 45 characters and 8 hex digits of the SHA-256 of the whole name, so that no two
+/// clients share one.
 pub(crate) fn receipts_mailbox(client: &str) -> Mailbox {
     Mailbox::unit(&format!("receipts-{client}"))
-        .or_else(|_| Mailbox::unit("receipts"))
-        .expect("\"receipts\" is a unit name")
+        .or_else(|_| {
+            let d = ring::digest::digest(&ring::digest::SHA256, client.as_bytes());
+            let tag: String = d.as_ref()[..4].iter().map(|b| format!("{b:02x}")).collect();
+            let head: String = client.chars().take(45).collect();
+            Mailbox::unit(&format!("receipts-{head}-{tag}"))
+        })
+        .expect("a shortened receipts unit is a unit name")
 }
 
 /// Whether a mailbox is a receipts unit (`receipts`, `receipts-<client>`): these names are
@@ -412,10 +418,10 @@ mod tests {
             receipts_mailbox("duty-desk"),
             Mailbox::unit("receipts-duty-desk").unwrap()
         );
-        assert_eq!(
-            receipts_mailbox(&"a".repeat(60)),
-            Mailbox::unit("receipts").unwrap()
-        );
+        // Long names are shortened, never shared.
+        let long = receipts_mailbox(&"a".repeat(60));
+        assert_ne!(long, receipts_mailbox(&format!("{}b", "a".repeat(59))));
+        assert!(long.to_string().starts_with("receipts-aaaa"), "{long}");
         assert!(is_receipts_mailbox(&receipts_mailbox("duty-desk")));
         assert!(!is_receipts_mailbox(&Mailbox::unit("desk").unwrap()));
         assert!(!is_receipts_mailbox(&Mailbox::Inbox));

@@ -425,7 +425,11 @@ mod tests {
         // Addressed to PGR only; the peer asks for AFI as well.
         let e = r.plan(&to(&[("pgr", "")]), arrival).unwrap_err();
         assert_eq!(e.code, RefusalCode::Unauthorized);
-        assert!(e.reason.contains("route_to names agency afi"), "{}", e.reason);
+        assert!(
+            e.reason.contains("route_to names agency afi"),
+            "{}",
+            e.reason
+        );
         // Handing over this node's own agency is no different.
         let own = strings(&["cenapi"]);
         let arrival = Arrival {

@@ -194,7 +194,11 @@ mod tests {
         let pgr = material("nodes/pgr/pgr-1");
         assert!(signers.verify(pgr.chain.clone(), now).is_ok());
         // Revoked, expired, another federation's, or no chain at all: refused, not cached.
-        for stem in ["clients/dea/revoked", "clients/dea/expired", "rogue/clients/dea/duty-desk"] {
+        for stem in [
+            "clients/dea/revoked",
+            "clients/dea/expired",
+            "rogue/clients/dea/duty-desk",
+        ] {
             let m = material(stem);
             let e = signers.verify(m.chain.clone(), now).unwrap_err();
             assert!(e.contains("not valid"), "{stem}: {e}");

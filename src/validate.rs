@@ -125,7 +125,9 @@ pub(crate) fn admit(
                     clip(&first.node)
                 )));
             }
-            signer.map_err(|reason| fail(Refusal::invalid(format!("originator signature: {reason}"))))?
+            signer.map_err(|reason| {
+                fail(Refusal::invalid(format!("originator signature: {reason}")))
+            })?
         }
     };
     signed_by_originator(&message, signer).map_err(deny)?;
@@ -393,7 +395,10 @@ mod tests {
     #[test]
     fn a_peer_cannot_claim_another_originator_or_skip_the_path() {
         let f = fixture();
-        let good = || f.signer.seal(&draft().finish(&originator("duty-desk"), f.now));
+        let good = || {
+            f.signer
+                .seal(&draft().finish(&originator("duty-desk"), f.now))
+        };
         assert!(forwarded(&f, good(), &["dea-1"], Ok(&f.cert), "pgr-1", 8).is_ok());
 
         // The chain the envelope carried did not verify.
@@ -439,12 +444,16 @@ mod tests {
         let r = run(&f, &system).unwrap_err();
         assert!(r.reason.contains("only nodes send SYSTEM"), "{}", r.reason);
 
-        let mut s = f.signer.seal(&draft().finish(&originator("duty-desk"), f.now));
+        let mut s = f
+            .signer
+            .seal(&draft().finish(&originator("duty-desk"), f.now));
         s.hops = vec![hop("cenapi-1")];
         let r = admit(s, &f.cert, Ok(&f.cert), &ctx(&f, 8), f.now).unwrap_err();
         assert!(r.0.reason.contains("hop records"), "{}", r.0.reason);
 
-        let mut s = f.signer.seal(&draft().finish(&originator("duty-desk"), f.now));
+        let mut s = f
+            .signer
+            .seal(&draft().finish(&originator("duty-desk"), f.now));
         s.route_to = vec!["afi".into()];
         assert!(admit(s, &f.cert, Ok(&f.cert), &ctx(&f, 8), f.now).is_err());
     }

@@ -418,7 +418,8 @@ impl Delivery {
     /// # }
     /// ```
     pub fn signed_envelope(&self) -> pb::SignedEnvelope {
-        self.message.signed(self.hops.clone(), Vec::new(), &self.signer_chain)
+        self.message
+            .signed(self.hops.clone(), Vec::new(), &self.signer_chain)
     }
 
     /// Acknowledges the message: the node will not offer it again.

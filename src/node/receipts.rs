@@ -82,7 +82,12 @@ pub(super) async fn run(node: Arc<Node>, signer: Signer, mut notices: mpsc::Rece
         node: node.config.name.clone(),
         client: None,
     };
-    let chain = node.tls.chain.iter().map(|c| Bytes::copy_from_slice(c)).collect();
+    let chain = node
+        .tls
+        .chain
+        .iter()
+        .map(|c| Bytes::copy_from_slice(c))
+        .collect();
     let mut w = Worker {
         chain,
         node,

@@ -196,11 +196,10 @@ async fn request(
     // From a client, the signer is the client itself, its chain the one its handshake
     // presented; from a peer, the chain the envelope carries, verified here.
     let signer = match conn.is_peer() {
-        true => Some(node.signers.signer_for(
-            signed.signature.as_ref(),
-            &signed.signer_chain,
-            now,
-        )),
+        true => Some(
+            node.signers
+                .signer_for(signed.signature.as_ref(), &signed.signer_chain, now),
+        ),
         false => None,
     };
     let cert = match &signer {
@@ -222,7 +221,8 @@ async fn request(
 
 /// Starts delivering a mailbox on this connection, if the client may read it.
 fn subscribe(node: &Arc<Node>, conn: &Arc<Conn>, unit: &str) -> Result<Body, Refusal> {
-    let mailbox = policy::may_read(&conn.who.identity, unit)?;
+    let (mailbox, rule) = policy::may_read(&conn.who.identity, unit, &node.config.readers)?;
+    tracing::debug!(who = %conn.name, %mailbox, %rule, "subscription granted");
     let queue = node.ledger.mailbox(&mailbox).ok_or_else(|| {
         Refusal::new(
             RefusalCode::UnknownRecipient,

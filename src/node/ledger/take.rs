@@ -69,9 +69,11 @@ impl Ledger {
                 Ok(copies)
                     if unique
                         && t.message.precedence.is_time_sensitive()
-                        && copies
-                            .iter()
-                            .any(|c| self.0.store.contains_message(c.queue.name(), t.message.id.as_bytes())) =>
+                        && copies.iter().any(|c| {
+                            self.0
+                                .store
+                                .contains_message(c.queue.name(), t.message.id.as_bytes())
+                        }) =>
                 {
                     claim.map(Claimed::taken);
                     answers[i] = Some(Ok(self.duplicate(&t)));
@@ -232,9 +234,9 @@ impl Ledger {
         Ok(out)
     }
 
-    /// Claims `m`'s id for taking: `None` when it is a duplicate of a message taken already,
-    /// a `DUPLICATE_ID` refusal when the id was seen with other bytes; waits while the same
-    /// message is being taken by another submission.
+    /// Claims `m`'s id for taking: `None` when it is a duplicate of a message taken already
+    /// (same id, same originator), a `DUPLICATE_ID` refusal when another originator used the
+    /// id; waits while the same message is being taken by another submission.
     async fn claim(&self, m: &Message, now: SystemTime) -> Result<Option<Claimed>, Refusal> {
         let fingerprint = dedup::fingerprint(m);
         loop {
@@ -261,8 +263,8 @@ impl Ledger {
                     return Err(Refusal::new(
                         RefusalCode::DuplicateId,
                         format!(
-                            "message id {} is already taken by another message (other content \
-                             or another originator); give each message a fresh id",
+                            "message id {} was already used by another originator; give each \
+                             message a fresh id (a UUIDv7)",
                             m.id
                         ),
                     ));
