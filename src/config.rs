@@ -78,7 +78,34 @@ pub(crate) struct TlsPaths {
     pub(crate) cert: PathBuf,
     pub(crate) key: PathBuf,
     pub(crate) ca: PathBuf,
+    /// The CRL files found in `crl_dir` when the config was loaded (the node scans the
+    /// directory again when it reloads).
     pub(crate) crls: Vec<PathBuf>,
+    /// `tls.crl_dir`: every `*.crl.pem` file in it is a CRL.
+    pub(crate) crl_dir: Option<PathBuf>,
+    /// What a CRL past its nextUpdate does (`tls.crl_expired`).
+    pub(crate) crl_expired: CrlExpired,
+}
+
+/// What a CRL past its nextUpdate does (`tls.crl_expired`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CrlExpired {
+    /// Certificates of its CA are refused until a fresh CRL is installed (the default).
+    Refuse,
+    /// Only a warning: for labs whose CRLs are not kept fresh.
+    Warn,
+}
+
+/// The `*.crl.pem` files of `dir`, sorted.
+pub(crate) fn scan_crls(dir: &Path) -> Result<Vec<PathBuf>, String> {
+    let mut crls: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| format!("{}: {e}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.to_string_lossy().ends_with(".crl.pem"))
+        .collect();
+    crls.sort();
+    Ok(crls)
 }
 
 /// Bounds on what the node accepts and holds.
@@ -95,6 +122,9 @@ pub(crate) struct Limits {
     pub(crate) handshake_timeout: Duration,
     /// How long a client has to acknowledge a delivery before it is offered again.
     pub(crate) ack_timeout: Duration,
+    /// How long a reader has to acknowledge a time-sensitive copy before it goes to the unit's
+    /// other readers (see `node::deliver`).
+    pub(crate) alert_ack_timeout: Duration,
     /// How long shutdown waits for in-flight work before closing connections.
     pub(crate) shutdown_grace: Duration,
     /// Delivery attempts (each ending in an ack timeout or a failed stream) before a copy goes
@@ -103,6 +133,28 @@ pub(crate) struct Limits {
     /// Most nodes a message may have passed (hop records) when it arrives here, whatever its
     /// own handling policy allows.
     pub(crate) max_hops: u32,
+    /// Most addressees (agency and unit pairs) one envelope may name.
+    pub(crate) max_addressees: usize,
+    /// Connections one certificate may hold to this node at once.
+    pub(crate) max_connections_per_certificate: usize,
+    /// Streams a client connection may have open at once (peer nodes keep the transport's
+    /// default).
+    pub(crate) client_streams: u32,
+    /// Bytes of frames being received or processed that one connection may hold; a frame's
+    /// length is taken from it before its body is read.
+    pub(crate) connection_frame_bytes: u64,
+    /// The same, for all connections of the node together.
+    pub(crate) node_frame_bytes: u64,
+    /// Longest time from a frame's first byte to its last (waiting for frame budget not
+    /// counted); a slower frame is refused and its stream stopped.
+    pub(crate) frame_deadline: Duration,
+    /// Malformed, oversized, truncated or late frames after which a connection is closed.
+    pub(crate) max_bad_frames: u32,
+    /// Refusals per connection logged at once; beyond it, refusals are logged at
+    /// `refusal_log_per_second` and the rest counted.
+    pub(crate) refusal_log_burst: u32,
+    /// See `refusal_log_burst`.
+    pub(crate) refusal_log_per_second: u32,
 }
 
 impl Default for Limits {
@@ -113,9 +165,19 @@ impl Default for Limits {
             dedup_ids: 262_144,
             handshake_timeout: Duration::from_secs(5),
             ack_timeout: Duration::from_secs(30),
+            alert_ack_timeout: Duration::from_secs(2),
             shutdown_grace: Duration::from_secs(5),
             max_delivery_attempts: 10,
             max_hops: 8,
+            max_addressees: 64,
+            max_connections_per_certificate: 16,
+            client_streams: 32,
+            connection_frame_bytes: 16 * 1024 * 1024,
+            node_frame_bytes: 256 * 1024 * 1024,
+            frame_deadline: Duration::from_secs(10),
+            max_bad_frames: 16,
+            refusal_log_burst: 20,
+            refusal_log_per_second: 5,
         }
     }
 }
@@ -188,6 +250,7 @@ struct RawTls {
     ca: PathBuf,
     #[serde(default)]
     crl_dir: Option<PathBuf>,
+    crl_expired: Option<CrlExpired>,
 }
 
 #[derive(Deserialize, Default)]
@@ -198,9 +261,19 @@ struct RawLimits {
     dedup_ids: Option<usize>,
     handshake_timeout_ms: Option<u64>,
     ack_timeout_ms: Option<u64>,
+    alert_ack_timeout_ms: Option<u64>,
     shutdown_grace_ms: Option<u64>,
     max_delivery_attempts: Option<u32>,
     max_hops: Option<u32>,
+    max_addressees: Option<usize>,
+    max_connections_per_certificate: Option<usize>,
+    client_streams: Option<u32>,
+    connection_frame_bytes: Option<u64>,
+    node_frame_bytes: Option<u64>,
+    frame_deadline_ms: Option<u64>,
+    max_bad_frames: Option<u32>,
+    refusal_log_burst: Option<u32>,
+    refusal_log_per_second: Option<u32>,
 }
 
 #[derive(Deserialize, Default)]
@@ -370,6 +443,11 @@ impl Config {
             raw.limits.ack_timeout_ms,
             limits.ack_timeout,
         )?;
+        limits.alert_ack_timeout = ms(
+            "limits.alert_ack_timeout_ms",
+            raw.limits.alert_ack_timeout_ms,
+            limits.alert_ack_timeout,
+        )?;
         limits.shutdown_grace = ms(
             "limits.shutdown_grace_ms",
             raw.limits.shutdown_grace_ms,
@@ -398,18 +476,80 @@ impl Config {
             None => {}
         }
 
-        let crls = match raw.tls.crl_dir {
-            None => Vec::new(),
-            Some(dir) => {
-                let dir = path(dir);
-                let mut crls: Vec<PathBuf> = std::fs::read_dir(&dir)
-                    .map_err(|e| err("tls.crl_dir", format!("{}: {e}", dir.display())))?
-                    .filter_map(|e| e.ok().map(|e| e.path()))
-                    .filter(|p| p.to_string_lossy().ends_with(".crl.pem"))
-                    .collect();
-                crls.sort();
-                crls
+        limits.frame_deadline = ms(
+            "limits.frame_deadline_ms",
+            raw.limits.frame_deadline_ms,
+            limits.frame_deadline,
+        )?;
+        fn at_least<T: PartialOrd + Copy + std::fmt::Display>(
+            key: &str,
+            v: Option<T>,
+            min: T,
+            into: &mut T,
+        ) -> Result<(), (String, String)> {
+            match v {
+                Some(v) if v < min => Err((key.to_owned(), format!("{v} is less than {min}"))),
+                Some(v) => {
+                    *into = v;
+                    Ok(())
+                }
+                None => Ok(()),
             }
+        }
+        let l = &raw.limits;
+        at_least(
+            "limits.max_addressees",
+            l.max_addressees,
+            1,
+            &mut limits.max_addressees,
+        )?;
+        at_least(
+            "limits.max_connections_per_certificate",
+            l.max_connections_per_certificate,
+            1,
+            &mut limits.max_connections_per_certificate,
+        )?;
+        at_least(
+            "limits.client_streams",
+            l.client_streams,
+            2,
+            &mut limits.client_streams,
+        )?;
+        at_least(
+            "limits.connection_frame_bytes",
+            l.connection_frame_bytes,
+            limits.max_frame_bytes + crate::wire::FRAME_SLACK,
+            &mut limits.connection_frame_bytes,
+        )?;
+        at_least(
+            "limits.node_frame_bytes",
+            l.node_frame_bytes,
+            limits.connection_frame_bytes,
+            &mut limits.node_frame_bytes,
+        )?;
+        at_least(
+            "limits.max_bad_frames",
+            l.max_bad_frames,
+            1,
+            &mut limits.max_bad_frames,
+        )?;
+        at_least(
+            "limits.refusal_log_burst",
+            l.refusal_log_burst,
+            1,
+            &mut limits.refusal_log_burst,
+        )?;
+        at_least(
+            "limits.refusal_log_per_second",
+            l.refusal_log_per_second,
+            1,
+            &mut limits.refusal_log_per_second,
+        )?;
+
+        let crl_dir = raw.tls.crl_dir.map(&path);
+        let crls = match &crl_dir {
+            None => Vec::new(),
+            Some(dir) => scan_crls(dir).map_err(|e| err("tls.crl_dir", e))?,
         };
 
         let mut peers = BTreeMap::new();
@@ -500,6 +640,8 @@ impl Config {
                 key: path(raw.tls.key),
                 ca: path(raw.tls.ca),
                 crls,
+                crl_dir,
+                crl_expired: raw.tls.crl_expired.unwrap_or(CrlExpired::Refuse),
             },
             limits,
             log_format: raw.log.format.unwrap_or(LogFormat::Human),

@@ -100,6 +100,9 @@ impl Hop {
     }
 }
 
+/// Most addressees any envelope may name (a node may allow fewer: `limits.max_addressees`).
+pub const MAX_ADDRESSEES: usize = 1024;
+
 /// A signed message, parsed once from the exact envelope bytes its originator signed.
 ///
 /// Clients see one in every [`Delivery`](crate::Delivery); nodes carry one with every copy they
@@ -190,6 +193,18 @@ impl Message {
         };
         if env.addressees.is_empty() {
             return Err(fail("no addressees".into()));
+        }
+        if env.addressees.len() > MAX_ADDRESSEES {
+            return Err((
+                Refusal::new(
+                    pb::RefusalCode::Limit,
+                    format!(
+                        "{} addressees; an envelope names at most {MAX_ADDRESSEES}",
+                        env.addressees.len()
+                    ),
+                ),
+                Some(id),
+            ));
         }
         let mut addressees: Vec<Addressee> = Vec::with_capacity(env.addressees.len());
         for a in &env.addressees {

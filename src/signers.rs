@@ -42,13 +42,12 @@ impl Signer {
 /// Verified signer chains by the SHA-256 of their leaf. Clones share the cache.
 #[derive(Clone)]
 pub(crate) struct Signers {
-    verifier: Arc<dyn ClientCertVerifier>,
     trust_domain: String,
     cache: Arc<Mutex<Cache>>,
 }
 
-#[derive(Default)]
 struct Cache {
+    verifier: Arc<dyn ClientCertVerifier>,
     by_hash: HashMap<[u8; 32], Arc<Signer>>,
     order: VecDeque<[u8; 32]>,
 }
@@ -58,9 +57,12 @@ impl Signers {
     /// of `trust_domain`.
     pub fn new(verifier: Arc<dyn ClientCertVerifier>, trust_domain: &str) -> Signers {
         Signers {
-            verifier,
             trust_domain: trust_domain.to_owned(),
-            cache: Arc::default(),
+            cache: Arc::new(Mutex::new(Cache {
+                verifier,
+                by_hash: HashMap::new(),
+                order: VecDeque::new(),
+            })),
         }
     }
 
@@ -87,7 +89,8 @@ impl Signers {
             now.duration_since(SystemTime::UNIX_EPOCH)
                 .unwrap_or_default(),
         );
-        self.verifier
+        let verifier = self.lock().verifier.clone();
+        verifier
             .verify_client_cert(leaf, intermediates, now)
             .map_err(|e| format!("the signer's certificate is not valid: {e}"))?;
         let cert = identity::from_certificate(leaf, &self.trust_domain)
@@ -132,9 +135,11 @@ impl Signers {
         self.remember(Signer { cert, chain })
     }
 
-    /// Forgets every chain: after the CRLs changed, each is verified again on its next use.
-    pub fn forget_all(&self) {
+    /// Verifies with `verifier` from now on (new CRLs, a new trust bundle) and forgets every
+    /// chain, so each is verified again on its next use.
+    pub fn reload(&self, verifier: Arc<dyn ClientCertVerifier>) {
         let mut c = self.lock();
+        c.verifier = verifier;
         c.by_hash.clear();
         c.order.clear();
     }
@@ -205,7 +210,7 @@ mod tests {
             assert!(signers.get(&m.leaf_sha256()).is_none());
         }
         assert!(signers.verify(Vec::new(), now).is_err());
-        signers.forget_all();
+        signers.reload(node.signer_verifier().unwrap());
         assert!(signers.get(&desk.leaf_sha256()).is_none());
     }
 }

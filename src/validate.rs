@@ -35,6 +35,8 @@ pub(crate) struct NodeContext<'a> {
     pub node: &'a str,
     /// Largest hop count the node itself allows, whatever the envelope says.
     pub max_hops: u32,
+    /// Most addressees an envelope may name here.
+    pub max_addressees: usize,
     /// Batch roots this node has already verified.
     pub verified: &'a signature::VerifiedRoots,
 }
@@ -68,6 +70,17 @@ pub(crate) fn admit(
     let message = Message::parse(envelope, signature)?;
     let id = message.id;
     let fail = |r: Refusal| (r, Some(id));
+    if message.addressees.len() > node.max_addressees {
+        return Err(fail(Refusal::new(
+            RefusalCode::Limit,
+            format!(
+                "the envelope names {} addressees; this node accepts at most {} \
+                 (limits.max_addressees): split it",
+                message.addressees.len(),
+                node.max_addressees
+            ),
+        )));
+    }
     let deny = |reason: String| fail(Refusal::new(RefusalCode::Unauthorized, reason));
     let originator = &message.originator;
     let signer = match sender.identity.role {
@@ -285,6 +298,7 @@ mod tests {
         NodeContext {
             node: "dea-1",
             max_hops,
+            max_addressees: 64,
             verified: &f.verified,
         }
     }
@@ -362,6 +376,7 @@ mod tests {
         let ctx = NodeContext {
             node: at,
             max_hops,
+            max_addressees: 64,
             verified: &f.verified,
         };
         admit(signed, &peer, signer, &ctx, f.now).map_err(|(r, _)| r)

@@ -32,6 +32,12 @@ pub(super) trait Sink {
         let _ = dispatcher;
         true
     }
+
+    /// Completes when a consumer paused for time-sensitive copies (a late alert) shows it is
+    /// alive after all; never, by default.
+    async fn resumed(&self) {
+        std::future::pending::<()>().await
+    }
 }
 
 /// Drives `sink` over `queue` with `dispatcher` until `ended` completes or the sink is gone.
@@ -90,6 +96,7 @@ pub(super) async fn run(
             // With both windows full, a change of the queue changes nothing.
             _ = notified, if !full => {}
             _ = due => {}
+            _ = sink.resumed() => dispatcher.resume_alerts(),
         }
     }
 }

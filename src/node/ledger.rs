@@ -242,6 +242,59 @@ impl Ledger {
         Some(q)
     }
 
+    /// The mailboxes of `wanted`, for a message of precedence `p`: existing ones must have room
+    /// for it, and missing ones are created only if all of them fit in [`MAX_MAILBOXES`], so a
+    /// refused message creates none.
+    ///
+    /// # Errors
+    /// `QUEUE_FULL` naming the full mailbox, or `UNKNOWN_RECIPIENT` when the table is full.
+    pub(crate) fn mailboxes_for(
+        &self,
+        wanted: &[Mailbox],
+        p: Precedence,
+    ) -> Result<Vec<Arc<Queue>>, Refusal> {
+        let mut all = self.0.mailboxes.lock().expect("mailbox map lock poisoned");
+        let missing = wanted.iter().filter(|m| !all.contains_key(m)).count();
+        if all.len() + missing > MAX_MAILBOXES {
+            return Err(Refusal::new(
+                RefusalCode::UnknownRecipient,
+                format!(
+                    "this node keeps at most {MAX_MAILBOXES} unit mailboxes and has no room \
+                     for {missing} more"
+                ),
+            ));
+        }
+        if let Some(full) = wanted
+            .iter()
+            .filter_map(|m| all.get(m))
+            .find(|q| !q.has_room(p))
+        {
+            return Err(Refusal::new(
+                RefusalCode::QueueFull,
+                format!("{} is full; retry later", full.name()),
+            ));
+        }
+        Ok(wanted
+            .iter()
+            .map(|m| {
+                all.entry(m.clone())
+                    .or_insert_with(|| {
+                        Queue::new(QueueId::Mailbox(m.clone()), &self.0.agency, self.0.capacity)
+                    })
+                    .clone()
+            })
+            .collect())
+    }
+
+    /// Drops the mailboxes nobody uses: empty, without dead letters, and held by nothing but
+    /// the table (no reader, no copy in flight, no message being taken). The next message or
+    /// reader creates them again.
+    fn drop_unused_mailboxes(&self) {
+        let mut all = self.0.mailboxes.lock().expect("mailbox map lock poisoned");
+        // With the table locked, nobody can take another reference to a mailbox.
+        all.retain(|_, q| Arc::strong_count(q) > 1 || !q.is_empty() || q.has_dead_letters());
+    }
+
     /// The outbox toward peer node `peer`.
     pub fn outbox(&self, peer: &str) -> Option<Arc<Queue>> {
         self.0.outboxes.get(peer).cloned()
@@ -467,6 +520,7 @@ impl Ledger {
     /// Expires every copy past its expiry, wherever it waits (the sweeper's round).
     pub fn sweep(&self, now: SystemTime) {
         self.0.ids.lock().expect("ids lock poisoned").expire(now);
+        self.drop_unused_mailboxes();
         for q in self.queues() {
             let expired = q.drain_expired(now);
             if !expired.is_empty() {

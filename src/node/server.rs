@@ -14,6 +14,7 @@ use rustls_pki_types::CertificateDer;
 
 use super::conn::Conn;
 use super::events::Event;
+use super::registry::Registered;
 use super::state::Node;
 use super::streams;
 use crate::identity::{self, PeerCert, Role};
@@ -84,9 +85,17 @@ async fn handle(node: Arc<Node>, incoming: quinn::Incoming) {
         Ok(a) => a,
         Err(r) => return refuse_connection(&node, &conn, Some(&who), Some(send), r).await,
     };
+    let registered = match node.registry.register(&who, &chain, &conn) {
+        Ok(r) => r,
+        Err(r) => return refuse_connection(&node, &conn, Some(&who), Some(send), r).await,
+    };
+    if auth == Authorized::Client {
+        // Fewer streams for clients than for peer nodes.
+        conn.set_max_concurrent_bi_streams(node.config.limits.client_streams.into());
+    }
     let welcome = pb::Welcome {
         protocol_version: crate::wire::PROTOCOL_VERSION,
-        node: Some(peer_identity(&node.me)),
+        node: Some(peer_identity(&node.own().me)),
         you: Some(peer_identity(&who)),
         max_frame_bytes: node.config.limits.max_frame_bytes,
     };
@@ -114,7 +123,35 @@ async fn handle(node: Arc<Node>, incoming: quinn::Incoming) {
         );
         return;
     }
-    streams::serve(node, Conn::new(conn, who, &chain)).await;
+    serve_authorized(node, conn, who, &chain, registered).await;
+}
+
+/// Serves an authorized, registered connection's streams until it ends, and records its end.
+pub(super) async fn serve_authorized(
+    node: Arc<Node>,
+    conn: Connection,
+    who: PeerCert,
+    chain: &[CertificateDer<'static>],
+    registered: Registered,
+) {
+    let c = Conn::new(
+        conn.clone(),
+        who,
+        chain,
+        &node.config.limits,
+        registered.revoked.clone(),
+    );
+    streams::serve(node.clone(), c.clone()).await;
+    let reason = conn.close_reason().map_or_else(
+        || "ended".to_owned(),
+        |e| crate::tls::describe_connection_error(&e),
+    );
+    node.events().record(Event::Disconnected {
+        remote: conn.remote_address(),
+        who: c.name.clone(),
+        reason,
+    });
+    drop(registered);
 }
 
 async fn read_hello(conn: &Connection) -> Result<(SendStream, RecvStream, pb::Hello), String> {

@@ -18,6 +18,7 @@ use quinn::{RecvStream, SendStream};
 use tokio::sync::watch;
 
 use super::conn::Conn;
+use super::events::Event;
 use super::state::Node;
 use crate::address::Mailbox;
 use crate::identity::Role;
@@ -52,7 +53,11 @@ pub(super) async fn serve(node: Arc<Node>, conn: Arc<Conn>) {
 async fn stream(node: Arc<Node>, conn: Arc<Conn>, mut send: SendStream, recv: RecvStream) {
     // Peers forward what a client submitted within the limit, plus hop records.
     let max = node.config.limits.max_frame_bytes + if conn.is_peer() { FRAME_SLACK } else { 0 };
-    let mut reader = FrameReader::new(recv, max);
+    let bounds = frame::Bounds {
+        budgets: vec![conn.frame_budget.clone(), node.frame_budget.clone()],
+        deadline: node.config.limits.frame_deadline,
+    };
+    let mut reader = FrameReader::bounded(recv, max, bounds);
     let (tx, mut rx) = tokio::sync::mpsc::channel::<tokio::task::JoinHandle<Body>>(PIPELINE_DEPTH);
     let writer = tokio::spawn(async move {
         let answer = |r: Result<Body, tokio::task::JoinError>| {
@@ -94,10 +99,15 @@ async fn stream(node: Arc<Node>, conn: Arc<Conn>, mut send: SendStream, recv: Re
         let _ = send.finish();
     });
     loop {
-        let (answer, stop) = match reader.read().await {
-            Ok(frame) => {
+        let (answer, stop) = match reader.read_held().await {
+            Ok((frame, held)) => {
                 let (node, conn) = (node.clone(), conn.clone());
-                let h = tokio::spawn(async move { answer(&node, &conn, frame).await });
+                let h = tokio::spawn(async move {
+                    let answer = answer(&node, &conn, frame).await;
+                    // The frame's share of the budgets is given back once it is answered.
+                    drop(held);
+                    answer
+                });
                 if tx.send(h).await.is_err() {
                     break;
                 }
@@ -116,6 +126,21 @@ async fn stream(node: Arc<Node>, conn: Arc<Conn>, mut send: SendStream, recv: Re
             }
             Err(e) => (refuse(&node, &conn, frame_refusal(&e), None), true),
         };
+        if conn.bad_frame(node.config.limits.max_bad_frames) {
+            let reason = format!(
+                "{} bad frames (malformed, oversized, truncated or late) on this connection; \
+                 closing it (limits.max_bad_frames)",
+                node.config.limits.max_bad_frames
+            );
+            node.events().record(Event::Disconnected {
+                remote: conn.conn.remote_address(),
+                who: conn.name.clone(),
+                reason: reason.clone(),
+            });
+            conn.conn
+                .close(super::server::CLOSE_REFUSED.into(), reason.as_bytes());
+            break;
+        }
         if tx.send(tokio::spawn(async move { answer })).await.is_err() || stop {
             if stop {
                 let _ = reader.stream().stop(0u32.into());
@@ -133,9 +158,21 @@ fn frame_refusal(e: &FrameError) -> Refusal {
         .unwrap_or_else(|| Refusal::new(RefusalCode::Malformed, e.to_string()))
 }
 
-/// Records a refusal and returns its answer frame.
+/// Records a refusal (within the connection's log rate; see [`Conn::may_log_refusal`]) and
+/// returns its answer frame.
 fn refuse(node: &Node, conn: &Conn, refusal: Refusal, id: Option<MessageId>) -> Body {
-    node.ledger.refused(id, &conn.name, &refusal);
+    match conn.may_log_refusal(&node.config.limits, std::time::Instant::now()) {
+        Some(0) => node.ledger.refused(id, &conn.name, &refusal),
+        Some(suppressed) => {
+            let mut r = refusal.clone();
+            r.reason = format!(
+                "{} ({suppressed} earlier refusals of this connection not logged)",
+                r.reason
+            );
+            node.ledger.refused(id, &conn.name, &r);
+        }
+        None => {}
+    }
     let mut r = refusal.to_pb(id.map(MessageId::to_bytes).unwrap_or_default());
     if refusal.is_busy() {
         r.retry_after_ms = RETRY_AFTER.as_millis() as u64;
@@ -157,6 +194,14 @@ async fn request(
     conn: &Arc<Conn>,
     frame: pb::Frame,
 ) -> Result<Body, (Refusal, Option<MessageId>)> {
+    if conn.revoked.load(std::sync::atomic::Ordering::Acquire) {
+        let r = Refusal::new(
+            RefusalCode::Unauthorized,
+            "this connection's certificate is no longer valid (revoked, or its CA's CRL is \
+             stale); the connection is closing",
+        );
+        return Err((r, None));
+    }
     let signed = match frame.body {
         Some(Body::Submit(pb::Submit {
             envelope: Some(signed),

@@ -185,6 +185,11 @@ impl Queue {
         self.notify.notified()
     }
 
+    /// Whether it holds dead letters.
+    pub fn has_dead_letters(&self) -> bool {
+        !self.dead().is_empty()
+    }
+
     /// The dead letters, oldest first.
     pub fn dead_letters(&self) -> Vec<DeadLetter> {
         self.dead().iter().cloned().collect()

@@ -7,7 +7,7 @@ use std::time::SystemTime;
 use bytes::Bytes;
 use prost::Message as _;
 
-use super::{Copy, Ledger, MAX_MAILBOXES, Notice, Queue, Seq, Taking, Transit};
+use super::{Copy, Ledger, Notice, Queue, Seq, Taking, Transit};
 use crate::dedup::{self, Claim};
 use crate::lanes::Entry;
 use crate::message::{Message, MessageId, millis, timestamp};
@@ -190,13 +190,7 @@ impl Ledger {
     ) -> Result<Vec<Destination>, Refusal> {
         let mut out = Vec::with_capacity(plan.fan_out());
         let mut local: Option<(Arc<Transit>, Bytes)> = None;
-        for m in &plan.local {
-            let queue = self.mailbox(m).ok_or_else(|| {
-                Refusal::new(
-                    RefusalCode::UnknownRecipient,
-                    format!("this node keeps at most {MAX_MAILBOXES} unit mailboxes"),
-                )
-            })?;
+        for queue in self.mailboxes_for(&plan.local, message.precedence)? {
             let (transit, bytes) = local
                 .get_or_insert_with(|| {
                     let mut hops = hops.clone();
