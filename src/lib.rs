@@ -43,6 +43,8 @@ mod directory;
 mod dispatch;
 mod draft;
 mod error;
+#[cfg(feature = "fuzzing")]
+pub mod fuzz;
 mod id;
 mod identity;
 mod lanes;

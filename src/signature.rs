@@ -79,7 +79,7 @@ impl Signer {
         Ok(Signer { key, cert_sha256 })
     }
 
-    #[cfg(test)]
+    #[cfg(any(test, feature = "fuzzing"))]
     /// The raw public key.
     pub fn public_key(&self) -> &[u8] {
         use ring::signature::KeyPair;

@@ -73,6 +73,38 @@ pub fn encode_into(frame: &pb::Frame, buf: &mut BytesMut) {
     frame.encode(buf).expect("capacity reserved");
 }
 
+/// Checks a frame's declared length against the reader's limit, before anything is read or
+/// allocated for its body.
+fn check_len(len: [u8; 4], max: u64) -> Result<u64, FrameError> {
+    let len = u64::from(u32::from_be_bytes(len));
+    if len > max {
+        return Err(FrameError::TooLarge { len, max });
+    }
+    Ok(len)
+}
+
+/// Decodes the frames in `buf` as a [`FrameReader`] reads them from a stream: a 4-byte length
+/// checked against `max` before decoding, then the body. For bytes already in memory (tests,
+/// fuzzing).
+///
+/// # Errors
+/// The first frame that is too large, malformed or cut short.
+#[cfg(any(test, feature = "fuzzing"))]
+pub fn decode_all(mut buf: &[u8], max: u64) -> Result<Vec<pb::Frame>, FrameError> {
+    let mut frames = Vec::new();
+    while !buf.is_empty() {
+        let (len, rest) = buf.split_first_chunk::<4>().ok_or(FrameError::Truncated)?;
+        let len = check_len(*len, max)? as usize;
+        if rest.len() < len {
+            return Err(FrameError::Truncated);
+        }
+        let (body, rest) = rest.split_at(len);
+        frames.push(pb::Frame::decode(body)?);
+        buf = rest;
+    }
+    Ok(frames)
+}
+
 /// Writes one frame.
 pub async fn write(send: &mut SendStream, frame: &pb::Frame) -> Result<(), FrameError> {
     send.write_all(&encode(frame)).await?;
@@ -183,22 +215,11 @@ impl FrameReader {
     /// Reads the next frame's body without decoding it.
     pub async fn read_raw(&mut self) -> Result<Bytes, FrameError> {
         let mut len = [0u8; 4];
-        match self.recv.read_exact(&mut len).await {
-            Ok(()) => {}
-            Err(quinn::ReadExactError::FinishedEarly(0)) => return Err(FrameError::End),
-            Err(quinn::ReadExactError::FinishedEarly(_)) => return Err(FrameError::Truncated),
-            Err(quinn::ReadExactError::ReadError(e)) => return Err(e.into()),
-        }
-        let len = u64::from(u32::from_be_bytes(len));
-        if len > self.max {
-            return Err(FrameError::TooLarge { len, max: self.max });
-        }
+        read_exact(&mut self.recv, &mut len, true).await?;
+        let len = check_len(len, self.max)?;
         let mut body = vec![0u8; len as usize];
-        match self.recv.read_exact(&mut body).await {
-            Ok(()) => Ok(Bytes::from(body)),
-            Err(quinn::ReadExactError::FinishedEarly(_)) => Err(FrameError::Truncated),
-            Err(quinn::ReadExactError::ReadError(e)) => Err(e.into()),
-        }
+        read_exact(&mut self.recv, &mut body, false).await?;
+        Ok(Bytes::from(body))
     }
 
     /// Discards `len` bytes (the body of a frame refused as too large), within the reader's
@@ -265,5 +286,19 @@ mod tests {
         let len = u32::from_be_bytes(b[..4].try_into().unwrap()) as usize;
         assert_eq!(len, b.len() - 4);
         assert_eq!(pb::Frame::decode(&b[4..]).unwrap(), f);
+        let two = [b.as_ref(), b.as_ref()].concat();
+        assert_eq!(decode_all(&two, 1024).unwrap(), vec![f.clone(), f]);
+        assert!(matches!(
+            decode_all(&two, 4),
+            Err(FrameError::TooLarge { .. })
+        ));
+        assert!(matches!(
+            decode_all(&two[..5], 1024),
+            Err(FrameError::Truncated)
+        ));
+        assert!(matches!(
+            decode_all(&two[..3], 1024),
+            Err(FrameError::Truncated)
+        ));
     }
 }

@@ -75,7 +75,9 @@ impl Ledger {
                                 .contains_message(c.queue.name(), t.message.id.as_bytes())
                         }) =>
                 {
-                    claim.map(Claimed::taken);
+                    if let Some(claim) = claim {
+                        claim.taken();
+                    }
                     answers[i] = Some(Ok(self.duplicate(&t)));
                 }
                 Ok(copies) => ready.push((i, t, copies, claim)),
@@ -129,7 +131,9 @@ impl Ledger {
                 for (i, t, _, claim) in ready {
                     answers[i] = Some(match &refusal {
                         None => {
-                            claim.map(Claimed::taken);
+                            if let Some(claim) = claim {
+                                claim.taken();
+                            }
                             Ok(self.duplicate(&t))
                         }
                         Some(r) => Err(r.clone()),
@@ -140,7 +144,9 @@ impl Ledger {
         };
         let durable_at = SystemTime::now();
         for ((i, t, copies, claim), early) in ready.into_iter().zip(early) {
-            claim.map(Claimed::taken);
+            if let Some(claim) = claim {
+                claim.taken();
+            }
             if early.is_empty() {
                 for (c, seq) in copies.iter().zip(seqs.by_ref()) {
                     c.queue

@@ -361,7 +361,9 @@ fn no_fate_changes_outside_the_ledger() {
         // Queues change only through the ledger (their mutators are private to it, too).
         (".push_checked(", &|f| ledger(f) || f == "lanes.rs"),
         // The dispatcher's unit tests move plain lanes (no queue, no ledger) to show its rules.
-        (".requeue(", &|f| ledger(f) || f == "lanes.rs" || f == "dispatch.rs"),
+        (".requeue(", &|f| {
+            ledger(f) || f == "lanes.rs" || f == "dispatch.rs"
+        }),
         (".retry_at(", &|f| {
             ledger(f) || f == "lanes.rs" || f == "dispatch.rs"
         }),
