@@ -55,8 +55,15 @@ pub(super) async fn run(
 ) {
     let mut ended = std::pin::pin!(ended);
     let settle = |d: &mut Dispatcher, (copy, ticket, outcome): Settled| {
+        // A late alert goes back for the unit's other readers: the log says why.
+        let late = (outcome == Outcome::Late).then(|| {
+            format!(
+                "{by} did not acknowledge within the alert deadline (limits.alert_ack_timeout_ms)"
+            )
+        });
         let action = d.settle(ticket, outcome, copy.copy().attempts, SystemTime::now());
-        node.ledger.settle(copy, action, by);
+        node.ledger
+            .settle(copy, action, late.as_deref().unwrap_or(by));
     };
     loop {
         while let Ok(s) = back.try_recv() {
