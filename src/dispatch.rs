@@ -149,6 +149,7 @@ impl RetryPolicy {
 pub(crate) fn non_delivery_reason(code: RefusalCode) -> pb::NonDeliveryReason {
     match code {
         RefusalCode::Expired => pb::NonDeliveryReason::Expired,
+        RefusalCode::Revoked => pb::NonDeliveryReason::Revoked,
         RefusalCode::UnknownRecipient => pb::NonDeliveryReason::UnknownRecipient,
         RefusalCode::Invalid | RefusalCode::Malformed | RefusalCode::TooLarge => {
             pb::NonDeliveryReason::Invalid

@@ -18,6 +18,31 @@ use rustls_pki_types::{CertificateDer, UnixTime};
 
 use crate::identity::{self, PeerCert};
 
+/// Why there is no verified signer for a signature.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{reason}")]
+pub(crate) struct SignerError {
+    /// The chain verified but for the revocation of a certificate in it: the signer was
+    /// genuine, and is no longer trusted.
+    pub revoked: bool,
+    pub reason: String,
+}
+
+impl SignerError {
+    pub fn other(reason: impl Into<String>) -> SignerError {
+        SignerError {
+            revoked: false,
+            reason: reason.into(),
+        }
+    }
+}
+
+impl From<SignerError> for String {
+    fn from(e: SignerError) -> String {
+        e.reason
+    }
+}
+
 /// Signer chains a cache keeps; beyond it, the oldest is forgotten (it is fetched and verified
 /// again if needed).
 pub(crate) const CAPACITY: usize = 4096;
@@ -81,10 +106,10 @@ impl Signers {
         &self,
         chain: Vec<CertificateDer<'static>>,
         now: SystemTime,
-    ) -> Result<Arc<Signer>, String> {
+    ) -> Result<Arc<Signer>, SignerError> {
         let (leaf, intermediates) = chain
             .split_first()
-            .ok_or_else(|| "an empty certificate chain".to_owned())?;
+            .ok_or_else(|| SignerError::other("an empty certificate chain"))?;
         let now = UnixTime::since_unix_epoch(
             now.duration_since(SystemTime::UNIX_EPOCH)
                 .unwrap_or_default(),
@@ -92,9 +117,15 @@ impl Signers {
         let verifier = self.lock().verifier.clone();
         verifier
             .verify_client_cert(leaf, intermediates, now)
-            .map_err(|e| format!("the signer's certificate is not valid: {e}"))?;
+            .map_err(|e| SignerError {
+                revoked: matches!(
+                    e,
+                    rustls::Error::InvalidCertificate(rustls::CertificateError::Revoked)
+                ),
+                reason: format!("the signer's certificate is not valid: {e}"),
+            })?;
         let cert = identity::from_certificate(leaf, &self.trust_domain)
-            .map_err(|e| format!("the signer's certificate: {e}"))?;
+            .map_err(|e| SignerError::other(format!("the signer's certificate: {e}")))?;
         Ok(self.remember(Signer { cert, chain }))
     }
 
@@ -109,15 +140,17 @@ impl Signers {
         signature: Option<&crate::wire::pb::Signature>,
         chain: &[bytes::Bytes],
         now: SystemTime,
-    ) -> Result<Arc<Signer>, String> {
+    ) -> Result<Arc<Signer>, SignerError> {
         let hash = &signature
-            .ok_or_else(|| "the envelope is not signed".to_owned())?
+            .ok_or_else(|| SignerError::other("the envelope is not signed"))?
             .signer_certificate_sha256;
         if let Some(s) = self.get(hash) {
             return Ok(s);
         }
         if chain.is_empty() {
-            return Err("the signer's certificate chain is missing".into());
+            return Err(SignerError::other(
+                "the signer's certificate chain is missing",
+            ));
         }
         let chain = chain
             .iter()
@@ -125,7 +158,9 @@ impl Signers {
             .collect();
         let s = self.verify(chain, now)?;
         if s.cert.sha256.as_slice() != hash.as_ref() {
-            return Err("the certificate chain is not the signer's".into());
+            return Err(SignerError::other(
+                "the certificate chain is not the signer's",
+            ));
         }
         Ok(s)
     }
@@ -206,7 +241,9 @@ mod tests {
         ] {
             let m = material(stem);
             let e = signers.verify(m.chain.clone(), now).unwrap_err();
-            assert!(e.contains("not valid"), "{stem}: {e}");
+            assert!(e.reason.contains("not valid"), "{stem}: {e}");
+            // Only a revocation is reported as one.
+            assert_eq!(e.revoked, stem == "clients/dea/revoked", "{stem}: {e}");
             assert!(signers.get(&m.leaf_sha256()).is_none());
         }
         assert!(signers.verify(Vec::new(), now).is_err());

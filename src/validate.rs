@@ -15,6 +15,7 @@ use crate::message::{Message, MessageId, Status, clip};
 use crate::receipt;
 use crate::refusal::Refusal;
 use crate::signature;
+use crate::signers::SignerError;
 use crate::wire::pb::{self, RefusalCode};
 
 /// A message the node may take responsibility for, with what the previous hop added to it.
@@ -56,7 +57,7 @@ pub(crate) struct NodeContext<'a> {
 pub(crate) fn admit(
     signed: pb::SignedEnvelope,
     sender: &PeerCert,
-    signer: Result<&PeerCert, String>,
+    signer: Result<&PeerCert, SignerError>,
     node: &NodeContext<'_>,
     now: SystemTime,
 ) -> Result<Admitted, (Refusal, Option<MessageId>)> {
@@ -138,8 +139,12 @@ pub(crate) fn admit(
                     clip(&first.node)
                 )));
             }
-            signer.map_err(|reason| {
-                fail(Refusal::invalid(format!("originator signature: {reason}")))
+            signer.map_err(|e| {
+                let code = match e.revoked {
+                    true => RefusalCode::Revoked,
+                    false => RefusalCode::Invalid,
+                };
+                fail(Refusal::new(code, format!("originator signature: {e}")))
             })?
         }
     };
@@ -367,7 +372,7 @@ mod tests {
         f: &Fixture,
         mut signed: pb::SignedEnvelope,
         hops: &[&str],
-        signer: Result<&PeerCert, String>,
+        signer: Result<&PeerCert, SignerError>,
         at: &str,
         max_hops: u32,
     ) -> Result<Admitted, Refusal> {
@@ -417,10 +422,25 @@ mod tests {
         assert!(forwarded(&f, good(), &["dea-1"], Ok(&f.cert), "pgr-1", 8).is_ok());
 
         // The chain the envelope carried did not verify.
-        let r = forwarded(&f, good(), &["dea-1"], Err("unknown CA".into()), "pgr-1", 8);
+        let r = forwarded(
+            &f,
+            good(),
+            &["dea-1"],
+            Err(SignerError::other("unknown CA")),
+            "pgr-1",
+            8,
+        );
         let r = r.unwrap_err();
         assert_eq!(r.code, RefusalCode::Invalid);
         assert!(r.reason.contains("unknown CA"), "{}", r.reason);
+        // A signer revoked since the message set out: refused as such, so that the originator's
+        // non-delivery report says REVOKED.
+        let revoked = SignerError {
+            revoked: true,
+            reason: "invalid peer certificate: Revoked".into(),
+        };
+        let r = forwarded(&f, good(), &["dea-1"], Err(revoked), "pgr-1", 8).unwrap_err();
+        assert_eq!(r.code, RefusalCode::Revoked);
 
         // Signed by duty-desk, but claiming to come from AFI.
         let mut afi = originator("duty-desk");

@@ -127,6 +127,13 @@ async fn partial_frames_take_a_budget_before_anything_is_allocated() {
         send.write_all(&vec![0u8; len as usize - 1]).await.unwrap();
         stalled.push((send, recv));
     }
+    // Once the node has read both lengths, it holds their bytes (and reads nothing more).
+    within("the node to take the stalled frames' budget", async {
+        while net.node("dea-1").frame_bytes_held() < 2 * 1024 * 1024 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
     // A small frame on the same connection: no budget left until a stalled one gives up.
     let (frame, _) = alert_frame(&["pgr"]);
     let small = {
@@ -156,6 +163,13 @@ async fn partial_frames_take_a_budget_before_anything_is_allocated() {
         assert!(r.reason.contains("not complete within 3s"), "{}", r.reason);
     }
     let answer = within("the small frame", small).await.unwrap();
+    // Given back once answered.
+    within("the budget to be given back", async {
+        while net.node("dea-1").frame_bytes_held() > 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
     assert!(matches!(answer.body, Some(Body::Accepted(_))), "{answer:?}");
     wait_event(&mut events, |e| refused_by(e, "dea/client/duty-desk")).await;
     still_serves(&net).await;

@@ -12,7 +12,7 @@ use common::raw::{self, Raw, Signer};
 use common::{SendAndWait, TestNet, wait_event, within};
 use enlace::node::Event;
 use enlace::pb::{self, RefusalCode, frame::Body};
-use enlace::{Client, ClientError, Draft, Mailbox, Precedence, Stage};
+use enlace::{Client, ClientError, Draft, Mailbox, MessageId, Precedence, Stage};
 use prost::{Message as _, Name as _};
 
 fn liaison(body: &str) -> pb::LiaisonMessage {
@@ -395,6 +395,30 @@ async fn a_peer_cannot_claim_another_originator_or_hide_from_the_path() {
     net.stop().await;
 }
 
+type Events = std::sync::Arc<std::sync::Mutex<Vec<Event>>>;
+
+/// Every event of `node` from now on, collected as it happens (none missed while the test
+/// reads others).
+fn collect(net: &TestNet, node: &str) -> Events {
+    let all = Events::default();
+    let mut rx = net.node(node).events();
+    tokio::spawn({
+        let all = all.clone();
+        async move {
+            loop {
+                match rx.recv().await {
+                    Ok(e) => all.lock().unwrap().push(e),
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        panic!("{n} events missed")
+                    }
+                    Err(_) => return,
+                }
+            }
+        }
+    });
+    all
+}
+
 /// Serves the streams dea-1 opens on `conn` (a link it thinks is to cenapi-1): link probes
 /// are answered, and each forwarded copy is handed to `relay`, whose answer goes back.
 async fn act_as_relay<F, Fut>(conn: quinn::Connection, relay: F)
@@ -526,7 +550,7 @@ async fn resubmitted_alerts_are_delivered_once_and_colliding_ids_refused() {
     let net = TestNet::mesh(&["dea", "pgr"]).await;
     let pgr = net.subscriber("pgr", "duty-desk").await;
     let mut inbox = pgr.inbox().unwrap();
-    let mut events = net.node("dea-1").events();
+    let (dea_events, pgr_events) = (collect(&net, "dea-1"), collect(&net, "pgr-1"));
     let desk = std::sync::Arc::new(
         net.raw("dea", "clients/dea/duty-desk", pb::Role::Client)
             .await
@@ -551,23 +575,52 @@ async fn resubmitted_alerts_are_delivered_once_and_colliding_ids_refused() {
             let a = r.unwrap().expect("a resubmission is answered Accepted");
             assert_eq!(a.message_id, env.message_id);
         }
-        // A marker after them: every copy of the resubmitted message was taken before it.
+        // A marker after them (time-sensitive copies travel on streams of their own, so the
+        // two may arrive in either order).
         let marker = envelope(("dea", "dea-1", "duty-desk"), &["pgr"], precedence);
         submit(&desk, signer.seal(&marker)).await.unwrap();
-        let mut copies = 0;
-        loop {
+        let (mut copies, mut marked) = (0, false);
+        while copies == 0 || !marked {
             let d = within("deliveries", inbox.next()).await.unwrap();
             let id = Bytes::copy_from_slice(d.id().as_bytes());
             d.ack().await.unwrap();
-            if id == marker.message_id {
-                break;
+            match id == marker.message_id {
+                true => marked = true,
+                false => {
+                    assert_eq!(id, env.message_id);
+                    copies += 1;
+                }
             }
-            assert_eq!(id, env.message_id);
-            copies += 1;
         }
         assert_eq!(copies, 1, "{precedence:?} delivered {copies} times");
+        // The origin took it once and answered the other three as duplicates; the
+        // destination was handed one copy and delivered it once.
+        let id = MessageId::from_slice(&env.message_id).unwrap();
+        let count = |events: &Events, what: fn(&Event) -> Option<MessageId>| {
+            events
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|e| what(e) == Some(id))
+                .count()
+        };
+        let accepted = |e: &Event| match e {
+            Event::Accepted { id, .. } => Some(*id),
+            _ => None,
+        };
+        let duplicate = |e: &Event| match e {
+            Event::Duplicate { id, .. } => Some(*id),
+            _ => None,
+        };
+        let delivered = |e: &Event| match e {
+            Event::Delivered { id, .. } => Some(*id),
+            _ => None,
+        };
+        assert_eq!(count(&dea_events, accepted), 1, "{precedence:?}");
+        assert_eq!(count(&dea_events, duplicate), 3, "{precedence:?}");
+        assert_eq!(count(&pgr_events, accepted), 1, "{precedence:?}");
+        assert_eq!(count(&pgr_events, delivered), 1, "{precedence:?}");
     }
-    wait_event(&mut events, |e| matches!(e, Event::Duplicate { .. })).await;
 
     // The same id from another originator of the agency: refused with its own code.
     let first = envelope(

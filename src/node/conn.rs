@@ -5,7 +5,7 @@
 //! `deliver`.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -14,6 +14,7 @@ use quinn::Connection;
 use rustls_pki_types::CertificateDer;
 use tokio::sync::{Semaphore, watch};
 
+use super::registry::Closing;
 use crate::address::Mailbox;
 use crate::config::Limits;
 use crate::identity::{PeerCert, Role};
@@ -35,9 +36,9 @@ pub(super) struct Conn {
     bad_frames: AtomicU32,
     /// How many refusals it may still have logged now, and which were not.
     refusal_log: Mutex<RefusalLog>,
-    /// Set when its certificate is revoked: it is closed once its requests in flight are
-    /// answered, and gets no new ones.
-    pub revoked: Arc<AtomicBool>,
+    /// Whether its certificate was revoked (it is closed once its requests in flight are
+    /// answered, and gets no new ones), and why the node closed it.
+    pub closing: Arc<Closing>,
 }
 
 /// A token bucket for logging a connection's refusals.
@@ -53,7 +54,7 @@ impl Conn {
         who: PeerCert,
         chain: &[CertificateDer<'_>],
         limits: &Limits,
-        revoked: Arc<AtomicBool>,
+        closing: Arc<Closing>,
     ) -> Arc<Conn> {
         Arc::new(Conn {
             chain: chain.iter().map(|c| Bytes::copy_from_slice(c)).collect(),
@@ -68,7 +69,7 @@ impl Conn {
                 at: Instant::now(),
                 suppressed: 0,
             }),
-            revoked,
+            closing,
         })
     }
 

@@ -6,8 +6,8 @@
 //! its [`Registered`] handle unregisters it when dropped.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use quinn::Connection;
 use rustls_pki_types::CertificateDer;
@@ -22,8 +22,45 @@ pub(super) struct Live {
     /// Its verified chain, leaf first, to check again when the CRLs change.
     pub chain: Vec<CertificateDer<'static>>,
     pub conn: Connection,
+    pub closing: Arc<Closing>,
+}
+
+/// Whether and why the node is closing a connection, shared by its registration, its
+/// [`Conn`](super::conn::Conn) and whoever closes it, so that the connection's end is logged
+/// with the node's reason (quinn only says "closed" for a close of our own).
+#[derive(Debug, Default)]
+pub(super) struct Closing {
     /// Set when its certificate was revoked: its requests are refused until it is closed.
-    pub revoked: Arc<std::sync::atomic::AtomicBool>,
+    revoked: AtomicBool,
+    reason: OnceLock<String>,
+}
+
+impl Closing {
+    /// Whether the connection's certificate was revoked while it was connected.
+    pub fn revoked(&self) -> bool {
+        self.revoked.load(Ordering::Acquire)
+    }
+
+    /// Closes `conn` with `code` and `reason` (the first reason given is the one kept).
+    pub fn close(&self, conn: &Connection, code: u32, reason: String) {
+        let _ = self.reason.set(reason);
+        let reason = self.reason.get().map_or("", String::as_str);
+        conn.close(code.into(), reason.as_bytes());
+    }
+
+    /// Why the node closed the connection, if it did.
+    pub fn reason(&self) -> Option<&str> {
+        self.reason.get().map(String::as_str)
+    }
+}
+
+/// A live connection whose certificate no longer verifies, for its caller to close.
+pub(super) struct Revoked {
+    pub who: PeerCert,
+    pub conn: Connection,
+    pub closing: Arc<Closing>,
+    /// Why its certificate no longer verifies.
+    pub reason: String,
 }
 
 /// Every live connection, by registration number.
@@ -37,8 +74,8 @@ pub(super) struct Registry {
 pub(super) struct Registered {
     registry: Arc<Registry>,
     id: u64,
-    /// Shared with the registry's entry: whether the certificate was revoked meanwhile.
-    pub revoked: Arc<std::sync::atomic::AtomicBool>,
+    /// Shared with the registry's entry.
+    pub closing: Arc<Closing>,
 }
 
 impl Drop for Registered {
@@ -80,37 +117,39 @@ impl Registry {
             ));
         }
         let id = self.next.fetch_add(1, Ordering::Relaxed);
-        let revoked = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let closing = Arc::new(Closing::default());
         live.insert(
             id,
             Live {
                 who: who.clone(),
                 chain: chain.to_vec(),
                 conn: conn.clone(),
-                revoked: revoked.clone(),
+                closing: closing.clone(),
             },
         );
         Ok(Registered {
             registry: self.clone(),
             id,
-            revoked,
+            closing,
         })
     }
 
     /// Marks revoked every live connection whose chain `still_valid` rejects, and returns them
     /// (each with the reason), for the caller to close once their requests in flight are
     /// answered.
-    pub fn revoke_where(
-        &self,
-        still_valid: impl Fn(&Live) -> Result<(), String>,
-    ) -> Vec<(PeerCert, Connection, String)> {
+    pub fn revoke_where(&self, still_valid: impl Fn(&Live) -> Result<(), String>) -> Vec<Revoked> {
         let live = self.lock();
         live.values()
-            .filter(|l| !l.revoked.load(Ordering::Acquire))
+            .filter(|l| !l.closing.revoked())
             .filter_map(|l| {
                 still_valid(l).err().map(|reason| {
-                    l.revoked.store(true, Ordering::Release);
-                    (l.who.clone(), l.conn.clone(), reason)
+                    l.closing.revoked.store(true, Ordering::Release);
+                    Revoked {
+                        who: l.who.clone(),
+                        conn: l.conn.clone(),
+                        closing: l.closing.clone(),
+                        reason,
+                    }
                 })
             })
             .collect()

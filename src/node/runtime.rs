@@ -63,6 +63,8 @@ pub struct RunningNode {
     events: Events,
     links: Arc<Links>,
     reload: Arc<Notify>,
+    /// The node-wide budget of bytes in frames being received or processed.
+    frame_budget: (Arc<tokio::sync::Semaphore>, u64),
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -77,6 +79,14 @@ impl RunningNode {
     /// Every peer link's state and counters, by peer name.
     pub fn links(&self) -> Vec<LinkStatus> {
         self.links.snapshot()
+    }
+
+    /// Bytes of frames being received or processed right now, all connections together: what
+    /// `limits.node_frame_bytes` bounds (each frame's declared length is taken from the budget
+    /// before its body is read).
+    pub fn frame_bytes_held(&self) -> u64 {
+        let (budget, total) = &self.frame_budget;
+        total.saturating_sub(budget.available_permits() as u64)
     }
 
     /// Reloads the node's TLS material (CRLs, certificate and key), as SIGHUP does; the outcome
@@ -108,6 +118,10 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
     let events = bound.node.events().clone();
     let links = bound.node.links.clone();
     let reload = bound.reload.clone();
+    let frame_budget = (
+        bound.node.frame_budget.clone(),
+        bound.node.config.limits.node_frame_bytes,
+    );
     let task = tokio::spawn(serve(bound, async {
         let _ = rx.await;
     }));
@@ -116,6 +130,7 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         events,
         links,
         reload,
+        frame_budget,
         stop: Some(tx),
         task,
     })

@@ -139,13 +139,14 @@ pub(super) async fn serve_authorized(
         who,
         chain,
         &node.config.limits,
-        registered.revoked.clone(),
+        registered.closing.clone(),
     );
     streams::serve(node.clone(), c.clone()).await;
-    let reason = conn.close_reason().map_or_else(
-        || "ended".to_owned(),
-        |e| crate::tls::describe_connection_error(&e),
-    );
+    let reason = match (registered.closing.reason(), conn.close_reason()) {
+        (Some(ours), _) => format!("closed by this node: {ours}"),
+        (None, Some(e)) => crate::tls::describe_connection_error(&e),
+        (None, None) => "ended".to_owned(),
+    };
     node.events().record(Event::Disconnected {
         remote: conn.remote_address(),
         who: c.name.clone(),

@@ -18,7 +18,6 @@ use quinn::{RecvStream, SendStream};
 use tokio::sync::watch;
 
 use super::conn::Conn;
-use super::events::Event;
 use super::state::Node;
 use crate::address::Mailbox;
 use crate::identity::Role;
@@ -132,13 +131,9 @@ async fn stream(node: Arc<Node>, conn: Arc<Conn>, mut send: SendStream, recv: Re
                  closing it (limits.max_bad_frames)",
                 node.config.limits.max_bad_frames
             );
-            node.events().record(Event::Disconnected {
-                remote: conn.conn.remote_address(),
-                who: conn.name.clone(),
-                reason: reason.clone(),
-            });
-            conn.conn
-                .close(super::server::CLOSE_REFUSED.into(), reason.as_bytes());
+            // The connection's end is recorded, with this reason, where it is served.
+            conn.closing
+                .close(&conn.conn, super::server::CLOSE_REFUSED, reason);
             break;
         }
         if tx.send(tokio::spawn(async move { answer })).await.is_err() || stop {
@@ -194,7 +189,7 @@ async fn request(
     conn: &Arc<Conn>,
     frame: pb::Frame,
 ) -> Result<Body, (Refusal, Option<MessageId>)> {
-    if conn.revoked.load(std::sync::atomic::Ordering::Acquire) {
+    if conn.closing.revoked() {
         let r = Refusal::new(
             RefusalCode::Unauthorized,
             "this connection's certificate is no longer valid (revoked, or its CA's CRL is \

@@ -216,16 +216,16 @@ fn reload_material(node: &Arc<Node>, endpoint: &quinn::Endpoint) -> Result<Reloa
             .map_err(|e| e.to_string())
     });
     let n = revoked.len();
-    for (who, conn, reason) in revoked {
+    for r in revoked {
         tracing::warn!(
-            node = %node.config.name, who = %who.identity, %reason,
+            node = %node.config.name, who = %r.who.identity, reason = %r.reason,
             "certificate no longer valid: closing its connection"
         );
         tokio::spawn(async move {
             // Its requests in flight get their answers; new ones are refused meanwhile.
             tokio::time::sleep(REVOKED_GRACE).await;
-            let reason = format!("certificate no longer valid: {reason}");
-            conn.close(CLOSE_REVOKED.into(), reason.as_bytes());
+            let reason = format!("certificate no longer valid: {}", r.reason);
+            r.closing.close(&r.conn, CLOSE_REVOKED, reason);
         });
     }
     Ok(Reloaded { crls, revoked: n })
