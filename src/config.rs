@@ -850,6 +850,14 @@ address = "127.0.0.1:7402"
                 .unwrap_or_else(|e| panic!("{node}: {e:?}"));
             assert_eq!(c.name, node);
             assert_eq!(c.directory.resolve("CMI").unwrap().as_str(), "afi");
+            // The examples document every limit with its default value.
+            assert_eq!(
+                format!("{:?}", c.limits),
+                format!("{:?}", Limits::default()),
+                "{node}"
+            );
+            assert_eq!(c.readers.inbox, vec![Reader::AnyClient], "{node}");
+            assert_eq!(c.tls.crl_expired, CrlExpired::Refuse, "{node}");
         }
     }
 

@@ -646,3 +646,86 @@ async fn resubmitted_alerts_are_delivered_once_and_colliding_ids_refused() {
     still_serves(&net, &pgr, &mut inbox).await;
     net.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_an_addressed_agency_may_answer_a_message() {
+    let net = TestNet::mesh(&["dea", "pgr", "afi"]).await;
+    let afi = net.subscriber("afi", "duty-desk").await;
+    let mut afi_inbox = afi.inbox().unwrap();
+    let mut dea_events = net.node("dea-1").events();
+    let desk = net.client("dea", "duty-desk").await;
+    let mut receipts = desk.receipts().await.unwrap();
+    // DEA asks AFI, and only AFI.
+    let sent = desk
+        .submit(Draft::new(&liaison("verify this consignee")).to("afi"))
+        .await
+        .unwrap();
+    let d = within("AFI's copy", afi_inbox.next()).await.unwrap();
+    let original = d.message().clone();
+    d.ack().await.unwrap();
+
+    // A PGR client answers it anyway, as the library would: its node accepts (it cannot know
+    // what DEA asked whom); DEA's node, which does, refuses it.
+    let pgr = net.client("pgr", "duty-desk").await;
+    let forged = pgr
+        .respond(
+            &original,
+            pb::BusinessResponse {
+                outcome: pb::BusinessOutcome::ActionTaken as i32,
+                reason: "not ours to answer".into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let refused = wait_event(
+        &mut dea_events,
+        |e| matches!(e, Event::Refused { id, .. } if *id == Some(forged.id)),
+    )
+    .await;
+    let Event::Refused {
+        from, code, reason, ..
+    } = refused
+    else {
+        unreachable!()
+    };
+    assert_eq!(
+        (from.as_str(), code),
+        ("pgr/node/pgr-1", RefusalCode::Unauthorized)
+    );
+    assert!(
+        reason.contains(&format!(
+            "a business response to message {} from agency pgr, which that message was not \
+             addressed to",
+            sent.id
+        )),
+        "{reason}"
+    );
+    // AFI's answer goes through, and it is the only response DEA's desk sees.
+    afi.respond(
+        &original,
+        pb::BusinessResponse {
+            outcome: pb::BusinessOutcome::PositiveHit as i32,
+            reason: "front company".into(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    let response = within("AFI's response", async {
+        loop {
+            let r = receipts.next_for(sent.id).await.unwrap();
+            if matches!(r.stage, Stage::Response { .. }) {
+                return r;
+            }
+        }
+    })
+    .await;
+    assert_eq!(response.by, "afi/duty-desk");
+    assert_eq!(response.detail, "front company");
+    net.stop().await;
+}

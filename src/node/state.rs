@@ -45,6 +45,8 @@ pub(super) struct Node {
     pub registry: Arc<Registry>,
     /// Bytes of frames all connections together may hold (`limits.node_frame_bytes`).
     pub frame_budget: Arc<tokio::sync::Semaphore>,
+    /// Who may respond to the messages this node's clients sent (see `respond::Responders`).
+    pub responders: std::sync::Mutex<crate::respond::Responders>,
     pub shutting_down: AtomicBool,
 }
 
@@ -66,6 +68,9 @@ impl Node {
                 config.limits.node_frame_bytes as usize,
             )),
             own: RwLock::new(Arc::new(own)),
+            responders: std::sync::Mutex::new(crate::respond::Responders::new(
+                config.limits.dedup_ids,
+            )),
             config,
             ledger,
             links,

@@ -37,7 +37,7 @@ pub const REVOKED_GRACE: Duration = Duration::from_secs(1);
 pub const EXPIRY_WARNING: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// Application close code for a connection whose certificate was revoked.
-pub(super) const CLOSE_REVOKED: u32 = 0x11;
+pub(super) const CLOSE_REVOKED: u32 = 0x12;
 
 /// The node's own TLS material, identity and signing key, replaced as a whole on a reload.
 pub(super) struct Own {
