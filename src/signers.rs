@@ -9,7 +9,7 @@
 //! remembers chains; asking for them is the node's and the client's business. Sans-I/O: the time
 //! is a parameter.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
@@ -25,6 +25,9 @@ pub(crate) struct SignerError {
     /// The chain verified but for the revocation of a certificate in it: the signer was
     /// genuine, and is no longer trusted.
     pub revoked: bool,
+    /// The envelope came without a chain and the signer is not (or no longer) cached: the
+    /// sender may send it again with the chain.
+    pub unknown: bool,
     pub reason: String,
 }
 
@@ -32,7 +35,49 @@ impl SignerError {
     pub fn other(reason: impl Into<String>) -> SignerError {
         SignerError {
             revoked: false,
+            unknown: false,
             reason: reason.into(),
+        }
+    }
+}
+
+/// The signers whose chain went out on one connection. The next hop caches every chain it
+/// verified by its SHA-256 (see [`Signers`]), so a chain goes once per connection, with the
+/// first copy a signer signed; a hop that no longer has it asks for it again (`CHAIN_NEEDED`,
+/// and the sender calls [`SentChains::forget`]). Bounded: past [`SENT_CAPACITY`] signers it
+/// starts over, so a connection never counts on more than that many chains being cached
+/// (a client's cache only learns signers from its one connection and keeps [`CAPACITY`]).
+#[derive(Debug, Default)]
+pub(crate) struct SentChains(Mutex<HashSet<[u8; 32]>>);
+
+/// Signers a connection remembers having sent the chain of.
+pub(crate) const SENT_CAPACITY: usize = 1024;
+
+impl SentChains {
+    /// Whether the chain of the signer named by `sha256` must go with the next copy; it is then
+    /// noted as sent.
+    pub fn needs(&self, sha256: &[u8]) -> bool {
+        let Ok(key) = <[u8; 32]>::try_from(sha256) else {
+            return true;
+        };
+        let mut sent = self.0.lock().expect("sent chains lock poisoned");
+        if sent.contains(&key) {
+            return false;
+        }
+        if sent.len() >= SENT_CAPACITY {
+            sent.clear();
+        }
+        sent.insert(key);
+        true
+    }
+
+    /// The next hop asked for this signer's chain: it goes again with the next copy.
+    pub fn forget(&self, sha256: &[u8]) {
+        if let Ok(key) = <[u8; 32]>::try_from(sha256) {
+            self.0
+                .lock()
+                .expect("sent chains lock poisoned")
+                .remove(&key);
         }
     }
 }
@@ -118,6 +163,7 @@ impl Signers {
         verifier
             .verify_client_cert(leaf, intermediates, now)
             .map_err(|e| SignerError {
+                unknown: false,
                 revoked: matches!(
                     e,
                     rustls::Error::InvalidCertificate(rustls::CertificateError::Revoked)
@@ -145,12 +191,20 @@ impl Signers {
             .ok_or_else(|| SignerError::other("the envelope is not signed"))?
             .signer_certificate_sha256;
         if let Some(s) = self.get(hash) {
+            if !chain.is_empty() {
+                // Sent again: the sender counts on it being kept a while longer.
+                self.touch(&s.cert.sha256);
+            }
             return Ok(s);
         }
         if chain.is_empty() {
-            return Err(SignerError::other(
-                "the signer's certificate chain is missing",
-            ));
+            return Err(SignerError {
+                revoked: false,
+                unknown: true,
+                reason: "the signer's certificate chain is missing (send it again with the \
+                         chain)"
+                    .into(),
+            });
         }
         let chain = chain
             .iter()
@@ -191,6 +245,15 @@ impl Signers {
             }
         }
         s
+    }
+
+    /// Moves a cached signer to the back of the eviction order.
+    fn touch(&self, sha256: &[u8; 32]) {
+        let mut c = self.lock();
+        if let Some(at) = c.order.iter().position(|h| h == sha256) {
+            c.order.remove(at);
+            c.order.push_back(*sha256);
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Cache> {
@@ -249,5 +312,26 @@ mod tests {
         assert!(signers.verify(Vec::new(), now).is_err());
         signers.reload(node.signer_verifier().unwrap());
         assert!(signers.get(&desk.leaf_sha256()).is_none());
+    }
+
+    #[test]
+    fn a_chain_goes_once_per_connection_until_asked_for_again() {
+        let sent = SentChains::default();
+        assert!(sent.needs(&[1; 32]));
+        assert!(!sent.needs(&[1; 32]));
+        assert!(sent.needs(&[2; 32]));
+        sent.forget(&[1; 32]);
+        assert!(sent.needs(&[1; 32]));
+        // Not a SHA-256: always sent.
+        assert!(sent.needs(&[1; 3]));
+        assert!(sent.needs(&[1; 3]));
+        // Bounded: it starts over.
+        for i in 0..SENT_CAPACITY as u32 {
+            let mut k = [0u8; 32];
+            k[..4].copy_from_slice(&i.to_be_bytes());
+            k[31] = 9;
+            sent.needs(&k);
+        }
+        assert!(sent.needs(&[2; 32]));
     }
 }

@@ -140,9 +140,10 @@ pub(crate) fn admit(
                 )));
             }
             signer.map_err(|e| {
-                let code = match e.revoked {
-                    true => RefusalCode::Revoked,
-                    false => RefusalCode::Invalid,
+                let code = match (e.revoked, e.unknown) {
+                    (true, _) => RefusalCode::Revoked,
+                    (false, true) => RefusalCode::ChainNeeded,
+                    (false, false) => RefusalCode::Invalid,
                 };
                 fail(Refusal::new(code, format!("originator signature: {e}")))
             })?
@@ -436,6 +437,7 @@ mod tests {
         // A signer revoked since the message set out: refused as such, so that the originator's
         // non-delivery report says REVOKED.
         let revoked = SignerError {
+            unknown: false,
             revoked: true,
             reason: "invalid peer certificate: Revoked".into(),
         };

@@ -363,8 +363,8 @@ async fn a_peer_cannot_claim_another_originator_or_hide_from_the_path() {
             ),
         )
         .await,
-        RefusalCode::Invalid,
-        "the signer's certificate chain is missing",
+        RefusalCode::ChainNeeded,
+        "the signer's certificate chain is missing (send it again with the chain)",
     );
 
     // A genuine relayed copy is accepted, delivered once with its whole path, even when the

@@ -38,6 +38,7 @@ use super::state::Node;
 use crate::address::Mailbox;
 use crate::dispatch::{CLIENT_WINDOWS, Dispatcher, Outcome, Slot, Ticket};
 use crate::message::{MessageId, Precedence};
+use crate::signers::SentChains;
 use crate::wire::CONTROL_FRAME_LIMIT;
 use crate::wire::frame::{self, FrameReader};
 use crate::wire::pb::{self, frame::Body};
@@ -58,15 +59,27 @@ struct Consumer {
 }
 
 impl Consumer {
-    fn deliver_frame(&self, copy: &InFlight) -> pb::Frame {
+    /// The `Deliver` frame of a copy. The signer's chain goes with it unless `sent` (the chains
+    /// the stream carried already, which the client reads in order and caches) has it; always
+    /// with an alert (a stream of its own) and with a redelivery.
+    fn deliver_frame(&self, copy: &InFlight, sent: Option<&SentChains>) -> pb::Frame {
         let c = copy.copy();
+        let signer = c
+            .message
+            .signature
+            .as_ref()
+            .map(|s| &s.signer_certificate_sha256[..]);
+        let with_chain = match (sent, signer) {
+            (Some(sent), Some(h)) => copy.attempt() > 1 || sent.needs(h),
+            _ => true,
+        };
+        let chain: &[bytes::Bytes] = match with_chain {
+            true => &c.transit.signer_chain,
+            false => &[],
+        };
         pb::Frame {
             body: Some(Body::Deliver(pb::Deliver {
-                envelope: Some(c.message.signed(
-                    c.transit.hops.clone(),
-                    Vec::new(),
-                    &c.transit.signer_chain,
-                )),
+                envelope: Some(c.message.signed(c.transit.hops.clone(), Vec::new(), chain)),
                 attempt: copy.attempt(),
                 agency: self.node.config.agency.to_string(),
                 unit: self.mailbox.wire_name().to_owned(),
@@ -185,7 +198,7 @@ async fn deliver_alert(c: Arc<Consumer>, copy: InFlight, ticket: Ticket) {
     let _ = send.set_priority(copy.precedence().stream_priority());
     let mut reader = FrameReader::new(recv, CONTROL_FRAME_LIMIT);
     let acked = async {
-        frame::write(&mut send, &c.deliver_frame(&copy))
+        frame::write(&mut send, &c.deliver_frame(&copy, None))
             .await
             .map_err(|e| e.to_string())?;
         c.node.ledger.delivered(&copy, &c.to);
@@ -222,6 +235,8 @@ type Pending = Arc<Mutex<HashMap<MessageId, (InFlight, Ticket, Instant)>>>;
 /// a failure).
 async fn analytical_writer(c: Arc<Consumer>, mut rx: mpsc::Receiver<(InFlight, Ticket)>) {
     let mut stream: Option<(SendStream, Pending)> = None;
+    // The signers whose chain the current stream carried.
+    let mut chains = SentChains::default();
     // The ack reader and the ack-timeout checker of each stream; aborted with this task.
     let mut helpers = JoinSet::new();
     while let Some(first) = rx.recv().await {
@@ -233,6 +248,7 @@ async fn analytical_writer(c: Arc<Consumer>, mut rx: mpsc::Receiver<(InFlight, T
                     helpers.spawn(read_acks(c.clone(), recv, pending.clone()));
                     helpers.spawn(expire_unacked(c.clone(), pending.clone()));
                     stream = Some((send, pending));
+                    chains = SentChains::default();
                 }
                 Err(_) => {
                     c.settle(first.0, first.1, Outcome::Lost).await;
@@ -254,7 +270,7 @@ async fn analytical_writer(c: Arc<Consumer>, mut rx: mpsc::Receiver<(InFlight, T
         let mut buf = bytes::BytesMut::new();
         let mut ids = Vec::with_capacity(batch.len());
         for (copy, _) in &batch {
-            frame::encode_into(&c.deliver_frame(copy), &mut buf);
+            frame::encode_into(&c.deliver_frame(copy, Some(&chains)), &mut buf);
             c.node.ledger.delivered(copy, &c.to);
             ids.push(copy.copy().id());
         }

@@ -100,6 +100,21 @@ async fn stream(node: Arc<Node>, conn: Arc<Conn>, mut send: SendStream, recv: Re
     loop {
         let (answer, stop) = match reader.read_held().await {
             Ok((frame, held)) => {
+                // A peer sends a signer's chain once per stream, with the first copy; the copies
+                // after it are handled concurrently, so the chain is verified and cached here,
+                // in stream order, before any of them.
+                if conn.is_peer()
+                    && let Some(Body::Submit(pb::Submit {
+                        envelope: Some(signed),
+                    })) = &frame.body
+                    && !signed.signer_chain.is_empty()
+                {
+                    let _ = node.signers.signer_for(
+                        signed.signature.as_ref(),
+                        &signed.signer_chain,
+                        SystemTime::now(),
+                    );
+                }
                 let (node, conn) = (node.clone(), conn.clone());
                 let h = tokio::spawn(async move {
                     let answer = answer(&node, &conn, frame).await;
