@@ -68,7 +68,8 @@ use crate::identity::{self, AgencyId};
 use crate::message::{MessageId, Originator, Precedence};
 use crate::pipeline::{self, Pipeline};
 use crate::session::{self, Session};
-use crate::signature::Signer;
+use crate::signature::{Signer, VerifiedRoots};
+use crate::signers::Signers;
 use crate::tls;
 use crate::wire::pb::{self, frame::Body};
 use crate::wire::{CONTROL_FRAME_LIMIT, FRAME_SLACK};
@@ -174,6 +175,7 @@ impl Sender {
                 envelope: bytes,
                 hops: Vec::new(),
                 route_to: Vec::new(),
+                signer_chain: Vec::new(),
             };
             let recv = session::hand_over(&self.connection, signed, p.stream_priority()).await?;
             Ok(Handed::Alert(recv))
@@ -330,11 +332,19 @@ impl Client {
             closing: closing.subscribe(),
             done: writers_done,
         };
+        let trust_domain = identity::own_identity(&tls_material.chain[0])
+            .map(|i| i.trust_domain)
+            .map_err(|e| ClientError::Options(format!("the client certificate: {e}")))?;
+        let checks = Arc::new(inbox::Checks {
+            signers: Signers::new(tls_material.signer_verifier()?, &trust_domain),
+            verified: VerifiedRoots::default(),
+        });
         tokio::spawn(inbox::receive(
             connection.clone(),
             routes.clone(),
             max,
             acks,
+            checks,
         ));
         let signer = Arc::new(signer);
         let analytical = Pipeline::new(
@@ -455,6 +465,7 @@ impl Client {
     /// one already read on this connection, too many mailboxes).
     pub async fn subscribe(&self, mailbox: Mailbox) -> Result<Inbox, ClientError> {
         let (tx, rx) = mpsc::channel(self.inbox_capacity);
+        let refused = Arc::new(std::sync::atomic::AtomicU64::new(0));
         {
             let mut routes = self.routes.lock().expect("routes lock poisoned");
             if routes.contains_key(&mailbox) {
@@ -464,7 +475,13 @@ impl Client {
                     retry_after: None,
                 }));
             }
-            routes.insert(mailbox.clone(), tx);
+            routes.insert(
+                mailbox.clone(),
+                inbox::Route {
+                    tx,
+                    refused: refused.clone(),
+                },
+            );
         }
         let inbox = Inbox::new(
             mailbox.clone(),
@@ -472,6 +489,7 @@ impl Client {
             self.dedup.clone(),
             self.routes.clone(),
             self.sender.connection.clone(),
+            refused,
         );
         let body = Body::Subscribe(pb::Subscribe {
             unit: mailbox.wire_name().to_owned(),

@@ -13,6 +13,7 @@ use serde::Deserialize;
 
 use crate::directory::{Agency, Directory};
 use crate::identity::{AgencyId, is_name};
+use crate::policy::{Reader, Readers};
 
 /// A configuration problem: which key, and why. Fix the key in the file and load it again.
 ///
@@ -66,6 +67,9 @@ pub struct Config {
     /// business response by its `respond_by` (`node.escalation_unit`, e.g. its 24/7 desk); ""
     /// (the default) is the agency inbox.
     pub(crate) escalation_unit: String,
+    /// Who may read which mailbox besides its owner (`[inbox] readers`, `[units.<name>]
+    /// readers`; see [`crate::policy::may_read`]).
+    pub(crate) readers: Readers,
 }
 
 /// Where the node's TLS material lives.
@@ -74,7 +78,34 @@ pub(crate) struct TlsPaths {
     pub(crate) cert: PathBuf,
     pub(crate) key: PathBuf,
     pub(crate) ca: PathBuf,
+    /// The CRL files found in `crl_dir` when the config was loaded (the node scans the
+    /// directory again when it reloads).
     pub(crate) crls: Vec<PathBuf>,
+    /// `tls.crl_dir`: every `*.crl.pem` file in it is a CRL.
+    pub(crate) crl_dir: Option<PathBuf>,
+    /// What a CRL past its nextUpdate does (`tls.crl_expired`).
+    pub(crate) crl_expired: CrlExpired,
+}
+
+/// What a CRL past its nextUpdate does (`tls.crl_expired`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CrlExpired {
+    /// Certificates of its CA are refused until a fresh CRL is installed (the default).
+    Refuse,
+    /// Only a warning: for labs whose CRLs are not kept fresh.
+    Warn,
+}
+
+/// The `*.crl.pem` files of `dir`, sorted.
+pub(crate) fn scan_crls(dir: &Path) -> Result<Vec<PathBuf>, String> {
+    let mut crls: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| format!("{}: {e}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.to_string_lossy().ends_with(".crl.pem"))
+        .collect();
+    crls.sort();
+    Ok(crls)
 }
 
 /// Bounds on what the node accepts and holds.
@@ -84,10 +115,16 @@ pub(crate) struct Limits {
     pub(crate) max_frame_bytes: u64,
     /// Messages held per mailbox or peer outbox before senders get QUEUE_FULL.
     pub(crate) queue_capacity: usize,
+    /// Message ids remembered (until their message expires) to tell a resubmission from a new
+    /// message and an id conflict from a duplicate.
+    pub(crate) dedup_ids: usize,
     /// How long a connection has to send its `Hello`.
     pub(crate) handshake_timeout: Duration,
     /// How long a client has to acknowledge a delivery before it is offered again.
     pub(crate) ack_timeout: Duration,
+    /// How long a reader has to acknowledge a time-sensitive copy before it goes to the unit's
+    /// other readers (see `node::deliver`).
+    pub(crate) alert_ack_timeout: Duration,
     /// How long shutdown waits for in-flight work before closing connections.
     pub(crate) shutdown_grace: Duration,
     /// Delivery attempts (each ending in an ack timeout or a failed stream) before a copy goes
@@ -96,6 +133,28 @@ pub(crate) struct Limits {
     /// Most nodes a message may have passed (hop records) when it arrives here, whatever its
     /// own handling policy allows.
     pub(crate) max_hops: u32,
+    /// Most addressees (agency and unit pairs) one envelope may name.
+    pub(crate) max_addressees: usize,
+    /// Connections one certificate may hold to this node at once.
+    pub(crate) max_connections_per_certificate: usize,
+    /// Streams a client connection may have open at once (peer nodes keep the transport's
+    /// default).
+    pub(crate) client_streams: u32,
+    /// Bytes of frames being received or processed that one connection may hold; a frame's
+    /// length is taken from it before its body is read.
+    pub(crate) connection_frame_bytes: u64,
+    /// The same, for all connections of the node together.
+    pub(crate) node_frame_bytes: u64,
+    /// Longest time from a frame's first byte to its last (waiting for frame budget not
+    /// counted); a slower frame is refused and its stream stopped.
+    pub(crate) frame_deadline: Duration,
+    /// Malformed, oversized, truncated or late frames after which a connection is closed.
+    pub(crate) max_bad_frames: u32,
+    /// Refusals per connection logged at once; beyond it, refusals are logged at
+    /// `refusal_log_per_second` and the rest counted.
+    pub(crate) refusal_log_burst: u32,
+    /// See `refusal_log_burst`.
+    pub(crate) refusal_log_per_second: u32,
 }
 
 impl Default for Limits {
@@ -103,11 +162,22 @@ impl Default for Limits {
         Limits {
             max_frame_bytes: 1024 * 1024,
             queue_capacity: 100_000,
+            dedup_ids: 262_144,
             handshake_timeout: Duration::from_secs(5),
             ack_timeout: Duration::from_secs(30),
+            alert_ack_timeout: Duration::from_secs(2),
             shutdown_grace: Duration::from_secs(5),
             max_delivery_attempts: 10,
             max_hops: 8,
+            max_addressees: 64,
+            max_connections_per_certificate: 16,
+            client_streams: 32,
+            connection_frame_bytes: 16 * 1024 * 1024,
+            node_frame_bytes: 256 * 1024 * 1024,
+            frame_deadline: Duration::from_secs(10),
+            max_bad_frames: 16,
+            refusal_log_burst: 20,
+            refusal_log_per_second: 5,
         }
     }
 }
@@ -139,6 +209,17 @@ struct RawConfig {
     agencies: BTreeMap<String, RawAgency>,
     #[serde(default)]
     routes: BTreeMap<String, String>,
+    #[serde(default)]
+    inbox: RawMailbox,
+    #[serde(default)]
+    units: BTreeMap<String, RawMailbox>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawMailbox {
+    #[serde(default)]
+    readers: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -169,6 +250,7 @@ struct RawTls {
     ca: PathBuf,
     #[serde(default)]
     crl_dir: Option<PathBuf>,
+    crl_expired: Option<CrlExpired>,
 }
 
 #[derive(Deserialize, Default)]
@@ -176,11 +258,22 @@ struct RawTls {
 struct RawLimits {
     max_frame_bytes: Option<u64>,
     queue_capacity: Option<usize>,
+    dedup_ids: Option<usize>,
     handshake_timeout_ms: Option<u64>,
     ack_timeout_ms: Option<u64>,
+    alert_ack_timeout_ms: Option<u64>,
     shutdown_grace_ms: Option<u64>,
     max_delivery_attempts: Option<u32>,
     max_hops: Option<u32>,
+    max_addressees: Option<usize>,
+    max_connections_per_certificate: Option<usize>,
+    client_streams: Option<u32>,
+    connection_frame_bytes: Option<u64>,
+    node_frame_bytes: Option<u64>,
+    frame_deadline_ms: Option<u64>,
+    max_bad_frames: Option<u32>,
+    refusal_log_burst: Option<u32>,
+    refusal_log_per_second: Option<u32>,
 }
 
 #[derive(Deserialize, Default)]
@@ -329,6 +422,12 @@ impl Config {
             }
             limits.queue_capacity = v;
         }
+        if let Some(v) = raw.limits.dedup_ids {
+            if v == 0 {
+                return Err(err("limits.dedup_ids", "must be at least 1".into()));
+            }
+            limits.dedup_ids = v;
+        }
         let ms = |key: &str, v: Option<u64>, default: Duration| match v {
             Some(0) => Err(err(key, "must be greater than 0".into())),
             Some(v) => Ok(Duration::from_millis(v)),
@@ -343,6 +442,11 @@ impl Config {
             "limits.ack_timeout_ms",
             raw.limits.ack_timeout_ms,
             limits.ack_timeout,
+        )?;
+        limits.alert_ack_timeout = ms(
+            "limits.alert_ack_timeout_ms",
+            raw.limits.alert_ack_timeout_ms,
+            limits.alert_ack_timeout,
         )?;
         limits.shutdown_grace = ms(
             "limits.shutdown_grace_ms",
@@ -372,18 +476,80 @@ impl Config {
             None => {}
         }
 
-        let crls = match raw.tls.crl_dir {
-            None => Vec::new(),
-            Some(dir) => {
-                let dir = path(dir);
-                let mut crls: Vec<PathBuf> = std::fs::read_dir(&dir)
-                    .map_err(|e| err("tls.crl_dir", format!("{}: {e}", dir.display())))?
-                    .filter_map(|e| e.ok().map(|e| e.path()))
-                    .filter(|p| p.to_string_lossy().ends_with(".crl.pem"))
-                    .collect();
-                crls.sort();
-                crls
+        limits.frame_deadline = ms(
+            "limits.frame_deadline_ms",
+            raw.limits.frame_deadline_ms,
+            limits.frame_deadline,
+        )?;
+        fn at_least<T: PartialOrd + Copy + std::fmt::Display>(
+            key: &str,
+            v: Option<T>,
+            min: T,
+            into: &mut T,
+        ) -> Result<(), (String, String)> {
+            match v {
+                Some(v) if v < min => Err((key.to_owned(), format!("{v} is less than {min}"))),
+                Some(v) => {
+                    *into = v;
+                    Ok(())
+                }
+                None => Ok(()),
             }
+        }
+        let l = &raw.limits;
+        at_least(
+            "limits.max_addressees",
+            l.max_addressees,
+            1,
+            &mut limits.max_addressees,
+        )?;
+        at_least(
+            "limits.max_connections_per_certificate",
+            l.max_connections_per_certificate,
+            1,
+            &mut limits.max_connections_per_certificate,
+        )?;
+        at_least(
+            "limits.client_streams",
+            l.client_streams,
+            2,
+            &mut limits.client_streams,
+        )?;
+        at_least(
+            "limits.connection_frame_bytes",
+            l.connection_frame_bytes,
+            limits.max_frame_bytes + crate::wire::FRAME_SLACK,
+            &mut limits.connection_frame_bytes,
+        )?;
+        at_least(
+            "limits.node_frame_bytes",
+            l.node_frame_bytes,
+            limits.connection_frame_bytes,
+            &mut limits.node_frame_bytes,
+        )?;
+        at_least(
+            "limits.max_bad_frames",
+            l.max_bad_frames,
+            1,
+            &mut limits.max_bad_frames,
+        )?;
+        at_least(
+            "limits.refusal_log_burst",
+            l.refusal_log_burst,
+            1,
+            &mut limits.refusal_log_burst,
+        )?;
+        at_least(
+            "limits.refusal_log_per_second",
+            l.refusal_log_per_second,
+            1,
+            &mut limits.refusal_log_per_second,
+        )?;
+
+        let crl_dir = raw.tls.crl_dir.map(&path);
+        let crls = match &crl_dir {
+            None => Vec::new(),
+            Some(dir) => scan_crls(dir).map_err(|e| err("tls.crl_dir", e))?,
         };
 
         let mut peers = BTreeMap::new();
@@ -457,10 +623,13 @@ impl Config {
             }
         }
 
+        let readers = readers(raw.inbox, raw.units)?;
+
         Ok(Config {
             directory,
             routes,
             escalation_unit,
+            readers,
             name,
             agency: own_agency,
             trust_domain: raw.node.trust_domain,
@@ -471,6 +640,8 @@ impl Config {
                 key: path(raw.tls.key),
                 ca: path(raw.tls.ca),
                 crls,
+                crl_dir,
+                crl_expired: raw.tls.crl_expired.unwrap_or(CrlExpired::Refuse),
             },
             limits,
             log_format: raw.log.format.unwrap_or(LogFormat::Human),
@@ -492,6 +663,36 @@ impl Config {
             None => self.peer_for(agency),
         }
     }
+}
+
+/// Builds the mailbox grants from `[inbox]` and `[units.<name>]`.
+fn readers(
+    inbox: RawMailbox,
+    units: BTreeMap<String, RawMailbox>,
+) -> Result<Readers, (String, String)> {
+    let list = |key: &str, raw: Vec<String>| {
+        raw.iter()
+            .map(|r| Reader::parse(r).map_err(|e| (key.to_owned(), e)))
+            .collect::<Result<Vec<_>, _>>()
+    };
+    let mut out = Readers {
+        inbox: list("inbox.readers", inbox.readers)?,
+        units: BTreeMap::new(),
+    };
+    for (unit, m) in units {
+        let key = format!("units.{unit}");
+        let mailbox =
+            crate::address::Mailbox::unit(&unit).map_err(|e| (key.clone(), e.to_string()))?;
+        if crate::receipt::is_receipts_mailbox(&mailbox) {
+            return Err((
+                key,
+                "receipts units are read by their own client only and cannot be granted".into(),
+            ));
+        }
+        let readers = list(&format!("{key}.readers"), m.readers)?;
+        out.units.insert(unit, readers);
+    }
+    Ok(out)
 }
 
 /// Builds the agency directory from `[agencies.<id>]`, checking every name and serving node.
@@ -649,6 +850,14 @@ address = "127.0.0.1:7402"
                 .unwrap_or_else(|e| panic!("{node}: {e:?}"));
             assert_eq!(c.name, node);
             assert_eq!(c.directory.resolve("CMI").unwrap().as_str(), "afi");
+            // The examples document every limit with its default value.
+            assert_eq!(
+                format!("{:?}", c.limits),
+                format!("{:?}", Limits::default()),
+                "{node}"
+            );
+            assert_eq!(c.readers.inbox, vec![Reader::AnyClient], "{node}");
+            assert_eq!(c.tls.crl_expired, CrlExpired::Refuse, "{node}");
         }
     }
 
@@ -716,5 +925,30 @@ PFM = "cenapi-1"
             error_of(&text.replace("display = \"CMI\"", "display = \"CMI\"\ncolour = 1"));
         assert!(key.contains("agencies.afi"), "{key}");
         assert!(reason.contains("unknown field"), "{reason}");
+    }
+
+    #[test]
+    fn mailbox_grants_are_checked() {
+        let c = Config::parse(
+            &format!(
+                "{GOOD}\n[inbox]\nreaders = [\"role:client\"]\n\n[units.24x7-desk]\nreaders = \
+                 [\"duty-desk\", \"analyst\"]\n"
+            ),
+            Path::new("/etc/enlace"),
+        )
+        .unwrap();
+        assert_eq!(c.readers.inbox, vec![Reader::AnyClient]);
+        assert_eq!(c.readers.units["24x7-desk"].len(), 2);
+        assert!(Config::parse(GOOD, Path::new("/")).unwrap().readers == Readers::default());
+
+        let (key, reason) = error_of(&format!("{GOOD}\n[units.Desk]\nreaders = []\n"));
+        assert_eq!(key, "units.Desk");
+        assert!(reason.contains("not a unit name"), "{reason}");
+        let (key, reason) = error_of(&format!("{GOOD}\n[units.receipts-x]\nreaders = []\n"));
+        assert_eq!(key, "units.receipts-x");
+        assert!(reason.contains("cannot be granted"), "{reason}");
+        let (key, reason) = error_of(&format!("{GOOD}\n[inbox]\nreaders = [\"role:operator\"]\n"));
+        assert_eq!(key, "inbox.readers");
+        assert!(reason.contains("role:client"), "{reason}");
     }
 }

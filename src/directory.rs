@@ -99,6 +99,14 @@ impl Directory {
         AgencyId::new(&lower).ok()
     }
 
+    /// Whether `name` is an id or alias of an agency in the directory (any case), so that
+    /// [`Directory::resolve`] gives the agency it means everywhere, not a guess.
+    pub fn knows(&self, name: &str) -> bool {
+        let lower = name.to_ascii_lowercase();
+        self.aliases.contains_key(&lower)
+            || AgencyId::new(&lower).is_ok_and(|id| self.agencies.contains_key(&id))
+    }
+
     #[cfg(test)]
     /// The directory entry of an agency.
     pub fn get(&self, id: &AgencyId) -> Option<&Agency> {

@@ -79,6 +79,10 @@ pub(crate) enum Outcome {
     Refused { code: RefusalCode, reason: String },
     /// The client did not acknowledge it within the ack timeout.
     TimedOut,
+    /// The client did not acknowledge a time-sensitive copy within the alert deadline: the copy
+    /// goes back for another reader (no attempt counted), and this consumer gets no more
+    /// time-sensitive copies until [`Dispatcher::resume_alerts`].
+    Late,
     /// Its stream failed while the connection lived on.
     Failed(String),
     /// The connection went away: not the message's fault.
@@ -145,6 +149,7 @@ impl RetryPolicy {
 pub(crate) fn non_delivery_reason(code: RefusalCode) -> pb::NonDeliveryReason {
     match code {
         RefusalCode::Expired => pb::NonDeliveryReason::Expired,
+        RefusalCode::Revoked => pb::NonDeliveryReason::Revoked,
         RefusalCode::UnknownRecipient => pb::NonDeliveryReason::UnknownRecipient,
         RefusalCode::Invalid | RefusalCode::Malformed | RefusalCode::TooLarge => {
             pb::NonDeliveryReason::Invalid
@@ -176,6 +181,8 @@ pub(crate) struct Dispatcher {
     ordered: bool,
     alerts_taken: u64,
     alerts_settled: u64,
+    /// Set by a [`Outcome::Late`] alert: time-sensitive copies go to other consumers.
+    alerts_paused: bool,
 }
 
 impl Dispatcher {
@@ -188,12 +195,19 @@ impl Dispatcher {
             ordered,
             alerts_taken: 0,
             alerts_settled: 0,
+            alerts_paused: false,
         }
+    }
+
+    /// Lets this consumer have time-sensitive copies again after a [`Outcome::Late`] one (its
+    /// reader acknowledged the late copy after all: it is slow, not gone).
+    pub fn resume_alerts(&mut self) {
+        self.alerts_paused = false;
     }
 
     /// Which lanes may be taken from now, if any.
     pub fn class(&self) -> Option<Class> {
-        let alerts = self.alerts_in_flight < self.windows.alerts;
+        let alerts = !self.alerts_paused && self.alerts_in_flight < self.windows.alerts;
         let analytical = self.analytical_in_flight < self.windows.analytical;
         match (alerts, analytical) {
             (true, true) => Some(Class::Any),
@@ -297,6 +311,10 @@ impl Dispatcher {
                 reason,
             },
             Outcome::TimedOut => failed("did not acknowledge in time".into()),
+            Outcome::Late => {
+                self.alerts_paused = true;
+                Action::Return
+            }
             Outcome::Failed(reason) => failed(reason),
         }
     }
@@ -383,6 +401,36 @@ mod tests {
         let (e, _) = send(d.next(&mut lanes, t(1), &mut expired));
         assert_eq!(e.item, 3);
         assert!(expired.is_empty());
+    }
+
+    #[test]
+    fn a_late_alert_goes_back_and_pauses_alerts_for_that_consumer_only() {
+        let mut d = small();
+        let mut lanes = Lanes::new(100);
+        lanes.push(entry(Precedence::Flash, 1)).unwrap();
+        lanes.push(entry(Precedence::Routine, 2)).unwrap();
+        let mut expired = Vec::new();
+        let (e, ticket) = send(d.next(&mut lanes, t(1), &mut expired));
+        assert_eq!(e.item, 1);
+        // Not acknowledged within the alert deadline: back, no attempt counted.
+        assert_eq!(d.settle(ticket, Outcome::Late, 0, t(3)), Action::Return);
+        lanes.requeue(e);
+        // Analytical copies still flow to it; the alert waits for another consumer.
+        assert_eq!(d.class(), Some(Class::Analytical));
+        let (e, _) = send(d.next(&mut lanes, t(3), &mut expired));
+        assert_eq!(e.item, 2);
+        assert!(matches!(
+            d.next(&mut lanes, t(3), &mut expired),
+            Next::Wait { .. }
+        ));
+        let mut other = small();
+        let (e, _) = send(other.next(&mut lanes, t(3), &mut expired));
+        assert_eq!(e.item, 1);
+        lanes.requeue(e);
+        // The slow reader acknowledged after all: it gets alerts again.
+        d.resume_alerts();
+        let (e, ticket) = send(d.next(&mut lanes, t(4), &mut expired));
+        assert_eq!((e.item, ticket.slot), (1, Slot::Alert));
     }
 
     #[test]

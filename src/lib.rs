@@ -38,10 +38,13 @@
 mod address;
 mod client;
 pub mod config;
+mod dedup;
 mod directory;
 mod dispatch;
 mod draft;
 mod error;
+#[cfg(feature = "fuzzing")]
+pub mod fuzz;
 mod id;
 mod identity;
 mod lanes;
@@ -61,6 +64,7 @@ mod respond;
 mod route;
 mod session;
 mod signature;
+mod signers;
 mod store;
 mod tls;
 mod validate;

@@ -100,6 +100,9 @@ impl Hop {
     }
 }
 
+/// Most addressees any envelope may name (a node may allow fewer: `limits.max_addressees`).
+pub const MAX_ADDRESSEES: usize = 1024;
+
 /// A signed message, parsed once from the exact envelope bytes its originator signed.
 ///
 /// Clients see one in every [`Delivery`](crate::Delivery); nodes carry one with every copy they
@@ -190,6 +193,18 @@ impl Message {
         };
         if env.addressees.is_empty() {
             return Err(fail("no addressees".into()));
+        }
+        if env.addressees.len() > MAX_ADDRESSEES {
+            return Err((
+                Refusal::new(
+                    pb::RefusalCode::Limit,
+                    format!(
+                        "{} addressees; an envelope names at most {MAX_ADDRESSEES}",
+                        env.addressees.len()
+                    ),
+                ),
+                Some(id),
+            ));
         }
         let mut addressees: Vec<Addressee> = Vec::with_capacity(env.addressees.len());
         for a in &env.addressees {
@@ -444,12 +459,14 @@ impl Message {
         &self,
         hops: Vec<pb::HopRecord>,
         route_to: Vec<String>,
+        signer_chain: &[Bytes],
     ) -> pb::SignedEnvelope {
         pb::SignedEnvelope {
             envelope: self.envelope.clone(),
             signature: self.signature.clone(),
             hops,
             route_to,
+            signer_chain: signer_chain.to_vec(),
         }
     }
 }

@@ -78,6 +78,10 @@ pub struct LocalNetwork {
     /// Extra `key = value` lines for a node's `[node]` table, by node name (e.g.
     /// `escalation_unit = "24x7-desk"`).
     pub node_extra: BTreeMap<String, String>,
+    /// Mailbox grants written to every node (`""` is the agency inbox, else a unit): who may
+    /// read it besides its owner, as `readers` entries (a client name or `role:client`). See
+    /// [`LocalNetwork::default_readers`].
+    pub readers: BTreeMap<String, Vec<String>>,
 }
 
 impl LocalNetwork {
@@ -138,7 +142,21 @@ impl LocalNetwork {
             limits: Vec::new(),
             extra: BTreeMap::new(),
             node_extra: BTreeMap::new(),
+            readers: LocalNetwork::default_readers(),
         })
+    }
+
+    /// The grants of a local network: every client reads its agency's inbox; `duty-desk` reads
+    /// the `24x7-desk` and `alerts` units, `analyst` the `records` unit (what the demo and
+    /// `enlace bench` use). Every client reads its own unit and receipts without a grant.
+    pub fn default_readers() -> BTreeMap<String, Vec<String>> {
+        let r = |unit: &str, who: &str| (unit.to_owned(), vec![who.to_owned()]);
+        BTreeMap::from([
+            r("", "role:client"),
+            r("24x7-desk", "duty-desk"),
+            r("alerts", "duty-desk"),
+            r("records", "analyst"),
+        ])
     }
 
     /// Writes every node's config file.
@@ -195,6 +213,14 @@ impl LocalNetwork {
                 );
             }
         }
+        for (unit, readers) in &self.readers {
+            let table = match unit.as_str() {
+                "" => "inbox".to_owned(),
+                u => format!("units.{u}"),
+            };
+            let list: Vec<String> = readers.iter().map(|r| format!("{r:?}")).collect();
+            let _ = write!(s, "\n[{table}]\nreaders = [{}]\n", list.join(", "));
+        }
         if let Some(extra) = self.extra.get(&spec.name) {
             s.push('\n');
             s.push_str(extra);
@@ -228,8 +254,23 @@ impl LocalNetwork {
     }
 
     /// Starts a node in this process from its config file.
+    ///
+    /// A node restarted in the same process rebinds the address its previous run held: quinn
+    /// releases that socket when its endpoint driver next runs, after `stop` has returned, so
+    /// an address still in use is retried for up to two seconds.
     pub async fn start(&self, node: &str) -> Result<RunningNode, NetworkError> {
-        Ok(node::start(self.config(node)?).await?)
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
+        loop {
+            match node::start(self.config(node)?).await {
+                Err(node::NodeError::Tls(crate::tls::TlsError::Bind { kind, .. }))
+                    if kind == std::io::ErrorKind::AddrInUse
+                        && tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
+                r => return Ok(r?),
+            }
+        }
     }
 
     /// Client options for `agency/client` (its certificate in the PKI) connecting to its

@@ -59,6 +59,9 @@ pub(crate) struct Pipeline {
 /// Most envelopes signed with one signature, and written with one write.
 pub(crate) const MAX_BATCH: usize = 64;
 
+/// Most yields a batch waits for more submissions, as long as each brings more.
+const GATHER_YIELDS: u32 = 4;
+
 /// What a signature with a proof for a batch of [`MAX_BATCH`] adds to an envelope's frame, at
 /// most: the signature, the certificate hash, six 32-byte hashes and their framing.
 const SIGNATURE_BYTES: usize = 512;
@@ -183,17 +186,28 @@ async fn run(
         let mut ended: Option<Option<String>> = None;
         let mut next = Some(first);
         while let Some(req) = next.take() {
-            // Whatever else is already waiting goes out with it: one signature, one write. One
-            // yield first lets the submitters woken with this one (by answers freeing the
-            // window) hand theirs over.
-            if rx.is_empty() {
-                tokio::task::yield_now().await;
-            }
+            // Whatever else is already waiting goes out with it: one signature, one write.
+            // Yields let the submitters woken with this one (by answers freeing the window)
+            // hand theirs over, for as long as each yield brings more (at most
+            // `GATHER_YIELDS`): a lone message waits one yield, a busy stream gets batches
+            // large enough that signing and every hop's verification cost little per message.
             let mut batch = vec![req];
-            while batch.len() < MAX_BATCH
-                && let Ok(more) = rx.try_recv()
-            {
-                batch.push(more);
+            let mut yields = 0;
+            loop {
+                while batch.len() < MAX_BATCH
+                    && let Ok(more) = rx.try_recv()
+                {
+                    batch.push(more);
+                }
+                if batch.len() >= MAX_BATCH || yields >= GATHER_YIELDS {
+                    break;
+                }
+                let before = batch.len();
+                tokio::task::yield_now().await;
+                yields += 1;
+                if rx.is_empty() && (yields > 1 || before > 1) {
+                    break;
+                }
             }
             let frames = encode_batch(batch, signer.as_deref(), &pending);
             if let Err(e) = send.write_all(&frames).await {
@@ -253,6 +267,7 @@ fn encode_batch(batch: Vec<Request>, signer: Option<&Signer>, pending: &Pending)
                 signature: signatures.next(),
                 hops: Vec::new(),
                 route_to: Vec::new(),
+                signer_chain: Vec::new(),
             },
         };
         let submit = Body::Submit(pb::Submit {

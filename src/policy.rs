@@ -70,17 +70,121 @@ pub fn authorize(
     }
 }
 
-/// Decides whether a client may read the mailbox `unit` names ("" for the agency inbox) on its
-/// connection. Today any client or operator of the node's agency (the only ones it serves) may
-/// read any mailbox of it; the unit must be a valid name.
-pub(crate) fn may_read(who: &Identity, unit: &str) -> Result<Mailbox, Refusal> {
-    if who.role == Role::Node {
-        return Err(Refusal::new(
-            RefusalCode::Unauthorized,
-            format!("{who} is a node; only clients read mailboxes"),
-        ));
+/// Who may read a mailbox besides its owner: a client by name, or every client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Reader {
+    /// The client of this agency with this name.
+    Client(String),
+    /// Every client of this agency (`role:client`).
+    AnyClient,
+}
+
+impl Reader {
+    /// Parses a `readers` entry: a client name, or `role:client`.
+    pub(crate) fn parse(s: &str) -> Result<Reader, String> {
+        match s {
+            "role:client" => Ok(Reader::AnyClient),
+            s if crate::identity::is_name(s) => Ok(Reader::Client(s.to_owned())),
+            s => Err(format!(
+                "{s:?} is neither a client name (lowercase letters, digits, '-') nor \
+                 \"role:client\""
+            )),
+        }
     }
-    Mailbox::from_wire(unit).map_err(|e| Refusal::new(RefusalCode::Unauthorized, e.to_string()))
+
+    fn admits(&self, who: &Identity) -> bool {
+        match self {
+            Reader::Client(name) => *name == who.name,
+            Reader::AnyClient => true,
+        }
+    }
+}
+
+impl std::fmt::Display for Reader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Reader::Client(name) => f.write_str(name),
+            Reader::AnyClient => f.write_str("role:client"),
+        }
+    }
+}
+
+/// The node's grants of mailbox access (`[inbox] readers` and `[units.<name>] readers`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Readers {
+    pub inbox: Vec<Reader>,
+    pub units: BTreeMap<String, Vec<Reader>>,
+}
+
+impl Readers {
+    /// The config key that grants access to `mailbox`.
+    fn key(mailbox: &Mailbox) -> String {
+        match mailbox {
+            Mailbox::Inbox => "[inbox] readers".into(),
+            Mailbox::Unit(u) => format!("[units.{u}] readers"),
+        }
+    }
+
+    fn of(&self, mailbox: &Mailbox) -> &[Reader] {
+        match mailbox {
+            Mailbox::Inbox => &self.inbox,
+            Mailbox::Unit(u) => self.units.get(u.as_str()).map_or(&[], Vec::as_slice),
+        }
+    }
+}
+
+/// Decides whether `who` may read the mailbox `unit` names ("" for the agency inbox), and by
+/// which rule. Deny by default: a client reads its own unit (named as the client) and its own
+/// receipts (`receipts-<client>`), plus the mailboxes the node's config grants it by name or to
+/// every client; another client's receipts are never granted. Operators read dead letters and
+/// logs, not mailboxes; nodes read nothing.
+pub(crate) fn may_read(
+    who: &Identity,
+    unit: &str,
+    readers: &Readers,
+) -> Result<(Mailbox, String), Refusal> {
+    let deny = |reason: String| Refusal::new(RefusalCode::Unauthorized, reason);
+    match who.role {
+        Role::Node => {
+            return Err(deny(format!(
+                "{who} is a node; only clients read mailboxes"
+            )));
+        }
+        Role::Operator => {
+            return Err(deny(format!(
+                "{who} is an operator: operators read dead letters and logs, not mailboxes"
+            )));
+        }
+        Role::Client => {}
+    }
+    let mailbox = Mailbox::from_wire(unit).map_err(|e| deny(e.to_string()))?;
+    if let Mailbox::Unit(u) = &mailbox {
+        // Receipts units first: a client named like a colleague's receipts unit does not own
+        // it.
+        if mailbox == crate::receipt::receipts_mailbox(&who.name) {
+            return Ok((mailbox, "own receipts".into()));
+        }
+        if crate::receipt::is_receipts_mailbox(&mailbox) {
+            return Err(deny(format!(
+                "{who} may not read {u}: a receipts unit is read by its own client only"
+            )));
+        }
+        if u.as_str() == who.name {
+            return Ok((mailbox, "own unit".into()));
+        }
+    }
+    let key = Readers::key(&mailbox);
+    match readers.of(&mailbox).iter().find(|r| r.admits(who)) {
+        Some(r) => Ok((mailbox, format!("{key} = {r}"))),
+        None => Err(deny(format!(
+            "{who} may not read {mailbox}: denied by default, as no entry of {key} in the \
+             node config names {} or role:client (a client reads its own unit {} and its \
+             receipts unit {} without a grant)",
+            who.name,
+            who.name,
+            crate::receipt::receipts_mailbox(&who.name)
+        ))),
+    }
 }
 
 #[cfg(test)]
@@ -124,14 +228,6 @@ mod tests {
             &peers(),
         );
         assert_eq!(c, Ok(Authorized::Client));
-        let desk = id("dea", Role::Client, "desk");
-        assert_eq!(may_read(&desk, ""), Ok(Mailbox::Inbox));
-        assert_eq!(
-            may_read(&desk, "analyst"),
-            Mailbox::unit("analyst").map_err(|_| unreachable!())
-        );
-        assert!(may_read(&desk, "Not A Unit").is_err());
-        assert!(may_read(&id("pgr", Role::Node, "pgr-1"), "").is_err());
         let n = authorize(
             &id("pgr", Role::Node, "pgr-1"),
             &hello(pb::Role::Node),
@@ -144,6 +240,66 @@ mod tests {
                 node: "pgr-1".into()
             })
         );
+    }
+
+    #[test]
+    fn mailboxes_are_read_by_their_owner_and_by_grant_only() {
+        let desk = id("dea", Role::Client, "desk");
+        let analyst = id("dea", Role::Client, "analyst");
+        let none = Readers::default();
+        let read = |who: &Identity, unit: &str, r: &Readers| {
+            may_read(who, unit, r).map(|(m, rule)| (m.to_string(), rule))
+        };
+        // Own unit and own receipts, without a grant.
+        assert_eq!(read(&desk, "desk", &none).unwrap().1, "own unit");
+        assert_eq!(
+            read(&desk, "receipts-desk", &none).unwrap().1,
+            "own receipts"
+        );
+        // Anything else is denied by default, naming the rule to add.
+        for unit in ["", "analyst", "24x7-desk"] {
+            let r = read(&desk, unit, &none).unwrap_err();
+            assert_eq!(r.code, RefusalCode::Unauthorized);
+            assert!(r.reason.contains("denied by default"), "{}", r.reason);
+        }
+        let r = read(&desk, "", &none).unwrap_err();
+        assert!(r.reason.contains("[inbox] readers"), "{}", r.reason);
+
+        let grants = Readers {
+            inbox: vec![Reader::AnyClient],
+            units: BTreeMap::from([("24x7-desk".into(), vec![Reader::Client("desk".into())])]),
+        };
+        assert_eq!(
+            read(&analyst, "", &grants).unwrap(),
+            ("(inbox)".into(), "[inbox] readers = role:client".into())
+        );
+        assert_eq!(
+            read(&desk, "24x7-desk", &grants).unwrap().1,
+            "[units.24x7-desk] readers = desk"
+        );
+        let r = read(&analyst, "24x7-desk", &grants).unwrap_err();
+        assert!(
+            r.reason.contains("[units.24x7-desk] readers"),
+            "{}",
+            r.reason
+        );
+        // A colleague's receipts: never, whatever the grants.
+        let r = read(&analyst, "receipts-desk", &grants).unwrap_err();
+        assert!(r.reason.contains("its own client only"), "{}", r.reason);
+        let squatter = id("dea", Role::Client, "receipts-desk");
+        assert!(read(&squatter, "receipts-desk", &grants).is_err());
+        // Operators and nodes read no mailbox.
+        let op = id("dea", Role::Operator, "desk");
+        let r = read(&op, "desk", &grants).unwrap_err();
+        assert!(
+            r.reason.contains("operators read dead letters"),
+            "{}",
+            r.reason
+        );
+        assert!(read(&id("dea", Role::Node, "dea-1"), "", &grants).is_err());
+        assert!(read(&desk, "Not A Unit", &grants).is_err());
+        assert_eq!(Reader::parse("role:client"), Ok(Reader::AnyClient));
+        assert!(Reader::parse("role:operator").is_err());
     }
 
     #[test]

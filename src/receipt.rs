@@ -197,12 +197,18 @@ pub(crate) fn receipts_address(originator: &Originator) -> Option<String> {
 }
 
 /// The unit of the originator's agency whose mailbox holds a client's receipts:
-/// `receipts-<client>`, or `receipts` when the client's name is too long for that to be a unit
-/// name (every such client then shares it).
+/// `receipts-<client>`; for a client whose name is too long for that to be a unit name, its
+/// first 45 characters and 8 hex digits of the SHA-256 of the whole name, so that no two
+/// clients share one.
 pub(crate) fn receipts_mailbox(client: &str) -> Mailbox {
     Mailbox::unit(&format!("receipts-{client}"))
-        .or_else(|_| Mailbox::unit("receipts"))
-        .expect("\"receipts\" is a unit name")
+        .or_else(|_| {
+            let d = ring::digest::digest(&ring::digest::SHA256, client.as_bytes());
+            let tag: String = d.as_ref()[..4].iter().map(|b| format!("{b:02x}")).collect();
+            let head: String = client.chars().take(45).collect();
+            Mailbox::unit(&format!("receipts-{head}-{tag}"))
+        })
+        .expect("a shortened receipts unit is a unit name")
 }
 
 /// Whether a mailbox is a receipts unit (`receipts`, `receipts-<client>`): these names are
@@ -222,6 +228,65 @@ pub(crate) fn precedence_for(original: Precedence) -> Precedence {
     } else {
         Precedence::Routine
     }
+}
+
+/// Whether a message carries a payload only nodes send: a `Receipt` or a `NonDelivery`.
+pub(crate) fn is_node_control(m: &Message) -> bool {
+    m.payload_type == pb::Receipt::full_name() || m.payload_type == pb::NonDelivery::full_name()
+}
+
+/// Checks that a control message names its sender honestly, so that no one can speak for
+/// another: a receipt or non-delivery report is SYSTEM traffic of the node that signed it, a
+/// receipt is given by that node (or, for an acknowledgement, by a client of that node's agency)
+/// and, past acceptance, about that node's own agency; a report names that node; a business
+/// response comes from a client. Anything else passes.
+///
+/// # Errors
+/// Why the message is not what it claims to be.
+pub(crate) fn check_control(m: &Message) -> Result<(), String> {
+    let o = &m.originator;
+    let from_node = m.status == crate::message::Status::System && o.client.is_none();
+    let t = m.payload_type.as_str();
+    if t == pb::Receipt::full_name() {
+        if !from_node {
+            return Err("receipts come only from nodes, as SYSTEM traffic".into());
+        }
+        let r = pb::Receipt::decode(m.payload.clone())
+            .map_err(|e| format!("the receipt does not decode: {e}"))?;
+        let client_of_agency = r.by.starts_with(&format!("{}/client/", o.agency))
+            || r.by.starts_with(&format!("{}/operator/", o.agency));
+        if r.by != o.node && !(client_of_agency && r.stage() == pb::ReceiptStage::Acknowledged) {
+            return Err(format!(
+                "a receipt from node {} cannot be given by {}",
+                o.node,
+                crate::message::clip(&r.by)
+            ));
+        }
+        if r.stage() != pb::ReceiptStage::Accepted && r.addressee_agency != o.agency.as_str() {
+            return Err(format!(
+                "node {} of agency {} cannot report a stage of agency {}",
+                o.node,
+                o.agency,
+                crate::message::clip(&r.addressee_agency)
+            ));
+        }
+    } else if t == pb::NonDelivery::full_name() {
+        if !from_node {
+            return Err("non-delivery reports come only from nodes, as SYSTEM traffic".into());
+        }
+        let r = pb::NonDelivery::decode(m.payload.clone())
+            .map_err(|e| format!("the report does not decode: {e}"))?;
+        if r.node != o.node {
+            return Err(format!(
+                "a report from node {} cannot name node {}",
+                o.node,
+                crate::message::clip(&r.node)
+            ));
+        }
+    } else if t == pb::BusinessResponse::full_name() && from_node {
+        return Err("business responses come from clients".into());
+    }
+    Ok(())
 }
 
 /// Reads the business response carried by a message, if it is one.
@@ -353,10 +418,10 @@ mod tests {
             receipts_mailbox("duty-desk"),
             Mailbox::unit("receipts-duty-desk").unwrap()
         );
-        assert_eq!(
-            receipts_mailbox(&"a".repeat(60)),
-            Mailbox::unit("receipts").unwrap()
-        );
+        // Long names are shortened, never shared.
+        let long = receipts_mailbox(&"a".repeat(60));
+        assert_ne!(long, receipts_mailbox(&format!("{}b", "a".repeat(59))));
+        assert!(long.to_string().starts_with("receipts-aaaa"), "{long}");
         assert!(is_receipts_mailbox(&receipts_mailbox("duty-desk")));
         assert!(!is_receipts_mailbox(&Mailbox::unit("desk").unwrap()));
         assert!(!is_receipts_mailbox(&Mailbox::Inbox));

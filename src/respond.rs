@@ -8,10 +8,51 @@
 //! (and re-arms it, if it had fired); any other outcome ends the tracking. Nothing here survives
 //! a restart: the node rebuilds what it can from its store (see `node::recovery`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::time::SystemTime;
 
+use crate::identity::AgencyId;
 use crate::message::MessageId;
+
+/// The agencies each message of this node's clients was addressed to: a business response to
+/// one of them is admitted only from a client of one of those agencies. Bounded: beyond
+/// `capacity` messages the oldest is forgotten, and a response to a message no longer
+/// remembered (or sent before a restart) is admitted unchecked; its signature still names the
+/// client that gave it.
+#[derive(Debug)]
+pub(crate) struct Responders {
+    capacity: usize,
+    order: VecDeque<MessageId>,
+    by_id: HashMap<MessageId, Vec<AgencyId>>,
+}
+
+impl Responders {
+    pub fn new(capacity: usize) -> Responders {
+        Responders {
+            capacity: capacity.max(1),
+            order: VecDeque::new(),
+            by_id: HashMap::new(),
+        }
+    }
+
+    /// Remembers that message `id` was addressed to `agencies`.
+    pub fn remember(&mut self, id: MessageId, agencies: Vec<AgencyId>) {
+        if self.by_id.insert(id, agencies).is_none() {
+            self.order.push_back(id);
+            if self.order.len() > self.capacity
+                && let Some(old) = self.order.pop_front()
+            {
+                self.by_id.remove(&old);
+            }
+        }
+    }
+
+    /// Whether a client of `agency` may respond to message `id`: `None` when the message is not
+    /// (or no longer) remembered.
+    pub fn may_respond(&self, id: &MessageId, agency: &AgencyId) -> Option<bool> {
+        self.by_id.get(id).map(|to| to.contains(agency))
+    }
+}
 
 /// What an addressee's business response does to its deadline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -184,5 +225,26 @@ mod tests {
         assert_eq!(d.due(t(60)).len(), 2);
         assert!(d.due(t(100)).is_empty());
         assert!(d.is_empty());
+    }
+
+    #[test]
+    fn only_addressed_agencies_may_respond_to_what_is_remembered() {
+        let a = |s: &str| AgencyId::new(s).unwrap();
+        let mut r = Responders::new(2);
+        let t = SystemTime::UNIX_EPOCH;
+        let (x, y, z) = (
+            MessageId::new_v7(t),
+            MessageId::new_v7(t),
+            MessageId::new_v7(t),
+        );
+        r.remember(x, vec![a("afi"), a("pgr")]);
+        assert_eq!(r.may_respond(&x, &a("afi")), Some(true));
+        assert_eq!(r.may_respond(&x, &a("cenapi")), Some(false));
+        assert_eq!(r.may_respond(&y, &a("afi")), None);
+        // Bounded: the oldest goes first.
+        r.remember(y, vec![a("afi")]);
+        r.remember(z, vec![a("afi")]);
+        assert_eq!(r.may_respond(&x, &a("cenapi")), None);
+        assert_eq!(r.may_respond(&z, &a("cenapi")), Some(false));
     }
 }

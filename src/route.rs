@@ -114,7 +114,24 @@ impl<F> Router<'_, F> {
             }
         }
         if let Some(handed) = handed {
+            // A peer hands a copy over only for addressees: an agency no addressee names is
+            // refused, unless some addressee is a name outside this node's directory (an alias
+            // only the previous hop knows), which may be it.
+            let ambiguous = addressees
+                .iter()
+                .any(|a| !self.directory.knows(&a.agency) && a.agency != self.agency.as_str());
             for a in handed {
+                let addressed = addressees
+                    .iter()
+                    .any(|x| self.directory.resolve(&x.agency).as_ref() == Some(&a));
+                if !ambiguous && !addressed {
+                    return Err(Refusal::new(
+                        RefusalCode::Unauthorized,
+                        format!(
+                            "route_to names agency {a}, which is not an addressee of the message"
+                        ),
+                    ));
+                }
                 if a != *self.agency && !onward.contains(&a) {
                     onward.push(a);
                 }
@@ -387,6 +404,40 @@ mod tests {
         assert_eq!(p.local, vec![Mailbox::Inbox]);
         assert!(p.peers.is_empty());
         assert!(r.plan(&to(&[("afi", "")]), legacy).is_err());
+    }
+
+    #[test]
+    fn a_relay_refuses_route_to_an_agency_that_is_not_addressed() {
+        let dir = directory();
+        let r = Router {
+            agency: &a("cenapi"),
+            node: "cenapi-1",
+            directory: &dir,
+            next_hop: cenapi,
+        };
+        let hops = strings(&["dea-1"]);
+        let route_to = strings(&["afi"]);
+        let arrival = Arrival {
+            from_peer: Some(&route_to),
+            hops: &hops,
+            max_relays: None,
+        };
+        // Addressed to PGR only; the peer asks for AFI as well.
+        let e = r.plan(&to(&[("pgr", "")]), arrival).unwrap_err();
+        assert_eq!(e.code, RefusalCode::Unauthorized);
+        assert!(
+            e.reason.contains("route_to names agency afi"),
+            "{}",
+            e.reason
+        );
+        // Handing over this node's own agency is no different.
+        let own = strings(&["cenapi"]);
+        let arrival = Arrival {
+            from_peer: Some(&own),
+            ..arrival
+        };
+        assert!(r.plan(&to(&[("pgr", "")]), arrival).is_err());
+        assert!(r.plan(&to(&[("cenapi", "x")]), arrival).is_ok());
     }
 
     #[test]

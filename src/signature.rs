@@ -79,7 +79,7 @@ impl Signer {
         Ok(Signer { key, cert_sha256 })
     }
 
-    #[cfg(test)]
+    #[cfg(any(test, feature = "fuzzing"))]
     /// The raw public key.
     pub fn public_key(&self) -> &[u8] {
         use ring::signature::KeyPair;
@@ -105,6 +105,7 @@ impl Signer {
             envelope: bytes,
             hops: Vec::new(),
             route_to: Vec::new(),
+            signer_chain: Vec::new(),
         }
     }
 

@@ -15,6 +15,7 @@ use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use rustls::RootCertStore;
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
+use rustls::server::danger::ClientCertVerifier;
 use rustls::server::{NoServerSessionStorage, WebPkiClientVerifier};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
@@ -63,6 +64,8 @@ pub enum TlsError {
         addr: SocketAddr,
         /// The operating system's error.
         reason: String,
+        /// Its kind (`AddrInUse` when another socket holds the address).
+        kind: std::io::ErrorKind,
     },
 }
 
@@ -78,7 +81,12 @@ pub struct TlsMaterial {
     pub chain: Vec<CertificateDer<'static>>,
     pub key: Arc<PrivateKeyDer<'static>>,
     pub roots: Arc<RootCertStore>,
+    /// The trust bundle's certificates as loaded (to warn before they expire).
+    pub roots_der: Vec<CertificateDer<'static>>,
     pub crls: Vec<CertificateRevocationListDer<'static>>,
+    /// Whether a CRL past its nextUpdate makes the certificates of its CA unverifiable (the
+    /// default for nodes; `tls.crl_expired = "warn"` turns it off for labs).
+    pub enforce_crl_expiry: bool,
 }
 
 impl TlsMaterial {
@@ -90,8 +98,9 @@ impl TlsMaterial {
             reason: e.to_string(),
         })?;
         let mut roots = RootCertStore::empty();
-        for c in load_certs(ca)? {
-            roots.add(c)?;
+        let roots_der = load_certs(ca)?;
+        for c in &roots_der {
+            roots.add(c.clone())?;
         }
         let crls = crls
             .iter()
@@ -106,8 +115,26 @@ impl TlsMaterial {
             chain,
             key: Arc::new(key),
             roots: Arc::new(roots),
+            roots_der,
             crls,
+            enforce_crl_expiry: false,
         })
+    }
+
+    /// This material, refusing certificates whose CA's CRL is past its nextUpdate (`true`) or
+    /// not.
+    pub fn crl_expiry_enforced(mut self, enforce: bool) -> TlsMaterial {
+        self.enforce_crl_expiry = enforce;
+        self
+    }
+
+    fn client_cert_verifier(&self) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
+        let mut b = WebPkiClientVerifier::builder_with_provider(self.roots.clone(), provider())
+            .with_crls(self.crls.clone());
+        if self.enforce_crl_expiry {
+            b = b.enforce_revocation_expiration();
+        }
+        b.build().map_err(|e| TlsError::Verifier(e.to_string()))
     }
 
     /// The PKCS#8 DER of the private key, for signing envelopes.
@@ -122,13 +149,17 @@ impl TlsMaterial {
         out
     }
 
+    /// The verifier of originators' certificate chains (see `signers`): the federation's roots
+    /// and this material's CRLs, as for client certificates at the handshake. Node certificates
+    /// carry clientAuth too, so a node's own SYSTEM messages verify the same way.
+    pub fn signer_verifier(&self) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
+        self.client_cert_verifier()
+    }
+
     /// A server config that requires and verifies client certificates (TLS 1.3, no resumption,
     /// no early data).
     pub fn server_config(&self) -> Result<rustls::ServerConfig, TlsError> {
-        let verifier = WebPkiClientVerifier::builder_with_provider(self.roots.clone(), provider())
-            .with_crls(self.crls.clone())
-            .build()
-            .map_err(|e| TlsError::Verifier(e.to_string()))?;
+        let verifier = self.client_cert_verifier()?;
         let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_client_cert_verifier(verifier)
@@ -143,10 +174,12 @@ impl TlsMaterial {
     /// A client config that presents this endpoint's certificate (TLS 1.3, no resumption, no
     /// early data) and verifies the server against the roots and CRLs.
     pub fn client_config(&self) -> Result<rustls::ClientConfig, TlsError> {
-        let verifier = WebPkiServerVerifier::builder_with_provider(self.roots.clone(), provider())
-            .with_crls(self.crls.clone())
-            .build()
-            .map_err(|e| TlsError::Verifier(e.to_string()))?;
+        let mut b = WebPkiServerVerifier::builder_with_provider(self.roots.clone(), provider())
+            .with_crls(self.crls.clone());
+        if self.enforce_crl_expiry {
+            b = b.enforce_revocation_expiration();
+        }
+        let verifier = b.build().map_err(|e| TlsError::Verifier(e.to_string()))?;
         let mut cfg = rustls::ClientConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_webpki_verifier(verifier)
@@ -219,6 +252,7 @@ pub fn endpoint(
     let bind_err = |e: std::io::Error| TlsError::Bind {
         addr,
         reason: e.to_string(),
+        kind: e.kind(),
     };
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))
         .map_err(bind_err)?;

@@ -11,9 +11,11 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use crate::identity::{PeerCert, Role};
-use crate::message::{Message, MessageId, Status};
+use crate::message::{Message, MessageId, Status, clip};
+use crate::receipt;
 use crate::refusal::Refusal;
 use crate::signature;
+use crate::signers::SignerError;
 use crate::wire::pb::{self, RefusalCode};
 
 /// A message the node may take responsibility for, with what the previous hop added to it.
@@ -24,6 +26,9 @@ pub(crate) struct Admitted {
     pub hops: Vec<pb::HopRecord>,
     /// From a peer: the agencies its copy is for at this node.
     pub route_to: Vec<String>,
+    /// The signer's certificate chain (leaf first), carried with every copy; set by the caller
+    /// (the client's handshake chain, or the verified chain a peer's envelope carried).
+    pub signer_chain: Arc<[bytes::Bytes]>,
 }
 
 /// The node doing the admitting.
@@ -31,19 +36,28 @@ pub(crate) struct NodeContext<'a> {
     pub node: &'a str,
     /// Largest hop count the node itself allows, whatever the envelope says.
     pub max_hops: u32,
+    /// Most addressees an envelope may name here.
+    pub max_addressees: usize,
     /// Batch roots this node has already verified.
     pub verified: &'a signature::VerifiedRoots,
 }
 
 /// Checks a submitted envelope.
 ///
-/// From a client: the originator must be the client itself at this node, and the signature must
-/// verify against the client's certificate. From a peer node: the envelope must carry a signature
-/// (end-to-end verification of originators at relays needs a certificate directory, see
-/// ARCHITECTURE.md) and must not exceed its hop limit.
+/// Whoever sent it, the originator's signature must verify over the exact bytes against the
+/// signer's certificate (`signer`: from a client, the client's own, which is `sender`; from a
+/// peer node, the chain the envelope carries, verified by the caller, or why it did not verify),
+/// and the signer must be the
+/// originator: a client of the originator's agency with the originator's name, or for SYSTEM
+/// traffic (receipts, reports) the originating node itself; a node originates nothing else.
+/// From a client: the originator must be the client itself at this node; it may not send SYSTEM
+/// traffic, control payloads, hop records or `route_to`. From a peer: the last hop record must
+/// be the peer's. For everyone: control payloads must name their sender honestly (see
+/// [`receipt::check_control`]), and expiry, hop limits and loops are checked.
 pub(crate) fn admit(
     signed: pb::SignedEnvelope,
     sender: &PeerCert,
+    signer: Result<&PeerCert, SignerError>,
     node: &NodeContext<'_>,
     now: SystemTime,
 ) -> Result<Admitted, (Refusal, Option<MessageId>)> {
@@ -52,50 +66,99 @@ pub(crate) fn admit(
         signature,
         hops,
         route_to,
+        signer_chain,
     } = signed;
     let message = Message::parse(envelope, signature)?;
     let id = message.id;
     let fail = |r: Refusal| (r, Some(id));
+    if message.addressees.len() > node.max_addressees {
+        return Err(fail(Refusal::new(
+            RefusalCode::Limit,
+            format!(
+                "the envelope names {} addressees; this node accepts at most {} \
+                 (limits.max_addressees): split it",
+                message.addressees.len(),
+                node.max_addressees
+            ),
+        )));
+    }
+    let deny = |reason: String| fail(Refusal::new(RefusalCode::Unauthorized, reason));
     let originator = &message.originator;
-    match sender.identity.role {
+    let signer = match sender.identity.role {
         Role::Client | Role::Operator => {
             let me = &sender.identity;
             if originator.agency != me.agency
                 || originator.client.as_deref() != Some(me.name.as_str())
                 || originator.node != node.node
             {
-                return Err(fail(Refusal::new(
-                    RefusalCode::Unauthorized,
-                    format!(
-                        "originator {}/{}@{} does not match the sender's certificate {}/{} at node {}",
-                        originator.agency,
-                        originator.client.as_deref().unwrap_or(""),
-                        originator.node,
-                        me.agency,
-                        me.name,
-                        node.node
-                    ),
+                return Err(deny(format!(
+                    "originator {}/{}@{} does not match the sender's certificate {}/{} at node {}",
+                    originator.agency,
+                    originator.client.as_deref().unwrap_or(""),
+                    originator.node,
+                    me.agency,
+                    me.name,
+                    node.node
                 )));
             }
-            signature::verify(
-                &message.envelope,
-                message.signature.as_ref(),
-                &sender.sha256,
-                sender.ed25519_public_key.as_deref(),
-                Some(node.verified),
-            )
-            .map_err(|e| fail(Refusal::invalid(format!("originator signature: {e}"))))?;
+            if message.status == Status::System {
+                return Err(deny("only nodes send SYSTEM traffic".into()));
+            }
+            if receipt::is_node_control(&message) {
+                return Err(deny(format!(
+                    "only nodes send {} payloads",
+                    message.payload_type
+                )));
+            }
+            if !hops.is_empty() || !route_to.is_empty() {
+                return Err(fail(Refusal::invalid(
+                    "clients cannot set hop records or route_to; nodes add them",
+                )));
+            }
+            sender
         }
         Role::Node => {
-            // Only a node's own system messages (reports) have no client.
-            if message.originator.client.is_none() && message.status != Status::System {
-                return Err(fail(Refusal::invalid("originator is incomplete")));
+            let last = hops.last();
+            if last.is_none_or(|h| {
+                h.node != sender.identity.name || h.agency != sender.identity.agency.as_str()
+            }) {
+                return Err(deny(format!(
+                    "the last hop record must be the sending node's ({}), not {}",
+                    sender.identity.name,
+                    last.map_or("missing".into(), |h| clip(&h.node))
+                )));
             }
-            if message.signature.is_none() {
-                return Err(fail(Refusal::invalid("the envelope is not signed")));
+            // The path starts where the message entered the federation.
+            let first = &hops[0];
+            if first.node != originator.node || first.agency != originator.agency.as_str() {
+                return Err(deny(format!(
+                    "the first hop record must be the originator's node ({}/{}), not {}/{}",
+                    originator.agency,
+                    originator.node,
+                    clip(&first.agency),
+                    clip(&first.node)
+                )));
             }
+            signer.map_err(|e| {
+                let code = match (e.revoked, e.unknown) {
+                    (true, _) => RefusalCode::Revoked,
+                    (false, true) => RefusalCode::ChainNeeded,
+                    (false, false) => RefusalCode::Invalid,
+                };
+                fail(Refusal::new(code, format!("originator signature: {e}")))
+            })?
         }
-    }
+    };
+    signed_by_originator(&message, signer).map_err(deny)?;
+    signature::verify(
+        &message.envelope,
+        message.signature.as_ref(),
+        &signer.sha256,
+        signer.ed25519_public_key.as_deref(),
+        Some(node.verified),
+    )
+    .map_err(|e| fail(Refusal::invalid(format!("originator signature: {e}"))))?;
+    receipt::check_control(&message).map_err(deny)?;
     if message.expires_at <= now {
         return Err(fail(Refusal::new(
             RefusalCode::Expired,
@@ -140,7 +203,42 @@ pub(crate) fn admit(
         message: Arc::new(message),
         hops,
         route_to,
+        signer_chain: signer_chain.into(),
     })
+}
+
+/// Whether `signer` is the originator of `message`: a client (or operator) of the originator's
+/// agency with the originator's name, or, for SYSTEM traffic, the originating node itself.
+pub(crate) fn signed_by_originator(message: &Message, signer: &PeerCert) -> Result<(), String> {
+    let o = &message.originator;
+    let s = &signer.identity;
+    let ok = match &o.client {
+        Some(client) => {
+            matches!(s.role, Role::Client | Role::Operator)
+                && s.agency == o.agency
+                && &s.name == client
+        }
+        None => {
+            message.status == Status::System
+                && s.role == Role::Node
+                && s.agency == o.agency
+                && s.name == o.node
+        }
+    };
+    if ok {
+        Ok(())
+    } else if o.client.is_none() && message.status != Status::System {
+        Err(format!(
+            "node {}/{} originated a message that is not SYSTEM traffic; nodes originate only \
+             their own receipts and reports",
+            o.agency, o.node
+        ))
+    } else {
+        Err(format!(
+            "the envelope claims originator {o} but is signed by {s}; the signer must be the \
+             originator"
+        ))
+    }
 }
 
 #[cfg(test)]
@@ -206,12 +304,13 @@ mod tests {
         NodeContext {
             node: "dea-1",
             max_hops,
+            max_addressees: 64,
             verified: &f.verified,
         }
     }
 
     fn run(f: &Fixture, env: &pb::Envelope) -> Result<Admitted, Refusal> {
-        admit(f.signer.seal(env), &f.cert, &ctx(f, 8), f.now).map_err(|(r, _)| r)
+        admit(f.signer.seal(env), &f.cert, Ok(&f.cert), &ctx(f, 8), f.now).map_err(|(r, _)| r)
     }
 
     #[test]
@@ -241,18 +340,58 @@ mod tests {
         let last = bytes.len() - 1;
         bytes[last] ^= 1;
         signed.envelope = bytes.into();
-        let (r, _) = admit(signed, &f.cert, &ctx(&f, 8), f.now).unwrap_err();
+        let (r, _) = admit(signed, &f.cert, Ok(&f.cert), &ctx(&f, 8), f.now).unwrap_err();
         assert_eq!(r.code, RefusalCode::Invalid);
+    }
+
+    /// A node certificate: `dea-2` is a node of agency `dea`.
+    fn node_cert(name: &str) -> PeerCert {
+        PeerCert {
+            identity: Identity {
+                trust_domain: "enlace.test".into(),
+                agency: AgencyId::new(name.split('-').next().unwrap()).unwrap(),
+                role: Role::Node,
+                name: name.into(),
+            },
+            serial: "02".into(),
+            sha256: [2; 32],
+            ed25519_public_key: None,
+        }
+    }
+
+    fn hop(node: &str) -> pb::HopRecord {
+        pb::HopRecord {
+            node: node.into(),
+            agency: node.split('-').next().unwrap().into(),
+            ..Default::default()
+        }
+    }
+
+    /// `signed` as forwarded to `at` along `hops` (the last one sends it), its originator's
+    /// chain verified as `signer`.
+    fn forwarded(
+        f: &Fixture,
+        mut signed: pb::SignedEnvelope,
+        hops: &[&str],
+        signer: Result<&PeerCert, SignerError>,
+        at: &str,
+        max_hops: u32,
+    ) -> Result<Admitted, Refusal> {
+        signed.hops = hops.iter().map(|n| hop(n)).collect();
+        let peer = node_cert(hops.last().unwrap());
+        let ctx = NodeContext {
+            node: at,
+            max_hops,
+            max_addressees: 64,
+            verified: &f.verified,
+        };
+        admit(signed, &peer, signer, &ctx, f.now).map_err(|(r, _)| r)
     }
 
     #[test]
     fn refuses_loops_and_too_many_hops() {
         let f = fixture();
-        let hop = |node: &str| pb::HopRecord {
-            node: node.into(),
-            ..Default::default()
-        };
-        let with_hops = |hops: &[&str], max_hops: Option<u32>| {
+        let with_hops = |hops: &[&str], max_hops: Option<u32>, node_max: u32| {
             let mut d = draft();
             if let Some(n) = max_hops {
                 d = d.handling(pb::HandlingPolicy {
@@ -260,19 +399,113 @@ mod tests {
                     ..Default::default()
                 });
             }
-            let mut s = f.signer.seal(&d.finish(&originator("duty-desk"), f.now));
-            s.hops = hops.iter().map(|n| hop(n)).collect();
-            admit(s, &f.cert, &ctx(&f, 2), f.now).map_err(|(r, _)| r)
+            let s = f.signer.seal(&d.finish(&originator("duty-desk"), f.now));
+            forwarded(&f, s, hops, Ok(&f.cert), "pgr-1", node_max)
         };
-        let r = with_hops(&["cenapi-1", "dea-1"], None).unwrap_err();
+        let r = with_hops(&["dea-1", "pgr-1", "dea-2"], None, 8).unwrap_err();
         assert_eq!(r.code, RefusalCode::Unauthorized);
         assert!(r.reason.contains("routing loop"), "{}", r.reason);
-        let r = with_hops(&["pgr-1", "cenapi-1", "afi-1"], None).unwrap_err();
+        let r = with_hops(&["dea-1", "dea-3", "dea-4"], None, 2).unwrap_err();
         assert!(r.reason.contains("hop limit exceeded"), "{}", r.reason);
         // Two nodes passed: the originator's and one relay.
-        let r = with_hops(&["pgr-1", "cenapi-1"], Some(0)).unwrap_err();
+        let r = with_hops(&["dea-1", "dea-3"], Some(0), 2).unwrap_err();
         assert!(r.reason.contains("allows 0"), "{}", r.reason);
-        assert!(with_hops(&["pgr-1", "cenapi-1"], Some(1)).is_ok());
+        assert!(with_hops(&["dea-1", "dea-3"], Some(1), 2).is_ok());
+    }
+
+    #[test]
+    fn a_peer_cannot_claim_another_originator_or_skip_the_path() {
+        let f = fixture();
+        let good = || {
+            f.signer
+                .seal(&draft().finish(&originator("duty-desk"), f.now))
+        };
+        assert!(forwarded(&f, good(), &["dea-1"], Ok(&f.cert), "pgr-1", 8).is_ok());
+
+        // The chain the envelope carried did not verify.
+        let r = forwarded(
+            &f,
+            good(),
+            &["dea-1"],
+            Err(SignerError::other("unknown CA")),
+            "pgr-1",
+            8,
+        );
+        let r = r.unwrap_err();
+        assert_eq!(r.code, RefusalCode::Invalid);
+        assert!(r.reason.contains("unknown CA"), "{}", r.reason);
+        // A signer revoked since the message set out: refused as such, so that the originator's
+        // non-delivery report says REVOKED.
+        let revoked = SignerError {
+            unknown: false,
+            revoked: true,
+            reason: "invalid peer certificate: Revoked".into(),
+        };
+        let r = forwarded(&f, good(), &["dea-1"], Err(revoked), "pgr-1", 8).unwrap_err();
+        assert_eq!(r.code, RefusalCode::Revoked);
+
+        // Signed by duty-desk, but claiming to come from AFI.
+        let mut afi = originator("duty-desk");
+        afi.agency = AgencyId::new("afi").unwrap();
+        afi.node = "afi-1".into();
+        let s = f.signer.seal(&draft().finish(&afi, f.now));
+        let r = forwarded(&f, s, &["afi-1"], Ok(&f.cert), "pgr-1", 8).unwrap_err();
+        assert_eq!(r.code, RefusalCode::Unauthorized);
+        assert!(r.reason.contains("signed by"), "{}", r.reason);
+
+        // The last hop must be the sending peer, the first the originator's node.
+        let mut s = good();
+        s.hops = vec![hop("dea-1")];
+        let ctx = ctx(&f, 8);
+        let r = admit(s, &node_cert("afi-1"), Ok(&f.cert), &ctx, f.now).unwrap_err();
+        assert!(r.0.reason.contains("last hop record"), "{}", r.0.reason);
+        let r = forwarded(&f, good(), &["afi-1", "pgr-2"], Ok(&f.cert), "pgr-1", 8);
+        let r = r.unwrap_err();
+        assert!(r.reason.contains("first hop"), "{}", r.reason);
+
+        // A bad signature is caught past the first node too.
+        let mut s = good();
+        let mut bytes = s.envelope.to_vec();
+        bytes[3] ^= 1;
+        s.envelope = bytes.into();
+        let r = forwarded(&f, s, &["dea-1"], Ok(&f.cert), "pgr-1", 8);
+        assert_eq!(r.unwrap_err().code, RefusalCode::Invalid);
+    }
+
+    #[test]
+    fn clients_cannot_send_system_traffic_or_set_the_path() {
+        let f = fixture();
+        let system = draft()
+            .status(Status::System)
+            .finish(&originator("duty-desk"), f.now);
+        let r = run(&f, &system).unwrap_err();
+        assert!(r.reason.contains("only nodes send SYSTEM"), "{}", r.reason);
+
+        let mut s = f
+            .signer
+            .seal(&draft().finish(&originator("duty-desk"), f.now));
+        s.hops = vec![hop("cenapi-1")];
+        let r = admit(s, &f.cert, Ok(&f.cert), &ctx(&f, 8), f.now).unwrap_err();
+        assert!(r.0.reason.contains("hop records"), "{}", r.0.reason);
+
+        let mut s = f
+            .signer
+            .seal(&draft().finish(&originator("duty-desk"), f.now));
+        s.route_to = vec!["afi".into()];
+        assert!(admit(s, &f.cert, Ok(&f.cert), &ctx(&f, 8), f.now).is_err());
+    }
+
+    #[test]
+    fn a_node_originates_only_system_traffic_in_its_own_name() {
+        let f = fixture();
+        let node = node_cert("dea-1");
+        let mut o = originator("x");
+        o.client = None;
+        let env = draft().finish(&o, f.now);
+        let message = Message::parse(Bytes::from(prost::Message::encode_to_vec(&env)), None);
+        let message = message.map_err(|(r, _)| r).unwrap();
+        let r = signed_by_originator(&message, &node).unwrap_err();
+        assert!(r.contains("not SYSTEM traffic"), "{r}");
     }
 
     #[test]

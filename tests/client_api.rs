@@ -164,12 +164,12 @@ async fn a_dropped_inbox_unsubscribes_and_its_unacknowledged_copy_goes_to_anothe
     let net = TestNet::mesh(&["dea"]).await;
     let first = net.client("dea", "duty-desk").await;
     let mut inbox = first
-        .subscribe(Mailbox::unit("desk").unwrap())
+        .subscribe(Mailbox::unit("24x7-desk").unwrap())
         .await
         .unwrap();
     let sender = net.client("dea", "analyst").await;
     let acc = sender
-        .submit(Draft::from(liaison("who takes it?")).to("dea/desk"))
+        .submit(Draft::from(liaison("who takes it?")).to("dea/24x7-desk"))
         .await
         .unwrap();
     let d = within("first delivery", inbox.next()).await.unwrap();
@@ -181,7 +181,7 @@ async fn a_dropped_inbox_unsubscribes_and_its_unacknowledged_copy_goes_to_anothe
     // Another reader of the unit: a second connection of the desk.
     let second = net.client("dea", "duty-desk").await;
     let mut other: Inbox = second
-        .subscribe(Mailbox::unit("desk").unwrap())
+        .subscribe(Mailbox::unit("24x7-desk").unwrap())
         .await
         .unwrap();
     let d = within("the copy, put back", other.next()).await.unwrap();

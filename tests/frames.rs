@@ -219,6 +219,7 @@ async fn invalid_envelopes_are_refused_with_reasons() {
         signature: Some(sigs[sig].clone()),
         hops: Vec::new(),
         route_to: Vec::new(),
+        signer_chain: Vec::new(),
     };
     submit(&s, member(0, 0))
         .await

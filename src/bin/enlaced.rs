@@ -37,7 +37,10 @@ fn main() -> ExitCode {
     init_logging(&config);
     if args.check_config {
         return match enlace::node::check(&config) {
-            Ok(()) => {
+            Ok(warnings) => {
+                for w in &warnings {
+                    println!("warning: {w}");
+                }
                 println!(
                     "{}: configuration is valid (node {}/node/{})",
                     args.config.display(),

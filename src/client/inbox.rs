@@ -9,17 +9,21 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::SystemTime;
 
+use bytes::Bytes;
 use quinn::{Connection, SendStream};
 use tokio::sync::{mpsc, watch};
 
 use crate::address::Mailbox;
 use crate::error::{PayloadError, SubmitError};
-use crate::message::{Hop, Message, MessageId, Precedence};
+use crate::message::{Hop, Message, MessageId, Precedence, clip};
 use crate::session;
+use crate::signature::VerifiedRoots;
+use crate::signers::Signers;
 use crate::wire::frame::{self, FrameError, FrameReader};
 use crate::wire::pb::{self, frame::Body};
 
@@ -84,8 +88,43 @@ impl Dedup {
     }
 }
 
+/// What a client checks of every delivery before the application sees it: the signer's chain
+/// (to the federation root), that the signer is the originator, the originator's signature over
+/// the exact bytes, and that a control payload names its sender honestly. A delivery that fails
+/// is not handed over (and not acknowledged): it is logged, and the node offers it again until
+/// it dead-letters it.
+pub(crate) struct Checks {
+    pub signers: Signers,
+    pub verified: VerifiedRoots,
+}
+
+impl Checks {
+    fn check(&self, m: &Message, chain: &[Bytes]) -> Result<(), String> {
+        let signer = self
+            .signers
+            .signer_for(m.signature.as_ref(), chain, SystemTime::now())?;
+        crate::validate::signed_by_originator(m, &signer.cert)?;
+        crate::signature::verify(
+            &m.envelope,
+            m.signature.as_ref(),
+            &signer.cert.sha256,
+            signer.cert.ed25519_public_key.as_deref(),
+            Some(&self.verified),
+        )
+        .map_err(|e| format!("originator signature: {e}"))?;
+        crate::receipt::check_control(m)
+    }
+}
+
 /// Where each subscribed mailbox's deliveries go, by mailbox.
-pub(crate) type Routes = Arc<Mutex<HashMap<Mailbox, mpsc::Sender<Delivery>>>>;
+pub(crate) type Routes = Arc<Mutex<HashMap<Mailbox, Route>>>;
+
+/// One subscription's channel, and its count of deliveries refused by [`Checks`].
+#[derive(Clone)]
+pub(crate) struct Route {
+    pub tx: mpsc::Sender<Delivery>,
+    pub refused: Arc<AtomicU64>,
+}
 
 /// The deliveries of one mailbox, in the order the node sent them: a [`Stream`] of
 /// [`Delivery`].
@@ -110,6 +149,7 @@ pub struct Inbox {
     seen: Dedup,
     routes: Routes,
     connection: Connection,
+    refused: Arc<AtomicU64>,
 }
 
 impl Inbox {
@@ -119,6 +159,7 @@ impl Inbox {
         seen: Dedup,
         routes: Routes,
         connection: Connection,
+        refused: Arc<AtomicU64>,
     ) -> Inbox {
         Inbox {
             mailbox,
@@ -126,7 +167,25 @@ impl Inbox {
             seen,
             routes,
             connection,
+            refused,
         }
+    }
+
+    /// How many deliveries of this mailbox the client library refused because they are not
+    /// what they claim to be (a signature that does not verify against a certificate of the
+    /// federation, a signer who is not the originator, a receipt not signed by whoever it
+    /// names). Each is logged, and none is acknowledged, so the node offers it again until it
+    /// dead-letters it for operators to examine.
+    ///
+    /// ```no_run
+    /// # async fn example(inbox: enlace::Inbox) {
+    /// if inbox.refused() > 0 {
+    ///     eprintln!("{} deliveries refused as not authentic", inbox.refused());
+    /// }
+    /// # }
+    /// ```
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
     }
 
     /// The mailbox it reads.
@@ -209,6 +268,7 @@ pub struct Delivery {
     id: MessageId,
     message: Message,
     hops: Vec<pb::HopRecord>,
+    signer_chain: Vec<Bytes>,
     attempt: u32,
     mailbox: Mailbox,
     received_at: SystemTime,
@@ -358,7 +418,8 @@ impl Delivery {
     /// # }
     /// ```
     pub fn signed_envelope(&self) -> pb::SignedEnvelope {
-        self.message.signed(self.hops.clone(), Vec::new())
+        self.message
+            .signed(self.hops.clone(), Vec::new(), &self.signer_chain)
     }
 
     /// Acknowledges the message: the node will not offer it again.
@@ -402,6 +463,7 @@ pub(crate) async fn receive(
     routes: Routes,
     max_frame: u64,
     acks: AckWriters,
+    checks: Arc<Checks>,
 ) {
     let mut closing = acks.closing.clone();
     loop {
@@ -418,6 +480,7 @@ pub(crate) async fn receive(
             routes.clone(),
             max_frame,
             acks.clone(),
+            checks.clone(),
         ));
     }
     // Closing waits for the writers, not for this task.
@@ -436,6 +499,7 @@ async fn read_deliveries(
     routes: Routes,
     max_frame: u64,
     acks: AckWriters,
+    checks: Arc<Checks>,
 ) {
     let (ack_tx, mut ack_rx) = mpsc::channel::<MessageId>(ACK_QUEUE);
     let AckWriters { mut closing, done } = acks;
@@ -499,8 +563,15 @@ async fn read_deliveries(
             .expect("routes lock poisoned")
             .get(&delivery.mailbox)
             .cloned();
+        if let Err(reason) = checks.check(&delivery.message, &delivery.signer_chain) {
+            tracing::warn!(id = %delivery.id, mailbox = %delivery.mailbox, reason = %clip(&reason), "delivery refused: it is not what it claims to be");
+            if let Some(r) = route {
+                r.refused.fetch_add(1, Ordering::Relaxed);
+            }
+            continue;
+        }
         match route {
-            Some(tx) => {
+            Some(Route { tx, .. }) => {
                 if tx.send(delivery).await.is_err() {
                     return;
                 }
@@ -545,6 +616,7 @@ fn to_delivery(d: pb::Deliver, ack: mpsc::Sender<MessageId>) -> Option<Delivery>
         id: message.id,
         message,
         hops: signed.hops,
+        signer_chain: signed.signer_chain,
         attempt: d.attempt,
         mailbox: Mailbox::from_wire(&d.unit).ok()?,
         received_at: SystemTime::now(),

@@ -42,6 +42,8 @@ pub const HELD_CAPACITY: usize = 10_000;
 pub struct Receipts {
     inbox: Inbox,
     held: VecDeque<Receipt>,
+    /// Messages in the receipts unit that are not receipts.
+    not_receipts: u64,
 }
 
 impl Receipts {
@@ -49,7 +51,22 @@ impl Receipts {
         Receipts {
             inbox,
             held: VecDeque::new(),
+            not_receipts: 0,
         }
+    }
+
+    /// How many items of the receipts unit this stream dropped instead of returning: those
+    /// that are not authentic (see [`Inbox::refused`]: a receipt must be signed by the node or
+    /// client it names, a business response must come from a client of an addressed agency),
+    /// and messages that are not receipts at all. Each is logged.
+    ///
+    /// ```no_run
+    /// # async fn example(receipts: enlace::Receipts) {
+    /// assert_eq!(receipts.dropped(), 0, "someone is sending junk to my receipts unit");
+    /// # }
+    /// ```
+    pub fn dropped(&self) -> u64 {
+        self.inbox.refused() + self.not_receipts
     }
 
     /// The next receipt of any message, or `None` when the connection has ended.
@@ -122,10 +139,13 @@ impl Receipts {
             let _ = d.ack().await;
             match r {
                 Some(r) => return Some(r),
-                None => tracing::warn!(
+                None => {
+                    self.not_receipts += 1;
+                    tracing::warn!(
                     payload = %payload_type,
                     "message in the receipts unit is not a receipt; skipped"
-                ),
+                    )
+                }
             }
         }
     }

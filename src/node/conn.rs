@@ -5,12 +5,18 @@
 //! `deliver`.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
+use bytes::Bytes;
 use quinn::Connection;
-use tokio::sync::watch;
+use rustls_pki_types::CertificateDer;
+use tokio::sync::{Semaphore, watch};
 
+use super::registry::Closing;
 use crate::address::Mailbox;
+use crate::config::Limits;
 use crate::identity::{PeerCert, Role};
 
 /// An authorized connection and what it does at this node.
@@ -20,18 +26,75 @@ pub(super) struct Conn {
     pub who: PeerCert,
     /// `who`, printed once (`agency/role/name`).
     pub name: String,
+    /// Its verified certificate chain (leaf first), as envelopes carry a signer's chain.
+    pub chain: Arc<[Bytes]>,
     /// Mailboxes this connection reads, each with the stop signal of its delivery loop.
     subscriptions: Mutex<HashMap<Mailbox, watch::Sender<bool>>>,
+    /// Bytes of frames this connection may hold at once (`limits.connection_frame_bytes`).
+    pub frame_budget: Arc<Semaphore>,
+    /// Bad frames so far.
+    bad_frames: AtomicU32,
+    /// How many refusals it may still have logged now, and which were not.
+    refusal_log: Mutex<RefusalLog>,
+    /// Whether its certificate was revoked (it is closed once its requests in flight are
+    /// answered, and gets no new ones), and why the node closed it.
+    pub closing: Arc<Closing>,
+}
+
+/// A token bucket for logging a connection's refusals.
+struct RefusalLog {
+    tokens: f64,
+    at: Instant,
+    suppressed: u64,
 }
 
 impl Conn {
-    pub fn new(conn: Connection, who: PeerCert) -> Arc<Conn> {
+    pub fn new(
+        conn: Connection,
+        who: PeerCert,
+        chain: &[CertificateDer<'_>],
+        limits: &Limits,
+        closing: Arc<Closing>,
+    ) -> Arc<Conn> {
         Arc::new(Conn {
+            chain: chain.iter().map(|c| Bytes::copy_from_slice(c)).collect(),
             name: who.identity.to_string(),
             conn,
             who,
             subscriptions: Mutex::default(),
+            frame_budget: Arc::new(Semaphore::new(limits.connection_frame_bytes as usize)),
+            bad_frames: AtomicU32::new(0),
+            refusal_log: Mutex::new(RefusalLog {
+                tokens: f64::from(limits.refusal_log_burst),
+                at: Instant::now(),
+                suppressed: 0,
+            }),
+            closing,
         })
+    }
+
+    /// Counts a bad frame; true once there have been `max` of them.
+    pub fn bad_frame(&self, max: u32) -> bool {
+        self.bad_frames.fetch_add(1, Ordering::Relaxed) + 1 >= max
+    }
+
+    /// Whether a refusal may be logged now: `Some(n)` with the number of refusals not logged
+    /// since the last one that was, `None` when this one is not (it is counted). A connection
+    /// logs `refusal_log_burst` refusals at once, then `refusal_log_per_second`.
+    pub fn may_log_refusal(&self, limits: &Limits, now: Instant) -> Option<u64> {
+        let mut log = self.refusal_log.lock().expect("refusal log lock poisoned");
+        let burst = f64::from(limits.refusal_log_burst);
+        let refill = now.saturating_duration_since(log.at).as_secs_f64()
+            * f64::from(limits.refusal_log_per_second);
+        log.tokens = (log.tokens + refill).min(burst);
+        log.at = now;
+        if log.tokens >= 1.0 {
+            log.tokens -= 1.0;
+            Some(std::mem::take(&mut log.suppressed))
+        } else {
+            log.suppressed += 1;
+            None
+        }
     }
 
     /// Whether the other end is a peer node.

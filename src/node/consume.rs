@@ -32,6 +32,12 @@ pub(super) trait Sink {
         let _ = dispatcher;
         true
     }
+
+    /// Completes when a consumer paused for time-sensitive copies (a late alert) shows it is
+    /// alive after all; never, by default.
+    async fn resumed(&self) {
+        std::future::pending::<()>().await
+    }
 }
 
 /// Drives `sink` over `queue` with `dispatcher` until `ended` completes or the sink is gone.
@@ -49,8 +55,15 @@ pub(super) async fn run(
 ) {
     let mut ended = std::pin::pin!(ended);
     let settle = |d: &mut Dispatcher, (copy, ticket, outcome): Settled| {
+        // A late alert goes back for the unit's other readers: the log says why.
+        let late = (outcome == Outcome::Late).then(|| {
+            format!(
+                "{by} did not acknowledge within the alert deadline (limits.alert_ack_timeout_ms)"
+            )
+        });
         let action = d.settle(ticket, outcome, copy.copy().attempts, SystemTime::now());
-        node.ledger.settle(copy, action, by);
+        node.ledger
+            .settle(copy, action, late.as_deref().unwrap_or(by));
     };
     loop {
         while let Ok(s) = back.try_recv() {
@@ -90,6 +103,7 @@ pub(super) async fn run(
             // With both windows full, a change of the queue changes nothing.
             _ = notified, if !full => {}
             _ = due => {}
+            _ = sink.resumed() => dispatcher.resume_alerts(),
         }
     }
 }

@@ -12,10 +12,20 @@
 //! (redelivery with backoff, then a dead letter); if the client's connection is gone, the copy
 //! goes straight back to the head of its lane for another consumer. When the client
 //! unsubscribes, the loop ends, and what it had in flight goes back at once.
+//!
+//! Alerts never wait on a dead or slow reader: a time-sensitive copy not acknowledged within
+//! the alert deadline (`limits.alert_ack_timeout_ms`, 2 s by default) goes back to the head of
+//! its lane at once, no attempt counted, for the unit's other readers, and this subscription
+//! gets no more time-sensitive copies until its reader acknowledges the late one after all (it
+//! was slow, not gone: the loop resumes it) or its connection ends. A reader that acknowledges
+//! late may so see an alert that another reader of the unit also got: alerts are delivered at
+//! least once per unit, never held back by one reader.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
+
+use tokio::sync::Notify;
 
 use quinn::{Connection, RecvStream, SendStream};
 use tokio::sync::{mpsc, watch};
@@ -28,6 +38,7 @@ use super::state::Node;
 use crate::address::Mailbox;
 use crate::dispatch::{CLIENT_WINDOWS, Dispatcher, Outcome, Slot, Ticket};
 use crate::message::{MessageId, Precedence};
+use crate::signers::SentChains;
 use crate::wire::CONTROL_FRAME_LIMIT;
 use crate::wire::frame::{self, FrameReader};
 use crate::wire::pb::{self, frame::Body};
@@ -43,14 +54,32 @@ struct Consumer {
     to: String,
     mailbox: Mailbox,
     settled: mpsc::Sender<Settled>,
+    /// Woken when the reader acknowledges an alert it was late for.
+    resumed: Notify,
 }
 
 impl Consumer {
-    fn deliver_frame(&self, copy: &InFlight) -> pb::Frame {
+    /// The `Deliver` frame of a copy. The signer's chain goes with it unless `sent` (the chains
+    /// the stream carried already, which the client reads in order and caches) has it; always
+    /// with an alert (a stream of its own) and with a redelivery.
+    fn deliver_frame(&self, copy: &InFlight, sent: Option<&SentChains>) -> pb::Frame {
         let c = copy.copy();
+        let signer = c
+            .message
+            .signature
+            .as_ref()
+            .map(|s| &s.signer_certificate_sha256[..]);
+        let with_chain = match (sent, signer) {
+            (Some(sent), Some(h)) => copy.attempt() > 1 || sent.needs(h),
+            _ => true,
+        };
+        let chain: &[bytes::Bytes] = match with_chain {
+            true => &c.transit.signer_chain,
+            false => &[],
+        };
         pb::Frame {
             body: Some(Body::Deliver(pb::Deliver {
-                envelope: Some(c.message.signed(c.transit.hops.clone(), Vec::new())),
+                envelope: Some(c.message.signed(c.transit.hops.clone(), Vec::new(), chain)),
                 attempt: copy.attempt(),
                 agency: self.node.config.agency.to_string(),
                 unit: self.mailbox.wire_name().to_owned(),
@@ -92,6 +121,7 @@ pub(super) async fn run(
         to: conn.name.clone(),
         mailbox,
         settled,
+        resumed: Notify::new(),
     });
     let mut tasks = JoinSet::new();
     // Bounded by the analytical window: a slot is taken before a copy is sent here.
@@ -141,35 +171,61 @@ impl Sink for ClientSink {
         while self.tasks.try_join_next().is_some() {}
         true
     }
+
+    async fn resumed(&self) {
+        self.consumer.resumed.notified().await
+    }
 }
 
-/// Delivers one time-sensitive copy on a stream of its own and waits for its `Ack`.
+/// Delivers one time-sensitive copy on a stream of its own and waits for its `Ack`: within the
+/// alert deadline, or the copy goes back as [`Outcome::Late`] while this task waits on (up to
+/// the ack timeout) for the reader to show it is alive after all.
 async fn deliver_alert(c: Arc<Consumer>, copy: InFlight, ticket: Ticket) {
     let id = copy.copy().id();
-    let timeout = c.node.config.limits.ack_timeout;
-    let result = tokio::time::timeout(timeout, async {
-        let (mut send, recv) = c.conn.open_bi().await.map_err(|e| e.to_string())?;
-        let _ = send.set_priority(copy.precedence().stream_priority());
-        frame::write(&mut send, &c.deliver_frame(&copy))
+    let limits = &c.node.config.limits;
+    let deadline = tokio::time::Instant::now() + limits.alert_ack_timeout.min(limits.ack_timeout);
+    let (mut send, recv) = match tokio::time::timeout_at(deadline, c.conn.open_bi()).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            let reason = format!("{}: delivery failed: {e}", c.to);
+            return c
+                .settle(copy, ticket, c.failed(Outcome::Failed(reason)))
+                .await;
+        }
+        // The client holds every stream it allows: it is not reading.
+        Err(_) => return c.settle(copy, ticket, c.failed(Outcome::Late)).await,
+    };
+    let _ = send.set_priority(copy.precedence().stream_priority());
+    let mut reader = FrameReader::new(recv, CONTROL_FRAME_LIMIT);
+    let acked = async {
+        frame::write(&mut send, &c.deliver_frame(&copy, None))
             .await
             .map_err(|e| e.to_string())?;
         c.node.ledger.delivered(&copy, &c.to);
-        let mut reader = FrameReader::new(recv, CONTROL_FRAME_LIMIT);
-        match reader.read().await.map_err(|e| e.to_string())?.body {
-            Some(Body::Ack(a)) if a.message_id.as_ref() == id.as_bytes() => Ok(()),
-            other => Err(format!("expected Ack for {id}, got {other:?}")),
-        }
-    })
-    .await;
-    let outcome = match result {
-        Ok(Ok(())) => Outcome::Done,
-        Err(_) => c.failed(Outcome::TimedOut),
-        Ok(Err(reason)) => c.failed(Outcome::Failed(format!(
-            "{}: delivery failed: {reason}",
-            c.to
-        ))),
+        read_ack(&mut reader, id).await
     };
-    c.settle(copy, ticket, outcome).await;
+    let outcome = match tokio::time::timeout_at(deadline, acked).await {
+        Ok(Ok(())) => Outcome::Done,
+        Ok(Err(reason)) => Outcome::Failed(format!("{}: delivery failed: {reason}", c.to)),
+        Err(_) => {
+            c.settle(copy, ticket, c.failed(Outcome::Late)).await;
+            // A late acknowledgement: the reader is slow, not gone.
+            let rest = limits.ack_timeout.saturating_sub(limits.alert_ack_timeout);
+            if let Ok(Ok(())) = tokio::time::timeout(rest, read_ack(&mut reader, id)).await {
+                c.resumed.notify_one();
+            }
+            return;
+        }
+    };
+    c.settle(copy, ticket, c.failed(outcome)).await;
+}
+
+/// Reads the `Ack` of `id` from an alert's stream.
+async fn read_ack(reader: &mut FrameReader, id: MessageId) -> Result<(), String> {
+    match reader.read().await.map_err(|e| e.to_string())?.body {
+        Some(Body::Ack(a)) if a.message_id.as_ref() == id.as_bytes() => Ok(()),
+        other => Err(format!("expected Ack for {id}, got {other:?}")),
+    }
 }
 
 /// Analytical copies written and waiting for their `Ack`, by message id.
@@ -179,6 +235,8 @@ type Pending = Arc<Mutex<HashMap<MessageId, (InFlight, Ticket, Instant)>>>;
 /// a failure).
 async fn analytical_writer(c: Arc<Consumer>, mut rx: mpsc::Receiver<(InFlight, Ticket)>) {
     let mut stream: Option<(SendStream, Pending)> = None;
+    // The signers whose chain the current stream carried.
+    let mut chains = SentChains::default();
     // The ack reader and the ack-timeout checker of each stream; aborted with this task.
     let mut helpers = JoinSet::new();
     while let Some(first) = rx.recv().await {
@@ -190,6 +248,7 @@ async fn analytical_writer(c: Arc<Consumer>, mut rx: mpsc::Receiver<(InFlight, T
                     helpers.spawn(read_acks(c.clone(), recv, pending.clone()));
                     helpers.spawn(expire_unacked(c.clone(), pending.clone()));
                     stream = Some((send, pending));
+                    chains = SentChains::default();
                 }
                 Err(_) => {
                     c.settle(first.0, first.1, Outcome::Lost).await;
@@ -211,7 +270,7 @@ async fn analytical_writer(c: Arc<Consumer>, mut rx: mpsc::Receiver<(InFlight, T
         let mut buf = bytes::BytesMut::new();
         let mut ids = Vec::with_capacity(batch.len());
         for (copy, _) in &batch {
-            frame::encode_into(&c.deliver_frame(copy), &mut buf);
+            frame::encode_into(&c.deliver_frame(copy, Some(&chains)), &mut buf);
             c.node.ledger.delivered(copy, &c.to);
             ids.push(copy.copy().id());
         }

@@ -15,6 +15,9 @@ use tokio::sync::broadcast;
 use crate::message::{MessageId, Precedence};
 use crate::wire::pb::RefusalCode;
 
+/// Longest reason an event keeps, in bytes; longer ones are cut and marked.
+pub const REASON_LIMIT: usize = 512;
+
 /// Something that happened to a message or a connection.
 ///
 /// Every event is also written as a `tracing` record under target `enlace::event`; observers
@@ -72,6 +75,32 @@ pub enum Event {
         precedence: Precedence,
         /// How many destinations it was routed to: local mailboxes plus peer outboxes.
         destinations: usize,
+    },
+    /// An authorized connection ended: closed by either side, timed out, or closed by the node
+    /// (revoked certificate, too many bad frames).
+    Disconnected {
+        /// The other side's address.
+        remote: SocketAddr,
+        /// Who it was.
+        who: String,
+        /// Why it ended.
+        reason: String,
+    },
+    /// The node reloaded part of its configuration (`what`: `tls` for its certificate, key,
+    /// trust bundle and CRLs).
+    Reloaded {
+        /// What was reloaded.
+        what: String,
+        /// Why, and what changed.
+        detail: String,
+    },
+    /// A message the node had already taken arrived again with the same bytes (a client's
+    /// resubmission, a peer's resend over a new link): answered `Accepted`, not queued again.
+    Duplicate {
+        /// The message id.
+        id: MessageId,
+        /// Who handed it over, as in [`Event::Accepted`].
+        from: String,
     },
     /// A message (or a frame that may have been one) was refused.
     Refused {
@@ -220,6 +249,30 @@ pub struct Events {
     tx: broadcast::Sender<Event>,
 }
 
+impl Event {
+    fn cut_reasons(&mut self) {
+        let reason = match self {
+            Event::ConnectionRefused { reason, .. }
+            | Event::Disconnected { reason, .. }
+            | Event::Refused { reason, .. }
+            | Event::ForwardRefused { reason, .. }
+            | Event::DeadLettered { reason, .. }
+            | Event::Returned { reason, .. }
+            | Event::Purged { reason, .. } => reason,
+            _ => return,
+        };
+        if reason.len() > REASON_LIMIT {
+            let cut = (0..=REASON_LIMIT)
+                .rev()
+                .find(|&i| reason.is_char_boundary(i))
+                .unwrap_or(0);
+            let total = reason.len();
+            reason.truncate(cut);
+            reason.push_str(&format!("… ({total} bytes)"));
+        }
+    }
+}
+
 impl Events {
     pub(crate) fn new(node: &str) -> Events {
         Events {
@@ -233,8 +286,10 @@ impl Events {
         self.tx.subscribe()
     }
 
-    /// Records an event.
-    pub(crate) fn record(&self, e: Event) {
+    /// Records an event. Reasons longer than [`REASON_LIMIT`] bytes are cut first: they may
+    /// quote what a sender sent.
+    pub(crate) fn record(&self, mut e: Event) {
+        e.cut_reasons();
         let node = self.node.as_str();
         match &e {
             Event::Connected { remote, who } => {
@@ -257,6 +312,20 @@ impl Events {
                 target: "enlace::event", node, event = "accepted", %id, %from,
                 %precedence, destinations
             ),
+            Event::Disconnected {
+                remote,
+                who,
+                reason,
+            } => tracing::info!(
+                target: "enlace::event", node, event = "disconnected", %remote, %who,
+                %reason
+            ),
+            Event::Reloaded { what, detail } => {
+                tracing::info!(target: "enlace::event", node, event = "reloaded", %what, %detail)
+            }
+            Event::Duplicate { id, from } => {
+                tracing::info!(target: "enlace::event", node, event = "duplicate", %id, %from)
+            }
             Event::Refused {
                 id,
                 from,

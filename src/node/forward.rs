@@ -28,12 +28,36 @@ use crate::error::SubmitError;
 use crate::message::Precedence;
 use crate::pipeline::{Answer, DEFAULT_WINDOW_BYTES, Pipeline};
 use crate::session;
+use crate::signers::SentChains;
 use crate::wire::pb;
 
-/// What a peer's answer to a forward means for the copy.
+/// What a peer's answer to a forward means for `copy`; a peer that asks for the signer's chain
+/// gets it with the next copy of that signer.
+fn answered(
+    answer: Result<pb::Accepted, SubmitError>,
+    copy: &InFlight,
+    chains: &SentChains,
+) -> Outcome {
+    if let Err(SubmitError::Refused {
+        code: pb::RefusalCode::ChainNeeded,
+        ..
+    }) = &answer
+        && let Some(s) = &copy.copy().message.signature
+    {
+        chains.forget(&s.signer_certificate_sha256);
+    }
+    outcome(answer)
+}
+
+/// What a peer's answer to a forward means for the copy. One that asks for the signer's chain
+/// gets the copy again at once (with the chain, see [`answered`]).
 fn outcome(answer: Result<pb::Accepted, SubmitError>) -> Outcome {
     match answer {
         Ok(_) => Outcome::Done,
+        Err(SubmitError::Refused {
+            code: pb::RefusalCode::ChainNeeded,
+            ..
+        }) => Outcome::Busy(Some(std::time::Duration::ZERO)),
         Err(SubmitError::Refused {
             code, retry_after, ..
         }) if crate::refusal::is_busy(code) => Outcome::Busy(retry_after),
@@ -43,15 +67,31 @@ fn outcome(answer: Result<pb::Accepted, SubmitError>) -> Outcome {
     }
 }
 
-/// The copy to forward: the originator's envelope with this node's hop record appended.
-fn with_hop(node: &Node, copy: &InFlight) -> pb::SignedEnvelope {
+/// The copy to forward: the originator's envelope with this node's hop record appended, and the
+/// signer's chain unless `sent` (the chains this connection's analytical stream carried; the
+/// peer caches every chain it verified) has it. Alerts, each on a stream of their own, always
+/// carry it.
+fn with_hop(node: &Node, copy: &InFlight, sent: Option<&SentChains>) -> pb::SignedEnvelope {
     let c = copy.copy();
     let mut hops = c.transit.hops.clone();
     hops.push(
         node.ledger
             .hop_record(c.received_at, Some(SystemTime::now())),
     );
-    c.message.signed(hops, c.transit.route_to.clone())
+    let signer = c
+        .message
+        .signature
+        .as_ref()
+        .map(|s| &s.signer_certificate_sha256[..]);
+    let with_chain = match (sent, signer) {
+        (Some(sent), Some(h)) => sent.needs(h),
+        _ => true,
+    };
+    let chain: &[bytes::Bytes] = match with_chain {
+        true => &c.transit.signer_chain,
+        false => &[],
+    };
+    c.message.signed(hops, c.transit.route_to.clone(), chain)
 }
 
 /// Forwards `outbox` to `peer` over `conn` until the connection ends.
@@ -65,11 +105,14 @@ pub(super) async fn run(node: Arc<Node>, conn: Connection, peer: String, outbox:
         None,
     );
     let (analytical, rx) = mpsc::channel(PEER_WINDOWS.analytical);
+    // Chains sent on this connection: a new connection sends them again.
+    let chains = Arc::new(SentChains::default());
     let writer = tokio::spawn(forward_analytical(
         node.clone(),
         pipeline,
         rx,
         settled.clone(),
+        chains.clone(),
     ));
     let mut sink = PeerSink {
         node: node.clone(),
@@ -77,6 +120,7 @@ pub(super) async fn run(node: Arc<Node>, conn: Connection, peer: String, outbox:
         settled,
         held: VecDeque::new(),
         analytical,
+        chains,
     };
     let dispatcher = Dispatcher::new(PEER_WINDOWS, node.retry, true);
     consume::run(
@@ -102,18 +146,21 @@ struct PeerSink {
     /// Analytical copies taken, waiting for the alerts taken before them to be answered.
     held: VecDeque<(InFlight, Ticket)>,
     analytical: mpsc::Sender<(InFlight, Ticket)>,
+    chains: Arc<SentChains>,
 }
 
 impl Sink for PeerSink {
     async fn send(&mut self, copy: InFlight, ticket: Ticket) -> bool {
         match ticket.slot {
             Slot::Alert => {
-                let signed = with_hop(&self.node, &copy);
+                let signed = with_hop(&self.node, &copy, None);
                 let (conn, settled) = (self.conn.clone(), self.settled.clone());
+                let chains = self.chains.clone();
                 tokio::spawn(async move {
                     let priority = copy.precedence().stream_priority();
                     let answer = session::submit(&conn, signed, priority).await;
-                    let _ = settled.send((copy, ticket, outcome(answer))).await;
+                    let outcome = answered(answer, &copy, &chains);
+                    let _ = settled.send((copy, ticket, outcome)).await;
                 });
             }
             Slot::Analytical => self.held.push_back((copy, ticket)),
@@ -144,6 +191,7 @@ async fn forward_analytical(
     pipeline: Pipeline,
     mut rx: mpsc::Receiver<(InFlight, Ticket)>,
     settled: mpsc::Sender<Settled>,
+    chains: Arc<SentChains>,
 ) {
     let mut answers: VecDeque<(InFlight, Ticket, Answer)> = VecDeque::new();
     loop {
@@ -157,17 +205,19 @@ async fn forward_analytical(
             biased;
             answer = oldest => {
                 let (copy, ticket, _) = answers.pop_front().expect("an answer came for it");
-                if settled.send((copy, ticket, outcome(answer))).await.is_err() {
+                let outcome = answered(answer, &copy, &chains);
+                if settled.send((copy, ticket, outcome)).await.is_err() {
                     return;
                 }
             }
             next = rx.recv() => {
                 let Some((copy, ticket)) = next else { break };
-                let signed = with_hop(&node, &copy);
+                let signed = with_hop(&node, &copy, Some(&chains));
                 match pipeline.hand_over(signed).await {
                     Ok(answer) => answers.push_back((copy, ticket, answer)),
                     Err(e) => {
-                        let _ = settled.send((copy, ticket, outcome(Err(e)))).await;
+                        let outcome = answered(Err(e), &copy, &chains);
+                        let _ = settled.send((copy, ticket, outcome)).await;
                     }
                 }
             }
@@ -194,6 +244,11 @@ mod tests {
                 retry_after,
             })
         };
+        // The peer lost the signer's chain: again at once (with it).
+        assert_eq!(
+            outcome(refused(RefusalCode::ChainNeeded, None)),
+            Outcome::Busy(Some(Duration::ZERO))
+        );
         let wait = Some(Duration::from_millis(250));
         assert_eq!(
             outcome(refused(RefusalCode::QueueFull, wait)),

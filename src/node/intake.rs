@@ -35,18 +35,68 @@ impl Node {
             message,
             hops,
             route_to,
+            signer_chain,
         } = admitted;
+        self.check_responder(&message)?;
         let plan = self.plan(&message, &hops, from_peer.then_some(&route_to[..]))?;
-        self.ledger
+        // Who may answer a message of this node's own clients.
+        let addressed = (!from_peer && message.originator.client.is_some()).then(|| {
+            let mut agencies: Vec<AgencyId> =
+                plan.peers.iter().flat_map(|p| p.agencies.clone()).collect();
+            if !plan.local.is_empty() {
+                agencies.push(self.config.agency.clone());
+            }
+            (message.id, agencies)
+        });
+        let accepted = self
+            .ledger
             .take(Taking {
                 message,
                 hops,
+                signer_chain,
                 plan,
                 from,
                 from_peer,
                 now,
             })
-            .await
+            .await?;
+        if let Some((id, agencies)) = addressed {
+            self.responders
+                .lock()
+                .expect("responders lock poisoned")
+                .remember(id, agencies);
+        }
+        Ok(accepted)
+    }
+
+    /// A business response is admitted only from a client of an agency the message it answers
+    /// was addressed to, as far as this node knows (it knows the messages its own clients sent;
+    /// see [`crate::respond::Responders`]).
+    fn check_responder(&self, message: &Message) -> Result<(), Refusal> {
+        let Some(r) = crate::receipt::business_response(message) else {
+            return Ok(());
+        };
+        let Some(id) = crate::message::MessageId::from_slice(&r.message_id) else {
+            return Err(Refusal::invalid(
+                "the business response does not name a valid message id",
+            ));
+        };
+        let agency = &message.originator.agency;
+        let known = self
+            .responders
+            .lock()
+            .expect("responders lock poisoned")
+            .may_respond(&id, agency);
+        match known {
+            Some(false) => Err(Refusal::new(
+                pb::RefusalCode::Unauthorized,
+                format!(
+                    "a business response to message {id} from agency {agency}, which that \
+                     message was not addressed to"
+                ),
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// Routes this node's own messages (receipts, reports, fresh ids) and has the ledger take
@@ -54,6 +104,7 @@ impl Node {
     pub async fn take_own(
         &self,
         messages: Vec<Arc<Message>>,
+        signer_chain: &Arc<[bytes::Bytes]>,
         from: &str,
         now: SystemTime,
     ) -> Vec<Result<pb::Accepted, Refusal>> {
@@ -68,6 +119,7 @@ impl Node {
                     takings.push(Taking {
                         message,
                         hops: Vec::new(),
+                        signer_chain: signer_chain.clone(),
                         plan,
                         from,
                         from_peer: false,

@@ -35,6 +35,7 @@ use tokio::sync::{Notify, mpsc};
 
 use super::events::{Event, Events};
 use crate::address::Mailbox;
+use crate::dedup::Ids;
 use crate::dispatch::{Action, Dispatcher, Next};
 use crate::identity::AgencyId;
 use crate::lanes::Entry;
@@ -95,6 +96,8 @@ pub(crate) struct Taking<'a> {
     pub message: Arc<Message>,
     /// Hop records as received (this node's own is added here).
     pub hops: Vec<pb::HopRecord>,
+    /// The signer's certificate chain, carried with every copy.
+    pub signer_chain: Arc<[bytes::Bytes]>,
     pub plan: Plan,
     /// Who handed it over, for the event: a client, a peer node, or this node.
     pub from: &'a str,
@@ -173,6 +176,10 @@ struct Inner {
     failed: OnceLock<String>,
     /// Woken when the store fails: the node then stops, so that a supervisor restarts it.
     fatal: Notify,
+    /// Message ids taken and being taken, for duplicate detection (see [`crate::dedup`]).
+    ids: Mutex<Ids>,
+    /// Woken whenever a claim on an id is settled.
+    ids_settled: Notify,
 }
 
 impl Ledger {
@@ -183,6 +190,7 @@ impl Ledger {
         agency: &AgencyId,
         peers: impl Iterator<Item = String>,
         capacity: usize,
+        dedup_ids: usize,
         store: Store,
         events: Events,
     ) -> (Ledger, mpsc::Receiver<Notice>) {
@@ -208,6 +216,8 @@ impl Ledger {
             recorded: Notify::new(),
             failed: OnceLock::new(),
             fatal: Notify::new(),
+            ids: Mutex::new(Ids::new(dedup_ids)),
+            ids_settled: Notify::new(),
         };
         (Ledger(Arc::new(inner)), rx)
     }
@@ -230,6 +240,59 @@ impl Ledger {
         let q = Queue::new(id, &self.0.agency, self.0.capacity);
         all.insert(m.clone(), q.clone());
         Some(q)
+    }
+
+    /// The mailboxes of `wanted`, for a message of precedence `p`: existing ones must have room
+    /// for it, and missing ones are created only if all of them fit in [`MAX_MAILBOXES`], so a
+    /// refused message creates none.
+    ///
+    /// # Errors
+    /// `QUEUE_FULL` naming the full mailbox, or `UNKNOWN_RECIPIENT` when the table is full.
+    pub(crate) fn mailboxes_for(
+        &self,
+        wanted: &[Mailbox],
+        p: Precedence,
+    ) -> Result<Vec<Arc<Queue>>, Refusal> {
+        let mut all = self.0.mailboxes.lock().expect("mailbox map lock poisoned");
+        let missing = wanted.iter().filter(|m| !all.contains_key(m)).count();
+        if all.len() + missing > MAX_MAILBOXES {
+            return Err(Refusal::new(
+                RefusalCode::UnknownRecipient,
+                format!(
+                    "this node keeps at most {MAX_MAILBOXES} unit mailboxes and has no room \
+                     for {missing} more"
+                ),
+            ));
+        }
+        if let Some(full) = wanted
+            .iter()
+            .filter_map(|m| all.get(m))
+            .find(|q| !q.has_room(p))
+        {
+            return Err(Refusal::new(
+                RefusalCode::QueueFull,
+                format!("{} is full; retry later", full.name()),
+            ));
+        }
+        Ok(wanted
+            .iter()
+            .map(|m| {
+                all.entry(m.clone())
+                    .or_insert_with(|| {
+                        Queue::new(QueueId::Mailbox(m.clone()), &self.0.agency, self.0.capacity)
+                    })
+                    .clone()
+            })
+            .collect())
+    }
+
+    /// Drops the mailboxes nobody uses: empty, without dead letters, and held by nothing but
+    /// the table (no reader, no copy in flight, no message being taken). The next message or
+    /// reader creates them again.
+    fn drop_unused_mailboxes(&self) {
+        let mut all = self.0.mailboxes.lock().expect("mailbox map lock poisoned");
+        // With the table locked, nobody can take another reference to a mailbox.
+        all.retain(|_, q| Arc::strong_count(q) > 1 || !q.is_empty() || q.has_dead_letters());
     }
 
     /// The outbox toward peer node `peer`.
@@ -456,6 +519,8 @@ impl Ledger {
 
     /// Expires every copy past its expiry, wherever it waits (the sweeper's round).
     pub fn sweep(&self, now: SystemTime) {
+        self.0.ids.lock().expect("ids lock poisoned").expire(now);
+        self.drop_unused_mailboxes();
         for q in self.queues() {
             let expired = q.drain_expired(now);
             if !expired.is_empty() {

@@ -19,10 +19,9 @@ use rustls_pki_types::CertificateDer;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::conn::Conn;
 use super::links::{Change, Links};
+use super::server;
 use super::state::Node;
-use super::streams;
 use crate::config::Peer;
 use crate::error::ConnectError;
 use crate::identity::{self, Role};
@@ -248,7 +247,8 @@ async fn connect(
     peer: &Peer,
 ) -> Result<Connection, ConnectError> {
     let config = tls::quic_client_config(
-        node.tls
+        node.own()
+            .tls
             .client_config()
             .map_err(|e| ConnectError::Handshake(e.to_string()))?,
     )
@@ -284,8 +284,18 @@ async fn connect(
             peer.address, peer.agency, peer.node
         )));
     }
+    let registered = node
+        .registry
+        .register(&cert, &chain, &conn)
+        .inspect_err(|r| conn.close(0u32.into(), r.reason.as_bytes()))
+        .map_err(|r| ConnectError::WrongPeer(r.reason))?;
+    // Its chain was verified by the handshake: what it signs can be checked here.
+    node.signers.trusted(cert.clone(), (*chain).clone());
     // The peer submits to us on this connection too.
-    tokio::spawn(streams::serve(node.clone(), Conn::new(conn.clone(), cert)));
+    tokio::spawn({
+        let (node, conn) = (node.clone(), conn.clone());
+        async move { server::serve_authorized(node, conn, cert, &chain, registered).await }
+    });
     // Keep the control stream open for the life of the link.
     let control = session.control;
     tokio::spawn({

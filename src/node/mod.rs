@@ -31,10 +31,12 @@ mod link;
 mod links;
 mod operator;
 mod receipts;
+mod registry;
 mod runtime;
 mod server;
 mod state;
 mod streams;
+mod trust;
 
 pub use events::Event;
 pub use links::{LinkState, LinkStatus};

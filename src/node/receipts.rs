@@ -33,7 +33,6 @@ use crate::message::{Message, MessageId, Originator, Precedence, Status, rfc3339
 use crate::receipt::{self, precedence_for};
 use crate::refusal::Refusal;
 use crate::respond::{Answer, Deadlines};
-use crate::signature::Signer;
 use crate::wire::pb;
 
 /// The most respond-by deadlines a node tracks at once; beyond it, a message gets no overdue
@@ -67,14 +66,13 @@ struct Outgoing {
 
 struct Worker {
     node: Arc<Node>,
-    signer: Signer,
     /// This node, as the originator of its SYSTEM messages.
     me: Originator,
     deadlines: Deadlines<Awaited>,
 }
 
 /// Runs the receipts worker until the ledger is gone.
-pub(super) async fn run(node: Arc<Node>, signer: Signer, mut notices: mpsc::Receiver<Notice>) {
+pub(super) async fn run(node: Arc<Node>, mut notices: mpsc::Receiver<Notice>) {
     let me = Originator {
         agency: node.config.agency.clone(),
         node: node.config.name.clone(),
@@ -82,7 +80,6 @@ pub(super) async fn run(node: Arc<Node>, signer: Signer, mut notices: mpsc::Rece
     };
     let mut w = Worker {
         node,
-        signer,
         me,
         deadlines: Deadlines::new(MAX_DEADLINES),
     };
@@ -346,7 +343,9 @@ impl Worker {
             .map(|o| Bytes::from(o.envelope.encode_to_vec()))
             .collect();
         let refs: Vec<&[u8]> = bytes.iter().map(|b| b.as_ref()).collect();
-        let signatures = self.signer.sign_batch(&refs);
+        // The key and chain in force (they change when the node's certificate rotates).
+        let own = self.node.own();
+        let signatures = own.signer.sign_batch(&refs);
         let mut messages = Vec::with_capacity(out.len());
         let mut what = Vec::with_capacity(out.len());
         for ((o, bytes), signature) in out.into_iter().zip(bytes).zip(signatures) {
@@ -362,7 +361,8 @@ impl Worker {
         }
         let from = self.node.own_name();
         let ids: Vec<MessageId> = messages.iter().map(|m| m.id).collect();
-        let answers = self.node.take_own(messages, &from, SystemTime::now()).await;
+        let now = SystemTime::now();
+        let answers = self.node.take_own(messages, &own.chain, &from, now).await;
         for ((answer, id), what) in answers.into_iter().zip(ids).zip(what) {
             if let Err(r) = answer {
                 let reason = format!("{what} not queued: {}", r.reason);

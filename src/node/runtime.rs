@@ -10,24 +10,23 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
 use quinn::Connection;
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinSet;
 
 use super::events::{Event, Events};
 use super::ledger::{Ledger, Notice};
 use super::links::{LinkStatus, Links};
 use super::state::Node;
-use super::{link, receipts, server};
+use super::{link, receipts, server, trust};
 use crate::config::Config;
 use crate::dispatch::RetryPolicy;
-use crate::identity::{self, PeerCert};
-use crate::signature::Signer;
+use crate::signers::Signers;
 use crate::store::{Store, StoreError, StoreOptions};
-use crate::tls::{self, TlsError, TlsMaterial};
+use crate::tls::{self, TlsError};
 
 /// Why a node could not start or stopped abnormally.
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +62,9 @@ pub struct RunningNode {
     pub addr: SocketAddr,
     events: Events,
     links: Arc<Links>,
+    reload: Arc<Notify>,
+    /// The node-wide budget of bytes in frames being received or processed.
+    frame_budget: (Arc<tokio::sync::Semaphore>, u64),
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -77,6 +79,20 @@ impl RunningNode {
     /// Every peer link's state and counters, by peer name.
     pub fn links(&self) -> Vec<LinkStatus> {
         self.links.snapshot()
+    }
+
+    /// Bytes of frames being received or processed right now, all connections together: what
+    /// `limits.node_frame_bytes` bounds (each frame's declared length is taken from the budget
+    /// before its body is read).
+    pub fn frame_bytes_held(&self) -> u64 {
+        let (budget, total) = &self.frame_budget;
+        total.saturating_sub(budget.available_permits() as u64)
+    }
+
+    /// Reloads the node's TLS material (CRLs, certificate and key), as SIGHUP does; the outcome
+    /// is an [`Event::Reloaded`] (or an error in the log, the old material staying in force).
+    pub fn reload(&self) {
+        self.reload.notify_one();
     }
 
     /// Stops the node gracefully and waits for it.
@@ -101,6 +117,11 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         .map_err(|e| NodeError::Tls(TlsError::Verifier(e.to_string())))?;
     let events = bound.node.events().clone();
     let links = bound.node.links.clone();
+    let reload = bound.reload.clone();
+    let frame_budget = (
+        bound.node.frame_budget.clone(),
+        bound.node.config.limits.node_frame_bytes,
+    );
     let task = tokio::spawn(serve(bound, async {
         let _ = rx.await;
     }));
@@ -108,6 +129,8 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         addr,
         events,
         links,
+        reload,
+        frame_budget,
         stop: Some(tx),
         task,
     })
@@ -139,37 +162,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
 }
 
 /// Loads the node's TLS material and checks its certificate against the config, without binding
-/// anything (`enlaced --check-config`).
+/// anything (`enlaced --check-config`). Returns what an operator should know: no CRLs (so
+/// revocation is not checked), CRLs past their nextUpdate, certificates expiring within 30 days.
 ///
 /// # Errors
 /// [`NodeError::Tls`] for unreadable material, [`NodeError::OwnCertificate`] for a certificate
 /// of another node or a key that does not match it.
-pub fn check(config: &Config) -> Result<(), NodeError> {
-    own_identity(config).map(|_| ())
-}
-
-/// The node's TLS material and its identity, checked against the config.
-fn own_identity(config: &Config) -> Result<(TlsMaterial, PeerCert), NodeError> {
-    let tls = TlsMaterial::load(
-        &config.tls.cert,
-        &config.tls.key,
-        &config.tls.ca,
-        &config.tls.crls,
-    )?;
-    let me = identity::from_certificate(&tls.chain[0], &config.trust_domain)
-        .map_err(|e| NodeError::OwnCertificate(e.to_string()))?;
-    if me.identity.role != identity::Role::Node
-        || me.identity.agency != config.agency
-        || me.identity.name != config.name
-    {
-        return Err(NodeError::OwnCertificate(format!(
-            "certificate is {} but the config says node {}/{}",
-            me.identity, config.agency, config.name
-        )));
-    }
-    // Building the server config also checks that the key matches the certificate.
-    tls.server_config()?;
-    Ok((tls, me))
+pub fn check(config: &Config) -> Result<Vec<String>, NodeError> {
+    let own = trust::load(config)?;
+    Ok(trust::warnings(config, &own.tls, SystemTime::now()))
 }
 
 /// A node ready to serve: its state, its socket, and what its tasks start from.
@@ -179,13 +180,16 @@ struct Bound {
     /// The receiving end of each peer's link inbox, by peer name.
     link_rx: HashMap<String, mpsc::Receiver<Connection>>,
     notices: mpsc::Receiver<Notice>,
-    signer: Signer,
+    reload: Arc<Notify>,
 }
 
 /// Checks the config's TLS material, opens the store, rebuilds the queues and binds the socket.
 fn bind(config: Config) -> Result<Bound, NodeError> {
-    let (tls, me) = own_identity(&config)?;
-    let server = tls::quic_server_config(tls.server_config()?)?;
+    let own = trust::load(&config)?;
+    for w in trust::warnings(&config, &own.tls, SystemTime::now()) {
+        tracing::warn!(node = %config.name, "{w}");
+    }
+    let server = tls::quic_server_config(own.tls.server_config()?)?;
     let endpoint = tls::endpoint(config.listen, Some(server))?;
     let events = Events::new(&config.name);
     let mut link_inbox = HashMap::new();
@@ -196,8 +200,6 @@ fn bind(config: Config) -> Result<Bound, NodeError> {
         link_rx.insert(name.clone(), rx);
     }
     let links = Arc::new(Links::new(events.clone(), config.peers.keys().cloned()));
-    let signer = Signer::from_pkcs8(tls.key_der(), tls.leaf_sha256())
-        .map_err(|e| NodeError::OwnCertificate(e.to_string()))?;
     let retry = RetryPolicy {
         max_attempts: config.limits.max_delivery_attempts,
         ..RetryPolicy::default()
@@ -209,27 +211,22 @@ fn bind(config: Config) -> Result<Bound, NodeError> {
         &config.agency,
         config.peers.keys().cloned(),
         config.limits.queue_capacity,
+        config.limits.dedup_ids,
         store,
         events,
     );
     ledger.recover(recovered);
-    let node = Arc::new(Node {
-        config,
-        me,
-        tls,
-        ledger,
-        links,
-        link_inbox,
-        verified: Default::default(),
-        retry,
-        shutting_down: AtomicBool::new(false),
-    });
+    let signers = Signers::new(own.tls.signer_verifier()?, &config.trust_domain);
+    signers.trusted(own.me.clone(), own.tls.chain.clone());
+    let node = Arc::new(Node::new(
+        config, own, ledger, links, link_inbox, signers, retry,
+    ));
     Ok(Bound {
         node,
         endpoint,
         link_rx,
         notices,
-        signer,
+        reload: Arc::new(Notify::new()),
     })
 }
 
@@ -239,7 +236,7 @@ async fn serve(bound: Bound, shutdown: impl Future<Output = ()>) {
         endpoint,
         mut link_rx,
         notices,
-        signer,
+        reload,
     } = bound;
     tracing::info!(
         node = %node.config.name,
@@ -255,7 +252,8 @@ async fn serve(bound: Bound, shutdown: impl Future<Output = ()>) {
             tasks.spawn(link::run(node.clone(), endpoint, peer.clone(), rx));
         }
     }
-    tasks.spawn(receipts::run(node.clone(), signer, notices));
+    tasks.spawn(receipts::run(node.clone(), notices));
+    tasks.spawn(trust::watch(node.clone(), endpoint.clone(), reload));
     let sweeper = node.clone();
     tasks.spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));

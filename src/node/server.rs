@@ -14,6 +14,7 @@ use rustls_pki_types::CertificateDer;
 
 use super::conn::Conn;
 use super::events::Event;
+use super::registry::Registered;
 use super::state::Node;
 use super::streams;
 use crate::identity::{self, PeerCert, Role};
@@ -57,7 +58,7 @@ async fn handle(node: Arc<Node>, incoming: quinn::Incoming) {
             return;
         }
     };
-    let who = match peer_cert(&conn, &node.config.trust_domain) {
+    let (who, chain) = match peer_cert(&node, &conn) {
         Ok(w) => w,
         Err(reason) => {
             return refuse_connection(&node, &conn, None, None, unauthorized(reason)).await;
@@ -84,9 +85,17 @@ async fn handle(node: Arc<Node>, incoming: quinn::Incoming) {
         Ok(a) => a,
         Err(r) => return refuse_connection(&node, &conn, Some(&who), Some(send), r).await,
     };
+    let registered = match node.registry.register(&who, &chain, &conn) {
+        Ok(r) => r,
+        Err(r) => return refuse_connection(&node, &conn, Some(&who), Some(send), r).await,
+    };
+    if auth == Authorized::Client {
+        // Fewer streams for clients than for peer nodes.
+        conn.set_max_concurrent_bi_streams(node.config.limits.client_streams.into());
+    }
     let welcome = pb::Welcome {
         protocol_version: crate::wire::PROTOCOL_VERSION,
-        node: Some(peer_identity(&node.me)),
+        node: Some(peer_identity(&node.own().me)),
         you: Some(peer_identity(&who)),
         max_frame_bytes: node.config.limits.max_frame_bytes,
     };
@@ -114,7 +123,36 @@ async fn handle(node: Arc<Node>, incoming: quinn::Incoming) {
         );
         return;
     }
-    streams::serve(node, Conn::new(conn, who)).await;
+    serve_authorized(node, conn, who, &chain, registered).await;
+}
+
+/// Serves an authorized, registered connection's streams until it ends, and records its end.
+pub(super) async fn serve_authorized(
+    node: Arc<Node>,
+    conn: Connection,
+    who: PeerCert,
+    chain: &[CertificateDer<'static>],
+    registered: Registered,
+) {
+    let c = Conn::new(
+        conn.clone(),
+        who,
+        chain,
+        &node.config.limits,
+        registered.closing.clone(),
+    );
+    streams::serve(node.clone(), c.clone()).await;
+    let reason = match (registered.closing.reason(), conn.close_reason()) {
+        (Some(ours), _) => format!("closed by this node: {ours}"),
+        (None, Some(e)) => crate::tls::describe_connection_error(&e),
+        (None, None) => "ended".to_owned(),
+    };
+    node.events().record(Event::Disconnected {
+        remote: conn.remote_address(),
+        who: c.name.clone(),
+        reason,
+    });
+    drop(registered);
 }
 
 async fn read_hello(conn: &Connection) -> Result<(SendStream, RecvStream, pb::Hello), String> {
@@ -160,8 +198,13 @@ async fn refuse_connection(
     conn.close(CLOSE_REFUSED.into(), refusal.reason.as_bytes());
 }
 
-/// Reads the peer's verified certificate chain and derives its identity.
-fn peer_cert(conn: &Connection, trust_domain: &str) -> Result<PeerCert, String> {
+/// Reads the peer's verified certificate chain and derives its identity; the chain is
+/// remembered as a signer's (the handshake verified it), so what this peer signs can be checked
+/// here and handed on.
+fn peer_cert(
+    node: &Node,
+    conn: &Connection,
+) -> Result<(PeerCert, Vec<CertificateDer<'static>>), String> {
     let chain = conn
         .peer_identity()
         .and_then(|a| a.downcast::<Vec<CertificateDer<'static>>>().ok())
@@ -169,7 +212,10 @@ fn peer_cert(conn: &Connection, trust_domain: &str) -> Result<PeerCert, String> 
     let leaf = chain
         .first()
         .ok_or_else(|| "empty certificate chain".to_owned())?;
-    identity::from_certificate(leaf, trust_domain).map_err(|e| e.to_string())
+    let cert =
+        identity::from_certificate(leaf, &node.config.trust_domain).map_err(|e| e.to_string())?;
+    node.signers.trusted(cert.clone(), (*chain).clone());
+    Ok((cert, *chain))
 }
 
 fn peer_identity(p: &PeerCert) -> pb::PeerIdentity {

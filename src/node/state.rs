@@ -5,8 +5,8 @@
 //! that use it.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
 
 use quinn::Connection;
 use tokio::sync::mpsc;
@@ -14,21 +14,21 @@ use tokio::sync::mpsc;
 use super::events::Events;
 use super::ledger::Ledger;
 use super::links::Links;
+use super::registry::Registry;
+use super::trust::Own;
 use crate::config::Config;
 use crate::dispatch::RetryPolicy;
-use crate::identity::PeerCert;
 use crate::refusal::Refusal;
 use crate::signature::VerifiedRoots;
-use crate::tls::TlsMaterial;
+use crate::signers::Signers;
 use crate::validate::NodeContext;
 use crate::wire::pb::RefusalCode;
 
 /// State shared by every task of a running node.
 pub(super) struct Node {
     pub config: Config,
-    /// The node's own certificate identity.
-    pub me: PeerCert,
-    pub tls: TlsMaterial,
+    /// The node's own TLS material, identity and signing key (see `trust`).
+    own: RwLock<Arc<Own>>,
     /// Every copy the node holds, and every change of its fate.
     pub ledger: Ledger,
     /// The state and counters of every peer link.
@@ -37,12 +37,61 @@ pub(super) struct Node {
     pub link_inbox: HashMap<String, mpsc::Sender<Connection>>,
     /// Batch signatures already verified (see `signature`).
     pub verified: VerifiedRoots,
+    /// Originators' certificate chains, verified, by SHA-256 (see `signers`).
+    pub signers: Signers,
     /// Redelivery policy (`limits.max_delivery_attempts`).
     pub retry: RetryPolicy,
+    /// Every live authorized connection (see `registry`).
+    pub registry: Arc<Registry>,
+    /// Bytes of frames all connections together may hold (`limits.node_frame_bytes`).
+    pub frame_budget: Arc<tokio::sync::Semaphore>,
+    /// Who may respond to the messages this node's clients sent (see `respond::Responders`).
+    pub responders: std::sync::Mutex<crate::respond::Responders>,
     pub shutting_down: AtomicBool,
 }
 
 impl Node {
+    /// A node over this state; `own` is its TLS material as loaded at start.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        config: Config,
+        own: Own,
+        ledger: Ledger,
+        links: Arc<Links>,
+        link_inbox: HashMap<String, mpsc::Sender<Connection>>,
+        signers: Signers,
+        retry: RetryPolicy,
+    ) -> Node {
+        Node {
+            registry: Registry::new(config.limits.max_connections_per_certificate),
+            frame_budget: Arc::new(tokio::sync::Semaphore::new(
+                config.limits.node_frame_bytes as usize,
+            )),
+            own: RwLock::new(Arc::new(own)),
+            responders: std::sync::Mutex::new(crate::respond::Responders::new(
+                config.limits.dedup_ids,
+            )),
+            config,
+            ledger,
+            links,
+            link_inbox,
+            verified: VerifiedRoots::default(),
+            signers,
+            retry,
+            shutting_down: AtomicBool::new(false),
+        }
+    }
+
+    /// The node's TLS material, identity and signing key in force.
+    pub fn own(&self) -> Arc<Own> {
+        self.own.read().expect("own material lock poisoned").clone()
+    }
+
+    /// Puts reloaded material in force.
+    pub fn set_own(&self, own: Own) {
+        *self.own.write().expect("own material lock poisoned") = Arc::new(own);
+    }
+
     pub fn events(&self) -> &Events {
         self.ledger.events()
     }
@@ -62,6 +111,7 @@ impl Node {
         NodeContext {
             node: &self.config.name,
             max_hops: self.config.limits.max_hops,
+            max_addressees: self.config.limits.max_addressees,
             verified: &self.verified,
         }
     }

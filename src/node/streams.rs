@@ -52,7 +52,11 @@ pub(super) async fn serve(node: Arc<Node>, conn: Arc<Conn>) {
 async fn stream(node: Arc<Node>, conn: Arc<Conn>, mut send: SendStream, recv: RecvStream) {
     // Peers forward what a client submitted within the limit, plus hop records.
     let max = node.config.limits.max_frame_bytes + if conn.is_peer() { FRAME_SLACK } else { 0 };
-    let mut reader = FrameReader::new(recv, max);
+    let bounds = frame::Bounds {
+        budgets: vec![conn.frame_budget.clone(), node.frame_budget.clone()],
+        deadline: node.config.limits.frame_deadline,
+    };
+    let mut reader = FrameReader::bounded(recv, max, bounds);
     let (tx, mut rx) = tokio::sync::mpsc::channel::<tokio::task::JoinHandle<Body>>(PIPELINE_DEPTH);
     let writer = tokio::spawn(async move {
         let answer = |r: Result<Body, tokio::task::JoinError>| {
@@ -94,10 +98,30 @@ async fn stream(node: Arc<Node>, conn: Arc<Conn>, mut send: SendStream, recv: Re
         let _ = send.finish();
     });
     loop {
-        let (answer, stop) = match reader.read().await {
-            Ok(frame) => {
+        let (answer, stop) = match reader.read_held().await {
+            Ok((frame, held)) => {
+                // A peer sends a signer's chain once per stream, with the first copy; the copies
+                // after it are handled concurrently, so the chain is verified and cached here,
+                // in stream order, before any of them.
+                if conn.is_peer()
+                    && let Some(Body::Submit(pb::Submit {
+                        envelope: Some(signed),
+                    })) = &frame.body
+                    && !signed.signer_chain.is_empty()
+                {
+                    let _ = node.signers.signer_for(
+                        signed.signature.as_ref(),
+                        &signed.signer_chain,
+                        SystemTime::now(),
+                    );
+                }
                 let (node, conn) = (node.clone(), conn.clone());
-                let h = tokio::spawn(async move { answer(&node, &conn, frame).await });
+                let h = tokio::spawn(async move {
+                    let answer = answer(&node, &conn, frame).await;
+                    // The frame's share of the budgets is given back once it is answered.
+                    drop(held);
+                    answer
+                });
                 if tx.send(h).await.is_err() {
                     break;
                 }
@@ -116,6 +140,17 @@ async fn stream(node: Arc<Node>, conn: Arc<Conn>, mut send: SendStream, recv: Re
             }
             Err(e) => (refuse(&node, &conn, frame_refusal(&e), None), true),
         };
+        if conn.bad_frame(node.config.limits.max_bad_frames) {
+            let reason = format!(
+                "{} bad frames (malformed, oversized, truncated or late) on this connection; \
+                 closing it (limits.max_bad_frames)",
+                node.config.limits.max_bad_frames
+            );
+            // The connection's end is recorded, with this reason, where it is served.
+            conn.closing
+                .close(&conn.conn, super::server::CLOSE_REFUSED, reason);
+            break;
+        }
         if tx.send(tokio::spawn(async move { answer })).await.is_err() || stop {
             if stop {
                 let _ = reader.stream().stop(0u32.into());
@@ -133,9 +168,21 @@ fn frame_refusal(e: &FrameError) -> Refusal {
         .unwrap_or_else(|| Refusal::new(RefusalCode::Malformed, e.to_string()))
 }
 
-/// Records a refusal and returns its answer frame.
+/// Records a refusal (within the connection's log rate; see [`Conn::may_log_refusal`]) and
+/// returns its answer frame.
 fn refuse(node: &Node, conn: &Conn, refusal: Refusal, id: Option<MessageId>) -> Body {
-    node.ledger.refused(id, &conn.name, &refusal);
+    match conn.may_log_refusal(&node.config.limits, std::time::Instant::now()) {
+        Some(0) => node.ledger.refused(id, &conn.name, &refusal),
+        Some(suppressed) => {
+            let mut r = refusal.clone();
+            r.reason = format!(
+                "{} ({suppressed} earlier refusals of this connection not logged)",
+                r.reason
+            );
+            node.ledger.refused(id, &conn.name, &r);
+        }
+        None => {}
+    }
     let mut r = refusal.to_pb(id.map(MessageId::to_bytes).unwrap_or_default());
     if refusal.is_busy() {
         r.retry_after_ms = RETRY_AFTER.as_millis() as u64;
@@ -157,6 +204,14 @@ async fn request(
     conn: &Arc<Conn>,
     frame: pb::Frame,
 ) -> Result<Body, (Refusal, Option<MessageId>)> {
+    if conn.closing.revoked() {
+        let r = Refusal::new(
+            RefusalCode::Unauthorized,
+            "this connection's certificate is no longer valid (revoked, or its CA's CRL is \
+             stale); the connection is closing",
+        );
+        return Err((r, None));
+    }
     let signed = match frame.body {
         Some(Body::Submit(pb::Submit {
             envelope: Some(signed),
@@ -193,7 +248,25 @@ async fn request(
         return Err((refusal, None));
     }
     let now = SystemTime::now();
-    let admitted = validate::admit(signed, &conn.who, &node.admission(), now)?;
+    // From a client, the signer is the client itself, its chain the one its handshake
+    // presented; from a peer, the chain the envelope carries, verified here.
+    let signer = match conn.is_peer() {
+        true => Some(
+            node.signers
+                .signer_for(signed.signature.as_ref(), &signed.signer_chain, now),
+        ),
+        false => None,
+    };
+    let cert = match &signer {
+        Some(Ok(s)) => Ok(&s.cert),
+        Some(Err(reason)) => Err(reason.clone()),
+        None => Ok(&conn.who),
+    };
+    let mut admitted = validate::admit(signed, &conn.who, cert, &node.admission(), now)?;
+    admitted.signer_chain = match &signer {
+        Some(Ok(s)) => s.chain_bytes(),
+        _ => conn.chain.clone(),
+    };
     let id = admitted.message.id();
     node.take(admitted, &conn.name, conn.is_peer(), now)
         .await
@@ -203,7 +276,8 @@ async fn request(
 
 /// Starts delivering a mailbox on this connection, if the client may read it.
 fn subscribe(node: &Arc<Node>, conn: &Arc<Conn>, unit: &str) -> Result<Body, Refusal> {
-    let mailbox = policy::may_read(&conn.who.identity, unit)?;
+    let (mailbox, rule) = policy::may_read(&conn.who.identity, unit, &node.config.readers)?;
+    tracing::debug!(who = %conn.name, %mailbox, %rule, "subscription granted");
     let queue = node.ledger.mailbox(&mailbox).ok_or_else(|| {
         Refusal::new(
             RefusalCode::UnknownRecipient,

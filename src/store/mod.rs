@@ -321,7 +321,6 @@ impl Store {
         }
     }
 
-    #[cfg(test)]
     /// Whether a `Put` of this message id into this queue is on disk, durably: true for every
     /// live copy (waiting or dead-lettered) and for finished copies whose `Put` record has not
     /// been reclaimed yet. That window is measured in log, not time: it always covers the newest

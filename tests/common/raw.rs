@@ -298,6 +298,8 @@ pub fn refused(f: pb::Frame) -> pb::Refused {
 pub struct Signer {
     key: Ed25519KeyPair,
     cert_sha256: [u8; 32],
+    /// The signer's certificate chain (leaf first), as an originating node attaches it.
+    chain: Vec<Bytes>,
 }
 
 impl Signer {
@@ -308,11 +310,15 @@ impl Signer {
             other => panic!("{stem}: not a PKCS#8 key: {other:?}"),
         };
         let key = Ed25519KeyPair::from_pkcs8_maybe_unchecked(&pkcs8).unwrap();
-        let leaf = &chain(stem)[0];
-        let digest = ring::digest::digest(&ring::digest::SHA256, leaf);
+        let chain: Vec<Bytes> = chain(stem)
+            .iter()
+            .map(|c| Bytes::copy_from_slice(c))
+            .collect();
+        let digest = ring::digest::digest(&ring::digest::SHA256, &chain[0]);
         Signer {
             key,
             cert_sha256: digest.as_ref().try_into().unwrap(),
+            chain,
         }
     }
 
@@ -341,7 +347,13 @@ impl Signer {
             envelope: bytes,
             hops: Vec::new(),
             route_to: Vec::new(),
+            signer_chain: Vec::new(),
         }
+    }
+
+    /// The signer's certificate chain (leaf first).
+    pub fn chain(&self) -> Vec<Bytes> {
+        self.chain.clone()
     }
 
     /// One signature over the RFC 9162 Merkle root of `envelopes` (at least two), with each

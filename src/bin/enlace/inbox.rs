@@ -43,17 +43,27 @@ pub(super) async fn run(a: InboxArgs) -> Result<(), Failure> {
         )?;
     }
     let mut n = 0u64;
+    // SIGINT (Ctrl-C) and SIGTERM end the reading cleanly: what was printed is acknowledged,
+    // and the connection is closed, so the node hands what is left to other readers at once
+    // instead of waiting for the connection to time out.
+    let mut stop = std::pin::pin!(interrupted());
     loop {
         if a.count.is_some_and(|c| n >= c) {
             break;
         }
-        let next = if a.follow {
-            inbox.next().await
-        } else {
-            tokio::time::timeout(a.idle, inbox.next())
-                .await
-                .ok()
-                .flatten()
+        let next = async {
+            if a.follow {
+                inbox.next().await
+            } else {
+                tokio::time::timeout(a.idle, inbox.next())
+                    .await
+                    .ok()
+                    .flatten()
+            }
+        };
+        let next = tokio::select! {
+            d = next => d,
+            _ = &mut stop => break,
         };
         let Some(d) = next else { break };
         if a.json {
@@ -68,6 +78,22 @@ pub(super) async fn run(a: InboxArgs) -> Result<(), Failure> {
     drop(out);
     client.close().await;
     Ok(())
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn interrupted() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
 }
 
 fn from(d: &Delivery) -> String {

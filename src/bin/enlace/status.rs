@@ -47,6 +47,13 @@ pub(super) async fn run(a: StatusArgs) -> Result<(), Failure> {
             got.push(r);
         }
     }
+    if inbox.refused() > 0 {
+        eprintln!(
+            "warning: {} item(s) in your receipts unit did not verify and were ignored (see the \
+             log; the node dead-letters them after its delivery attempts)",
+            inbox.refused()
+        );
+    }
     client.abandon().await;
     got.sort_by_key(|r| r.at);
     let mut out = std::io::stdout().lock();

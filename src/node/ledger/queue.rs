@@ -95,6 +95,8 @@ pub(crate) struct Transit {
     pub hops: Vec<pb::HopRecord>,
     /// For an outbox copy: the agencies the peer is to deliver or relay it for.
     pub route_to: Vec<String>,
+    /// The signer's certificate chain, leaf first (see `signers`).
+    pub signer_chain: Arc<[bytes::Bytes]>,
 }
 
 /// One copy of a message waiting in a queue.
@@ -181,6 +183,11 @@ impl Queue {
     /// queue, so that a change in between is not missed.
     pub fn notified(&self) -> tokio::sync::futures::Notified<'_> {
         self.notify.notified()
+    }
+
+    /// Whether it holds dead letters.
+    pub fn has_dead_letters(&self) -> bool {
+        !self.dead().is_empty()
     }
 
     /// The dead letters, oldest first.

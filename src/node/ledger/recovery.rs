@@ -30,6 +30,7 @@ impl Ledger {
                     let transit = Transit {
                         hops: s.hops,
                         route_to: s.route_to,
+                        signer_chain: s.signer_chain.into(),
                     };
                     Some((message, transit))
                 });
@@ -44,6 +45,12 @@ impl Ledger {
                 continue;
             };
             let message = Arc::new(message);
+            // A resend of a recovered message is a duplicate, not a second copy.
+            self.0.ids.lock().expect("ids lock poisoned").remember(
+                message.id,
+                crate::dedup::fingerprint(&message),
+                message.expires_at,
+            );
             let entry = Entry {
                 precedence,
                 expires_at: from_millis(m.expires_at_ms),

@@ -7,7 +7,8 @@ use std::time::SystemTime;
 use bytes::Bytes;
 use prost::Message as _;
 
-use super::{Copy, Ledger, MAX_MAILBOXES, Notice, Queue, Seq, Taking, Transit};
+use super::{Copy, Ledger, Notice, Queue, Seq, Taking, Transit};
+use crate::dedup::{self, Claim};
 use crate::lanes::Entry;
 use crate::message::{Message, MessageId, millis, timestamp};
 use crate::node::events::Event;
@@ -46,13 +47,45 @@ impl Ledger {
         for t in takings {
             let i = answers.len();
             answers.push(None);
-            match self.destinations(&t.message, t.hops.clone(), &t.plan, t.now) {
-                Ok(copies) => ready.push((i, t, copies)),
+            // Duplicates are caught before any copy is queued, whatever the precedence.
+            let claim = match unique {
+                true => match self.claim(&t.message, t.now).await {
+                    Ok(Some(claim)) => Some(claim),
+                    Ok(None) => {
+                        answers[i] = Some(Ok(self.duplicate(&t)));
+                        continue;
+                    }
+                    Err(r) => {
+                        answers[i] = Some(Err(r));
+                        continue;
+                    }
+                },
+                false => None,
+            };
+            match self.destinations(&t.message, t.hops.clone(), &t.signer_chain, &t.plan, t.now) {
+                // Cut-through queues a copy before the store's own duplicate check: an id the
+                // store still holds for one of its queues (taken before a restart, or beyond
+                // the remembered ids) is a duplicate.
+                Ok(copies)
+                    if unique
+                        && t.message.precedence.is_time_sensitive()
+                        && copies.iter().any(|c| {
+                            self.0
+                                .store
+                                .contains_message(c.queue.name(), t.message.id.as_bytes())
+                        }) =>
+                {
+                    if let Some(claim) = claim {
+                        claim.taken();
+                    }
+                    answers[i] = Some(Ok(self.duplicate(&t)));
+                }
+                Ok(copies) => ready.push((i, t, copies, claim)),
                 Err(r) => answers[i] = Some(Err(r)),
             }
         }
         let mut ops = Vec::new();
-        for (_, t, copies) in &ready {
+        for (_, t, copies, _) in &ready {
             ops.extend(
                 copies
                     .iter()
@@ -66,7 +99,7 @@ impl Ledger {
         let early: Vec<Vec<_>> = ready
             .iter()
             .map(
-                |(_, t, copies)| match t.message.precedence.is_time_sensitive() {
+                |(_, t, copies, _)| match t.message.precedence.is_time_sensitive() {
                     true => copies
                         .iter()
                         .map(|c| {
@@ -95,9 +128,14 @@ impl Ledger {
                     // was written.
                     e => Some(Refusal::invalid(e.to_string())),
                 };
-                for (i, t, _) in ready {
+                for (i, t, _, claim) in ready {
                     answers[i] = Some(match &refusal {
-                        None => Ok(accepted(&t)),
+                        None => {
+                            if let Some(claim) = claim {
+                                claim.taken();
+                            }
+                            Ok(self.duplicate(&t))
+                        }
                         Some(r) => Err(r.clone()),
                     });
                 }
@@ -105,7 +143,10 @@ impl Ledger {
             }
         };
         let durable_at = SystemTime::now();
-        for ((i, t, copies), early) in ready.into_iter().zip(early) {
+        for ((i, t, copies, claim), early) in ready.into_iter().zip(early) {
+            if let Some(claim) = claim {
+                claim.taken();
+            }
             if early.is_empty() {
                 for (c, seq) in copies.iter().zip(seqs.by_ref()) {
                     c.queue
@@ -149,23 +190,18 @@ impl Ledger {
         &self,
         message: &Message,
         hops: Vec<pb::HopRecord>,
+        chain: &Arc<[Bytes]>,
         plan: &Plan,
         now: SystemTime,
     ) -> Result<Vec<Destination>, Refusal> {
         let mut out = Vec::with_capacity(plan.fan_out());
         let mut local: Option<(Arc<Transit>, Bytes)> = None;
-        for m in &plan.local {
-            let queue = self.mailbox(m).ok_or_else(|| {
-                Refusal::new(
-                    RefusalCode::UnknownRecipient,
-                    format!("this node keeps at most {MAX_MAILBOXES} unit mailboxes"),
-                )
-            })?;
+        for queue in self.mailboxes_for(&plan.local, message.precedence)? {
             let (transit, bytes) = local
                 .get_or_insert_with(|| {
                     let mut hops = hops.clone();
                     hops.push(self.hop_record(now, None));
-                    transit(message, hops, Vec::new())
+                    transit(message, hops, Vec::new(), chain)
                 })
                 .clone();
             out.push(Destination {
@@ -182,7 +218,7 @@ impl Ledger {
                 )
             })?;
             let route_to = p.agencies.iter().map(|a| a.to_string()).collect();
-            let (transit, bytes) = transit(message, hops.clone(), route_to);
+            let (transit, bytes) = transit(message, hops.clone(), route_to, chain);
             out.push(Destination {
                 queue,
                 transit,
@@ -198,6 +234,55 @@ impl Ledger {
         Ok(out)
     }
 
+    /// Claims `m`'s id for taking: `None` when it is a duplicate of a message taken already
+    /// (same id, same originator), a `DUPLICATE_ID` refusal when another originator used the
+    /// id; waits while the same message is being taken by another submission.
+    async fn claim(&self, m: &Message, now: SystemTime) -> Result<Option<Claimed>, Refusal> {
+        let fingerprint = dedup::fingerprint(m);
+        loop {
+            let settled = self.0.ids_settled.notified();
+            tokio::pin!(settled);
+            // Registered before the claim, so a settle in between is not missed.
+            settled.as_mut().enable();
+            let claim = self.0.ids.lock().expect("ids lock poisoned").claim(
+                m.id,
+                fingerprint,
+                m.expires_at,
+                now,
+            );
+            match claim {
+                Claim::New => {
+                    return Ok(Some(Claimed {
+                        ledger: self.clone(),
+                        id: m.id,
+                        taken: false,
+                    }));
+                }
+                Claim::Duplicate => return Ok(None),
+                Claim::Conflict => {
+                    return Err(Refusal::new(
+                        RefusalCode::DuplicateId,
+                        format!(
+                            "message id {} was already used by another originator; give each \
+                             message a fresh id (a UUIDv7)",
+                            m.id
+                        ),
+                    ));
+                }
+                Claim::InProgress => settled.await,
+            }
+        }
+    }
+
+    /// **Duplicate**: the answer for a message taken before, recorded.
+    fn duplicate(&self, t: &Taking<'_>) -> pb::Accepted {
+        self.0.events.record(Event::Duplicate {
+            id: t.message.id,
+            from: t.from.to_owned(),
+        });
+        accepted(t)
+    }
+
     /// **Refused**: a submission (from `from`) that the node did not take, and why.
     pub fn refused(&self, id: Option<MessageId>, from: &str, refusal: &Refusal) {
         self.0.events.record(Event::Refused {
@@ -206,6 +291,33 @@ impl Ledger {
             code: refusal.code,
             reason: refusal.reason.clone(),
         });
+    }
+}
+
+/// A claim on a message id (see [`Ledger::claim`]), settled when dropped: remembered if the
+/// message was taken, else forgotten, so that a resubmission is taken afresh. Dropped by a
+/// cancelled submission too, so no id stays claimed.
+struct Claimed {
+    ledger: Ledger,
+    id: MessageId,
+    taken: bool,
+}
+
+impl Claimed {
+    fn taken(mut self) {
+        self.taken = true;
+    }
+}
+
+impl Drop for Claimed {
+    fn drop(&mut self) {
+        let inner = &self.ledger.0;
+        inner
+            .ids
+            .lock()
+            .expect("ids lock poisoned")
+            .settle(self.id, self.taken);
+        inner.ids_settled.notify_waiters();
     }
 }
 
@@ -222,13 +334,16 @@ fn transit(
     message: &Message,
     hops: Vec<pb::HopRecord>,
     route_to: Vec<String>,
+    chain: &Arc<[Bytes]>,
 ) -> (Arc<Transit>, Bytes) {
-    let bytes = Bytes::from(
-        message
-            .signed(hops.clone(), route_to.clone())
-            .encode_to_vec(),
-    );
-    (Arc::new(Transit { hops, route_to }), bytes)
+    let signed = message.signed(hops.clone(), route_to.clone(), chain);
+    let bytes = Bytes::from(signed.encode_to_vec());
+    let transit = Transit {
+        hops,
+        route_to,
+        signer_chain: chain.clone(),
+    };
+    (Arc::new(transit), bytes)
 }
 
 /// The answer a sender hears for a message taken (or taken before).

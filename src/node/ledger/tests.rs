@@ -25,6 +25,7 @@ fn ledger(dir: &Path) -> (Ledger, mpsc::Receiver<Notice>, Vec<StoredMessage>) {
         &agency("dea"),
         ["pgr-1".to_string()].into_iter(),
         100,
+        1000,
         store,
         Events::new("dea-1"),
     );
@@ -58,15 +59,20 @@ fn plan() -> Plan {
 }
 
 async fn take(l: &Ledger, m: &Arc<Message>) {
+    try_take(l, m).await.unwrap();
+}
+
+async fn try_take(l: &Ledger, m: &Arc<Message>) -> Result<pb::Accepted, Refusal> {
     let taking = Taking {
         message: m.clone(),
         hops: Vec::new(),
         plan: plan(),
         from: "dea/client/duty-desk",
         from_peer: false,
+        signer_chain: Arc::from([]),
         now: SystemTime::now(),
     };
-    l.take(taking).await.unwrap();
+    l.take(taking).await
 }
 
 /// The events recorded since `rx` subscribed.
@@ -209,6 +215,59 @@ async fn every_change_records_one_event_and_survives_a_restart() {
     assert_eq!(recovered[0].attempts, 1);
 }
 
+/// How many copies wait in `q`.
+fn waiting(q: &Queue) -> usize {
+    q.with_lanes(|l| l.len())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resubmissions_are_taken_once_whatever_the_precedence() {
+    let dir = tempfile::tempdir().unwrap();
+    let (l, _notices, _) = ledger(dir.path());
+    let mut events = l.events().subscribe();
+    for precedence in [Precedence::Flash, Precedence::Routine] {
+        let m = message(precedence, Duration::from_secs(3600));
+        // Concurrent resubmissions, and one after the first was taken.
+        let (a, b, c) = tokio::join!(try_take(&l, &m), try_take(&l, &m), try_take(&l, &m));
+        for r in [a, b, c] {
+            assert_eq!(r.unwrap().message_id, m.id.to_bytes());
+        }
+        try_take(&l, &m).await.unwrap();
+        let e = drain(&mut events);
+        let accepted = e.iter().filter(|e| matches!(e, Event::Accepted { .. }));
+        let duplicates = e.iter().filter(|e| matches!(e, Event::Duplicate { .. }));
+        assert_eq!((accepted.count(), duplicates.count()), (1, 3), "{e:?}");
+    }
+    // One copy of each message per destination.
+    let mailbox = l.mailbox(&Mailbox::unit("desk").unwrap()).unwrap();
+    assert_eq!(waiting(&mailbox), 2);
+    assert_eq!(waiting(&l.outbox("pgr-1").unwrap()), 2);
+
+    // The same id from another originator is refused; from the same originator with other
+    // bytes (rebuilt for a retry) it is a duplicate.
+    let m = message(Precedence::Flash, Duration::from_secs(3600));
+    take(&l, &m).await;
+    let mut other = Message::clone(&m);
+    other.originator.client = Some("analyst".into());
+    let r = try_take(&l, &Arc::new(other)).await.unwrap_err();
+    assert_eq!(r.code, RefusalCode::DuplicateId);
+    assert!(r.reason.contains("fresh id"), "{}", r.reason);
+    let mut rebuilt = Message::clone(&m);
+    rebuilt.envelope = bytes::Bytes::from_static(b"rebuilt");
+    try_take(&l, &Arc::new(rebuilt)).await.unwrap();
+    assert_eq!(waiting(&mailbox), 3);
+
+    // After a restart, a resend of a message still queued is a duplicate too.
+    l.flush().await;
+    l.close().await.unwrap();
+    drop(l);
+    let (l, _notices, recovered) = ledger(dir.path());
+    l.recover(recovered);
+    try_take(&l, &m).await.unwrap();
+    let mailbox = l.mailbox(&Mailbox::unit("desk").unwrap()).unwrap();
+    assert_eq!(waiting(&mailbox), 3);
+}
+
 #[tokio::test]
 async fn dropped_copies_return_and_dead_letters_are_redriven() {
     let dir = tempfile::tempdir().unwrap();
@@ -301,7 +360,10 @@ fn no_fate_changes_outside_the_ledger() {
         }),
         // Queues change only through the ledger (their mutators are private to it, too).
         (".push_checked(", &|f| ledger(f) || f == "lanes.rs"),
-        (".requeue(", &|f| ledger(f) || f == "lanes.rs"),
+        // The dispatcher's unit tests move plain lanes (no queue, no ledger) to show its rules.
+        (".requeue(", &|f| {
+            ledger(f) || f == "lanes.rs" || f == "dispatch.rs"
+        }),
         (".retry_at(", &|f| {
             ledger(f) || f == "lanes.rs" || f == "dispatch.rs"
         }),
@@ -334,6 +396,9 @@ fn no_fate_changes_outside_the_ledger() {
         ("Event::Redriven {", &|f| ledger(f) || f == "node/events.rs"),
         ("Event::Expired {", &|f| ledger(f) || f == "node/events.rs"),
         ("Event::Purged {", &|f| ledger(f) || f == "node/events.rs"),
+        ("Event::Duplicate {", &|f| {
+            ledger(f) || f == "node/events.rs"
+        }),
     ];
     let mut found = Vec::new();
     for path in sources(&src) {

@@ -1,0 +1,219 @@
+//! Duplicate detection by message id and originator, for every precedence: which ids a node
+//! has taken, from which originator, and which are being taken right now.
+//!
+//! Sans-I/O. A message id names one message of one originator (an idempotency key, as in
+//! NATS's `Nats-Msg-Id` or Kafka's idempotent producer). A node that sees an id again answers by
+//! the originator that came with it:
+//! - the same originator (a client resubmitting after a lost answer, even with a fresh
+//!   timestamp; a peer resending after its link was replaced): a **duplicate**, answered
+//!   `Accepted` and never queued twice; the first copy taken is the one delivered;
+//! - another originator: a **conflict**, refused with `DUPLICATE_ID`;
+//! - the same originator while the first copy is still being taken (concurrent resubmissions):
+//!   the second waits for the first's outcome ([`Claim::InProgress`]).
+//!
+//! An id is remembered until its message expires (a resubmission after that is refused as
+//! expired anyway) or until [`Ids`] holds `capacity` ids, when the id expiring soonest is
+//! forgotten first. Beyond that window the store's record of the ids in each queue still stops a
+//! second copy (see `Store::commit_if_new`), without telling a conflict from a duplicate.
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::SystemTime;
+
+use crate::message::{Message, MessageId};
+
+/// What identifies a message's originator: the first half of the SHA-256 of its agency, node
+/// and client names.
+pub(crate) type Fingerprint = [u8; 16];
+
+/// The fingerprint of `m`'s originator.
+pub(crate) fn fingerprint(m: &Message) -> Fingerprint {
+    let o = &m.originator;
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    for part in [
+        o.agency.as_str(),
+        &o.node,
+        o.client.as_deref().unwrap_or(""),
+    ] {
+        ctx.update(&(part.len() as u64).to_be_bytes());
+        ctx.update(part.as_bytes());
+    }
+    ctx.finish().as_ref()[..16]
+        .try_into()
+        .expect("SHA-256 is 32 bytes")
+}
+
+/// The answer to [`Ids::claim`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Claim {
+    /// Never seen: the caller takes it and then calls [`Ids::settle`].
+    New,
+    /// Already taken from this originator: answer `Accepted`, queue nothing.
+    Duplicate,
+    /// Being taken from this originator by another caller: wait for its [`Ids::settle`], then
+    /// claim again.
+    InProgress,
+    /// Seen from another originator: refuse with `DUPLICATE_ID`.
+    Conflict,
+}
+
+#[derive(Debug)]
+struct Slot {
+    fingerprint: Fingerprint,
+    expires_at: SystemTime,
+    taken: bool,
+}
+
+/// The ids a node remembers, bounded (see the module docs).
+#[derive(Debug)]
+pub(crate) struct Ids {
+    slots: HashMap<MessageId, Slot>,
+    by_expiry: BTreeSet<(SystemTime, MessageId)>,
+    capacity: usize,
+}
+
+impl Ids {
+    /// Remembers at most `capacity` ids (at least one).
+    pub fn new(capacity: usize) -> Ids {
+        Ids {
+            slots: HashMap::new(),
+            by_expiry: BTreeSet::new(),
+            capacity: capacity.max(1),
+        }
+    }
+
+    #[cfg(test)]
+    /// How many ids are remembered.
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Claims `id` for a message with `fingerprint` expiring at `expires_at` (see [`Claim`]).
+    pub fn claim(
+        &mut self,
+        id: MessageId,
+        fingerprint: Fingerprint,
+        expires_at: SystemTime,
+        now: SystemTime,
+    ) -> Claim {
+        self.expire(now);
+        if let Some(slot) = self.slots.get(&id) {
+            return match (slot.fingerprint == fingerprint, slot.taken) {
+                (false, _) => Claim::Conflict,
+                (true, true) => Claim::Duplicate,
+                (true, false) => Claim::InProgress,
+            };
+        }
+        self.insert(id, fingerprint, expires_at, false);
+        Claim::New
+    }
+
+    /// Ends a [`Claim::New`]: `taken` remembers the id; otherwise (the message was refused) it is
+    /// forgotten, so a resubmission is taken afresh.
+    pub fn settle(&mut self, id: MessageId, taken: bool) {
+        match self.slots.get_mut(&id) {
+            Some(slot) if taken => slot.taken = true,
+            Some(slot) => {
+                let key = (slot.expires_at, id);
+                self.slots.remove(&id);
+                self.by_expiry.remove(&key);
+            }
+            None => {}
+        }
+    }
+
+    /// Remembers a message already taken (recovered from the store at start).
+    pub fn remember(&mut self, id: MessageId, fingerprint: Fingerprint, expires_at: SystemTime) {
+        if !self.slots.contains_key(&id) {
+            self.insert(id, fingerprint, expires_at, true);
+        }
+    }
+
+    /// Forgets the ids of messages expired at `now`.
+    pub fn expire(&mut self, now: SystemTime) {
+        while let Some(&(at, id)) = self.by_expiry.first()
+            && at <= now
+        {
+            self.by_expiry.pop_first();
+            self.slots.remove(&id);
+        }
+    }
+
+    fn insert(&mut self, id: MessageId, fingerprint: Fingerprint, at: SystemTime, taken: bool) {
+        if self.slots.len() >= self.capacity {
+            // The taken id expiring soonest; one being taken is never forgotten (there are at
+            // most as many as concurrent submissions).
+            let victim = self
+                .by_expiry
+                .iter()
+                .find(|(_, v)| self.slots.get(v).is_some_and(|s| s.taken))
+                .copied();
+            if let Some(key) = victim {
+                self.by_expiry.remove(&key);
+                self.slots.remove(&key.1);
+            }
+        }
+        self.slots.insert(
+            id,
+            Slot {
+                fingerprint,
+                expires_at: at,
+                taken,
+            },
+        );
+        self.by_expiry.insert((at, id));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn id(n: u8) -> MessageId {
+        MessageId::from_slice(&[n; 16]).unwrap()
+    }
+
+    #[test]
+    fn the_same_originator_is_a_duplicate_another_a_conflict() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
+        let later = now + Duration::from_secs(60);
+        let mut ids = Ids::new(10);
+        assert_eq!(ids.claim(id(1), [1; 16], later, now), Claim::New);
+        // A concurrent resubmission waits for the first.
+        assert_eq!(ids.claim(id(1), [1; 16], later, now), Claim::InProgress);
+        assert_eq!(ids.claim(id(1), [2; 16], later, now), Claim::Conflict);
+        ids.settle(id(1), true);
+        assert_eq!(ids.claim(id(1), [1; 16], later, now), Claim::Duplicate);
+        assert_eq!(ids.claim(id(1), [2; 16], later, now), Claim::Conflict);
+    }
+
+    #[test]
+    fn a_refused_claim_is_forgotten_and_an_expired_id_too() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
+        let later = now + Duration::from_secs(60);
+        let mut ids = Ids::new(10);
+        assert_eq!(ids.claim(id(1), [1; 16], later, now), Claim::New);
+        ids.settle(id(1), false);
+        assert_eq!(ids.claim(id(1), [1; 16], later, now), Claim::New);
+        ids.settle(id(1), true);
+        assert_eq!(ids.len(), 1);
+        ids.expire(later);
+        assert_eq!(ids.len(), 0);
+        assert_eq!(ids.claim(id(1), [2; 16], later, later), Claim::New);
+    }
+
+    #[test]
+    fn full_forgets_the_taken_id_expiring_soonest_never_one_being_taken() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
+        let at = |s| now + Duration::from_secs(s);
+        let mut ids = Ids::new(2);
+        assert_eq!(ids.claim(id(1), [1; 16], at(10), now), Claim::New);
+        ids.remember(id(2), [2; 16], at(20));
+        // Full: id 1 expires soonest but is being taken, so id 2 goes.
+        assert_eq!(ids.claim(id(3), [3; 16], at(30), now), Claim::New);
+        assert_eq!(ids.len(), 2);
+        assert_eq!(ids.claim(id(2), [9; 16], at(20), now), Claim::New);
+        assert_eq!(ids.claim(id(1), [1; 16], at(10), now), Claim::InProgress);
+    }
+}
