@@ -71,6 +71,20 @@ impl SentChains {
         true
     }
 
+    /// The chain to send with a copy signed as `signature`: `chain` unless `sent` (the chains
+    /// the stream carried already) has it, in which case none. Without `sent` (a copy on a
+    /// stream of its own, a redelivery) the chain always goes.
+    pub fn select<'a>(
+        sent: Option<&SentChains>,
+        signature: Option<&crate::wire::pb::Signature>,
+        chain: &'a [bytes::Bytes],
+    ) -> &'a [bytes::Bytes] {
+        match (sent, signature) {
+            (Some(sent), Some(s)) if !sent.needs(&s.signer_certificate_sha256) => &[],
+            _ => chain,
+        }
+    }
+
     /// The next hop asked for this signer's chain: it goes again with the next copy.
     pub fn forget(&self, sha256: &[u8]) {
         if let Ok(key) = <[u8; 32]>::try_from(sha256) {
@@ -325,6 +339,16 @@ mod tests {
         // Not a SHA-256: always sent.
         assert!(sent.needs(&[1; 3]));
         assert!(sent.needs(&[1; 3]));
+        // What goes with a copy: the chain once per stream, always on a stream of its own.
+        let sig = crate::wire::pb::Signature {
+            signer_certificate_sha256: bytes::Bytes::from_static(&[7; 32]),
+            ..Default::default()
+        };
+        let chain = [bytes::Bytes::from_static(b"chain")];
+        assert_eq!(SentChains::select(Some(&sent), Some(&sig), &chain).len(), 1);
+        assert!(SentChains::select(Some(&sent), Some(&sig), &chain).is_empty());
+        assert_eq!(SentChains::select(None, Some(&sig), &chain).len(), 1);
+        assert_eq!(SentChains::select(Some(&sent), None, &chain).len(), 1);
         // Bounded: it starts over.
         for i in 0..SENT_CAPACITY as u32 {
             let mut k = [0u8; 32];

@@ -64,19 +64,8 @@ impl Consumer {
     /// with an alert (a stream of its own) and with a redelivery.
     fn deliver_frame(&self, copy: &InFlight, sent: Option<&SentChains>) -> pb::Frame {
         let c = copy.copy();
-        let signer = c
-            .message
-            .signature
-            .as_ref()
-            .map(|s| &s.signer_certificate_sha256[..]);
-        let with_chain = match (sent, signer) {
-            (Some(sent), Some(h)) => copy.attempt() > 1 || sent.needs(h),
-            _ => true,
-        };
-        let chain: &[bytes::Bytes] = match with_chain {
-            true => &c.transit.signer_chain,
-            false => &[],
-        };
+        let sent = sent.filter(|_| copy.attempt() == 1);
+        let chain = SentChains::select(sent, c.message.signature.as_ref(), &c.transit.signer_chain);
         pb::Frame {
             body: Some(Body::Deliver(pb::Deliver {
                 envelope: Some(c.message.signed(c.transit.hops.clone(), Vec::new(), chain)),

@@ -78,19 +78,7 @@ fn with_hop(node: &Node, copy: &InFlight, sent: Option<&SentChains>) -> pb::Sign
         node.ledger
             .hop_record(c.received_at, Some(SystemTime::now())),
     );
-    let signer = c
-        .message
-        .signature
-        .as_ref()
-        .map(|s| &s.signer_certificate_sha256[..]);
-    let with_chain = match (sent, signer) {
-        (Some(sent), Some(h)) => sent.needs(h),
-        _ => true,
-    };
-    let chain: &[bytes::Bytes] = match with_chain {
-        true => &c.transit.signer_chain,
-        false => &[],
-    };
+    let chain = SentChains::select(sent, c.message.signature.as_ref(), &c.transit.signer_chain);
     c.message.signed(hops, c.transit.route_to.clone(), chain)
 }
 

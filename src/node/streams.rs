@@ -100,24 +100,10 @@ async fn stream(node: Arc<Node>, conn: Arc<Conn>, mut send: SendStream, recv: Re
     loop {
         let (answer, stop) = match reader.read_held().await {
             Ok((frame, held)) => {
-                // A peer sends a signer's chain once per stream, with the first copy; the copies
-                // after it are handled concurrently, so the chain is verified and cached here,
-                // in stream order, before any of them.
-                if conn.is_peer()
-                    && let Some(Body::Submit(pb::Submit {
-                        envelope: Some(signed),
-                    })) = &frame.body
-                    && !signed.signer_chain.is_empty()
-                {
-                    let _ = node.signers.signer_for(
-                        signed.signature.as_ref(),
-                        &signed.signer_chain,
-                        SystemTime::now(),
-                    );
-                }
+                let signer = peer_signer(&node, &conn, &frame);
                 let (node, conn) = (node.clone(), conn.clone());
                 let h = tokio::spawn(async move {
-                    let answer = answer(&node, &conn, frame).await;
+                    let answer = answer(&node, &conn, frame, signer).await;
                     // The frame's share of the budgets is given back once it is answered.
                     drop(held);
                     answer
@@ -191,11 +177,40 @@ fn refuse(node: &Node, conn: &Conn, refusal: Refusal, id: Option<MessageId>) -> 
 }
 
 /// Answers one request frame.
-async fn answer(node: &Arc<Node>, conn: &Arc<Conn>, frame: pb::Frame) -> Body {
-    match request(node, conn, frame).await {
+async fn answer(
+    node: &Arc<Node>,
+    conn: &Arc<Conn>,
+    frame: pb::Frame,
+    signer: Option<PeerSigner>,
+) -> Body {
+    match request(node, conn, frame, signer).await {
         Ok(body) => body,
         Err((refusal, id)) => refuse(node, conn, refusal, id),
     }
+}
+
+/// The signer of an envelope a peer submitted, or why there is none.
+type PeerSigner = Result<Arc<crate::signers::Signer>, crate::signers::SignerError>;
+
+/// For an envelope a peer submitted: its signer, from the node's cache or the chain it carries.
+/// A peer sends a signer's chain once per stream, with the first copy, and the copies after it
+/// are answered concurrently: so this runs in the stream's reading loop, in stream order, and
+/// the chain is verified (and cached) before any later copy looks for it. `None` for
+/// anything else (the client's own certificate signs what it submits).
+fn peer_signer(node: &Node, conn: &Conn, frame: &pb::Frame) -> Option<PeerSigner> {
+    let Some(Body::Submit(pb::Submit {
+        envelope: Some(signed),
+    })) = &frame.body
+    else {
+        return None;
+    };
+    conn.is_peer().then(|| {
+        node.signers.signer_for(
+            signed.signature.as_ref(),
+            &signed.signer_chain,
+            SystemTime::now(),
+        )
+    })
 }
 
 /// Handles one request frame.
@@ -203,6 +218,7 @@ async fn request(
     node: &Arc<Node>,
     conn: &Arc<Conn>,
     frame: pb::Frame,
+    signer: Option<PeerSigner>,
 ) -> Result<Body, (Refusal, Option<MessageId>)> {
     if conn.closing.revoked() {
         let r = Refusal::new(
@@ -249,14 +265,7 @@ async fn request(
     }
     let now = SystemTime::now();
     // From a client, the signer is the client itself, its chain the one its handshake
-    // presented; from a peer, the chain the envelope carries, verified here.
-    let signer = match conn.is_peer() {
-        true => Some(
-            node.signers
-                .signer_for(signed.signature.as_ref(), &signed.signer_chain, now),
-        ),
-        false => None,
-    };
+    // presented; from a peer, the one `peer_signer` found for the envelope.
     let cert = match &signer {
         Some(Ok(s)) => Ok(&s.cert),
         Some(Err(reason)) => Err(reason.clone()),
