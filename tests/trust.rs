@@ -397,6 +397,9 @@ async fn a_peer_cannot_claim_another_originator_or_hide_from_the_path() {
 
 type Events = std::sync::Arc<std::sync::Mutex<Vec<Event>>>;
 
+/// Picks the message id out of one kind of event.
+type Pick = fn(&Event) -> Option<MessageId>;
+
 /// Every event of `node` from now on, collected as it happens (none missed while the test
 /// reads others).
 fn collect(net: &TestNet, node: &str) -> Events {
@@ -596,7 +599,7 @@ async fn resubmitted_alerts_are_delivered_once_and_colliding_ids_refused() {
         // The origin took it once and answered the other three as duplicates; the
         // destination was handed one copy and delivered it once.
         let id = MessageId::from_slice(&env.message_id).unwrap();
-        let count = |events: &Events, what: fn(&Event) -> Option<MessageId>| {
+        let count = |events: &Events, what: Pick| {
             events
                 .lock()
                 .unwrap()
@@ -616,10 +619,24 @@ async fn resubmitted_alerts_are_delivered_once_and_colliding_ids_refused() {
             Event::Delivered { id, .. } => Some(*id),
             _ => None,
         };
-        assert_eq!(count(&dea_events, accepted), 1, "{precedence:?}");
-        assert_eq!(count(&dea_events, duplicate), 3, "{precedence:?}");
-        assert_eq!(count(&pgr_events, accepted), 1, "{precedence:?}");
-        assert_eq!(count(&pgr_events, delivered), 1, "{precedence:?}");
+        // An alert is delivered before its store write ends (cut-through), and the Accepted
+        // event comes after that write: wait for the events expected, then check there are
+        // no more.
+        let expected: [(&Events, Pick, usize); 4] = [
+            (&dea_events, accepted, 1),
+            (&dea_events, duplicate, 3),
+            (&pgr_events, accepted, 1),
+            (&pgr_events, delivered, 1),
+        ];
+        within("the node events", async {
+            while expected.iter().any(|(e, what, n)| count(e, *what) < *n) {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+        for (i, (events, what, n)) in expected.into_iter().enumerate() {
+            assert_eq!(count(events, what), n, "{precedence:?}, event kind {i}");
+        }
     }
 
     // The same id from another originator of the agency: refused with its own code.
