@@ -9,7 +9,8 @@ use std::collections::{HashSet, VecDeque};
 use std::pin::Pin;
 use std::sync::Arc;
 
-use common::{SendAndWait, TestNet, within};
+use common::{SendAndWait, TestNet, wait_event, within};
+use enlace::node::Event;
 use enlace::payloads::{Document, text};
 use enlace::{BusyRetry, Client, Draft, Inbox, Mailbox, Precedence, Stage, SubmitError, pb};
 
@@ -68,6 +69,7 @@ async fn many_sends_in_flight_from_one_task_all_accepted_in_order() {
 async fn a_full_queue_is_retried_inside_the_acceptance_and_reported() {
     let net = TestNet::mesh_with_limits(&["dea"], &["queue_capacity = 3"]).await;
     let sender = net.client("dea", "analyst").await;
+    let mut events = net.node("dea-1").events();
     for i in 0..3 {
         let d = Draft::from(liaison(&format!("fills {i}"))).to("dea");
         assert_eq!(sender.submit(d).await.unwrap().busy_retries, 0);
@@ -80,6 +82,11 @@ async fn a_full_queue_is_retried_inside_the_acceptance_and_reported() {
         .unwrap();
     let id = acceptance.id();
     let waiting = tokio::spawn(acceptance);
+    // Only once the node has refused it does a reader come.
+    wait_event(&mut events, |e| {
+        matches!(e, Event::Refused { id: Some(i), code: pb::RefusalCode::QueueFull, .. } if *i == id)
+    })
+    .await;
     let desk = net.subscriber("dea", "duty-desk").await;
     let mut inbox = desk.inbox().unwrap();
     let mut got = Vec::new();
