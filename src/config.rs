@@ -70,6 +70,9 @@ pub struct Config {
     /// Who may read which mailbox besides its owner (`[inbox] readers`, `[units.<name>]
     /// readers`; see [`crate::policy::may_read`]).
     pub(crate) readers: Readers,
+    /// The policy file: exchange agreements and internal rules (`node.policy`; see
+    /// [`crate::agreement`]). Without one the node allows no client traffic at all.
+    pub(crate) policy: Option<PathBuf>,
 }
 
 /// Where the node's TLS material lives.
@@ -240,6 +243,7 @@ struct RawNode {
     listen: String,
     data_dir: PathBuf,
     escalation_unit: Option<String>,
+    policy: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -635,6 +639,7 @@ impl Config {
             trust_domain: raw.node.trust_domain,
             listen,
             data_dir: path(raw.node.data_dir),
+            policy: raw.node.policy.map(path),
             tls: TlsPaths {
                 cert: path(raw.tls.cert),
                 key: path(raw.tls.key),
@@ -738,7 +743,7 @@ fn directory(
 }
 
 /// Names the TOML table and key around a byte offset, for error messages.
-fn describe_location(text: &str, offset: usize) -> String {
+pub(crate) fn describe_location(text: &str, offset: usize) -> String {
     let before = &text[..offset.min(text.len())];
     let line_no = before.matches('\n').count() + 1;
     let table = before

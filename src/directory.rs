@@ -107,6 +107,11 @@ impl Directory {
             || AgencyId::new(&lower).is_ok_and(|id| self.agencies.contains_key(&id))
     }
 
+    /// The ids of the agencies listed.
+    pub fn ids(&self) -> impl Iterator<Item = &str> {
+        self.agencies.keys().map(AgencyId::as_str)
+    }
+
     #[cfg(test)]
     /// The directory entry of an agency.
     pub fn get(&self, id: &AgencyId) -> Option<&Agency> {

@@ -150,6 +150,7 @@ pub(crate) fn non_delivery_reason(code: RefusalCode) -> pb::NonDeliveryReason {
     match code {
         RefusalCode::Expired => pb::NonDeliveryReason::Expired,
         RefusalCode::Revoked => pb::NonDeliveryReason::Revoked,
+        RefusalCode::PolicyDenied => pb::NonDeliveryReason::PolicyDenied,
         RefusalCode::UnknownRecipient => pb::NonDeliveryReason::UnknownRecipient,
         RefusalCode::Invalid | RefusalCode::Malformed | RefusalCode::TooLarge => {
             pb::NonDeliveryReason::Invalid
@@ -217,18 +218,20 @@ impl Dispatcher {
         }
     }
 
-    /// Takes the next copy to send from `lanes` at `now`, if the windows allow one. Expired
-    /// copies met on the way are appended to `expired`, for the caller to report.
+    /// Takes the next copy to send from `lanes` at `now`, if the windows allow one, among the
+    /// copies `accept` takes (those the consumer may have). Expired copies met on the way are
+    /// appended to `expired`, for the caller to report.
     pub fn next<T>(
         &mut self,
         lanes: &mut Lanes<T>,
         now: SystemTime,
         expired: &mut Vec<Entry<T>>,
+        accept: impl Fn(&T) -> bool,
     ) -> Next<Entry<T>> {
         let Some(class) = self.class() else {
             return Next::Full;
         };
-        let popped = lanes.pop_class(now, class);
+        let popped = lanes.pop_where(now, class, accept);
         expired.extend(popped.expired);
         match popped.next {
             Some(entry) => {
@@ -370,23 +373,26 @@ mod tests {
         }
         let mut expired = Vec::new();
         for _ in 0..3 {
-            send(d.next(&mut lanes, t(1), &mut expired));
+            send(d.next(&mut lanes, t(1), &mut expired, |_| true));
         }
         assert_eq!(d.in_flight(), (0, 3));
         // The analytical window is full: bulk waits, an alert still goes.
         assert_eq!(d.class(), Some(Class::TimeSensitive));
         assert!(matches!(
-            d.next(&mut lanes, t(1), &mut expired),
+            d.next(&mut lanes, t(1), &mut expired, |_| true),
             Next::Wait { wake_at: None }
         ));
         lanes.push(entry(Precedence::Flash, 100)).unwrap();
-        let (e, ticket) = send(d.next(&mut lanes, t(1), &mut expired));
+        let (e, ticket) = send(d.next(&mut lanes, t(1), &mut expired, |_| true));
         assert_eq!((e.item, ticket.slot), (100, Slot::Alert));
         // With the alert window full but room for bulk, bulk goes (alerts do not block it).
         lanes.push(entry(Precedence::Flash, 101)).unwrap();
-        send(d.next(&mut lanes, t(1), &mut expired));
+        send(d.next(&mut lanes, t(1), &mut expired, |_| true));
         assert_eq!(d.in_flight(), (2, 3));
-        assert!(matches!(d.next(&mut lanes, t(1), &mut expired), Next::Full));
+        assert!(matches!(
+            d.next(&mut lanes, t(1), &mut expired, |_| true),
+            Next::Full
+        ));
         let a = d.settle(
             Ticket {
                 slot: Slot::Analytical,
@@ -398,7 +404,7 @@ mod tests {
         );
         assert_eq!(a, Action::Finish);
         assert_eq!(d.class(), Some(Class::Analytical));
-        let (e, _) = send(d.next(&mut lanes, t(1), &mut expired));
+        let (e, _) = send(d.next(&mut lanes, t(1), &mut expired, |_| true));
         assert_eq!(e.item, 3);
         assert!(expired.is_empty());
     }
@@ -410,26 +416,26 @@ mod tests {
         lanes.push(entry(Precedence::Flash, 1)).unwrap();
         lanes.push(entry(Precedence::Routine, 2)).unwrap();
         let mut expired = Vec::new();
-        let (e, ticket) = send(d.next(&mut lanes, t(1), &mut expired));
+        let (e, ticket) = send(d.next(&mut lanes, t(1), &mut expired, |_| true));
         assert_eq!(e.item, 1);
         // Not acknowledged within the alert deadline: back, no attempt counted.
         assert_eq!(d.settle(ticket, Outcome::Late, 0, t(3)), Action::Return);
         lanes.requeue(e);
         // Analytical copies still flow to it; the alert waits for another consumer.
         assert_eq!(d.class(), Some(Class::Analytical));
-        let (e, _) = send(d.next(&mut lanes, t(3), &mut expired));
+        let (e, _) = send(d.next(&mut lanes, t(3), &mut expired, |_| true));
         assert_eq!(e.item, 2);
         assert!(matches!(
-            d.next(&mut lanes, t(3), &mut expired),
+            d.next(&mut lanes, t(3), &mut expired, |_| true),
             Next::Wait { .. }
         ));
         let mut other = small();
-        let (e, _) = send(other.next(&mut lanes, t(3), &mut expired));
+        let (e, _) = send(other.next(&mut lanes, t(3), &mut expired, |_| true));
         assert_eq!(e.item, 1);
         lanes.requeue(e);
         // The slow reader acknowledged after all: it gets alerts again.
         d.resume_alerts();
-        let (e, ticket) = send(d.next(&mut lanes, t(4), &mut expired));
+        let (e, ticket) = send(d.next(&mut lanes, t(4), &mut expired, |_| true));
         assert_eq!((e.item, ticket.slot), (1, Slot::Alert));
     }
 
@@ -448,7 +454,7 @@ mod tests {
         let mut order = Vec::new();
         let mut expired = Vec::new();
         for _ in 0..(10 * (SHARE_EVERY as usize + 1)) {
-            let (e, ticket) = send(d.next(&mut lanes, t(1), &mut expired));
+            let (e, ticket) = send(d.next(&mut lanes, t(1), &mut expired, |_| true));
             order.push(e.item);
             d.settle(ticket, Outcome::Done, 0, t(1));
         }
@@ -491,6 +497,10 @@ mod tests {
         // A refusal for good becomes a non-delivery report with the reason it maps to.
         for (code, why) in [
             (RefusalCode::Expired, pb::NonDeliveryReason::Expired),
+            (
+                RefusalCode::PolicyDenied,
+                pb::NonDeliveryReason::PolicyDenied,
+            ),
             (
                 RefusalCode::UnknownRecipient,
                 pb::NonDeliveryReason::UnknownRecipient,
@@ -565,9 +575,9 @@ mod tests {
         lanes.push(entry(Precedence::Flash, 1)).unwrap();
         lanes.push(entry(Precedence::Flash, 2)).unwrap();
         lanes.push(entry(Precedence::Routine, 3)).unwrap();
-        let (_, a1) = send(d.next(&mut lanes, t(1), &mut expired));
-        let (_, a2) = send(d.next(&mut lanes, t(1), &mut expired));
-        let (_, r) = send(d.next(&mut lanes, t(1), &mut expired));
+        let (_, a1) = send(d.next(&mut lanes, t(1), &mut expired, |_| true));
+        let (_, a2) = send(d.next(&mut lanes, t(1), &mut expired, |_| true));
+        let (_, r) = send(d.next(&mut lanes, t(1), &mut expired, |_| true));
         assert_eq!(r.barrier, Some(2));
         assert!(!d.released(r.barrier));
         d.settle(a2, Outcome::Done, 0, t(1));
@@ -577,14 +587,14 @@ mod tests {
         assert!(d.released(r.barrier));
         // An alert taken later does not hold back the copy taken before it.
         lanes.push(entry(Precedence::Flash, 4)).unwrap();
-        send(d.next(&mut lanes, t(1), &mut expired));
+        send(d.next(&mut lanes, t(1), &mut expired, |_| true));
         assert!(d.released(r.barrier));
         // An unordered consumer never holds a copy back.
         let mut u = Dispatcher::new(CLIENT_WINDOWS, RetryPolicy::default(), false);
         lanes.push(entry(Precedence::Flash, 5)).unwrap();
         lanes.push(entry(Precedence::Bulk, 6)).unwrap();
-        send(u.next(&mut lanes, t(1), &mut expired));
-        let (_, b) = send(u.next(&mut lanes, t(1), &mut expired));
+        send(u.next(&mut lanes, t(1), &mut expired, |_| true));
+        let (_, b) = send(u.next(&mut lanes, t(1), &mut expired, |_| true));
         assert!(b.barrier.is_none() && u.released(b.barrier));
     }
 
@@ -601,12 +611,12 @@ mod tests {
             .unwrap();
         lanes.retry_at(entry(Precedence::Routine, 2), t(20));
         let mut expired = Vec::new();
-        match d.next(&mut lanes, t(6), &mut expired) {
+        match d.next(&mut lanes, t(6), &mut expired, |_| true) {
             Next::Wait { wake_at } => assert_eq!(wake_at, Some(t(20))),
             other => panic!("expected Wait, got {other:?}"),
         }
         assert_eq!(expired.len(), 1);
-        let (e, _) = send(d.next(&mut lanes, t(20), &mut expired));
+        let (e, _) = send(d.next(&mut lanes, t(20), &mut expired, |_| true));
         assert_eq!(e.item, 2);
     }
 }

@@ -164,7 +164,20 @@ impl<T> Lanes<T> {
     /// Like [`Lanes::pop`], but takes only from the lanes of `class` (for a consumer whose window
     /// for the other class is full). The minimum share for lower lanes applies among the lanes
     /// that may be taken.
+    #[cfg(test)]
     pub fn pop_class(&mut self, now: SystemTime, class: Class) -> Popped<T> {
+        self.pop_where(now, class, |_| true)
+    }
+
+    /// Like [`Lanes::pop_class`], for a consumer that may have only the items `accept` takes:
+    /// the first such item of each lane counts as its head; the others stay where they are, in
+    /// order, for other consumers.
+    pub fn pop_where(
+        &mut self,
+        now: SystemTime,
+        class: Class,
+        accept: impl Fn(&T) -> bool,
+    ) -> Popped<T> {
         let mut expired = Vec::new();
         let mut i = 0;
         while i < self.parked.len() {
@@ -183,7 +196,12 @@ impl<T> Lanes<T> {
             }
         }
         let range = class.lanes();
-        let Some(top) = range.clone().find(|&i| !self.lanes[i].is_empty()) else {
+        let heads: Vec<Option<usize>> = self
+            .lanes
+            .iter()
+            .map(|lane| lane.iter().position(|e| accept(&e.item)))
+            .collect();
+        let Some(top) = range.clone().find(|&i| heads[i].is_some()) else {
             let wake_at = self.parked.iter().map(|(due, _)| *due).min();
             return Popped {
                 next: None,
@@ -191,7 +209,7 @@ impl<T> Lanes<T> {
                 wake_at,
             };
         };
-        let lower = (top + 1..range.end).find(|&i| !self.lanes[i].is_empty());
+        let lower = (top + 1..range.end).find(|&i| heads[i].is_some());
         let pick = match lower {
             Some(low) if self.streak >= SHARE_EVERY => {
                 self.streak = 0;
@@ -206,8 +224,9 @@ impl<T> Lanes<T> {
                 top
             }
         };
+        let at = heads[pick].expect("picked a lane with a head");
         Popped {
-            next: self.lanes[pick].pop_front(),
+            next: self.lanes[pick].remove(at),
             expired,
             wake_at: None,
         }

@@ -36,6 +36,7 @@
 #![warn(missing_docs)]
 
 mod address;
+pub mod agreement;
 mod client;
 pub mod config;
 mod dedup;
@@ -45,6 +46,7 @@ mod draft;
 mod error;
 #[cfg(feature = "fuzzing")]
 pub mod fuzz;
+pub mod handling;
 mod id;
 mod identity;
 mod lanes;
@@ -58,6 +60,7 @@ mod pipeline;
 pub mod pki;
 mod policy;
 mod precedence;
+mod provenance;
 mod receipt;
 mod refusal;
 mod respond;

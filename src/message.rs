@@ -18,6 +18,7 @@ use bytes::Bytes;
 use prost::Message as _;
 
 use crate::address::Mailbox;
+use crate::handling::Handling;
 pub use crate::id::{BadMessageId, MessageId};
 use crate::identity::{AgencyId, is_name};
 pub use crate::precedence::{BadPrecedence, BadStatus, Precedence, Status};
@@ -117,9 +118,10 @@ pub struct Message {
     pub(crate) created_at: SystemTime,
     pub(crate) expires_at: SystemTime,
     pub(crate) respond_by: Option<SystemTime>,
-    /// `HandlingPolicy.max_hops`: relay nodes allowed between the originator's node and the node
-    /// that serves an addressee.
-    pub(crate) max_relays: Option<u32>,
+    /// The handling conditions the originator set (`HandlingPolicy`), as the envelope says them.
+    pub(crate) handling: Handling,
+    /// The messages this one was derived from.
+    pub(crate) derived_from: Vec<MessageId>,
     pub(crate) case_id: String,
     pub(crate) in_reply_to: Option<MessageId>,
     pub(crate) payload_type: String,
@@ -191,6 +193,12 @@ impl Message {
                     .ok_or_else(|| fail("in_reply_to must be a 16-byte message id".into()))?,
             ),
         };
+        let derived_from = env
+            .derived_from
+            .iter()
+            .map(|d| MessageId::from_slice(d))
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| fail("derived_from must list 16-byte message ids".into()))?;
         if env.addressees.is_empty() {
             return Err(fail("no addressees".into()));
         }
@@ -249,7 +257,8 @@ impl Message {
             created_at,
             expires_at,
             respond_by,
-            max_relays: env.handling.as_ref().and_then(|h| h.max_hops),
+            handling: Handling::from_pb(env.handling.as_ref()),
+            derived_from,
             stage_receipts: env.receipts() != pb::ReceiptRequest::NonDeliveryOnly,
             case_id: env.case_id,
             in_reply_to,

@@ -133,6 +133,18 @@ impl Readers {
     }
 }
 
+impl Readers {
+    /// Everyone who may read `mailbox`: the client it is named after (a unit is its
+    /// namesake's own), and those the config grants it to.
+    pub(crate) fn potential(&self, mailbox: &Mailbox) -> Vec<Reader> {
+        let mut out = self.of(mailbox).to_vec();
+        if let Mailbox::Unit(u) = mailbox {
+            out.push(Reader::Client(u.as_str().to_owned()));
+        }
+        out
+    }
+}
+
 /// Decides whether `who` may read the mailbox `unit` names ("" for the agency inbox), and by
 /// which rule. Deny by default: a client reads its own unit (named as the client) and its own
 /// receipts (`receipts-<client>`), plus the mailboxes the node's config grants it by name or to

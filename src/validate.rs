@@ -177,7 +177,7 @@ pub(crate) fn admit(
             ),
         )));
     }
-    if let Some(limit) = message.max_relays
+    if let Some(limit) = message.handling.max_relays
         && relays > limit
     {
         return Err(fail(Refusal::new(

@@ -71,6 +71,7 @@ impl Federation {
             let path = net.config_path(&spec.name);
             std::fs::create_dir_all(path.parent().unwrap()).unwrap();
             std::fs::write(&path, text).unwrap();
+            net.write_policy(spec).unwrap();
         }
         let dea = lab.daemon(&dea_ns, &net.config_path("dea-1"));
         let pgr = lab.daemon(&pgr_ns, &net.config_path("pgr-1"));

@@ -267,7 +267,11 @@ async fn a_crl_past_its_next_update_is_refused_unless_the_lab_setting_says_warn(
             .unwrap();
         std::thread::sleep(Duration::from_millis(2100));
         net.node("dea-1").reload();
-        wait_event(&mut events, |e| matches!(e, Event::Reloaded { .. })).await;
+        wait_event(
+            &mut events,
+            |e| matches!(e, Event::Reloaded { what, .. } if what == "tls"),
+        )
+        .await;
         let r = Client::connect(net.options("dea", "duty-desk")).await;
         match (lab, r) {
             (false, Err(e)) => assert!(e.to_string().contains("TLS handshake refused"), "{e}"),
@@ -324,7 +328,11 @@ async fn the_node_certificate_rotates_on_reload_without_dropping_connections() {
         .issue_node("dea", "dea-1", None)
         .unwrap();
     net.node("dea-1").reload();
-    wait_event(&mut events, |e| matches!(e, Event::Reloaded { .. })).await;
+    wait_event(
+        &mut events,
+        |e| matches!(e, Event::Reloaded { what, .. } if what == "tls"),
+    )
+    .await;
     assert_ne!(
         presented().await,
         before,
@@ -370,7 +378,7 @@ async fn sighup_reloads_the_daemon_which_keeps_serving() {
     let hup = Command::new("kill").args(["-HUP", &pid]).status().unwrap();
     assert!(hup.success());
     let line = tokio::task::block_in_place(|| {
-        daemon.wait_log(Duration::from_secs(10), &["reloaded", "SIGHUP"])
+        daemon.wait_log(Duration::from_secs(10), &["reloaded", "what=tls", "SIGHUP"])
     });
     assert!(line.is_some(), "no reload logged");
     // The revoked analyst's live connection is closed; the daemon lives on and serves.

@@ -14,7 +14,7 @@ use std::time::SystemTime;
 
 use tokio::sync::mpsc;
 
-use super::ledger::{InFlight, Queue};
+use super::ledger::{Copy, InFlight, Queue};
 use super::state::Node;
 use crate::dispatch::{Dispatcher, Next, Outcome, Ticket};
 
@@ -30,6 +30,13 @@ pub(super) trait Sink {
     /// (the dispatcher's barriers may have moved). False when the consumer is gone.
     async fn settled(&mut self, dispatcher: &Dispatcher) -> bool {
         let _ = dispatcher;
+        true
+    }
+
+    /// Whether this consumer may have `copy` at all (a client, by the policy's receive rules);
+    /// the loop takes only such copies for it and leaves the others for other consumers.
+    fn accepts(&self, copy: &Copy) -> bool {
+        let _ = copy;
         true
     }
 
@@ -73,7 +80,12 @@ pub(super) async fn run(
             return;
         }
         let notified = queue.notified();
-        let (wake_at, full) = match node.ledger.next(queue, &mut dispatcher, SystemTime::now()) {
+        let next = node
+            .ledger
+            .next(queue, &mut dispatcher, SystemTime::now(), |c| {
+                sink.accepts(c)
+            });
+        let (wake_at, full) = match next {
             Next::Send(copy, ticket) => {
                 if !sink.send(copy, ticket).await {
                     return;

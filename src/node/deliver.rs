@@ -33,7 +33,7 @@ use tokio::task::JoinSet;
 
 use super::conn::Conn;
 use super::consume::{self, Settled, Sink};
-use super::ledger::{InFlight, Queue};
+use super::ledger::{Copy, InFlight, Queue};
 use super::state::Node;
 use crate::address::Mailbox;
 use crate::dispatch::{CLIENT_WINDOWS, Dispatcher, Outcome, Slot, Ticket};
@@ -52,6 +52,8 @@ struct Consumer {
     conn: Connection,
     /// The client's identity, as acknowledgements name it.
     to: String,
+    /// The client's name, as the policy's receive rules name it.
+    client: String,
     mailbox: Mailbox,
     settled: mpsc::Sender<Settled>,
     /// Woken when the reader acknowledges an alert it was late for.
@@ -108,6 +110,7 @@ pub(super) async fn run(
         node: node.clone(),
         conn: conn.conn.clone(),
         to: conn.name.clone(),
+        client: conn.who.identity.name.clone(),
         mailbox,
         settled,
         resumed: Notify::new(),
@@ -154,6 +157,13 @@ impl Sink for ClientSink {
             // The channel has room for the whole window, so this never waits long.
             Slot::Analytical => self.analytical.send((copy, ticket)).await.is_ok(),
         }
+    }
+
+    /// Only what the policy's receive rules let this client have: the rest waits for a reader
+    /// that may.
+    fn accepts(&self, copy: &Copy) -> bool {
+        let c = &self.consumer;
+        c.node.may_deliver(&copy.message, &c.client)
     }
 
     async fn settled(&mut self, _: &Dispatcher) -> bool {

@@ -94,6 +94,14 @@ pub enum Event {
         /// Why, and what changed.
         detail: String,
     },
+    /// A reload of part of the configuration was refused (`what`: `policy`): the file in force
+    /// before stays.
+    ReloadRefused {
+        /// What was to be reloaded.
+        what: String,
+        /// Why it was refused.
+        reason: String,
+    },
     /// A message the node had already taken arrived again with the same bytes (a client's
     /// resubmission, a peer's resend over a new link): answered `Accepted`, not queued again.
     Duplicate {
@@ -322,6 +330,9 @@ impl Events {
             ),
             Event::Reloaded { what, detail } => {
                 tracing::info!(target: "enlace::event", node, event = "reloaded", %what, %detail)
+            }
+            Event::ReloadRefused { what, reason } => {
+                tracing::error!(target: "enlace::event", node, event = "reload_refused", %what, %reason)
             }
             Event::Duplicate { id, from } => {
                 tracing::info!(target: "enlace::event", node, event = "duplicate", %id, %from)

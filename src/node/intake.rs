@@ -39,6 +39,9 @@ impl Node {
         } = admitted;
         self.check_responder(&message)?;
         let plan = self.plan(&message, &hops, from_peer.then_some(&route_to[..]))?;
+        let client = message.originator.client.as_deref().filter(|_| !from_peer);
+        let restrictions = self.check_take(&message, &plan, client, now)?;
+        let remembered = restrictions.map(|r| (message.clone(), !plan.local.is_empty(), r));
         // Who may answer a message of this node's own clients.
         let addressed = (!from_peer && message.originator.client.is_some()).then(|| {
             let mut agencies: Vec<AgencyId> =
@@ -60,6 +63,9 @@ impl Node {
                 now,
             })
             .await?;
+        if let Some((message, local, r)) = remembered {
+            self.remember(&message, local, r);
+        }
         if let Some((id, agencies)) = addressed {
             self.responders
                 .lock()
@@ -159,7 +165,7 @@ impl Node {
         let arrival = route::Arrival {
             from_peer: route_to,
             hops: &hops,
-            max_relays: message.max_relays,
+            max_relays: message.handling.max_relays,
         };
         router.plan(&message.addressees, arrival)
     }

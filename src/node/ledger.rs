@@ -365,9 +365,10 @@ impl Ledger {
         queue: &Arc<Queue>,
         dispatcher: &mut Dispatcher,
         now: SystemTime,
+        accept: impl Fn(&Copy) -> bool,
     ) -> Next<InFlight> {
         let mut expired = Vec::new();
-        let next = queue.with_lanes(|lanes| dispatcher.next(lanes, now, &mut expired));
+        let next = queue.with_lanes(|lanes| dispatcher.next(lanes, now, &mut expired, accept));
         if !expired.is_empty() {
             self.expire(queue, expired);
         }

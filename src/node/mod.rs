@@ -10,7 +10,9 @@
 //! - `conn`: an authorized connection: who, and which mailboxes it reads;
 //! - `streams`: serving the request streams of a connection (submissions, subscriptions,
 //!   operator requests);
-//! - `intake`: routing an admitted message and handing it to the ledger;
+//! - `intake`: routing an admitted message, checking it against the policy, and handing it to
+//!   the ledger;
+//! - `rules`: the policy file in force (agreements, send and receive rules), and its reload;
 //! - `ledger` (with `ledger::queue`): the one place a copy's fate changes;
 //! - `consume`: the one loop that drives a consumer of a queue, with the dispatcher;
 //! - `deliver`: what a subscribed client's consumer does with its copies;
@@ -32,6 +34,7 @@ mod links;
 mod operator;
 mod receipts;
 mod registry;
+mod rules;
 mod runtime;
 mod server;
 mod state;

@@ -21,7 +21,7 @@ use super::events::{Event, Events};
 use super::ledger::{Ledger, Notice};
 use super::links::{LinkStatus, Links};
 use super::state::Node;
-use super::{link, receipts, server, trust};
+use super::{link, receipts, rules, server, trust};
 use crate::config::Config;
 use crate::dispatch::RetryPolicy;
 use crate::signers::Signers;
@@ -44,6 +44,9 @@ pub enum NodeError {
     /// recovered from disk at start).
     #[error("stopped because storage failed: {0}")]
     StorageFailed(String),
+    /// Its policy file (`node.policy`) does not load, or is another agency's.
+    #[error("policy: {0}")]
+    Policy(crate::agreement::PolicyError),
 }
 
 /// A node started in this process (tests, the demo): its address, events and a stop handle.
@@ -170,7 +173,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
 /// of another node or a key that does not match it.
 pub fn check(config: &Config) -> Result<Vec<String>, NodeError> {
     let own = trust::load(config)?;
-    Ok(trust::warnings(config, &own.tls, SystemTime::now()))
+    let policy = rules::load(config)?;
+    let mut warnings = trust::warnings(config, &own.tls, SystemTime::now());
+    warnings.extend(rules::warnings(config, &policy));
+    Ok(warnings)
 }
 
 /// A node ready to serve: its state, its socket, and what its tasks start from.
@@ -186,7 +192,11 @@ struct Bound {
 /// Checks the config's TLS material, opens the store, rebuilds the queues and binds the socket.
 fn bind(config: Config) -> Result<Bound, NodeError> {
     let own = trust::load(&config)?;
-    for w in trust::warnings(&config, &own.tls, SystemTime::now()) {
+    let policy = rules::load(&config)?;
+    let warnings = trust::warnings(&config, &own.tls, SystemTime::now())
+        .into_iter()
+        .chain(rules::warnings(&config, &policy));
+    for w in warnings {
         tracing::warn!(node = %config.name, "{w}");
     }
     let server = tls::quic_server_config(own.tls.server_config()?)?;
@@ -219,7 +229,7 @@ fn bind(config: Config) -> Result<Bound, NodeError> {
     let signers = Signers::new(own.tls.signer_verifier()?, &config.trust_domain);
     signers.trusted(own.me.clone(), own.tls.chain.clone());
     let node = Arc::new(Node::new(
-        config, own, ledger, links, link_inbox, signers, retry,
+        config, own, policy, ledger, links, link_inbox, signers, retry,
     ));
     Ok(Bound {
         node,

@@ -47,6 +47,11 @@ pub(super) struct Node {
     pub frame_budget: Arc<tokio::sync::Semaphore>,
     /// Who may respond to the messages this node's clients sent (see `respond::Responders`).
     pub responders: std::sync::Mutex<crate::respond::Responders>,
+    /// What the node remembers of its agency's messages, for derived products (see
+    /// `provenance`).
+    pub provenance: std::sync::Mutex<crate::provenance::Provenance>,
+    /// Exchange agreements and internal rules in force (see `rules`).
+    policy: super::rules::Shared,
     pub shutting_down: AtomicBool,
 }
 
@@ -56,6 +61,7 @@ impl Node {
     pub fn new(
         config: Config,
         own: Own,
+        policy: crate::agreement::Policy,
         ledger: Ledger,
         links: Arc<Links>,
         link_inbox: HashMap<String, mpsc::Sender<Connection>>,
@@ -68,6 +74,10 @@ impl Node {
                 config.limits.node_frame_bytes as usize,
             )),
             own: RwLock::new(Arc::new(own)),
+            policy: RwLock::new(Arc::new(policy)),
+            provenance: std::sync::Mutex::new(crate::provenance::Provenance::new(
+                config.limits.dedup_ids,
+            )),
             responders: std::sync::Mutex::new(crate::respond::Responders::new(
                 config.limits.dedup_ids,
             )),
@@ -90,6 +100,16 @@ impl Node {
     /// Puts reloaded material in force.
     pub fn set_own(&self, own: Own) {
         *self.own.write().expect("own material lock poisoned") = Arc::new(own);
+    }
+
+    /// The policy in force.
+    pub fn policy(&self) -> Arc<crate::agreement::Policy> {
+        self.policy.read().expect("policy lock poisoned").clone()
+    }
+
+    /// Puts a reloaded policy in force.
+    pub fn set_policy(&self, policy: crate::agreement::Policy) {
+        *self.policy.write().expect("policy lock poisoned") = Arc::new(policy);
     }
 
     pub fn events(&self) -> &Events {

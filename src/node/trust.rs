@@ -2,6 +2,9 @@
 //! (CRLs, and the node's own certificate and key), revocation that reaches live connections,
 //! and warnings about what will soon stop working.
 //!
+//! The policy file (`rules`) is reloaded by the same watcher: on SIGHUP, on a requested reload,
+//! and when it changes.
+//!
 //! A reload happens on SIGHUP, on [`RunningNode::reload`](super::RunningNode::reload), and when
 //! the CRL files (or the certificate, key and trust bundle) change on disk: the node looks every
 //! [`POLL`]. It rebuilds everything from the files, and if anything is wrong keeps what it had
@@ -269,6 +272,7 @@ pub(super) async fn watch(node: Arc<Node>, endpoint: quinn::Endpoint, trigger: A
         None => std::future::pending().await,
     };
     let mut seen = fingerprint(&node.config);
+    let mut seen_policy = super::rules::fingerprint(&node.config);
     let mut poll = tokio::time::interval(POLL);
     let mut daily = tokio::time::interval(Duration::from_secs(24 * 3600));
     // The first tick of each is immediate: the start-up warnings are logged by the runtime.
@@ -279,6 +283,11 @@ pub(super) async fn watch(node: Arc<Node>, endpoint: quinn::Endpoint, trigger: A
             _ = hangup(&mut hup) => "SIGHUP",
             _ = trigger.notified() => "reload requested",
             _ = poll.tick() => {
+                let policy = super::rules::fingerprint(&node.config);
+                if policy != seen_policy {
+                    seen_policy = policy;
+                    let _ = super::rules::reload(&node, "policy file changed");
+                }
                 let now = fingerprint(&node.config);
                 if now == seen {
                     continue;
@@ -293,6 +302,10 @@ pub(super) async fn watch(node: Arc<Node>, endpoint: quinn::Endpoint, trigger: A
             }
         };
         seen = fingerprint(&node.config);
+        if why != "TLS files changed" {
+            seen_policy = super::rules::fingerprint(&node.config);
+            let _ = super::rules::reload(&node, why);
+        }
         let _ = reload(&node, &endpoint, why);
     }
 }

@@ -100,6 +100,17 @@ impl TestNet {
         TestNet { dir, net, nodes }
     }
 
+    /// Writes the configs of a planned network and starts every node of it.
+    pub async fn start(dir: tempfile::TempDir, net: LocalNetwork) -> TestNet {
+        init_logging();
+        net.write_configs().unwrap();
+        let mut nodes = BTreeMap::new();
+        for name in net.nodes.keys() {
+            nodes.insert(name.clone(), net.start(name).await.unwrap());
+        }
+        TestNet { dir, net, nodes }
+    }
+
     pub fn node(&self, name: &str) -> &RunningNode {
         &self.nodes[name]
     }

@@ -81,7 +81,7 @@ fn drain(rx: &mut broadcast::Receiver<Event>) -> Vec<Event> {
 }
 
 fn dispatch(l: &Ledger, q: &Arc<Queue>, d: &mut Dispatcher) -> (InFlight, crate::dispatch::Ticket) {
-    match l.next(q, d, SystemTime::now()) {
+    match l.next(q, d, SystemTime::now(), |_| true) {
         Next::Send(copy, ticket) => (copy, ticket),
         _ => panic!("expected a copy to send"),
     }

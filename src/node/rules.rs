@@ -1,0 +1,289 @@
+//! The node's policy file at run time: loaded at start, reloaded without a restart, and applied
+//! where a message is taken (`check_take`) and before a copy is handed to a client
+//! (`check_delivery`). The decisions are [`crate::agreement`]'s.
+//!
+//! A reload happens with the TLS reload (SIGHUP, [`RunningNode::reload`](super::RunningNode::reload))
+//! and when the file changes on disk (looked at every [`super::trust::POLL`]). A file that does
+//! not load is refused and the policy in force stays (logged, and recorded as
+//! [`Event::ReloadRefused`]).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use super::events::Event;
+use super::runtime::NodeError;
+use super::state::Node;
+use crate::agreement::{Decision, Policy, PolicyError};
+use crate::config::Config;
+use crate::message::{Message, MessageId, Status};
+use crate::provenance::{Deriver, Release, Restriction};
+use crate::refusal::Refusal;
+use crate::route::Plan;
+use crate::wire::pb;
+use crate::wire::pb::RefusalCode;
+use prost::Message as _;
+
+/// The payload type of an originator's dissemination decision.
+const DECISION: &str = "enlace.v1.DisseminationDecision";
+
+/// The name decisions cite when the node has no policy file.
+const NO_FILE: &str = "(no policy file)";
+
+/// Loads the config's policy file (none: a policy that allows nothing) and checks that it is
+/// this node's agency's.
+pub(super) fn load(config: &Config) -> Result<Policy, NodeError> {
+    let Some(path) = &config.policy else {
+        return Ok(Policy::deny_all(NO_FILE));
+    };
+    let policy = Policy::load(path).map_err(NodeError::Policy)?;
+    if let Some(a) = &policy.agency
+        && a != config.agency.as_str()
+    {
+        return Err(NodeError::Policy(PolicyError {
+            file: path.display().to_string(),
+            key: "policy.agency".into(),
+            reason: format!("is {a}, but this node serves {}", config.agency),
+        }));
+    }
+    Ok(policy)
+}
+
+/// What `--check-config` and start-up say about the policy.
+pub(super) fn warnings(config: &Config, policy: &Policy) -> Vec<String> {
+    if config.policy.is_none() {
+        return vec![
+            "no policy file (node.policy): deny by default, so no client may send or receive \
+             anything"
+                .to_owned(),
+        ];
+    }
+    let known: Vec<String> = config
+        .directory
+        .ids()
+        .map(str::to_owned)
+        .chain(config.peers.values().map(|p| p.agency.to_string()))
+        .chain(std::iter::once(config.agency.to_string()))
+        .collect();
+    policy
+        .lint(Some(&known), SystemTime::now())
+        .into_iter()
+        .map(|l| format!("policy: {l}"))
+        .collect()
+}
+
+/// A fingerprint of the policy file: a change means a reload.
+pub(super) fn fingerprint(config: &Config) -> Option<(PathBuf, u64, Option<SystemTime>)> {
+    let path = config.policy.clone()?;
+    let meta = std::fs::metadata(&path).ok();
+    let len = meta.as_ref().map_or(0, |m| m.len());
+    Some((path, len, meta.and_then(|m| m.modified().ok())))
+}
+
+/// Reloads the policy file; on failure the policy in force stays.
+pub(super) fn reload(node: &Node, why: &str) -> Result<(), String> {
+    match load(&node.config) {
+        Ok(policy) => {
+            let detail = format!(
+                "{why}: {} agreement(s), {} send rule(s), {} receive rule(s)",
+                policy.agreements.len(),
+                policy.send.len(),
+                policy.receive.len()
+            );
+            for w in warnings(&node.config, &policy) {
+                tracing::warn!(node = %node.config.name, "{w}");
+            }
+            node.set_policy(policy);
+            node.events().record(Event::Reloaded {
+                what: "policy".into(),
+                detail,
+            });
+            Ok(())
+        }
+        Err(e) => {
+            let reason = e.to_string();
+            node.events().record(Event::ReloadRefused {
+                what: "policy".into(),
+                reason: format!("{why}: {reason}; the policy in force stays"),
+            });
+            Err(reason)
+        }
+    }
+}
+
+/// A denial as the sender hears it: `POLICY_DENIED`, naming the rule.
+pub(super) fn refusal(d: &Decision) -> Refusal {
+    Refusal::new(
+        RefusalCode::PolicyDenied,
+        format!("denied by {}: {}", d.rule, d.reason),
+    )
+}
+
+impl Node {
+    /// Whether this node's policy lets it take `message` as planned: from a client, the
+    /// agency's send rules; for every agency it is taking the message towards (its own, for
+    /// local copies; the agencies of each peer copy), an agreement from the originator's agency;
+    /// and at a relay, the message's label must let a node of this agency carry it. The node's
+    /// own SYSTEM traffic (receipts, reports) is not subject to it.
+    ///
+    /// What it returns is what the node will remember of the message, once taken (see
+    /// [`Node::remember`]): its restrictions, for products derived from it here, if this node's
+    /// agency sent or receives it.
+    pub(super) fn check_take(
+        &self,
+        message: &Message,
+        plan: &Plan,
+        client: Option<&str>,
+        now: SystemTime,
+    ) -> Result<Option<Vec<Restriction>>, Refusal> {
+        if message.status == Status::System {
+            return Ok(None);
+        }
+        let policy = self.policy();
+        let handling = policy.effective(&message.handling);
+        let (kind, precedence) = (message.payload_type.as_str(), message.precedence);
+        if let Some(client) = client {
+            let d = policy.may_send(client, kind, precedence);
+            if !d.allowed {
+                return Err(refusal(&d));
+            }
+        }
+        let own = self.config.agency.as_str();
+        let from = message.originator.agency.as_str();
+        let towards = plan
+            .peers
+            .iter()
+            .flat_map(|p| p.agencies.iter().map(|a| a.as_str()))
+            .chain((!plan.local.is_empty()).then_some(own));
+        for to in towards {
+            let d = policy.may_flow(from, to, kind, precedence, &handling, now);
+            if !d.allowed {
+                return Err(refusal(&d));
+            }
+        }
+        for mailbox in &plan.local {
+            let readers = self.config.readers.potential(mailbox);
+            let d = policy.receivable(&mailbox.to_string(), &readers, kind);
+            if !d.allowed {
+                return Err(refusal(&d));
+            }
+        }
+        let addressees: Vec<&str> = message
+            .addressees
+            .iter()
+            .map(|a| a.agency.as_str())
+            .collect();
+        let resolved: Vec<String> = addressees
+            .iter()
+            .map(|a| {
+                self.config
+                    .directory
+                    .resolve(a)
+                    .map_or_else(|| a.to_string(), |id| id.to_string())
+            })
+            .collect();
+        let addressees: Vec<&str> = resolved.iter().map(String::as_str).collect();
+        handling
+            .may_transit(own, from, &addressees)
+            .map_err(|reason| Refusal::new(RefusalCode::PolicyDenied, reason))?;
+        let provenance = self.provenance.lock().expect("provenance lock poisoned");
+        if client.is_some() && !message.derived_from.is_empty() {
+            let towards: Vec<&str> = plan
+                .peers
+                .iter()
+                .flat_map(|p| p.agencies.iter().map(|a| a.as_str()))
+                .chain((!plan.local.is_empty()).then_some(own))
+                .collect();
+            let partner = |a: &str| policy.partners(own, a, now);
+            let deriver = Deriver {
+                agency: own,
+                must_inform: &policy.must_inform,
+                partner: &partner,
+            };
+            provenance
+                .check_derived(
+                    &message.derived_from,
+                    &deriver,
+                    &towards,
+                    &handling.purpose,
+                    now,
+                )
+                .map_err(|d| {
+                    let hint = if d.releasable {
+                        format!(
+                            "; {} may release it: send it a DisseminationRequest for {}",
+                            d.owner, d.source
+                        )
+                    } else {
+                        String::new()
+                    };
+                    Refusal::new(
+                        RefusalCode::PolicyDenied,
+                        format!(
+                            "denied by the handling of source message {} (from {}): {}{hint}",
+                            d.source, d.owner, d.reason
+                        ),
+                    )
+                })?;
+        }
+        // Remembered only where the agency sends or receives it: a relay derives nothing.
+        if client.is_none() && plan.local.is_empty() {
+            return Ok(None);
+        }
+        let own_restriction = Restriction {
+            source: message.id,
+            owner: from.to_owned(),
+            addressees: resolved,
+            handling,
+        };
+        provenance
+            .inherit(own_restriction, &message.derived_from)
+            .map(Some)
+            .map_err(|reason| Refusal::new(RefusalCode::PolicyDenied, reason))
+    }
+
+    /// Remembers a message just taken: its restrictions, and if it is an approving
+    /// dissemination decision for this agency (`local`: it has copies here), the release it
+    /// grants.
+    pub(super) fn remember(&self, message: &Message, local: bool, restrictions: Vec<Restriction>) {
+        let mut provenance = self.provenance.lock().expect("provenance lock poisoned");
+        provenance.remember(message.id, restrictions);
+        if !local || message.payload_type != DECISION {
+            return;
+        }
+        let Ok(d) = pb::DisseminationDecision::decode(message.payload.clone()) else {
+            return;
+        };
+        if d.approved {
+            provenance.release(Release {
+                decision: message.id,
+                by: message.originator.agency.to_string(),
+                sources: d
+                    .source_message_ids
+                    .iter()
+                    .filter_map(|s| MessageId::from_slice(s))
+                    .collect(),
+                to: d
+                    .to_agencies
+                    .iter()
+                    .map(|a| a.to_ascii_lowercase())
+                    .collect(),
+                purpose: d.purpose,
+                valid_until: d.valid_until.as_ref().and_then(crate::message::system_time),
+            });
+        }
+    }
+
+    /// Whether `client` (a client of this agency) may be handed `message` (see
+    /// [`Policy::may_receive`]); the node's own SYSTEM traffic always may.
+    pub(super) fn may_deliver(&self, message: &Message, client: &str) -> bool {
+        message.status == Status::System
+            || self
+                .policy()
+                .may_receive(client, &message.payload_type)
+                .allowed
+    }
+}
+
+/// The policy in force, shared by every task.
+pub(super) type Shared = std::sync::RwLock<Arc<Policy>>;

@@ -1,0 +1,468 @@
+//! Originator control over derived products: what a node remembers of the messages its agency
+//! sent or received ([`Provenance`]), and whether a message derived from them may go where it
+//! is going ([`Provenance::check_derived`]).
+//!
+//! Sans-I/O. A message's *restrictions* are its own handling conditions, with its originator
+//! and addressees, plus every restriction of the messages it was derived from, through any
+//! number of generations: a product inherits the strictest handling of its sources. A
+//! restriction that needs its owner's consent for an agency is lifted, for that agency only, by
+//! a release: an approving `DisseminationDecision` from the owner's agency, which the node
+//! records when it takes the decision for its own agency. Bounded: the node remembers the
+//! `capacity` most recent messages and releases; sources it has forgotten (or never saw) are
+//! not checked, as their handling is unknown here.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use crate::handling::{Handling, Onward, Scope};
+use crate::message::MessageId;
+
+/// Most restrictions one message carries (its own and inherited ones); beyond it, the oldest
+/// inherited ones are dropped and the product is refused (see [`Provenance::inherit`]).
+pub const MAX_RESTRICTIONS: usize = 64;
+
+/// One source's conditions, as a derived product inherits them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Restriction {
+    /// The message whose conditions these are.
+    pub source: MessageId,
+    /// Its originator agency: whose consent a release needs.
+    pub owner: String,
+    /// Its addressee agencies, who may always get products of it.
+    pub addressees: Vec<String>,
+    /// Its handling conditions, as the node's policy reads them.
+    pub handling: Handling,
+}
+
+/// An originator's release of its messages to named agencies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Release {
+    /// The `DisseminationDecision` message.
+    pub decision: MessageId,
+    /// The agency that released (the decision's originator).
+    pub by: String,
+    pub sources: Vec<MessageId>,
+    /// Agencies released to.
+    pub to: Vec<String>,
+    /// Purpose the release is bound to ("" for any).
+    pub purpose: String,
+    pub valid_until: Option<SystemTime>,
+}
+
+/// The agency deriving, and what its policy says about others.
+pub struct Deriver<'a> {
+    /// The deriving agency (the derived product's originator).
+    pub agency: &'a str,
+    /// Its TLP:AMBER circle ([`crate::agreement::Policy::must_inform`]).
+    pub must_inform: &'a [String],
+    /// Whether an agency is of its community (has an agreement with it).
+    pub partner: &'a dyn Fn(&str) -> bool,
+}
+
+/// Why a derived product may not go somewhere.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Denied {
+    /// The source whose conditions deny it.
+    pub source: MessageId,
+    /// That source's originator.
+    pub owner: String,
+    /// Whether a release by `owner` would lift it.
+    pub releasable: bool,
+    pub reason: String,
+}
+
+/// What the node remembers: restrictions by message id, and releases by source id.
+#[derive(Debug)]
+pub struct Provenance {
+    capacity: usize,
+    known: HashMap<MessageId, Arc<[Restriction]>>,
+    order: VecDeque<MessageId>,
+    releases: HashMap<MessageId, Vec<Release>>,
+    release_order: VecDeque<MessageId>,
+}
+
+impl Provenance {
+    /// Remembers up to `capacity` messages and as many releases.
+    pub fn new(capacity: usize) -> Provenance {
+        Provenance {
+            capacity: capacity.max(1),
+            known: HashMap::new(),
+            order: VecDeque::new(),
+            releases: HashMap::new(),
+            release_order: VecDeque::new(),
+        }
+    }
+
+    /// The restrictions of the sources this node knows, each once.
+    fn of_sources(&self, sources: &[MessageId]) -> Vec<Restriction> {
+        let mut all: Vec<Restriction> = Vec::new();
+        for s in sources {
+            for r in self.known.get(s).into_iter().flat_map(|rs| rs.iter()) {
+                if !all.iter().any(|a| a.source == r.source) {
+                    all.push(r.clone());
+                }
+            }
+        }
+        all
+    }
+
+    /// The restrictions of a message: `own`, then those of each source this node knows.
+    /// `Err` when there would be more than [`MAX_RESTRICTIONS`].
+    pub fn inherit(
+        &self,
+        own: Restriction,
+        sources: &[MessageId],
+    ) -> Result<Vec<Restriction>, String> {
+        let own_id = own.source;
+        let mut all = vec![own];
+        all.extend(
+            self.of_sources(sources)
+                .into_iter()
+                .filter(|r| r.source != own_id),
+        );
+        if all.len() > MAX_RESTRICTIONS {
+            return Err(format!(
+                "the message inherits the conditions of {} sources; at most {MAX_RESTRICTIONS} \
+                 are tracked",
+                all.len() - 1
+            ));
+        }
+        Ok(all)
+    }
+
+    /// Remembers a message's restrictions (the oldest message is forgotten beyond capacity).
+    pub fn remember(&mut self, id: MessageId, restrictions: Vec<Restriction>) {
+        if self.known.insert(id, restrictions.into()).is_none() {
+            self.order.push_back(id);
+            while self.order.len() > self.capacity {
+                if let Some(old) = self.order.pop_front() {
+                    self.known.remove(&old);
+                }
+            }
+        }
+    }
+
+    /// Records a release (the oldest is forgotten beyond capacity).
+    pub fn release(&mut self, r: Release) {
+        for s in &r.sources {
+            self.releases.entry(*s).or_default().push(r.clone());
+            self.release_order.push_back(*s);
+        }
+        while self.release_order.len() > self.capacity {
+            if let Some(old) = self.release_order.pop_front()
+                && let Some(list) = self.releases.get_mut(&old)
+            {
+                list.remove(0);
+                if list.is_empty() {
+                    self.releases.remove(&old);
+                }
+            }
+        }
+    }
+
+    /// Whether `owner` released `source` to `to` for `purpose`, in force at `now`.
+    fn released(
+        &self,
+        source: &MessageId,
+        owner: &str,
+        to: &str,
+        purpose: &str,
+        now: SystemTime,
+    ) -> bool {
+        self.releases.get(source).is_some_and(|list| {
+            list.iter().any(|r| {
+                r.by == owner
+                    && r.to.iter().any(|a| a == to)
+                    && (r.purpose.is_empty() || r.purpose == purpose)
+                    && r.valid_until.is_none_or(|u| now < u)
+            })
+        })
+    }
+
+    /// May a product derived from `sources` (with `purpose`) go to each agency of `to`? Every
+    /// restriction of every source this node knows must allow it, or be released for it.
+    pub fn check_derived(
+        &self,
+        sources: &[MessageId],
+        deriver: &Deriver<'_>,
+        to: &[&str],
+        purpose: &str,
+        now: SystemTime,
+    ) -> Result<(), Denied> {
+        let restrictions = self.of_sources(sources);
+        if restrictions.len() >= MAX_RESTRICTIONS {
+            return Err(Denied {
+                source: sources[0],
+                owner: deriver.agency.to_owned(),
+                releasable: false,
+                reason: format!(
+                    "the sources carry the conditions of {} messages; at most \
+                     {MAX_RESTRICTIONS} are tracked",
+                    restrictions.len()
+                ),
+            });
+        }
+        for r in &restrictions {
+            // An agency's own information is its own to pass on.
+            if r.owner == deriver.agency {
+                continue;
+            }
+            for agency in to {
+                let onward = Onward {
+                    agency,
+                    deriver: deriver.agency,
+                    source_originator: &r.owner,
+                    source_addressees: &r.addressees,
+                    must_inform: deriver.must_inform,
+                    federation: (deriver.partner)(agency),
+                };
+                let (reason, releasable) = match r.handling.onward_scope(&onward) {
+                    Scope::Within => continue,
+                    Scope::NeedsConsent(why) => (why, true),
+                    Scope::Prohibited(why) => (why, false),
+                };
+                if releasable && self.released(&r.source, &r.owner, agency, purpose, now) {
+                    continue;
+                }
+                return Err(Denied {
+                    source: r.source,
+                    owner: r.owner.clone(),
+                    releasable,
+                    reason,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::handling::{Permission, Tlp};
+
+    fn id(n: u8) -> MessageId {
+        MessageId::from_slice(&[n; 16]).unwrap()
+    }
+
+    fn restriction(
+        source: u8,
+        owner: &str,
+        to: &[&str],
+        tlp: Tlp,
+        onward: Permission,
+    ) -> Restriction {
+        Restriction {
+            source: id(source),
+            owner: owner.into(),
+            addressees: to.iter().map(|s| s.to_string()).collect(),
+            handling: Handling {
+                tlp,
+                onward,
+                ..Handling::default()
+            },
+        }
+    }
+
+    fn cenapi<'a>(partner: &'a dyn Fn(&str) -> bool) -> Deriver<'a> {
+        Deriver {
+            agency: "cenapi",
+            must_inform: &[],
+            partner,
+        }
+    }
+
+    fn release(sources: &[u8], by: &str, to: &[&str], purpose: &str) -> Release {
+        Release {
+            decision: id(99),
+            by: by.into(),
+            sources: sources.iter().map(|s| id(*s)).collect(),
+            to: to.iter().map(|s| s.to_string()).collect(),
+            purpose: purpose.into(),
+            valid_until: None,
+        }
+    }
+
+    #[test]
+    fn a_product_of_a_consent_required_source_needs_the_originators_release() {
+        let now = SystemTime::now();
+        let partner = |_: &str| true;
+        let mut p = Provenance::new(16);
+        // DEA's alert to CENAPI: GREEN, but onward dissemination needs DEA's consent.
+        let x = restriction(1, "dea", &["cenapi"], Tlp::Green, Permission::Consent);
+        p.remember(id(1), p.inherit(x, &[]).unwrap());
+        let d = p
+            .check_derived(&[id(1)], &cenapi(&partner), &["pgr"], "interdiction", now)
+            .unwrap_err();
+        assert!(
+            d.releasable && d.owner == "dea" && d.source == id(1),
+            "{d:?}"
+        );
+        assert!(d.reason.contains("consent"), "{}", d.reason);
+        // Back to DEA, or inside CENAPI: no release needed.
+        p.check_derived(&[id(1)], &cenapi(&partner), &["dea", "cenapi"], "", now)
+            .unwrap();
+        // A release by someone else, for another agency, or another purpose does not count.
+        p.release(release(&[1], "pgr", &["pgr"], ""));
+        p.release(release(&[1], "dea", &["sat"], ""));
+        p.release(release(&[1], "dea", &["pgr"], "prosecution"));
+        assert!(
+            p.check_derived(&[id(1)], &cenapi(&partner), &["pgr"], "interdiction", now)
+                .is_err()
+        );
+        p.release(release(&[1], "dea", &["pgr"], "interdiction"));
+        p.check_derived(&[id(1)], &cenapi(&partner), &["pgr"], "interdiction", now)
+            .unwrap();
+        // Only for PGR: AFI still needs one.
+        assert!(
+            p.check_derived(
+                &[id(1)],
+                &cenapi(&partner),
+                &["pgr", "afi"],
+                "interdiction",
+                now
+            )
+            .is_err()
+        );
+        // A release that ended does not count.
+        let mut q = Provenance::new(16);
+        q.remember(id(1), p.known[&id(1)].to_vec());
+        q.release(Release {
+            valid_until: Some(now - Duration::from_secs(1)),
+            ..release(&[1], "dea", &["pgr"], "")
+        });
+        assert!(
+            q.check_derived(&[id(1)], &cenapi(&partner), &["pgr"], "", now)
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn prohibited_dissemination_is_not_releasable_and_red_stays_with_its_recipients() {
+        let now = SystemTime::now();
+        let partner = |_: &str| true;
+        let mut p = Provenance::new(16);
+        p.remember(
+            id(1),
+            vec![restriction(
+                1,
+                "dea",
+                &["cenapi"],
+                Tlp::Clear,
+                Permission::Denied,
+            )],
+        );
+        let d = p
+            .check_derived(&[id(1)], &cenapi(&partner), &["pgr"], "", now)
+            .unwrap_err();
+        assert!(!d.releasable, "{d:?}");
+        p.remember(
+            id(2),
+            vec![restriction(
+                2,
+                "dea",
+                &["cenapi", "afi"],
+                Tlp::Red,
+                Permission::Allowed,
+            )],
+        );
+        // RED: the source's own recipients may get products of it; nobody else.
+        p.check_derived(&[id(2)], &cenapi(&partner), &["afi", "dea"], "", now)
+            .unwrap();
+        assert!(
+            p.check_derived(&[id(2)], &cenapi(&partner), &["pgr"], "", now)
+                .is_err()
+        );
+        // Sources the node does not know are not checked.
+        p.check_derived(&[id(7)], &cenapi(&partner), &["pgr"], "", now)
+            .unwrap();
+    }
+
+    #[test]
+    fn restrictions_are_inherited_through_generations() {
+        let now = SystemTime::now();
+        let partner = |_: &str| true;
+        let mut p = Provenance::new(16);
+        // X: DEA, consent. M1 at CENAPI derived from X (kept inside CENAPI). M2 derived from
+        // M1. M3 derived from M2 and an unrelated GREEN source.
+        p.remember(
+            id(1),
+            vec![restriction(
+                1,
+                "dea",
+                &["cenapi"],
+                Tlp::Amber,
+                Permission::Consent,
+            )],
+        );
+        let m1 = p
+            .inherit(
+                restriction(2, "cenapi", &["cenapi"], Tlp::Clear, Permission::Allowed),
+                &[id(1)],
+            )
+            .unwrap();
+        assert_eq!(m1.len(), 2);
+        p.remember(id(2), m1);
+        let m2 = p
+            .inherit(
+                restriction(3, "cenapi", &["cenapi"], Tlp::Clear, Permission::Allowed),
+                &[id(2)],
+            )
+            .unwrap();
+        p.remember(id(3), m2);
+        p.remember(
+            id(4),
+            vec![restriction(
+                4,
+                "afi",
+                &["cenapi"],
+                Tlp::Green,
+                Permission::Allowed,
+            )],
+        );
+        let d = p
+            .check_derived(&[id(3), id(4)], &cenapi(&partner), &["pgr"], "", now)
+            .unwrap_err();
+        assert_eq!((d.source, d.owner.as_str()), (id(1), "dea"), "{d:?}");
+        // DEA's release of X covers the third generation too.
+        p.release(release(&[1], "dea", &["pgr"], ""));
+        p.check_derived(&[id(3), id(4)], &cenapi(&partner), &["pgr"], "", now)
+            .unwrap();
+        // GREEN reaches partners only.
+        let none = |_: &str| false;
+        assert!(
+            p.check_derived(&[id(4)], &cenapi(&none), &["pgr"], "", now)
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn memory_is_bounded() {
+        let mut p = Provenance::new(2);
+        for n in 1..=3 {
+            p.remember(
+                id(n),
+                vec![restriction(n, "dea", &[], Tlp::Red, Permission::Denied)],
+            );
+            p.release(release(&[n], "dea", &["pgr"], ""));
+        }
+        assert!(!p.known.contains_key(&id(1)));
+        assert!(p.known.contains_key(&id(3)));
+        assert_eq!(p.releases.len(), 2);
+        let many: Vec<Restriction> = (0..MAX_RESTRICTIONS as u8)
+            .map(|n| restriction(n, "dea", &[], Tlp::Red, Permission::Allowed))
+            .collect();
+        let mut p = Provenance::new(100);
+        p.remember(id(200), many);
+        assert!(
+            p.inherit(
+                restriction(201, "cenapi", &[], Tlp::Clear, Permission::Allowed),
+                &[id(200)]
+            )
+            .is_err()
+        );
+    }
+}
