@@ -22,6 +22,8 @@ use crate::handling::{Handling, NativeCode, Permission, Tlp};
 use crate::message::Precedence;
 use crate::policy::Reader;
 
+pub use crate::explain::{Question, day};
+
 /// The package payload type names are in when the file gives a short name.
 const PACKAGE: &str = "enlace.v1.";
 
@@ -139,7 +141,8 @@ pub struct Agreement {
     pub(crate) valid_from: Option<SystemTime>,
     /// End of the last day it is in force (UTC), if it says.
     pub(crate) valid_until: Option<SystemTime>,
-    dates: (Option<String>, Option<String>),
+    /// `valid_from` and `valid_until` as the file wrote them.
+    pub(crate) dates: (Option<String>, Option<String>),
 }
 
 impl Agreement {
@@ -854,7 +857,7 @@ fn types(key: &str, v: &[String]) -> Result<Types, (String, String)> {
 }
 
 /// The start (00:00 UTC) of a `YYYY-MM-DD` day.
-fn date(s: &str) -> Result<SystemTime, String> {
+pub(crate) fn date(s: &str) -> Result<SystemTime, String> {
     let bad = || format!("{s:?} is not a date like 2026-12-31");
     let mut parts = s.split('-');
     let (Some(y), Some(m), Some(d), None) =
@@ -1248,5 +1251,25 @@ max_precedence = \"BULK\"
             later.iter().any(|l| l.contains("not in force now")),
             "{later:#?}"
         );
+    }
+
+    #[test]
+    fn the_deploy_examples_load_and_lint_clean() {
+        let known: Vec<String> = ["dea", "pgr", "afi", "cenapi"].map(String::from).to_vec();
+        let now = date("2026-12-02").unwrap();
+        for (node, agency) in [
+            ("dea-1", "dea"),
+            ("pgr-1", "pgr"),
+            ("afi-1", "afi"),
+            ("cenapi-1", "cenapi"),
+        ] {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("deploy")
+                .join(format!("{node}.policy.toml"));
+            let policy = Policy::load(&path).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(policy.agency.as_deref(), Some(agency), "{node}");
+            let findings = policy.lint(Some(&known), now);
+            assert!(findings.is_empty(), "{node}: {findings:#?}");
+        }
     }
 }

@@ -325,6 +325,20 @@ impl Config {
         self.log_format
     }
 
+    /// The agencies this node knows of: its own, its peers', and the directory's.
+    pub fn known_agencies(&self) -> Vec<String> {
+        let mut all: Vec<String> = self
+            .directory
+            .ids()
+            .map(str::to_owned)
+            .chain(self.peers.values().map(|p| p.agency.to_string()))
+            .chain(std::iter::once(self.agency.to_string()))
+            .collect();
+        all.sort();
+        all.dedup();
+        all
+    }
+
     /// Its log level (`[log] level`), as a tracing filter.
     pub fn log_level(&self) -> &str {
         &self.log_level

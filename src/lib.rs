@@ -44,6 +44,7 @@ mod directory;
 mod dispatch;
 mod draft;
 mod error;
+mod explain;
 #[cfg(feature = "fuzzing")]
 pub mod fuzz;
 pub mod handling;

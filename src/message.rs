@@ -135,6 +135,19 @@ pub struct Message {
 }
 
 impl Message {
+    /// When the node lets go of every copy: at its expiry, or when its originator's retention
+    /// period (`retain_until`) ends, if that is sooner.
+    pub(crate) fn deadline(&self) -> SystemTime {
+        self.handling
+            .retain_until
+            .map_or(self.expires_at, |r| r.min(self.expires_at))
+    }
+
+    /// Whether the message is past its retention period (`retain_until`) at `now`.
+    pub(crate) fn retention_over(&self, now: SystemTime) -> bool {
+        self.handling.retain_until.is_some_and(|r| r <= now)
+    }
+
     /// Parses and checks the structure of an envelope: every field a node relies on must be
     /// present and well-formed. `envelope` are the exact signed bytes; `signature` travels
     /// beside them. Refusals are `INVALID` with a reason naming the field.

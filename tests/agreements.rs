@@ -672,3 +672,182 @@ async fn a_tlp_red_alert_stays_with_its_recipient() {
     pgr.close().await;
     net.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copies_are_purged_when_the_originators_retention_period_ends() {
+    let net = four().await;
+    let desk = net.client("dea", "duty-desk").await;
+    let mut pgr_events = net.node("pgr-1").events();
+    // Valid for an hour, but PGR may keep it for one second only; nobody reads PGR's inbox.
+    let until = std::time::SystemTime::now() + std::time::Duration::from_secs(1);
+    let since = until.duration_since(std::time::UNIX_EPOCH).unwrap();
+    let sent = desk
+        .submit(
+            Draft::new(&liaison("keep it briefly"))
+                .to("pgr")
+                .expires_in(std::time::Duration::from_secs(3600))
+                .handling(pb::HandlingPolicy {
+                    retain_until: Some(prost_types::Timestamp {
+                        seconds: since.as_secs() as i64,
+                        nanos: since.subsec_nanos() as i32,
+                    }),
+                    ..Default::default()
+                }),
+        )
+        .await
+        .unwrap();
+    let e = wait_event(
+        &mut pgr_events,
+        |e| matches!(e, Event::Purged { id: Some(id), .. } if *id == sent.id),
+    )
+    .await;
+    assert!(
+        matches!(&e, Event::Purged { reason, .. } if reason.contains("retain_until")),
+        "{e:?}"
+    );
+    let mut receipts = desk.receipts().await.unwrap();
+    let report = within("the originator's report", async {
+        loop {
+            let r = receipts
+                .next_for(sent.id)
+                .await
+                .expect("receipt stream ended");
+            if let Stage::NonDelivery(_) = r.stage {
+                return r;
+            }
+        }
+    })
+    .await;
+    assert!(report.detail.contains("retention period"), "{report:?}");
+    // A reader who comes now gets nothing of it.
+    let pgr = net.subscriber("pgr", "duty-desk").await;
+    let mut inbox = pgr.inbox().unwrap();
+    let probe = desk
+        .submit(Draft::new(&liaison("probe")).to("pgr"))
+        .await
+        .unwrap();
+    let first = within("the probe", inbox.next()).await.unwrap();
+    assert_eq!(first.id(), probe.id, "the purged copy was not delivered");
+    first.ack().await.unwrap();
+    desk.close().await;
+    pgr.close().await;
+    net.stop().await;
+}
+
+/// Runs the `enlace` CLI; its exit code and output.
+fn cli(args: &[&str]) -> (i32, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_enlace"))
+        .args(args)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
+#[test]
+fn policy_check_and_explain_tell_the_writer_what_the_file_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("dea.policy.toml");
+    std::fs::write(&file, dea_policy()).unwrap();
+    let f = file.to_str().unwrap();
+
+    let (code, out) = cli(&[
+        "policy",
+        "check",
+        f,
+        "--agencies",
+        "dea,pgr,afi",
+        "--at",
+        "2026-12-02",
+    ]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains(
+            "agreement dea-pgr: dea → pgr: LiaisonMessage, PrecursorChemicalAlert up to FLASH"
+        ),
+        "{out}"
+    );
+    assert!(out.contains("valid, no findings"), "{out}");
+    // An agency the directory does not know is a finding.
+    let (code, out) = cli(&[
+        "policy",
+        "check",
+        f,
+        "--agencies",
+        "dea,pgr",
+        "--at",
+        "2026-12-02",
+    ]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("agency \"afi\" is not in the directory"),
+        "{out}"
+    );
+    // A file that does not load names the key.
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[[send]]\nid = \"x\"\nclients = [\"a\"]\npayload_types = [\"*\"]\nmax_precedence = \"URGENT\"\n").unwrap();
+    let (code, out) = cli(&["policy", "check", bad.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("send[0].max_precedence"), "{out}");
+
+    let explain = |extra: &[&str]| {
+        let mut args = vec!["policy", "explain", "--policy", f, "--at", "2026-12-02"];
+        args.extend_from_slice(extra);
+        cli(&args)
+    };
+    let (code, out) = explain(&[
+        "--from",
+        "dea/duty-desk",
+        "--to",
+        "pgr",
+        "--type",
+        "PrecursorChemicalAlert",
+        "--precedence",
+        "FLASH",
+    ]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("send: allowed by dea.policy.toml#desk"),
+        "{out}"
+    );
+    assert!(
+        out.contains("agreement: allowed by dea.policy.toml#dea-pgr"),
+        "{out}"
+    );
+    let (code, out) = explain(&[
+        "--from",
+        "dea/duty-desk",
+        "--to",
+        "pgr",
+        "--type",
+        "PrecursorChemicalAlert",
+        "--tlp",
+        "GREEN",
+    ]);
+    assert_eq!(code, 4, "{out}");
+    assert!(
+        out.contains("agreement: denied by dea.policy.toml#dea-pgr"),
+        "{out}"
+    );
+    let (code, out) = explain(&[
+        "--from",
+        "pgr",
+        "--to",
+        "dea/analyst",
+        "--type",
+        "LiaisonMessage",
+    ]);
+    assert_eq!(code, 4, "{out}");
+    assert!(
+        out.contains("agreement: allowed by dea.policy.toml#pgr-dea"),
+        "{out}"
+    );
+    assert!(
+        out.contains("receive: denied by dea.policy.toml#default-deny"),
+        "{out}"
+    );
+}

@@ -181,7 +181,9 @@ pub enum Event {
         /// Why this attempt failed, e.g. `did not acknowledge in time`.
         reason: String,
     },
-    /// A stored copy was removed without being delivered.
+    /// A copy was removed without being delivered: a stored copy that does not decode, or one
+    /// whose originator's retention period (`retain_until`) ended (from its queue, and its
+    /// originator is told it was not delivered; or from the dead letters).
     Purged {
         /// The message id; `None` when the stored record does not name a valid one.
         id: Option<MessageId>,
@@ -232,6 +234,7 @@ pub enum Event {
         /// The queue it waited in.
         queue: String,
     },
+
     /// A peer link changed state: `connecting`, `up` (detail: address and which node dialed),
     /// `down` (detail: the reason), `backoff` (detail: the next delay), or `duplicate-closed` (a
     /// second connection to the peer was closed; the link is unchanged). See

@@ -505,16 +505,45 @@ impl Ledger {
     }
 
     /// **Expired**: copies that expired while waiting are finished, and each originator told.
+    ///
+    /// A copy whose originator's retention period (`retain_until`) ended first is **purged**
+    /// instead: the same, recorded as such.
     pub fn expire(&self, queue: &Queue, entries: Vec<Entry<Copy>>) {
+        let now = SystemTime::now();
         for e in entries {
-            self.0.events.record(Event::Expired {
-                id: e.item.id(),
-                queue: queue.name().to_owned(),
-            });
+            let id = e.item.id();
+            let queue_name = queue.name().to_owned();
+            let detail = if e.item.message.retention_over(now) {
+                self.0.events.record(Event::Purged {
+                    id: Some(id),
+                    queue: queue_name,
+                    reason: "its retention period (retain_until) ended".into(),
+                });
+                "purged before it could be delivered: its originator's retention period \
+                 (retain_until) ended"
+            } else {
+                self.0.events.record(Event::Expired {
+                    id,
+                    queue: queue_name,
+                });
+                "expired before it could be delivered"
+            };
             self.record_about(&e.item, |seq| vec![Op::Done(seq)]);
             let why = pb::NonDeliveryReason::Expired;
-            let detail = "expired before it could be delivered".to_owned();
-            self.undelivered(queue, &e.item, why, detail);
+            self.undelivered(queue, &e.item, why, detail.to_owned());
+        }
+    }
+
+    /// **Purged**: dead letters past their originator's retention period (`retain_until`) are
+    /// erased too; an operator could otherwise redrive what must no longer exist.
+    fn purge_dead(&self, queue: &Queue, now: SystemTime) {
+        for d in queue.take_dead(|d| d.entry.item.message.retention_over(now)) {
+            self.0.events.record(Event::Purged {
+                id: Some(d.entry.item.id()),
+                queue: queue.name().to_owned(),
+                reason: "a dead letter past its retention period (retain_until)".into(),
+            });
+            self.record_about(&d.entry.item, |seq| vec![Op::Done(seq)]);
         }
     }
 
@@ -526,6 +555,9 @@ impl Ledger {
             let expired = q.drain_expired(now);
             if !expired.is_empty() {
                 self.expire(&q, expired);
+            }
+            if q.has_dead_letters() {
+                self.purge_dead(&q, now);
             }
         }
     }

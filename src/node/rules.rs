@@ -58,13 +58,7 @@ pub(super) fn warnings(config: &Config, policy: &Policy) -> Vec<String> {
                 .to_owned(),
         ];
     }
-    let known: Vec<String> = config
-        .directory
-        .ids()
-        .map(str::to_owned)
-        .chain(config.peers.values().map(|p| p.agency.to_string()))
-        .chain(std::iter::once(config.agency.to_string()))
-        .collect();
+    let known = config.known_agencies();
     policy
         .lint(Some(&known), SystemTime::now())
         .into_iter()

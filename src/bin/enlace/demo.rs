@@ -249,7 +249,9 @@ async fn play(net: &LocalNetwork, a: &DemoArgs) -> Result<(), Failure> {
         show_receipts(&connect, &mut receipts, &arrivals, *first).await?;
     }
     drop(receipts);
+    let story2 = originator_control(&connect, &desk).await;
     desk.close().await;
+    story2?;
     let complete = arrivals.len() == a.records + 2 * a.alerts;
     if complete {
         Ok(())
@@ -326,6 +328,212 @@ where
         println!("({} of {expected} receipts arrived within 10 s)", got.len());
     }
     Ok(())
+}
+
+/// One step of story 2, as the demo prints it.
+struct Step {
+    who: &'static str,
+    what: String,
+    outcome: String,
+}
+
+/// Story 2: CENAPI derives a report from a DEA alert whose handling needs DEA's consent for
+/// onward dissemination. Sent to a third agency (FGR), it is refused, naming the rule; CENAPI
+/// asks DEA for a release, DEA's duty desk approves it for FGR, and the same report then goes
+/// through. Prints the steps as a table.
+async fn originator_control<F, Fut>(connect: &F, desk: &Client) -> Result<(), Failure>
+where
+    F: Fn(&str, &str) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Client>>,
+{
+    println!(
+        "\nStory 2, originator control: CENAPI derives a report from a DEA alert whose onward \
+         dissemination needs DEA's consent, and sends it to FGR."
+    );
+    let mut steps = Vec::new();
+    let cenapi = connect("cenapi", "analyst").await?;
+    let mut cenapi_inbox = cenapi.subscribe(Mailbox::Inbox).await?;
+    let mut desk_inbox = desk.subscribe(Mailbox::Inbox).await?;
+    let pgr = connect("pgr", "duty-desk").await?;
+    let mut pgr_inbox = pgr.subscribe(Mailbox::Inbox).await?;
+    let within = |what: &'static str| {
+        move |r: Result<Option<enlace::Delivery>, tokio::time::error::Elapsed>| {
+            r.ok()
+                .flatten()
+                .with_context(|| format!("{what} did not arrive"))
+        }
+    };
+    let wait = Duration::from_secs(10);
+
+    // DEA's alert to CENAPI: TLP:GREEN, onward dissemination with DEA's consent only.
+    let source = desk
+        .send(
+            Draft::new(&sample_alert(99))
+                .to("cenapi")
+                .precedence(Precedence::Immediate)
+                .case_id("DEA-DEMO-0002")
+                .handling(pb::HandlingPolicy {
+                    tlp: pb::TlpLabel::Green as i32,
+                    onward_dissemination: pb::Permission::OriginatorConsent as i32,
+                    purpose: "interdiction of precursor shipment".into(),
+                    ..Default::default()
+                }),
+        )
+        .await
+        .context("DEA's alert to CENAPI not sent")?
+        .await
+        .context("DEA's alert to CENAPI refused")?
+        .id;
+    steps.push(Step {
+        who: "DEA/duty-desk",
+        what: "IMMEDIATE alert to CENAPI, TLP:GREEN, onward dissemination: consent".into(),
+        outcome: format!("accepted ({source})"),
+    });
+    loop {
+        let d =
+            within("DEA's alert at CENAPI")(tokio::time::timeout(wait, cenapi_inbox.next()).await)?;
+        let done = d.id() == source;
+        let _ = d.ack().await;
+        if done {
+            break;
+        }
+    }
+    let report = || {
+        Draft::new(&pb::AnalyticalReport {
+            kind: pb::AnalyticalReportKind::OperationalAnalysis as i32,
+            title: Some(text("es-MX", "Red de desvío de pseudoefedrina, Manzanillo")),
+            source_message_ids: vec![source.to_bytes()],
+            ..Default::default()
+        })
+        .to("FGR")
+        .derived_from(source)
+        .case_id("DEA-DEMO-0002")
+        .handling(pb::HandlingPolicy {
+            purpose: "interdiction of precursor shipment".into(),
+            ..Default::default()
+        })
+    };
+    let refused = cenapi
+        .send(report())
+        .await
+        .context("CENAPI's report not sent")?
+        .await;
+    steps.push(Step {
+        who: "CENAPI/analyst",
+        what: "report derived from it, to FGR".into(),
+        outcome: match &refused {
+            Ok(a) => format!("accepted ({}): the release was not needed?", a.id),
+            Err(e) => format!("refused: {e}"),
+        },
+    });
+    let request = cenapi
+        .send(
+            Draft::new(&pb::DisseminationRequest {
+                source_message_ids: vec![source.to_bytes()],
+                to_agencies: vec!["pgr".into()],
+                purpose: "interdiction of precursor shipment".into(),
+                justification: "FGR prosecutes the consignee".into(),
+            })
+            .to("dea")
+            .precedence(Precedence::Priority),
+        )
+        .await
+        .context("CENAPI's request not sent")?
+        .await
+        .context("CENAPI's dissemination request refused")?
+        .id;
+    steps.push(Step {
+        who: "CENAPI/analyst",
+        what: "DisseminationRequest to DEA: release it to FGR".into(),
+        outcome: format!("accepted ({request})"),
+    });
+    let asked = loop {
+        let d =
+            within("CENAPI's request at DEA")(tokio::time::timeout(wait, desk_inbox.next()).await)?;
+        if d.id() == request {
+            break d;
+        }
+        let _ = d.ack().await;
+    };
+    let req: pb::DisseminationRequest = asked.payload().context("the request")?;
+    let _ = asked.ack().await;
+    let decision = desk
+        .send(
+            Draft::new(&pb::DisseminationDecision {
+                request_id: request.to_bytes(),
+                source_message_ids: req.source_message_ids,
+                approved: true,
+                to_agencies: req.to_agencies,
+                purpose: req.purpose,
+                reason: "approved for prosecution of the consignee".into(),
+                ..Default::default()
+            })
+            .to("cenapi")
+            .precedence(Precedence::Priority),
+        )
+        .await
+        .context("DEA's decision not sent")?
+        .await
+        .context("DEA's dissemination decision refused")?
+        .id;
+    steps.push(Step {
+        who: "DEA/duty-desk",
+        what: "DisseminationDecision to CENAPI: approved for FGR (signed)".into(),
+        outcome: format!("accepted ({decision})"),
+    });
+    loop {
+        let d = within("DEA's decision at CENAPI")(
+            tokio::time::timeout(wait, cenapi_inbox.next()).await,
+        )?;
+        let done = d.id() == decision;
+        let _ = d.ack().await;
+        if done {
+            break;
+        }
+    }
+    let second = cenapi
+        .send(report())
+        .await
+        .context("CENAPI's report not sent")?
+        .await;
+    let delivered = match &second {
+        Ok(a) => loop {
+            let d = within("CENAPI's report at FGR")(
+                tokio::time::timeout(wait, pgr_inbox.next()).await,
+            )?;
+            let done = d.id() == a.id;
+            let path = d.path().join(" → ");
+            let _ = d.ack().await;
+            if done {
+                break Some(path);
+            }
+        },
+        Err(_) => None,
+    };
+    steps.push(Step {
+        who: "CENAPI/analyst",
+        what: "the same report, to FGR".into(),
+        outcome: match (&second, &delivered) {
+            (Ok(a), Some(path)) => format!("accepted ({}), delivered to FGR via {path}", a.id),
+            (Ok(a), None) => format!("accepted ({})", a.id),
+            (Err(e), _) => format!("refused: {e}"),
+        },
+    });
+    println!("{:<16} {:<62} OUTCOME", "WHO", "WHAT");
+    for s in &steps {
+        println!("{:<16} {:<62} {}", s.who, s.what, s.outcome);
+    }
+    cenapi.close().await;
+    pgr.close().await;
+    match (refused, second) {
+        (Err(_), Ok(_)) => Ok(()),
+        (Ok(_), _) => Err(Failure::from(anyhow::anyhow!(
+            "story 2: the derived report went out without DEA's release"
+        ))),
+        (_, Err(e)) => Err(Failure::from(anyhow::anyhow!(
+            "story 2: the derived report was refused after DEA's release: {e}"
+        ))),
+    }
 }
 
 async fn stream_records(client: Arc<Client>, sent: SentLog, n: usize) -> anyhow::Result<usize> {

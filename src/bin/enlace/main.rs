@@ -13,6 +13,7 @@ mod dlq;
 mod exit;
 mod inbox;
 mod pki;
+mod policy;
 mod send;
 mod status;
 
@@ -45,6 +46,9 @@ enum Command {
     /// Inspect and redrive dead letters (operator certificate required).
     #[command(subcommand)]
     Dlq(dlq::DlqCommand),
+    /// Check a policy file (exchange agreements and rules), or explain a decision by it.
+    #[command(subcommand)]
+    Policy(policy::PolicyCommand),
     /// Create and maintain a development or test PKI.
     #[command(subcommand)]
     Pki(pki::PkiCommand),
@@ -63,6 +67,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Status(a) => status::run(a).await,
         Command::Dlq(c) => dlq::run(c).await,
         Command::Pki(c) => pki::run(c).map_err(Failure::from),
+        Command::Policy(c) => policy::run(c),
         Command::Demo(a) => demo::run(a).await,
         Command::Bench(a) => bench::run(a).await,
     }

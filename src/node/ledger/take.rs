@@ -361,7 +361,7 @@ fn put(message: &Message, queue: &Queue, bytes: &Bytes, now: SystemTime) -> Op {
         queue: queue.name().to_owned(),
         message_id: *message.id.as_bytes(),
         precedence: message.precedence.to_pb() as u8,
-        expires_at_ms: millis(message.expires_at),
+        expires_at_ms: millis(message.deadline()),
         received_at_ms: millis(now),
         bytes: bytes.clone(),
     })
@@ -371,7 +371,7 @@ fn put(message: &Message, queue: &Queue, bytes: &Bytes, now: SystemTime) -> Op {
 fn entry(t: &Taking<'_>, transit: &Arc<Transit>, seq: Seq) -> Entry<Copy> {
     Entry {
         precedence: t.message.precedence,
-        expires_at: t.message.expires_at,
+        expires_at: t.message.deadline(),
         item: Copy {
             message: t.message.clone(),
             transit: transit.clone(),
