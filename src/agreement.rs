@@ -272,7 +272,6 @@ struct RawReceive {
 #[serde(deny_unknown_fields)]
 struct RawCode {
     tlp: Option<String>,
-    max_hops: Option<u32>,
     onward_dissemination: Option<String>,
     judicial_use: Option<String>,
     operational_action: Option<String>,
@@ -480,7 +479,6 @@ impl Policy {
                         Some(t) => tlp(k("tlp"), t)?,
                         None => Tlp::Clear,
                     },
-                    max_relays: c.max_hops,
                     onward: opt(&c.onward_dissemination, |v| {
                         permission(k("onward_dissemination"), v)
                     })?,

@@ -868,6 +868,12 @@ address = "127.0.0.1:7402"
             let c = Config::parse(&text, Path::new("/etc/enlace"))
                 .unwrap_or_else(|e| panic!("{node}: {e:?}"));
             assert_eq!(c.name, node);
+            // The policy it names is the annotated example beside it (checked in `agreement`).
+            assert_eq!(
+                c.policy,
+                Some(PathBuf::from(format!("/etc/enlace/{node}.policy.toml")))
+            );
+            assert!(path.with_file_name(format!("{node}.policy.toml")).is_file());
             assert_eq!(c.directory.resolve("CMI").unwrap().as_str(), "afi");
             // The examples document every limit with its default value.
             assert_eq!(

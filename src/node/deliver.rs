@@ -163,7 +163,7 @@ impl Sink for ClientSink {
     /// that may.
     fn accepts(&self, copy: &Copy) -> bool {
         let c = &self.consumer;
-        c.node.may_deliver(&copy.message, &c.client)
+        c.node.may_deliver(&copy.message, &c.mailbox, &c.client)
     }
 
     async fn settled(&mut self, _: &Dispatcher) -> bool {

@@ -40,8 +40,11 @@ impl Node {
         self.check_responder(&message)?;
         let plan = self.plan(&message, &hops, from_peer.then_some(&route_to[..]))?;
         let client = message.originator.client.as_deref().filter(|_| !from_peer);
-        let restrictions = self.check_take(&message, &plan, client, now)?;
-        let remembered = restrictions.map(|r| (message.clone(), !plan.local.is_empty(), r));
+        // Remembered before it is queued: an alert is handed to its reader while its write is
+        // in flight (cut-through), and a product derived from it may come back at once.
+        if let Some(r) = self.check_take(&message, &plan, client, now)? {
+            self.remember(&message, !plan.local.is_empty(), r);
+        }
         // Who may answer a message of this node's own clients.
         let addressed = (!from_peer && message.originator.client.is_some()).then(|| {
             let mut agencies: Vec<AgencyId> =
@@ -63,9 +66,6 @@ impl Node {
                 now,
             })
             .await?;
-        if let Some((message, local, r)) = remembered {
-            self.remember(&message, local, r);
-        }
         if let Some((id, agencies)) = addressed {
             self.responders
                 .lock()

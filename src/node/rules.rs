@@ -14,10 +14,12 @@ use std::time::SystemTime;
 use super::events::Event;
 use super::runtime::NodeError;
 use super::state::Node;
+use crate::address::Mailbox;
 use crate::agreement::{Decision, Policy, PolicyError};
 use crate::config::Config;
 use crate::message::{Message, MessageId, Status};
 use crate::provenance::{Deriver, Release, Restriction};
+use crate::receipt::is_receipts_mailbox;
 use crate::refusal::Refusal;
 use crate::route::Plan;
 use crate::wire::pb;
@@ -105,6 +107,16 @@ pub(super) fn reload(node: &Node, why: &str) -> Result<(), String> {
     }
 }
 
+/// Whether `message` is a node's own control traffic (a receipt or a non-delivery report,
+/// SYSTEM, originated and signed by a node, as admission checked): the one kind the policy does
+/// not govern. Anything else marked SYSTEM (which only a misbehaving node could forward) is
+/// subject to it like any message.
+fn node_control(message: &Message) -> bool {
+    message.status == Status::System
+        && message.originator.client.is_none()
+        && crate::receipt::is_node_control(message)
+}
+
 /// A denial as the sender hears it: `POLICY_DENIED`, naming the rule.
 pub(super) fn refusal(d: &Decision) -> Refusal {
     Refusal::new(
@@ -130,7 +142,7 @@ impl Node {
         client: Option<&str>,
         now: SystemTime,
     ) -> Result<Option<Vec<Restriction>>, Refusal> {
-        if message.status == Status::System {
+        if node_control(message) {
             return Ok(None);
         }
         let policy = self.policy();
@@ -155,7 +167,9 @@ impl Node {
                 return Err(refusal(&d));
             }
         }
-        for mailbox in &plan.local {
+        // A receipts unit holds answers to its own client's messages (business responses; the
+        // rest is node control): receive rules do not apply there.
+        for mailbox in plan.local.iter().filter(|m| !is_receipts_mailbox(m)) {
             let readers = self.config.readers.potential(mailbox);
             let d = policy.receivable(&mailbox.to_string(), &readers, kind);
             if !d.allowed {
@@ -260,7 +274,9 @@ impl Node {
                 to: d
                     .to_agencies
                     .iter()
-                    .map(|a| a.to_ascii_lowercase())
+                    // Named as the decision's writer knew them ("FGR"): agency ids here.
+                    .filter_map(|a| self.config.directory.resolve(a))
+                    .map(|id| id.to_string())
                     .collect(),
                 purpose: d.purpose,
                 valid_until: d.valid_until.as_ref().and_then(crate::message::system_time),
@@ -268,10 +284,12 @@ impl Node {
         }
     }
 
-    /// Whether `client` (a client of this agency) may be handed `message` (see
-    /// [`Policy::may_receive`]); the node's own SYSTEM traffic always may.
-    pub(super) fn may_deliver(&self, message: &Message, client: &str) -> bool {
-        message.status == Status::System
+    /// Whether `client` (a client of this agency) reading `mailbox` may be handed `message` (see
+    /// [`Policy::may_receive`]): node control traffic and anything in a receipts unit (answers
+    /// to the client's own messages) always may.
+    pub(super) fn may_deliver(&self, message: &Message, mailbox: &Mailbox, client: &str) -> bool {
+        node_control(message)
+            || is_receipts_mailbox(mailbox)
             || self
                 .policy()
                 .may_receive(client, &message.payload_type)
