@@ -1,6 +1,6 @@
 //! Exchange agreements and internal rules: a node's policy file, and the decisions made by it.
 //!
-//! Sans-I/O. [`Policy::parse`] reads and validates the TOML file (errors name the key); the
+//! Sans-I/O. [`Policy::load`] reads and validates the TOML file (errors name the key); the
 //! decision functions are pure: [`Policy::may_send`] (may this client of the agency send this
 //! type at this precedence), [`Policy::may_flow`] (may a message of this type, precedence and
 //! handling flow from one agency to another, under which agreement), [`Policy::may_receive`]
@@ -630,7 +630,7 @@ impl Policy {
     }
 
     /// May a message of `payload_type` at `precedence` with (effective) `handling` flow from
-    /// agency `from` to agency `to` at `now`? Within one agency, yes (the [[send]] rules
+    /// agency `from` to agency `to` at `now`? Within one agency, yes (the `[[send]]` rules
     /// govern that); between two, only under an agreement in force that covers the type, the
     /// precedence and the label.
     pub fn may_flow(

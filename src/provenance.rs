@@ -15,7 +15,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use crate::handling::{Handling, Onward, Scope};
+use crate::handling::{Handling, Onward, Permission, Scope};
 use crate::message::MessageId;
 
 /// Most restrictions one message carries (its own and inherited ones); beyond it, the oldest
@@ -54,6 +54,9 @@ pub struct Release {
 pub struct Deriver<'a> {
     /// The deriving agency (the derived product's originator).
     pub agency: &'a str,
+    /// Whether the product is a judicial instrument (a mutual legal assistance request): then
+    /// its sources' judicial-use permission applies too.
+    pub judicial: bool,
     /// Its TLP:AMBER circle ([`crate::agreement::Policy::must_inform`]).
     pub must_inform: &'a [String],
     /// Whether an agency is of its community (has an agreement with it).
@@ -217,7 +220,23 @@ impl Provenance {
                     must_inform: deriver.must_inform,
                     federation: (deriver.partner)(agency),
                 };
-                let (reason, releasable) = match r.handling.onward_scope(&onward) {
+                let judicial = match (deriver.judicial && *agency != r.owner, r.handling.judicial) {
+                    (false, _) | (_, Permission::Allowed) => Scope::Within,
+                    (true, Permission::Consent) => Scope::NeedsConsent(format!(
+                        "judicial use of the source needs its originator's consent ({} has not \
+                         released it to {agency})",
+                        r.owner
+                    )),
+                    (true, Permission::Denied) => {
+                        Scope::Prohibited("judicial use of the source is prohibited".into())
+                    }
+                };
+                let scope = match (r.handling.onward_scope(&onward), judicial) {
+                    (p @ Scope::Prohibited(_), _) | (_, p @ Scope::Prohibited(_)) => p,
+                    (c @ Scope::NeedsConsent(_), _) | (_, c @ Scope::NeedsConsent(_)) => c,
+                    (Scope::Within, Scope::Within) => Scope::Within,
+                };
+                let (reason, releasable) = match scope {
                     Scope::Within => continue,
                     Scope::NeedsConsent(why) => (why, true),
                     Scope::Prohibited(why) => (why, false),
@@ -242,7 +261,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::handling::{Permission, Tlp};
+    use crate::handling::Tlp;
 
     fn id(n: u8) -> MessageId {
         MessageId::from_slice(&[n; 16]).unwrap()
@@ -270,6 +289,7 @@ mod tests {
     fn cenapi<'a>(partner: &'a dyn Fn(&str) -> bool) -> Deriver<'a> {
         Deriver {
             agency: "cenapi",
+            judicial: false,
             must_inform: &[],
             partner,
         }
@@ -437,6 +457,47 @@ mod tests {
             p.check_derived(&[id(4)], &cenapi(&none), &["pgr"], "", now)
                 .is_err()
         );
+    }
+
+    #[test]
+    fn a_judicial_instrument_needs_the_sources_judicial_use_permission() {
+        let now = SystemTime::now();
+        let partner = |_: &str| true;
+        let mut p = Provenance::new(16);
+        let mut consent = restriction(
+            1,
+            "dea",
+            &["cenapi", "pgr"],
+            Tlp::Clear,
+            Permission::Allowed,
+        );
+        consent.handling.judicial = Permission::Consent;
+        p.remember(id(1), vec![consent]);
+        let mut denied = restriction(2, "afi", &["cenapi"], Tlp::Clear, Permission::Allowed);
+        denied.handling.judicial = Permission::Denied;
+        p.remember(id(2), vec![denied]);
+        let plain = cenapi(&partner);
+        let judicial = Deriver {
+            judicial: true,
+            ..cenapi(&partner)
+        };
+        // An analytical product may go; an MLA request drawing on it needs DEA's consent.
+        p.check_derived(&[id(1)], &plain, &["pgr"], "", now)
+            .unwrap();
+        let d = p
+            .check_derived(&[id(1)], &judicial, &["pgr"], "", now)
+            .unwrap_err();
+        assert!(d.releasable && d.reason.contains("judicial use"), "{d:?}");
+        p.release(release(&[1], "dea", &["pgr"], ""));
+        p.check_derived(&[id(1)], &judicial, &["pgr"], "", now)
+            .unwrap();
+        // Asking the originator itself is always possible; prohibited is prohibited.
+        p.check_derived(&[id(2)], &judicial, &["afi"], "", now)
+            .unwrap();
+        let d = p
+            .check_derived(&[id(2)], &judicial, &["cenapi"], "", now)
+            .unwrap_err();
+        assert!(!d.releasable, "{d:?}");
     }
 
     #[test]

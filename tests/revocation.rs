@@ -377,6 +377,14 @@ async fn sighup_reloads_the_daemon_which_keeps_serving() {
     revoke(&pki, "dea", "clients/dea/analyst");
     let hup = Command::new("kill").args(["-HUP", &pid]).status().unwrap();
     assert!(hup.success());
+    // The policy file is reloaded first, then the TLS material.
+    let policy = tokio::task::block_in_place(|| {
+        daemon.wait_log(
+            Duration::from_secs(10),
+            &["reloaded", "what=policy", "SIGHUP"],
+        )
+    });
+    assert!(policy.is_some(), "no policy reload logged");
     let line = tokio::task::block_in_place(|| {
         daemon.wait_log(Duration::from_secs(10), &["reloaded", "what=tls", "SIGHUP"])
     });

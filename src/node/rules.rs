@@ -26,6 +26,10 @@ use crate::wire::pb;
 use crate::wire::pb::RefusalCode;
 use prost::Message as _;
 
+/// The payload type of a judicial instrument: a product of this type uses its sources in
+/// judicial proceedings (their judicial-use permission applies).
+const JUDICIAL: &str = "enlace.v1.MutualLegalAssistanceRequest";
+
 /// The payload type of an originator's dissemination decision.
 const DECISION: &str = "enlace.v1.DisseminationDecision";
 
@@ -205,6 +209,7 @@ impl Node {
             let partner = |a: &str| policy.partners(own, a, now);
             let deriver = Deriver {
                 agency: own,
+                judicial: kind == JUDICIAL,
                 must_inform: &policy.must_inform,
                 partner: &partner,
             };
