@@ -197,7 +197,12 @@ impl Node {
         let addressees: Vec<&str> = resolved.iter().map(String::as_str).collect();
         handling
             .may_transit(own, from, &addressees)
-            .map_err(|reason| Refusal::new(RefusalCode::PolicyDenied, reason))?;
+            .map_err(|reason| {
+                Refusal::new(
+                    RefusalCode::PolicyDenied,
+                    format!("denied by the message's own handling: {reason}"),
+                )
+            })?;
         let provenance = self.provenance.lock().expect("provenance lock poisoned");
         if client.is_some() && !message.derived_from.is_empty() {
             let towards: Vec<&str> = plan
