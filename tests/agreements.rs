@@ -851,3 +851,100 @@ fn policy_check_and_explain_tell_the_writer_what_the_file_does() {
         "{out}"
     );
 }
+
+/// Probed as an attacker would: a misbehaving PGR node (the raw client with pgr-1's
+/// certificate) forwards a message genuinely signed by PGR's duty desk but marked SYSTEM, as if
+/// it were node control traffic, of a type DEA's agreement with PGR does not cover. Only a
+/// node's own receipts and reports escape the policy: this is refused, and never delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_cannot_pass_client_traffic_off_as_system_to_skip_the_policy() {
+    use common::raw::{self, Signer};
+    let dir = tempfile::tempdir().unwrap();
+    let mut net =
+        LocalNetwork::mesh_with_limits(dir.path(), &certs(), &["dea", "pgr"], QUICK).unwrap();
+    net.policies.insert(
+        "dea-1".into(),
+        dea_policy().replace(
+            "id = \"pgr-dea\"\nfrom = \"pgr\"\nto = \"dea\"\npayload_types = [\"*\"]",
+            "id = \"pgr-dea\"\nfrom = \"pgr\"\nto = \"dea\"\npayload_types = [\"PrecursorChemicalAlert\"]",
+        ),
+    );
+    let mut net = TestNet::start(dir, net).await;
+    net.nodes.remove("pgr-1").unwrap().stop().await;
+    let peer = net
+        .raw("dea", "nodes/pgr/pgr-1", pb::Role::Node)
+        .await
+        .unwrap();
+    let desk = net.subscriber("dea", "duty-desk").await;
+    let mut inbox = desk.inbox().unwrap();
+    let pgr = Signer::load("clients/pgr/duty-desk");
+    let hop = pb::HopRecord {
+        node: "pgr-1".into(),
+        agency: "pgr".into(),
+        received_at: Some(prost_types::Timestamp::default()),
+        forwarded_at: Some(prost_types::Timestamp::default()),
+    };
+    let forward = |status: pb::Status| {
+        let mut env = raw::envelope(
+            ("pgr", "pgr-1", "duty-desk"),
+            &["dea"],
+            pb::Precedence::Flash,
+            std::time::SystemTime::now(),
+            std::time::Duration::from_secs(60),
+            "dressed up as control traffic",
+        );
+        env.status = status as i32;
+        let mut s = pgr.seal(&env);
+        s.hops = vec![hop.clone()];
+        s.route_to = vec!["dea".into()];
+        s.signer_chain = pgr.chain();
+        s
+    };
+    for status in [pb::Status::System, pb::Status::Actual] {
+        let r = within("the node's answer", peer.submit(forward(status))).await;
+        match r {
+            Err(refused) => {
+                assert_eq!(
+                    refused.code(),
+                    RefusalCode::PolicyDenied,
+                    "{status:?}: {}",
+                    refused.reason
+                );
+                assert!(
+                    refused.reason.contains("dea-1.policy.toml#pgr-dea")
+                        || refused.reason.contains("dea-1.policy.toml#default-deny"),
+                    "{}",
+                    refused.reason
+                );
+            }
+            Ok(a) => panic!("{status:?} liaison from PGR accepted: {a:?}"),
+        }
+    }
+    // Nothing reached DEA's desk: the next delivery is a genuine alert from the same peer.
+    let mut alert_env = raw::envelope(
+        ("pgr", "pgr-1", "duty-desk"),
+        &["dea"],
+        pb::Precedence::Flash,
+        std::time::SystemTime::now(),
+        std::time::Duration::from_secs(60),
+        "",
+    );
+    alert_env.payload_type = "enlace.v1.PrecursorChemicalAlert".into();
+    alert_env.payload = prost::Message::encode_to_vec(&alert()).into();
+    let mut genuine = pgr.seal(&alert_env);
+    genuine.hops = vec![hop.clone()];
+    genuine.route_to = vec!["dea".into()];
+    genuine.signer_chain = pgr.chain();
+    let ok = within("the node's answer", peer.submit(genuine))
+        .await
+        .unwrap();
+    let d = within("the genuine alert", inbox.next()).await.unwrap();
+    assert_eq!(
+        d.id().to_bytes(),
+        ok.message_id,
+        "only the genuine alert was delivered"
+    );
+    d.ack().await.unwrap();
+    desk.close().await;
+    net.stop().await;
+}
