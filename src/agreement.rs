@@ -545,6 +545,57 @@ impl Policy {
             })
     }
 
+    /// [`Policy::may_send`] for a node's hot path: nothing is formatted unless it is denied.
+    pub(crate) fn check_send(
+        &self,
+        client: &str,
+        payload_type: &str,
+        precedence: Precedence,
+    ) -> Result<(), Decision> {
+        let allowed = self.send.iter().any(|r| {
+            precedence <= r.max_precedence
+                && r.types.covers(payload_type)
+                && admits(&r.clients, client)
+        });
+        if allowed {
+            Ok(())
+        } else {
+            Err(self.may_send(client, payload_type, precedence))
+        }
+    }
+
+    /// [`Policy::may_receive`] for a node's hot path (each copy a reader is offered).
+    pub(crate) fn allows_receive(&self, client: &str, payload_type: &str) -> bool {
+        self.receive
+            .iter()
+            .any(|r| r.types.covers(payload_type) && admits(&r.clients, client))
+    }
+
+    /// [`Policy::may_flow`] for a node's hot path: nothing is formatted unless it is denied.
+    pub(crate) fn check_flow(
+        &self,
+        from: &str,
+        to: &str,
+        payload_type: &str,
+        precedence: Precedence,
+        handling: &Handling,
+        now: SystemTime,
+    ) -> Result<(), Decision> {
+        let allowed = from == to
+            || self.agreements.iter().any(|a| {
+                a.between(from, to)
+                    && precedence <= a.max_precedence
+                    && handling.tlp <= a.most_permissive
+                    && a.types.covers(payload_type)
+                    && a.in_force(now).is_ok()
+            });
+        if allowed {
+            Ok(())
+        } else {
+            Err(self.may_flow(from, to, payload_type, precedence, handling, now))
+        }
+    }
+
     /// May `client` (a client of this agency) send `payload_type` at `precedence`?
     pub fn may_send(&self, client: &str, payload_type: &str, precedence: Precedence) -> Decision {
         let mine: Vec<&SendRule> = self
@@ -593,26 +644,28 @@ impl Policy {
 
     /// May a copy of `payload_type` wait in a mailbox that `readers` may read: may at least
     /// one of them be handed it? (`role:client` stands for any client the rules name.)
+    /// `Err` names the default rule and who may read the mailbox.
     pub(crate) fn receivable(
         &self,
-        mailbox: &str,
-        readers: &[Reader],
+        mailbox: &dyn fmt::Display,
+        (readers, namesake): (&[Reader], Option<&str>),
         payload_type: &str,
-    ) -> Decision {
+    ) -> Result<(), Decision> {
         let rule = self.receive.iter().find(|r| {
             r.types.covers(payload_type)
-                && readers.iter().any(|who| match who {
+                && (readers.iter().any(|who| match who {
                     Reader::AnyClient => true,
                     Reader::Client(name) => admits(&r.clients, name),
-                })
+                }) || namesake.is_some_and(|n| admits(&r.clients, n)))
         });
         match rule {
-            Some(r) => self.allow(
-                &r.id,
-                format!("a reader of {mailbox} may receive {payload_type}"),
-            ),
-            None => {
-                let names: Vec<String> = readers.iter().map(ToString::to_string).collect();
+            Some(_) => Ok(()),
+            None => Err({
+                let names: Vec<String> = readers
+                    .iter()
+                    .map(ToString::to_string)
+                    .chain(namesake.map(str::to_owned))
+                    .collect();
                 self.deny(
                     DEFAULT_DENY,
                     format!(
@@ -625,7 +678,7 @@ impl Policy {
                         }
                     ),
                 )
-            }
+            }),
         }
     }
 

@@ -121,6 +121,8 @@ pub(crate) struct Limits {
     /// Message ids remembered (until their message expires) to tell a resubmission from a new
     /// message and an id conflict from a duplicate.
     pub(crate) dedup_ids: usize,
+    /// Messages remembered for products derived from them (`limits.provenance_ids`).
+    pub(crate) provenance_ids: usize,
     /// How long a connection has to send its `Hello`.
     pub(crate) handshake_timeout: Duration,
     /// How long a client has to acknowledge a delivery before it is offered again.
@@ -166,6 +168,7 @@ impl Default for Limits {
             max_frame_bytes: 1024 * 1024,
             queue_capacity: 100_000,
             dedup_ids: 262_144,
+            provenance_ids: 65_536,
             handshake_timeout: Duration::from_secs(5),
             ack_timeout: Duration::from_secs(30),
             alert_ack_timeout: Duration::from_secs(2),
@@ -263,6 +266,7 @@ struct RawLimits {
     max_frame_bytes: Option<u64>,
     queue_capacity: Option<usize>,
     dedup_ids: Option<usize>,
+    provenance_ids: Option<usize>,
     handshake_timeout_ms: Option<u64>,
     ack_timeout_ms: Option<u64>,
     alert_ack_timeout_ms: Option<u64>,
@@ -445,6 +449,12 @@ impl Config {
                 return Err(err("limits.dedup_ids", "must be at least 1".into()));
             }
             limits.dedup_ids = v;
+        }
+        if let Some(v) = raw.limits.provenance_ids {
+            if v == 0 {
+                return Err(err("limits.provenance_ids", "must be at least 1".into()));
+            }
+            limits.provenance_ids = v;
         }
         let ms = |key: &str, v: Option<u64>, default: Duration| match v {
             Some(0) => Err(err(key, "must be greater than 0".into())),

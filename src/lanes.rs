@@ -196,12 +196,14 @@ impl<T> Lanes<T> {
             }
         }
         let range = class.lanes();
-        let heads: Vec<Option<usize>> = self
-            .lanes
-            .iter()
-            .map(|lane| lane.iter().position(|e| accept(&e.item)))
-            .collect();
-        let Some(top) = range.clone().find(|&i| heads[i].is_some()) else {
+        // A lane's head, for this consumer: its first item `accept` takes.
+        let head = |i: usize| {
+            self.lanes[i]
+                .iter()
+                .position(|e| accept(&e.item))
+                .map(|j| (i, j))
+        };
+        let Some(top) = range.clone().find_map(head) else {
             let wake_at = self.parked.iter().map(|(due, _)| *due).min();
             return Popped {
                 next: None,
@@ -209,8 +211,8 @@ impl<T> Lanes<T> {
                 wake_at,
             };
         };
-        let lower = (top + 1..range.end).find(|&i| heads[i].is_some());
-        let pick = match lower {
+        let lower = (top.0 + 1..range.end).find_map(head);
+        let (pick, at) = match lower {
             Some(low) if self.streak >= SHARE_EVERY => {
                 self.streak = 0;
                 low
@@ -224,7 +226,6 @@ impl<T> Lanes<T> {
                 top
             }
         };
-        let at = heads[pick].expect("picked a lane with a head");
         Popped {
             next: self.lanes[pick].remove(at),
             expired,
@@ -291,6 +292,29 @@ mod tests {
         q.push(e(Precedence::Bulk, 999)).unwrap();
         let pos = std::iter::from_fn(|| take(&mut q)).position(|i| i == 999);
         assert_eq!(pos, Some(SHARE_EVERY as usize));
+    }
+
+    #[test]
+    fn a_consumer_takes_only_what_it_accepts_and_leaves_the_rest_in_order() {
+        let mut q = Lanes::new(10);
+        for (p, i) in [
+            (Precedence::Flash, 1),
+            (Precedence::Flash, 2),
+            (Precedence::Routine, 3),
+            (Precedence::Routine, 4),
+        ] {
+            q.push(e(p, i)).unwrap();
+        }
+        let even = |i: &u32| i % 2 == 0;
+        let mut taken = Vec::new();
+        while let Some(x) = q.pop_where(t(1), Class::Any, even).next {
+            taken.push(x.item);
+        }
+        assert_eq!(taken, [2, 4], "what it may have, most urgent first");
+        // Nothing it may have is left: it waits; the rest is there, in order, for others.
+        assert!(q.pop_where(t(1), Class::Any, even).next.is_none());
+        assert_eq!(take(&mut q), Some(1));
+        assert_eq!(take(&mut q), Some(3));
     }
 
     #[test]

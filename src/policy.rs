@@ -134,14 +134,14 @@ impl Readers {
 }
 
 impl Readers {
-    /// Everyone who may read `mailbox`: the client it is named after (a unit is its
-    /// namesake's own), and those the config grants it to.
-    pub(crate) fn potential(&self, mailbox: &Mailbox) -> Vec<Reader> {
-        let mut out = self.of(mailbox).to_vec();
-        if let Mailbox::Unit(u) = mailbox {
-            out.push(Reader::Client(u.as_str().to_owned()));
-        }
-        out
+    /// Everyone who may read `mailbox`: those the config grants it to, and the client it is
+    /// named after (a unit is its namesake's own).
+    pub(crate) fn potential<'a>(&'a self, mailbox: &'a Mailbox) -> (&'a [Reader], Option<&'a str>) {
+        let namesake = match mailbox {
+            Mailbox::Inbox => None,
+            Mailbox::Unit(u) => Some(u.as_str()),
+        };
+        (self.of(mailbox), namesake)
     }
 }
 

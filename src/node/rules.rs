@@ -153,10 +153,9 @@ impl Node {
         let handling = policy.effective(&message.handling);
         let (kind, precedence) = (message.payload_type.as_str(), message.precedence);
         if let Some(client) = client {
-            let d = policy.may_send(client, kind, precedence);
-            if !d.allowed {
-                return Err(refusal(&d));
-            }
+            policy
+                .check_send(client, kind, precedence)
+                .map_err(|d| refusal(&d))?;
         }
         let own = self.config.agency.as_str();
         let from = message.originator.agency.as_str();
@@ -166,19 +165,16 @@ impl Node {
             .flat_map(|p| p.agencies.iter().map(|a| a.as_str()))
             .chain((!plan.local.is_empty()).then_some(own));
         for to in towards {
-            let d = policy.may_flow(from, to, kind, precedence, &handling, now);
-            if !d.allowed {
-                return Err(refusal(&d));
-            }
+            policy
+                .check_flow(from, to, kind, precedence, &handling, now)
+                .map_err(|d| refusal(&d))?;
         }
         // A receipts unit holds answers to its own client's messages (business responses; the
         // rest is node control): receive rules do not apply there.
         for mailbox in plan.local.iter().filter(|m| !is_receipts_mailbox(m)) {
-            let readers = self.config.readers.potential(mailbox);
-            let d = policy.receivable(&mailbox.to_string(), &readers, kind);
-            if !d.allowed {
-                return Err(refusal(&d));
-            }
+            policy
+                .receivable(mailbox, self.config.readers.potential(mailbox), kind)
+                .map_err(|d| refusal(&d))?;
         }
         let addressees: Vec<&str> = message
             .addressees
@@ -300,10 +296,7 @@ impl Node {
     pub(super) fn may_deliver(&self, message: &Message, mailbox: &Mailbox, client: &str) -> bool {
         node_control(message)
             || is_receipts_mailbox(mailbox)
-            || self
-                .policy()
-                .may_receive(client, &message.payload_type)
-                .allowed
+            || self.policy().allows_receive(client, &message.payload_type)
     }
 }
 

@@ -76,7 +76,7 @@ impl Node {
             own: RwLock::new(Arc::new(own)),
             policy: RwLock::new(Arc::new(policy)),
             provenance: std::sync::Mutex::new(crate::provenance::Provenance::new(
-                config.limits.dedup_ids,
+                config.limits.provenance_ids,
             )),
             responders: std::sync::Mutex::new(crate::respond::Responders::new(
                 config.limits.dedup_ids,
