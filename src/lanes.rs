@@ -305,7 +305,7 @@ mod tests {
         ] {
             q.push(e(p, i)).unwrap();
         }
-        let even = |i: &u32| i % 2 == 0;
+        let even = |i: &u32| i.is_multiple_of(2);
         let mut taken = Vec::new();
         while let Some(x) = q.pop_where(t(1), Class::Any, even).next {
             taken.push(x.item);
