@@ -75,14 +75,17 @@ pub struct Denied {
     pub reason: String,
 }
 
-/// What the node remembers: restrictions by message id, and releases by source id.
+/// What the node remembers: restrictions by message id, and releases by source id; and the
+/// journal of what it learnt since [`Provenance::take_journal`] was last called (JSON lines,
+/// which the node appends to a file so that a restart remembers them: see [`Provenance::replay`]).
 #[derive(Debug)]
 pub struct Provenance {
     capacity: usize,
     known: HashMap<MessageId, Arc<[Restriction]>>,
     order: VecDeque<MessageId>,
-    releases: HashMap<MessageId, Vec<Release>>,
-    release_order: VecDeque<MessageId>,
+    releases: HashMap<MessageId, Vec<Arc<Release>>>,
+    release_order: VecDeque<Arc<Release>>,
+    journal: Vec<u8>,
 }
 
 impl Provenance {
@@ -94,7 +97,43 @@ impl Provenance {
             order: VecDeque::new(),
             releases: HashMap::new(),
             release_order: VecDeque::new(),
+            journal: Vec::new(),
         }
+    }
+
+    /// What was learnt since the last call, as JSON lines to append to the journal file.
+    pub fn take_journal(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.journal)
+    }
+
+    /// Everything remembered, oldest first, as JSON lines: a compacted journal file.
+    pub fn snapshot(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        for id in &self.order {
+            if let Some(rs) = self.known.get(id) {
+                journal::message(&mut out, *id, rs);
+            }
+        }
+        for r in &self.release_order {
+            journal::release(&mut out, r);
+        }
+        out
+    }
+
+    /// A node's memory rebuilt from its journal file (`text`), up to `capacity`; also how many
+    /// lines were skipped because they do not parse (a line cut short by a crash, at the end).
+    pub fn replay(capacity: usize, text: &str) -> (Provenance, usize) {
+        let mut p = Provenance::new(capacity);
+        let mut skipped = 0;
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            match journal::parse(line) {
+                Some(journal::Entry::Message(id, rs)) => p.remember(id, rs),
+                Some(journal::Entry::Release(r)) => p.release(r),
+                None => skipped += 1,
+            }
+        }
+        p.journal.clear();
+        (p, skipped)
     }
 
     /// The restrictions of the sources this node knows, each once.
@@ -136,6 +175,7 @@ impl Provenance {
 
     /// Remembers a message's restrictions (the oldest message is forgotten beyond capacity).
     pub fn remember(&mut self, id: MessageId, restrictions: Vec<Restriction>) {
+        journal::message(&mut self.journal, id, &restrictions);
         if self.known.insert(id, restrictions.into()).is_none() {
             self.order.push_back(id);
             while self.order.len() > self.capacity {
@@ -148,17 +188,22 @@ impl Provenance {
 
     /// Records a release (the oldest is forgotten beyond capacity).
     pub fn release(&mut self, r: Release) {
+        journal::release(&mut self.journal, &r);
+        let r = Arc::new(r);
         for s in &r.sources {
             self.releases.entry(*s).or_default().push(r.clone());
-            self.release_order.push_back(*s);
         }
+        self.release_order.push_back(r);
         while self.release_order.len() > self.capacity {
-            if let Some(old) = self.release_order.pop_front()
-                && let Some(list) = self.releases.get_mut(&old)
-            {
-                list.remove(0);
-                if list.is_empty() {
-                    self.releases.remove(&old);
+            let Some(old) = self.release_order.pop_front() else {
+                break;
+            };
+            for s in &old.sources {
+                if let Some(list) = self.releases.get_mut(s) {
+                    list.retain(|r| !Arc::ptr_eq(r, &old));
+                    if list.is_empty() {
+                        self.releases.remove(s);
+                    }
                 }
             }
         }
@@ -256,12 +301,161 @@ impl Provenance {
     }
 }
 
+/// The journal's JSON lines: one per message remembered or release recorded.
+mod journal {
+    use serde::{Deserialize, Serialize};
+
+    use super::{Release, Restriction};
+    use crate::handling::{Handling, NativeCode, Permission, Tlp};
+    use crate::message::{MessageId, from_millis, millis};
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(tag = "kind", rename_all = "snake_case")]
+    enum Line {
+        Message {
+            id: String,
+            restrictions: Vec<Condition>,
+        },
+        Release {
+            decision: String,
+            by: String,
+            sources: Vec<String>,
+            to: Vec<String>,
+            purpose: String,
+            valid_until_ms: Option<u64>,
+        },
+    }
+
+    #[derive(Serialize, Deserialize)]
+    struct Condition {
+        source: String,
+        owner: String,
+        addressees: Vec<String>,
+        tlp: String,
+        native: Vec<(String, String)>,
+        max_hops: Option<u32>,
+        onward: String,
+        judicial: String,
+        operational: String,
+        purpose: String,
+        retain_until_ms: Option<u64>,
+    }
+
+    pub(super) enum Entry {
+        Message(MessageId, Vec<Restriction>),
+        Release(Release),
+    }
+
+    fn push(out: &mut Vec<u8>, line: &Line) {
+        // Serializing plain strings and numbers cannot fail.
+        if serde_json::to_writer(&mut *out, line).is_ok() {
+            out.push(b'\n');
+        }
+    }
+
+    pub(super) fn message(out: &mut Vec<u8>, id: MessageId, rs: &[Restriction]) {
+        let restrictions = rs
+            .iter()
+            .map(|r| Condition {
+                source: r.source.to_string(),
+                owner: r.owner.clone(),
+                addressees: r.addressees.clone(),
+                tlp: r.handling.tlp.as_str().to_owned(),
+                native: r
+                    .handling
+                    .native
+                    .iter()
+                    .map(|c| (c.scheme.clone(), c.code.clone()))
+                    .collect(),
+                max_hops: r.handling.max_relays,
+                onward: r.handling.onward.as_str().to_owned(),
+                judicial: r.handling.judicial.as_str().to_owned(),
+                operational: r.handling.operational.as_str().to_owned(),
+                purpose: r.handling.purpose.clone(),
+                retain_until_ms: r.handling.retain_until.map(millis),
+            })
+            .collect();
+        push(
+            out,
+            &Line::Message {
+                id: id.to_string(),
+                restrictions,
+            },
+        );
+    }
+
+    pub(super) fn release(out: &mut Vec<u8>, r: &Release) {
+        push(
+            out,
+            &Line::Release {
+                decision: r.decision.to_string(),
+                by: r.by.clone(),
+                sources: r.sources.iter().map(ToString::to_string).collect(),
+                to: r.to.clone(),
+                purpose: r.purpose.clone(),
+                valid_until_ms: r.valid_until.map(millis),
+            },
+        );
+    }
+
+    pub(super) fn parse(line: &str) -> Option<Entry> {
+        let id = |s: &str| s.parse::<MessageId>().ok();
+        Some(match serde_json::from_str::<Line>(line).ok()? {
+            Line::Message {
+                id: m,
+                restrictions,
+            } => {
+                let rs = restrictions
+                    .into_iter()
+                    .map(|c| {
+                        Some(Restriction {
+                            source: id(&c.source)?,
+                            owner: c.owner,
+                            addressees: c.addressees,
+                            handling: Handling {
+                                tlp: Tlp::parse(&c.tlp)?,
+                                native: c
+                                    .native
+                                    .into_iter()
+                                    .map(|(scheme, code)| NativeCode { scheme, code })
+                                    .collect(),
+                                max_relays: c.max_hops,
+                                onward: Permission::parse(&c.onward)?,
+                                judicial: Permission::parse(&c.judicial)?,
+                                operational: Permission::parse(&c.operational)?,
+                                purpose: c.purpose,
+                                retain_until: c.retain_until_ms.map(from_millis),
+                            },
+                        })
+                    })
+                    .collect::<Option<Vec<_>>>()?;
+                Entry::Message(id(&m)?, rs)
+            }
+            Line::Release {
+                decision,
+                by,
+                sources,
+                to,
+                purpose,
+                valid_until_ms,
+            } => Entry::Release(Release {
+                decision: id(&decision)?,
+                by,
+                sources: sources.iter().map(|s| id(s)).collect::<Option<_>>()?,
+                to,
+                purpose,
+                valid_until: valid_until_ms.map(from_millis),
+            }),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::handling::Tlp;
+    use crate::handling::{NativeCode, Tlp};
 
     fn id(n: u8) -> MessageId {
         MessageId::from_slice(&[n; 16]).unwrap()
@@ -498,6 +692,50 @@ mod tests {
             .check_derived(&[id(2)], &judicial, &["cenapi"], "", now)
             .unwrap_err();
         assert!(!d.releasable, "{d:?}");
+    }
+
+    #[test]
+    fn the_journal_replays_what_was_remembered_and_skips_a_torn_line() {
+        let now = SystemTime::now();
+        let partner = |_: &str| true;
+        let mut p = Provenance::new(16);
+        let mut x = restriction(1, "dea", &["cenapi"], Tlp::Green, Permission::Consent);
+        x.handling.native = vec![NativeCode {
+            scheme: "europol".into(),
+            code: "h2".into(),
+        }];
+        x.handling.retain_until = Some(SystemTime::UNIX_EPOCH + Duration::from_millis(1_234));
+        p.remember(id(1), vec![x]);
+        let m1 = p
+            .inherit(
+                restriction(2, "cenapi", &["cenapi"], Tlp::Clear, Permission::Allowed),
+                &[id(1)],
+            )
+            .unwrap();
+        p.remember(id(2), m1);
+        p.release(release(&[1], "dea", &["pgr"], "interdiction"));
+        let mut text = String::from_utf8(p.take_journal()).unwrap();
+        assert_eq!(text.lines().count(), 3);
+        assert!(p.take_journal().is_empty(), "taken once");
+        // A crash cut the last line short.
+        text.push_str("{\"kind\":\"message\",\"id\":\"01");
+        let (q, skipped) = Provenance::replay(16, &text);
+        assert_eq!(skipped, 1);
+        assert_eq!(q.known[&id(1)], p.known[&id(1)]);
+        assert_eq!(q.known[&id(2)], p.known[&id(2)]);
+        assert_eq!(q.snapshot(), p.snapshot());
+        // It judges as the original did.
+        for who in [&p, &q] {
+            assert!(
+                who.check_derived(&[id(2)], &cenapi(&partner), &["afi"], "interdiction", now)
+                    .is_err()
+            );
+            who.check_derived(&[id(2)], &cenapi(&partner), &["pgr"], "interdiction", now)
+                .unwrap();
+        }
+        // Replay keeps the bound: the newest are kept.
+        let (small, _) = Provenance::replay(1, &text);
+        assert!(small.known.contains_key(&id(2)) && !small.known.contains_key(&id(1)));
     }
 
     #[test]

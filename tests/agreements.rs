@@ -948,3 +948,63 @@ async fn a_peer_cannot_pass_client_traffic_off_as_system_to_skip_the_policy() {
     desk.close().await;
     net.stop().await;
 }
+
+/// Stops a node and starts it again from its config and data directory.
+async fn restart(net: &mut TestNet, node: &str) {
+    net.nodes.remove(node).unwrap().stop().await;
+    let again = net.net.start(node).await.unwrap();
+    net.nodes.insert(node.into(), again);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn originator_control_survives_a_restart_of_the_deriving_node() {
+    let mut net = four().await;
+    let desk = net.subscriber("dea", "duty-desk").await;
+    let consent = pb::HandlingPolicy {
+        tlp: pb::TlpLabel::Green as i32,
+        onward_dissemination: pb::Permission::OriginatorConsent as i32,
+        ..Default::default()
+    };
+    let x = desk
+        .submit(Draft::new(&alert()).to("cenapi").handling(consent))
+        .await
+        .unwrap();
+    let analyst = net.subscriber("cenapi", "analyst").await;
+    let mut inbox = analyst.inbox().unwrap();
+    receive(&mut inbox, x.id).await.ack().await.unwrap();
+    analyst.close().await;
+    restart(&mut net, "cenapi-1").await;
+    let report = || {
+        Draft::new(&pb::AnalyticalReport::default())
+            .to("pgr")
+            .derived_from(x.id)
+    };
+    // After the restart CENAPI's node still knows the source's conditions.
+    let analyst = net.subscriber("cenapi", "analyst").await;
+    let mut inbox = analyst.inbox().unwrap();
+    assert_denied(
+        analyst.submit(report()).await,
+        &[&format!("source message {} (from dea)", x.id), "consent"],
+    );
+    // DEA releases it to PGR; CENAPI's node restarts again, and still knows the release.
+    let decision = desk
+        .submit(
+            Draft::new(&pb::DisseminationDecision {
+                source_message_ids: vec![x.id.to_bytes()],
+                approved: true,
+                to_agencies: vec!["PGR".into()],
+                ..Default::default()
+            })
+            .to("cenapi"),
+        )
+        .await
+        .unwrap();
+    receive(&mut inbox, decision.id).await.ack().await.unwrap();
+    analyst.close().await;
+    restart(&mut net, "cenapi-1").await;
+    let analyst = net.client("cenapi", "analyst").await;
+    analyst.submit(report()).await.unwrap();
+    analyst.close().await;
+    desk.close().await;
+    net.stop().await;
+}

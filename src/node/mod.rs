@@ -12,6 +12,7 @@
 //!   operator requests);
 //! - `intake`: routing an admitted message, checking it against the policy, and handing it to
 //!   the ledger;
+//! - `memory`: what the node remembers for derived products, kept in its data directory;
 //! - `rules`: the policy file in force (agreements, send and receive rules), and its reload;
 //! - `ledger` (with `ledger::queue`): the one place a copy's fate changes;
 //! - `consume`: the one loop that drives a consumer of a queue, with the dispatcher;
@@ -31,6 +32,7 @@ mod intake;
 mod ledger;
 mod link;
 mod links;
+mod memory;
 mod operator;
 mod receipts;
 mod registry;

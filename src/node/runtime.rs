@@ -21,7 +21,7 @@ use super::events::{Event, Events};
 use super::ledger::{Ledger, Notice};
 use super::links::{LinkStatus, Links};
 use super::state::Node;
-use super::{link, receipts, rules, server, trust};
+use super::{link, memory, receipts, rules, server, trust};
 use crate::config::Config;
 use crate::dispatch::RetryPolicy;
 use crate::signers::Signers;
@@ -44,6 +44,10 @@ pub enum NodeError {
     /// recovered from disk at start).
     #[error("stopped because storage failed: {0}")]
     StorageFailed(String),
+    /// What it remembers for derived products (`<data_dir>/provenance.jsonl`) cannot be read
+    /// or rewritten.
+    #[error("provenance file: {0}")]
+    Memory(String),
     /// Its policy file (`node.policy`) does not load, or is another agency's.
     #[error("policy: {0}")]
     Policy(crate::agreement::PolicyError),
@@ -226,10 +230,11 @@ fn bind(config: Config) -> Result<Bound, NodeError> {
         events,
     );
     ledger.recover(recovered);
+    let memory = memory::open(&config)?;
     let signers = Signers::new(own.tls.signer_verifier()?, &config.trust_domain);
     signers.trusted(own.me.clone(), own.tls.chain.clone());
     let node = Arc::new(Node::new(
-        config, own, policy, ledger, links, link_inbox, signers, retry,
+        config, own, policy, memory, ledger, links, link_inbox, signers, retry,
     ));
     Ok(Bound {
         node,
@@ -264,6 +269,7 @@ async fn serve(bound: Bound, shutdown: impl Future<Output = ()>) {
     }
     tasks.spawn(receipts::run(node.clone(), notices));
     tasks.spawn(trust::watch(node.clone(), endpoint.clone(), reload));
+    tasks.spawn(memory::run(node.clone()));
     let sweeper = node.clone();
     tasks.spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -294,6 +300,7 @@ async fn serve(bound: Bound, shutdown: impl Future<Output = ()>) {
     // Acknowledgements recorded in the background reach the disk, so a restart does not offer
     // acknowledged copies again.
     let _ = tokio::time::timeout(Duration::from_secs(1), node.ledger.flush()).await;
+    memory::flush(&node, &mut 0).await;
     if let Err(e) = node.ledger.close().await {
         tracing::error!(node = %node.config.name, error = %e, "store closed with an error");
     }

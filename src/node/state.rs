@@ -62,6 +62,7 @@ impl Node {
         config: Config,
         own: Own,
         policy: crate::agreement::Policy,
+        memory: crate::provenance::Provenance,
         ledger: Ledger,
         links: Arc<Links>,
         link_inbox: HashMap<String, mpsc::Sender<Connection>>,
@@ -75,9 +76,7 @@ impl Node {
             )),
             own: RwLock::new(Arc::new(own)),
             policy: RwLock::new(Arc::new(policy)),
-            provenance: std::sync::Mutex::new(crate::provenance::Provenance::new(
-                config.limits.provenance_ids,
-            )),
+            provenance: std::sync::Mutex::new(memory),
             responders: std::sync::Mutex::new(crate::respond::Responders::new(
                 config.limits.dedup_ids,
             )),

@@ -1,0 +1,108 @@
+//! What the node remembers for derived products ([`crate::provenance`]), kept on disk so that
+//! a restart remembers it: `<data_dir>/provenance.jsonl`, JSON lines.
+//!
+//! At start the file is replayed (a line cut short by a crash is skipped, and said) and
+//! rewritten compacted. While the node runs, what it learns is appended every [`FLUSH`]; the
+//! file is rewritten compacted again once it holds more than twice `limits.provenance_ids`
+//! lines. Appends are not fsynced (a power cut may lose the last [`FLUSH`] of it: products of
+//! those sources are then not checked against them); rewrites are, then renamed into place.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::runtime::NodeError;
+use super::state::Node;
+use crate::config::Config;
+use crate::provenance::Provenance;
+
+/// The file, in the node's data directory.
+const FILE: &str = "provenance.jsonl";
+
+/// How often what the node learnt is appended to the file.
+pub const FLUSH: Duration = Duration::from_millis(200);
+
+fn path(config: &Config) -> PathBuf {
+    config.data_dir.join(FILE)
+}
+
+/// Replays the file (if any) into a node's memory, and rewrites it compacted.
+pub(super) fn open(config: &Config) -> Result<Provenance, NodeError> {
+    let path = path(config);
+    let io = |e: std::io::Error| NodeError::Memory(format!("{}: {e}", path.display()));
+    let text = match std::fs::read(&path) {
+        Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(io(e)),
+    };
+    let (memory, skipped) = Provenance::replay(config.limits.provenance_ids, &text);
+    if skipped > 0 {
+        tracing::warn!(
+            node = %config.name, file = %path.display(), skipped,
+            "provenance lines that do not parse were skipped (a crash cuts the last one short)"
+        );
+    }
+    rewrite(&path, &memory.snapshot()).map_err(io)?;
+    Ok(memory)
+}
+
+/// Writes `bytes` as the whole file: to a temporary file, fsynced, renamed into place.
+fn rewrite(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("jsonl.tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// Appends what the node learnt every [`FLUSH`], until aborted.
+pub(super) async fn run(node: Arc<Node>) {
+    let mut lines = 0;
+    let mut tick = tokio::time::interval(FLUSH);
+    loop {
+        tick.tick().await;
+        flush(&node, &mut lines).await;
+    }
+}
+
+/// Appends what the node learnt since the last flush; rewrites the file compacted once it
+/// holds more than twice what the node remembers. `lines`: appended since the last rewrite.
+pub(super) async fn flush(node: &Arc<Node>, lines: &mut usize) {
+    let (bytes, snapshot) = {
+        let mut memory = node.provenance.lock().expect("provenance lock poisoned");
+        let bytes = memory.take_journal();
+        *lines += bytes.iter().filter(|b| **b == b'\n').count();
+        let compact = *lines > 2 * node.config.limits.provenance_ids;
+        if compact {
+            *lines = 0;
+        }
+        (bytes, compact.then(|| memory.snapshot()))
+    };
+    if bytes.is_empty() {
+        return;
+    }
+    let path = path(&node.config);
+    let name = node.config.name.clone();
+    let written = tokio::task::spawn_blocking(move || match snapshot {
+        Some(all) => rewrite(&path, &all),
+        None => std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(&path)
+            .and_then(|mut f| f.write_all(&bytes)),
+    })
+    .await;
+    match written {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::error!(
+            node = %name, error = %e,
+            "cannot write what the node remembers for derived products; it stays in memory"
+        ),
+        Err(e) => tracing::error!(node = %name, error = %e, "provenance writer failed"),
+    }
+}
