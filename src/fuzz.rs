@@ -179,6 +179,42 @@ pub fn config(data: &[u8]) {
     }
 }
 
+/// The policy file parser: any text yields a policy or an error naming a key, never a panic;
+/// a policy that loads describes itself, lints, and explains a decision without panicking, and
+/// every decision names a rule of the file.
+pub fn policy(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let p = match crate::agreement::Policy::parse(text, "p.toml") {
+        Ok(p) => p,
+        Err((key, _)) => {
+            assert!(!key.is_empty());
+            return;
+        }
+    };
+    let _ = p.describe();
+    let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_796_169_600);
+    let _ = p.lint(Some(&["dea".to_owned(), "pgr".to_owned()]), now);
+    let handling = crate::handling::Handling::default();
+    for (from, to) in [("dea", "pgr"), ("pgr", "dea"), ("dea", "dea")] {
+        let q = crate::agreement::Question {
+            from_agency: from,
+            from_client: Some("duty-desk"),
+            to_agency: to,
+            to_client: Some("analyst"),
+            payload_type: "PrecursorChemicalAlert",
+            precedence: crate::message::Precedence::Flash,
+            handling: &handling,
+            now,
+        };
+        for (_, d) in p.explain(&q) {
+            assert_eq!(d.rule.file, "p.toml");
+            assert!(!d.rule.id.is_empty());
+        }
+    }
+}
+
 /// Proto3 JSON: the first byte picks a message type. JSON that converts to protobuf bytes
 /// converts back to JSON that gives the same bytes; bytes that decode as JSON re-encode too.
 pub fn json(data: &[u8]) {
@@ -219,11 +255,12 @@ mod tests {
     use crate::message::{Originator, Precedence};
 
     type Target = (&'static str, fn(&[u8]));
-    const TARGETS: [Target; 5] = [
+    const TARGETS: [Target; 6] = [
         ("frames", frames),
         ("admission", admission),
         ("batch_proof", batch_proof),
         ("config", config),
+        ("policy", policy),
         ("json", json),
     ];
 
