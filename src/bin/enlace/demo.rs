@@ -1,4 +1,5 @@
-//! `enlace demo`: a small agency network on this machine, playing story 1 of the domain brief.
+//! `enlace demo`: a small agency network on this machine, playing stories 1 and 2 of the domain
+//! brief.
 //!
 //! Generates a PKI in a temporary directory (or `--data-dir`), writes node configs, starts four
 //! nodes (DEA, PGR, AFI, CENAPI) in this process on loopback, and has a DEA analyst stream
@@ -7,7 +8,10 @@
 //! AFI's: those copies go through CENAPI's node, a relay. Prints, per message, the recipient,
 //! precedence, path and time from send to delivery; then AFI's duty desk answers the first alert
 //! (action taken) and the demo prints that alert's receipts as the DEA duty desk's receipt
-//! stream got them (AFI's back through the relay); then stops everything it started.
+//! stream got them (AFI's back through the relay). Then story 2, originator control: a report
+//! CENAPI derives from a DEA alert that needs DEA's consent is refused, DEA releases it, and it
+//! goes through (`originator_control`). Then it stops everything it started. The nodes run the
+//! laboratory policy `LocalNetwork` writes (every agency may send everything to every other).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -386,7 +390,7 @@ where
         .id;
     steps.push(Step {
         who: "DEA/duty-desk",
-        what: "IMMEDIATE alert to CENAPI, TLP:GREEN, onward dissemination: consent".into(),
+        what: "IMMEDIATE alert to CENAPI: TLP:GREEN, onward only by consent".into(),
         outcome: format!("accepted ({source})"),
     });
     loop {
@@ -423,7 +427,7 @@ where
         what: "report derived from it, to FGR".into(),
         outcome: match &refused {
             Ok(a) => format!("accepted ({}): the release was not needed?", a.id),
-            Err(e) => format!("refused: {e}"),
+            Err(e) => e.to_string(),
         },
     });
     let request = cenapi
@@ -516,7 +520,7 @@ where
         outcome: match (&second, &delivered) {
             (Ok(a), Some(path)) => format!("accepted ({}), delivered to FGR via {path}", a.id),
             (Ok(a), None) => format!("accepted ({})", a.id),
-            (Err(e), _) => format!("refused: {e}"),
+            (Err(e), _) => e.to_string(),
         },
     });
     println!("{:<16} {:<62} OUTCOME", "WHO", "WHAT");

@@ -76,7 +76,12 @@ async fn run(cli: Cli) -> Result<(), Failure> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let verbose = matches!(&cli.command, Command::Demo(d) if d.verbose);
-    let default = if verbose { "info" } else { "warn" };
+    // The demo shows refusals in its own tables; its nodes log them only with --verbose.
+    let default = match &cli.command {
+        _ if verbose => "info",
+        Command::Demo(_) => "warn,enlace::event=error",
+        _ => "warn",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("ENLACE_LOG")
