@@ -218,3 +218,44 @@ async fn cli_sends_a_typed_alert_from_json_and_reads_the_inbox() {
     );
     net.stop().await;
 }
+
+/// The README's first command, small: the demo plays story 1 and story 2 to the end (it exits
+/// non-zero if a delivery is missing, if the derived report went out without DEA's release, or
+/// if it was refused after it), and prints story 2's refusal, naming its source, and approval.
+#[test]
+fn the_demo_plays_both_stories() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(ENLACE)
+        .args(["demo", "--records", "40", "--alerts", "1", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for needle in [
+        "40 of 40 records accepted and 40 delivered",
+        "2 of 2 alert copies delivered",
+        "response:action-taken",
+        "Story 2, originator control",
+        "refused (PolicyDenied): denied by the handling of source message",
+        "DisseminationDecision to CENAPI: approved for FGR (signed)",
+        "delivered to FGR via cenapi-1 → pgr-1",
+    ] {
+        assert!(stdout.contains(needle), "{needle:?} in:\n{stdout}");
+    }
+    // What it leaves: configs an operator can check, with their policy files.
+    let check = Command::new(ENLACED)
+        .args(["--check-config", "--config"])
+        .arg(dir.path().join("config/cenapi-1.toml"))
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+}
