@@ -288,6 +288,18 @@ async fn the_receiving_node_and_its_receive_rules_enforce_its_own_policy() {
             && detail.contains("no [[receive]] rule lets a reader of records (analyst, records)"),
         "{detail}"
     );
+    // A receipts unit takes receipts, reports and answers only: nothing else can be slipped
+    // past the receive rules through it.
+    let into_receipts = pgr
+        .submit(Draft::new(&liaison("not a receipt")).to("dea/receipts-analyst"))
+        .await
+        .unwrap();
+    let detail = non_delivery(&pgr, into_receipts.id).await;
+    assert!(
+        detail
+            .contains("unit receipts-analyst holds receipts, reports and business responses only"),
+        "{detail}"
+    );
     // A copy for the inbox, which every client reads, waits for a reader that may have it:
     // the analyst, reading first, is never handed it; the duty desk is.
     let analyst = net.subscriber("dea", "analyst").await;

@@ -30,6 +30,9 @@ use prost::Message as _;
 /// judicial proceedings (their judicial-use permission applies).
 const JUDICIAL: &str = "enlace.v1.MutualLegalAssistanceRequest";
 
+/// The payload type of an answer to a message, the one client payload a receipts unit takes.
+const BUSINESS_RESPONSE: &str = "enlace.v1.BusinessResponse";
+
 /// The payload type of an originator's dissemination decision.
 const DECISION: &str = "enlace.v1.DisseminationDecision";
 
@@ -169,9 +172,21 @@ impl Node {
                 .check_flow(from, to, kind, precedence, &handling, now)
                 .map_err(|d| refusal(&d))?;
         }
-        // A receipts unit holds answers to its own client's messages (business responses; the
-        // rest is node control): receive rules do not apply there.
-        for mailbox in plan.local.iter().filter(|m| !is_receipts_mailbox(m)) {
+        // A receipts unit holds node control traffic (which returned above) and answers to its
+        // own client's messages: nothing else may be put there, and receive rules do not apply.
+        for mailbox in &plan.local {
+            if is_receipts_mailbox(mailbox) {
+                if message.payload_type != BUSINESS_RESPONSE {
+                    return Err(Refusal::new(
+                        RefusalCode::PolicyDenied,
+                        format!(
+                            "unit {mailbox} holds receipts, reports and business responses \
+                             only, not {kind}"
+                        ),
+                    ));
+                }
+                continue;
+            }
             policy
                 .receivable(mailbox, self.config.readers.potential(mailbox), kind)
                 .map_err(|d| refusal(&d))?;
