@@ -174,16 +174,26 @@ impl Provenance {
     }
 
     /// Remembers a message's restrictions (the oldest message is forgotten beyond capacity).
+    /// What is remembered of an id is never replaced: a message that reuses a known id (which
+    /// the ledger then refuses) must not overwrite the conditions of the message that had it.
     pub fn remember(&mut self, id: MessageId, restrictions: Vec<Restriction>) {
+        if self.known.contains_key(&id) {
+            return;
+        }
         journal::message(&mut self.journal, id, &restrictions);
-        if self.known.insert(id, restrictions.into()).is_none() {
-            self.order.push_back(id);
-            while self.order.len() > self.capacity {
-                if let Some(old) = self.order.pop_front() {
-                    self.known.remove(&old);
-                }
+        self.known.insert(id, restrictions.into());
+        self.order.push_back(id);
+        while self.order.len() > self.capacity {
+            if let Some(old) = self.order.pop_front() {
+                self.known.remove(&old);
             }
         }
+    }
+
+    /// Puts back journal lines that could not be written, ahead of what came since.
+    pub fn unwritten(&mut self, mut lines: Vec<u8>) {
+        lines.append(&mut self.journal);
+        self.journal = lines;
     }
 
     /// Records a release (the oldest is forgotten beyond capacity).
@@ -736,6 +746,42 @@ mod tests {
         // Replay keeps the bound: the newest are kept.
         let (small, _) = Provenance::replay(1, &text);
         assert!(small.known.contains_key(&id(2)) && !small.known.contains_key(&id(1)));
+    }
+
+    #[test]
+    fn a_reused_id_does_not_overwrite_what_is_remembered() {
+        let now = SystemTime::now();
+        let partner = |_: &str| true;
+        let mut p = Provenance::new(16);
+        p.remember(
+            id(1),
+            vec![restriction(
+                1,
+                "dea",
+                &["cenapi"],
+                Tlp::Red,
+                Permission::Consent,
+            )],
+        );
+        // A CENAPI client submits its own, permissive message under the same id.
+        p.remember(
+            id(1),
+            vec![restriction(
+                1,
+                "cenapi",
+                &["cenapi"],
+                Tlp::Clear,
+                Permission::Allowed,
+            )],
+        );
+        let d = p
+            .check_derived(&[id(1)], &cenapi(&partner), &["pgr"], "", now)
+            .unwrap_err();
+        assert_eq!(d.owner, "dea");
+        assert_eq!(
+            String::from_utf8(p.take_journal()).unwrap().lines().count(),
+            1
+        );
     }
 
     #[test]

@@ -560,6 +560,30 @@ async fn a_derived_product_needs_the_originators_release_which_dea_grants_over_t
             "send it a DisseminationRequest",
         ],
     );
+    // Reusing the source's id for a permissive message of its own does not wash the source's
+    // conditions off: refused as an id conflict, and the product is refused as before.
+    let reuse = cenapi
+        .submit(
+            Draft::new(&liaison("same id, no conditions"))
+                .id(x.id)
+                .to("cenapi")
+                .handling(tlp(pb::TlpLabel::Clear)),
+        )
+        .await;
+    assert!(
+        matches!(
+            &reuse,
+            Err(SubmitError::Refused {
+                code: RefusalCode::DuplicateId,
+                ..
+            })
+        ),
+        "{reuse:?}"
+    );
+    assert_denied(
+        cenapi.submit(report()).await,
+        &[&format!("source message {} (from dea)", x.id)],
+    );
     // Back to DEA itself it may go.
     cenapi
         .submit(

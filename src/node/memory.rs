@@ -88,21 +88,33 @@ pub(super) async fn flush(node: &Arc<Node>, lines: &mut usize) {
     }
     let path = path(&node.config);
     let name = node.config.name.clone();
-    let written = tokio::task::spawn_blocking(move || match snapshot {
-        Some(all) => rewrite(&path, &all),
-        None => std::fs::OpenOptions::new()
-            .append(true)
-            .create(true)
-            .open(&path)
-            .and_then(|mut f| f.write_all(&bytes)),
+    let writer = node.clone();
+    let unwritten = bytes.clone();
+    let written = tokio::task::spawn_blocking(move || {
+        // One write at a time, even when a flush at shutdown overtakes an aborted loop's.
+        let _one = writer.provenance_file.lock().expect("provenance file lock");
+        match snapshot {
+            Some(all) => rewrite(&path, &all),
+            None => std::fs::OpenOptions::new()
+                .append(true)
+                .create(true)
+                .open(&path)
+                .and_then(|mut f| f.write_all(&bytes)),
+        }
     })
     .await;
-    match written {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::error!(
-            node = %name, error = %e,
-            "cannot write what the node remembers for derived products; it stays in memory"
-        ),
-        Err(e) => tracing::error!(node = %name, error = %e, "provenance writer failed"),
-    }
+    let failed = match written {
+        Ok(Ok(())) => return,
+        Ok(Err(e)) => e.to_string(),
+        Err(e) => e.to_string(),
+    };
+    tracing::error!(
+        node = %name, error = %failed,
+        "cannot write what the node remembers for derived products; it stays in memory and \
+         is written again at the next flush"
+    );
+    node.provenance
+        .lock()
+        .expect("provenance lock poisoned")
+        .unwritten(unwritten);
 }

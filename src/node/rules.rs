@@ -124,6 +124,14 @@ fn node_control(message: &Message) -> bool {
         && crate::receipt::is_node_control(message)
 }
 
+/// Whether `kind` names `full` (`enlace.v1.X`), in any case, with or without a type-URL prefix
+/// (`type.googleapis.com/enlace.v1.X`): for checks that must not fail open on a spelling.
+fn is_type(kind: &str, full: &str) -> bool {
+    kind.rsplit('/')
+        .next()
+        .is_some_and(|k| k.eq_ignore_ascii_case(full))
+}
+
 /// A denial as the sender hears it: `POLICY_DENIED`, naming the rule.
 pub(super) fn refusal(d: &Decision) -> Refusal {
     Refusal::new(
@@ -225,7 +233,7 @@ impl Node {
             let partner = |a: &str| policy.partners(own, a, now);
             let deriver = Deriver {
                 agency: own,
-                judicial: kind == JUDICIAL,
+                judicial: is_type(kind, JUDICIAL),
                 must_inform: &policy.must_inform,
                 partner: &partner,
             };

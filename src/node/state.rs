@@ -50,6 +50,8 @@ pub(super) struct Node {
     /// What the node remembers of its agency's messages, for derived products (see
     /// `provenance`).
     pub provenance: std::sync::Mutex<crate::provenance::Provenance>,
+    /// Held while the provenance file is written (see `memory`).
+    pub provenance_file: std::sync::Mutex<()>,
     /// Exchange agreements and internal rules in force (see `rules`).
     policy: super::rules::Shared,
     pub shutting_down: AtomicBool,
@@ -77,6 +79,7 @@ impl Node {
             own: RwLock::new(Arc::new(own)),
             policy: RwLock::new(Arc::new(policy)),
             provenance: std::sync::Mutex::new(memory),
+            provenance_file: std::sync::Mutex::new(()),
             responders: std::sync::Mutex::new(crate::respond::Responders::new(
                 config.limits.dedup_ids,
             )),
