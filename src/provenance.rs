@@ -31,9 +31,45 @@ pub struct Restriction {
     pub owner: String,
     /// Its addressee agencies, who may always get products of it.
     pub addressees: Vec<String>,
-    /// Its handling conditions, as the node's policy reads them.
+    /// Its handling conditions, as the node's policy reads them: only what judging a derived
+    /// product uses (see [`Restriction::new`]).
     pub handling: Handling,
 }
+
+impl Restriction {
+    /// A message's restriction: its addressee agencies once each, and of its (effective)
+    /// handling only the label and the permissions. Foreign codes are already folded into
+    /// those, and the purpose, erasure time and relay limit play no part in where a product
+    /// may go: an originator cannot make the node keep large fields for every message.
+    pub fn new(
+        source: MessageId,
+        owner: &str,
+        mut addressees: Vec<String>,
+        handling: &Handling,
+    ) -> Restriction {
+        addressees.sort();
+        addressees.dedup();
+        Restriction {
+            source,
+            owner: owner.to_owned(),
+            addressees,
+            handling: Handling {
+                tlp: handling.tlp,
+                onward: handling.onward,
+                judicial: handling.judicial,
+                operational: handling.operational,
+                ..Handling::default()
+            },
+        }
+    }
+}
+
+/// Most sources one release names (more are ignored), as many as a product may inherit.
+pub const MAX_RELEASE_SOURCES: usize = MAX_RESTRICTIONS;
+/// Most agencies one release names (more are ignored).
+pub const MAX_RELEASE_AGENCIES: usize = 16;
+/// Longest purpose a release may be bound to; a decision with a longer one is not recorded.
+pub const MAX_RELEASE_PURPOSE: usize = 256;
 
 /// An originator's release of its messages to named agencies.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -128,7 +164,9 @@ impl Provenance {
         for line in text.lines().filter(|l| !l.trim().is_empty()) {
             match journal::parse(line) {
                 Some(journal::Entry::Message(id, rs)) => p.remember(id, rs),
-                Some(journal::Entry::Release(r)) => p.release(r),
+                Some(journal::Entry::Release(r)) => {
+                    p.release(r);
+                }
                 None => skipped += 1,
             }
         }
@@ -196,8 +234,20 @@ impl Provenance {
         self.journal = lines;
     }
 
-    /// Records a release (the oldest is forgotten beyond capacity).
-    pub fn release(&mut self, r: Release) {
+    /// Records a release (the oldest is forgotten beyond capacity), its sources and agencies
+    /// once each and at most [`MAX_RELEASE_SOURCES`] and [`MAX_RELEASE_AGENCIES`]. A release
+    /// bound to a purpose longer than [`MAX_RELEASE_PURPOSE`] is not recorded (`false`): what
+    /// another agency's decision makes the node keep stays small.
+    pub fn release(&mut self, mut r: Release) -> bool {
+        if r.purpose.len() > MAX_RELEASE_PURPOSE {
+            return false;
+        }
+        let mut seen = std::collections::HashSet::new();
+        r.sources.retain(|s| seen.insert(*s));
+        r.sources.truncate(MAX_RELEASE_SOURCES);
+        r.to.sort();
+        r.to.dedup();
+        r.to.truncate(MAX_RELEASE_AGENCIES);
         journal::release(&mut self.journal, &r);
         let r = Arc::new(r);
         for s in &r.sources {
@@ -217,6 +267,7 @@ impl Provenance {
                 }
             }
         }
+        true
     }
 
     /// Whether `owner` released `source` to `to` for `purpose`, in force at `now`.
@@ -782,6 +833,43 @@ mod tests {
             String::from_utf8(p.take_journal()).unwrap().lines().count(),
             1
         );
+    }
+
+    #[test]
+    fn what_is_kept_of_a_message_or_a_release_stays_small() {
+        let h = Handling {
+            tlp: Tlp::Red,
+            onward: Permission::Consent,
+            native: vec![NativeCode {
+                scheme: "x".repeat(1000),
+                code: "y".repeat(1000),
+            }],
+            purpose: "p".repeat(100_000),
+            ..Handling::default()
+        };
+        let r = Restriction::new(id(1), "dea", vec!["pgr".into(), "pgr".into()], &h);
+        assert_eq!(r.addressees, ["pgr"]);
+        assert_eq!(
+            (r.handling.tlp, r.handling.onward),
+            (Tlp::Red, Permission::Consent)
+        );
+        assert!(r.handling.native.is_empty() && r.handling.purpose.is_empty());
+        let mut p = Provenance::new(16);
+        let mut big = release(&[1, 1, 2], "dea", &["pgr", "pgr"], "");
+        big.sources.extend((0..200u8).map(id));
+        big.to.extend((0..100).map(|i| format!("a{i}")));
+        assert!(p.release(big));
+        let kept = &p.release_order[0];
+        assert_eq!(kept.sources.len(), MAX_RELEASE_SOURCES);
+        assert_eq!(kept.sources[..2], [id(1), id(2)]);
+        assert_eq!(kept.to.len(), MAX_RELEASE_AGENCIES);
+        assert!(!p.release(release(
+            &[1],
+            "dea",
+            &["pgr"],
+            &"p".repeat(MAX_RELEASE_PURPOSE + 1)
+        )));
+        assert_eq!(p.release_order.len(), 1);
     }
 
     #[test]

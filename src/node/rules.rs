@@ -170,12 +170,13 @@ impl Node {
         }
         let own = self.config.agency.as_str();
         let from = message.originator.agency.as_str();
-        let towards = plan
+        let towards: Vec<&str> = plan
             .peers
             .iter()
             .flat_map(|p| p.agencies.iter().map(|a| a.as_str()))
-            .chain((!plan.local.is_empty()).then_some(own));
-        for to in towards {
+            .chain((!plan.local.is_empty()).then_some(own))
+            .collect();
+        for to in &towards {
             policy
                 .check_flow(from, to, kind, precedence, &handling, now)
                 .map_err(|d| refusal(&d))?;
@@ -199,37 +200,30 @@ impl Node {
                 .receivable(mailbox, self.config.readers.potential(mailbox), kind)
                 .map_err(|d| refusal(&d))?;
         }
-        let addressees: Vec<&str> = message
+        // Addressees as agency ids (an alias resolves; parsing made every name a valid one).
+        let addressees: Vec<String> = message
             .addressees
-            .iter()
-            .map(|a| a.agency.as_str())
-            .collect();
-        let resolved: Vec<String> = addressees
             .iter()
             .map(|a| {
                 self.config
                     .directory
-                    .resolve(a)
-                    .map_or_else(|| a.to_string(), |id| id.to_string())
+                    .resolve(&a.agency)
+                    .map_or_else(|| a.agency.clone(), |id| id.to_string())
             })
             .collect();
-        let addressees: Vec<&str> = resolved.iter().map(String::as_str).collect();
-        handling
-            .may_transit(own, from, &addressees)
-            .map_err(|reason| {
-                Refusal::new(
-                    RefusalCode::PolicyDenied,
-                    format!("denied by the message's own handling: {reason}"),
-                )
-            })?;
+        let names: Vec<&str> = addressees.iter().map(String::as_str).collect();
+        handling.may_transit(own, from, &names).map_err(|reason| {
+            Refusal::new(
+                RefusalCode::PolicyDenied,
+                format!("denied by the message's own handling: {reason}"),
+            )
+        })?;
+        // Remembered only where the agency sends or receives it: a relay derives nothing.
+        if client.is_none() && plan.local.is_empty() {
+            return Ok(None);
+        }
         let provenance = self.provenance.lock().expect("provenance lock poisoned");
         if client.is_some() && !message.derived_from.is_empty() {
-            let towards: Vec<&str> = plan
-                .peers
-                .iter()
-                .flat_map(|p| p.agencies.iter().map(|a| a.as_str()))
-                .chain((!plan.local.is_empty()).then_some(own))
-                .collect();
             let partner = |a: &str| policy.partners(own, a, now);
             let deriver = Deriver {
                 agency: own,
@@ -263,16 +257,7 @@ impl Node {
                     )
                 })?;
         }
-        // Remembered only where the agency sends or receives it: a relay derives nothing.
-        if client.is_none() && plan.local.is_empty() {
-            return Ok(None);
-        }
-        let own_restriction = Restriction {
-            source: message.id,
-            owner: from.to_owned(),
-            addressees: resolved,
-            handling,
-        };
+        let own_restriction = Restriction::new(message.id, from, addressees, &handling);
         provenance
             .inherit(own_restriction, &message.derived_from)
             .map(Some)
@@ -292,7 +277,7 @@ impl Node {
             return;
         };
         if d.approved {
-            provenance.release(Release {
+            let recorded = provenance.release(Release {
                 decision: message.id,
                 by: message.originator.agency.to_string(),
                 sources: d
@@ -310,6 +295,13 @@ impl Node {
                 purpose: d.purpose,
                 valid_until: d.valid_until.as_ref().and_then(crate::message::system_time),
             });
+            if !recorded {
+                tracing::warn!(
+                    node = %self.config.name, decision = %message.id,
+                    "dissemination decision not recorded: its purpose is longer than {} bytes",
+                    crate::provenance::MAX_RELEASE_PURPOSE
+                );
+            }
         }
     }
 
