@@ -612,6 +612,44 @@ impl Client {
         }
     }
 
+    /// Asks the node's delivery log (operators only; see [`crate::audit`]): records matching
+    /// a query, records as they are written (`follow`), a message's trace across the nodes it
+    /// passed (`trace`), or the log's files (`files`). Answers come as frames; the last has
+    /// `done` set (a followed query never ends on its own: drop the [`LogAnswers`]).
+    ///
+    /// ```no_run
+    /// # async fn example(operator: enlace::Client) -> Result<(), enlace::SubmitError> {
+    /// use enlace::pb;
+    ///
+    /// let q = pb::LogQuery { event: "refused".into(), limit: 50, ..Default::default() };
+    /// let mut answers = operator.log(q).await?;
+    /// while let Some(frame) = answers.next().await? {
+    ///     for line in frame.records {
+    ///         println!("{line}");
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`SubmitError::Refused`] for anyone whose certificate does not grant the operator role;
+    /// [`SubmitError::Connection`] when the connection fails.
+    pub async fn log(&self, query: pb::LogQuery) -> Result<LogAnswers, SubmitError> {
+        let (mut send, recv) = self
+            .sender
+            .connection
+            .open_bi()
+            .await
+            .map_err(|e| SubmitError::Connection(tls::describe_connection_error(&e)))?;
+        crate::wire::frame::write_body(&mut send, Body::LogQuery(query)).await?;
+        let _ = send.finish();
+        Ok(LogAnswers {
+            reader: crate::wire::frame::FrameReader::new(recv, LOG_FRAME_LIMIT),
+            done: false,
+            _send: send,
+        })
+    }
+
     /// Closes the connection at once, without flushing anything: submissions in flight fail with
     /// [`SubmitError::Connection`] (outcome unknown: resend with the same id) and inboxes end.
     /// For giving up on a node that stopped answering, rather than waiting for the idle timeout.
@@ -680,5 +718,48 @@ fn unexpected(body: Body) -> SubmitError {
     match body {
         Body::Refused(r) => SubmitError::from_refused(r),
         other => SubmitError::Protocol(format!("unexpected answer: {other:?}")),
+    }
+}
+
+/// Largest delivery-log answer frame.
+const LOG_FRAME_LIMIT: u64 = 8 << 20;
+
+/// The answers to a delivery-log query ([`Client::log`]), frame by frame.
+pub struct LogAnswers {
+    reader: crate::wire::frame::FrameReader,
+    done: bool,
+    _send: SendStream,
+}
+
+impl LogAnswers {
+    /// The next answer frame; `None` after the last.
+    ///
+    /// # Errors
+    /// [`SubmitError::Refused`] when the node refused the query; [`SubmitError::Connection`] or
+    /// [`SubmitError::Protocol`] when the stream failed.
+    pub async fn next(&mut self) -> Result<Option<pb::LogRecords>, SubmitError> {
+        if self.done {
+            return Ok(None);
+        }
+        match self.reader.read().await {
+            Ok(f) => match f.body {
+                Some(Body::LogRecords(r)) => {
+                    self.done = r.done;
+                    Ok(Some(r))
+                }
+                Some(Body::Refused(r)) => {
+                    self.done = true;
+                    Err(SubmitError::from_refused(r))
+                }
+                other => Err(SubmitError::Protocol(format!(
+                    "unexpected answer: {other:?}"
+                ))),
+            },
+            Err(crate::wire::frame::FrameError::End) => {
+                self.done = true;
+                Ok(None)
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 }

@@ -73,6 +73,38 @@ pub struct Config {
     /// The policy file: exchange agreements and internal rules (`node.policy`; see
     /// [`crate::agreement`]). Without one the node allows no client traffic at all.
     pub(crate) policy: Option<PathBuf>,
+    /// The delivery log's checkpoints, durability and retention (`[delivery_log]`).
+    pub(crate) delivery_log: DeliveryLog,
+}
+
+/// How the node keeps its delivery log (`[delivery_log]`; see [`crate::audit`]).
+#[derive(Debug, Clone)]
+pub(crate) struct DeliveryLog {
+    /// A checkpoint is signed after this many new records (`checkpoint_records`, 10000)...
+    pub(crate) checkpoint_records: u64,
+    /// ...or this long after the last one, if there are new records (`checkpoint_interval_ms`,
+    /// 10 s).
+    pub(crate) checkpoint_interval: Duration,
+    /// Written records reach the disk (fdatasync) at most this long after they are written
+    /// (`sync_interval_ms`, 100 ms), and always before a checkpoint covers them.
+    pub(crate) sync_interval: Duration,
+    /// Records older than this are pruned, whole files at a time and only behind a checkpoint
+    /// (`retention_days`, 400).
+    pub(crate) retention: Duration,
+    /// A records file is closed and a new one started past this size (`segment_bytes`, 64 MiB).
+    pub(crate) segment_bytes: u64,
+}
+
+impl Default for DeliveryLog {
+    fn default() -> Self {
+        DeliveryLog {
+            checkpoint_records: 10_000,
+            checkpoint_interval: Duration::from_secs(10),
+            sync_interval: Duration::from_millis(100),
+            retention: Duration::from_secs(400 * 86_400),
+            segment_bytes: 64 << 20,
+        }
+    }
 }
 
 /// Where the node's TLS material lives.
@@ -210,6 +242,8 @@ struct RawConfig {
     #[serde(default)]
     log: RawLog,
     #[serde(default)]
+    delivery_log: RawDeliveryLog,
+    #[serde(default)]
     peers: Vec<RawPeer>,
     #[serde(default)]
     agencies: BTreeMap<String, RawAgency>,
@@ -289,6 +323,16 @@ struct RawLimits {
 struct RawLog {
     format: Option<LogFormat>,
     level: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawDeliveryLog {
+    checkpoint_records: Option<u64>,
+    checkpoint_interval_ms: Option<u64>,
+    sync_interval_ms: Option<u64>,
+    retention_days: Option<u64>,
+    segment_bytes: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -652,6 +696,7 @@ impl Config {
         }
 
         let readers = readers(raw.inbox, raw.units)?;
+        let delivery_log = delivery_log(&raw.delivery_log).map_err(|(k, r)| err(&k, r))?;
 
         Ok(Config {
             directory,
@@ -673,6 +718,7 @@ impl Config {
                 crl_expired: raw.tls.crl_expired.unwrap_or(CrlExpired::Refuse),
             },
             limits,
+            delivery_log,
             log_format: raw.log.format.unwrap_or(LogFormat::Human),
             log_level: raw.log.level.unwrap_or_else(|| "info".into()),
             peers,
@@ -692,6 +738,53 @@ impl Config {
             None => self.peer_for(agency),
         }
     }
+}
+
+/// Checks `[delivery_log]`, each value within its bounds.
+fn delivery_log(raw: &RawDeliveryLog) -> Result<DeliveryLog, (String, String)> {
+    let d = DeliveryLog::default();
+    let within = |key: &str, v: Option<u64>, default: u64, lo: u64, hi: u64| match v {
+        None => Ok(default),
+        Some(v) if (lo..=hi).contains(&v) => Ok(v),
+        Some(v) => Err((
+            format!("delivery_log.{key}"),
+            format!("{v} is out of range: it must be between {lo} and {hi}"),
+        )),
+    };
+    let ms = |d: Duration| d.as_millis() as u64;
+    Ok(DeliveryLog {
+        checkpoint_records: within(
+            "checkpoint_records",
+            raw.checkpoint_records,
+            d.checkpoint_records,
+            1,
+            10_000_000,
+        )?,
+        checkpoint_interval: Duration::from_millis(within(
+            "checkpoint_interval_ms",
+            raw.checkpoint_interval_ms,
+            ms(d.checkpoint_interval),
+            100,
+            86_400_000,
+        )?),
+        sync_interval: Duration::from_millis(within(
+            "sync_interval_ms",
+            raw.sync_interval_ms,
+            ms(d.sync_interval),
+            1,
+            10_000,
+        )?),
+        retention: Duration::from_secs(
+            86_400 * within("retention_days", raw.retention_days, 400, 1, 36_500)?,
+        ),
+        segment_bytes: within(
+            "segment_bytes",
+            raw.segment_bytes,
+            d.segment_bytes,
+            4096,
+            1 << 40,
+        )?,
+    })
 }
 
 /// Builds the mailbox grants from `[inbox]` and `[units.<name>]`.

@@ -37,6 +37,7 @@
 
 mod address;
 pub mod agreement;
+pub mod audit;
 mod client;
 pub mod config;
 mod dedup;
@@ -51,10 +52,11 @@ pub mod handling;
 mod id;
 mod identity;
 mod lanes;
-mod merkle;
+pub mod merkle;
 mod message;
 pub mod network;
 pub mod node;
+pub mod note;
 pub mod payloads;
 mod peering;
 mod pipeline;
@@ -76,7 +78,8 @@ mod wire;
 
 pub use address::{BadUnit, Mailbox, Unit};
 pub use client::{
-    Acceptance, Accepted, BusyRetry, Client, ClientOptions, Dedup, Delivery, Inbox, Receipts,
+    Acceptance, Accepted, BusyRetry, Client, ClientOptions, Dedup, Delivery, Inbox, LogAnswers,
+    Receipts,
 };
 pub use config::ConfigError;
 pub use draft::Draft;

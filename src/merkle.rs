@@ -2,7 +2,9 @@
 //!
 //! Leaves hash as `SHA-256(0x00 || data)` and interior nodes as `SHA-256(0x01 || left || right)`,
 //! so a leaf can never pass for an interior node. Used to sign a batch of envelopes with one
-//! signature (see [`crate::signature`]); the same shape serves a tamper-evident log later.
+//! signature (see [`crate::signature`]), and for the delivery log ([`crate::audit`]): a
+//! [`Frontier`] grows the log's tree one record at a time, and consistency proofs
+//! ([`consistency_proof`], [`verify_consistency`]) show that a later tree extends an earlier one.
 //! Sans-I/O.
 
 use ring::digest::{Context, SHA256};
@@ -98,6 +100,167 @@ pub fn root_from_proof(leaf: &Hash, index: u64, size: u64, path: &[Hash]) -> Opt
     (sn == 0).then_some(r)
 }
 
+/// The compact state of a growing tree: the roots of its maximal perfect subtrees, left to
+/// right (one per set bit of the size). Enough to append and to compute the root, in
+/// `O(log n)` space.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Frontier {
+    size: u64,
+    nodes: Vec<Hash>,
+}
+
+impl Frontier {
+    /// The empty tree.
+    pub fn new() -> Frontier {
+        Frontier::default()
+    }
+
+    /// A frontier as stored: `None` if `nodes` does not fit `size` (one per set bit).
+    pub fn from_parts(size: u64, nodes: Vec<Hash>) -> Option<Frontier> {
+        (nodes.len() == size.count_ones() as usize).then_some(Frontier { size, nodes })
+    }
+
+    /// How many leaves the tree has.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// The subtree roots, left to right.
+    pub fn nodes(&self) -> &[Hash] {
+        &self.nodes
+    }
+
+    /// Appends a leaf hash.
+    pub fn push(&mut self, leaf: Hash) {
+        let merges = self.size.trailing_ones();
+        self.nodes.push(leaf);
+        for _ in 0..merges {
+            let right = self.nodes.pop().expect("a node per set bit");
+            let left = self.nodes.pop().expect("a node per set bit");
+            self.nodes.push(node_hash(&left, &right));
+        }
+        self.size += 1;
+    }
+
+    /// The root of the tree (RFC 9162 MTH); the hash of the empty string for the empty tree.
+    pub fn root(&self) -> Hash {
+        let mut nodes = self.nodes.iter().rev();
+        let Some(last) = nodes.next() else {
+            let mut h = [0u8; 32];
+            h.copy_from_slice(ring::digest::digest(&SHA256, b"").as_ref());
+            return h;
+        };
+        nodes.fold(*last, |r, left| node_hash(left, &r))
+    }
+
+    /// The subtrees the frontier holds, as `(first leaf, leaf count)`, left to right.
+    pub fn ranges(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        let mut start = 0;
+        (0..64).rev().filter_map(move |bit| {
+            let len = 1u64 << bit;
+            (self.size & len != 0).then(|| {
+                let r = (start, len);
+                start += len;
+                r
+            })
+        })
+    }
+}
+
+/// The consistency proof between the tree of the first `old` leaves and the tree of `new`
+/// leaves (RFC 9162 section 2.1.4.1), with `mth(start, len)` giving the root of the subtree of
+/// `len` leaves from `start`. Every subtree asked for lies within `[0, old)` as one of the old
+/// tree's [`Frontier`] ranges, or within `[old, new)`. `None` unless `0 < old <= new`.
+pub fn consistency_proof(
+    old: u64,
+    new: u64,
+    mth: &mut dyn FnMut(u64, u64) -> Hash,
+) -> Option<Vec<Hash>> {
+    if old == 0 || old > new {
+        return None;
+    }
+    let mut proof = Vec::new();
+    subproof(old, 0, new, true, mth, &mut proof);
+    Some(proof)
+}
+
+fn subproof(
+    m: u64,
+    start: u64,
+    n: u64,
+    complete: bool,
+    mth: &mut dyn FnMut(u64, u64) -> Hash,
+    out: &mut Vec<Hash>,
+) {
+    if m == n {
+        if !complete {
+            out.push(mth(start, n));
+        }
+        return;
+    }
+    let k = split(n as usize) as u64;
+    if m <= k {
+        subproof(m, start, k, complete, mth, out);
+        out.push(mth(start + k, n - k));
+    } else {
+        subproof(m - k, start + k, n - k, false, mth, out);
+        out.push(mth(start, k));
+    }
+}
+
+/// Whether `proof` shows that the tree of `new` leaves with root `new_root` extends the tree
+/// of `old` leaves with root `old_root` (RFC 9162 section 2.1.4.2). A tree of no leaves is
+/// extended by every tree.
+pub fn verify_consistency(
+    old: u64,
+    new: u64,
+    old_root: &Hash,
+    new_root: &Hash,
+    proof: &[Hash],
+) -> bool {
+    if old > new {
+        return false;
+    }
+    if old == 0 {
+        return proof.is_empty();
+    }
+    if old == new {
+        return proof.is_empty() && old_root == new_root;
+    }
+    let mut path: Vec<Hash> = Vec::with_capacity(proof.len() + 1);
+    if old.is_power_of_two() {
+        path.push(*old_root);
+    }
+    path.extend_from_slice(proof);
+    let Some((first, rest)) = path.split_first() else {
+        return false;
+    };
+    let (mut fn_, mut sn) = (old - 1, new - 1);
+    while fn_ & 1 == 1 {
+        fn_ >>= 1;
+        sn >>= 1;
+    }
+    let (mut fr, mut sr) = (*first, *first);
+    for c in rest {
+        if sn == 0 {
+            return false;
+        }
+        if fn_ & 1 == 1 || fn_ == sn {
+            fr = node_hash(c, &fr);
+            sr = node_hash(c, &sr);
+            while fn_ & 1 == 0 && fn_ != 0 {
+                fn_ >>= 1;
+                sn >>= 1;
+            }
+        } else {
+            sr = node_hash(&sr, c);
+        }
+        fn_ >>= 1;
+        sn >>= 1;
+    }
+    sn == 0 && fr == *old_root && sr == *new_root
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -155,5 +318,63 @@ mod tests {
         long.push([0; 32]);
         assert_eq!(root_from_proof(&l[0], 0, 5, &long), None);
         assert_eq!(root_from_proof(&l[0], 0, 5, &proofs[0][..1]), None);
+    }
+
+    #[test]
+    fn the_frontier_gives_the_root_of_every_size() {
+        let l = leaves(70);
+        let mut f = Frontier::new();
+        for n in 1..=70 {
+            f.push(l[n - 1]);
+            assert_eq!(f.root(), mth(&l[..n]), "size {n}");
+            assert_eq!(f.nodes().len(), n.count_ones() as usize);
+            let ranges: Vec<_> = f.ranges().collect();
+            for ((start, len), node) in ranges.iter().zip(f.nodes()) {
+                assert_eq!(*node, mth(&l[*start as usize..(*start + *len) as usize]));
+            }
+            let back = Frontier::from_parts(f.size(), f.nodes().to_vec()).unwrap();
+            assert_eq!(back, f);
+        }
+        assert!(Frontier::from_parts(3, vec![[0; 32]]).is_none());
+    }
+
+    #[test]
+    fn consistency_proofs_verify_and_catch_a_rewritten_history() {
+        let l = leaves(40);
+        for new in 1..=40u64 {
+            for old in 1..=new {
+                // Only frontier ranges of the old tree, or ranges past it, are asked for.
+                let mut old_f = Frontier::new();
+                l[..old as usize].iter().for_each(|h| old_f.push(*h));
+                let allowed: Vec<_> = old_f.ranges().collect();
+                let mut mth_of = |start: u64, len: u64| {
+                    assert!(
+                        start >= old || allowed.contains(&(start, len)),
+                        "asked for ({start}, {len}) with old {old}"
+                    );
+                    mth(&l[start as usize..(start + len) as usize])
+                };
+                let proof = consistency_proof(old, new, &mut mth_of).unwrap();
+                let (r1, r2) = (mth(&l[..old as usize]), mth(&l[..new as usize]));
+                assert!(
+                    verify_consistency(old, new, &r1, &r2, &proof),
+                    "{old}->{new}"
+                );
+                // A different old history is not consistent with the new tree.
+                let mut other = l[..old as usize].to_vec();
+                other[0] = leaf_hash(b"rewritten");
+                let forged = mth(&other);
+                assert!(!verify_consistency(old, new, &forged, &r2, &proof));
+                if old < new {
+                    assert!(!verify_consistency(old, new, &r1, &forged, &proof));
+                    assert!(!verify_consistency(new, old, &r2, &r1, &proof));
+                    let mut bad = proof.clone();
+                    bad.push([7; 32]);
+                    assert!(!verify_consistency(old, new, &r1, &r2, &bad));
+                }
+            }
+        }
+        assert!(consistency_proof(0, 3, &mut |_, _| [0; 32]).is_none());
+        assert!(consistency_proof(4, 3, &mut |_, _| [0; 32]).is_none());
     }
 }

@@ -79,11 +79,18 @@ impl Signer {
         Ok(Signer { key, cert_sha256 })
     }
 
-    #[cfg(any(test, feature = "fuzzing"))]
     /// The raw public key.
     pub fn public_key(&self) -> &[u8] {
         use ring::signature::KeyPair;
         self.key.public_key().as_ref()
+    }
+
+    /// Signs a signed note's message (see [`crate::note`]); never an envelope's bytes, which
+    /// are signed domain-separated by [`Signer::sign`].
+    pub fn sign_note(&self, message: &[u8]) -> [u8; 64] {
+        let mut out = [0u8; 64];
+        out.copy_from_slice(self.key.sign(message).as_ref());
+        out
     }
 
     /// Signs the exact envelope bytes.

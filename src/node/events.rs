@@ -10,7 +10,15 @@
 use std::net::SocketAddr;
 use std::time::SystemTime;
 
+use std::sync::Arc;
+
 use tokio::sync::broadcast;
+
+use ring::digest::{SHA256, digest};
+
+use super::audit::Log;
+use crate::audit::{self, Record, hex};
+use crate::message::Message;
 
 use crate::message::{MessageId, Precedence};
 use crate::wire::pb::RefusalCode;
@@ -53,6 +61,8 @@ pub enum Event {
         remote: SocketAddr,
         /// The identity its certificate names, e.g. `dea/client/duty-desk`.
         who: String,
+        /// The SHA-256 of its certificate, hex.
+        certificate: String,
     },
     /// A connection was refused before it was authorized.
     ConnectionRefused {
@@ -61,6 +71,8 @@ pub enum Event {
         /// The identity its certificate names; `None` when the connection was refused before
         /// one could be read (a failed TLS handshake, a certificate without a valid identity).
         who: Option<String>,
+        /// The SHA-256 of its certificate, hex, when one was verified.
+        certificate: Option<String>,
         /// Why, in words; the same text is sent to the other side as the close reason.
         reason: String,
     },
@@ -235,6 +247,34 @@ pub enum Event {
         queue: String,
     },
 
+    /// The node signed a checkpoint of its delivery log (see [`crate::audit`]).
+    Checkpoint {
+        /// The log's size (records) at the checkpoint.
+        size: u64,
+    },
+    /// A peer cosigned this node's checkpoint, or this node cosigned a peer's, as a witness.
+    Witnessed {
+        /// The peer node's name.
+        peer: String,
+        /// Whose checkpoint: `own` (cosigned by the peer) or `peer` (cosigned by this node).
+        whose: &'static str,
+        /// The checkpoint's size.
+        size: u64,
+    },
+    /// A peer's checkpoint was refused: inconsistent with one it presented before (its log was
+    /// rewritten), or forged. Or the peer refused this node's checkpoint.
+    WitnessRefused {
+        /// The peer node's name.
+        peer: String,
+        /// Why.
+        reason: String,
+    },
+    /// Delivery-log records past their retention period were removed, behind a checkpoint.
+    LogPruned {
+        /// Which records, and why.
+        detail: String,
+    },
+
     /// A peer link changed state: `connecting`, `up` (detail: address and which node dialed),
     /// `down` (detail: the reason), `backoff` (detail: the next delay), or `duplicate-closed` (a
     /// second connection to the peer was closed; the link is unchanged). See
@@ -254,10 +294,18 @@ pub enum Event {
 const OBSERVER_CAPACITY: usize = 4096;
 
 /// The node's event hook.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Events {
     node: String,
     tx: broadcast::Sender<Event>,
+    /// The delivery log, if the node keeps one (every node does; ledger tests do not).
+    log: Option<Arc<Log>>,
+}
+
+impl std::fmt::Debug for Events {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Events").field("node", &self.node).finish()
+    }
 }
 
 impl Event {
@@ -269,7 +317,8 @@ impl Event {
             | Event::ForwardRefused { reason, .. }
             | Event::DeadLettered { reason, .. }
             | Event::Returned { reason, .. }
-            | Event::Purged { reason, .. } => reason,
+            | Event::Purged { reason, .. }
+            | Event::WitnessRefused { reason, .. } => reason,
             _ => return,
         };
         if reason.len() > REASON_LIMIT {
@@ -289,7 +338,26 @@ impl Events {
         Events {
             node: node.to_owned(),
             tx: broadcast::channel(OBSERVER_CAPACITY).0,
+            log: None,
         }
+    }
+
+    /// Events that are also written to the delivery log.
+    pub(crate) fn with_log(node: &str, log: Arc<Log>) -> Events {
+        Events {
+            log: Some(log),
+            ..Events::new(node)
+        }
+    }
+
+    /// The delivery log, if there is one.
+    pub(crate) fn log(&self) -> Option<&Arc<Log>> {
+        self.log.as_ref()
+    }
+
+    /// Records an event about `message` (its metadata goes into the delivery log).
+    pub(crate) fn record_about(&self, message: &Arc<Message>, e: Event) {
+        self.record_with(e, Some(message));
     }
 
     /// Observes events from now on. A slow observer misses events (it gets `Lagged`).
@@ -299,17 +367,22 @@ impl Events {
 
     /// Records an event. Reasons longer than [`REASON_LIMIT`] bytes are cut first: they may
     /// quote what a sender sent.
-    pub(crate) fn record(&self, mut e: Event) {
+    pub(crate) fn record(&self, e: Event) {
+        self.record_with(e, None);
+    }
+
+    fn record_with(&self, mut e: Event, message: Option<&Arc<Message>>) {
         e.cut_reasons();
         let node = self.node.as_str();
         match &e {
-            Event::Connected { remote, who } => {
+            Event::Connected { remote, who, .. } => {
                 tracing::info!(target: "enlace::event", node, event = "connected", %remote, %who)
             }
             Event::ConnectionRefused {
                 remote,
                 who,
                 reason,
+                ..
             } => tracing::warn!(
                 target: "enlace::event", node, event = "connection_refused", %remote,
                 who = who.as_deref().unwrap_or("-"), %reason
@@ -408,8 +481,246 @@ impl Events {
             } => tracing::info!(
                 target: "enlace::event", node, event = "link", %peer, state, %detail
             ),
+            Event::Checkpoint { size } => {
+                tracing::debug!(target: "enlace::event", node, event = "checkpoint", size)
+            }
+            Event::Witnessed { peer, whose, size } => tracing::debug!(
+                target: "enlace::event", node, event = "witnessed", %peer, whose, size
+            ),
+            Event::WitnessRefused { peer, reason } => tracing::error!(
+                target: "enlace::event", node, event = "witness_refused", %peer, %reason
+            ),
+            Event::LogPruned { detail } => {
+                tracing::info!(target: "enlace::event", node, event = "log_pruned", %detail)
+            }
         }
-        // No observers is normal.
-        let _ = self.tx.send(e);
+        match &self.log {
+            Some(log) => {
+                // No observers is normal.
+                if self.tx.receiver_count() > 0 {
+                    let _ = self.tx.send(e.clone());
+                }
+                if !matches!(e, Event::Dispatched { .. } | Event::Checkpoint { .. }) {
+                    log.write(e, message.cloned());
+                }
+            }
+            None => {
+                let _ = self.tx.send(e);
+            }
+        }
     }
+}
+
+/// The record of an event (its position and predecessor filled in by the writer).
+pub(crate) fn record(
+    node: &str,
+    me: &str,
+    at: SystemTime,
+    e: &Event,
+    m: Option<&Message>,
+) -> Record {
+    let mut r = Record {
+        time: audit::timestamp(at),
+        node: node.to_owned(),
+        ..Record::default()
+    };
+    if let Some(m) = m {
+        r.id = Some(m.id().to_string());
+        r.originator = Some(m.originator().to_string());
+        r.addressees = m.addressees().iter().map(|a| a.to_string()).collect();
+        r.payload_type = Some(m.payload_type().to_owned());
+        r.precedence = Some(m.precedence().to_string());
+        r.status = Some(m.status().to_string());
+        r.bytes = Some(m.envelope_bytes().len() as u64);
+        r.sha256 = Some(hex(digest(&SHA256, m.envelope_bytes()).as_ref()));
+        r.refers_to = crate::receipt::Receipt::from_message(m)
+            .map(|x| x.message_id)
+            .or(m.in_reply_to())
+            .map(|id| id.to_string());
+    }
+    let node_actor = || me.to_owned();
+    let (event, actor) = match e {
+        Event::Connected {
+            remote,
+            who,
+            certificate,
+        } => {
+            r.remote = Some(remote.to_string());
+            r.certificate = Some(certificate.clone());
+            ("connected", who.clone())
+        }
+        Event::ConnectionRefused {
+            remote,
+            who,
+            certificate,
+            reason,
+        } => {
+            r.remote = Some(remote.to_string());
+            r.certificate = certificate.clone();
+            r.reason = Some(reason.clone());
+            (
+                "connection_refused",
+                who.clone().unwrap_or_else(|| "-".into()),
+            )
+        }
+        Event::Disconnected {
+            remote,
+            who,
+            reason,
+        } => {
+            r.remote = Some(remote.to_string());
+            r.reason = Some(reason.clone());
+            ("disconnected", who.clone())
+        }
+        Event::Accepted {
+            id,
+            from,
+            destinations,
+            ..
+        } => {
+            r.id = Some(id.to_string());
+            r.detail = Some(format!("{destinations} destinations; on disk"));
+            let peer = from.split('/').nth(1) == Some("node") && from != me;
+            if peer {
+                r.peer = from.rsplit('/').next().map(str::to_owned);
+                ("received", from.clone())
+            } else {
+                ("accepted", from.clone())
+            }
+        }
+        Event::Duplicate { id, from } => {
+            r.id = Some(id.to_string());
+            ("duplicate", from.clone())
+        }
+        Event::Refused {
+            id,
+            from,
+            code,
+            reason,
+        } => {
+            r.id = id.map(|i| i.to_string());
+            r.code = Some(code.as_str_name().to_owned());
+            r.reason = Some(reason.clone());
+            ("refused", from.clone())
+        }
+        Event::Reloaded { what, detail } => {
+            r.detail = Some(format!("{what}: {detail}"));
+            ("reloaded", node_actor())
+        }
+        Event::ReloadRefused { what, reason } => {
+            r.detail = Some(what.clone());
+            r.reason = Some(reason.clone());
+            ("reload_refused", node_actor())
+        }
+        Event::Forwarded { id, peer } => {
+            r.id = Some(id.to_string());
+            r.peer = Some(peer.clone());
+            ("forwarded", node_actor())
+        }
+        Event::ForwardRefused {
+            id,
+            peer,
+            code,
+            reason,
+        } => {
+            r.id = Some(id.to_string());
+            r.peer = Some(peer.clone());
+            r.code = Some(code.as_str_name().to_owned());
+            r.reason = Some(reason.clone());
+            ("forward_refused", node_actor())
+        }
+        Event::Dispatched { id, queue, attempt } => {
+            r.id = Some(id.to_string());
+            r.queue = Some(queue.clone());
+            r.attempt = Some(*attempt);
+            ("dispatched", node_actor())
+        }
+        Event::Returned { id, queue, reason } => {
+            r.id = Some(id.to_string());
+            r.queue = Some(queue.clone());
+            r.reason = Some(reason.clone());
+            ("returned", node_actor())
+        }
+        Event::Deferred { id, queue, until } => {
+            r.id = Some(id.to_string());
+            r.queue = Some(queue.clone());
+            r.detail = Some(format!("until {}", audit::timestamp(*until)));
+            ("deferred", node_actor())
+        }
+        Event::Retrying {
+            id,
+            queue,
+            attempts,
+            at,
+            reason,
+        } => {
+            r.id = Some(id.to_string());
+            r.queue = Some(queue.clone());
+            r.attempt = Some(*attempts);
+            r.reason = Some(reason.clone());
+            r.detail = Some(format!("next attempt {}", audit::timestamp(*at)));
+            ("retrying", node_actor())
+        }
+        Event::Purged { id, queue, reason } => {
+            r.id = id.map(|i| i.to_string());
+            r.queue = Some(queue.clone());
+            r.reason = Some(reason.clone());
+            ("purged", node_actor())
+        }
+        Event::Delivered { id, to, attempt } => {
+            r.id = Some(id.to_string());
+            r.attempt = Some(*attempt);
+            ("delivered", to.clone())
+        }
+        Event::Acknowledged { id, by } => {
+            r.id = Some(id.to_string());
+            ("acknowledged", by.clone())
+        }
+        Event::DeadLettered { id, queue, reason } => {
+            r.id = Some(id.to_string());
+            r.queue = Some(queue.clone());
+            r.reason = Some(reason.clone());
+            ("dead_lettered", node_actor())
+        }
+        Event::Redriven { id, queue, by } => {
+            r.id = Some(id.to_string());
+            r.queue = Some(queue.clone());
+            ("redriven", by.clone())
+        }
+        Event::Expired { id, queue } => {
+            r.id = Some(id.to_string());
+            r.queue = Some(queue.clone());
+            ("expired", node_actor())
+        }
+        Event::Link {
+            peer,
+            state,
+            detail,
+        } => {
+            r.peer = Some(peer.clone());
+            r.detail = Some(format!("{state}: {detail}"));
+            ("link", node_actor())
+        }
+        Event::Checkpoint { size } => {
+            r.detail = Some(format!("size {size}"));
+            ("checkpoint", node_actor())
+        }
+        Event::Witnessed { peer, whose, size } => {
+            r.peer = Some(peer.clone());
+            r.detail = Some(format!("{whose} checkpoint of size {size} cosigned"));
+            ("checkpoint_witnessed", node_actor())
+        }
+        Event::WitnessRefused { peer, reason } => {
+            r.peer = Some(peer.clone());
+            r.reason = Some(reason.clone());
+            ("witness_refused", node_actor())
+        }
+        Event::LogPruned { detail } => {
+            r.detail = Some(detail.clone());
+            ("pruned", node_actor())
+        }
+    };
+    r.event = event.to_owned();
+    r.actor = actor;
+    r
 }

@@ -374,11 +374,14 @@ impl Ledger {
         }
         match next {
             Next::Send(entry, ticket) => {
-                self.0.events.record(Event::Dispatched {
-                    id: entry.item.id(),
-                    queue: queue.name().to_owned(),
-                    attempt: entry.item.attempts + 1,
-                });
+                self.0.events.record_about(
+                    &entry.item.message,
+                    Event::Dispatched {
+                        id: entry.item.id(),
+                        queue: queue.name().to_owned(),
+                        attempt: entry.item.attempts + 1,
+                    },
+                );
                 let copy = InFlight {
                     entry: Some(entry),
                     queue: queue.clone(),
@@ -397,11 +400,14 @@ impl Ledger {
     pub fn delivered(&self, copy: &InFlight, to: &str) {
         let at = SystemTime::now();
         let attempt = copy.attempt();
-        self.0.events.record(Event::Delivered {
-            id: copy.copy().id(),
-            to: to.to_owned(),
-            attempt,
-        });
+        self.0.events.record_about(
+            &copy.copy().message,
+            Event::Delivered {
+                id: copy.copy().id(),
+                to: to.to_owned(),
+                attempt,
+            },
+        );
         if attempt == 1 {
             self.stage(
                 &copy.queue,
@@ -423,15 +429,21 @@ impl Ledger {
             Action::Finish => {
                 let at = SystemTime::now();
                 match queue.id() {
-                    QueueId::Outbox(peer) => self.0.events.record(Event::Forwarded {
-                        id,
-                        peer: peer.clone(),
-                    }),
-                    _ => {
-                        self.0.events.record(Event::Acknowledged {
+                    QueueId::Outbox(peer) => self.0.events.record_about(
+                        &entry.item.message,
+                        Event::Forwarded {
                             id,
-                            by: by.to_owned(),
-                        });
+                            peer: peer.clone(),
+                        },
+                    ),
+                    _ => {
+                        self.0.events.record_about(
+                            &entry.item.message,
+                            Event::Acknowledged {
+                                id,
+                                by: by.to_owned(),
+                            },
+                        );
                         let stage = pb::ReceiptStage::Acknowledged;
                         self.stage(&queue, &entry.item, stage, by.to_owned(), at);
                     }
@@ -440,11 +452,14 @@ impl Ledger {
             }
             Action::Return => self.returned(&queue, entry, by),
             Action::Defer(until) => {
-                self.0.events.record(Event::Deferred {
-                    id,
-                    queue: queue.name().to_owned(),
-                    until,
-                });
+                self.0.events.record_about(
+                    &entry.item.message,
+                    Event::Deferred {
+                        id,
+                        queue: queue.name().to_owned(),
+                        until,
+                    },
+                );
                 queue.retry_at(entry, until);
             }
             Action::Retry {
@@ -452,23 +467,29 @@ impl Ledger {
                 attempts,
                 reason,
             } => {
-                self.0.events.record(Event::Retrying {
-                    id,
-                    queue: queue.name().to_owned(),
-                    attempts,
-                    at,
-                    reason,
-                });
+                self.0.events.record_about(
+                    &entry.item.message,
+                    Event::Retrying {
+                        id,
+                        queue: queue.name().to_owned(),
+                        attempts,
+                        at,
+                        reason,
+                    },
+                );
                 entry.item.attempts = attempts;
                 self.record_about(&entry.item, move |seq| vec![Op::Attempt(seq, attempts)]);
                 queue.retry_at(entry, at);
             }
             Action::DeadLetter { attempts, reason } => {
-                self.0.events.record(Event::DeadLettered {
-                    id,
-                    queue: queue.name().to_owned(),
-                    reason: reason.clone(),
-                });
+                self.0.events.record_about(
+                    &entry.item.message,
+                    Event::DeadLettered {
+                        id,
+                        queue: queue.name().to_owned(),
+                        reason: reason.clone(),
+                    },
+                );
                 entry.item.attempts = attempts;
                 let why = reason.clone();
                 self.record_about(&entry.item, move |seq| {
@@ -481,12 +502,15 @@ impl Ledger {
                 });
             }
             Action::Undeliverable { why, code, reason } => {
-                self.0.events.record(Event::ForwardRefused {
-                    id,
-                    peer: queue.destination().to_owned(),
-                    code,
-                    reason: reason.clone(),
-                });
+                self.0.events.record_about(
+                    &entry.item.message,
+                    Event::ForwardRefused {
+                        id,
+                        peer: queue.destination().to_owned(),
+                        code,
+                        reason: reason.clone(),
+                    },
+                );
                 self.record_about(&entry.item, |seq| vec![Op::Done(seq)]);
                 self.undelivered(&queue, &entry.item, why, reason);
             }
@@ -496,11 +520,14 @@ impl Ledger {
     /// **Returned**: a copy goes back to the head of its lane, no attempt counted (its
     /// connection went away before an answer).
     fn returned(&self, queue: &Queue, entry: Entry<Copy>, why: &str) {
-        self.0.events.record(Event::Returned {
-            id: entry.item.id(),
-            queue: queue.name().to_owned(),
-            reason: why.to_owned(),
-        });
+        self.0.events.record_about(
+            &entry.item.message,
+            Event::Returned {
+                id: entry.item.id(),
+                queue: queue.name().to_owned(),
+                reason: why.to_owned(),
+            },
+        );
         queue.requeue(entry);
     }
 
@@ -514,18 +541,24 @@ impl Ledger {
             let id = e.item.id();
             let queue_name = queue.name().to_owned();
             let detail = if e.item.message.retention_over(now) {
-                self.0.events.record(Event::Purged {
-                    id: Some(id),
-                    queue: queue_name,
-                    reason: "its retention period (retain_until) ended".into(),
-                });
+                self.0.events.record_about(
+                    &e.item.message,
+                    Event::Purged {
+                        id: Some(id),
+                        queue: queue_name,
+                        reason: "its retention period (retain_until) ended".into(),
+                    },
+                );
                 "purged before it could be delivered: its originator's retention period \
                  (retain_until) ended"
             } else {
-                self.0.events.record(Event::Expired {
-                    id,
-                    queue: queue_name,
-                });
+                self.0.events.record_about(
+                    &e.item.message,
+                    Event::Expired {
+                        id,
+                        queue: queue_name,
+                    },
+                );
                 "expired before it could be delivered"
             };
             self.record_about(&e.item, |seq| vec![Op::Done(seq)]);
@@ -538,11 +571,14 @@ impl Ledger {
     /// erased too; an operator could otherwise redrive what must no longer exist.
     fn purge_dead(&self, queue: &Queue, now: SystemTime) {
         for d in queue.take_dead(|d| d.entry.item.message.retention_over(now)) {
-            self.0.events.record(Event::Purged {
-                id: Some(d.entry.item.id()),
-                queue: queue.name().to_owned(),
-                reason: "a dead letter past its retention period (retain_until)".into(),
-            });
+            self.0.events.record_about(
+                &d.entry.item.message,
+                Event::Purged {
+                    id: Some(d.entry.item.id()),
+                    queue: queue.name().to_owned(),
+                    reason: "a dead letter past its retention period (retain_until)".into(),
+                },
+            );
             self.record_about(&d.entry.item, |seq| vec![Op::Done(seq)]);
         }
     }

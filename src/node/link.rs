@@ -212,6 +212,7 @@ impl Link {
             self.dialer(dialer)
         );
         let by = self.dialer(dialer).to_owned();
+        self.node.set_peer_conn(&self.peer.node, conn.clone());
         self.links
             .set(&self.peer.node, Change::Up, detail, Some(&by));
         self.current = Some(Current {

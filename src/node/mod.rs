@@ -23,6 +23,7 @@
 //! - `operator`: dead-letter requests;
 //! - `events`: the hook every event passes through.
 
+mod audit;
 mod conn;
 mod consume;
 mod deliver;
@@ -32,6 +33,7 @@ mod intake;
 mod ledger;
 mod link;
 mod links;
+mod logview;
 mod memory;
 mod operator;
 mod receipts;
@@ -42,6 +44,7 @@ mod server;
 mod state;
 mod streams;
 mod trust;
+mod witness;
 
 pub use events::Event;
 pub use links::{LinkState, LinkStatus};

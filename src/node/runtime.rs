@@ -17,10 +17,12 @@ use quinn::Connection;
 use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinSet;
 
+use super::audit;
 use super::events::{Event, Events};
 use super::ledger::{Ledger, Notice};
 use super::links::{LinkStatus, Links};
 use super::state::Node;
+use super::witness;
 use super::{link, memory, receipts, rules, server, trust};
 use crate::config::Config;
 use crate::dispatch::RetryPolicy;
@@ -48,6 +50,9 @@ pub enum NodeError {
     /// or rewritten.
     #[error("provenance file: {0}")]
     Memory(String),
+    /// The delivery log could not be opened (`<data_dir>/log`).
+    #[error("delivery log: {0}")]
+    Log(std::io::Error),
     /// Its policy file (`node.policy`) does not load, or is another agency's.
     #[error("policy: {0}")]
     Policy(crate::agreement::PolicyError),
@@ -205,7 +210,14 @@ fn bind(config: Config) -> Result<Bound, NodeError> {
     }
     let server = tls::quic_server_config(own.tls.server_config()?)?;
     let endpoint = tls::endpoint(config.listen, Some(server))?;
-    let events = Events::new(&config.name);
+    let log = audit::Log::open(
+        &config.data_dir.join("log"),
+        &config.name,
+        config.agency.as_str(),
+        config.delivery_log.clone(),
+    )
+    .map_err(NodeError::Log)?;
+    let events = Events::with_log(&config.name, log);
     let mut link_inbox = HashMap::new();
     let mut link_rx = HashMap::new();
     for name in config.peers.keys() {
@@ -270,6 +282,20 @@ async fn serve(bound: Bound, shutdown: impl Future<Output = ()>) {
     tasks.spawn(receipts::run(node.clone(), notices));
     tasks.spawn(trust::watch(node.clone(), endpoint.clone(), reload));
     tasks.spawn(memory::run(node.clone()));
+    tasks.spawn(witness::run(node.clone()));
+    let pruner = node.clone();
+    tasks.spawn(async move {
+        // At start, then daily: records past retention go, behind a checkpoint.
+        let mut tick = tokio::time::interval(Duration::from_secs(86_400));
+        loop {
+            tick.tick().await;
+            if let Some(log) = pruner.events().log()
+                && let Err(e) = log.prune(SystemTime::now()).await
+            {
+                tracing::error!(node = %pruner.config.name, error = %e, "delivery log: pruning failed");
+            }
+        }
+    });
     let sweeper = node.clone();
     tasks.spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -303,6 +329,11 @@ async fn serve(bound: Bound, shutdown: impl Future<Output = ()>) {
     memory::flush(&node, &mut 0).await;
     if let Err(e) = node.ledger.close().await {
         tracing::error!(node = %node.config.name, error = %e, "store closed with an error");
+    }
+    // The last records get a checkpoint, and the log reaches the disk.
+    witness::checkpoint(&node).await;
+    if let Some(log) = node.events().log().cloned() {
+        let _ = tokio::task::spawn_blocking(move || log.close()).await;
     }
     tracing::info!(node = %node.config.name, "stopped");
 }

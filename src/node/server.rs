@@ -53,6 +53,7 @@ async fn handle(node: Arc<Node>, incoming: quinn::Incoming) {
             node.events().record(Event::ConnectionRefused {
                 remote,
                 who: None,
+                certificate: None,
                 reason: format!("TLS handshake failed: {e}"),
             });
             return;
@@ -108,6 +109,7 @@ async fn handle(node: Arc<Node>, incoming: quinn::Incoming) {
     node.events().record(Event::Connected {
         remote,
         who: who.identity.to_string(),
+        certificate: crate::audit::hex(&who.sha256),
     });
     // The control stream stays open; its end (or the connection's) ends the session.
     drop(recv);
@@ -184,6 +186,7 @@ async fn refuse_connection(
     node.events().record(Event::ConnectionRefused {
         remote: conn.remote_address(),
         who: who.map(|w| w.identity.to_string()),
+        certificate: who.map(|w| crate::audit::hex(&w.sha256)),
         reason: refusal.reason.clone(),
     });
     if let Some(mut send) = send

@@ -54,6 +54,9 @@ pub(super) struct Node {
     pub provenance_file: std::sync::Mutex<()>,
     /// Exchange agreements and internal rules in force (see `rules`).
     policy: super::rules::Shared,
+    /// The connection each peer link uses now (see `link`), for requests other than
+    /// forwarding: witnessing checkpoints, traces.
+    peer_conns: std::sync::Mutex<HashMap<String, Connection>>,
     pub shutting_down: AtomicBool,
 }
 
@@ -90,6 +93,7 @@ impl Node {
             verified: VerifiedRoots::default(),
             signers,
             retry,
+            peer_conns: std::sync::Mutex::new(HashMap::new()),
             shutting_down: AtomicBool::new(false),
         }
     }
@@ -102,6 +106,27 @@ impl Node {
     /// Puts reloaded material in force.
     pub fn set_own(&self, own: Own) {
         *self.own.write().expect("own material lock poisoned") = Arc::new(own);
+    }
+
+    /// The connection the link to `peer` uses, if it is up.
+    pub fn peer_conn(&self, peer: &str) -> Option<Connection> {
+        let conns = self
+            .peer_conns
+            .lock()
+            .expect("peer connections lock poisoned");
+        conns
+            .get(peer)
+            .filter(|c| c.close_reason().is_none())
+            .cloned()
+    }
+
+    /// Records the connection the link to `peer` now uses.
+    pub fn set_peer_conn(&self, peer: &str, conn: Connection) {
+        let mut conns = self
+            .peer_conns
+            .lock()
+            .expect("peer connections lock poisoned");
+        conns.insert(peer.to_owned(), conn);
     }
 
     /// The policy in force.

@@ -57,6 +57,25 @@ async fn stream(node: Arc<Node>, conn: Arc<Conn>, mut send: SendStream, recv: Re
         deadline: node.config.limits.frame_deadline,
     };
     let mut reader = FrameReader::bounded(recv, max, bounds);
+    // A delivery-log query has many answers on its stream: it is served on its own.
+    let mut first = Some(reader.read_held().await);
+    if let Some(Ok((
+        pb::Frame {
+            body: Some(Body::LogQuery(_)),
+        },
+        _,
+    ))) = &first
+        && let Some(Ok((
+            pb::Frame {
+                body: Some(Body::LogQuery(q)),
+            },
+            held,
+        ))) = first.take()
+    {
+        drop(held);
+        super::logview::serve(node, conn, q, send).await;
+        return;
+    }
     let (tx, mut rx) = tokio::sync::mpsc::channel::<tokio::task::JoinHandle<Body>>(PIPELINE_DEPTH);
     let writer = tokio::spawn(async move {
         let answer = |r: Result<Body, tokio::task::JoinError>| {
@@ -98,7 +117,11 @@ async fn stream(node: Arc<Node>, conn: Arc<Conn>, mut send: SendStream, recv: Re
         let _ = send.finish();
     });
     loop {
-        let (answer, stop) = match reader.read_held().await {
+        let next = match first.take() {
+            Some(r) => r,
+            None => reader.read_held().await,
+        };
+        let (answer, stop) = match next {
             Ok((frame, held)) => {
                 let signer = peer_signer(&node, &conn, &frame);
                 let (node, conn) = (node.clone(), conn.clone());
@@ -234,6 +257,11 @@ async fn request(
         })) => signed,
         Some(Body::Subscribe(s)) => return subscribe(node, conn, &s.unit).map_err(|r| (r, None)),
         Some(Body::Unsubscribe(u)) => return Ok(unsubscribe(conn, &u.unit)),
+        Some(Body::LogCheckpoint(c)) if conn.is_peer() => {
+            return super::witness::cosign(node, conn, c)
+                .await
+                .map_err(|r| (r, None));
+        }
         Some(op @ (Body::DlqList(_) | Body::DlqShow(_) | Body::DlqRedrive(_))) => {
             if conn.who.identity.role != Role::Operator {
                 let r = Refusal::new(

@@ -12,6 +12,7 @@ mod demo;
 mod dlq;
 mod exit;
 mod inbox;
+mod log;
 mod pki;
 mod policy;
 mod send;
@@ -46,6 +47,9 @@ enum Command {
     /// Inspect and redrive dead letters (operator certificate required).
     #[command(subcommand)]
     Dlq(dlq::DlqCommand),
+    /// The delivery log (operators): tail, query, trace a message, verify, export.
+    #[command(subcommand)]
+    Log(log::LogCommand),
     /// Check a policy file (exchange agreements and rules), or explain a decision by it.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
@@ -66,6 +70,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Inbox(a) => inbox::run(a).await,
         Command::Status(a) => status::run(a).await,
         Command::Dlq(c) => dlq::run(c).await,
+        Command::Log(c) => log::run(c).await,
         Command::Pki(c) => pki::run(c).map_err(Failure::from),
         Command::Policy(c) => policy::run(c),
         Command::Demo(a) => demo::run(a).await,

@@ -55,12 +55,16 @@ impl Ledger {
                 let id = d.entry.item.id();
                 d.entry.item.seq = Seq::durable(seq);
                 d.entry.item.attempts = 0;
+                let message = d.entry.item.message.clone();
                 q.requeue(d.entry);
-                self.0.events.record(Event::Redriven {
-                    id,
-                    queue: q.name().to_owned(),
-                    by: by.to_owned(),
-                });
+                self.0.events.record_about(
+                    &message,
+                    Event::Redriven {
+                        id,
+                        queue: q.name().to_owned(),
+                        by: by.to_owned(),
+                    },
+                );
                 ids.push(id);
             }
         }

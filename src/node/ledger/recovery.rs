@@ -88,11 +88,14 @@ impl Ledger {
                 }
                 (None, None) => {
                     let reason = format!("queue {} no longer exists in the configuration", m.queue);
-                    self.0.events.record(Event::DeadLettered {
-                        id: entry.item.id(),
-                        queue: self.0.orphans.name().to_owned(),
-                        reason: reason.clone(),
-                    });
+                    self.0.events.record_about(
+                        &entry.item.message,
+                        Event::DeadLettered {
+                            id: entry.item.id(),
+                            queue: self.0.orphans.name().to_owned(),
+                            reason: reason.clone(),
+                        },
+                    );
                     self.record_later(vec![Op::DeadLetter(m.seq, reason.clone())]);
                     self.0.orphans.dead_letter(DeadLetter {
                         entry,

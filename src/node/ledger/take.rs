@@ -158,12 +158,15 @@ impl Ledger {
                 }
             }
             answers[i] = Some(Ok(accepted(&t)));
-            self.0.events.record(Event::Accepted {
-                id: t.message.id,
-                from: t.from.to_owned(),
-                precedence: t.message.precedence,
-                destinations: t.plan.fan_out(),
-            });
+            self.0.events.record_about(
+                &t.message,
+                Event::Accepted {
+                    id: t.message.id,
+                    from: t.from.to_owned(),
+                    precedence: t.message.precedence,
+                    destinations: t.plan.fan_out(),
+                },
+            );
             self.notify(Notice::Taken {
                 onward: t
                     .plan
@@ -276,10 +279,13 @@ impl Ledger {
 
     /// **Duplicate**: the answer for a message taken before, recorded.
     fn duplicate(&self, t: &Taking<'_>) -> pb::Accepted {
-        self.0.events.record(Event::Duplicate {
-            id: t.message.id,
-            from: t.from.to_owned(),
-        });
+        self.0.events.record_about(
+            &t.message,
+            Event::Duplicate {
+                id: t.message.id,
+                from: t.from.to_owned(),
+            },
+        );
         accepted(t)
     }
 

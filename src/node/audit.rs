@@ -1,0 +1,735 @@
+//! The node's delivery log (see [`crate::audit`] for its files and records): one writer thread
+//! that turns events into records, appends them, keeps the Merkle tree's frontier, syncs, signs
+//! nothing itself (the node's checkpoint task does, `witness`), and prunes behind checkpoints.
+//!
+//! **Its own group commit.** Records are appended in batches as events come and made durable
+//! with `fdatasync` at most `delivery_log.sync_interval_ms` after they were written, and always
+//! before a checkpoint covers them. The store's commits do not wait for the log, nor the log's
+//! for the store: the acknowledgment path pays for an event's hand-over to this thread only
+//! (a bounded channel; when the writer falls `CHANNEL` records behind, the node waits for it
+//! rather than lose a record). After a power cut the log may lack the last records written
+//! since its last sync, never one a checkpoint covers.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime};
+
+use tokio::sync::{Notify, broadcast, oneshot};
+
+use super::events::Event;
+use crate::audit::{
+    self, BASE, Base, CHECKPOINTS, CheckpointEntry, KEYS, KeyEntry, Record, WITNESSED, Witnessed,
+    hex, leaf, records_file, unhex32,
+};
+use crate::config::DeliveryLog;
+use crate::merkle::{self, Frontier, Hash};
+use crate::message::Message;
+use crate::note::Checkpoint;
+
+/// Records the writer may fall behind before the node waits for it.
+const CHANNEL: usize = 65_536;
+/// Records written at once at most.
+const BATCH: usize = 4096;
+/// Lines offered to `enlace log tail` followers; a slow follower misses some and is told.
+const FOLLOWERS: usize = 8192;
+
+enum Cmd {
+    Write {
+        at: SystemTime,
+        event: Event,
+        message: Option<Arc<Message>>,
+    },
+    Head(oneshot::Sender<io::Result<Frontier>>),
+    Checkpoint(CheckpointEntry, Frontier, oneshot::Sender<io::Result<()>>),
+    Cosigned(CheckpointEntry, oneshot::Sender<io::Result<()>>),
+    Key(KeyEntry),
+    Witnessed(Witnessed, oneshot::Sender<io::Result<()>>),
+    FrontierAt(u64, oneshot::Sender<Option<Frontier>>),
+    Prune(SystemTime, oneshot::Sender<io::Result<Option<String>>>),
+    Flush(oneshot::Sender<()>),
+    Stop(std::sync::mpsc::Sender<()>),
+}
+
+/// The node's delivery log: a handle on its writer thread.
+pub(crate) struct Log {
+    tx: SyncSender<Cmd>,
+    dir: PathBuf,
+    origin: String,
+    lines: broadcast::Sender<Arc<str>>,
+    /// Woken when `checkpoint_records` records were written since the last checkpoint.
+    pub due: Arc<Notify>,
+    /// The size of the last checkpoint, and the peers' latest cosigned sizes.
+    pub state: Mutex<Signed>,
+    /// The last checkpoint of each peer this node cosigned.
+    pub witnessed: Mutex<BTreeMap<String, Checkpoint>>,
+    /// Held while a peer's checkpoint is judged, so two are never judged at once.
+    pub witnessing: tokio::sync::Mutex<()>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+/// What the log has signed and had cosigned.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Signed {
+    pub last: Option<Checkpoint>,
+    pub cosigned: BTreeMap<String, u64>,
+}
+
+impl Log {
+    /// Opens (or creates) the log in `dir` for node `node` of `agency`, and starts its writer.
+    pub fn open(
+        dir: &Path,
+        node: &str,
+        agency: &str,
+        settings: DeliveryLog,
+    ) -> io::Result<Arc<Log>> {
+        fs::create_dir_all(dir)?;
+        let origin = format!("enlace/{agency}/{node}");
+        let (tx, rx) = sync_channel(CHANNEL);
+        let (lines, _) = broadcast::channel(FOLLOWERS);
+        let due = Arc::new(Notify::new());
+        let (writer, signed, witnessed) =
+            Writer::open(dir, node, agency, settings, due.clone(), lines.clone())?;
+        let thread = std::thread::Builder::new()
+            .name(format!("log-{node}"))
+            .spawn(move || writer.run(rx))?;
+        Ok(Arc::new(Log {
+            tx,
+            dir: dir.to_owned(),
+            origin,
+            lines,
+            due,
+            state: Mutex::new(signed),
+            witnessed: Mutex::new(witnessed),
+            witnessing: tokio::sync::Mutex::new(()),
+            thread: Mutex::new(Some(thread)),
+        }))
+    }
+
+    /// The log's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The origin line of this log's checkpoints.
+    pub fn origin(&self) -> &str {
+        &self.origin
+    }
+
+    /// Hands an event to the writer (waits if it is `CHANNEL` records behind; never drops one).
+    pub fn write(&self, event: Event, message: Option<Arc<Message>>) {
+        let _ = self.tx.send(Cmd::Write {
+            at: SystemTime::now(),
+            event,
+            message,
+        });
+    }
+
+    /// Lines as they are written, for followers.
+    pub fn follow(&self) -> broadcast::Receiver<Arc<str>> {
+        self.lines.subscribe()
+    }
+
+    async fn ask<T>(&self, cmd: impl FnOnce(oneshot::Sender<T>) -> Cmd) -> Option<T> {
+        let (tx, rx) = oneshot::channel();
+        let sender = self.tx.clone();
+        let c = cmd(tx);
+        // The channel may be full: wait off the runtime's threads.
+        tokio::task::spawn_blocking(move || sender.send(c).is_ok())
+            .await
+            .ok()
+            .filter(|sent| *sent)?;
+        rx.await.ok()
+    }
+
+    /// The tree as written so far, every record of it on disk.
+    pub async fn head(&self) -> io::Result<Frontier> {
+        self.ask(Cmd::Head).await.unwrap_or_else(|| Err(stopped()))
+    }
+
+    /// Appends a signed checkpoint (`frontier` is the tree it signs).
+    pub async fn checkpoint(&self, entry: CheckpointEntry, frontier: Frontier) -> io::Result<()> {
+        self.ask(|tx| Cmd::Checkpoint(entry, frontier, tx))
+            .await
+            .unwrap_or_else(|| Err(stopped()))
+    }
+
+    /// Appends a witness's cosignature.
+    pub async fn cosigned(&self, entry: CheckpointEntry) -> io::Result<()> {
+        self.ask(|tx| Cmd::Cosigned(entry, tx))
+            .await
+            .unwrap_or_else(|| Err(stopped()))
+    }
+
+    /// Adds a key to `keys.jsonl`, unless it is there.
+    pub fn key(&self, entry: KeyEntry) {
+        let _ = self.tx.send(Cmd::Key(entry));
+    }
+
+    /// Appends a peer's checkpoint this node cosigned.
+    pub async fn witnessed(&self, entry: Witnessed) -> io::Result<()> {
+        self.ask(|tx| Cmd::Witnessed(entry, tx))
+            .await
+            .unwrap_or_else(|| Err(stopped()))
+    }
+
+    /// Prunes what is past retention at `now`; says what it removed.
+    pub async fn prune(&self, now: SystemTime) -> io::Result<Option<String>> {
+        self.ask(|tx| Cmd::Prune(now, tx))
+            .await
+            .unwrap_or_else(|| Err(stopped()))
+    }
+
+    /// Waits until everything handed over so far is written (not necessarily synced).
+    pub async fn flush(&self) {
+        let _ = self.ask(Cmd::Flush).await;
+    }
+
+    /// The consistency proof from this log's tree of `old` records to its tree of `new`
+    /// (`old` a size it signed, `new` at most what is written).
+    pub async fn proof(self: &Arc<Self>, old: u64, new: u64) -> Result<Vec<Hash>, String> {
+        let known = self.ask(|tx| Cmd::FrontierAt(old, tx)).await.flatten();
+        let dir = self.dir.clone();
+        tokio::task::spawn_blocking(move || proof(&dir, old, new, known))
+            .await
+            .map_err(|e| e.to_string())?
+    }
+
+    /// Stops the writer after it wrote and synced everything handed to it; what is handed
+    /// over later is not written (the node has stopped).
+    pub fn close(&self) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        if self.tx.send(Cmd::Stop(tx)).is_ok() {
+            let _ = rx.recv();
+        }
+        if let Some(t) = self.thread.lock().expect("log thread lock").take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn stopped() -> io::Error {
+    io::Error::other("the delivery log's writer has stopped")
+}
+
+/// The consistency proof from `old` to `new`, reading the leaves it needs from the files.
+fn proof(dir: &Path, old: u64, new: u64, known: Option<Frontier>) -> Result<Vec<Hash>, String> {
+    let (base, _) = read_base(dir).map_err(|e| e.to_string())?;
+    if old < base.size() {
+        return Err(format!("records before {} were pruned", base.size()));
+    }
+    let old_frontier = match known {
+        Some(f) => f,
+        None => {
+            let mut f = base.clone();
+            for h in leaves(dir, base.size(), old).map_err(|e| e.to_string())? {
+                f.push(h);
+            }
+            f
+        }
+    };
+    let after = leaves(dir, old, new).map_err(|e| e.to_string())?;
+    if after.len() as u64 != new - old {
+        return Err(format!("the log holds fewer than {new} records"));
+    }
+    let ranges: Vec<(u64, u64)> = old_frontier.ranges().collect();
+    let mut failed = false;
+    let mut mth = |start: u64, len: u64| -> Hash {
+        if start < old {
+            match ranges.iter().position(|r| *r == (start, len)) {
+                Some(i) => old_frontier.nodes()[i],
+                None => {
+                    failed = true;
+                    [0; 32]
+                }
+            }
+        } else {
+            let s = (start - old) as usize;
+            root_of(&after[s..s + len as usize])
+        }
+    };
+    let p = merkle::consistency_proof(old, new, &mut mth).ok_or("no proof between these sizes")?;
+    if failed {
+        return Err("a proof asked for a subtree the old tree does not hold".into());
+    }
+    Ok(p)
+}
+
+fn root_of(leaves: &[Hash]) -> Hash {
+    let mut f = Frontier::new();
+    leaves.iter().for_each(|h| f.push(*h));
+    f.root()
+}
+
+/// The leaf hashes of records `from..to`, read from the files.
+fn leaves(dir: &Path, from: u64, to: u64) -> io::Result<Vec<Hash>> {
+    let mut out = Vec::new();
+    if from >= to {
+        return Ok(out);
+    }
+    for (start, path) in audit::files::record_files(dir)? {
+        let data = match fs::read(&path) {
+            Ok(d) => d,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        for (seq, line) in (start..).zip(data.split_inclusive(|b| *b == b'\n')) {
+            if seq >= to {
+                return Ok(out);
+            }
+            if !line.ends_with(b"\n") {
+                break;
+            }
+            if seq >= from {
+                out.push(leaf(&line[..line.len() - 1]));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The frontier and last leaf where the kept records start (`base.json`), or the empty tree.
+fn read_base(dir: &Path) -> io::Result<(Frontier, Option<Hash>)> {
+    match audit::files::base(dir)? {
+        None => Ok((Frontier::new(), None)),
+        Some(Ok(b)) => {
+            let nodes: Option<Vec<Hash>> = b.frontier.iter().map(|h| unhex32(h)).collect();
+            match (
+                nodes.and_then(|n| Frontier::from_parts(b.size, n)),
+                unhex32(&b.prev),
+            ) {
+                (Some(f), Some(p)) => Ok((f, Some(p))),
+                _ => Err(io::Error::other("base.json is malformed")),
+            }
+        }
+        Some(Err(e)) => Err(io::Error::other(format!("base.json: {e}"))),
+    }
+}
+
+/// One records file.
+struct Segment {
+    start: u64,
+    /// The tree before its first record, and that record's predecessor's leaf.
+    frontier: Frontier,
+    prev: Option<Hash>,
+    /// When its last record was written.
+    last: Option<SystemTime>,
+}
+
+struct Writer {
+    dir: PathBuf,
+    node: String,
+    /// This node's identity, `<agency>/node/<name>`.
+    me: String,
+    settings: DeliveryLog,
+    file: File,
+    file_bytes: u64,
+    segments: Vec<Segment>,
+    frontier: Frontier,
+    prev: Option<Hash>,
+    frontiers: BTreeMap<u64, Frontier>,
+    keys: HashSet<String>,
+    last_checkpoint: u64,
+    unsynced: bool,
+    last_sync: Instant,
+    due: Arc<Notify>,
+    lines: broadcast::Sender<Arc<str>>,
+    buf: Vec<u8>,
+}
+
+impl Writer {
+    fn open(
+        dir: &Path,
+        node: &str,
+        agency: &str,
+        settings: DeliveryLog,
+        due: Arc<Notify>,
+        lines: broadcast::Sender<Arc<str>>,
+    ) -> io::Result<(Writer, Signed, BTreeMap<String, Checkpoint>)> {
+        let (mut frontier, mut prev) = read_base(dir)?;
+        let mut segments = Vec::new();
+        for (start, path) in audit::files::record_files(dir)? {
+            if start != frontier.size() {
+                tracing::error!(
+                    node, file = %path.display(),
+                    "delivery log: records file out of sequence (expected record {}); \
+                     `enlace log verify` will name it", frontier.size()
+                );
+            }
+            let mut seg = Segment {
+                start: frontier.size(),
+                frontier: frontier.clone(),
+                prev,
+                last: None,
+            };
+            let data = fs::read(&path)?;
+            let mut good = 0;
+            for line in data.split_inclusive(|b| *b == b'\n') {
+                if !line.ends_with(b"\n") {
+                    break;
+                }
+                let body = &line[..line.len() - 1];
+                let h = leaf(body);
+                frontier.push(h);
+                prev = Some(h);
+                good += line.len();
+                if let Ok(r) = serde_json::from_slice::<Record>(body) {
+                    seg.last = audit::parse_time(&r.time);
+                }
+            }
+            if good < data.len() {
+                // A write cut short by a crash: never covered by a checkpoint (those are
+                // signed over synced records only), so it is cut off.
+                tracing::warn!(node, file = %path.display(), bytes = data.len() - good,
+                    "delivery log: cutting a torn last record");
+                OpenOptions::new()
+                    .write(true)
+                    .open(&path)?
+                    .set_len(good as u64)?;
+            }
+            segments.push(seg);
+        }
+        // The checkpoints signed so far, and who cosigned what.
+        let mut signed = Signed::default();
+        let mut frontiers = BTreeMap::new();
+        for e in audit::files::checkpoints(dir)?.into_iter().flatten() {
+            match e {
+                CheckpointEntry::Checkpoint { note, frontier: f } => {
+                    let Ok(n) = crate::note::Note::parse(&note) else {
+                        continue;
+                    };
+                    let Ok(cp) = Checkpoint::parse(&n.text) else {
+                        continue;
+                    };
+                    let nodes: Option<Vec<Hash>> = f.iter().map(|h| unhex32(h)).collect();
+                    if let Some(fr) = nodes.and_then(|n| Frontier::from_parts(cp.size, n)) {
+                        frontiers.insert(cp.size, fr);
+                    }
+                    signed.last = Some(cp);
+                }
+                CheckpointEntry::Cosignature { size, witness, .. } => {
+                    let s = signed.cosigned.entry(witness).or_default();
+                    *s = (*s).max(size);
+                }
+            }
+        }
+        if let Some(last) = &signed.last
+            && last.size > frontier.size()
+        {
+            tracing::error!(
+                node,
+                "delivery log: the last checkpoint covers {} records but only {} are here: \
+                 records are missing; `enlace log verify` will name them",
+                last.size,
+                frontier.size()
+            );
+        }
+        let mut witnessed = BTreeMap::new();
+        for w in json_lines::<Witnessed>(&dir.join(WITNESSED))? {
+            if let Ok(cp) = Checkpoint::parse(&w.checkpoint) {
+                witnessed.insert(w.peer, cp);
+            }
+        }
+        let keys = json_lines::<KeyEntry>(&dir.join(KEYS))?
+            .into_iter()
+            .map(|k| k.key)
+            .collect();
+        // Always start a new file: earlier files stay as they were.
+        let start = frontier.size();
+        let path = dir.join(records_file(start));
+        let existing = segments.last().is_some_and(|s| s.start == start);
+        if !existing {
+            segments.push(Segment {
+                start,
+                frontier: frontier.clone(),
+                prev,
+                last: None,
+            });
+        }
+        let file = OpenOptions::new().create(true).append(true).open(&path)?;
+        let file_bytes = file.metadata()?.len();
+        File::open(dir)?.sync_all()?;
+        let last_checkpoint = signed.last.as_ref().map_or(0, |c| c.size);
+        Ok((
+            Writer {
+                dir: dir.to_owned(),
+                node: node.to_owned(),
+                me: format!("{agency}/node/{node}"),
+                settings,
+                file,
+                file_bytes,
+                segments,
+                frontier,
+                prev,
+                frontiers,
+                keys,
+                last_checkpoint,
+                unsynced: false,
+                last_sync: Instant::now(),
+                due,
+                lines,
+                buf: Vec::with_capacity(1 << 20),
+            },
+            signed,
+            witnessed,
+        ))
+    }
+
+    fn run(mut self, rx: Receiver<Cmd>) {
+        loop {
+            let first = match rx.recv_timeout(self.settings.sync_interval) {
+                Ok(c) => Some(c),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => break,
+            };
+            let mut replies = Vec::new();
+            let mut stop = None;
+            if let Some(c) = first {
+                let mut next = Some(c);
+                let mut n = 0;
+                while let Some(c) = next.take() {
+                    if let Cmd::Stop(tx) = c {
+                        stop = Some(tx);
+                        break;
+                    }
+                    self.handle(c, &mut replies);
+                    n += 1;
+                    if n < BATCH {
+                        next = rx.try_recv().ok();
+                    }
+                }
+            }
+            let result = self.write_out();
+            if let Err(e) = &result {
+                tracing::error!(node = %self.node, error = %e, "delivery log: write failed");
+            }
+            for r in replies {
+                r(&mut self);
+            }
+            if let Some(tx) = stop {
+                if let Err(e) = self.sync() {
+                    tracing::error!(node = %self.node, error = %e, "delivery log: final sync failed");
+                }
+                let _ = tx.send(());
+                return;
+            }
+        }
+        if let Err(e) = self.write_out().and_then(|()| self.sync()) {
+            tracing::error!(node = %self.node, error = %e, "delivery log: final sync failed");
+        }
+    }
+
+    /// Handles one command; answers that need the batch written first go to `replies`.
+    #[allow(clippy::type_complexity)]
+    fn handle(&mut self, c: Cmd, replies: &mut Vec<Box<dyn FnOnce(&mut Writer) + Send>>) {
+        match c {
+            Cmd::Write { at, event, message } => {
+                let r = super::events::record(&self.node, &self.me, at, &event, message.as_deref());
+                self.append(r, at);
+            }
+            Cmd::Head(tx) => replies.push(Box::new(move |w: &mut Writer| {
+                let _ = tx.send(w.sync().map(|()| w.frontier.clone()));
+            })),
+            Cmd::Checkpoint(entry, frontier, tx) => {
+                replies.push(Box::new(move |w: &mut Writer| {
+                    let size = frontier.size();
+                    let r = w.append_json(CHECKPOINTS, &entry);
+                    if r.is_ok() {
+                        w.frontiers.insert(size, frontier);
+                        w.last_checkpoint = size;
+                        // Proofs start from recent checkpoints; older ones are recomputed.
+                        while w.frontiers.len() > 4096 {
+                            w.frontiers.pop_first();
+                        }
+                    }
+                    let _ = tx.send(r);
+                }))
+            }
+            Cmd::Cosigned(entry, tx) => {
+                let r = self.append_json(CHECKPOINTS, &entry);
+                let _ = tx.send(r);
+            }
+            Cmd::Witnessed(entry, tx) => {
+                let r = self.append_json(WITNESSED, &entry);
+                let _ = tx.send(r);
+            }
+            Cmd::Key(entry) => {
+                if !self.keys.contains(&entry.key) {
+                    match self.append_json(KEYS, &entry) {
+                        Ok(()) => {
+                            self.keys.insert(entry.key);
+                        }
+                        Err(e) => tracing::error!(node = %self.node, error = %e,
+                            "delivery log: could not record a key"),
+                    }
+                }
+            }
+            Cmd::FrontierAt(size, tx) => {
+                let _ = tx.send(self.frontiers.get(&size).cloned());
+            }
+            Cmd::Prune(now, tx) => replies.push(Box::new(move |w: &mut Writer| {
+                let _ = tx.send(w.prune(now));
+            })),
+            Cmd::Flush(tx) => replies.push(Box::new(move |w: &mut Writer| {
+                let _ = w.sync();
+                let _ = tx.send(());
+            })),
+            Cmd::Stop(_) => unreachable!("handled by the loop"),
+        }
+    }
+
+    /// Seals a record (its position and its predecessor's hash) into the batch.
+    fn append(&mut self, mut r: Record, at: SystemTime) {
+        r.seq = self.frontier.size();
+        r.prev = self.prev.map(|p| hex(&p)).unwrap_or_default();
+        let line = r.to_line();
+        let h = leaf(line.as_bytes());
+        self.frontier.push(h);
+        self.prev = Some(h);
+        self.buf.extend_from_slice(line.as_bytes());
+        self.buf.push(b'\n');
+        if let Some(s) = self.segments.last_mut() {
+            s.last = Some(at);
+        }
+        if self.lines.receiver_count() > 0 {
+            let _ = self.lines.send(Arc::from(line));
+        }
+        if self.frontier.size() - self.last_checkpoint == self.settings.checkpoint_records {
+            self.due.notify_one();
+        }
+    }
+
+    /// Writes the batch; syncs when the last sync is `sync_interval` old; starts a new file
+    /// past `segment_bytes`.
+    fn write_out(&mut self) -> io::Result<()> {
+        if !self.buf.is_empty() {
+            self.file.write_all(&self.buf)?;
+            self.file_bytes += self.buf.len() as u64;
+            self.buf.clear();
+            self.unsynced = true;
+        }
+        if self.unsynced && self.last_sync.elapsed() >= self.settings.sync_interval {
+            self.sync()?;
+        }
+        if self.file_bytes >= self.settings.segment_bytes {
+            self.sync()?;
+            let start = self.frontier.size();
+            self.file = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(self.dir.join(records_file(start)))?;
+            File::open(&self.dir)?.sync_all()?;
+            self.file_bytes = 0;
+            self.segments.push(Segment {
+                start,
+                frontier: self.frontier.clone(),
+                prev: self.prev,
+                last: None,
+            });
+        }
+        Ok(())
+    }
+
+    fn sync(&mut self) -> io::Result<()> {
+        self.write_out_buf()?;
+        if self.unsynced {
+            self.file.sync_data()?;
+            self.unsynced = false;
+        }
+        self.last_sync = Instant::now();
+        Ok(())
+    }
+
+    fn write_out_buf(&mut self) -> io::Result<()> {
+        if !self.buf.is_empty() {
+            self.file.write_all(&self.buf)?;
+            self.file_bytes += self.buf.len() as u64;
+            self.buf.clear();
+            self.unsynced = true;
+        }
+        Ok(())
+    }
+
+    /// Appends one JSON line to a side file and syncs it.
+    fn append_json<T: serde::Serialize>(&mut self, file: &str, value: &T) -> io::Result<()> {
+        let path = self.dir.join(file);
+        let new = !path.exists();
+        let mut f = OpenOptions::new().create(true).append(true).open(&path)?;
+        let mut line = serde_json::to_vec(value).map_err(io::Error::other)?;
+        line.push(b'\n');
+        f.write_all(&line)?;
+        f.sync_data()?;
+        if new {
+            File::open(&self.dir)?.sync_all()?;
+        }
+        Ok(())
+    }
+
+    /// Removes the oldest records files whose records are all older than the retention period
+    /// at `now` and all under a checkpoint; writes `base.json` first, then a `pruned` record.
+    fn prune(&mut self, now: SystemTime) -> io::Result<Option<String>> {
+        let cutoff = now
+            .checked_sub(self.settings.retention)
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        // The current file is never pruned; a file goes only if the next one starts at or
+        // before the last checkpoint.
+        let mut n = 0;
+        while n + 1 < self.segments.len() {
+            let (s, next) = (&self.segments[n], &self.segments[n + 1]);
+            let old = s.last.is_none_or(|t| t < cutoff);
+            if !old || next.start > self.last_checkpoint {
+                break;
+            }
+            n += 1;
+        }
+        if n == 0 {
+            return Ok(None);
+        }
+        let keep = &self.segments[n];
+        let (first, upto) = (self.segments[0].start, keep.start);
+        let base = Base {
+            size: keep.start,
+            frontier: keep.frontier.nodes().iter().map(|h| hex(h)).collect(),
+            prev: keep.prev.map(|p| hex(&p)).unwrap_or_default(),
+        };
+        let tmp = self.dir.join(format!("{BASE}.tmp"));
+        let mut f = File::create(&tmp)?;
+        f.write_all(&serde_json::to_vec(&base).map_err(io::Error::other)?)?;
+        f.sync_all()?;
+        fs::rename(&tmp, self.dir.join(BASE))?;
+        File::open(&self.dir)?.sync_all()?;
+        for s in self.segments.drain(..n) {
+            fs::remove_file(self.dir.join(records_file(s.start)))?;
+        }
+        File::open(&self.dir)?.sync_all()?;
+        let detail = format!(
+            "records {first}..{} ({n} files) older than {} days removed, behind the checkpoint \
+             of size {}",
+            upto - 1,
+            self.settings.retention.as_secs() / 86_400,
+            self.last_checkpoint
+        );
+        let at = SystemTime::now();
+        let pruned = Event::LogPruned {
+            detail: detail.clone(),
+        };
+        let r = super::events::record(&self.node, &self.me, at, &pruned, None);
+        self.append(r, at);
+        self.write_out()?;
+        Ok(Some(detail))
+    }
+}
+
+fn json_lines<T: serde::de::DeserializeOwned>(path: &Path) -> io::Result<Vec<T>> {
+    match fs::read_to_string(path) {
+        Ok(t) => Ok(t
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(e),
+    }
+}
