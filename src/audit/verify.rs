@@ -248,7 +248,18 @@ pub fn verify_dir(dir: &Path, keys: &Keys) -> io::Result<Report> {
                 }
             };
             if r.seq != expected {
-                let what = if r.seq > expected {
+                // The record that belongs here comes next: the two were swapped.
+                let next_seq = data[pos..]
+                    .split(|b| *b == b'\n')
+                    .next()
+                    .and_then(|l| serde_json::from_slice::<Record>(l).ok())
+                    .map(|n| n.seq);
+                let what = if r.seq > expected && next_seq == Some(expected) {
+                    format!(
+                        "out of order: record {expected} comes after record {}",
+                        r.seq
+                    )
+                } else if r.seq > expected {
                     format!("missing: the record found here is record {}", r.seq)
                 } else {
                     format!(
@@ -267,10 +278,18 @@ pub fn verify_dir(dir: &Path, keys: &Keys) -> io::Result<Report> {
                         place,
                         "altered: the first record names a record before it",
                     );
+                } else if !next_names(&data[pos..], line) && pos < data.len() {
+                    // The next record does not vouch for this one as it is either: this one
+                    // was changed (its link to the one before among what changed).
+                    report.problem(
+                        Some(expected),
+                        place,
+                        format!("altered: it names the hash of record {} as {}, which is not that record's hash {prev_hex}", expected - 1, r.prev),
+                    );
                 } else {
                     report.problem(
                         Some(expected - 1),
-                        place,
+                        format!("{name}:{}", line_no - 1),
                         format!("altered: record {expected} names its hash as {}, but it hashes to {prev_hex}", r.prev),
                     );
                 }
@@ -322,6 +341,14 @@ pub fn verify_dir(dir: &Path, keys: &Keys) -> io::Result<Report> {
         ));
     }
     Ok(report)
+}
+
+/// Whether the first line of `rest` names `line`'s hash as its predecessor's.
+fn next_names(rest: &[u8], line: &[u8]) -> bool {
+    rest.split(|b| *b == b'\n')
+        .next()
+        .and_then(|l| serde_json::from_slice::<Record>(l).ok())
+        .is_some_and(|n| n.prev == hex(&leaf(line)))
 }
 
 fn base(b: &Base) -> Option<(Frontier, Hash)> {

@@ -107,6 +107,19 @@ impl RunningNode {
         self.reload.notify_one();
     }
 
+    /// Prunes the delivery log as the node would at `now` (it does so at start and daily, with
+    /// the real time): whole records files older than `delivery_log.retention_days`, and only
+    /// behind the last checkpoint. Says what it removed (also a `pruned` record in the log).
+    ///
+    /// # Errors
+    /// The log's files could not be written.
+    pub async fn prune_log(&self, now: SystemTime) -> std::io::Result<Option<String>> {
+        match self.events.log() {
+            Some(log) => log.prune(now).await,
+            None => Ok(None),
+        }
+    }
+
     /// Stops the node gracefully and waits for it.
     pub async fn stop(mut self) {
         if let Some(tx) = self.stop.take() {

@@ -1,0 +1,447 @@
+//! The delivery log (issue #11): what nodes write about a message, the trace across nodes, the
+//! operator-only interface, `verify` finding each kind of tampering where it is, witnesses
+//! catching a node that rewrites its history, and pruning behind checkpoints. Real nodes, real
+//! QUIC, real files.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use common::{SendAndWait, TestNet, wait_event, within};
+use enlace::audit::verify::{Keys, Report, verify_dir};
+use enlace::audit::{CheckpointEntry, Record};
+use enlace::node::Event;
+use enlace::pb::{self, RefusalCode};
+use enlace::{Client, Draft, Mailbox, Precedence, SubmitError};
+
+/// Checkpoints often, so tests need not wait.
+const FAST: &str = "\n[delivery_log]\ncheckpoint_interval_ms = 200\n";
+
+fn liaison(body: &str) -> pb::LiaisonMessage {
+    pb::LiaisonMessage {
+        body: Some(enlace::payloads::text("en", body)),
+        ..Default::default()
+    }
+}
+
+fn records(lines: &[String]) -> Vec<Record> {
+    lines
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+async fn all(client: &Client, q: pb::LogQuery) -> Result<Vec<String>, SubmitError> {
+    let mut a = client.log(q).await?;
+    let mut out = Vec::new();
+    while let Some(f) = a.next().await? {
+        out.extend(f.records);
+    }
+    Ok(out)
+}
+
+fn log_dir(net: &TestNet, node: &str) -> PathBuf {
+    net.dir.path().join("data").join(node).join("log")
+}
+
+/// Sends `n` liaison messages DEA → PGR and reads them.
+async fn traffic(net: &TestNet, n: usize) {
+    let pgr = net.subscriber("pgr", "duty-desk").await;
+    let dea = net.client("dea", "duty-desk").await;
+    let mut inbox = pgr.inbox().unwrap();
+    for i in 0..n {
+        dea.submit(Draft::new(&liaison(&format!("note {i}"))).to("pgr"))
+            .await
+            .unwrap();
+    }
+    for _ in 0..n {
+        let d = within("a delivery", inbox.next()).await.unwrap();
+        d.ack().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_trace_across_three_nodes_through_a_relay_shows_every_hop_and_receipt() {
+    // DEA reaches AFI only through CENAPI.
+    let links = [("dea-1", "cenapi-1"), ("afi-1", "cenapi-1")];
+    let extra = [
+        ("dea-1", format!("[routes]\nafi = \"cenapi-1\"\n{FAST}")),
+        ("afi-1", format!("[routes]\ndea = \"cenapi-1\"\n{FAST}")),
+        ("cenapi-1", FAST.to_owned()),
+    ];
+    let net = TestNet::federation(&["dea", "afi", "cenapi"], &links, &extra, &[]).await;
+    let afi = net.subscriber("afi", "duty-desk").await;
+    let mut inbox = afi.inbox().unwrap();
+    let dea = net.client("dea", "duty-desk").await;
+    let mut receipts = dea.receipts().await.unwrap();
+    let draft = Draft::new(&liaison("load of pseudoephedrine heading for Manzanillo"))
+        .to("afi")
+        .precedence(Precedence::Flash);
+    let id = dea.submit(draft).await.unwrap().id;
+    let d = within("the alert at AFI", inbox.next()).await.unwrap();
+    d.ack().await.unwrap();
+    // Wait until the acknowledgement's receipt is back at DEA: the whole journey is logged.
+    loop {
+        let r = within("a receipt", receipts.next_for(id)).await.unwrap();
+        if r.stage.name() == "acknowledged" {
+            break;
+        }
+    }
+
+    let ops = Client::connect(net.options("dea", "ops")).await.unwrap();
+    let q = pb::LogQuery {
+        message_id: id.to_bytes(),
+        trace: true,
+        ..Default::default()
+    };
+    let recs = records(&all(&ops, q).await.unwrap());
+    let has = |node: &str, event: &str, f: &dyn Fn(&Record) -> bool| {
+        recs.iter().any(|r| {
+            r.node == node && r.event == event && r.id.as_deref() == Some(&id.to_string()) && f(r)
+        })
+    };
+    let any = |_: &Record| true;
+    assert!(
+        has("dea-1", "accepted", &|r| r.actor == "dea/client/duty-desk"),
+        "{recs:#?}"
+    );
+    assert!(has("dea-1", "forwarded", &|r| r.peer.as_deref()
+        == Some("cenapi-1")));
+    assert!(has("cenapi-1", "received", &|r| r.peer.as_deref()
+        == Some("dea-1")));
+    assert!(has("cenapi-1", "forwarded", &|r| r.peer.as_deref()
+        == Some("afi-1")));
+    assert!(has("afi-1", "received", &any));
+    assert!(has("afi-1", "delivered", &|r| r.actor == "afi/client/duty-desk"));
+    assert!(has("afi-1", "acknowledged", &|r| r.actor
+        == "afi/client/duty-desk"));
+    // Each record names the message's metadata and the hash of its exact bytes, never content.
+    let first = recs.iter().find(|r| r.event == "accepted").unwrap();
+    assert_eq!(first.precedence.as_deref(), Some("FLASH"));
+    assert_eq!(first.sha256.as_ref().map(String::len), Some(64));
+    assert!(
+        recs.iter()
+            .all(|r| !serde_json::to_string(r).unwrap().contains("Manzanillo"))
+    );
+    // Every hash of the message is the same at every node: the exact bytes travelled.
+    let hashes: std::collections::BTreeSet<_> = recs
+        .iter()
+        .filter(|r| r.id.as_deref() == Some(&id.to_string()))
+        .filter_map(|r| r.sha256.clone())
+        .collect();
+    assert_eq!(hashes.len(), 1, "{hashes:?}");
+    // The receipts on their way back: the acknowledgement's receipt reached DEA's node
+    // through CENAPI.
+    let receipt = |node: &str| {
+        recs.iter()
+            .any(|r| r.node == node && r.refers_to.as_deref() == Some(&id.to_string()))
+    };
+    assert!(
+        receipt("afi-1") && receipt("cenapi-1") && receipt("dea-1"),
+        "{recs:#?}"
+    );
+    net.stop().await;
+}
+
+#[tokio::test]
+async fn the_log_interface_refuses_anyone_but_an_operator() {
+    let net = TestNet::mesh(&["dea", "pgr"]).await;
+    traffic(&net, 2).await;
+    let client = net.client("dea", "duty-desk").await;
+    for q in [
+        pb::LogQuery::default(),
+        pb::LogQuery {
+            files: true,
+            ..Default::default()
+        },
+        pb::LogQuery {
+            follow: true,
+            ..Default::default()
+        },
+    ] {
+        match all(&client, q).await {
+            Err(SubmitError::Refused { code, reason, .. }) => {
+                assert_eq!(code, RefusalCode::Unauthorized);
+                assert!(reason.contains("not an operator"), "{reason}");
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+    // The operator of the same node reads it, and the client's traffic is there.
+    let ops = Client::connect(net.options("dea", "ops")).await.unwrap();
+    let q = pb::LogQuery {
+        event: "accepted".into(),
+        ..Default::default()
+    };
+    let recs = records(&all(&ops, q).await.unwrap());
+    assert!(
+        recs.iter()
+            .filter(|r| r.actor == "dea/client/duty-desk")
+            .count()
+            >= 2
+    );
+    net.stop().await;
+}
+
+/// A stopped node's log, copied for tampering.
+fn copy_log(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+}
+
+/// Stops every node and keeps their files.
+async fn stop_keeping_files(net: TestNet) -> tempfile::TempDir {
+    let TestNet { dir, nodes, .. } = net;
+    for (_, n) in nodes {
+        n.stop().await;
+    }
+    dir
+}
+
+fn records_file(dir: &Path) -> PathBuf {
+    enlace::audit::files::record_files(dir).unwrap()[0]
+        .1
+        .clone()
+}
+
+fn edit_lines(dir: &Path, f: impl FnOnce(&mut Vec<String>)) {
+    let path = records_file(dir);
+    let mut lines: Vec<String> = std::fs::read_to_string(&path)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    f(&mut lines);
+    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+}
+
+fn first_problem(r: &Report) -> String {
+    assert!(!r.ok(), "the tampered log verified: {r:?}");
+    r.problems[0].to_string()
+}
+
+#[tokio::test]
+async fn verify_finds_each_kind_of_tampering_at_the_right_place() {
+    let net = TestNet::federation(
+        &["dea", "pgr"],
+        &[("dea-1", "pgr-1")],
+        &[("dea-1", FAST.to_owned()), ("pgr-1", FAST.to_owned())],
+        &[],
+    )
+    .await;
+    traffic(&net, 10).await;
+    let original = log_dir(&net, "dea-1");
+    let kept = stop_keeping_files(net).await;
+    let dir = kept.path().to_owned();
+    let clean = verify_dir(&original, &Keys::FromLog).unwrap();
+    assert!(clean.ok(), "{:?}", clean.problems);
+    assert!(clean.records > 20 && clean.last_checkpoint == Some(clean.records));
+
+    let work = tempfile::tempdir().unwrap();
+    let case = |name: &str| {
+        let d = work.path().join(name);
+        copy_log(&original, &d);
+        d
+    };
+
+    // One byte of record 7 changed.
+    let d = case("edited");
+    edit_lines(&d, |l| {
+        l[7] = l[7].replacen("\"node\":\"dea-1\"", "\"node\":\"dea-2\"", 1)
+    });
+    let p = first_problem(&verify_dir(&d, &Keys::FromLog).unwrap());
+    assert!(p.starts_with("record 7 (") && p.contains("altered"), "{p}");
+
+    // Record 5 deleted.
+    let d = case("deleted");
+    edit_lines(&d, |l| {
+        l.remove(5);
+    });
+    let p = first_problem(&verify_dir(&d, &Keys::FromLog).unwrap());
+    assert!(p.starts_with("record 5 (") && p.contains("missing"), "{p}");
+
+    // Records 9 and 10 swapped.
+    let d = case("reordered");
+    edit_lines(&d, |l| l.swap(9, 10));
+    let p = first_problem(&verify_dir(&d, &Keys::FromLog).unwrap());
+    assert!(
+        p.starts_with("record 9 (") && p.contains("out of order"),
+        "{p}"
+    );
+
+    // The last five records cut off.
+    let d = case("truncated");
+    let n = clean.records as usize;
+    edit_lines(&d, |l| l.truncate(n - 5));
+    let p = first_problem(&verify_dir(&d, &Keys::FromLog).unwrap());
+    assert!(
+        p.contains(&format!("record {}", n - 5)) && p.contains("truncated"),
+        "{p}"
+    );
+
+    // A checkpoint whose root was replaced: its signature no longer verifies.
+    let d = case("forged");
+    let path = d.join(enlace::audit::CHECKPOINTS);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let mut out = String::new();
+    for line in text.lines() {
+        let mut e: CheckpointEntry = serde_json::from_str(line).unwrap();
+        if let CheckpointEntry::Checkpoint { note, .. } = &mut e {
+            let mut lines: Vec<String> = note.lines().map(str::to_owned).collect();
+            lines[2] = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=".into();
+            *note = lines.join("\n") + "\n";
+        }
+        out.push_str(&serde_json::to_string(&e).unwrap());
+        out.push('\n');
+    }
+    std::fs::write(&path, out).unwrap();
+    let p = first_problem(&verify_dir(&d, &Keys::FromLog).unwrap());
+    assert!(p.contains("forged"), "{p}");
+
+    // The CLI on the whole data directory: every node passes; after one byte changed, it fails
+    // and names the record.
+    let cli = |dir: &Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_enlace"))
+            .args(["log", "verify", "--data-dir"])
+            .arg(dir)
+            .output()
+            .unwrap()
+    };
+    let ok = cli(&dir);
+    let out = String::from_utf8_lossy(&ok.stdout);
+    assert!(ok.status.success(), "{out}");
+    assert!(
+        out.contains("dea-1: ok") && out.contains("pgr-1: ok"),
+        "{out}"
+    );
+    let path = records_file(&original);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let at = bytes
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| **b == b'\n')
+        .nth(2)
+        .unwrap()
+        .0
+        + 20;
+    bytes[at] = if bytes[at] == b'x' { b'y' } else { b'x' };
+    std::fs::write(&path, bytes).unwrap();
+    let bad = cli(&dir);
+    let out = String::from_utf8_lossy(&bad.stdout);
+    assert!(!bad.status.success(), "{out}");
+    assert!(
+        out.contains("dea-1: FAILED") && out.contains("problem: record 3 ("),
+        "{out}"
+    );
+}
+
+#[tokio::test]
+async fn a_node_that_rewrites_its_history_is_caught_by_its_witness() {
+    let mut net = TestNet::federation(
+        &["dea", "pgr"],
+        &[("dea-1", "pgr-1")],
+        &[("dea-1", FAST.to_owned()), ("pgr-1", FAST.to_owned())],
+        &[],
+    )
+    .await;
+    let mut dea_events = net.node("dea-1").events();
+    traffic(&net, 5).await;
+    // PGR cosigns DEA's checkpoint.
+    let e = wait_event(
+        &mut dea_events,
+        |e| matches!(e, Event::Witnessed { peer, whose: "own", .. } if peer == "pgr-1"),
+    )
+    .await;
+    let Event::Witnessed { size, .. } = e else {
+        unreachable!()
+    };
+    assert!(size > 0);
+    // DEA's operator rewrites its history while it is stopped: one record changed, and its
+    // own checkpoints (which would betray it) removed.
+    net.nodes.remove("dea-1").unwrap().stop().await;
+    let dir = log_dir(&net, "dea-1");
+    std::fs::remove_file(dir.join(enlace::audit::CHECKPOINTS)).unwrap();
+    edit_lines(&dir, |l| {
+        l[1] = l[1].replacen("\"event\":\"", "\"event\":\"x", 1)
+    });
+    let mut pgr_events = net.node("pgr-1").events();
+    net.nodes
+        .insert("dea-1".into(), net.net.start("dea-1").await.unwrap());
+    traffic(&net, 3).await;
+    let refused = wait_event(&mut pgr_events, |e| {
+        matches!(e, Event::WitnessRefused { .. })
+    })
+    .await;
+    let Event::WitnessRefused { peer, reason } = refused else {
+        unreachable!()
+    };
+    assert_eq!(peer, "dea-1");
+    assert!(reason.contains("rewritten"), "{reason}");
+    // It stays caught: PGR keeps the checkpoint it cosigned, and refuses the next one too.
+    let again = wait_event(&mut pgr_events, |e| {
+        matches!(e, Event::WitnessRefused { .. })
+    })
+    .await;
+    assert!(matches!(again, Event::WitnessRefused { .. }));
+    // PGR's log says so.
+    let pgr_log = log_dir(&net, "pgr-1");
+    let _kept = stop_keeping_files(net).await;
+    let filter = enlace::audit::Filter {
+        event: Some("witness_refused".into()),
+        ..Default::default()
+    };
+    let mut found = 0;
+    enlace::audit::files::scan(&pgr_log, &filter, 0, |_, r| {
+        found += usize::from(r.peer.as_deref() == Some("dea-1"));
+        true
+    })
+    .unwrap();
+    assert!(found >= 2, "{found}");
+}
+
+#[tokio::test]
+async fn old_records_are_pruned_behind_a_checkpoint_and_the_log_still_verifies() {
+    let small = "\n[delivery_log]\ncheckpoint_interval_ms = 200\nsegment_bytes = 4096\n";
+    let net = TestNet::federation(
+        &["dea", "pgr"],
+        &[("dea-1", "pgr-1")],
+        &[("dea-1", small.to_owned()), ("pgr-1", FAST.to_owned())],
+        &[],
+    )
+    .await;
+    let mut events = net.node("dea-1").events();
+    traffic(&net, 30).await;
+    wait_event(&mut events, |e| matches!(e, Event::Checkpoint { .. })).await;
+    let dir = log_dir(&net, "dea-1");
+    let files = enlace::audit::files::record_files(&dir).unwrap().len();
+    assert!(files > 3, "{files} files");
+    // Nothing is old yet.
+    assert_eq!(
+        net.node("dea-1")
+            .prune_log(SystemTime::now())
+            .await
+            .unwrap(),
+        None
+    );
+    let later = SystemTime::now() + Duration::from_secs(401 * 86_400);
+    let pruned = net.node("dea-1").prune_log(later).await.unwrap().unwrap();
+    assert!(pruned.contains("older than 400 days"), "{pruned}");
+    let left = enlace::audit::files::record_files(&dir).unwrap();
+    assert!(left.len() < files && left[0].0 > 0);
+    let report = verify_dir(&dir, &Keys::FromLog).unwrap();
+    assert!(report.ok(), "{:?}", report.problems);
+    assert_eq!(report.first, left[0].0);
+    // The pruning is itself a record.
+    let ops = Client::connect(net.options("dea", "ops")).await.unwrap();
+    let q = pb::LogQuery {
+        event: "pruned".into(),
+        ..Default::default()
+    };
+    assert_eq!(all(&ops, q).await.unwrap().len(), 1);
+    let _ = Mailbox::Inbox;
+    net.stop().await;
+}
