@@ -15,6 +15,11 @@ use crate::directory::{Agency, Directory};
 use crate::identity::{AgencyId, is_name};
 use crate::policy::{Reader, Readers};
 
+mod metrics;
+
+pub use metrics::DEFAULT_METRICS_LISTEN;
+pub(crate) use metrics::MetricsConfig;
+
 /// A configuration problem: which key, and why. Fix the key in the file and load it again.
 ///
 /// ```
@@ -73,6 +78,8 @@ pub struct Config {
     /// The policy file: exchange agreements and internal rules (`node.policy`; see
     /// [`crate::agreement`]). Without one the node allows no client traffic at all.
     pub(crate) policy: Option<PathBuf>,
+    /// The metrics and health endpoint (`[metrics]`).
+    pub(crate) metrics: MetricsConfig,
 }
 
 /// Where the node's TLS material lives.
@@ -219,6 +226,7 @@ struct RawConfig {
     inbox: RawMailbox,
     #[serde(default)]
     units: BTreeMap<String, RawMailbox>,
+    metrics: Option<metrics::RawMetrics>,
 }
 
 #[derive(Deserialize, Default)]
@@ -322,6 +330,12 @@ impl Config {
     /// The address it listens on.
     pub fn listen(&self) -> SocketAddr {
         self.listen
+    }
+
+    /// Where its metrics and health endpoint listens (`[metrics] listen`); `None` when it is
+    /// off.
+    pub fn metrics_listen(&self) -> Option<SocketAddr> {
+        self.metrics.listen
     }
 
     /// How it logs (`[log] format`).
@@ -652,12 +666,14 @@ impl Config {
         }
 
         let readers = readers(raw.inbox, raw.units)?;
+        let metrics = metrics::metrics(raw.metrics)?;
 
         Ok(Config {
             directory,
             routes,
             escalation_unit,
             readers,
+            metrics,
             name,
             agency: own_agency,
             trust_domain: raw.node.trust_domain,
@@ -789,7 +805,7 @@ pub(crate) fn describe_location(text: &str, offset: usize) -> String {
 mod tests {
     use super::*;
 
-    const GOOD: &str = r#"
+    pub(super) const GOOD: &str = r#"
 [node]
 name = "dea-1"
 agency = "dea"

@@ -258,6 +258,8 @@ const OBSERVER_CAPACITY: usize = 4096;
 pub struct Events {
     node: String,
     tx: broadcast::Sender<Event>,
+    /// Counts every event for the metrics endpoint (see `node::metrics`).
+    pub(super) metrics: Option<std::sync::Arc<super::metrics::Metrics>>,
 }
 
 impl Event {
@@ -289,6 +291,7 @@ impl Events {
         Events {
             node: node.to_owned(),
             tx: broadcast::channel(OBSERVER_CAPACITY).0,
+            metrics: None,
         }
     }
 
@@ -408,6 +411,9 @@ impl Events {
             } => tracing::info!(
                 target: "enlace::event", node, event = "link", %peer, state, %detail
             ),
+        }
+        if let Some(m) = &self.metrics {
+            m.observe(&e);
         }
         // No observers is normal.
         let _ = self.tx.send(e);
