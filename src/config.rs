@@ -909,6 +909,8 @@ address = "127.0.0.1:7402"
             );
             assert_eq!(c.readers.inbox, vec![Reader::AnyClient], "{node}");
             assert_eq!(c.tls.crl_expired, CrlExpired::Refuse, "{node}");
+            // And the metrics endpoint with its default address.
+            assert_eq!(c.metrics.listen, Some(DEFAULT_METRICS_LISTEN), "{node}");
         }
     }
 
