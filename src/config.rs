@@ -15,6 +15,11 @@ use crate::directory::{Agency, Directory};
 use crate::identity::{AgencyId, is_name};
 use crate::policy::{Reader, Readers};
 
+mod metrics;
+
+pub use metrics::DEFAULT_METRICS_LISTEN;
+pub(crate) use metrics::MetricsConfig;
+
 /// A configuration problem: which key, and why. Fix the key in the file and load it again.
 ///
 /// ```
@@ -75,6 +80,8 @@ pub struct Config {
     pub(crate) policy: Option<PathBuf>,
     /// The delivery log's checkpoints, durability and retention (`[delivery_log]`).
     pub(crate) delivery_log: DeliveryLog,
+    /// The metrics and health endpoint (`[metrics]`).
+    pub(crate) metrics: MetricsConfig,
 }
 
 /// How the node keeps its delivery log (`[delivery_log]`; see [`crate::audit`]).
@@ -253,6 +260,7 @@ struct RawConfig {
     inbox: RawMailbox,
     #[serde(default)]
     units: BTreeMap<String, RawMailbox>,
+    metrics: Option<metrics::RawMetrics>,
 }
 
 #[derive(Deserialize, Default)]
@@ -366,6 +374,12 @@ impl Config {
     /// The address it listens on.
     pub fn listen(&self) -> SocketAddr {
         self.listen
+    }
+
+    /// Where its metrics and health endpoint listens (`[metrics] listen`); `None` when it is
+    /// off.
+    pub fn metrics_listen(&self) -> Option<SocketAddr> {
+        self.metrics.listen
     }
 
     /// How it logs (`[log] format`).
@@ -697,12 +711,14 @@ impl Config {
 
         let readers = readers(raw.inbox, raw.units)?;
         let delivery_log = delivery_log(&raw.delivery_log).map_err(|(k, r)| err(&k, r))?;
+        let metrics = metrics::metrics(raw.metrics)?;
 
         Ok(Config {
             directory,
             routes,
             escalation_unit,
             readers,
+            metrics,
             name,
             agency: own_agency,
             trust_domain: raw.node.trust_domain,
@@ -882,7 +898,7 @@ pub(crate) fn describe_location(text: &str, offset: usize) -> String {
 mod tests {
     use super::*;
 
-    const GOOD: &str = r#"
+    pub(super) const GOOD: &str = r#"
 [node]
 name = "dea-1"
 agency = "dea"
@@ -986,6 +1002,8 @@ address = "127.0.0.1:7402"
             );
             assert_eq!(c.readers.inbox, vec![Reader::AnyClient], "{node}");
             assert_eq!(c.tls.crl_expired, CrlExpired::Refuse, "{node}");
+            // And the metrics endpoint with its default address.
+            assert_eq!(c.metrics.listen, Some(DEFAULT_METRICS_LISTEN), "{node}");
         }
     }
 

@@ -69,6 +69,16 @@ pub struct Popped<T> {
     pub wake_at: Option<SystemTime>,
 }
 
+/// What waits in one lane, for monitoring (see [`Lanes::depths`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Depth {
+    pub precedence: Precedence,
+    /// Items waiting, parked ones included.
+    pub count: usize,
+    /// The oldest arrival among them; `None` when the lane is empty.
+    pub oldest: Option<SystemTime>,
+}
+
 /// A bounded, precedence-ordered queue. Index 0 is FLASH.
 #[derive(Debug)]
 pub struct Lanes<T> {
@@ -233,6 +243,32 @@ impl<T> Lanes<T> {
         }
     }
 
+    /// What waits in each lane, most urgent first: how many items (parked ones included) and
+    /// the oldest arrival, as `arrived` reads it from an item. Read-only, and cheap enough to
+    /// call under the queue's lock at every scrape: it looks at each lane's head and at the
+    /// parked items only. A lane is in arrival order but for items put back at its head (older
+    /// still) and items a consumer took from further back, so its head is its oldest item, or
+    /// within the few a consumer skipped of it.
+    pub fn depths(&self, arrived: impl Fn(&T) -> SystemTime) -> [Depth; 5] {
+        let mut out = Precedence::ALL.map(|precedence| Depth {
+            precedence,
+            count: 0,
+            oldest: None,
+        });
+        for d in &mut out {
+            let lane = &self.lanes[index(d.precedence)];
+            d.count = lane.len();
+            d.oldest = lane.front().map(|e| arrived(&e.item));
+        }
+        for (_, e) in &self.parked {
+            let d = &mut out[index(e.precedence)];
+            d.count += 1;
+            let t = arrived(&e.item);
+            d.oldest = Some(d.oldest.map_or(t, |o| o.min(t)));
+        }
+        out
+    }
+
     /// Removes and returns every expired item, wherever it waits.
     pub fn drain_expired(&mut self, now: SystemTime) -> Vec<Entry<T>> {
         let (parked, gone): (Vec<_>, Vec<_>) =
@@ -349,6 +385,27 @@ mod tests {
         q.push(e(Precedence::Bulk, 4)).unwrap();
         assert_eq!(q.drain_expired(t(6)).len(), 1);
         assert_eq!(q.len(), 1);
+    }
+
+    #[test]
+    fn depths_count_each_lane_with_its_oldest_arrival() {
+        let mut q = Lanes::new(10);
+        assert!(
+            q.depths(|i| t(u64::from(*i)))
+                .iter()
+                .all(|d| d.count == 0 && d.oldest.is_none())
+        );
+        for item in [5, 7, 9] {
+            q.push(e(Precedence::Routine, item)).unwrap();
+        }
+        q.push(e(Precedence::Flash, 3)).unwrap();
+        q.retry_at(e(Precedence::Routine, 2), t(100));
+        let d = q.depths(|i| t(u64::from(*i)));
+        assert_eq!(d.map(|d| d.precedence), Precedence::ALL);
+        assert_eq!(d.map(|d| d.count), [1, 0, 0, 4, 0]);
+        assert_eq!(d[0].oldest, Some(t(3)));
+        assert_eq!(d[3].oldest, Some(t(2)), "parked items count too");
+        assert_eq!(d[1].oldest, None);
     }
 
     #[test]

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 
 use crate::client::ClientOptions;
@@ -25,6 +25,9 @@ pub struct NodeSpec {
     pub name: String,
     /// The loopback address it listens on (`node.listen`).
     pub addr: SocketAddr,
+    /// The loopback TCP address of its metrics and health endpoint (`metrics.listen`); `None`
+    /// turns the endpoint off.
+    pub metrics: Option<SocketAddr>,
     /// Peer node names.
     pub peers: Vec<String>,
 }
@@ -115,6 +118,7 @@ impl LocalNetwork {
                     agency: (*agency).to_owned(),
                     name: name.clone(),
                     addr: free_port()?,
+                    metrics: Some(free_tcp_port()?),
                     peers,
                 },
             );
@@ -225,10 +229,12 @@ impl LocalNetwork {
              [node]\nname = \"{name}\"\nagency = \"{agency}\"\ntrust_domain = \"{td}\"\n\
              listen = \"{addr}\"\ndata_dir = \"{data}\"\npolicy = \"{policy}\"\n{node_extra}\n\
              [tls]\ncert = \"{cert}\"\nkey = \"{key}\"\nca = \"{ca}\"\ncrl_dir = \"{crl}\"\n\n\
-             [log]\nformat = \"human\"\nlevel = \"info\"\n\n[limits]\n{limits}",
+             [log]\nformat = \"human\"\nlevel = \"info\"\n\n[metrics]\nlisten = \"{metrics}\"\n\n\
+             [limits]\n{limits}",
             name = spec.name,
             agency = spec.agency,
             addr = spec.addr,
+            metrics = spec.metrics.map(|a| a.to_string()).unwrap_or_default(),
             node_extra = self
                 .node_extra
                 .get(&spec.name)
@@ -297,16 +303,19 @@ impl LocalNetwork {
 
     /// Starts a node in this process from its config file.
     ///
-    /// A node restarted in the same process rebinds the address its previous run held: quinn
-    /// releases that socket when its endpoint driver next runs, after `stop` has returned, so
-    /// an address still in use is retried for up to two seconds.
+    /// A node restarted in the same process rebinds the addresses its previous run held: quinn
+    /// releases its socket when its endpoint driver next runs, after `stop` has returned (and
+    /// the metrics listener goes with its task), so an address still in use is retried for up
+    /// to two seconds.
     pub async fn start(&self, node: &str) -> Result<RunningNode, NetworkError> {
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
         loop {
             match node::start(self.config(node)?).await {
-                Err(node::NodeError::Tls(crate::tls::TlsError::Bind { kind, .. }))
-                    if kind == std::io::ErrorKind::AddrInUse
-                        && tokio::time::Instant::now() < deadline =>
+                Err(
+                    node::NodeError::Tls(crate::tls::TlsError::Bind { kind, .. })
+                    | node::NodeError::MetricsBind { kind, .. },
+                ) if kind == std::io::ErrorKind::AddrInUse
+                    && tokio::time::Instant::now() < deadline =>
                 {
                     tokio::time::sleep(std::time::Duration::from_millis(10)).await;
                 }
@@ -372,4 +381,16 @@ pub fn free_port() -> Result<SocketAddr, NetworkError> {
         path: PathBuf::from("127.0.0.1:0"),
         reason: e.to_string(),
     })
+}
+
+/// A loopback TCP port that was free a moment ago (for a metrics endpoint).
+pub fn free_tcp_port() -> Result<SocketAddr, NetworkError> {
+    let io = |e: std::io::Error| NetworkError::Io {
+        path: PathBuf::from("127.0.0.1:0"),
+        reason: e.to_string(),
+    };
+    TcpListener::bind("127.0.0.1:0")
+        .map_err(io)?
+        .local_addr()
+        .map_err(io)
 }

@@ -51,6 +51,7 @@ impl Federation {
             agency: agency.into(),
             name: format!("{agency}-1"),
             addr: std::net::SocketAddr::new(addr, NODE_PORT),
+            metrics: None,
             peers: vec![peer.into()],
         };
         // Each node is known to its peer by its address on the link.

@@ -244,6 +244,7 @@ fn the_demo_plays_both_stories() {
         "refused (PolicyDenied): denied by the handling of source message",
         "DisseminationDecision to CENAPI: approved for FGR (signed)",
         "delivered to FGR via cenapi-1 → pgr-1",
+        "/metrics  health /healthz /readyz",
     ] {
         assert!(stdout.contains(needle), "{needle:?} in:\n{stdout}");
     }

@@ -300,6 +300,8 @@ pub struct Events {
     tx: broadcast::Sender<Event>,
     /// The delivery log, if the node keeps one (every node does; ledger tests do not).
     log: Option<Arc<Log>>,
+    /// Counts every event for the metrics endpoint (see `node::metrics`).
+    pub(super) metrics: Option<std::sync::Arc<super::metrics::Metrics>>,
 }
 
 impl std::fmt::Debug for Events {
@@ -339,6 +341,7 @@ impl Events {
             node: node.to_owned(),
             tx: broadcast::channel(OBSERVER_CAPACITY).0,
             log: None,
+            metrics: None,
         }
     }
 
@@ -493,6 +496,9 @@ impl Events {
             Event::LogPruned { detail } => {
                 tracing::info!(target: "enlace::event", node, event = "log_pruned", %detail)
             }
+        }
+        if let Some(m) = &self.metrics {
+            m.observe(&e);
         }
         match &self.log {
             Some(log) => {

@@ -328,6 +328,11 @@ impl Ledger {
         mailboxes_empty && self.0.outboxes.values().all(|q| q.is_empty())
     }
 
+    /// The store's counters (for the metrics).
+    pub fn store_stats(&self) -> crate::store::StoreStats {
+        self.0.store.stats()
+    }
+
     /// Why the node takes no new messages because its store failed, if it did.
     pub fn failure(&self) -> Option<&str> {
         self.0.failed.get().map(String::as_str)
@@ -408,6 +413,9 @@ impl Ledger {
                 attempt,
             },
         );
+        if let Some(m) = self.0.events.metrics() {
+            m.delivered(&copy.copy().message, copy.copy().received_at, at);
+        }
         if attempt == 1 {
             self.stage(
                 &copy.queue,
@@ -428,6 +436,10 @@ impl Ledger {
         match action {
             Action::Finish => {
                 let at = SystemTime::now();
+                if let Some(m) = self.0.events.metrics() {
+                    let forwarded = matches!(queue.id(), QueueId::Outbox(_));
+                    m.finished(&entry.item.message, entry.item.received_at, forwarded, at);
+                }
                 match queue.id() {
                     QueueId::Outbox(peer) => self.0.events.record_about(
                         &entry.item.message,

@@ -21,7 +21,9 @@
 //! - `forward`: what a peer link's consumer does with its copies;
 //! - `receipts`: receipts, non-delivery reports and respond-by deadlines;
 //! - `operator`: dead-letter requests;
-//! - `events`: the hook every event passes through.
+//! - `events`: the hook every event passes through;
+//! - `metrics`: counters and histograms fed by that hook and the ledger, gauges read when
+//!   scraped, and the HTTP endpoint serving them with the health checks.
 
 mod audit;
 mod conn;
@@ -35,6 +37,7 @@ mod link;
 mod links;
 mod logview;
 mod memory;
+mod metrics;
 mod operator;
 mod receipts;
 mod registry;

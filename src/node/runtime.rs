@@ -21,6 +21,7 @@ use super::audit;
 use super::events::{Event, Events};
 use super::ledger::{Ledger, Notice};
 use super::links::{LinkStatus, Links};
+use super::metrics::Metrics;
 use super::state::Node;
 use super::witness;
 use super::{link, memory, receipts, rules, server, trust};
@@ -56,6 +57,17 @@ pub enum NodeError {
     /// Its policy file (`node.policy`) does not load, or is another agency's.
     #[error("policy: {0}")]
     Policy(crate::agreement::PolicyError),
+    /// The metrics endpoint's address, written in `metrics.listen`, cannot be bound. Choose
+    /// another, or `listen = ""` to turn the endpoint off.
+    #[error("cannot bind the metrics endpoint (metrics.listen) on TCP {addr}: {reason}")]
+    MetricsBind {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// The operating system's error.
+        reason: String,
+        /// Its kind (`AddrInUse` when another socket holds the address).
+        kind: std::io::ErrorKind,
+    },
 }
 
 /// A node started in this process (tests, the demo): its address, events and a stop handle.
@@ -72,6 +84,7 @@ pub enum NodeError {
 pub struct RunningNode {
     /// The address the node listens on.
     pub addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
     events: Events,
     links: Arc<Links>,
     reload: Arc<Notify>,
@@ -86,6 +99,12 @@ impl RunningNode {
     /// always written).
     pub fn events(&self) -> tokio::sync::broadcast::Receiver<Event> {
         self.events.subscribe()
+    }
+
+    /// Where its metrics and health endpoint listens (`http://<addr>/metrics`, `/healthz`,
+    /// `/readyz`); `None` when it is off, or when the default address was taken.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     /// Every peer link's state and counters, by peer name.
@@ -140,6 +159,7 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         .endpoint
         .local_addr()
         .map_err(|e| NodeError::Tls(TlsError::Verifier(e.to_string())))?;
+    let metrics_addr = bound.metrics.as_ref().and_then(|l| l.local_addr().ok());
     let events = bound.node.events().clone();
     let links = bound.node.links.clone();
     let reload = bound.reload.clone();
@@ -152,6 +172,7 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
     }));
     Ok(RunningNode {
         addr,
+        metrics_addr,
         events,
         links,
         reload,
@@ -198,6 +219,7 @@ pub fn check(config: &Config) -> Result<Vec<String>, NodeError> {
     let policy = rules::load(config)?;
     let mut warnings = trust::warnings(config, &own.tls, SystemTime::now());
     warnings.extend(rules::warnings(config, &policy));
+    warnings.extend(config.metrics.warning());
     Ok(warnings)
 }
 
@@ -209,6 +231,8 @@ struct Bound {
     link_rx: HashMap<String, mpsc::Receiver<Connection>>,
     notices: mpsc::Receiver<Notice>,
     reload: Arc<Notify>,
+    /// The metrics endpoint's listener, when it is on.
+    metrics: Option<tokio::net::TcpListener>,
 }
 
 /// Checks the config's TLS material, opens the store, rebuilds the queues and binds the socket.
@@ -217,12 +241,20 @@ fn bind(config: Config) -> Result<Bound, NodeError> {
     let policy = rules::load(&config)?;
     let warnings = trust::warnings(&config, &own.tls, SystemTime::now())
         .into_iter()
-        .chain(rules::warnings(&config, &policy));
+        .chain(rules::warnings(&config, &policy))
+        .chain(config.metrics.warning());
     for w in warnings {
         tracing::warn!(node = %config.name, "{w}");
     }
     let server = tls::quic_server_config(own.tls.server_config()?)?;
     let endpoint = tls::endpoint(config.listen, Some(server))?;
+    let metrics_listener = bind_metrics(&config)?;
+    let metrics = Arc::new(Metrics::new(
+        &config.name,
+        &config.agency,
+        config.peers.keys().cloned(),
+    ));
+
     let log = audit::Log::open(
         &config.data_dir.join("log"),
         &config.name,
@@ -230,7 +262,7 @@ fn bind(config: Config) -> Result<Bound, NodeError> {
         config.delivery_log.clone(),
     )
     .map_err(NodeError::Log)?;
-    let events = Events::with_log(&config.name, log);
+    let events = Events::with_log(&config.name, log).with_metrics(metrics.clone());
     let mut link_inbox = HashMap::new();
     let mut link_rx = HashMap::new();
     for name in config.peers.keys() {
@@ -243,8 +275,12 @@ fn bind(config: Config) -> Result<Bound, NodeError> {
         max_attempts: config.limits.max_delivery_attempts,
         ..RetryPolicy::default()
     };
-    let (store, recovered) = Store::open(&config.data_dir.join("store"), StoreOptions::default())
-        .map_err(NodeError::Store)?;
+    let store_options = StoreOptions {
+        observer: Some(metrics.store_observer()),
+        ..StoreOptions::default()
+    };
+    let (store, recovered) =
+        Store::open(&config.data_dir.join("store"), store_options).map_err(NodeError::Store)?;
     let (ledger, notices) = Ledger::new(
         &config.name,
         &config.agency,
@@ -267,7 +303,35 @@ fn bind(config: Config) -> Result<Bound, NodeError> {
         link_rx,
         notices,
         reload: Arc::new(Notify::new()),
+        metrics: metrics_listener,
     })
+}
+
+/// Binds the metrics endpoint's TCP listener, when it is on. The default address, when taken
+/// (another node on the same host), is given up with a warning; an address the config names
+/// must be bound.
+fn bind_metrics(config: &Config) -> Result<Option<tokio::net::TcpListener>, NodeError> {
+    let Some(addr) = config.metrics.listen else {
+        return Ok(None);
+    };
+    let bound = std::net::TcpListener::bind(addr)
+        .and_then(|l| l.set_nonblocking(true).map(|()| l))
+        .and_then(tokio::net::TcpListener::from_std);
+    match bound {
+        Ok(listener) => Ok(Some(listener)),
+        Err(e) if !config.metrics.explicit => {
+            tracing::warn!(
+                node = %config.name, %addr, error = %e,
+                "metrics endpoint off: its default address is taken (set metrics.listen)"
+            );
+            Ok(None)
+        }
+        Err(e) => Err(NodeError::MetricsBind {
+            addr,
+            reason: e.to_string(),
+            kind: e.kind(),
+        }),
+    }
 }
 
 async fn serve(bound: Bound, shutdown: impl Future<Output = ()>) {
@@ -277,6 +341,7 @@ async fn serve(bound: Bound, shutdown: impl Future<Output = ()>) {
         mut link_rx,
         notices,
         reload,
+        metrics,
     } = bound;
     tracing::info!(
         node = %node.config.name,
@@ -318,6 +383,14 @@ async fn serve(bound: Bound, shutdown: impl Future<Output = ()>) {
         }
     });
     let acceptor = tokio::spawn(server::accept(node.clone(), endpoint.clone()));
+    if let Some(listener) = metrics {
+        tracing::info!(
+            node = %node.config.name,
+            addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+            "metrics endpoint listening (/metrics, /healthz, /readyz)"
+        );
+        tasks.spawn(super::metrics::endpoint::serve(node.clone(), listener));
+    }
     tokio::select! {
         _ = shutdown => {}
         _ = node.ledger.fatal() => {}

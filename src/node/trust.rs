@@ -93,6 +93,35 @@ pub(super) fn load(config: &Config) -> Result<Own, NodeError> {
     })
 }
 
+/// Names with an expiry time: a certificate's subject and notAfter, a CRL's issuer and
+/// nextUpdate.
+pub(super) type Expiries = Vec<(String, SystemTime)>;
+
+/// For the metrics: the subject and notAfter of each certificate of the node's own chain, and
+/// the issuer and nextUpdate of each CRL in force (ones that do not parse, or have no
+/// nextUpdate, left out).
+pub(super) fn expiries(tls: &TlsMaterial) -> (Expiries, Expiries) {
+    let unix = |t: i64| SystemTime::UNIX_EPOCH + Duration::from_secs(t.max(0) as u64);
+    let certificates = tls
+        .chain
+        .iter()
+        .filter_map(|der| x509_parser::parse_x509_certificate(der).ok())
+        .map(|(_, c)| {
+            (
+                c.subject().to_string(),
+                unix(c.validity().not_after.timestamp()),
+            )
+        })
+        .collect();
+    let crls = tls
+        .crls
+        .iter()
+        .filter_map(|der| x509_parser::parse_x509_crl(der).ok())
+        .filter_map(|(_, c)| Some((c.issuer().to_string(), unix(c.next_update()?.timestamp()))))
+        .collect();
+    (certificates, crls)
+}
+
 /// What an operator should know about the material: no CRLs (revocation unchecked), CRLs past
 /// their nextUpdate, certificates (the node's own, the trust bundle's) expiring within
 /// [`EXPIRY_WARNING`] or expired.

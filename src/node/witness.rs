@@ -97,6 +97,12 @@ pub(super) async fn checkpoint(node: &Arc<Node>) -> Option<Signed> {
     }
     log.state.lock().expect("log state").last = Some(cp.clone());
     node.events().record(Event::Checkpoint { size: cp.size });
+    if let Some(m) = node.events().metrics() {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        m.set_log(cp.size, now.as_secs() as i64);
+    }
     Some(Signed {
         note: n.to_text(),
         checkpoint: cp,

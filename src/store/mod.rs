@@ -62,6 +62,21 @@ pub struct StoreOptions {
     /// Compact the head segment when less than this fraction of it, or of the whole log, is
     /// live. Lower means less copying and more disk held by finished copies.
     pub compact_below_live_ratio: f64,
+    /// Told about every fdatasync'ed write (for the node's metrics); `None` by default.
+    pub observer: Option<CommitObserver>,
+}
+
+/// What the writer thread tells an observer after each fdatasync'ed write: how many commit
+/// requests shared it (0 for a compaction-only write) and how long the `fdatasync` took. It
+/// runs on the writer thread, between the fsync and the answers: it must be cheap (a few
+/// atomic updates) and must not block.
+#[derive(Clone)]
+pub struct CommitObserver(pub Arc<dyn Fn(usize, std::time::Duration) + Send + Sync>);
+
+impl std::fmt::Debug for CommitObserver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CommitObserver")
+    }
 }
 
 impl Default for StoreOptions {
@@ -71,6 +86,7 @@ impl Default for StoreOptions {
             max_batch_records: 4096,
             max_batch_bytes: 4 * 1024 * 1024,
             compact_below_live_ratio: 0.5,
+            observer: None,
         }
     }
 }
@@ -332,7 +348,7 @@ impl Store {
         self.shared.seen().contains(queue, message_id)
     }
 
-    #[cfg(test)]
+    /// The counters as of the writer's last write (for the node's metrics).
     pub fn stats(&self) -> StoreStats {
         // As for `seen`: only the writer's short critical sections hold this lock.
         self.shared

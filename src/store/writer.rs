@@ -21,6 +21,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -263,13 +264,19 @@ impl Writer {
         let result = result
             .and_then(|()| self.compact_into(&mut records))
             .and_then(|()| self.write(records));
-        if let Err(cause) = result {
-            let cause = self.fail(cause);
-            let replies = answers.into_iter().map(|(r, _)| r);
-            for reply in replies.chain(batch.map(|req| req.reply)) {
-                let _ = reply.send(Err(StoreError::Failed(cause.clone())));
+        let synced = match result {
+            Ok(synced) => synced,
+            Err(cause) => {
+                let cause = self.fail(cause);
+                let replies = answers.into_iter().map(|(r, _)| r);
+                for reply in replies.chain(batch.map(|req| req.reply)) {
+                    let _ = reply.send(Err(StoreError::Failed(cause.clone())));
+                }
+                return Err(cause.to_string());
             }
-            return Err(cause.to_string());
+        };
+        if let (Some(took), Some(observer)) = (synced, &self.opts.observer) {
+            (observer.0)(committed as usize, took);
         }
         self.stats.commits += committed;
         self.stats.records_written += written;
@@ -386,10 +393,11 @@ impl Writer {
     }
 
     /// Appends `records` and a `Commit` with one write, rolling to a new segment first if they
-    /// would overflow the active one, then fdatasyncs and publishes the new seen keys.
-    fn write(&mut self, records: Vec<Record>) -> Result<(), Fatal> {
+    /// would overflow the active one, then fdatasyncs and publishes the new seen keys. Returns
+    /// how long the fdatasync took (`None` when there was nothing to write).
+    fn write(&mut self, records: Vec<Record>) -> Result<Option<Duration>, Fatal> {
         if records.is_empty() {
-            return Ok(());
+            return Ok(None);
         }
         let size: u64 = records.iter().map(|r| r.frame_len() as u64).sum();
         let limit = self.opts.segment_bytes;
@@ -447,9 +455,11 @@ impl Writer {
         self.faults
             .write_all(&mut active.file, &self.buf)
             .map_err(|e| fatal("write", &path, e))?;
+        let started = Instant::now();
         self.faults
             .sync_data(&active.file)
             .map_err(|e| fatal("fdatasync", &path, e))?;
+        let took = started.elapsed();
         active.len += self.buf.len() as u64;
         self.state.index.add_bytes(active.id, self.buf.len() as u64);
         self.stats.fsyncs += 1;
@@ -457,7 +467,7 @@ impl Writer {
         for key in &keys {
             seen.add(key);
         }
-        Ok(())
+        Ok(Some(took))
     }
 
     /// Creates the next segment file and makes its directory entry durable.

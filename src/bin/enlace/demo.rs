@@ -125,11 +125,15 @@ pub(super) async fn run(a: DemoArgs) -> Result<(), Failure> {
     let mut nodes = Vec::new();
     for spec in net.nodes.values() {
         let node = net.start(&spec.name).await?;
+        let metrics = match node.metrics_addr() {
+            Some(m) => format!("metrics http://{m}/metrics  health /healthz /readyz"),
+            None => "metrics off".to_owned(),
+        };
         println!(
-            "  node {:<9} agency {:<7} {}",
+            "  node {:<9} agency {:<7} {:<16} {metrics}",
             spec.name,
             spec.agency.to_uppercase(),
-            node.addr
+            node.addr.to_string(),
         );
         nodes.push(node);
     }

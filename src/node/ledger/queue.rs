@@ -15,7 +15,7 @@ use tokio::sync::{Notify, watch};
 
 use crate::address::Mailbox;
 use crate::identity::AgencyId;
-use crate::lanes::{Entry, Lanes};
+use crate::lanes::{Depth, Entry, Lanes};
 use crate::message::{Message, MessageId};
 use crate::wire::pb;
 
@@ -188,6 +188,17 @@ impl Queue {
     /// Whether it holds dead letters.
     pub fn has_dead_letters(&self) -> bool {
         !self.dead().is_empty()
+    }
+
+    /// What waits in each lane, most urgent first, with the oldest copy's arrival at this node
+    /// (see [`Lanes::depths`]). Read-only: for the metrics endpoint.
+    pub fn depths(&self) -> [Depth; 5] {
+        self.lanes().depths(|c| c.received_at)
+    }
+
+    /// How many dead letters it holds.
+    pub fn dead_letter_count(&self) -> usize {
+        self.dead().len()
     }
 
     /// The dead letters, oldest first.
