@@ -118,7 +118,9 @@ impl LocalNetwork {
                     agency: (*agency).to_owned(),
                     name: name.clone(),
                     addr: free_port()?,
-                    metrics: Some(free_tcp_port()?),
+                    // Port 0: the node binds a free one (see `RunningNode::metrics_addr`); a port picked
+                    // ahead could be taken by then.
+                    metrics: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
                     peers,
                 },
             );
