@@ -2,7 +2,7 @@
 //!
 //! Leaves hash as `SHA-256(0x00 || data)` and interior nodes as `SHA-256(0x01 || left || right)`,
 //! so a leaf can never pass for an interior node. Used to sign a batch of envelopes with one
-//! signature (see [`crate::signature`]), and for the delivery log ([`crate::audit`]): a
+//! signature (see the `signature` module), and for the delivery log ([`crate::audit`]): a
 //! [`Frontier`] grows the log's tree one record at a time, and consistency proofs
 //! ([`consistency_proof`], [`verify_consistency`]) show that a later tree extends an earlier one.
 //! Sans-I/O.
@@ -74,7 +74,7 @@ fn build(leaves: &[Hash], proofs: &mut [Vec<Hash>]) -> Hash {
 /// (RFC 9162 section 2.1.3.2), or `None` if the proof cannot belong to such a tree.
 ///
 /// A proof does not always pin the size (the left edge of a tree of 3 also fits a tree of 4):
-/// whoever signs a root must sign the size with it, as [`crate::signature`] does.
+/// whoever signs a root must sign the size with it, as the `signature` module does.
 pub fn root_from_proof(leaf: &Hash, index: u64, size: u64, path: &[Hash]) -> Option<Hash> {
     if index >= size {
         return None;
