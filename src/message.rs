@@ -132,6 +132,8 @@ pub struct Message {
     pub(crate) envelope: Bytes,
     /// The originator's signature over `envelope` (single or batch).
     pub(crate) signature: Option<pb::Signature>,
+    /// The SHA-256 of `envelope`, computed when first asked for (the delivery log).
+    pub(crate) sha256: std::sync::OnceLock<[u8; 32]>,
 }
 
 impl Message {
@@ -279,6 +281,16 @@ impl Message {
             payload: env.payload,
             envelope,
             signature,
+            sha256: std::sync::OnceLock::new(),
+        })
+    }
+
+    /// The SHA-256 of the exact envelope bytes, computed once.
+    pub(crate) fn sha256(&self) -> &[u8; 32] {
+        self.sha256.get_or_init(|| {
+            let mut h = [0u8; 32];
+            h.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, &self.envelope).as_ref());
+            h
         })
     }
 

@@ -219,6 +219,17 @@ fn edit_lines(dir: &Path, f: impl FnOnce(&mut Vec<String>)) {
     std::fs::write(&path, lines.join("\n") + "\n").unwrap();
 }
 
+/// Recomputes every record's link to the one before, as a careful rewriter would.
+fn rechain(lines: &mut [String]) {
+    let mut prev = String::new();
+    for l in lines.iter_mut() {
+        let mut r: Record = serde_json::from_str(l).unwrap();
+        r.prev = prev;
+        *l = r.to_line();
+        prev = enlace::audit::hex(&enlace::audit::leaf(l.as_bytes()));
+    }
+}
+
 fn first_problem(r: &Report) -> String {
     assert!(!r.ok(), "the tampered log verified: {r:?}");
     r.problems[0].to_string()
@@ -360,13 +371,15 @@ async fn a_node_that_rewrites_its_history_is_caught_by_its_witness() {
         unreachable!()
     };
     assert!(size > 0);
-    // DEA's operator rewrites its history while it is stopped: one record changed, and its
-    // own checkpoints (which would betray it) removed.
+    // DEA's operator rewrites its history while it is stopped, carefully: one record changed,
+    // the hash chain recomputed after it, and its own checkpoints (which would betray it)
+    // removed. Alone, the rewritten log is self-consistent.
     net.nodes.remove("dea-1").unwrap().stop().await;
     let dir = log_dir(&net, "dea-1");
     std::fs::remove_file(dir.join(enlace::audit::CHECKPOINTS)).unwrap();
     edit_lines(&dir, |l| {
-        l[1] = l[1].replacen("\"event\":\"", "\"event\":\"x", 1)
+        l[1] = l[1].replacen("\"event\":\"", "\"event\":\"x", 1);
+        rechain(l);
     });
     let mut pgr_events = net.node("pgr-1").events();
     net.nodes
@@ -401,6 +414,15 @@ async fn a_node_that_rewrites_its_history_is_caught_by_its_witness() {
     })
     .unwrap();
     assert!(found >= 2, "{found}");
+    // Offline, DEA's log checks alone (the rewriter signed new checkpoints with its own key),
+    // but not against the checkpoint PGR cosigned.
+    let dea_log = dir;
+    let alone = verify_dir(&dea_log, &Keys::FromLog).unwrap();
+    assert!(alone.ok(), "{:?}", alone.problems);
+    let reports = enlace::audit::verify::verify_dirs(&[dea_log, pgr_log], &Keys::FromLog).unwrap();
+    let p = first_problem(&reports[0]);
+    assert!(p.contains("pgr-1 cosigned") && p.contains("altered"), "{p}");
+    assert!(reports[1].ok(), "{:?}", reports[1].problems);
 }
 
 #[tokio::test]

@@ -46,6 +46,11 @@ pub fn keys(dir: &Path) -> io::Result<Vec<Result<KeyEntry, String>>> {
     json_lines(&dir.join(KEYS))
 }
 
+/// The entries of `witnessed.jsonl`: peers' checkpoints this node cosigned.
+pub fn witnessed(dir: &Path) -> io::Result<Vec<Result<super::Witnessed, String>>> {
+    json_lines(&dir.join(super::WITNESSED))
+}
+
 /// `base.json`, if the log was pruned.
 pub fn base(dir: &Path) -> io::Result<Option<Result<Base, String>>> {
     match fs::read_to_string(dir.join(BASE)) {

@@ -81,6 +81,37 @@ pub enum Keys {
 
 /// Checks the log in `dir`.
 pub fn verify_dir(dir: &Path, keys: &Keys) -> io::Result<Report> {
+    verify_dir_witnessed(dir, keys, &[])
+}
+
+/// Checks the logs in `dirs` (the nodes of one federation, e.g. a demo's), each also against
+/// the checkpoints of it that the others cosigned as witnesses: a log rewritten with its own
+/// node's key still verifies alone, but not against what its partners kept.
+pub fn verify_dirs(dirs: &[std::path::PathBuf], keys: &Keys) -> io::Result<Vec<Report>> {
+    let mut witnessed: Vec<(String, String, Checkpoint)> = Vec::new();
+    for d in dirs {
+        let witness = d.parent().and_then(|p| p.file_name()).map_or_else(
+            || d.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        );
+        for w in files::witnessed(d)?.into_iter().flatten() {
+            if let Ok(cp) = Checkpoint::parse(&w.checkpoint) {
+                witnessed.push((witness.clone(), w.peer, cp));
+            }
+        }
+    }
+    dirs.iter()
+        .map(|d| verify_dir_witnessed(d, keys, &witnessed))
+        .collect()
+}
+
+/// Checks the log in `dir`, and that its records give the root of every checkpoint of it in
+/// `witnessed` (witness, the node whose log it is, checkpoint; other nodes' are skipped).
+pub fn verify_dir_witnessed(
+    dir: &Path,
+    keys: &Keys,
+    witnessed: &[(String, String, Checkpoint)],
+) -> io::Result<Report> {
     let mut report = Report::default();
     let keys: HashMap<String, VerifierKey> = match keys {
         Keys::Trusted(k) => k.iter().map(|k| (k.name.clone(), k.clone())).collect(),
@@ -181,23 +212,34 @@ pub fn verify_dir(dir: &Path, keys: &Keys) -> io::Result<Report> {
             ),
         }
     }
-    let mut sizes: Vec<(u64, Hash, usize)> =
-        cps.iter().map(|(l, _, c)| (c.size, c.root, *l)).collect();
-    sizes.sort();
-    sizes.retain(|(s, _, _)| *s > first || (*s == first && first > 0));
+    // The roots the records must give: at each signed checkpoint, and at each checkpoint of
+    // this log a witness cosigned (what the witness keeps is out of the node's reach).
+    let mut sizes: Vec<(u64, Hash, String, bool)> = cps
+        .iter()
+        .map(|(l, _, c)| (c.size, c.root, format!("checkpoints.jsonl:{l}"), true))
+        .collect();
+    let node = log_node(dir)?;
+    for (witness, peer, cp) in witnessed {
+        if node.as_ref() == Some(peer) {
+            let place = format!("the checkpoint {witness} cosigned (its witnessed.jsonl)");
+            sizes.push((cp.size, cp.root, place, false));
+        }
+    }
+    sizes.sort_by(|a, b| (a.0, !a.3).cmp(&(b.0, !b.3)));
+    sizes.retain(|(s, ..)| *s > first || (*s == first && first > 0));
     let mut next_cp = sizes.iter().peekable();
     // A checkpoint at the base itself: the base's frontier must give its root.
-    while let Some((s, root, l)) = next_cp.peek() {
+    while let Some((s, root, place, own)) = next_cp.peek() {
         if *s != frontier.size() {
             break;
         }
         if frontier.root() != *root {
             report.problem(
                 None,
-                format!("checkpoints.jsonl:{l}"),
+                place.clone(),
                 "base.json does not match the checkpoint at its size",
             );
-        } else {
+        } else if *own {
             report.checkpoints += 1;
             report.last_checkpoint = Some(*s);
         }
@@ -303,34 +345,41 @@ pub fn verify_dir(dir: &Path, keys: &Keys) -> io::Result<Report> {
             prev = Some(h);
             expected += 1;
             report.records += 1;
-            while let Some((s, root, l)) = next_cp.peek() {
+            while let Some((s, root, place, own)) = next_cp.peek() {
                 if *s != frontier.size() {
                     break;
                 }
                 if frontier.root() != *root {
+                    let whose = if *own {
+                        "the signed root of the checkpoint".to_owned()
+                    } else {
+                        "the root a witness cosigned for the checkpoint".to_owned()
+                    };
                     report.problem(
                         Some(last_cp_size),
-                        format!("checkpoints.jsonl:{l}"),
+                        place.clone(),
                         format!(
-                            "altered: the records {last_cp_size}..{} do not give the signed root of the checkpoint of size {s} (one of them was changed, or the log rewritten)",
+                            "altered: the records {last_cp_size}..{} do not give {whose} of size {s} (one of them was changed, or the log rewritten)",
                             s - 1
                         ),
                     );
                     break 'files;
                 }
-                report.checkpoints += 1;
-                report.last_checkpoint = Some(*s);
+                if *own {
+                    report.checkpoints += 1;
+                    report.last_checkpoint = Some(*s);
+                }
                 last_cp_size = *s;
                 next_cp.next();
             }
         }
     }
     if report.ok()
-        && let Some((s, _, l)) = next_cp.peek()
+        && let Some((s, _, place, _)) = next_cp.peek()
     {
         report.problem(
             Some(expected),
-            format!("checkpoints.jsonl:{l}"),
+            place.clone(),
             format!("missing: the log ends before record {expected}, but a checkpoint of size {s} was signed (truncated)"),
         );
     }
@@ -341,6 +390,16 @@ pub fn verify_dir(dir: &Path, keys: &Keys) -> io::Result<Report> {
         ));
     }
     Ok(report)
+}
+
+/// The node whose log it is, from its first record.
+fn log_node(dir: &Path) -> io::Result<Option<String>> {
+    let Some((_, path)) = files::record_files(dir)?.into_iter().next() else {
+        return Ok(None);
+    };
+    let data = fs::read(path)?;
+    let first = data.split(|b| *b == b'\n').next().unwrap_or_default();
+    Ok(serde_json::from_slice::<Record>(first).ok().map(|r| r.node))
 }
 
 /// Whether the first line of `rest` names `line`'s hash as its predecessor's.

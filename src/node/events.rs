@@ -14,8 +14,6 @@ use std::sync::Arc;
 
 use tokio::sync::broadcast;
 
-use ring::digest::{SHA256, digest};
-
 use super::audit::Log;
 use crate::audit::{self, Record, hex};
 use crate::message::Message;
@@ -538,7 +536,7 @@ pub(crate) fn record(
         r.precedence = Some(m.precedence().to_string());
         r.status = Some(m.status().to_string());
         r.bytes = Some(m.envelope_bytes().len() as u64);
-        r.sha256 = Some(hex(digest(&SHA256, m.envelope_bytes()).as_ref()));
+        r.sha256 = Some(hex(m.sha256()));
         r.refers_to = crate::receipt::Receipt::from_message(m)
             .map(|x| x.message_id)
             .or(m.in_reply_to())
