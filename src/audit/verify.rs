@@ -225,7 +225,7 @@ pub fn verify_dir_witnessed(
             sizes.push((cp.size, cp.root, place, false));
         }
     }
-    sizes.sort_by(|a, b| (a.0, !a.3).cmp(&(b.0, !b.3)));
+    sizes.sort_by_key(|a| (a.0, !a.3));
     sizes.retain(|(s, ..)| *s > first || (*s == first && first > 0));
     let mut next_cp = sizes.iter().peekable();
     // A checkpoint at the base itself: the base's frontier must give its root.
