@@ -467,3 +467,64 @@ async fn old_records_are_pruned_behind_a_checkpoint_and_the_log_still_verifies()
     let _ = Mailbox::Inbox;
     net.stop().await;
 }
+
+#[tokio::test]
+async fn a_peer_node_gets_traces_only_and_a_forged_checkpoint_is_refused() {
+    let mut net = TestNet::mesh(&["dea", "pgr", "afi"]).await;
+    traffic(&net, 2).await;
+    // A raw connection holding afi-1's node certificate, as an attacker at AFI would (afi-1
+    // itself stopped, so that its link does not replace the attacker's connection).
+    net.nodes.remove("afi-1").unwrap().stop().await;
+    let raw = net
+        .raw("dea", "nodes/afi/afi-1", pb::Role::Node)
+        .await
+        .unwrap();
+    use enlace::pb::frame::Body;
+    for q in [
+        pb::LogQuery::default(),
+        pb::LogQuery {
+            trace: true,
+            files: true,
+            message_id: vec![1; 16].into(),
+            ..Default::default()
+        },
+        pb::LogQuery {
+            trace: true,
+            follow: true,
+            message_id: vec![1; 16].into(),
+            ..Default::default()
+        },
+    ] {
+        let r = common::raw::refused(raw.exchange(&common::raw::frame(Body::LogQuery(q))).await);
+        assert_eq!(r.code, RefusalCode::Unauthorized as i32, "{}", r.reason);
+        assert!(r.reason.contains("not an operator"), "{}", r.reason);
+    }
+    // A trace of a message PGR's node never handled discloses nothing.
+    let q = pb::LogQuery {
+        trace: true,
+        message_id: enlace::MessageId::new_v7(SystemTime::now()).to_bytes(),
+        ..Default::default()
+    };
+    let r = common::raw::refused(raw.exchange(&common::raw::frame(Body::LogQuery(q))).await);
+    assert!(r.reason.contains("did not handle"), "{}", r.reason);
+    // A checkpoint not signed by afi-1's key, and one of another node's log, are refused.
+    let forged = "enlace/afi/afi-1\n5\nAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\n\n\u{2014} afi/node/afi-1 AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\n";
+    let other = forged.replace("enlace/afi/afi-1", "enlace/pgr/pgr-1");
+    for (note, why) in [
+        (forged, "forged"),
+        (other.as_str(), "not of enlace/afi/afi-1"),
+    ] {
+        let c = pb::LogCheckpoint {
+            note: note.to_owned(),
+            ..Default::default()
+        };
+        let r = common::raw::refused(
+            raw.exchange(&common::raw::frame(Body::LogCheckpoint(c)))
+                .await,
+        );
+        assert!(r.reason.contains(why), "{}", r.reason);
+    }
+    // The node still serves everyone else.
+    traffic(&net, 1).await;
+    net.stop().await;
+}

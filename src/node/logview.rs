@@ -64,7 +64,9 @@ async fn answer(
         .cloned()
         .ok_or_else(|| refused(RefusalCode::Invalid, "this node keeps no delivery log"))?;
     let role = conn.who.identity.role;
-    if role != Role::Operator && !(role == Role::Node && q.trace) {
+    // A peer node asks for a trace and nothing else.
+    let peer_trace = role == Role::Node && q.trace && !q.files && !q.follow;
+    if role != Role::Operator && !peer_trace {
         return Err(refused(
             RefusalCode::Unauthorized,
             format!(
@@ -97,8 +99,15 @@ async fn answer(
         return Ok(());
     };
     let mut after = last;
+    // The reader going away (or its connection) ends the follow even if nothing is written.
+    let stopped = send.stopped();
+    tokio::pin!(stopped);
     loop {
-        let line = match rx.recv().await {
+        let next = tokio::select! {
+            l = rx.recv() => l,
+            _ = &mut stopped => return Ok(()),
+        };
+        let line = match next {
             Ok(l) => l,
             Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
                 let note = format!("{{\"missed\":{n}}}");
