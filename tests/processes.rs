@@ -259,4 +259,36 @@ fn the_demo_plays_both_stories() {
         "{}",
         String::from_utf8_lossy(&check.stderr)
     );
+    // And the nodes' delivery logs, which verify, each against its partners' cosignatures too;
+    // one byte changed in a record, and the record is named.
+    let verify = || {
+        Command::new(ENLACE)
+            .args(["log", "verify", "--data-dir"])
+            .arg(dir.path())
+            .output()
+            .unwrap()
+    };
+    let ok = verify();
+    let report = String::from_utf8_lossy(&ok.stdout);
+    assert!(ok.status.success(), "{report}");
+    for node in ["dea-1", "pgr-1", "afi-1", "cenapi-1"] {
+        assert!(report.contains(&format!("{node}: ok")), "{report}");
+    }
+    let log = dir.path().join("data/pgr-1/log");
+    let (_, records) = enlace::audit::files::record_files(&log).unwrap().remove(0);
+    let mut bytes = std::fs::read(&records).unwrap();
+    // Inside the fifth record: its time's last digit.
+    let line = bytes
+        .split(|b| *b == b'\n')
+        .take(4)
+        .map(|l| l.len() + 1)
+        .sum::<usize>();
+    let at = line + bytes[line..].windows(2).position(|w| w == b"Z\"").unwrap() - 1;
+    bytes[at] = if bytes[at] == b'1' { b'2' } else { b'1' };
+    std::fs::write(&records, bytes).unwrap();
+    let bad = verify();
+    let report = String::from_utf8_lossy(&bad.stdout);
+    assert!(!bad.status.success(), "{report}");
+    assert!(report.contains("pgr-1: FAILED"), "{report}");
+    assert!(report.contains("problem: record 4 ("), "{report}");
 }
