@@ -181,6 +181,23 @@ async fn the_log_interface_refuses_anyone_but_an_operator() {
             .count()
             >= 2
     );
+    // Reading the log is logged, and so are the refused attempts.
+    let q = pb::LogQuery {
+        agency: "dea".into(),
+        ..Default::default()
+    };
+    let recs = records(&all(&ops, q).await.unwrap());
+    let read = |r: &Record| r.event == "log_read" && r.actor == "dea/operator/ops";
+    assert!(
+        recs.iter()
+            .any(|r| read(r) && r.detail.as_deref() == Some("query event=accepted")),
+        "{recs:#?}"
+    );
+    let refused = recs
+        .iter()
+        .filter(|r| r.event == "refused" && r.actor == "dea/client/duty-desk")
+        .count();
+    assert_eq!(refused, 3, "{recs:#?}");
     net.stop().await;
 }
 

@@ -585,17 +585,20 @@ impl Writer {
     fn append(&mut self, mut r: Record, at: SystemTime) {
         r.seq = self.frontier.size();
         r.prev = self.prev.map(|p| hex(&p)).unwrap_or_default();
-        let line = r.to_line();
-        let h = leaf(line.as_bytes());
+        // Written straight into the batch: the line's bytes are hashed where they lie.
+        let start = self.buf.len();
+        serde_json::to_writer(&mut self.buf, &r).expect("a record serializes");
+        let line = &self.buf[start..];
+        let h = leaf(line);
         self.frontier.push(h);
         self.prev = Some(h);
-        self.buf.extend_from_slice(line.as_bytes());
+        if self.lines.receiver_count() > 0 {
+            let text = std::str::from_utf8(line).expect("JSON is UTF-8");
+            let _ = self.lines.send(Arc::from(text));
+        }
         self.buf.push(b'\n');
         if let Some(s) = self.segments.last_mut() {
             s.last = Some(at);
-        }
-        if self.lines.receiver_count() > 0 {
-            let _ = self.lines.send(Arc::from(line));
         }
         if self.frontier.size() - self.last_checkpoint == self.settings.checkpoint_records {
             self.due.notify_one();

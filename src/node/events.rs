@@ -267,6 +267,14 @@ pub enum Event {
         /// Why.
         reason: String,
     },
+    /// Someone read the delivery log: an operator's query, follow or copy of its files, or a
+    /// peer node's trace (a disclosure of this node's records of one message).
+    LogRead {
+        /// Who: the operator's or peer node's identity.
+        by: String,
+        /// What was asked, e.g. `query event=refused` or `trace 01a2...`.
+        what: String,
+    },
     /// Delivery-log records past their retention period were removed, behind a checkpoint.
     LogPruned {
         /// Which records, and why.
@@ -493,6 +501,9 @@ impl Events {
             ),
             Event::LogPruned { detail } => {
                 tracing::info!(target: "enlace::event", node, event = "log_pruned", %detail)
+            }
+            Event::LogRead { by, what } => {
+                tracing::info!(target: "enlace::event", node, event = "log_read", %by, %what)
             }
         }
         if let Some(m) = &self.metrics {
@@ -722,6 +733,10 @@ pub(crate) fn record(
         Event::LogPruned { detail } => {
             r.detail = Some(detail.clone());
             ("pruned", node_actor())
+        }
+        Event::LogRead { by, what } => {
+            r.detail = Some(what.clone());
+            ("log_read", by.clone())
         }
     };
     r.event = event.to_owned();

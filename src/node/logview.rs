@@ -14,6 +14,7 @@ use std::time::Duration;
 use quinn::SendStream;
 
 use super::conn::Conn;
+use super::events::Event;
 use super::state::Node;
 use crate::audit::{self, Filter, Record};
 use crate::identity::Role;
@@ -67,15 +68,23 @@ async fn answer(
     // A peer node asks for a trace and nothing else.
     let peer_trace = role == Role::Node && q.trace && !q.files && !q.follow;
     if role != Role::Operator && !peer_trace {
-        return Err(refused(
+        let r = crate::refusal::Refusal::new(
             RefusalCode::Unauthorized,
             format!(
                 "{} is not an operator; the delivery log needs an operator certificate",
                 conn.name
             ),
-        ));
+        );
+        // An attempt to read the log is logged too.
+        node.ledger.refused(None, &conn.name, &r);
+        return Err(r.to_pb(Default::default()));
     }
     let filter = filter(&q)?;
+    // Reading the log is itself logged (consultation; for a peer's trace, disclosure).
+    node.events().record(Event::LogRead {
+        by: conn.name.clone(),
+        what: describe(&q, &filter),
+    });
     let dir = log.dir().to_owned();
     log.flush().await;
     if q.files {
@@ -125,6 +134,31 @@ async fn answer(
         after = Some(r.seq);
         write_records(send, &node.config.name, vec![line.to_string()], false).await?;
     }
+}
+
+/// What a query asked, in a few words.
+fn describe(q: &pb::LogQuery, f: &Filter) -> String {
+    let kind = match (q.files, q.trace, q.follow) {
+        (true, ..) => "files",
+        (_, true, _) => "trace",
+        (_, _, true) => "follow",
+        _ => "query",
+    };
+    let mut parts = vec![kind.to_owned()];
+    let mut add = |k: &str, v: &Option<String>| {
+        if let Some(v) = v {
+            parts.push(format!("{k}={}", v.chars().take(64).collect::<String>()));
+        }
+    };
+    add("id", &f.id);
+    add("originator", &f.originator);
+    add("agency", &f.agency);
+    add("event", &f.event);
+    add("precedence", &f.precedence);
+    if f.since.is_some() || f.until.is_some() {
+        parts.push("time range".into());
+    }
+    parts.join(" ")
 }
 
 fn filter(q: &pb::LogQuery) -> Result<Filter, pb::Refused> {

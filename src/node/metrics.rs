@@ -522,6 +522,7 @@ impl Metrics {
             | Event::Witnessed { .. }
             | Event::WitnessRefused { .. }
             | Event::LogPruned { .. }
+            | Event::LogRead { .. }
             | Event::Link { .. } => {}
         }
     }
