@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
@@ -32,6 +32,8 @@ use crate::note::Checkpoint;
 
 /// Records the writer may fall behind before the node waits for it.
 const CHANNEL: usize = 65_536;
+/// How long the writer sleeps when it finds nothing to write.
+const POLL: std::time::Duration = std::time::Duration::from_millis(2);
 /// Records written at once at most.
 const BATCH: usize = 4096;
 /// Lines offered to `enlace log tail` followers; a slow follower misses some and is told.
@@ -48,11 +50,19 @@ enum Cmd {
     Cosigned(CheckpointEntry, oneshot::Sender<io::Result<()>>),
     Key(KeyEntry),
     Witnessed(Witnessed, oneshot::Sender<io::Result<()>>),
-    FrontierAt(u64, oneshot::Sender<Option<Frontier>>),
+    ProofInputs(u64, u64, oneshot::Sender<ProofInputs>),
     Prune(SystemTime, oneshot::Sender<io::Result<Option<String>>>),
     Flush(oneshot::Sender<()>),
     Stop(std::sync::mpsc::Sender<()>),
 }
+
+/// What a consistency proof from `old` to `new` needs, as far as the writer holds it: the tree
+/// at `old`, and the leaves `old..new`.
+type ProofInputs = (Option<Frontier>, Option<Vec<Hash>>);
+
+/// Leaf hashes the writer keeps for proofs, at most (32 MiB); a peer further behind gets its
+/// proof from the files.
+const RECENT_LEAVES: usize = 1 << 20;
 
 /// The node's delivery log: a handle on its writer thread.
 pub(crate) struct Log {
@@ -191,9 +201,12 @@ impl Log {
     /// The consistency proof from this log's tree of `old` records to its tree of `new`
     /// (`old` a size it signed, `new` at most what is written).
     pub async fn proof(self: &Arc<Self>, old: u64, new: u64) -> Result<Vec<Hash>, String> {
-        let known = self.ask(|tx| Cmd::FrontierAt(old, tx)).await.flatten();
+        let (known, leaves) = self
+            .ask(|tx| Cmd::ProofInputs(old, new, tx))
+            .await
+            .unwrap_or((None, None));
         let dir = self.dir.clone();
-        tokio::task::spawn_blocking(move || proof(&dir, old, new, known))
+        tokio::task::spawn_blocking(move || proof(&dir, old, new, known, leaves))
             .await
             .map_err(|e| e.to_string())?
     }
@@ -216,7 +229,13 @@ fn stopped() -> io::Error {
 }
 
 /// The consistency proof from `old` to `new`, reading the leaves it needs from the files.
-fn proof(dir: &Path, old: u64, new: u64, known: Option<Frontier>) -> Result<Vec<Hash>, String> {
+fn proof(
+    dir: &Path,
+    old: u64,
+    new: u64,
+    known: Option<Frontier>,
+    after: Option<Vec<Hash>>,
+) -> Result<Vec<Hash>, String> {
     let (base, _) = read_base(dir).map_err(|e| e.to_string())?;
     if old < base.size() {
         return Err(format!("records before {} were pruned", base.size()));
@@ -231,7 +250,10 @@ fn proof(dir: &Path, old: u64, new: u64, known: Option<Frontier>) -> Result<Vec<
             f
         }
     };
-    let after = leaves(dir, old, new).map_err(|e| e.to_string())?;
+    let after = match after {
+        Some(a) => a,
+        None => leaves(dir, old, new).map_err(|e| e.to_string())?,
+    };
     if after.len() as u64 != new - old {
         return Err(format!("the log holds fewer than {new} records"));
     }
@@ -331,6 +353,11 @@ struct Writer {
     frontier: Frontier,
     prev: Option<Hash>,
     frontiers: BTreeMap<u64, Frontier>,
+    /// The latest leaves (from `recent_start`), for proofs; trimmed to what the peers still
+    /// need (their last cosigned sizes) and to `RECENT_LEAVES`.
+    recent: std::collections::VecDeque<Hash>,
+    recent_start: u64,
+    cosigned: BTreeMap<String, u64>,
     keys: HashSet<String>,
     last_checkpoint: u64,
     unsynced: bool,
@@ -465,6 +492,9 @@ impl Writer {
                 frontier,
                 prev,
                 frontiers,
+                recent: std::collections::VecDeque::new(),
+                recent_start: start,
+                cosigned: signed.cosigned.clone(),
                 keys,
                 last_checkpoint,
                 unsynced: false,
@@ -480,10 +510,18 @@ impl Writer {
 
     fn run(mut self, rx: Receiver<Cmd>) {
         loop {
-            let first = match rx.recv_timeout(self.settings.sync_interval) {
+            // Polled, not woken per record: a sender never pays for waking this thread.
+            let first = match rx.try_recv() {
                 Ok(c) => Some(c),
-                Err(RecvTimeoutError::Timeout) => None,
-                Err(RecvTimeoutError::Disconnected) => break,
+                Err(TryRecvError::Empty) => {
+                    std::thread::sleep(POLL);
+                    match rx.try_recv() {
+                        Ok(c) => Some(c),
+                        Err(TryRecvError::Empty) => None,
+                        Err(TryRecvError::Disconnected) => break,
+                    }
+                }
+                Err(TryRecvError::Disconnected) => break,
             };
             let mut replies = Vec::new();
             let mut stop = None;
@@ -550,6 +588,10 @@ impl Writer {
             }
             Cmd::Cosigned(entry, tx) => {
                 let r = self.append_json(CHECKPOINTS, &entry);
+                if let CheckpointEntry::Cosignature { size, witness, .. } = &entry {
+                    self.cosigned.insert(witness.clone(), *size);
+                    self.trim_recent();
+                }
                 let _ = tx.send(r);
             }
             Cmd::Witnessed(entry, tx) => {
@@ -567,9 +609,14 @@ impl Writer {
                     }
                 }
             }
-            Cmd::FrontierAt(size, tx) => {
-                let _ = tx.send(self.frontiers.get(&size).cloned());
-            }
+            Cmd::ProofInputs(old, new, tx) => replies.push(Box::new(move |w: &mut Writer| {
+                let leaves = (old >= w.recent_start && new <= w.frontier.size()).then(|| {
+                    let from = (old - w.recent_start) as usize;
+                    let to = (new - w.recent_start) as usize;
+                    w.recent.range(from..to).copied().collect()
+                });
+                let _ = tx.send((w.frontiers.get(&old).cloned(), leaves));
+            })),
             Cmd::Prune(now, tx) => replies.push(Box::new(move |w: &mut Writer| {
                 let _ = tx.send(w.prune(now));
             })),
@@ -578,6 +625,20 @@ impl Writer {
                 let _ = tx.send(());
             })),
             Cmd::Stop(_) => unreachable!("handled by the loop"),
+        }
+    }
+
+    /// Forgets the leaves no peer's next proof starts before.
+    fn trim_recent(&mut self) {
+        let keep_from = self
+            .cosigned
+            .values()
+            .copied()
+            .min()
+            .unwrap_or(self.last_checkpoint)
+            .max(self.frontier.size().saturating_sub(RECENT_LEAVES as u64));
+        while self.recent_start < keep_from && self.recent.pop_front().is_some() {
+            self.recent_start += 1;
         }
     }
 
@@ -592,6 +653,11 @@ impl Writer {
         let h = leaf(line);
         self.frontier.push(h);
         self.prev = Some(h);
+        self.recent.push_back(h);
+        if self.recent.len() > RECENT_LEAVES {
+            self.recent.pop_front();
+            self.recent_start += 1;
+        }
         if self.lines.receiver_count() > 0 {
             let text = std::str::from_utf8(line).expect("JSON is UTF-8");
             let _ = self.lines.send(Arc::from(text));
