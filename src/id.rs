@@ -138,13 +138,19 @@ impl std::str::FromStr for MessageId {
 
 impl fmt::Display for MessageId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut out = [0u8; 36];
+        let mut n = 0;
         for (i, b) in self.0.iter().enumerate() {
             if matches!(i, 4 | 6 | 8 | 10) {
-                f.write_str("-")?;
+                out[n] = b'-';
+                n += 1;
             }
-            write!(f, "{b:02x}")?;
+            out[n] = DIGITS[(b >> 4) as usize];
+            out[n + 1] = DIGITS[(b & 15) as usize];
+            n += 2;
         }
-        Ok(())
+        f.write_str(std::str::from_utf8(&out).expect("hex digits"))
     }
 }
 

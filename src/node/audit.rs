@@ -564,10 +564,7 @@ impl Writer {
     #[allow(clippy::type_complexity)]
     fn handle(&mut self, c: Cmd, replies: &mut Vec<Box<dyn FnOnce(&mut Writer) + Send>>) {
         match c {
-            Cmd::Write { at, event, message } => {
-                let r = super::events::record(&self.node, &self.me, at, &event, message.as_deref());
-                self.append(r, at);
-            }
+            Cmd::Write { at, event, message } => self.append(at, &event, message.as_deref()),
             Cmd::Head(tx) => replies.push(Box::new(move |w: &mut Writer| {
                 let _ = tx.send(w.sync().map(|()| w.frontier.clone()));
             })),
@@ -642,13 +639,18 @@ impl Writer {
         }
     }
 
-    /// Seals a record (its position and its predecessor's hash) into the batch.
-    fn append(&mut self, mut r: Record, at: SystemTime) {
-        r.seq = self.frontier.size();
-        r.prev = self.prev.map(|p| hex(&p)).unwrap_or_default();
+    /// Seals the record of an event (its position and its predecessor's hash) into the batch.
+    fn append(&mut self, at: SystemTime, event: &Event, message: Option<&Message>) {
+        let prev = self.prev.map(|p| hex(&p)).unwrap_or_default();
+        let place = super::events::Place {
+            node: &self.node,
+            me: &self.me,
+            seq: self.frontier.size(),
+            prev: &prev,
+        };
         // Written straight into the batch: the line's bytes are hashed where they lie.
         let start = self.buf.len();
-        serde_json::to_writer(&mut self.buf, &r).expect("a record serializes");
+        super::events::write_record(&mut self.buf, &place, at, event, message);
         let line = &self.buf[start..];
         let h = leaf(line);
         self.frontier.push(h);
@@ -785,8 +787,7 @@ impl Writer {
         let pruned = Event::LogPruned {
             detail: detail.clone(),
         };
-        let r = super::events::record(&self.node, &self.me, at, &pruned, None);
-        self.append(r, at);
+        self.append(at, &pruned, None);
         self.write_out()?;
         Ok(Some(detail))
     }

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use tokio::sync::broadcast;
 
 use super::audit::Log;
-use crate::audit::{self, Record, hex};
+use crate::audit::{self, hex};
 use crate::message::Message;
 
 use crate::message::{MessageId, Precedence};
@@ -526,43 +526,137 @@ impl Events {
     }
 }
 
-/// The record of an event (its position and predecessor filled in by the writer).
-pub(crate) fn record(
-    node: &str,
-    me: &str,
+/// A value written into a record through its `Display`, without an allocation.
+struct Shown<'a>(&'a dyn std::fmt::Display);
+
+impl serde::Serialize for Shown<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self.0)
+    }
+}
+
+/// Addressees written as a list of strings, without an allocation each.
+struct Addressees<'a>(&'a [crate::message::Addressee]);
+
+impl serde::Serialize for Addressees<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().map(|a| Shown(a)))
+    }
+}
+
+/// A record as it is written: [`audit::Record`]'s fields in its order, borrowed from the
+/// event and the message (the writer serializes it straight into its batch).
+#[derive(serde::Serialize)]
+struct Out<'a> {
+    seq: u64,
+    prev: &'a str,
+    time: &'a str,
+    node: &'a str,
+    event: &'a str,
+    actor: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<Shown<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    originator: Option<Shown<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    addressees: Option<Addressees<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    payload_type: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    precedence: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sha256: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    refers_to: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    peer: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    queue: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    attempt: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    code: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    remote: Option<Shown<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    certificate: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    detail: Option<std::borrow::Cow<'a, str>>,
+}
+
+/// Where a record goes and what it continues.
+pub(crate) struct Place<'a> {
+    /// This node's name, and its identity (`<agency>/node/<name>`).
+    pub node: &'a str,
+    pub me: &'a str,
+    /// The record's position, and the previous record's leaf hash, hex ("" for the first).
+    pub seq: u64,
+    pub prev: &'a str,
+}
+
+/// Writes the delivery-log record of an event (an [`audit::Record`] line, without its newline) to
+/// `buf`: the event's fields, and the message's metadata when it is about one.
+pub(crate) fn write_record(
+    buf: &mut Vec<u8>,
+    place: &Place<'_>,
     at: SystemTime,
     e: &Event,
     m: Option<&Message>,
-) -> Record {
-    let mut r = Record {
-        time: audit::timestamp(at),
-        node: node.to_owned(),
-        ..Record::default()
+) {
+    use std::borrow::Cow;
+    let time = audit::timestamp(at);
+    let digest = m.map(|m| hex(m.sha256()));
+    let mut r = Out {
+        seq: place.seq,
+        prev: place.prev,
+        time: &time,
+        node: place.node,
+        event: "",
+        actor: place.me,
+        id: None,
+        originator: m.map(|m| Shown(&m.originator)),
+        addressees: m
+            .filter(|m| !m.addressees.is_empty())
+            .map(|m| Addressees(&m.addressees)),
+        payload_type: m.map(|m| m.payload_type.as_str()),
+        precedence: m.map(|m| m.precedence.as_str()),
+        status: m.map(|m| m.status.as_str()),
+        bytes: m.map(|m| m.envelope.len() as u64),
+        sha256: digest.as_deref(),
+        refers_to: m.and_then(|m| {
+            crate::receipt::Receipt::from_message(m)
+                .map(|x| x.message_id)
+                .or(m.in_reply_to)
+                .map(|id| id.to_string())
+        }),
+        peer: None,
+        queue: None,
+        attempt: None,
+        code: None,
+        reason: None,
+        remote: None,
+        certificate: None,
+        detail: None,
     };
-    if let Some(m) = m {
-        r.id = Some(m.id().to_string());
-        r.originator = Some(m.originator().to_string());
-        r.addressees = m.addressees().iter().map(|a| a.to_string()).collect();
-        r.payload_type = Some(m.payload_type().to_owned());
-        r.precedence = Some(m.precedence().to_string());
-        r.status = Some(m.status().to_string());
-        r.bytes = Some(m.envelope_bytes().len() as u64);
-        r.sha256 = Some(hex(m.sha256()));
-        r.refers_to = crate::receipt::Receipt::from_message(m)
-            .map(|x| x.message_id)
-            .or(m.in_reply_to())
-            .map(|id| id.to_string());
-    }
-    let node_actor = || me.to_owned();
-    let (event, actor) = match e {
+    let message_id: Option<MessageId>;
+    let event: &str;
+    let mut actor: &str = place.me;
+    match e {
         Event::Connected {
             remote,
             who,
             certificate,
         } => {
-            r.remote = Some(remote.to_string());
-            r.certificate = Some(certificate.clone());
-            ("connected", who.clone())
+            r.remote = Some(Shown(remote));
+            r.certificate = Some(certificate);
+            (event, actor) = ("connected", who);
+            message_id = None;
         }
         Event::ConnectionRefused {
             remote,
@@ -570,22 +664,21 @@ pub(crate) fn record(
             certificate,
             reason,
         } => {
-            r.remote = Some(remote.to_string());
-            r.certificate = certificate.clone();
-            r.reason = Some(reason.clone());
-            (
-                "connection_refused",
-                who.clone().unwrap_or_else(|| "-".into()),
-            )
+            r.remote = Some(Shown(remote));
+            r.certificate = certificate.as_deref();
+            r.reason = Some(reason);
+            (event, actor) = ("connection_refused", who.as_deref().unwrap_or("-"));
+            message_id = None;
         }
         Event::Disconnected {
             remote,
             who,
             reason,
         } => {
-            r.remote = Some(remote.to_string());
-            r.reason = Some(reason.clone());
-            ("disconnected", who.clone())
+            r.remote = Some(Shown(remote));
+            r.reason = Some(reason);
+            (event, actor) = ("disconnected", who);
+            message_id = None;
         }
         Event::Accepted {
             id,
@@ -593,19 +686,20 @@ pub(crate) fn record(
             destinations,
             ..
         } => {
-            r.id = Some(id.to_string());
-            r.detail = Some(format!("{destinations} destinations; on disk"));
-            let peer = from.split('/').nth(1) == Some("node") && from != me;
+            message_id = Some(*id);
+            r.detail = Some(Cow::Owned(format!("{destinations} destinations; on disk")));
+            let peer = from.split('/').nth(1) == Some("node") && from != place.me;
             if peer {
-                r.peer = from.rsplit('/').next().map(str::to_owned);
-                ("received", from.clone())
+                r.peer = from.rsplit('/').next();
+                event = "received";
             } else {
-                ("accepted", from.clone())
+                event = "accepted";
             }
+            actor = from;
         }
         Event::Duplicate { id, from } => {
-            r.id = Some(id.to_string());
-            ("duplicate", from.clone())
+            message_id = Some(*id);
+            (event, actor) = ("duplicate", from);
         }
         Event::Refused {
             id,
@@ -613,24 +707,26 @@ pub(crate) fn record(
             code,
             reason,
         } => {
-            r.id = id.map(|i| i.to_string());
-            r.code = Some(code.as_str_name().to_owned());
-            r.reason = Some(reason.clone());
-            ("refused", from.clone())
+            message_id = *id;
+            r.code = Some(code.as_str_name());
+            r.reason = Some(reason);
+            (event, actor) = ("refused", from);
         }
         Event::Reloaded { what, detail } => {
-            r.detail = Some(format!("{what}: {detail}"));
-            ("reloaded", node_actor())
+            r.detail = Some(Cow::Owned(format!("{what}: {detail}")));
+            event = "reloaded";
+            message_id = None;
         }
         Event::ReloadRefused { what, reason } => {
-            r.detail = Some(what.clone());
-            r.reason = Some(reason.clone());
-            ("reload_refused", node_actor())
+            r.detail = Some(Cow::Borrowed(what));
+            r.reason = Some(reason);
+            event = "reload_refused";
+            message_id = None;
         }
         Event::Forwarded { id, peer } => {
-            r.id = Some(id.to_string());
-            r.peer = Some(peer.clone());
-            ("forwarded", node_actor())
+            message_id = Some(*id);
+            r.peer = Some(peer);
+            event = "forwarded";
         }
         Event::ForwardRefused {
             id,
@@ -638,29 +734,29 @@ pub(crate) fn record(
             code,
             reason,
         } => {
-            r.id = Some(id.to_string());
-            r.peer = Some(peer.clone());
-            r.code = Some(code.as_str_name().to_owned());
-            r.reason = Some(reason.clone());
-            ("forward_refused", node_actor())
+            message_id = Some(*id);
+            r.peer = Some(peer);
+            r.code = Some(code.as_str_name());
+            r.reason = Some(reason);
+            event = "forward_refused";
         }
         Event::Dispatched { id, queue, attempt } => {
-            r.id = Some(id.to_string());
-            r.queue = Some(queue.clone());
+            message_id = Some(*id);
+            r.queue = Some(queue);
             r.attempt = Some(*attempt);
-            ("dispatched", node_actor())
+            event = "dispatched";
         }
         Event::Returned { id, queue, reason } => {
-            r.id = Some(id.to_string());
-            r.queue = Some(queue.clone());
-            r.reason = Some(reason.clone());
-            ("returned", node_actor())
+            message_id = Some(*id);
+            r.queue = Some(queue);
+            r.reason = Some(reason);
+            event = "returned";
         }
         Event::Deferred { id, queue, until } => {
-            r.id = Some(id.to_string());
-            r.queue = Some(queue.clone());
-            r.detail = Some(format!("until {}", audit::timestamp(*until)));
-            ("deferred", node_actor())
+            message_id = Some(*id);
+            r.queue = Some(queue);
+            r.detail = Some(Cow::Owned(format!("until {}", audit::timestamp(*until))));
+            event = "deferred";
         }
         Event::Retrying {
             id,
@@ -669,77 +765,90 @@ pub(crate) fn record(
             at,
             reason,
         } => {
-            r.id = Some(id.to_string());
-            r.queue = Some(queue.clone());
+            message_id = Some(*id);
+            r.queue = Some(queue);
             r.attempt = Some(*attempts);
-            r.reason = Some(reason.clone());
-            r.detail = Some(format!("next attempt {}", audit::timestamp(*at)));
-            ("retrying", node_actor())
+            r.reason = Some(reason);
+            r.detail = Some(Cow::Owned(format!(
+                "next attempt {}",
+                audit::timestamp(*at)
+            )));
+            event = "retrying";
         }
         Event::Purged { id, queue, reason } => {
-            r.id = id.map(|i| i.to_string());
-            r.queue = Some(queue.clone());
-            r.reason = Some(reason.clone());
-            ("purged", node_actor())
+            message_id = *id;
+            r.queue = Some(queue);
+            r.reason = Some(reason);
+            event = "purged";
         }
         Event::Delivered { id, to, attempt } => {
-            r.id = Some(id.to_string());
+            message_id = Some(*id);
             r.attempt = Some(*attempt);
-            ("delivered", to.clone())
+            (event, actor) = ("delivered", to);
         }
         Event::Acknowledged { id, by } => {
-            r.id = Some(id.to_string());
-            ("acknowledged", by.clone())
+            message_id = Some(*id);
+            (event, actor) = ("acknowledged", by);
         }
         Event::DeadLettered { id, queue, reason } => {
-            r.id = Some(id.to_string());
-            r.queue = Some(queue.clone());
-            r.reason = Some(reason.clone());
-            ("dead_lettered", node_actor())
+            message_id = Some(*id);
+            r.queue = Some(queue);
+            r.reason = Some(reason);
+            event = "dead_lettered";
         }
         Event::Redriven { id, queue, by } => {
-            r.id = Some(id.to_string());
-            r.queue = Some(queue.clone());
-            ("redriven", by.clone())
+            message_id = Some(*id);
+            r.queue = Some(queue);
+            (event, actor) = ("redriven", by);
         }
         Event::Expired { id, queue } => {
-            r.id = Some(id.to_string());
-            r.queue = Some(queue.clone());
-            ("expired", node_actor())
+            message_id = Some(*id);
+            r.queue = Some(queue);
+            event = "expired";
         }
         Event::Link {
             peer,
             state,
             detail,
         } => {
-            r.peer = Some(peer.clone());
-            r.detail = Some(format!("{state}: {detail}"));
-            ("link", node_actor())
+            r.peer = Some(peer);
+            r.detail = Some(Cow::Owned(format!("{state}: {detail}")));
+            event = "link";
+            message_id = None;
         }
         Event::Checkpoint { size } => {
-            r.detail = Some(format!("size {size}"));
-            ("checkpoint", node_actor())
+            r.detail = Some(Cow::Owned(format!("size {size}")));
+            event = "checkpoint";
+            message_id = None;
         }
         Event::Witnessed { peer, whose, size } => {
-            r.peer = Some(peer.clone());
-            r.detail = Some(format!("{whose} checkpoint of size {size} cosigned"));
-            ("checkpoint_witnessed", node_actor())
+            r.peer = Some(peer);
+            r.detail = Some(Cow::Owned(format!(
+                "{whose} checkpoint of size {size} cosigned"
+            )));
+            event = "checkpoint_witnessed";
+            message_id = None;
         }
         Event::WitnessRefused { peer, reason } => {
-            r.peer = Some(peer.clone());
-            r.reason = Some(reason.clone());
-            ("witness_refused", node_actor())
+            r.peer = Some(peer);
+            r.reason = Some(reason);
+            event = "witness_refused";
+            message_id = None;
         }
         Event::LogPruned { detail } => {
-            r.detail = Some(detail.clone());
-            ("pruned", node_actor())
+            r.detail = Some(Cow::Borrowed(detail));
+            event = "pruned";
+            message_id = None;
         }
         Event::LogRead { by, what } => {
-            r.detail = Some(what.clone());
-            ("log_read", by.clone())
+            r.detail = Some(Cow::Borrowed(what));
+            (event, actor) = ("log_read", by);
+            message_id = None;
         }
-    };
-    r.event = event.to_owned();
+    }
+    r.event = event;
     r.actor = actor;
-    r
+    let message_id = message_id.or(m.map(|m| m.id));
+    r.id = message_id.as_ref().map(|i| Shown(i));
+    serde_json::to_writer(buf, &r).expect("a record serializes");
 }
