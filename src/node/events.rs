@@ -529,24 +529,11 @@ impl Events {
 /// A value written into a record through its `Display`, without an allocation.
 struct Shown<'a>(&'a dyn std::fmt::Display);
 
-impl serde::Serialize for Shown<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self.0)
-    }
-}
-
-/// Addressees written as a list of strings, without an allocation each.
+/// Addressees, written as a list of strings without an allocation each.
 struct Addressees<'a>(&'a [crate::message::Addressee]);
 
-impl serde::Serialize for Addressees<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_seq(self.0.iter().map(|a| Shown(a)))
-    }
-}
-
 /// A record as it is written: [`audit::Record`]'s fields in its order, borrowed from the
-/// event and the message (the writer serializes it straight into its batch).
-#[derive(serde::Serialize)]
+/// event and the message (written straight into the writer's batch by [`Out::write`]).
 struct Out<'a> {
     seq: u64,
     prev: &'a str,
@@ -554,39 +541,22 @@ struct Out<'a> {
     node: &'a str,
     event: &'a str,
     actor: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
     id: Option<Shown<'a>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     originator: Option<Shown<'a>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     addressees: Option<Addressees<'a>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     payload_type: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     precedence: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     status: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     bytes: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     sha256: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     refers_to: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     peer: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     queue: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     attempt: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     code: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     reason: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     remote: Option<Shown<'a>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     certificate: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     detail: Option<std::borrow::Cow<'a, str>>,
 }
 
@@ -850,5 +820,186 @@ pub(crate) fn write_record(
     r.actor = actor;
     let message_id = message_id.or(m.map(|m| m.id));
     r.id = message_id.as_ref().map(|i| Shown(i));
-    serde_json::to_writer(buf, &r).expect("a record serializes");
+    r.write(buf);
+}
+
+impl Out<'_> {
+    /// Writes the record as serde would (the same bytes as `serde_json::to_writer`, which the
+    /// tests check), without escaping what cannot need it: numbers, hex, times, ids, names
+    /// the node chose. Text from outside (identities, reasons, details) is escaped by serde.
+    fn write(&self, buf: &mut Vec<u8>) {
+        use std::io::Write as _;
+        let text = |buf: &mut Vec<u8>, v: &str| {
+            serde_json::to_writer(&mut *buf, v).expect("a string serializes");
+        };
+        let plain = |buf: &mut Vec<u8>, v: &str| {
+            if v.bytes()
+                .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
+            {
+                buf.push(b'"');
+                buf.extend_from_slice(v.as_bytes());
+                buf.push(b'"');
+            } else {
+                serde_json::to_writer(&mut *buf, v).expect("a string serializes");
+            }
+        };
+        let _ = write!(buf, "{{\"seq\":{}", self.seq);
+        buf.extend_from_slice(b",\"prev\":");
+        plain(buf, self.prev);
+        buf.extend_from_slice(b",\"time\":");
+        plain(buf, self.time);
+        buf.extend_from_slice(b",\"node\":");
+        plain(buf, self.node);
+        buf.extend_from_slice(b",\"event\":");
+        plain(buf, self.event);
+        buf.extend_from_slice(b",\"actor\":");
+        text(buf, self.actor);
+        // A value shown through its Display: written in place, escaped only if it must be.
+        let shown = |buf: &mut Vec<u8>, v: &dyn std::fmt::Display| {
+            let start = buf.len();
+            buf.push(b'"');
+            let _ = write!(buf, "{v}");
+            let body = &buf[start + 1..];
+            if body
+                .iter()
+                .all(|b| b.is_ascii_graphic() && *b != b'"' && *b != b'\\')
+            {
+                buf.push(b'"');
+            } else {
+                let owned = String::from_utf8_lossy(body).into_owned();
+                buf.truncate(start);
+                text(buf, &owned);
+            }
+        };
+        if let Some(id) = &self.id {
+            buf.extend_from_slice(b",\"id\":");
+            shown(buf, id.0);
+        }
+        if let Some(o) = &self.originator {
+            buf.extend_from_slice(b",\"originator\":");
+            shown(buf, o.0);
+        }
+        if let Some(a) = &self.addressees {
+            buf.extend_from_slice(b",\"addressees\":[");
+            for (i, x) in a.0.iter().enumerate() {
+                if i > 0 {
+                    buf.push(b',');
+                }
+                shown(buf, x);
+            }
+            buf.push(b']');
+        }
+        let opt = |buf: &mut Vec<u8>, k: &str, v: Option<&str>, safe: bool| {
+            if let Some(v) = v {
+                buf.extend_from_slice(b",\"");
+                buf.extend_from_slice(k.as_bytes());
+                buf.extend_from_slice(b"\":");
+                if safe { plain(buf, v) } else { text(buf, v) }
+            }
+        };
+        opt(buf, "payload_type", self.payload_type, false);
+        opt(buf, "precedence", self.precedence, true);
+        opt(buf, "status", self.status, true);
+        if let Some(b) = self.bytes {
+            let _ = write!(buf, ",\"bytes\":{b}");
+        }
+        opt(buf, "sha256", self.sha256, true);
+        opt(buf, "refers_to", self.refers_to.as_deref(), true);
+        opt(buf, "peer", self.peer, false);
+        opt(buf, "queue", self.queue, false);
+        if let Some(a) = self.attempt {
+            let _ = write!(buf, ",\"attempt\":{a}");
+        }
+        opt(buf, "code", self.code, true);
+        opt(buf, "reason", self.reason, false);
+        if let Some(r) = &self.remote {
+            buf.extend_from_slice(b",\"remote\":");
+            shown(buf, r.0);
+        }
+        opt(buf, "certificate", self.certificate, true);
+        opt(buf, "detail", self.detail.as_deref(), false);
+        buf.push(b'}');
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    fn message() -> Message {
+        use prost::Message as _;
+        let o = crate::message::Originator {
+            agency: crate::identity::AgencyId::new("dea").unwrap(),
+            node: "dea-1".into(),
+            client: Some("duty-desk".into()),
+        };
+        let env = crate::draft::Draft::new(&crate::wire::pb::LiaisonMessage::default())
+            .to("pgr")
+            .to("afi/analysts")
+            .finish(&o, UNIX_EPOCH + Duration::from_secs(1_800_000_000));
+        Message::parse(env.encode_to_vec().into(), None).unwrap()
+    }
+
+    /// The hand-written record is byte for byte what serde writes, and reads back as a
+    /// `Record`, for events with and without a message and text that must be escaped.
+    #[test]
+    fn records_are_written_as_serde_would_write_them() {
+        let m = message();
+        let at = UNIX_EPOCH + Duration::from_micros(1_800_000_000_123_456);
+        let events = [
+            Event::Accepted {
+                id: m.id,
+                from: "dea/client/duty-desk".into(),
+                precedence: m.precedence,
+                destinations: 2,
+            },
+            Event::Refused {
+                id: None,
+                from: "dea/client/\"odd\" \u{e9}\\ name".into(),
+                code: RefusalCode::PolicyDenied,
+                reason: "denied by \"dea-1.policy.toml#default-deny\"\n\ttab \u{1F600}".into(),
+            },
+            Event::Connected {
+                remote: "127.0.0.1:7400".parse().unwrap(),
+                who: "pgr/node/pgr-1".into(),
+                certificate: "ab".repeat(32),
+            },
+            Event::Retrying {
+                id: m.id,
+                queue: "outbox:pgr-1".into(),
+                attempts: 3,
+                at,
+                reason: "did not acknowledge in time".into(),
+            },
+        ];
+        for (i, e) in events.iter().enumerate() {
+            for with in [None, Some(&m)] {
+                let place = Place {
+                    node: "dea-1",
+                    me: "dea/node/dea-1",
+                    seq: i as u64,
+                    prev: "00ff",
+                };
+                let mut fast = Vec::new();
+                write_record(&mut fast, &place, at, e, with);
+                // The same record through serde.
+                let mut slow = Vec::new();
+                let mut probe = Vec::new();
+                write_record(&mut probe, &place, at, e, with);
+                let parsed: crate::audit::Record = serde_json::from_slice(&probe).unwrap();
+                serde_json::to_writer(&mut slow, &parsed).unwrap();
+                assert_eq!(
+                    String::from_utf8_lossy(&fast),
+                    String::from_utf8_lossy(&slow),
+                    "event {i}"
+                );
+                assert_eq!(parsed.seq, i as u64);
+                if with.is_some() {
+                    assert_eq!(parsed.addressees, vec!["pgr", "afi/analysts"]);
+                    assert_eq!(parsed.sha256.as_ref().map(String::len), Some(64));
+                }
+            }
+        }
+    }
 }
