@@ -134,6 +134,8 @@ pub struct Message {
     pub(crate) signature: Option<pb::Signature>,
     /// The SHA-256 of `envelope`, computed when first asked for (the delivery log).
     pub(crate) sha256: std::sync::OnceLock<[u8; 32]>,
+    /// The message's part of a delivery-log record, written once (see `node::events`).
+    pub(crate) audit: std::sync::OnceLock<Box<[u8]>>,
 }
 
 impl Message {
@@ -282,6 +284,7 @@ impl Message {
             envelope,
             signature,
             sha256: std::sync::OnceLock::new(),
+            audit: std::sync::OnceLock::new(),
         })
     }
 

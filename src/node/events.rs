@@ -580,8 +580,7 @@ pub(crate) fn write_record(
     m: Option<&Message>,
 ) {
     use std::borrow::Cow;
-    let time = audit::timestamp(at);
-    let digest = m.map(|m| hex(m.sha256()));
+    let time = record_time(at);
     let mut r = Out {
         seq: place.seq,
         prev: place.prev,
@@ -598,7 +597,7 @@ pub(crate) fn write_record(
         precedence: m.map(|m| m.precedence.as_str()),
         status: m.map(|m| m.status.as_str()),
         bytes: m.map(|m| m.envelope.len() as u64),
-        sha256: digest.as_deref(),
+        sha256: None,
         refers_to: m.and_then(|m| {
             crate::receipt::Receipt::from_message(m)
                 .map(|x| x.message_id)
@@ -820,29 +819,76 @@ pub(crate) fn write_record(
     r.actor = actor;
     let message_id = message_id.or(m.map(|m| m.id));
     r.id = message_id.as_ref().map(|i| Shown(i));
-    r.write(buf);
+    // The message's part is written once per message and kept with it (see `meta` below).
+    let digest = m
+        .filter(|m| message_id != Some(m.id) || m.audit.get().is_none())
+        .map(|m| hex(m.sha256()));
+    r.sha256 = digest.as_deref();
+    let meta = m.filter(|m| message_id == Some(m.id)).map(|m| {
+        &**m.audit.get_or_init(|| {
+            let mut b = Vec::new();
+            r.write_meta(&mut b);
+            b.into_boxed_slice()
+        })
+    });
+    r.write(buf, meta);
+}
+
+/// A JSON string, escaped by serde.
+fn text(buf: &mut Vec<u8>, v: &str) {
+    serde_json::to_writer(&mut *buf, v).expect("a string serializes");
+}
+
+/// Whether a string needs no escaping in JSON.
+fn is_plain(v: &[u8]) -> bool {
+    v.iter()
+        .all(|b| b.is_ascii_graphic() && *b != b'"' && *b != b'\\')
+}
+
+/// A JSON string that rarely needs escaping, escaped only if it does.
+fn plain(buf: &mut Vec<u8>, v: &str) {
+    if is_plain(v.as_bytes()) {
+        buf.push(b'"');
+        buf.extend_from_slice(v.as_bytes());
+        buf.push(b'"');
+    } else {
+        text(buf, v);
+    }
+}
+
+/// A value shown through its `Display`: written in place, escaped only if it must be.
+fn shown(buf: &mut Vec<u8>, v: &dyn std::fmt::Display) {
+    use std::io::Write as _;
+    let start = buf.len();
+    buf.push(b'"');
+    let _ = write!(buf, "{v}");
+    if is_plain(&buf[start + 1..]) {
+        buf.push(b'"');
+    } else {
+        let owned = String::from_utf8_lossy(&buf[start + 1..]).into_owned();
+        buf.truncate(start);
+        text(buf, &owned);
+    }
+}
+
+/// An optional field, left out when absent.
+fn opt(buf: &mut Vec<u8>, k: &str, v: Option<&str>, safe: bool) {
+    if let Some(v) = v {
+        buf.extend_from_slice(b",\"");
+        buf.extend_from_slice(k.as_bytes());
+        buf.extend_from_slice(b"\":");
+        if safe { plain(buf, v) } else { text(buf, v) }
+    }
 }
 
 impl Out<'_> {
-    /// Writes the record as serde would (the same bytes as `serde_json::to_writer`, which the
-    /// tests check), without escaping what cannot need it: numbers, hex, times, ids, names
-    /// the node chose. Text from outside (identities, reasons, details) is escaped by serde.
-    fn write(&self, buf: &mut Vec<u8>) {
+    /// Writes the record as serde would (the same bytes as `serde_json::to_writer` of the
+    /// [`audit::Record`], which the tests check), without escaping what cannot need it:
+    /// numbers, hex, times, ids, names the node chose. Text from outside (identities,
+    /// reasons, details) is escaped by serde. `meta`: the message's part (from `id` to
+    /// `refers_to`) as [`Out::write_meta`] wrote it before, if the message has one.
+    fn write(&self, buf: &mut Vec<u8>, meta: Option<&[u8]>) {
         use std::io::Write as _;
-        let text = |buf: &mut Vec<u8>, v: &str| {
-            serde_json::to_writer(&mut *buf, v).expect("a string serializes");
-        };
-        let plain = |buf: &mut Vec<u8>, v: &str| {
-            if v.bytes()
-                .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
-            {
-                buf.push(b'"');
-                buf.extend_from_slice(v.as_bytes());
-                buf.push(b'"');
-            } else {
-                serde_json::to_writer(&mut *buf, v).expect("a string serializes");
-            }
-        };
         let _ = write!(buf, "{{\"seq\":{}", self.seq);
         buf.extend_from_slice(b",\"prev\":");
         plain(buf, self.prev);
@@ -854,23 +900,29 @@ impl Out<'_> {
         plain(buf, self.event);
         buf.extend_from_slice(b",\"actor\":");
         text(buf, self.actor);
-        // A value shown through its Display: written in place, escaped only if it must be.
-        let shown = |buf: &mut Vec<u8>, v: &dyn std::fmt::Display| {
-            let start = buf.len();
-            buf.push(b'"');
-            let _ = write!(buf, "{v}");
-            let body = &buf[start + 1..];
-            if body
-                .iter()
-                .all(|b| b.is_ascii_graphic() && *b != b'"' && *b != b'\\')
-            {
-                buf.push(b'"');
-            } else {
-                let owned = String::from_utf8_lossy(body).into_owned();
-                buf.truncate(start);
-                text(buf, &owned);
-            }
-        };
+        match meta {
+            Some(m) => buf.extend_from_slice(m),
+            None => self.write_meta(buf),
+        }
+        opt(buf, "peer", self.peer, false);
+        opt(buf, "queue", self.queue, false);
+        if let Some(a) = self.attempt {
+            let _ = write!(buf, ",\"attempt\":{a}");
+        }
+        opt(buf, "code", self.code, true);
+        opt(buf, "reason", self.reason, false);
+        if let Some(r) = &self.remote {
+            buf.extend_from_slice(b",\"remote\":");
+            shown(buf, r.0);
+        }
+        opt(buf, "certificate", self.certificate, true);
+        opt(buf, "detail", self.detail.as_deref(), false);
+        buf.push(b'}');
+    }
+
+    /// The fields from `id` to `refers_to`: the same for every record of one message.
+    fn write_meta(&self, buf: &mut Vec<u8>) {
+        use std::io::Write as _;
         if let Some(id) = &self.id {
             buf.extend_from_slice(b",\"id\":");
             shown(buf, id.0);
@@ -889,14 +941,6 @@ impl Out<'_> {
             }
             buf.push(b']');
         }
-        let opt = |buf: &mut Vec<u8>, k: &str, v: Option<&str>, safe: bool| {
-            if let Some(v) = v {
-                buf.extend_from_slice(b",\"");
-                buf.extend_from_slice(k.as_bytes());
-                buf.extend_from_slice(b"\":");
-                if safe { plain(buf, v) } else { text(buf, v) }
-            }
-        };
         opt(buf, "payload_type", self.payload_type, false);
         opt(buf, "precedence", self.precedence, true);
         opt(buf, "status", self.status, true);
@@ -905,21 +949,30 @@ impl Out<'_> {
         }
         opt(buf, "sha256", self.sha256, true);
         opt(buf, "refers_to", self.refers_to.as_deref(), true);
-        opt(buf, "peer", self.peer, false);
-        opt(buf, "queue", self.queue, false);
-        if let Some(a) = self.attempt {
-            let _ = write!(buf, ",\"attempt\":{a}");
-        }
-        opt(buf, "code", self.code, true);
-        opt(buf, "reason", self.reason, false);
-        if let Some(r) = &self.remote {
-            buf.extend_from_slice(b",\"remote\":");
-            shown(buf, r.0);
-        }
-        opt(buf, "certificate", self.certificate, true);
-        opt(buf, "detail", self.detail.as_deref(), false);
-        buf.push(b'}');
     }
+}
+
+/// When a record was written: RFC 3339 to the microsecond, the date and time of day
+/// formatted once a second (the writer's thread keeps the last one).
+fn record_time(at: SystemTime) -> String {
+    use std::cell::RefCell;
+    use std::fmt::Write as _;
+    thread_local! {
+        static SECOND: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+    }
+    let d = at.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    SECOND.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.0 != d.as_secs() {
+            let full = audit::timestamp(at);
+            // "YYYY-MM-DDTHH:MM:SS." and the rest.
+            *c = (d.as_secs(), full[..20].to_owned());
+        }
+        let mut s = String::with_capacity(27);
+        s.push_str(&c.1);
+        let _ = write!(s, "{:06}Z", d.subsec_micros());
+        s
+    })
 }
 
 #[cfg(test)]
