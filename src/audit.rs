@@ -9,7 +9,7 @@
 //! checkpoints.jsonl                      signed checkpoints and the witnesses' cosignatures
 //! keys.jsonl                             the keys that signed them, with their certificates
 //! base.json                              after pruning: where the kept records start
-//! witnessed.jsonl                        the peers' checkpoints this node has cosigned
+//! witnessed.jsonl                        the latest checkpoint of each peer this node cosigned
 //! ```
 //!
 //! Each [`Record`] is one line; its exact bytes are a leaf of an RFC 9162 Merkle tree, and it
@@ -158,19 +158,7 @@ pub fn unhex32(s: &str) -> Option<Hash> {
 
 /// A time as records write it: RFC 3339, UTC, microseconds.
 pub fn timestamp(t: SystemTime) -> String {
-    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let odt = time::OffsetDateTime::from_unix_timestamp(d.as_secs() as i64)
-        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
-        odt.year(),
-        u8::from(odt.month()),
-        odt.day(),
-        odt.hour(),
-        odt.minute(),
-        odt.second(),
-        d.subsec_micros()
-    )
+    crate::message::rfc3339_micros(t)
 }
 
 /// Reads a time written by [`timestamp`] (or any RFC 3339 time).
@@ -303,11 +291,6 @@ impl Filter {
             }
         }
         true
-    }
-
-    /// Whether nothing is asked for.
-    pub fn is_empty(&self) -> bool {
-        *self == Filter::default()
     }
 }
 

@@ -567,18 +567,31 @@ pub(crate) fn from_millis(ms: u64) -> SystemTime {
 /// assert_eq!(enlace::rfc3339(t), "2026-11-18T11:06:40.123Z");
 /// ```
 pub fn rfc3339(t: SystemTime) -> String {
+    utc(t, 3)
+}
+
+/// As [`rfc3339`], to the microsecond (the delivery log's records).
+pub(crate) fn rfc3339_micros(t: SystemTime) -> String {
+    utc(t, 6)
+}
+
+/// RFC 3339 UTC with `digits` (3 or 6) of the second's fraction.
+fn utc(t: SystemTime, digits: usize) -> String {
     let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
     let odt = time::OffsetDateTime::from_unix_timestamp(d.as_secs() as i64)
         .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    let fraction = match digits {
+        3 => d.subsec_millis(),
+        _ => d.subsec_micros(),
+    };
     format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{fraction:0digits$}Z",
         odt.year(),
         u8::from(odt.month()),
         odt.day(),
         odt.hour(),
         odt.minute(),
         odt.second(),
-        d.subsec_millis()
     )
 }
 

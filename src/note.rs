@@ -262,13 +262,13 @@ impl Checkpoint {
             .next()
             .filter(|o| !o.is_empty())
             .ok_or(NoteError::NotCheckpoint("no origin line"))?;
-        let size = lines
-            .next()
-            .and_then(|s| s.parse::<u64>().ok())
-            .filter(|_| true)
-            .ok_or(NoteError::NotCheckpoint(
-                "the second line is not a tree size",
-            ))?;
+        let size =
+            lines
+                .next()
+                .and_then(|s| s.parse::<u64>().ok())
+                .ok_or(NoteError::NotCheckpoint(
+                    "the second line is not a tree size",
+                ))?;
         let root = lines
             .next()
             .and_then(|r| B64.decode(r).ok())

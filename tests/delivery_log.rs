@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use common::{SendAndWait, TestNet, wait_event, within};
-use enlace::audit::verify::{Keys, Report, verify_dir};
+use enlace::audit::verify::{Report, verify_dir};
 use enlace::audit::{CheckpointEntry, Record};
 use enlace::node::Event;
 use enlace::pb::{self, RefusalCode};
@@ -265,7 +265,7 @@ async fn verify_finds_each_kind_of_tampering_at_the_right_place() {
     let original = log_dir(&net, "dea-1");
     let kept = stop_keeping_files(net).await;
     let dir = kept.path().to_owned();
-    let clean = verify_dir(&original, &Keys::FromLog).unwrap();
+    let clean = verify_dir(&original).unwrap();
     assert!(clean.ok(), "{:?}", clean.problems);
     assert!(clean.records > 20 && clean.last_checkpoint == Some(clean.records));
 
@@ -281,7 +281,7 @@ async fn verify_finds_each_kind_of_tampering_at_the_right_place() {
     edit_lines(&d, |l| {
         l[7] = l[7].replacen("\"node\":\"dea-1\"", "\"node\":\"dea-2\"", 1)
     });
-    let p = first_problem(&verify_dir(&d, &Keys::FromLog).unwrap());
+    let p = first_problem(&verify_dir(&d).unwrap());
     assert!(p.starts_with("record 7 (") && p.contains("altered"), "{p}");
 
     // Record 5 deleted.
@@ -289,13 +289,13 @@ async fn verify_finds_each_kind_of_tampering_at_the_right_place() {
     edit_lines(&d, |l| {
         l.remove(5);
     });
-    let p = first_problem(&verify_dir(&d, &Keys::FromLog).unwrap());
+    let p = first_problem(&verify_dir(&d).unwrap());
     assert!(p.starts_with("record 5 (") && p.contains("missing"), "{p}");
 
     // Records 9 and 10 swapped.
     let d = case("reordered");
     edit_lines(&d, |l| l.swap(9, 10));
-    let p = first_problem(&verify_dir(&d, &Keys::FromLog).unwrap());
+    let p = first_problem(&verify_dir(&d).unwrap());
     assert!(
         p.starts_with("record 9 (") && p.contains("out of order"),
         "{p}"
@@ -305,7 +305,7 @@ async fn verify_finds_each_kind_of_tampering_at_the_right_place() {
     let d = case("truncated");
     let n = clean.records as usize;
     edit_lines(&d, |l| l.truncate(n - 5));
-    let p = first_problem(&verify_dir(&d, &Keys::FromLog).unwrap());
+    let p = first_problem(&verify_dir(&d).unwrap());
     assert!(
         p.contains(&format!("record {}", n - 5)) && p.contains("truncated"),
         "{p}"
@@ -327,7 +327,7 @@ async fn verify_finds_each_kind_of_tampering_at_the_right_place() {
         out.push('\n');
     }
     std::fs::write(&path, out).unwrap();
-    let p = first_problem(&verify_dir(&d, &Keys::FromLog).unwrap());
+    let p = first_problem(&verify_dir(&d).unwrap());
     assert!(p.contains("forged"), "{p}");
 
     // The CLI on the whole data directory: every node passes; after one byte changed, it fails
@@ -425,7 +425,7 @@ async fn a_node_that_rewrites_its_history_is_caught_by_its_witness() {
         ..Default::default()
     };
     let mut found = 0;
-    enlace::audit::files::scan(&pgr_log, &filter, 0, |_, r| {
+    enlace::audit::files::scan(&pgr_log, &filter, |_, r| {
         found += usize::from(r.peer.as_deref() == Some("dea-1"));
         true
     })
@@ -434,9 +434,9 @@ async fn a_node_that_rewrites_its_history_is_caught_by_its_witness() {
     // Offline, DEA's log checks alone (the rewriter signed new checkpoints with its own key),
     // but not against the checkpoint PGR cosigned.
     let dea_log = dir;
-    let alone = verify_dir(&dea_log, &Keys::FromLog).unwrap();
+    let alone = verify_dir(&dea_log).unwrap();
     assert!(alone.ok(), "{:?}", alone.problems);
-    let reports = enlace::audit::verify::verify_dirs(&[dea_log, pgr_log], &Keys::FromLog).unwrap();
+    let reports = enlace::audit::verify::verify_dirs(&[dea_log, pgr_log]).unwrap();
     let p = first_problem(&reports[0]);
     assert!(p.contains("pgr-1 cosigned") && p.contains("altered"), "{p}");
     assert!(reports[1].ok(), "{:?}", reports[1].problems);
@@ -471,7 +471,7 @@ async fn old_records_are_pruned_behind_a_checkpoint_and_the_log_still_verifies()
     assert!(pruned.contains("older than 400 days"), "{pruned}");
     let left = enlace::audit::files::record_files(&dir).unwrap();
     assert!(left.len() < files && left[0].0 > 0);
-    let report = verify_dir(&dir, &Keys::FromLog).unwrap();
+    let report = verify_dir(&dir).unwrap();
     assert!(report.ok(), "{:?}", report.problems);
     assert_eq!(report.first, left[0].0);
     // The pruning is itself a record.

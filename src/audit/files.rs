@@ -60,17 +60,14 @@ pub fn base(dir: &Path) -> io::Result<Option<Result<Base, String>>> {
     }
 }
 
-/// Calls `each` with every record (and its line) that `filter` matches, from record `from` on,
-/// oldest first, until it returns `false`. Lines that are not records are skipped.
+/// Calls `each` with every record (and its line) that `filter` matches, oldest first, until it
+/// returns `false`. Lines that are not records are skipped.
 pub fn scan(
     dir: &Path,
     filter: &Filter,
-    from: u64,
     mut each: impl FnMut(&str, Record) -> bool,
 ) -> io::Result<()> {
-    let files = record_files(dir)?;
-    let start = files.iter().rposition(|(s, _)| *s <= from).unwrap_or(0);
-    for (_, path) in &files[start..] {
+    for (_, path) in &record_files(dir)? {
         let f = match fs::File::open(path) {
             Ok(f) => f,
             // Pruned while we read.
@@ -82,7 +79,7 @@ pub fn scan(
             let Ok(r) = serde_json::from_str::<Record>(&line) else {
                 continue;
             };
-            if r.seq >= from && filter.matches(&r) && !each(&line, r) {
+            if filter.matches(&r) && !each(&line, r) {
                 return Ok(());
             }
         }

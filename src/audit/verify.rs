@@ -69,25 +69,17 @@ impl Report {
     }
 }
 
-/// Which keys a checkpoint's signatures must verify with.
-#[derive(Debug, Clone)]
-pub enum Keys {
-    /// The keys in the log's own `keys.jsonl` (only as good as the files themselves: a node
-    /// that rewrites its log can rewrite them too; anchor them with [`Keys::Trusted`]).
-    FromLog,
-    /// Keys the auditor trusts, e.g. from the federation's certificates.
-    Trusted(Vec<VerifierKey>),
-}
-
-/// Checks the log in `dir`.
-pub fn verify_dir(dir: &Path, keys: &Keys) -> io::Result<Report> {
-    verify_dir_witnessed(dir, keys, &[])
+/// Checks the log in `dir`. The keys signatures must verify with are those of the log's own
+/// `keys.jsonl`: only as good as the files themselves (a node that rewrites its log can rewrite
+/// them too), which is why [`verify_dirs`] also checks each log against what its witnesses kept.
+pub fn verify_dir(dir: &Path) -> io::Result<Report> {
+    verify_dir_witnessed(dir, &[])
 }
 
 /// Checks the logs in `dirs` (the nodes of one federation, e.g. a demo's), each also against
 /// the checkpoints of it that the others cosigned as witnesses: a log rewritten with its own
 /// node's key still verifies alone, but not against what its partners kept.
-pub fn verify_dirs(dirs: &[std::path::PathBuf], keys: &Keys) -> io::Result<Vec<Report>> {
+pub fn verify_dirs(dirs: &[std::path::PathBuf]) -> io::Result<Vec<Report>> {
     let mut witnessed: Vec<(String, String, Checkpoint)> = Vec::new();
     for d in dirs {
         let witness = d.parent().and_then(|p| p.file_name()).map_or_else(
@@ -101,7 +93,7 @@ pub fn verify_dirs(dirs: &[std::path::PathBuf], keys: &Keys) -> io::Result<Vec<R
         }
     }
     dirs.iter()
-        .map(|d| verify_dir_witnessed(d, keys, &witnessed))
+        .map(|d| verify_dir_witnessed(d, &witnessed))
         .collect()
 }
 
@@ -109,28 +101,21 @@ pub fn verify_dirs(dirs: &[std::path::PathBuf], keys: &Keys) -> io::Result<Vec<R
 /// `witnessed` (witness, the node whose log it is, checkpoint; other nodes' are skipped).
 pub fn verify_dir_witnessed(
     dir: &Path,
-    keys: &Keys,
     witnessed: &[(String, String, Checkpoint)],
 ) -> io::Result<Report> {
     let mut report = Report::default();
-    let keys: HashMap<String, VerifierKey> = match keys {
-        Keys::Trusted(k) => k.iter().map(|k| (k.name.clone(), k.clone())).collect(),
-        Keys::FromLog => {
-            report
-                .notes
-                .push("signature keys taken from the log's own keys.jsonl".into());
-            let mut m = HashMap::new();
-            for (i, k) in files::keys(dir)?.into_iter().enumerate() {
-                match k.ok().and_then(|k| VerifierKey::decode(&k.key)) {
-                    Some(k) => {
-                        m.insert(k.name.clone(), k);
-                    }
-                    None => report.problem(None, format!("keys.jsonl:{}", i + 1), "not a key"),
-                }
+    report
+        .notes
+        .push("signature keys taken from the log's own keys.jsonl".into());
+    let mut keys: HashMap<String, VerifierKey> = HashMap::new();
+    for (i, k) in files::keys(dir)?.into_iter().enumerate() {
+        match k.ok().and_then(|k| VerifierKey::decode(&k.key)) {
+            Some(k) => {
+                keys.insert(k.name.clone(), k);
             }
-            m
+            None => report.problem(None, format!("keys.jsonl:{}", i + 1), "not a key"),
         }
-    };
+    }
 
     // Where the kept records start.
     let (mut frontier, mut prev, first) = match files::base(dir)? {

@@ -192,7 +192,7 @@ async fn read(dir: &Path, filter: &Filter, limit: usize) -> (Vec<String>, Option
     tokio::task::spawn_blocking(move || {
         let mut out = VecDeque::new();
         let mut last = None;
-        let _ = audit::files::scan(&dir, &filter, 0, |line, r| {
+        let _ = audit::files::scan(&dir, &filter, |line, r| {
             if out.len() == limit {
                 out.pop_front();
             }

@@ -92,9 +92,7 @@ fn pem_error(path: &Path, e: rustls_pki_types::pem::Error) -> PkiError {
 }
 
 /// Lowercase hex without separators, the form [`crate::identity::PeerCert::serial`] uses.
-pub(super) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
+pub(super) use crate::audit::hex;
 
 /// Parses hex (either case); `None` unless it is a non-empty, even-length hex string.
 pub(super) fn unhex(s: &str) -> Option<Vec<u8>> {

@@ -45,7 +45,10 @@ pub enum StoreError {
     #[error("record {0} is not dead-lettered")]
     NotDead(u64),
     /// [`super::Store::commit_if_new`] found this message already in this queue. Nothing was written.
-    #[error("message {} is already in queue {queue}", hex(message_id))]
+    #[error(
+        "message {} is already in queue {queue}",
+        crate::audit::hex(message_id)
+    )]
     Duplicate { queue: String, message_id: [u8; 16] },
     /// A record or an option out of bounds. Nothing was written.
     #[error("invalid store input: {0}")]
@@ -57,8 +60,4 @@ impl StoreError {
     pub fn is_fatal(&self) -> bool {
         matches!(self, StoreError::Failed(_))
     }
-}
-
-fn hex(id: &[u8; 16]) -> String {
-    id.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -40,10 +40,6 @@ fn progress_path(file: &Path) -> PathBuf {
     PathBuf::from(p)
 }
 
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
 /// Builds the message for one line.
 fn line_draft(a: &SendArgs, namespace: &[u8], line_no: u64, line: &str) -> anyhow::Result<Draft> {
     let v: serde_json::Value = serde_json::from_str(line).context("not JSON")?;
@@ -110,7 +106,7 @@ impl Tracker {
             self.saved.lines_done += 1;
             self.saved.bytes_done += bytes.len() as u64;
         }
-        self.saved.prefix_sha256 = hex(self.digest.clone().finish().as_ref());
+        self.saved.prefix_sha256 = enlace::audit::hex(self.digest.clone().finish().as_ref());
     }
 
     fn save(&self, path: &Path) -> anyhow::Result<()> {
@@ -143,7 +139,9 @@ pub(super) async fn run(a: &SendArgs) -> Result<(), Failure> {
     let mut tracker_start = Progress {
         lines_done: 0,
         bytes_done: 0,
-        prefix_sha256: hex(ring::digest::digest(&ring::digest::SHA256, b"").as_ref()),
+        prefix_sha256: enlace::audit::hex(
+            ring::digest::digest(&ring::digest::SHA256, b"").as_ref(),
+        ),
     };
     if let Some(p) = &saved {
         // The lines already done must be the same bytes as when they were sent.
@@ -153,7 +151,7 @@ pub(super) async fn run(a: &SendArgs) -> Result<(), Failure> {
             reader.read_until(b'\n', &mut buf)?;
             digest.update(&buf);
         }
-        if hex(digest.clone().finish().as_ref()) != p.prefix_sha256 {
+        if enlace::audit::hex(digest.clone().finish().as_ref()) != p.prefix_sha256 {
             return Err(fail(
                 exit::FAILURE,
                 anyhow!(

@@ -285,7 +285,7 @@ pub(super) async fn run(cmd: LogCommand) -> Result<(), Failure> {
             };
             // Several nodes' logs (a demo's directory): each is also checked against the
             // checkpoints of it its partners cosigned.
-            let reports = verify::verify_dirs(&dirs, &verify::Keys::FromLog);
+            let reports = verify::verify_dirs(&dirs);
             if fetched {
                 let _ = std::fs::remove_dir_all(&dirs[0]);
             }
@@ -400,7 +400,7 @@ fn offline(dir: &Path, filter: &Filter, limit: usize) -> Result<Vec<String>, Fai
     let mut lines = Vec::new();
     for d in log_dirs(dir)? {
         let mut mine = std::collections::VecDeque::new();
-        audit::files::scan(&d, filter, 0, |line, _| {
+        audit::files::scan(&d, filter, |line, _| {
             if mine.len() == limit {
                 mine.pop_front();
             }
