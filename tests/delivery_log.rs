@@ -522,8 +522,27 @@ async fn a_peer_node_gets_traces_only_and_a_forged_checkpoint_is_refused() {
         message_id: enlace::MessageId::new_v7(SystemTime::now()).to_bytes(),
         ..Default::default()
     };
-    let r = common::raw::refused(raw.exchange(&common::raw::frame(Body::LogQuery(q))).await);
+    let r = common::raw::refused(
+        raw.exchange(&common::raw::frame(Body::LogQuery(q.clone())))
+            .await,
+    );
     assert!(r.reason.contains("did not handle"), "{}", r.reason);
+    // Each trace reads the whole log: asked four times at once, the node is busy for most.
+    let ask = || raw.exchange_owned(common::raw::frame(Body::LogQuery(q.clone())));
+    let answers = tokio::join!(ask(), ask(), ask(), ask());
+    let busy: Vec<_> = [answers.0, answers.1, answers.2, answers.3]
+        .into_iter()
+        .map(common::raw::refused)
+        .filter(|r| r.code == RefusalCode::QueueFull as i32)
+        .collect();
+    assert!(!busy.is_empty(), "no trace was refused as busy");
+    for r in busy {
+        assert!(
+            r.retry_after_ms > 0 && r.reason.contains("retry later"),
+            "{}",
+            r.reason
+        );
+    }
     // A checkpoint not signed by afi-1's key, and one of another node's log, are refused.
     let forged = "enlace/afi/afi-1\n5\nAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\n\n\u{2014} afi/node/afi-1 AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\n";
     let other = forged.replace("enlace/afi/afi-1", "enlace/pgr/pgr-1");
@@ -541,7 +560,107 @@ async fn a_peer_node_gets_traces_only_and_a_forged_checkpoint_is_refused() {
         );
         assert!(r.reason.contains(why), "{}", r.reason);
     }
+    // Oversized notes and proofs are refused before any work on them.
+    let long_note = format!("{forged}{}", "x".repeat(5000));
+    let long_proof = vec![bytes::Bytes::from_static(&[0; 32]); 129];
+    for c in [
+        pb::LogCheckpoint {
+            note: long_note,
+            ..Default::default()
+        },
+        pb::LogCheckpoint {
+            note: forged.to_owned(),
+            old_size: 1,
+            proof: long_proof,
+        },
+    ] {
+        let r = common::raw::refused(
+            raw.exchange(&common::raw::frame(Body::LogCheckpoint(c)))
+                .await,
+        );
+        assert!(r.reason.contains("oversized"), "{}", r.reason);
+    }
+    // A flood of forged checkpoints: every one refused, few logged.
+    for _ in 0..100 {
+        let c = pb::LogCheckpoint {
+            note: forged.to_owned(),
+            ..Default::default()
+        };
+        let f = raw
+            .exchange(&common::raw::frame(Body::LogCheckpoint(c)))
+            .await;
+        common::raw::refused(f);
+    }
+    // A peer that holds afi-1's key signs as many valid, growing checkpoints as it likes: each
+    // is cosigned, and the node keeps only the latest of them.
+    let signer = common::raw::Signer::load("nodes/afi/afi-1");
+    let leaves: Vec<_> = (0u64..40)
+        .map(|i| enlace::merkle::leaf_hash(&i.to_be_bytes()))
+        .collect();
+    let root = |l: &[enlace::merkle::Hash]| {
+        let mut f = enlace::merkle::Frontier::new();
+        l.iter().for_each(|h| f.push(*h));
+        f.root()
+    };
+    for n in 1..=leaves.len() {
+        let cp = enlace::note::Checkpoint {
+            origin: "enlace/afi/afi-1".into(),
+            size: n as u64,
+            root: root(&leaves[..n]),
+        };
+        let note = signed_note(&cp.text(), "afi/node/afi-1", &signer);
+        let old = n as u64 - 1;
+        let proof = if old == 0 {
+            Vec::new()
+        } else {
+            let mut mth =
+                |start: u64, len: u64| root(&leaves[start as usize..(start + len) as usize]);
+            enlace::merkle::consistency_proof(old, n as u64, &mut mth).unwrap()
+        };
+        let c = pb::LogCheckpoint {
+            note,
+            old_size: old,
+            proof: proof
+                .iter()
+                .map(|h| bytes::Bytes::copy_from_slice(h))
+                .collect(),
+        };
+        let f = raw
+            .exchange(&common::raw::frame(Body::LogCheckpoint(c)))
+            .await;
+        assert!(
+            matches!(f.body, Some(Body::LogCosigned(_))),
+            "size {n}: {f:?}"
+        );
+    }
     // The node still serves everyone else.
     traffic(&net, 1).await;
-    net.stop().await;
+    let ops = Client::connect(net.options("dea", "ops")).await.unwrap();
+    let q = pb::LogQuery {
+        event: "witness_refused".into(),
+        ..Default::default()
+    };
+    let logged = all(&ops, q).await.unwrap().len();
+    // 104 refusals; the connection's refusal log rate (a burst of 20, then 5 a second).
+    assert!((4..60).contains(&logged), "{logged} refusals logged");
+    let dea_log = log_dir(&net, "dea-1");
+    let _kept = stop_keeping_files(net).await;
+    let witnessed = std::fs::read_to_string(dea_log.join(enlace::audit::WITNESSED)).unwrap();
+    let afi: Vec<_> = witnessed.lines().filter(|l| l.contains("afi-1")).collect();
+    assert_eq!(afi.len(), 1, "{witnessed}");
+    assert!(afi[0].contains("\\n40\\n"), "{}", afi[0]);
+}
+
+/// A C2SP signed note of `text`, signed as key `name` by `signer` (the format written out from
+/// its specification, not with the node's code).
+fn signed_note(text: &str, name: &str, signer: &common::raw::Signer) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut id = name.as_bytes().to_vec();
+    id.push(b'\n');
+    id.push(0x01);
+    id.extend_from_slice(signer.public_key());
+    let mut sig = ring::digest::digest(&ring::digest::SHA256, &id).as_ref()[..4].to_vec();
+    sig.extend_from_slice(&signer.sign_raw(text.as_bytes()));
+    format!("{text}\n\u{2014} {name} {}\n", b64.encode(sig))
 }

@@ -32,6 +32,8 @@ use crate::note::Checkpoint;
 
 /// Records the writer may fall behind before the node waits for it.
 const CHANNEL: usize = 65_536;
+/// `witnessed.jsonl` is rewritten at most this often.
+const WITNESS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 /// How long the writer sleeps when it finds nothing to write.
 const POLL: std::time::Duration = std::time::Duration::from_millis(2);
 /// Records written at once at most.
@@ -49,7 +51,7 @@ enum Cmd {
     Checkpoint(CheckpointEntry, Frontier, oneshot::Sender<io::Result<()>>),
     Cosigned(CheckpointEntry, oneshot::Sender<io::Result<()>>),
     Key(KeyEntry),
-    Witnessed(Witnessed, oneshot::Sender<io::Result<()>>),
+    Witnessed(Witnessed),
     ProofInputs(u64, u64, oneshot::Sender<ProofInputs>),
     Prune(SystemTime, oneshot::Sender<io::Result<Option<String>>>),
     Flush(oneshot::Sender<()>),
@@ -179,11 +181,12 @@ impl Log {
         let _ = self.tx.send(Cmd::Key(entry));
     }
 
-    /// Appends a peer's checkpoint this node cosigned.
-    pub async fn witnessed(&self, entry: Witnessed) -> io::Result<()> {
-        self.ask(|tx| Cmd::Witnessed(entry, tx))
-            .await
-            .unwrap_or_else(|| Err(stopped()))
+    /// Records the latest checkpoint of a peer's that this node cosigned. The file keeps the
+    /// latest of each peer only, and is rewritten at most once a second (`WITNESS_EVERY`) and
+    /// when the log closes: a peer sending checkpoints as fast as it can costs one small write
+    /// a second, and after a crash the node compares with a checkpoint at most that old.
+    pub fn witnessed(&self, entry: Witnessed) {
+        let _ = self.tx.send(Cmd::Witnessed(entry));
     }
 
     /// Prunes what is past retention at `now`; says what it removed.
@@ -358,6 +361,11 @@ struct Writer {
     recent: std::collections::VecDeque<Hash>,
     recent_start: u64,
     cosigned: BTreeMap<String, u64>,
+    /// The latest checkpoint text of each peer this node cosigned, and whether (and when)
+    /// `witnessed.jsonl` was last written.
+    witnessed: BTreeMap<String, String>,
+    witnessed_dirty: bool,
+    witnessed_at: Instant,
     keys: HashSet<String>,
     last_checkpoint: u64,
     unsynced: bool,
@@ -394,6 +402,7 @@ impl Writer {
             };
             let data = fs::read(&path)?;
             let mut good = 0;
+            let mut last = None;
             for line in data.split_inclusive(|b| *b == b'\n') {
                 if !line.ends_with(b"\n") {
                     break;
@@ -403,10 +412,12 @@ impl Writer {
                 frontier.push(h);
                 prev = Some(h);
                 good += line.len();
-                if let Ok(r) = serde_json::from_slice::<Record>(body) {
-                    seg.last = audit::parse_time(&r.time);
-                }
+                last = Some(body);
             }
+            // Only the file's last record is read: its time decides when the file is pruned.
+            seg.last = last
+                .and_then(|l| serde_json::from_slice::<Record>(l).ok())
+                .and_then(|r| audit::parse_time(&r.time));
             if good < data.len() {
                 // A write cut short by a crash: never covered by a checkpoint (those are
                 // signed over synced records only), so it is cut off.
@@ -455,9 +466,11 @@ impl Writer {
             );
         }
         let mut witnessed = BTreeMap::new();
+        let mut witnessed_text = BTreeMap::new();
         for w in json_lines::<Witnessed>(&dir.join(WITNESSED))? {
             if let Ok(cp) = Checkpoint::parse(&w.checkpoint) {
-                witnessed.insert(w.peer, cp);
+                witnessed.insert(w.peer.clone(), cp);
+                witnessed_text.insert(w.peer, w.checkpoint);
             }
         }
         let keys = json_lines::<KeyEntry>(&dir.join(KEYS))?
@@ -495,6 +508,9 @@ impl Writer {
                 recent: std::collections::VecDeque::new(),
                 recent_start: start,
                 cosigned: signed.cosigned.clone(),
+                witnessed: witnessed_text,
+                witnessed_dirty: false,
+                witnessed_at: Instant::now(),
                 keys,
                 last_checkpoint,
                 unsynced: false,
@@ -544,10 +560,16 @@ impl Writer {
             if let Err(e) = &result {
                 tracing::error!(node = %self.node, error = %e, "delivery log: write failed");
             }
+            if self.witnessed_dirty && self.witnessed_at.elapsed() >= WITNESS_EVERY {
+                self.write_witnessed();
+            }
             for r in replies {
                 r(&mut self);
             }
             if let Some(tx) = stop {
+                if self.witnessed_dirty {
+                    self.write_witnessed();
+                }
                 if let Err(e) = self.sync() {
                     tracing::error!(node = %self.node, error = %e, "delivery log: final sync failed");
                 }
@@ -591,9 +613,9 @@ impl Writer {
                 }
                 let _ = tx.send(r);
             }
-            Cmd::Witnessed(entry, tx) => {
-                let r = self.append_json(WITNESSED, &entry);
-                let _ = tx.send(r);
+            Cmd::Witnessed(entry) => {
+                self.witnessed.insert(entry.peer, entry.checkpoint);
+                self.witnessed_dirty = true;
             }
             Cmd::Key(entry) => {
                 if !self.keys.contains(&entry.key) {
@@ -722,6 +744,33 @@ impl Writer {
             self.unsynced = true;
         }
         Ok(())
+    }
+
+    /// Rewrites `witnessed.jsonl` with the latest checkpoint of each peer (atomically: a new
+    /// file, synced, renamed over the old one).
+    fn write_witnessed(&mut self) {
+        let write = || -> io::Result<()> {
+            let mut text = Vec::new();
+            for (peer, checkpoint) in &self.witnessed {
+                let w = Witnessed {
+                    peer: peer.clone(),
+                    checkpoint: checkpoint.clone(),
+                };
+                serde_json::to_writer(&mut text, &w).map_err(io::Error::other)?;
+                text.push(b'\n');
+            }
+            let tmp = self.dir.join(format!("{WITNESSED}.tmp"));
+            let mut f = File::create(&tmp)?;
+            f.write_all(&text)?;
+            f.sync_all()?;
+            fs::rename(&tmp, self.dir.join(WITNESSED))?;
+            File::open(&self.dir)?.sync_all()
+        };
+        if let Err(e) = write() {
+            tracing::error!(node = %self.node, error = %e, "delivery log: witnessed checkpoints not written");
+        }
+        self.witnessed_dirty = false;
+        self.witnessed_at = Instant::now();
     }
 
     /// Appends one JSON line to a side file and syncs it.

@@ -97,6 +97,18 @@ impl Conn {
         }
     }
 
+    /// What to log of a refusal of this connection's, within its log rate
+    /// ([`Conn::may_log_refusal`]): `reason`, with how many were not logged since the last one
+    /// that was; `None` when this one is not logged (it is counted).
+    pub fn refusal_to_log(&self, limits: &Limits, reason: &str) -> Option<String> {
+        match self.may_log_refusal(limits, Instant::now())? {
+            0 => Some(reason.to_owned()),
+            n => Some(format!(
+                "{reason} ({n} earlier refusals of this connection not logged)"
+            )),
+        }
+    }
+
     /// Whether the other end is a peer node.
     pub fn is_peer(&self) -> bool {
         self.who.identity.role == Role::Node

@@ -4,7 +4,8 @@
 //! Operators of this node's agency read everything in its log. A peer node may ask for a trace
 //! only, and gets the records of that message only if it handled the message too (a copy went to
 //! it or came from it) or its agency sent or was sent it. Everyone else is refused. Records
-//! carry metadata, never payload content.
+//! carry metadata, never payload content. A peer's trace reads the whole log, so peers get one
+//! at a time and at most five a second, all together.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::path::Path;
@@ -30,8 +31,12 @@ const MAX_LIMIT: usize = 100_000;
 const PER_FRAME: usize = 256;
 /// Bytes of a file per answer frame.
 const FILE_PIECE: usize = 1 << 20;
+/// Peers' traces: at most one this often (see `trace`).
+pub(super) const PEER_TRACE_EVERY: Duration = Duration::from_millis(200);
 /// How long a peer has to answer a trace.
 const TRACE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bytes of records a peer's part of a trace may hold at most.
+const TRACE_BYTES: usize = 64 << 20;
 /// Largest answer frame read from a peer.
 const ANSWER_LIMIT: u64 = 8 << 20;
 
@@ -75,8 +80,8 @@ async fn answer(
                 conn.name
             ),
         );
-        // An attempt to read the log is logged too.
-        node.ledger.refused(None, &conn.name, &r);
+        // An attempt to read the log is logged too (within the connection's refusal log rate).
+        super::streams::log_refusal(node, conn, &r, None);
         return Err(r.to_pb(Default::default()));
     }
     let filter = filter(&q)?;
@@ -289,6 +294,26 @@ async fn trace(
         id: Some(id.clone()),
         ..Filter::default()
     };
+    // A trace reads the whole log. Peers (all of them together) get one at a time, at most one
+    // every `PEER_TRACE_EVERY`; operators are this agency's own.
+    let _turn = match conn.who.identity.role {
+        Role::Node => match node.peer_traces.try_lock() {
+            Ok(mut last) if last.elapsed() >= PEER_TRACE_EVERY => {
+                *last = std::time::Instant::now();
+                Some(last)
+            }
+            _ => {
+                return Err(pb::Refused {
+                    retry_after_ms: PEER_TRACE_EVERY.as_millis() as u64,
+                    ..refused(
+                        RefusalCode::QueueFull,
+                        "busy with another trace; retry later",
+                    )
+                });
+            }
+        },
+        _ => None,
+    };
     let (lines, _) = read(dir, &filter, MAX_LIMIT).await;
     let records: Vec<Record> = lines
         .iter()
@@ -389,10 +414,20 @@ async fn ask_peer(
         let _ = s.finish();
         let mut reader = FrameReader::new(r, ANSWER_LIMIT);
         let mut out = Vec::new();
+        // What a peer's answer may make this node hold: as many records as a query of its
+        // own returns at most, and `TRACE_BYTES` (an empty frame counts as a record).
+        let (mut records, mut bytes) = (0, 0);
         loop {
             match reader.read().await.map_err(|e| e.to_string())?.body {
                 Some(Body::LogRecords(f)) => {
                     let done = f.done;
+                    records += f.records.len().max(1);
+                    bytes += f.records.iter().map(String::len).sum::<usize>() + f.data.len();
+                    if records > MAX_LIMIT || bytes > TRACE_BYTES {
+                        return Err(format!(
+                            "answered more than {MAX_LIMIT} records or {TRACE_BYTES} bytes"
+                        ));
+                    }
                     out.push(f);
                     if done {
                         return Ok(out);

@@ -57,6 +57,8 @@ pub(super) struct Node {
     /// The connection each peer link uses now (see `link`), for requests other than
     /// forwarding: witnessing checkpoints, traces.
     peer_conns: std::sync::Mutex<HashMap<String, Connection>>,
+    /// When a peer's trace last read the delivery log; held while one does (see `logview`).
+    pub peer_traces: tokio::sync::Mutex<std::time::Instant>,
     pub shutting_down: AtomicBool,
 }
 
@@ -94,6 +96,11 @@ impl Node {
             signers,
             retry,
             peer_conns: std::sync::Mutex::new(HashMap::new()),
+            peer_traces: tokio::sync::Mutex::new(
+                std::time::Instant::now()
+                    .checked_sub(super::logview::PEER_TRACE_EVERY)
+                    .unwrap_or_else(std::time::Instant::now),
+            ),
             shutting_down: AtomicBool::new(false),
         }
     }

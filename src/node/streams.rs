@@ -180,23 +180,20 @@ fn frame_refusal(e: &FrameError) -> Refusal {
 /// Records a refusal (within the connection's log rate; see [`Conn::may_log_refusal`]) and
 /// returns its answer frame.
 fn refuse(node: &Node, conn: &Conn, refusal: Refusal, id: Option<MessageId>) -> Body {
-    match conn.may_log_refusal(&node.config.limits, std::time::Instant::now()) {
-        Some(0) => node.ledger.refused(id, &conn.name, &refusal),
-        Some(suppressed) => {
-            let mut r = refusal.clone();
-            r.reason = format!(
-                "{} ({suppressed} earlier refusals of this connection not logged)",
-                r.reason
-            );
-            node.ledger.refused(id, &conn.name, &r);
-        }
-        None => {}
-    }
+    log_refusal(node, conn, &refusal, id);
     let mut r = refusal.to_pb(id.map(MessageId::to_bytes).unwrap_or_default());
     if refusal.is_busy() {
         r.retry_after_ms = RETRY_AFTER.as_millis() as u64;
     }
     Body::Refused(r)
+}
+
+/// Records a refusal of `conn`'s, within the connection's refusal log rate.
+pub(super) fn log_refusal(node: &Node, conn: &Conn, refusal: &Refusal, id: Option<MessageId>) {
+    if let Some(reason) = conn.refusal_to_log(&node.config.limits, &refusal.reason) {
+        node.ledger
+            .refused(id, &conn.name, &Refusal::new(refusal.code, reason));
+    }
 }
 
 /// Answers one request frame.

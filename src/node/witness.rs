@@ -22,6 +22,11 @@ use crate::refusal::Refusal;
 use crate::session;
 use crate::wire::pb::{self, RefusalCode, frame::Body};
 
+/// Largest checkpoint note a witness reads.
+const MAX_NOTE_BYTES: usize = 4096;
+/// Most hashes in a consistency proof a witness reads.
+const MAX_PROOF_HASHES: usize = 128;
+
 /// How long a peer has to answer a checkpoint.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -243,13 +248,27 @@ pub(super) async fn cosign(
         .log()
         .cloned()
         .ok_or_else(|| Refusal::invalid("this node keeps no delivery log"))?;
+    // Logged loudly, but within the connection's refusal log rate: a peer cannot flood the
+    // log with checkpoints it knows will be refused.
     let refuse = |reason: String| {
-        node.events().record(Event::WitnessRefused {
-            peer: peer.clone(),
-            reason: reason.clone(),
-        });
+        if let Some(logged) = conn.refusal_to_log(&node.config.limits, &reason) {
+            node.events().record(Event::WitnessRefused {
+                peer: peer.clone(),
+                reason: logged,
+            });
+        }
         Refusal::new(RefusalCode::Invalid, reason)
     };
+    // Bounded before any work: a checkpoint note is a few lines and a signature or two, and a
+    // consistency proof has at most two hashes per level of a 64-bit tree.
+    if req.note.len() > MAX_NOTE_BYTES || req.proof.len() > MAX_PROOF_HASHES {
+        return Err(refuse(format!(
+            "oversized checkpoint: a note of {} bytes (at most {MAX_NOTE_BYTES}) with a proof of \
+             {} hashes (at most {MAX_PROOF_HASHES})",
+            req.note.len(),
+            req.proof.len()
+        )));
+    }
     let note = Note::parse(&req.note).map_err(|e| refuse(e.to_string()))?;
     let cp = Checkpoint::parse(&note.text).map_err(|e| refuse(e.to_string()))?;
     let origin = format!("enlace/{}/{}", conn.who.identity.agency, peer);
@@ -317,9 +336,7 @@ pub(super) async fn cosign(
         log.witnessed(Witnessed {
             peer: peer.clone(),
             checkpoint: note.text.clone(),
-        })
-        .await
-        .map_err(|e| Refusal::invalid(format!("could not record the checkpoint: {e}")))?;
+        });
         log.witnessed
             .lock()
             .expect("witnessed")

@@ -243,6 +243,11 @@ impl Raw {
         read_frame(recv, MAX_ANSWER).await.unwrap().1
     }
 
+    /// As [`Raw::exchange`], with the bytes owned (for requests sent at once).
+    pub async fn exchange_owned(&self, bytes: Vec<u8>) -> pb::Frame {
+        self.exchange(&bytes).await
+    }
+
     /// Submits a signed envelope on a stream of its own: `Accepted`, or the node's `Refused`.
     pub async fn submit(&self, signed: pb::SignedEnvelope) -> Result<pb::Accepted, pb::Refused> {
         let body = Body::Submit(pb::Submit {
@@ -324,6 +329,11 @@ impl Signer {
 
     pub fn public_key(&self) -> &[u8] {
         self.key.public_key().as_ref()
+    }
+
+    /// A plain Ed25519 signature over `message` (a signed note's text, for instance).
+    pub fn sign_raw(&self, message: &[u8]) -> Vec<u8> {
+        self.key.sign(message).as_ref().to_vec()
     }
 
     /// A single-envelope signature over `envelope`.
