@@ -598,12 +598,7 @@ pub(crate) fn write_record(
         status: m.map(|m| m.status.as_str()),
         bytes: m.map(|m| m.envelope.len() as u64),
         sha256: None,
-        refers_to: m.and_then(|m| {
-            crate::receipt::Receipt::from_message(m)
-                .map(|x| x.message_id)
-                .or(m.in_reply_to)
-                .map(|id| id.to_string())
-        }),
+        refers_to: None,
         peer: None,
         queue: None,
         attempt: None,
@@ -820,10 +815,16 @@ pub(crate) fn write_record(
     let message_id = message_id.or(m.map(|m| m.id));
     r.id = message_id.as_ref().map(|i| Shown(i));
     // The message's part is written once per message and kept with it (see `meta` below).
-    let digest = m
-        .filter(|m| message_id != Some(m.id) || m.audit.get().is_none())
-        .map(|m| hex(m.sha256()));
+    // Only when that part is to be written.
+    let fresh = m.filter(|m| message_id != Some(m.id) || m.audit.get().is_none());
+    let digest = fresh.map(|m| hex(m.sha256()));
     r.sha256 = digest.as_deref();
+    r.refers_to = fresh.and_then(|m| {
+        crate::receipt::Receipt::from_message(m)
+            .map(|x| x.message_id)
+            .or(m.in_reply_to)
+            .map(|id| id.to_string())
+    });
     let meta = m.filter(|m| message_id == Some(m.id)).map(|m| {
         &**m.audit.get_or_init(|| {
             let mut b = Vec::new();
