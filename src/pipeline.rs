@@ -57,18 +57,29 @@ pub(crate) struct Pipeline {
 }
 
 /// Most envelopes signed with one signature, and written with one write.
-pub(crate) const MAX_BATCH: usize = 64;
+pub(crate) const MAX_BATCH: usize = 256;
 
 /// Most yields a batch waits for more submissions, as long as each brings more.
 const GATHER_YIELDS: u32 = 4;
 
+/// Batches unanswered at once. While this many are in flight, what is handed over waits and
+/// goes out together in the next batch, once the oldest is answered (as Nagle's algorithm does
+/// for TCP segments): an idle pipeline sends a lone message at once, a busy one sends batches as
+/// large as what arrives in a round trip (up to [`MAX_BATCH`]), so that signing, every hop's
+/// verification and the writes cost little per message. Four, so that the node works on a
+/// batch while the next ones are on their way and its store's group commit has more than one
+/// batch to take.
+const BATCHES_IN_FLIGHT: usize = 4;
+
 /// What a signature with a proof for a batch of [`MAX_BATCH`] adds to an envelope's frame, at
-/// most: the signature, the certificate hash, six 32-byte hashes and their framing.
+/// most: the signature, the certificate hash, eight 32-byte hashes and their framing.
 const SIGNATURE_BYTES: usize = 512;
 
-/// Default bound on unanswered bulk bytes: well below quinn's send window, so bulk never fills
-/// the connection ahead of an alert.
-pub(crate) const DEFAULT_WINDOW_BYTES: u32 = 128 * 1024;
+/// Default bound on unanswered bulk bytes: below quinn's stream receive window (1.25 MB) and
+/// far below its send window, so bulk never fills the connection ahead of an alert, and large
+/// enough that a node whose fsync takes a few milliseconds still has hundreds of records to
+/// commit at once (at 128 KiB, about 75 records of 1 KiB were in flight).
+pub(crate) const DEFAULT_WINDOW_BYTES: u32 = 1024 * 1024;
 
 impl Pipeline {
     /// Starts the pipeline's task on `connection`. `priority` is the stream's QUIC priority.
@@ -154,7 +165,9 @@ impl Future for Answer {
     }
 }
 
-type Pending = Arc<Mutex<VecDeque<(Reply, OwnedSemaphorePermit)>>>;
+/// The submissions sent and not yet answered, in order: each with its share of the window, and
+/// the last of each batch with the batch's slot (see [`BATCHES_IN_FLIGHT`]).
+type Pending = Arc<Mutex<VecDeque<(Reply, OwnedSemaphorePermit, Option<OwnedSemaphorePermit>)>>>;
 
 async fn run(
     connection: Connection,
@@ -162,6 +175,7 @@ async fn run(
     priority: i32,
     signer: Option<Arc<Signer>>,
 ) {
+    let batches = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
     while let Some(first) = rx.recv().await {
         let (mut send, recv) = match connection.open_bi().await {
             Ok(s) => s,
@@ -186,6 +200,17 @@ async fn run(
         let mut ended: Option<Option<String>> = None;
         let mut next = Some(first);
         while let Some(req) = next.take() {
+            // Wait for a batch slot; what arrives meanwhile goes out with this one.
+            let slot = tokio::select! {
+                slot = batches.clone().acquire_owned() => slot.expect("never closed"),
+                r = &mut done_rx => {
+                    ended = Some(r.unwrap_or_else(|_| Some("answer reader failed".into())));
+                    // Failed below, with the unanswered ones.
+                    let mut pending = pending.lock().expect("pending lock poisoned");
+                    pending.push_back((req.answer, req.permit, None));
+                    break;
+                }
+            };
             // Whatever else is already waiting goes out with it: one signature, one write.
             // Yields let the submitters woken with this one (by answers freeing the window)
             // hand theirs over, for as long as each yield brings more (at most
@@ -209,7 +234,7 @@ async fn run(
                     break;
                 }
             }
-            let frames = encode_batch(batch, signer.as_deref(), &pending);
+            let frames = encode_batch(batch, slot, signer.as_deref(), &pending);
             if let Err(e) = send.write_all(&frames).await {
                 ended = Some(Some(e.to_string()));
                 break;
@@ -233,7 +258,7 @@ async fn run(
             }
         };
         let reason = reason.unwrap_or_else(|| "the node closed the stream".into());
-        for (answer, _) in pending.lock().expect("pending lock poisoned").drain(..) {
+        for (answer, _, _) in pending.lock().expect("pending lock poisoned").drain(..) {
             let _ = answer.send(Err(SubmitError::Connection(reason.clone())));
         }
         if rx.is_closed() {
@@ -243,8 +268,14 @@ async fn run(
 }
 
 /// Signs the batch's unsigned envelopes together, encodes every request as a `Submit` frame, in
-/// order, into one buffer, and queues the requests' answers as pending.
-fn encode_batch(batch: Vec<Request>, signer: Option<&Signer>, pending: &Pending) -> Bytes {
+/// order, into one buffer, and queues the requests' answers as pending, the batch's `slot` with
+/// the last.
+fn encode_batch(
+    batch: Vec<Request>,
+    slot: OwnedSemaphorePermit,
+    signer: Option<&Signer>,
+    pending: &Pending,
+) -> Bytes {
     let unsigned: Vec<&[u8]> = batch
         .iter()
         .filter_map(|r| match &r.envelope {
@@ -259,7 +290,9 @@ fn encode_batch(batch: Vec<Request>, signer: Option<&Signer>, pending: &Pending)
     .into_iter();
     let mut out = BytesMut::new();
     let mut pending = pending.lock().expect("pending lock poisoned");
-    for r in batch {
+    let mut slot = Some(slot);
+    let last = batch.len() - 1;
+    for (i, r) in batch.into_iter().enumerate() {
         let signed = match r.envelope {
             Envelope::Signed(s) => s,
             Envelope::Unsigned(envelope) => pb::SignedEnvelope {
@@ -274,7 +307,11 @@ fn encode_batch(batch: Vec<Request>, signer: Option<&Signer>, pending: &Pending)
             envelope: Some(signed),
         });
         frame::encode_into(&pb::Frame { body: Some(submit) }, &mut out);
-        pending.push_back((r.answer, r.permit));
+        pending.push_back((
+            r.answer,
+            r.permit,
+            if i == last { slot.take() } else { None },
+        ));
     }
     out.freeze()
 }
@@ -290,11 +327,12 @@ async fn read_answers(recv: quinn::RecvStream, pending: Pending) -> Option<Strin
             Err(e) => return Some(e.to_string()),
         };
         let result = crate::session::accepted(frame.body);
-        let Some((answer, permit)) = pending.lock().expect("pending lock poisoned").pop_front()
+        let Some((answer, permit, slot)) =
+            pending.lock().expect("pending lock poisoned").pop_front()
         else {
             return Some("the node answered a submission that was never sent".into());
         };
-        drop(permit);
+        drop((permit, slot));
         let _ = answer.send(result);
     }
 }

@@ -401,7 +401,7 @@ impl Events {
                 from,
                 precedence,
                 destinations,
-            } => tracing::info!(
+            } => tracing::debug!(
                 target: "enlace::event", node, event = "accepted", %id, %from,
                 %precedence, destinations
             ),
@@ -433,7 +433,7 @@ impl Events {
                 code = code.as_str_name(), %reason
             ),
             Event::Forwarded { id, peer } => {
-                tracing::info!(target: "enlace::event", node, event = "forwarded", %id, %peer)
+                tracing::debug!(target: "enlace::event", node, event = "forwarded", %id, %peer)
             }
             Event::ForwardRefused {
                 id,
@@ -444,11 +444,11 @@ impl Events {
                 target: "enlace::event", node, event = "forward_refused", %id, %peer,
                 code = code.as_str_name(), %reason
             ),
-            Event::Delivered { id, to, attempt } => tracing::info!(
+            Event::Delivered { id, to, attempt } => tracing::debug!(
                 target: "enlace::event", node, event = "delivered", %id, %to, attempt
             ),
             Event::Acknowledged { id, by } => {
-                tracing::info!(target: "enlace::event", node, event = "acknowledged", %id, %by)
+                tracing::debug!(target: "enlace::event", node, event = "acknowledged", %id, %by)
             }
             Event::DeadLettered { id, queue, reason } => tracing::warn!(
                 target: "enlace::event", node, event = "dead_lettered", %id, %queue, %reason

@@ -9,7 +9,9 @@
 //! guessed. This module runs the scenarios and turns receipts into numbers; it tunes nothing and
 //! asserts no targets.
 
+mod cpu;
 mod load;
+mod plot;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -26,6 +28,7 @@ use enlace::pki::{DEMO_TRUST_DOMAIN, Pki, PkiOptions, demo_agencies};
 
 use super::connect::parse_duration;
 use super::exit::Failure;
+use cpu::Cpu;
 use load::{Flow, RECORD_BYTES, Sent, Stamp};
 
 const AFTER_HELP: &str = "Run `enlace bench --help` for what each number means.";
@@ -63,6 +66,15 @@ What is reported (JSON field names in brackets; null where a scenario has no suc
   [bulk_sent, alerts_sent]     accepted by the node, warm-up included
   [bulk_delivered, ...]        distinct ids delivered, warm-up included
   [duration_s]                 the measured window's actual length
+  CPU N, CPU A                 CPU seconds (user and system) of the nodes' threads, and of the
+  [node_cpu_s_per_1k,          applications' (the sending and receiving clients and the bench
+   client_cpu_s_per_1k]        itself), per 1,000 messages (records and alerts) delivered to the
+                               application in the measured window; [node_cpu_s, client_cpu_s]
+                               are the totals over the window
+
+With --plot FILE.svg the bench also draws, for each scenario, the latency of records and alerts
+(send() to application, by percentile on an HDR axis) and records/s over the measured window
+(100 ms bins).
 
 Exit status: 0 if nothing was lost, duplicated or refused; 1 otherwise.";
 
@@ -83,12 +95,15 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub producers: u32,
     /// Record sends in flight at once, shared among the producers (at least one each); the
-    /// client pipelines them within its 128 KiB window.
+    /// client pipelines them within its 1 MiB window.
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub outstanding: u32,
     /// Print one JSON object per scenario on stdout, and nothing else there.
     #[arg(long)]
     pub json: bool,
+    /// Also draw latency percentiles and throughput over time into this SVG file.
+    #[arg(long, value_name = "FILE.svg")]
+    pub plot: Option<std::path::PathBuf>,
 }
 
 /// A duration for `--duration`: as [`parse_duration`], and not zero.
@@ -199,6 +214,15 @@ struct Report {
     bulk_delivered: u64,
     alerts_sent: u64,
     alerts_delivered: u64,
+    /// CPU time of the nodes' threads and of the applications' (clients included) during the
+    /// measured window, and per 1,000 messages delivered in it.
+    node_cpu_s: Option<f64>,
+    client_cpu_s: Option<f64>,
+    node_cpu_s_per_1k: Option<f64>,
+    client_cpu_s_per_1k: Option<f64>,
+    /// What `--plot` draws: latencies and the delivery rate over the window.
+    #[serde(skip)]
+    plot: plot::Series,
     /// Sends that failed other than by a busy refusal (reported on stderr and in the exit code).
     #[serde(skip)]
     send_errors: u64,
@@ -232,6 +256,11 @@ pub(super) async fn run(a: BenchArgs) -> Result<(), Failure> {
     }
     if !a.json {
         print_table(&reports);
+    }
+    if let Some(path) = &a.plot {
+        let series: Vec<&plot::Series> = reports.iter().map(|r| &r.plot).collect();
+        plot::draw(path, &series)?;
+        eprintln!("plot written to {}", path.display());
     }
     let bad: Vec<String> = reports
         .iter()
@@ -310,9 +339,9 @@ async fn measure(
 
     tokio::time::sleep(WARMUP).await;
     let delivered = |f: &Option<Flow>| f.as_ref().map_or(0, Flow::received);
-    let (start, before) = (Instant::now(), delivered(&records));
+    let (start, before, cpu_before) = (Instant::now(), delivered(&records), Cpu::now());
     tokio::time::sleep(a.duration).await;
-    let (end, after) = (Instant::now(), delivered(&records));
+    let (end, after, cpu_after) = (Instant::now(), delivered(&records), Cpu::now());
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
 
     let record_sends = sent(&mut records, "record").await?;
@@ -330,16 +359,31 @@ async fn measure(
 
     let records_seen = first_receipts(&record_receipts);
     let alerts_seen = first_receipts(&alert_receipts);
-    let mut latencies: Vec<u64> = alert_sends
-        .accepted
-        .iter()
-        .filter(|(_, at)| (start..end).contains(at))
-        .filter_map(|(id, at)| alerts_seen.get(id).map(|got| micros(*got - *at)))
-        .collect();
-    latencies.sort_unstable();
+    let latencies_in = |sends: &Sent, seen: &HashMap<MessageId, Instant>| {
+        let mut l: Vec<u64> = sends
+            .accepted
+            .iter()
+            .filter(|(_, at)| (start..end).contains(at))
+            .filter_map(|(id, at)| seen.get(id).map(|got| micros(*got - *at)))
+            .collect();
+        l.sort_unstable();
+        l
+    };
+    let latencies = latencies_in(&alert_sends, &alerts_seen);
     let pct = |p: f64| nearest_rank(&latencies, p);
     let window = (end - start).as_secs_f64();
     let rate = scenario.records().then(|| (after - before) as f64 / window);
+    let in_window = |r: &[Stamp]| r.iter().filter(|(_, at)| (start..end).contains(at)).count();
+    let messages = in_window(&record_receipts) + in_window(&alert_receipts);
+    let cpu = cpu_before.zip(cpu_after).map(|(b, a)| a.since(b));
+    let per_1k =
+        |t: Duration| (messages > 0).then(|| round(t.as_secs_f64() * 1e3 / messages as f64, 4));
+    let plot = plot::Series {
+        name: format!("{} / {}", scenario.name(), topology.name()),
+        records: latencies_in(&record_sends, &records_seen),
+        alerts: latencies.clone(),
+        rate: plot::rate_over_time(&record_receipts, start, end),
+    };
     Ok(Report {
         scenario: scenario.name(),
         topology: topology.name(),
@@ -360,6 +404,11 @@ async fn measure(
         bulk_delivered: records_seen.len() as u64,
         alerts_sent: alert_sends.accepted.len() as u64,
         alerts_delivered: alerts_seen.len() as u64,
+        node_cpu_s: cpu.map(|c| round(c.node.as_secs_f64(), 3)),
+        client_cpu_s: cpu.map(|c| round(c.client.as_secs_f64(), 3)),
+        node_cpu_s_per_1k: cpu.and_then(|c| per_1k(c.node)),
+        client_cpu_s_per_1k: cpu.and_then(|c| per_1k(c.client)),
+        plot,
         send_errors: record_sends.errors + alert_sends.errors,
     })
 }
@@ -420,7 +469,7 @@ fn print_table(reports: &[Report]) {
     let ms = |us: Option<u64>| us.map_or("-".to_owned(), |u| format!("{:.2}", u as f64 / 1e3));
     let num = |x: Option<f64>, d: usize| x.map_or("-".to_owned(), |x| format!("{x:.d$}"));
     println!(
-        "\n{:<13} {:<10} {:>9} {:>6}  {:>8} {:>6} {:>6} {:>6} {:>6}  {:>8} {:>6}  {:>4} {:>5} {:>4}",
+        "\n{:<13} {:<10} {:>9} {:>6}  {:>8} {:>6} {:>6} {:>6} {:>6}  {:>8} {:>6}  {:>4} {:>5} {:>4}  {:>6} {:>6}",
         "SCENARIO",
         "TOPOLOGY",
         "RECORDS/S",
@@ -434,11 +483,13 @@ fn print_table(reports: &[Report]) {
         "ALERTS",
         "LOST",
         "ALOST",
-        "DUP"
+        "DUP",
+        "CPU N",
+        "CPU A"
     );
     for r in reports {
         println!(
-            "{:<13} {:<10} {:>9} {:>6}  {:>8} {:>6} {:>6} {:>6} {:>6}  {:>8} {:>6}  {:>4} {:>5} {:>4}",
+            "{:<13} {:<10} {:>9} {:>6}  {:>8} {:>6} {:>6} {:>6} {:>6}  {:>8} {:>6}  {:>4} {:>5} {:>4}  {:>6} {:>6}",
             r.scenario,
             r.topology,
             num(r.bulk_msgs_per_s, 0),
@@ -452,14 +503,18 @@ fn print_table(reports: &[Report]) {
             r.alerts_sent,
             r.messages_lost,
             r.alerts_lost,
-            r.duplicates
+            r.duplicates,
+            num(r.node_cpu_s_per_1k, 3),
+            num(r.client_cpu_s_per_1k, 3)
         );
     }
     println!(
         "\nRECORDS/S, MB/S: 1 KiB records delivered to the application per second of the measured \
          window.\nALERT ms: p50 to max, send() to application, of the alerts sent in the window.\n\
          RECORDS, ALERTS: accepted by the node (warm-up included). LOST, ALOST: records, alerts \
-         accepted\nbut never delivered. DUP: ids delivered twice. More in `enlace bench --help`."
+         accepted\nbut never delivered. DUP: ids delivered twice. CPU N, CPU A: CPU seconds of the nodes, of the\n\
+         applications (clients included), per 1,000 messages delivered in the window. More in\n\
+         `enlace bench --help`."
     );
 }
 
