@@ -16,7 +16,7 @@ use crate::tls::TlsMaterial;
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Analytical bytes a client keeps unanswered on its pipelined stream, by default.
-pub const DEFAULT_WINDOW_BYTES: usize = 1024 * 1024;
+pub const DEFAULT_WINDOW_BYTES: usize = 128 * 1024;
 
 /// How long [`Client::close`](crate::Client::close) waits for acknowledgements to reach the
 /// node, by default.
@@ -208,7 +208,7 @@ impl ClientOptions {
     }
 
     /// Analytical (ROUTINE, BULK) bytes kept unanswered on the pipelined stream (default
-    /// 1 MiB). More keeps more in flight toward a node whose disk is slow to confirm; less
+    /// 128 KiB). More keeps more in flight toward a node whose disk is slow to confirm; less
     /// leaves more of the connection to alerts. [`Client::send`](crate::Client::send) waits for
     /// room in this window.
     ///

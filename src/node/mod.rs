@@ -26,6 +26,7 @@
 //!   scraped, and the HTTP endpoint serving them with the health checks.
 
 mod audit;
+mod bulk;
 mod conn;
 mod consume;
 mod deliver;

@@ -54,6 +54,9 @@ pub enum NodeError {
     /// The delivery log could not be opened (`<data_dir>/log`).
     #[error("delivery log: {0}")]
     Log(std::io::Error),
+    /// The threads of its bulk runtime could not be started.
+    #[error("cannot start the node's bulk runtime: {0}")]
+    Runtime(std::io::Error),
     /// Its policy file (`node.policy`) does not load, or is another agency's.
     #[error("policy: {0}")]
     Policy(crate::agreement::PolicyError),
@@ -294,8 +297,9 @@ fn bind(config: Config) -> Result<Bound, NodeError> {
     let memory = memory::open(&config)?;
     let signers = Signers::new(own.tls.signer_verifier()?, &config.trust_domain);
     signers.trusted(own.me.clone(), own.tls.chain.clone());
+    let bulk = super::bulk::Bulk::start(&config.name).map_err(NodeError::Runtime)?;
     let node = Arc::new(Node::new(
-        config, own, policy, memory, ledger, links, link_inbox, signers, retry,
+        config, own, policy, memory, ledger, links, link_inbox, signers, retry, bulk,
     ));
     Ok(Bound {
         node,

@@ -60,6 +60,8 @@ pub(super) struct Node {
     /// When a peer's trace last read the delivery log; held while one does (see `logview`).
     pub peer_traces: tokio::sync::Mutex<std::time::Instant>,
     pub shutting_down: AtomicBool,
+    /// Where pipelined streams' frames are worked on (see `bulk`).
+    pub bulk: super::bulk::Bulk,
 }
 
 impl Node {
@@ -75,6 +77,7 @@ impl Node {
         link_inbox: HashMap<String, mpsc::Sender<Connection>>,
         signers: Signers,
         retry: RetryPolicy,
+        bulk: super::bulk::Bulk,
     ) -> Node {
         Node {
             registry: Registry::new(config.limits.max_connections_per_certificate),
@@ -102,6 +105,7 @@ impl Node {
                     .unwrap_or_else(std::time::Instant::now),
             ),
             shutting_down: AtomicBool::new(false),
+            bulk,
         }
     }
 

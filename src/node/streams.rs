@@ -116,6 +116,7 @@ async fn stream(node: Arc<Node>, conn: Arc<Conn>, mut send: SendStream, recv: Re
         }
         let _ = send.finish();
     });
+    let mut frames = 0u64;
     loop {
         let next = match first.take() {
             Some(r) => r,
@@ -124,13 +125,20 @@ async fn stream(node: Arc<Node>, conn: Arc<Conn>, mut send: SendStream, recv: Re
         let (answer, stop) = match next {
             Ok((frame, held)) => {
                 let signer = peer_signer(&node, &conn, &frame);
-                let (node, conn) = (node.clone(), conn.clone());
-                let h = tokio::spawn(async move {
-                    let answer = answer(&node, &conn, frame, signer).await;
+                let (node2, conn) = (node.clone(), conn.clone());
+                let task = async move {
+                    let answer = answer(&node2, &conn, frame, signer).await;
                     // The frame's share of the budgets is given back once it is answered.
                     drop(held);
                     answer
-                });
+                };
+                // A stream's first frame is worked on here (an alert is alone on its stream);
+                // the frames after it, a pipelined stream's, on the bulk runtime (see `bulk`).
+                let h = match frames {
+                    0 => tokio::spawn(task),
+                    _ => node.bulk.handle().spawn(task),
+                };
+                frames += 1;
                 if tx.send(h).await.is_err() {
                     break;
                 }

@@ -36,8 +36,8 @@ const AFTER_HELP: &str = "Run `enlace bench --help` for what each number means."
 const AFTER_LONG_HELP: &str = "\
 Every scenario starts the nodes in this process on a fresh loopback network (PKI in a temporary
 directory), each node on a runtime of its own (2 worker threads, as a separate enlaced process
-would have; the store's writer thread besides), and drives them through the client library from
-the bench's own runtime:
+would have; its bulk runtime, store writer and delivery-log writer threads besides), and
+drives them through the client library from the bench's own runtime:
   records  1 KiB ROUTINE analytical reports, submitted by --producers tasks that together keep
            --outstanding sends in flight, as fast as the node accepts them (the client retries
            QUEUE_FULL after the node's retry-after, with the same id);
@@ -95,7 +95,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub producers: u32,
     /// Record sends in flight at once, shared among the producers (at least one each); the
-    /// client pipelines them within its 1 MiB window.
+    /// client pipelines them within its 128 KiB window.
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub outstanding: u32,
     /// Print one JSON object per scenario on stdout, and nothing else there.
