@@ -159,6 +159,15 @@ fn latency(area: &Area<'_>, s: &Series) -> anyhow::Result<()> {
 }
 
 fn throughput(area: &Area<'_>, s: &Series) -> anyhow::Result<()> {
+    if s.records.is_empty() {
+        let area = area.titled(
+            &format!("{}: records delivered", s.name),
+            ("sans-serif", 16),
+        )?;
+        let note = Text::new("no records in this scenario", (60, 80), ("sans-serif", 14));
+        area.draw(&note)?;
+        return Ok(());
+    }
     let end = s
         .rate
         .last()
