@@ -144,16 +144,21 @@ pub fn hex(bytes: &[u8]) -> String {
     s
 }
 
-/// Parses a 32-byte hash in hex.
-pub fn unhex32(s: &str) -> Option<Hash> {
-    if s.len() != 64 || !s.is_ascii() {
+/// Parses hex (either case); `None` unless it is a non-empty, even-length string of hex digits
+/// only (no sign, no prefix).
+pub fn unhex(s: &str) -> Option<Vec<u8>> {
+    if s.is_empty() || !s.len().is_multiple_of(2) || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
-    let mut h = [0u8; 32];
-    for (i, b) in h.iter_mut().enumerate() {
-        *b = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
-    }
-    Some(h)
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).ok())
+        .collect()
+}
+
+/// Parses a 32-byte hash in hex.
+pub fn unhex32(s: &str) -> Option<Hash> {
+    unhex(s)?.try_into().ok()
 }
 
 /// A time as records write it: RFC 3339, UTC, microseconds.
@@ -329,6 +334,9 @@ mod tests {
         assert!(serde_json::from_str::<Record>(&line.replace("\"seq\"", "\"sek\"")).is_err());
         assert_eq!(unhex32(&hex(&[0xab; 32])), Some([0xab; 32]));
         assert_eq!(unhex32("zz"), None);
+        assert_eq!(unhex32(&hex(&[0xab; 31])), None);
+        // `from_str_radix` alone would take a sign: a hash has one spelling.
+        assert_eq!(unhex32(&format!("+b{}", "ab".repeat(31))), None);
         assert_eq!(records_file_seq(&records_file(42)), Some(42));
     }
 

@@ -91,16 +91,6 @@ fn pem_error(path: &Path, e: rustls_pki_types::pem::Error) -> PkiError {
     }
 }
 
-/// Lowercase hex without separators, the form [`crate::identity::PeerCert::serial`] uses.
-pub(super) use crate::audit::hex;
-
-/// Parses hex (either case); `None` unless it is a non-empty, even-length hex string.
-pub(super) fn unhex(s: &str) -> Option<Vec<u8>> {
-    if s.is_empty() || !s.len().is_multiple_of(2) || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).ok())
-        .collect()
-}
+/// Lowercase hex without separators, the form [`crate::identity::PeerCert::serial`] uses, and
+/// its parser.
+pub(super) use crate::audit::{hex, unhex};
