@@ -290,9 +290,7 @@ fn encode_batch(
     .into_iter();
     let mut out = BytesMut::new();
     let mut pending = pending.lock().expect("pending lock poisoned");
-    let mut slot = Some(slot);
-    let last = batch.len() - 1;
-    for (i, r) in batch.into_iter().enumerate() {
+    for r in batch {
         let signed = match r.envelope {
             Envelope::Signed(s) => s,
             Envelope::Unsigned(envelope) => pb::SignedEnvelope {
@@ -307,11 +305,11 @@ fn encode_batch(
             envelope: Some(signed),
         });
         frame::encode_into(&pb::Frame { body: Some(submit) }, &mut out);
-        pending.push_back((
-            r.answer,
-            r.permit,
-            if i == last { slot.take() } else { None },
-        ));
+        pending.push_back((r.answer, r.permit, None));
+    }
+    // The batch's slot is given back with its last answer.
+    if let Some(last) = pending.back_mut() {
+        last.2 = Some(slot);
     }
     out.freeze()
 }

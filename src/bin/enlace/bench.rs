@@ -369,8 +369,14 @@ async fn measure(
         l.sort_unstable();
         l
     };
-    let latencies = latencies_in(&alert_sends, &alerts_seen);
-    let pct = |p: f64| nearest_rank(&latencies, p);
+    let plot = plot::Series {
+        name: format!("{} / {}", scenario.name(), topology.name()),
+        records: latencies_in(&record_sends, &records_seen),
+        alerts: latencies_in(&alert_sends, &alerts_seen),
+        rate: plot::rate_over_time(&record_receipts, start, end),
+    };
+    let latencies = &plot.alerts;
+    let pct = |p: f64| nearest_rank(latencies, p);
     let window = (end - start).as_secs_f64();
     let rate = scenario.records().then(|| (after - before) as f64 / window);
     let in_window = |r: &[Stamp]| r.iter().filter(|(_, at)| (start..end).contains(at)).count();
@@ -378,12 +384,6 @@ async fn measure(
     let cpu = cpu_before.zip(cpu_after).map(|(b, a)| a.since(b));
     let per_1k =
         |t: Duration| (messages > 0).then(|| round(t.as_secs_f64() * 1e3 / messages as f64, 4));
-    let plot = plot::Series {
-        name: format!("{} / {}", scenario.name(), topology.name()),
-        records: latencies_in(&record_sends, &records_seen),
-        alerts: latencies.clone(),
-        rate: plot::rate_over_time(&record_receipts, start, end),
-    };
     Ok(Report {
         scenario: scenario.name(),
         topology: topology.name(),

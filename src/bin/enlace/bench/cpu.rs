@@ -22,8 +22,8 @@ impl Cpu {
     /// The process's threads now. `None` where `/proc` does not say (not Linux).
     pub fn now() -> Option<Cpu> {
         let mut cpu = Cpu::default();
-        for task in std::fs::read_dir("/proc/self/task").ok()? {
-            let path = task.ok()?.path();
+        for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+            let path = task.path();
             // A thread that ended since the directory was read is simply not counted.
             let (Ok(comm), Ok(stat)) = (
                 std::fs::read_to_string(path.join("comm")),
