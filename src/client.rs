@@ -283,7 +283,7 @@ impl Client {
         } else {
             "0.0.0.0:0".parse().expect("literal address")
         };
-        let endpoint = tls::endpoint(bind, None)?;
+        let endpoint = tls::endpoint(bind, None, None)?;
         let config = tls::quic_client_config(tls_material.client_config()?)?;
         // Act in the role our certificate grants (client or operator); the node checks it.
         let role = match identity::own_identity(&tls_material.chain[0]).map(|i| i.role) {

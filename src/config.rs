@@ -80,6 +80,9 @@ pub struct Config {
     pub(crate) policy: Option<PathBuf>,
     /// The delivery log's checkpoints, durability and retention (`[delivery_log]`).
     pub(crate) delivery_log: DeliveryLog,
+    /// The size of the store's segment files (`[store] segment_bytes`, 64 MiB): each is
+    /// reserved on disk whole when it is started, and deleted whole once nothing in it is live.
+    pub(crate) store_segment_bytes: u64,
     /// The metrics and health endpoint (`[metrics]`).
     pub(crate) metrics: MetricsConfig,
 }
@@ -251,6 +254,8 @@ struct RawConfig {
     #[serde(default)]
     delivery_log: RawDeliveryLog,
     #[serde(default)]
+    store: RawStore,
+    #[serde(default)]
     peers: Vec<RawPeer>,
     #[serde(default)]
     agencies: BTreeMap<String, RawAgency>,
@@ -331,6 +336,12 @@ struct RawLimits {
 struct RawLog {
     format: Option<LogFormat>,
     level: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    segment_bytes: Option<u64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -711,6 +722,14 @@ impl Config {
 
         let readers = readers(raw.inbox, raw.units)?;
         let delivery_log = delivery_log(&raw.delivery_log).map_err(|(k, r)| err(&k, r))?;
+        let store_segment_bytes = match raw.store.segment_bytes {
+            None => 64 << 20,
+            Some(v) if (64 << 10..=1 << 40).contains(&v) => v,
+            Some(v) => {
+                let reason = format!("{v} is out of range: it must be between 65536 and 2^40");
+                return Err(err("store.segment_bytes", reason));
+            }
+        };
         let metrics = metrics::metrics(raw.metrics)?;
 
         Ok(Config {
@@ -735,6 +754,7 @@ impl Config {
             },
             limits,
             delivery_log,
+            store_segment_bytes,
             log_format: raw.log.format.unwrap_or(LogFormat::Human),
             log_level: raw.log.level.unwrap_or_else(|| "info".into()),
             peers,

@@ -63,13 +63,13 @@ pub enum SubmitError {
     /// other needs the message (or its addressees, or this client's rights) changed first.
     #[error("refused ({code:?}): {reason}")]
     Refused {
-        /// Why, as a code: `QUEUE_FULL` and `SHUTTING_DOWN` mean busy (try again later); the
-        /// others (`INVALID`, `EXPIRED`, `UNKNOWN_RECIPIENT`, `TOO_LARGE`, ...) are final for
+        /// Why, as a code: `QUEUE_FULL`, `SHUTTING_DOWN`, `STORE_FULL` and `STORE_FAILED`
+        /// mean busy (try again later, or by another route); the others (`INVALID`, `EXPIRED`, `UNKNOWN_RECIPIENT`, `TOO_LARGE`, ...) are final for
         /// this message as it is.
         code: pb::RefusalCode,
         /// The node's reason, in words, naming the field or limit at fault.
         reason: String,
-        /// For `QUEUE_FULL` and `SHUTTING_DOWN`: when the node suggests trying again.
+        /// For a busy refusal: when the node suggests trying again.
         retry_after: Option<Duration>,
     },
     /// The connection or stream failed; the message may or may not have been accepted: resend
@@ -82,8 +82,8 @@ pub enum SubmitError {
 }
 
 impl SubmitError {
-    /// Whether the node was busy (`QUEUE_FULL`, `SHUTTING_DOWN`): the same message may be sent
-    /// again later.
+    /// Whether the node was busy (`QUEUE_FULL`, `SHUTTING_DOWN`, `STORE_FULL`,
+    /// `STORE_FAILED`): the same message may be sent again later.
     pub fn is_busy(&self) -> bool {
         matches!(self, SubmitError::Refused { code, .. } if crate::refusal::is_busy(*code))
     }

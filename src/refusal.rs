@@ -45,7 +45,14 @@ impl Refusal {
     }
 }
 
-/// Whether a refusal code means "try again later": `QUEUE_FULL` or `SHUTTING_DOWN`.
+/// Whether a refusal code means "try again later": `QUEUE_FULL`, `SHUTTING_DOWN`,
+/// `STORE_FULL` or `STORE_FAILED`.
 pub(crate) fn is_busy(code: RefusalCode) -> bool {
-    matches!(code, RefusalCode::QueueFull | RefusalCode::ShuttingDown)
+    matches!(
+        code,
+        RefusalCode::QueueFull
+            | RefusalCode::ShuttingDown
+            | RefusalCode::StoreFull
+            | RefusalCode::StoreFailed
+    )
 }

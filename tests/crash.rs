@@ -204,3 +204,38 @@ async fn kill9_under_mixed_load_loses_nothing_acknowledged() {
     let phantom = s.shown.keys().filter(|id| !accepted.contains(id)).count();
     assert_eq!(phantom, 0, "delivered messages that were never accepted");
 }
+
+/// A node that restarts resets the connections of its previous life at once (a stateless reset
+/// from the key it keeps in its data directory): a client's next packet draws it, and the
+/// client hears that the connection is gone in well under a second, instead of after its idle
+/// timeout (30 s). A new connection then works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_node_resets_its_previous_connections_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = LocalNetwork::mesh(dir.path(), &certs(), &["dea"]).unwrap();
+    let config = net.config_path("dea-1");
+    let options = net.client_options("dea", "analyst").unwrap();
+    let note = |i: u64| draft(MessageId::new_v7(SystemTime::now()), i);
+
+    let mut daemon = Daemon::start(&config);
+    let client = Client::connect(options.clone()).await.unwrap();
+    client.submit(note(0)).await.unwrap();
+    assert!(dir.path().join("data/dea-1/reset.key").exists());
+    daemon.kill9();
+    let _daemon = Daemon::start(&config);
+
+    let started = std::time::Instant::now();
+    let answer = within("the old connection's end", async {
+        client.send(note(1)).await?.await
+    })
+    .await;
+    let waited = started.elapsed();
+    // Without the reset the send would wait out the idle timeout: 30 s.
+    assert!(
+        matches!(answer, Err(SubmitError::Connection(_))),
+        "expected the old connection to be gone, got {answer:?}"
+    );
+    assert!(waited < Duration::from_secs(1), "noticed after {waited:?}");
+    let again = Client::connect(options).await.unwrap();
+    again.submit(note(2)).await.unwrap();
+}

@@ -624,18 +624,42 @@ impl Ledger {
         }
     }
 
+    /// The sender's refusal for a store that did not take its request: `STORE_FAILED` when
+    /// the store failed ([`Ledger::storage_failed`]), `STORE_FULL` when the disk is full,
+    /// `INVALID` for a request the store refused alone. Reasons name no file: the log does.
+    fn store_refusal(&self, e: &StoreError) -> Refusal {
+        match e {
+            e if e.is_fatal() => self.storage_failed(e),
+            StoreError::Full => {
+                tracing::warn!(node = %self.0.node, "refused: the store's disk is full");
+                Refusal::new(
+                    RefusalCode::StoreFull,
+                    format!(
+                        "node {}'s disk is full: nothing of this message was kept; the node \
+                         goes on delivering what it holds and accepts again once space \
+                         returns: retry later or by another route",
+                        self.0.node
+                    ),
+                )
+            }
+            e => Refusal::invalid(e.to_string()),
+        }
+    }
+
     /// The store failed: it is fatal (see [`crate::store`]). The node refuses everything from
-    /// now on with this reason, and stops so that a supervisor restarts it.
+    /// now on with `STORE_FAILED`, and stops so that a supervisor restarts it (the cause, with
+    /// the file, is in the node's log, not in the refusal).
     fn storage_failed(&self, e: &StoreError) -> Refusal {
         let reason = format!(
-            "node {} cannot store messages ({e}); try later or another route",
+            "node {}'s store failed (an I/O error on its disk): it accepts nothing until it is \
+             restarted, and what it accepted before is safe; retry later or by another route",
             self.0.node
         );
         if self.0.failed.set(reason.clone()).is_ok() {
-            tracing::error!(node = %self.0.node, error = %e, "storage failed: refusing everything and stopping");
+            tracing::error!(node = %self.0.node, error = %e, "STORAGE FAILED: refusing everything and stopping; restart the node once the disk is checked");
             self.0.fatal.notify_one();
         }
-        Refusal::new(RefusalCode::ShuttingDown, reason)
+        Refusal::new(RefusalCode::StoreFailed, reason)
     }
 
     /// Records store ops whose durability the caller need not wait for (a lost `Done` only means
@@ -648,6 +672,8 @@ impl Ledger {
                 if e.is_fatal() {
                     ledger.storage_failed(&e);
                 } else {
+                    // With the disk full, a copy finished here may come back after a restart
+                    // (a duplicate the client drops); the node goes on.
                     tracing::warn!(error = %e, "store op not applied");
                 }
             }

@@ -54,6 +54,9 @@ pub enum NodeError {
     /// The delivery log could not be opened (`<data_dir>/log`).
     #[error("delivery log: {0}")]
     Log(std::io::Error),
+    /// The stateless-reset secret (`<data_dir>/reset.key`) cannot be read or created.
+    #[error("reset key (<data_dir>/reset.key): {0}")]
+    ResetKey(std::io::Error),
     /// The threads of its bulk runtime could not be started.
     #[error("cannot start the node's bulk runtime: {0}")]
     Runtime(std::io::Error),
@@ -238,6 +241,45 @@ struct Bound {
     metrics: Option<tokio::net::TcpListener>,
 }
 
+/// The node's stateless-reset secret, `<data_dir>/reset.key` (32 random bytes, owner-only),
+/// created at first start and kept: see [`tls::endpoint`]. Anyone holding it could reset the
+/// node's connections, so it is as private as the data directory.
+fn reset_key(data_dir: &std::path::Path) -> std::io::Result<[u8; 32]> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = data_dir.join("reset.key");
+    match std::fs::read(&path) {
+        Ok(bytes) => {
+            return <[u8; 32]>::try_from(bytes.as_slice()).map_err(|_| {
+                std::io::Error::other(format!(
+                    "{} holds {} bytes, not 32: remove it to make a new one",
+                    path.display(),
+                    bytes.len()
+                ))
+            });
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    std::fs::create_dir_all(data_dir)?;
+    let mut key = [0u8; 32];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut key)
+        .map_err(|_| std::io::Error::other("no randomness for the reset key"))?;
+    // Written whole and synced under a temporary name, then renamed: never a short key.
+    let tmp = data_dir.join("reset.key.tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(&key)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, &path)?;
+    std::fs::File::open(data_dir)?.sync_all()?;
+    Ok(key)
+}
+
 /// Checks the config's TLS material, opens the store, rebuilds the queues and binds the socket.
 fn bind(config: Config) -> Result<Bound, NodeError> {
     let own = trust::load(&config)?;
@@ -250,7 +292,8 @@ fn bind(config: Config) -> Result<Bound, NodeError> {
         tracing::warn!(node = %config.name, "{w}");
     }
     let server = tls::quic_server_config(own.tls.server_config()?)?;
-    let endpoint = tls::endpoint(config.listen, Some(server))?;
+    let reset_key = reset_key(&config.data_dir).map_err(NodeError::ResetKey)?;
+    let endpoint = tls::endpoint(config.listen, Some(server), Some(&reset_key))?;
     let metrics_listener = bind_metrics(&config)?;
     let metrics = Arc::new(Metrics::new(
         &config.name,
@@ -280,6 +323,7 @@ fn bind(config: Config) -> Result<Bound, NodeError> {
     };
     let store_options = StoreOptions {
         observer: Some(metrics.store_observer()),
+        segment_bytes: config.store_segment_bytes,
         ..StoreOptions::default()
     };
     let (store, recovered) =

@@ -157,7 +157,7 @@ impl Node {
     /// Why the node takes no new messages, if it does not.
     pub fn refusing_new_work(&self) -> Option<Refusal> {
         if let Some(reason) = self.ledger.failure() {
-            return Some(Refusal::new(RefusalCode::ShuttingDown, reason));
+            return Some(Refusal::new(RefusalCode::StoreFailed, reason));
         }
         self.shutting_down
             .load(Ordering::Acquire)

@@ -2,8 +2,8 @@
 //!
 //! Two kinds matter to the node. [`StoreError::Failed`] is fatal (the store accepts nothing more;
 //! restart to recover from disk). The caller errors ([`StoreError::NotLive`],
-//! [`StoreError::NotDead`], [`StoreError::Duplicate`], [`StoreError::Invalid`]) mean nothing of
-//! that request was written and the store goes on.
+//! [`StoreError::NotDead`], [`StoreError::Duplicate`], [`StoreError::Invalid`]) and
+//! [`StoreError::Full`] mean nothing of that request was written and the store goes on.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -50,6 +50,12 @@ pub enum StoreError {
         crate::audit::hex(message_id)
     )]
     Duplicate { queue: String, message_id: [u8; 16] },
+    /// The disk has no room for this request. Nothing of it was written, and the store goes
+    /// on: it accepts again once space returns. Requests that only finish copies (and so free
+    /// space) still go through while the newest segment has room for them. The message names
+    /// no path: it reaches senders.
+    #[error("no space left on the node's disk")]
+    Full,
     /// A record or an option out of bounds. Nothing was written.
     #[error("invalid store input: {0}")]
     Invalid(String),

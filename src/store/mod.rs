@@ -20,8 +20,8 @@
 //! store never retries; restarting the node reopens the log and recovers what is on disk.
 
 mod crc;
+pub(crate) mod disk;
 mod error;
-mod fault;
 mod index;
 mod reclaim;
 mod record;
@@ -37,8 +37,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, watch};
 
+use disk::Disk;
 pub use error::StoreError;
-use fault::Faults;
 use index::Seen;
 pub use record::{MAX_MESSAGE_BYTES, MAX_QUEUE_BYTES, MAX_REASON_BYTES};
 use writer::{CommitRequest, Request, Writer};
@@ -223,13 +223,23 @@ impl Store {
     /// [`StoreError::Locked`] when the directory is in use; [`StoreError::Io`];
     /// [`StoreError::Invalid`] for unusable options.
     pub fn open(dir: &Path, opts: StoreOptions) -> Result<(Store, Vec<StoredMessage>), StoreError> {
-        Store::open_with(dir, opts, Faults::default())
+        Store::open_with(dir, opts, Arc::new(disk::Std))
+    }
+
+    /// As [`Store::open`], on a simulated disk (see `disk::sim`).
+    #[cfg(test)]
+    pub(crate) fn open_simulated(
+        dir: &Path,
+        opts: StoreOptions,
+        disk: disk::sim::SimDisk,
+    ) -> Result<(Store, Vec<StoredMessage>), StoreError> {
+        Store::open_with(dir, opts, Arc::new(disk))
     }
 
     fn open_with(
         dir: &Path,
         opts: StoreOptions,
-        faults: Faults,
+        disk: Arc<dyn Disk>,
     ) -> Result<(Store, Vec<StoredMessage>), StoreError> {
         if opts.segment_bytes < 4096
             || opts.max_batch_records == 0
@@ -240,13 +250,13 @@ impl Store {
                 "store options out of range: {opts:?}"
             )));
         }
-        std::fs::create_dir_all(dir).map_err(|source| StoreError::Io {
+        disk.create_dir_all(dir).map_err(|source| StoreError::Io {
             op: "create",
             path: dir.to_owned(),
             source,
         })?;
-        let lock = segment::lock(dir)?;
-        let rec = recover::recover(dir)?;
+        let lock = segment::lock(&*disk, dir)?;
+        let rec = recover::recover(&*disk, dir)?;
         let shared = Arc::new(Shared {
             failed: OnceLock::new(),
             seen: Mutex::new(rec.seen),
@@ -254,7 +264,7 @@ impl Store {
         });
         let (tx, rx) = mpsc::channel(REQUEST_QUEUE);
         let (exit, exited) = watch::channel(());
-        let writer = Writer::new(dir, opts, rec.state, shared.clone(), faults, lock);
+        let writer = Writer::new(dir, opts, rec.state, shared.clone(), disk, lock);
         let on_exit = ExitGuard {
             shared: shared.clone(),
             _exit: exit,

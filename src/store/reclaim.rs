@@ -7,9 +7,6 @@
 //! current attempts and dead state) a bounded slice per write, after which the head is deleted.
 //! Nothing here decides when a message is finished: that is the node's `Done`.
 
-use std::fs::{self, File};
-use std::os::unix::fs::FileExt;
-
 use super::record::{Frame, PutBody, Record, read_frame};
 use super::segment;
 use super::writer::{Fatal, Writer, fatal};
@@ -22,11 +19,11 @@ impl Writer {
             .compaction_source(active, self.opts.compact_below_live_ratio)
     }
 
-    /// Adds copies of up to `max_batch_bytes` of the compaction source's live records, with
-    /// their current attempts and dead state and their original seqs.
-    pub(super) fn compact_into(&mut self, records: &mut Vec<Record>) -> Result<(), Fatal> {
+    /// The live copies compaction moves in the next write: up to `max_batch_bytes` of the
+    /// compaction source's, oldest first.
+    fn compaction_moves(&self) -> Vec<u64> {
         let Some(source) = self.compaction_source() else {
-            return Ok(());
+            return Vec::new();
         };
         let mut budget = self.opts.max_batch_bytes as u64;
         let mut moving = Vec::new();
@@ -42,6 +39,30 @@ impl Writer {
                 .map_or(0, |e| u64::from(e.loc.len));
             budget = budget.saturating_sub(len);
         }
+        moving
+    }
+
+    /// At most how many bytes [`Writer::compact_into`] adds to the write (the copies it would
+    /// move, each with its current dead-letter reason, which its old frame may not have had),
+    /// and whether they are all the source's live copies (so that it can then be deleted).
+    pub(super) fn compaction_bound(&self) -> (u64, bool) {
+        let index = &self.state.index;
+        let moves = self.compaction_moves();
+        let whole = self
+            .compaction_source()
+            .is_some_and(|s| index.segments()[&s].live.len() == moves.len());
+        let bound = moves
+            .into_iter()
+            .filter_map(|seq| index.get(seq))
+            .map(|e| u64::from(e.loc.len) + e.dead.as_ref().map_or(0, |d| d.len() as u64))
+            .sum();
+        (bound, whole)
+    }
+
+    /// Adds copies of up to `max_batch_bytes` of the compaction source's live records, with
+    /// their current attempts and dead state and their original seqs.
+    pub(super) fn compact_into(&mut self, records: &mut Vec<Record>) -> Result<(), Fatal> {
+        let moving = self.compaction_moves();
         for seq in moving {
             let mut body = self.read_put(seq)?;
             // `moving` came from the index, so the entry is there; `read_put` checked it.
@@ -66,9 +87,11 @@ impl Writer {
         let path = segment::path(&self.dir, loc.segment);
         let file = match self.readers.entry(loc.segment) {
             std::collections::hash_map::Entry::Occupied(f) => f.into_mut(),
-            std::collections::hash_map::Entry::Vacant(v) => {
-                v.insert(File::open(&path).map_err(|e| fatal("open", &path, e))?)
-            }
+            std::collections::hash_map::Entry::Vacant(v) => v.insert(
+                self.disk
+                    .open_read(&path)
+                    .map_err(|e| fatal("open", &path, e))?,
+            ),
         };
         let mut frame = vec![0; loc.len as usize];
         file.read_exact_at(&mut frame, loc.offset)
@@ -95,8 +118,12 @@ impl Writer {
     pub(super) fn reclaim(&mut self) -> Result<(), Fatal> {
         while let Some(id) = self.state.index.deletable_head(self.state.newest) {
             let path = segment::path(&self.dir, id);
-            fs::remove_file(&path).map_err(|e| fatal("remove", &path, e))?;
-            segment::sync_dir(&self.dir).map_err(|e| fatal("sync directory of", &path, e))?;
+            self.disk
+                .remove(&path)
+                .map_err(|e| fatal("remove", &path, e))?;
+            self.disk
+                .sync_dir(&self.dir)
+                .map_err(|e| fatal("sync directory of", &path, e))?;
             self.readers.remove(&id);
             let keys = self.state.index.remove_segment(id);
             let mut seen = self.shared.seen();

@@ -68,6 +68,32 @@ pub(super) enum Record {
     Commit { records: u32 },
 }
 
+/// The frame length of a `Put` whose queue name, dead-letter reason and message have these
+/// lengths.
+pub(super) fn put_len(queue: usize, dead: usize, bytes: usize) -> usize {
+    FRAME_HEADER + 1 + 8 + 16 + 1 + 8 + 8 + 4 + 1 + queue + 3 + dead + bytes
+}
+
+/// The frame length of a segment `Header`.
+pub(super) const HEADER_LEN: usize = FRAME_HEADER + 1 + 20;
+
+pub(super) fn done_len() -> usize {
+    FRAME_HEADER + 1 + 8
+}
+
+pub(super) fn attempt_len() -> usize {
+    FRAME_HEADER + 1 + 12
+}
+
+pub(super) fn commit_len() -> usize {
+    FRAME_HEADER + 1 + 4
+}
+
+/// The frame length of a `DeadLetter` with a reason this long.
+pub(super) fn dead_letter_len(reason: usize) -> usize {
+    FRAME_HEADER + 1 + 8 + reason
+}
+
 /// What [`read_frame`] found at a position.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) enum Frame<'a> {
@@ -115,27 +141,18 @@ pub(super) fn read_frame(buf: &[u8], pos: usize) -> Frame<'_> {
 impl Record {
     /// Bytes this record takes on disk, frame header included.
     pub(super) fn frame_len(&self) -> usize {
-        FRAME_HEADER
-            + 1
-            + match self {
-                Record::Header { .. } => 20,
-                Record::Put(p) => {
-                    8 + 16
-                        + 1
-                        + 8
-                        + 8
-                        + 4
-                        + 1
-                        + p.queue.len()
-                        + 3
-                        + p.dead.as_ref().map_or(0, String::len)
-                        + p.bytes.len()
-                }
-                Record::Done { .. } => 8,
-                Record::Attempt { .. } => 12,
-                Record::DeadLetter { reason, .. } => 8 + reason.len(),
-                Record::Commit { .. } => 4,
-            }
+        match self {
+            Record::Header { .. } => HEADER_LEN,
+            Record::Put(p) => put_len(
+                p.queue.len(),
+                p.dead.as_ref().map_or(0, String::len),
+                p.bytes.len(),
+            ),
+            Record::Done { .. } => done_len(),
+            Record::Attempt { .. } => attempt_len(),
+            Record::DeadLetter { reason, .. } => dead_letter_len(reason.len()),
+            Record::Commit { .. } => commit_len(),
+        }
     }
 
     /// Appends this record's frame to `out`. Callers keep strings within the documented limits

@@ -10,9 +10,9 @@
 //! came between the copy and the deletion of its old segment; the later frame wins.
 
 use std::collections::BTreeMap;
-use std::fs::{self, OpenOptions};
 use std::path::Path;
 
+use super::disk::Disk;
 use super::index::{Index, Location, Seen};
 use super::record::Record;
 use super::segment::{self, Scan};
@@ -44,8 +44,8 @@ pub(super) struct Recovered {
 ///
 /// # Errors
 /// [`StoreError::Corrupt`] for damage outside the newest segment's tail; [`StoreError::Io`].
-pub(super) fn recover(dir: &Path) -> Result<Recovered, StoreError> {
-    let segments = segment::list(dir)?;
+pub(super) fn recover(disk: &dyn Disk, dir: &Path) -> Result<Recovered, StoreError> {
+    let segments = segment::list(disk, dir)?;
     let last = segments.last().map(|(id, _)| *id);
     let mut state = State {
         next_seq: 1,
@@ -60,7 +60,7 @@ pub(super) fn recover(dir: &Path) -> Result<Recovered, StoreError> {
             path: path.clone(),
             source,
         };
-        let data = fs::read(&path).map_err(|e| io("read", e))?;
+        let data = disk.read(&path).map_err(|e| io("read", e))?;
         let scan = segment::scan(&data);
         let corrupt = |offset, reason: &str| StoreError::Corrupt {
             path: path.clone(),
@@ -74,12 +74,12 @@ pub(super) fn recover(dir: &Path) -> Result<Recovered, StoreError> {
             }
         } else {
             if scan.good_len < data.len() as u64 {
-                cut(&path, &scan, data.len() as u64)?;
+                cut(disk, &path, &scan, data.len() as u64)?;
             }
             if scan.good_len == 0 {
                 // Created, but its first write never completed: nothing in it was acknowledged.
-                fs::remove_file(&path).map_err(|e| io("remove", e))?;
-                segment::sync_dir(dir).map_err(|e| io("sync directory of", e))?;
+                disk.remove(&path).map_err(|e| io("remove", e))?;
+                disk.sync_dir(dir).map_err(|e| io("sync directory of", e))?;
                 continue;
             }
         }
@@ -160,7 +160,7 @@ fn replay(
 }
 
 /// Truncates the newest segment at the end of its last complete write, durably.
-fn cut(path: &Path, scan: &Scan, file_len: u64) -> Result<(), StoreError> {
+fn cut(disk: &dyn Disk, path: &Path, scan: &Scan, file_len: u64) -> Result<(), StoreError> {
     let (found_at, reason) = scan
         .stop
         .as_ref()
@@ -180,10 +180,6 @@ fn cut(path: &Path, scan: &Scan, file_len: u64) -> Result<(), StoreError> {
         path: path.to_owned(),
         source,
     };
-    let file = OpenOptions::new()
-        .write(true)
-        .open(path)
-        .map_err(|e| io("open", e))?;
-    file.set_len(scan.good_len).map_err(|e| io("truncate", e))?;
-    file.sync_all().map_err(|e| io("sync", e))
+    disk.truncate(path, scan.good_len)
+        .map_err(|e| io("truncate", e))
 }

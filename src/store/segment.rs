@@ -6,11 +6,11 @@
 //! copies keep their original seqs, and a segment may hold no `Put` at all.) The scan is pure;
 //! the few file helpers here do no retries and return `std::io` errors for the caller to type.
 
-use std::fs::{self, File, OpenOptions};
-use std::io;
+use std::any::Any;
 use std::path::{Path, PathBuf};
 
 use super::StoreError;
+use super::disk::Disk;
 use super::record::{Frame, Record, read_frame};
 
 /// The path of segment `id` in `dir`.
@@ -26,17 +26,16 @@ fn parse_name(name: &str) -> Option<u64> {
 }
 
 /// The segment files in `dir`, oldest first. Other files are ignored.
-pub(super) fn list(dir: &Path) -> Result<Vec<(u64, PathBuf)>, StoreError> {
-    let io = |source| StoreError::Io {
+pub(super) fn list(disk: &dyn Disk, dir: &Path) -> Result<Vec<(u64, PathBuf)>, StoreError> {
+    let names = disk.list(dir).map_err(|source| StoreError::Io {
         op: "list",
         path: dir.to_owned(),
         source,
-    };
+    })?;
     let mut out = Vec::new();
-    for entry in fs::read_dir(dir).map_err(io)? {
-        let entry = entry.map_err(io)?;
-        if let Some(id) = entry.file_name().to_str().and_then(parse_name) {
-            out.push((id, entry.path()));
+    for name in names {
+        if let Some(id) = parse_name(&name) {
+            out.push((id, dir.join(name)));
         }
     }
     out.sort_unstable_by_key(|(id, _)| *id);
@@ -48,32 +47,16 @@ pub(super) fn list(dir: &Path) -> Result<Vec<(u64, PathBuf)>, StoreError> {
 ///
 /// # Errors
 /// [`StoreError::Locked`] when another handle or process holds it.
-pub(super) fn lock(dir: &Path) -> Result<File, StoreError> {
-    let path = dir.join("LOCK");
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|source| StoreError::Io {
-            op: "open",
-            path: path.clone(),
-            source,
-        })?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(fs::TryLockError::WouldBlock) => Err(StoreError::Locked(dir.to_owned())),
-        Err(fs::TryLockError::Error(source)) => Err(StoreError::Io {
+pub(super) fn lock(disk: &dyn Disk, dir: &Path) -> Result<Box<dyn Any + Send>, StoreError> {
+    match disk.lock(dir) {
+        Ok(Some(lock)) => Ok(lock),
+        Ok(None) => Err(StoreError::Locked(dir.to_owned())),
+        Err(source) => Err(StoreError::Io {
             op: "lock",
-            path,
+            path: dir.join("LOCK"),
             source,
         }),
     }
-}
-
-/// Makes creations and deletions of entries in `dir` durable.
-pub(super) fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
 }
 
 /// Where (the frame that could not be used, or the end of the data) and why a scan stopped.

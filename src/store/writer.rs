@@ -17,17 +17,17 @@
 //! It does not retry: the first I/O error is recorded in [`Shared::failed`], every request in the
 //! round and after it is answered [`StoreError::Failed`], and the thread exits.
 
+use std::any::Any;
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::fault::Faults;
+use super::disk::{self, Append, Disk, ReadAt};
 use super::index::{Key, Location};
-use super::record::{PutBody, Record};
+use super::record::{self, PutBody, Record};
 use super::recover::State;
 use super::{Op, Shared, StoreError, StoreOptions, StoreStats, segment};
 
@@ -83,6 +83,14 @@ fn take_batch<T>(
 }
 
 impl CommitRequest {
+    /// Whether the request adds copies (a `Put` or a redrive), rather than only finishing or
+    /// marking them.
+    fn adds_copies(&self) -> bool {
+        self.ops
+            .iter()
+            .any(|op| matches!(op, Op::Put(_) | Op::Redrive(_)))
+    }
+
     /// Whether the request puts a time-sensitive copy (precedence FLASH, IMMEDIATE, PRIORITY).
     fn urgent(&self) -> bool {
         self.ops
@@ -101,8 +109,10 @@ pub(super) fn fatal(op: &str, path: &Path, e: impl std::fmt::Display) -> Fatal {
 /// The segment being appended to.
 pub(super) struct Active {
     pub(super) id: u64,
-    file: File,
+    file: Box<dyn Append>,
     len: u64,
+    /// Bytes reserved on disk for the segment (at least [`StoreOptions::segment_bytes`]).
+    room: u64,
 }
 
 pub(super) struct Writer {
@@ -110,19 +120,21 @@ pub(super) struct Writer {
     pub(super) opts: StoreOptions,
     pub(super) state: State,
     pub(super) shared: Arc<Shared>,
-    faults: Faults,
+    pub(super) disk: Arc<dyn Disk>,
     /// Created at the first write after open: a segment is only ever appended to by the run
     /// that created it, so nothing is written after a recovered tail.
     pub(super) active: Option<Active>,
     /// Read handles for redrive and compaction, by segment id.
-    pub(super) readers: HashMap<u64, File>,
+    pub(super) readers: HashMap<u64, Box<dyn ReadAt>>,
     buf: Vec<u8>,
     /// Requests taken from the channel and not yet written: urgent ones, then the others.
     urgent: VecDeque<CommitRequest>,
     waiting: VecDeque<CommitRequest>,
     pub(super) stats: StoreStats,
+    /// The last round found the disk full (logged once, until space returns).
+    full: bool,
     /// Held for the writer's life: the directory's exclusive lock.
-    _lock: File,
+    _lock: Box<dyn Any + Send>,
 }
 
 impl Writer {
@@ -131,21 +143,22 @@ impl Writer {
         opts: StoreOptions,
         state: State,
         shared: Arc<Shared>,
-        faults: Faults,
-        lock: File,
+        disk: Arc<dyn Disk>,
+        lock: Box<dyn Any + Send>,
     ) -> Writer {
         let w = Writer {
             dir: dir.to_owned(),
             opts,
             state,
             shared,
-            faults,
+            disk,
             active: None,
             readers: HashMap::new(),
             buf: Vec::new(),
             urgent: VecDeque::new(),
             waiting: VecDeque::new(),
             stats: StoreStats::default(),
+            full: false,
             _lock: lock,
         };
         w.publish_stats(); // Before the thread starts, so `stats` is right from `open` on.
@@ -211,7 +224,8 @@ impl Writer {
         if close.is_none()
             && self.urgent.is_empty()
             && self.waiting.is_empty()
-            && self.compaction_source().is_none()
+            // With the disk full, compaction waits for the next request.
+            && (self.full || self.compaction_source().is_none())
         {
             match rx.blocking_recv() {
                 Some(req) => self.sort(req, close),
@@ -243,6 +257,13 @@ impl Writer {
 
     /// One write and one fsync for a batch; answers every request in it.
     fn round(&mut self, batch: Vec<CommitRequest>) -> Result<(), Fatal> {
+        let batch = match self.make_room(batch) {
+            Ok(room) => room,
+            Err(cause) => {
+                self.fail(cause.clone());
+                return Err(cause);
+            }
+        };
         let mut answers: Vec<(Reply, Result<Vec<u64>, StoreError>)> = Vec::new();
         let mut records = Vec::new();
         // Keys of this batch's puts, not yet in the seen set (it is updated after the fsync).
@@ -262,7 +283,11 @@ impl Writer {
         let committed = answers.iter().filter(|(_, o)| o.is_ok()).count() as u64;
         let written = records.len() as u64;
         let result = result
-            .and_then(|()| self.compact_into(&mut records))
+            .and_then(|()| self.room_to_compact(&records))
+            .and_then(|compact| match compact {
+                true => self.compact_into(&mut records),
+                false => Ok(()),
+            })
             .and_then(|()| self.write(records));
         let synced = match result {
             Ok(synced) => synced,
@@ -392,32 +417,34 @@ impl Writer {
         seq
     }
 
-    /// Appends `records` and a `Commit` with one write, rolling to a new segment first if they
-    /// would overflow the active one, then fdatasyncs and publishes the new seen keys. Returns
-    /// how long the fdatasync took (`None` when there was nothing to write).
+    /// Appends `records` and a `Commit` with one write to the active segment (which
+    /// [`Writer::make_room`] made room in; a fresh one gets its header first), then fdatasyncs
+    /// and publishes the new seen keys. Returns how long the fdatasync took (`None` when there
+    /// was nothing to write).
     fn write(&mut self, records: Vec<Record>) -> Result<Option<Duration>, Fatal> {
         if records.is_empty() {
             return Ok(None);
         }
-        let size: u64 = records.iter().map(|r| r.frame_len() as u64).sum();
-        let limit = self.opts.segment_bytes;
-        let full = |a: &Active| a.len + size > limit;
         self.buf.clear();
         let mut count = records.len();
-        if self.active.as_ref().is_none_or(full) {
-            let id = self.open_segment()?;
-            let next_seq = self.state.next_seq;
+        let next_seq = self.state.next_seq;
+        let Some(active) = self.active.as_mut() else {
+            return Err("store writer has no active segment".into());
+        };
+        // `make_room`'s bound holds (a round that outgrew it would write past the space
+        // reserved, where a full disk could fail it).
+        debug_assert!({
+            let size: usize = records.iter().map(Record::frame_len).sum();
+            active.len + (size + record::HEADER_LEN + record::commit_len()) as u64 <= active.room
+        });
+        if active.len == 0 {
             Record::Header {
-                segment: id,
+                segment: active.id,
                 next_seq,
             }
             .encode(&mut self.buf);
             count += 1;
         }
-        // `open_segment` just set it if it was unset.
-        let Some(active) = self.active.as_mut() else {
-            return Err("store writer has no active segment".into());
-        };
         let mut placed = Vec::new();
         for rec in &records {
             let offset = active.len + self.buf.len() as u64;
@@ -452,12 +479,14 @@ impl Writer {
         }
         .encode(&mut self.buf);
         let path = segment::path(&self.dir, active.id);
-        self.faults
-            .write_all(&mut active.file, &self.buf)
+        active
+            .file
+            .write_all(&self.buf)
             .map_err(|e| fatal("write", &path, e))?;
         let started = Instant::now();
-        self.faults
-            .sync_data(&active.file)
+        active
+            .file
+            .sync_data()
             .map_err(|e| fatal("fdatasync", &path, e))?;
         let took = started.elapsed();
         active.len += self.buf.len() as u64;
@@ -470,21 +499,160 @@ impl Writer {
         Ok(Some(took))
     }
 
-    /// Creates the next segment file and makes its directory entry durable.
-    fn open_segment(&mut self) -> Result<u64, Fatal> {
+    /// Makes sure the round's records will fit in the active segment, before anything of the
+    /// round is applied: rolls to a new segment when they might not. When the disk has no room
+    /// for one, the requests that add copies are answered [`StoreError::Full`] here, and those
+    /// that only finish or mark copies go on if the active segment still has room for them.
+    /// Returns the requests to write.
+    fn make_room(&mut self, batch: Vec<CommitRequest>) -> Result<Vec<CommitRequest>, Fatal> {
+        let (freeing, adding): (Vec<_>, Vec<_>) = batch.into_iter().partition(|r| !r.adds_copies());
+        if adding.is_empty() {
+            // What only finishes or marks copies may take the reserve.
+            let need = self.bound(&freeing);
+            if freeing.is_empty() || self.fits(need) || self.roll(need)? {
+                return Ok(freeing);
+            }
+            self.disk_full();
+            return Ok(self.room_or_refuse(freeing));
+        }
+        // What adds copies leaves the reserve for what finishes them.
+        let need = self.bound(&freeing) + self.bound(&adding) + self.reserve();
+        if self.fits(need) || self.roll(need)? {
+            if std::mem::take(&mut self.full) {
+                tracing::info!(dir = %self.dir.display(), "store: disk space is back; accepting again");
+            }
+            return Ok(freeing.into_iter().chain(adding).collect());
+        }
+        self.disk_full();
+        for r in adding {
+            let _ = r.reply.send(Err(StoreError::Full));
+        }
+        Ok(self.room_or_refuse(freeing))
+    }
+
+    /// The requests, if they fit in the active segment; else none, each answered
+    /// [`StoreError::Full`].
+    fn room_or_refuse(&self, batch: Vec<CommitRequest>) -> Vec<CommitRequest> {
+        if batch.is_empty() || self.fits(self.bound(&batch)) {
+            return batch;
+        }
+        for r in batch {
+            let _ = r.reply.send(Err(StoreError::Full));
+        }
+        Vec::new()
+    }
+
+    /// Whether compaction may add its copies to this round's `records`: there is a source, and
+    /// room for both in the active segment or in a new one (all of the round is prepared by
+    /// now, and fits where it is, so only compaction waits when the disk is full).
+    ///
+    /// On a full disk, compaction that empties the source may take the reserve: it frees a
+    /// whole segment for the few live copies it moves (copies nobody finishes, such as receipts
+    /// for a unit nobody reads, would otherwise pin the oldest segments for good).
+    fn room_to_compact(&mut self, records: &[Record]) -> Result<bool, Fatal> {
+        let (compaction, whole) = self.compaction_bound();
+        if compaction == 0 {
+            return Ok(false);
+        }
+        let size: usize = records.iter().map(Record::frame_len).sum();
+        let need = (size + record::HEADER_LEN + record::commit_len()) as u64 + compaction;
+        if self.fits(need + self.reserve()) || self.roll(need + self.reserve())? {
+            return Ok(true);
+        }
+        self.disk_full();
+        Ok(whole && self.fits(need))
+    }
+
+    /// Notes that the disk is full (logged once, until space returns); compaction then waits
+    /// for the next request rather than retrying at once.
+    fn disk_full(&mut self) {
+        if !std::mem::replace(&mut self.full, true) {
+            tracing::warn!(
+                dir = %self.dir.display(),
+                "store: the disk is full; new copies are refused until space returns"
+            );
+        }
+    }
+
+    /// Room each segment keeps for records that only finish or mark copies: requests that add
+    /// copies (and compaction) never take it, so that on a full disk the copies of the oldest
+    /// segment can still all be finished, and the segment deleted. An eighth of a segment:
+    /// a `Done` (17 bytes) is under a tenth of the smallest `Put` a node writes.
+    fn reserve(&self) -> u64 {
+        self.opts.segment_bytes / 8
+    }
+
+    /// Whether the active segment has `need` bytes of room left.
+    fn fits(&self, need: u64) -> bool {
+        self.active.as_ref().is_some_and(|a| a.len + need <= a.room)
+    }
+
+    /// At most how many bytes the requests' records take, with a segment header and a commit.
+    fn bound(&self, batch: &[CommitRequest]) -> u64 {
+        let op = |op: &Op| match op {
+            Op::Put(p) => record::put_len(p.queue.len(), 0, p.bytes.len()),
+            Op::Done(_) => record::done_len(),
+            Op::Attempt(..) => record::attempt_len(),
+            Op::DeadLetter(_, reason) => record::dead_letter_len(reason.len()),
+            Op::Redrive(seq) => {
+                let old = self.state.index.get(*seq).map_or(0, |e| e.loc.len as usize);
+                old + record::done_len()
+            }
+        };
+        let ops: usize = batch.iter().flat_map(|r| &r.ops).map(op).sum();
+        (record::HEADER_LEN + ops + record::commit_len()) as u64
+    }
+
+    /// Creates the next segment, with room reserved for at least `need` bytes (a whole segment,
+    /// normally), and makes its directory entry durable. `Ok(false)` when the disk has no room
+    /// for it: then nothing changed.
+    fn roll(&mut self, need: u64) -> Result<bool, Fatal> {
+        let room = need.max(self.opts.segment_bytes);
+        // A segment nothing was written to yet (its round had nothing to write) takes more
+        // room instead: a sealed segment always has its header.
+        if let Some(a) = self.active.as_mut().filter(|a| a.len == 0) {
+            let path = segment::path(&self.dir, a.id);
+            return match a.file.allocate(room) {
+                Ok(()) => {
+                    a.room = a.room.max(room);
+                    Ok(true)
+                }
+                Err(e) if disk::is_full(&e) => Ok(false),
+                Err(e) => Err(fatal("reserve space for", &path, e)),
+            };
+        }
         let id = self.state.next_segment;
         let path = segment::path(&self.dir, id);
-        let file = OpenOptions::new()
-            .create_new(true)
-            .append(true)
-            .open(&path)
-            .map_err(|e| fatal("create", &path, e))?;
-        segment::sync_dir(&self.dir).map_err(|e| fatal("sync directory of", &path, e))?;
+        let mut file = match self.disk.create(&path) {
+            Ok(file) => file,
+            Err(e) if disk::is_full(&e) => return Ok(false),
+            Err(e) => return Err(fatal("create", &path, e)),
+        };
+        match file.allocate(room) {
+            Ok(()) => {}
+            Err(e) if disk::is_full(&e) => {
+                // Empty and never synced into the directory: recovery would drop it anyway.
+                drop(file);
+                self.disk
+                    .remove(&path)
+                    .map_err(|e| fatal("remove", &path, e))?;
+                return Ok(false);
+            }
+            Err(e) => return Err(fatal("reserve space for", &path, e)),
+        }
+        self.disk
+            .sync_dir(&self.dir)
+            .map_err(|e| fatal("sync directory of", &path, e))?;
         self.state.next_segment += 1;
         self.state.newest = Some(id);
         self.state.index.add_segment(id);
-        self.active = Some(Active { id, file, len: 0 });
-        Ok(id)
+        self.active = Some(Active {
+            id,
+            file,
+            len: 0,
+            room,
+        });
+        Ok(true)
     }
 
     fn publish_stats(&self) {

@@ -14,7 +14,7 @@
 //!
 //! It does not decide whether a test runs: [`Lab::new`] says why it cannot (not root, no `ip`,
 //! namespaces refused, no `nft`) and [`lab_or_skip`] turns that into a plain skip message, or a
-//! failure where the tools are promised (`CI=true`, where `.ci/run` installs nftables).
+//! failure where they are promised (`CI=true`, which `.ci/run` sets).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
@@ -387,17 +387,17 @@ pub enum Unavailable {
 /// A lab, or `None` after printing plainly why the test is skipped.
 ///
 /// # Panics
-/// When nftables is missing where it is promised: with `CI=true` (`.ci/run` installs it), or
-/// with `ENLACE_NETNS_REQUIRED=1`. A missing tool there is a broken setup, not a reason to skip.
+/// When the lab cannot be built where it is promised: with `CI=true` (`.ci/run` runs as root
+/// and installs iproute2 and nftables), or with `ENLACE_NETNS_REQUIRED=1`. Not root, no `ip`,
+/// no `nft` there is a broken setup, not a reason to skip.
 pub fn lab_or_skip(test: &str) -> Option<Lab> {
     let required = |var: &str, yes: &str| std::env::var(var).is_ok_and(|v| v == yes);
     match Lab::new() {
         Ok(lab) => Some(lab),
-        Err(Unavailable::Nft(reason))
-            if required("CI", "true") || required("ENLACE_NETNS_REQUIRED", "1") =>
-        {
+        Err(e) if required("CI", "true") || required("ENLACE_NETNS_REQUIRED", "1") => {
             panic!(
-                "{test}: nftables is required here (CI=true or ENLACE_NETNS_REQUIRED=1): {reason}"
+                "{test}: network namespaces and nftables are required here (CI=true or \
+                 ENLACE_NETNS_REQUIRED=1; run as root with iproute2 and nftables): {e:?}"
             )
         }
         Err(Unavailable::Nft(reason)) => {

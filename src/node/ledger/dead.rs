@@ -44,11 +44,7 @@ impl Ledger {
                     for d in dead {
                         q.dead_letter(d);
                     }
-                    return Err(if e.is_fatal() {
-                        self.storage_failed(&e)
-                    } else {
-                        Refusal::invalid(e.to_string())
-                    });
+                    return Err(self.store_refusal(&e));
                 }
             };
             for (mut d, seq) in dead.into_iter().zip(seqs) {

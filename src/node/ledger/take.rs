@@ -123,10 +123,9 @@ impl Ledger {
                     // Already accepted (a retransmission after a lost answer): accepted again,
                     // once.
                     StoreError::Duplicate { .. } => None,
-                    e if e.is_fatal() => Some(self.storage_failed(&e)),
-                    // The store refused this request alone (e.g. over its size limit): nothing
-                    // was written.
-                    e => Some(Refusal::invalid(e.to_string())),
+                    // Failed, full, or this request alone refused (e.g. over its size limit):
+                    // nothing was written.
+                    e => Some(self.store_refusal(&e)),
                 };
                 for (i, t, _, claim) in ready {
                     answers[i] = Some(match &refusal {

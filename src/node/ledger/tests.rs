@@ -20,7 +20,13 @@ fn agency(s: &str) -> AgencyId {
 
 fn ledger(dir: &Path) -> (Ledger, mpsc::Receiver<Notice>, Vec<StoredMessage>) {
     let (store, recovered) = Store::open(dir, StoreOptions::default()).unwrap();
-    let (l, notices) = Ledger::new(
+    let (l, notices) = ledger_on(store);
+    (l, notices, recovered)
+}
+
+/// dea-1's ledger, with a link to pgr-1, on `store`.
+fn ledger_on(store: Store) -> (Ledger, mpsc::Receiver<Notice>) {
+    Ledger::new(
         "dea-1",
         &agency("dea"),
         ["pgr-1".to_string()].into_iter(),
@@ -28,8 +34,7 @@ fn ledger(dir: &Path) -> (Ledger, mpsc::Receiver<Notice>, Vec<StoredMessage>) {
         1000,
         store,
         Events::new("dea-1"),
-    );
-    (l, notices, recovered)
+    )
 }
 
 fn message(precedence: Precedence, lifetime: Duration) -> Arc<Message> {
@@ -410,4 +415,51 @@ fn no_fate_changes_outside_the_ledger() {
         "a copy's fate changes outside node::ledger:\n{}",
         found.join("\n")
     );
+}
+
+#[tokio::test]
+async fn a_failed_fsync_refuses_store_failed_naming_no_file_stops_the_node_and_loses_nothing() {
+    use crate::store::disk::sim::SimDisk;
+    use std::sync::atomic::Ordering;
+
+    let disk = SimDisk::default();
+    let dir = Path::new("/var/lib/enlace/data/store");
+    let (store, _) = Store::open_simulated(dir, StoreOptions::default(), disk.clone()).unwrap();
+    let (l, _notices) = ledger_on(store);
+    let kept = message(Precedence::Routine, Duration::from_secs(3600));
+    try_take(&l, &kept).await.unwrap();
+
+    disk.flags.fail_sync.store(true, Ordering::SeqCst);
+    for precedence in [Precedence::Routine, Precedence::Flash] {
+        let lost = message(precedence, Duration::from_secs(3600));
+        let refusal = try_take(&l, &lost).await.unwrap_err();
+        assert_eq!(refusal.code, RefusalCode::StoreFailed, "{}", refusal.reason);
+        assert!(refusal.is_busy(), "retry later or elsewhere");
+        let named = ["/var/lib", "seg-", "fdatasync", "injected"];
+        assert!(
+            !named.iter().any(|w| refusal.reason.contains(w)),
+            "names no file and no cause: {}",
+            refusal.reason
+        );
+        assert!(refusal.reason.contains("retry"), "{}", refusal.reason);
+    }
+    // The node is told to stop (its runtime exits with `NodeError::StorageFailed`), and never
+    // retries the fsync: with the fault gone, the store stays failed.
+    tokio::time::timeout(Duration::from_secs(5), l.fatal())
+        .await
+        .expect("the ledger reports the failure");
+    disk.flags.fail_sync.store(false, Ordering::SeqCst);
+    let after = message(Precedence::Routine, Duration::from_secs(3600));
+    let refusal = try_take(&l, &after).await.unwrap_err();
+    assert_eq!(refusal.code, RefusalCode::StoreFailed);
+
+    // Restarted after a power cut, the node has what it accepted, and nothing it refused.
+    let (store, recovered) =
+        Store::open_simulated(dir, StoreOptions::default(), disk.crash(|_| 0)).unwrap();
+    let ids: Vec<[u8; 16]> = recovered.iter().map(|m| m.message_id).collect();
+    assert!(
+        !ids.is_empty() && ids.iter().all(|id| id == kept.id.as_bytes()),
+        "{ids:?}"
+    );
+    store.close().await.unwrap();
 }

@@ -1,14 +1,21 @@
-//! Injected I/O faults: a failed write or fdatasync is fatal, reported to every caller in the
-//! batch and after it, and nothing in the failed batch is ever reported committed.
+//! Injected I/O faults, on a simulated disk: a failed write or fdatasync is fatal, reported to
+//! every caller in the batch and after it, and nothing in the failed batch is ever reported
+//! committed.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::*;
+use crate::store::disk::sim::{Flags, SimDisk};
 
-fn open_faulty(dir: &Path) -> (Store, fault::Faults) {
-    let faults = fault::Faults::default();
-    let (store, _) = Store::open_with(dir, StoreOptions::default(), faults.clone()).unwrap();
-    (store, faults)
+fn open_faulty() -> (Store, SimDisk) {
+    let disk = SimDisk::default();
+    (recovered(&disk).0, disk)
+}
+
+/// Opens the store on `disk` (as it is: no power cut), recovering what it holds.
+fn recovered(disk: &SimDisk) -> (Store, Vec<StoredMessage>) {
+    let dir = Path::new("/store");
+    Store::open_with(dir, StoreOptions::default(), Arc::new(disk.clone())).unwrap()
 }
 
 fn set(flag: &AtomicBool, on: bool) {
@@ -23,9 +30,8 @@ fn cause(e: &StoreError) -> Arc<String> {
 }
 
 /// Makes one kind of fault fatal and checks the store's answers before and after it.
-async fn fault_is_fatal(pick: fn(&fault::Flags) -> &AtomicBool, expected: &str) {
-    let dir = tempfile::tempdir().unwrap();
-    let (store, faults) = open_faulty(dir.path());
+async fn fault_is_fatal(pick: fn(&Flags) -> &AtomicBool, expected: &str) {
+    let (store, faults) = open_faulty();
     let kept = store.commit(vec![put("q", 1, b"before")]).await.unwrap();
     let fsyncs = store.stats().fsyncs;
 
@@ -54,7 +60,7 @@ async fn fault_is_fatal(pick: fn(&fault::Flags) -> &AtomicBool, expected: &str) 
     assert!(store.clone().close().await.unwrap_err().is_fatal());
 
     // A restart recovers what was acknowledged, and the store works again.
-    let (store, recovered) = open(dir.path());
+    let (store, recovered) = recovered(&faults);
     assert_eq!(recovered[0].seq, kept[0]);
     assert_eq!(recovered[0].bytes, Bytes::from_static(b"before"));
     assert!(
@@ -79,22 +85,20 @@ async fn a_failed_write_is_fatal() {
 #[tokio::test]
 async fn a_short_write_is_fatal_and_its_half_record_is_cut_at_reopen() {
     fault_is_fatal(|f| &f.short_write, "short write").await;
-    let dir = tempfile::tempdir().unwrap();
-    let (store, faults) = open_faulty(dir.path());
+    let (store, faults) = open_faulty();
     let kept = store.commit(vec![put("q", 1, b"before")]).await.unwrap();
     set(&faults.flags.short_write, true);
     let lost = vec![put("q", 2, &[2; 4000]), put("q", 3, &[3; 4000])];
     assert!(store.commit(lost).await.unwrap_err().is_fatal());
     assert!(store.close().await.unwrap_err().is_fatal());
-    let (store, recovered) = open(dir.path());
+    let (store, recovered) = recovered(&faults);
     assert_eq!(seqs(&recovered), kept);
     store.close().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_caller_sharing_the_failed_fsync_is_told() {
-    let dir = tempfile::tempdir().unwrap();
-    let (store, faults) = open_faulty(dir.path());
+    let (store, faults) = open_faulty();
     set(&faults.flags.fail_sync, true);
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..32 {
@@ -105,4 +109,59 @@ async fn every_caller_sharing_the_failed_fsync_is_told() {
         assert!(result.unwrap_err().is_fatal());
     }
     assert_eq!(store.stats().commits, 0);
+}
+
+#[tokio::test]
+async fn a_full_disk_refuses_new_copies_lets_finished_ones_free_space_and_recovers_by_itself() {
+    let disk = SimDisk::default();
+    let dir = Path::new("/store");
+    let opts = StoreOptions {
+        segment_bytes: 4096,
+        ..StoreOptions::default()
+    };
+    let open = |disk: &SimDisk| Store::open_with(dir, opts.clone(), Arc::new(disk.clone()));
+    // Room for three segments.
+    disk.set_space(Some(3 * 4096 + 100));
+    let (store, _) = open(&disk).unwrap();
+    let mut kept = Vec::new();
+    let full = loop {
+        let i = kept.len() as u8;
+        match store.commit_if_new(vec![put("q", i, &[i; 1000])]).await {
+            Ok(seqs) => kept.push(seqs[0]),
+            Err(e) => break e,
+        }
+        assert!(kept.len() < 20, "the disk never filled");
+    };
+    assert!(matches!(full, StoreError::Full), "{full}");
+    assert!(!full.is_fatal());
+    assert_eq!(full.to_string(), "no space left on the node's disk");
+    assert!(
+        kept.len() >= 8,
+        "three segments hold at least 8 copies: {}",
+        kept.len()
+    );
+    // Still full for a copy as large, urgent ones included, each answered at once.
+    let flash = Op::Put(PutRecord {
+        precedence: 1,
+        ..match put("q", 200, &[200; 1000]) {
+            Op::Put(p) => p,
+            _ => unreachable!(),
+        }
+    });
+    assert!(matches!(
+        store.commit(vec![flash.clone()]).await,
+        Err(StoreError::Full)
+    ));
+    // Finishing copies goes through, and frees whole segments.
+    for &seq in &kept[..kept.len() - 1] {
+        store.commit(vec![Op::Done(seq)]).await.unwrap();
+    }
+    assert!(store.stats().segments_deleted >= 1, "{:?}", store.stats());
+    // Space is back: accepted again without a restart.
+    let after = store.commit(vec![flash]).await.unwrap();
+    store.close().await.unwrap();
+    // Nothing answered was lost, and nothing finished came back.
+    let (store, recovered) = open(&disk.crash(|_| 0)).unwrap();
+    assert_eq!(seqs(&recovered), vec![*kept.last().unwrap(), after[0]]);
+    store.close().await.unwrap();
 }

@@ -4,6 +4,7 @@
 //! editing its files as a crash could have left them.
 
 mod faults;
+mod power;
 mod reclaim;
 mod recovery;
 
@@ -38,7 +39,7 @@ pub(super) fn open_small(dir: &Path) -> (Store, Vec<StoredMessage>) {
 
 /// Segment files in `dir`, oldest first.
 pub(super) fn segment_files(dir: &Path) -> Vec<PathBuf> {
-    segment::list(dir)
+    segment::list(&disk::Std, dir)
         .unwrap()
         .into_iter()
         .map(|(_, p)| p)
