@@ -190,3 +190,69 @@ async fn full_queue_refuses_with_retry_after_and_still_takes_flash() {
     assert!(got.contains(&flash.id));
     net.stop().await;
 }
+
+/// Lower lanes keep moving under a sustained FLASH flood, end to end: a backlog of FLASH alerts
+/// far longer than the others, topped up while the reader reads. ROUTINE moves on its own
+/// window (analytical traffic never waits for time-sensitive windows); PRIORITY, which shares
+/// the time-sensitive window with FLASH, gets the lanes' minimum share (one in
+/// `SHARE_EVERY + 1` deliveries of that class), long before the FLASH backlog is through.
+/// Strict precedence alone would hold every PRIORITY message back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lower_lanes_still_move_under_a_sustained_flash_flood() {
+    const FLASH: usize = 600;
+    const EACH: usize = 20;
+    let net = TestNet::mesh(&["dea"]).await;
+    let analyst = net.client("dea", "analyst").await;
+    let draft = |p: Precedence, i: usize| {
+        Draft::new(&liaison(&format!("{p:?} {i}")))
+            .to("dea")
+            .precedence(p)
+    };
+    // The backlog: FLASH first, then PRIORITY and ROUTINE, nobody reading yet.
+    for i in 0..FLASH {
+        analyst.submit(draft(Precedence::Flash, i)).await.unwrap();
+    }
+    for p in [Precedence::Priority, Precedence::Routine] {
+        for i in 0..EACH {
+            analyst.submit(draft(p, i)).await.unwrap();
+        }
+    }
+    // The flood goes on while the reader reads.
+    let flood = tokio::spawn({
+        let analyst = net.client("dea", "analyst").await;
+        async move {
+            for i in FLASH.. {
+                if analyst.submit(draft(Precedence::Flash, i)).await.is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    let desk = net.subscriber("dea", "duty-desk").await;
+    let mut inbox = desk.inbox().unwrap();
+    let (mut priority, mut routine, mut n) = (0, 0, 0);
+    while priority < EACH || routine < EACH {
+        let d = within("deliveries under the flood", inbox.next())
+            .await
+            .unwrap();
+        n += 1;
+        match d.precedence() {
+            Precedence::Priority => priority += 1,
+            Precedence::Routine => routine += 1,
+            _ => {}
+        }
+        d.ack().await.unwrap();
+        assert!(
+            n <= FLASH,
+            "starved: {priority} PRIORITY, {routine} ROUTINE after {n} deliveries"
+        );
+    }
+    // `lanes::SHARE_EVERY` (16) + 1 per PRIORITY message, the ROUTINE ones besides, and the
+    // client's window of 64 unacknowledged alerts (taken before the reader saw any).
+    let bound = EACH * 17 + EACH + 64;
+    assert!(
+        n <= bound,
+        "{n} deliveries for {EACH} PRIORITY and {EACH} ROUTINE (bound {bound})"
+    );
+    flood.abort();
+}

@@ -228,6 +228,8 @@ pub fn init_logging() {
 pub struct Daemon {
     pub child: std::process::Child,
     pub logs: std::sync::mpsc::Receiver<String>,
+    /// The lines it logged while starting, up to `node listening`.
+    pub startup: Vec<String>,
 }
 
 impl Daemon {
@@ -256,11 +258,15 @@ impl Daemon {
                 }
             }
         });
-        let mut d = Daemon { child, logs: rx };
+        let mut d = Daemon {
+            child,
+            logs: rx,
+            startup: Vec::new(),
+        };
         loop {
             match d.logs.recv_timeout(Duration::from_secs(30)) {
                 Ok(line) if line.contains("node listening") => return d,
-                Ok(_) => continue,
+                Ok(line) => d.startup.push(line),
                 Err(e) => {
                     d.kill9();
                     panic!("enlaced did not start: {e}");
