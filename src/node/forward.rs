@@ -11,9 +11,12 @@
 //! Every forwarded copy is the originator's exact envelope bytes and signature with this node's
 //! hop record appended. A copy the peer refuses for good is given up with a non-delivery
 //! report; QUEUE_FULL or SHUTTING_DOWN defers it until the peer's retry-after; a lost connection
-//! puts it back.
+//! puts it back. A copy whose expiry passes while the peer has not answered it (a silent link,
+//! before it is declared dead) is given up as `EXPIRED` then, so its non-delivery report leaves
+//! on time; should the peer have taken it after all, it may still be delivered there.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -47,6 +50,29 @@ fn answered(
         chains.forget(&s.signer_certificate_sha256);
     }
     outcome(answer)
+}
+
+/// The peer's answer to the forward of `copy`, or, once the copy's expiry passes without one,
+/// an `EXPIRED` refusal (see the module docs).
+async fn by_expiry(
+    copy: &InFlight,
+    answer: impl Future<Output = Result<pb::Accepted, SubmitError>>,
+) -> Result<pb::Accepted, SubmitError> {
+    let left = copy
+        .copy()
+        .message
+        .deadline()
+        .duration_since(SystemTime::now())
+        .unwrap_or_default();
+    tokio::time::timeout(left, answer)
+        .await
+        .unwrap_or_else(|_| {
+            Err(SubmitError::Refused {
+                code: pb::RefusalCode::Expired,
+                reason: "expired while the peer had not answered its forward".into(),
+                retry_after: None,
+            })
+        })
 }
 
 /// What a peer's answer to a forward means for the copy. One that asks for the signer's chain
@@ -146,7 +172,7 @@ impl Sink for PeerSink {
                 let chains = self.chains.clone();
                 tokio::spawn(async move {
                     let priority = copy.precedence().stream_priority();
-                    let answer = session::submit(&conn, signed, priority).await;
+                    let answer = by_expiry(&copy, session::submit(&conn, signed, priority)).await;
                     let outcome = answered(answer, &copy, &chains);
                     let _ = settled.send((copy, ticket, outcome)).await;
                 });
@@ -185,7 +211,7 @@ async fn forward_analytical(
     loop {
         let oldest = async {
             match answers.front_mut() {
-                Some((_, _, answer)) => answer.await,
+                Some((copy, _, answer)) => by_expiry(copy, answer).await,
                 None => std::future::pending().await,
             }
         };
