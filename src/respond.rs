@@ -5,8 +5,9 @@
 //! that serves an addressee tracks the copies it persisted for that addressee and feeds in the
 //! business responses its clients send; it does the sending (an overdue notice to the originator,
 //! a reminder to the escalation unit). A deadline fires once; a NEED_MORE_TIME response moves it
-//! (and re-arms it, if it had fired); any other outcome ends the tracking. Nothing here survives
-//! a restart: the node rebuilds what it can from its store (see `node::recovery`).
+//! (and re-arms it, if it had fired); any other outcome ends the tracking. The node keeps them
+//! across restarts in a journal of these changes (`node::deadlines`), replayed with the same
+//! calls and [`Deadlines::fired`].
 
 use std::collections::{HashMap, VecDeque};
 use std::time::SystemTime;
@@ -122,6 +123,30 @@ impl<T: Clone> Deadlines<T> {
             },
         );
         true
+    }
+
+    /// Whether `id` is tracked.
+    pub fn contains(&self, id: &MessageId) -> bool {
+        self.pending.contains_key(id)
+    }
+
+    /// Marks `id`'s deadline as fired (a journal replayed at start: it does not fire again).
+    pub fn fired(&mut self, id: &MessageId) {
+        if let Some(p) = self.pending.get_mut(id) {
+            p.fired = true;
+        }
+    }
+
+    /// Every tracked deadline: id, deadline, expiry, whether it fired, and its info.
+    pub fn entries(&self) -> impl Iterator<Item = (MessageId, SystemTime, SystemTime, bool, &T)> {
+        self.pending
+            .iter()
+            .map(|(id, p)| (*id, p.deadline, p.expires_at, p.fired, &p.info))
+    }
+
+    /// How many deadlines are tracked.
+    pub fn len(&self) -> usize {
+        self.pending.len()
     }
 
     /// A business response to `id` arrived. Returns false if `id` was not tracked.

@@ -463,25 +463,65 @@ async fn a_deadline_of_a_copy_still_waiting_survives_a_restart_of_the_addressee_
         |e| matches!(e, enlace::node::Event::Accepted { id, .. } if *id == sent.id),
     )
     .await;
+    // The restarted node found the copy in its store, tracked its deadline again, and says so.
+    overdue_after_afi_restarts(&mut net, &mut receipts, sent.id).await;
+    drop(receipts);
+    desk.close().await;
+    net.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deadline_of_a_copy_acknowledged_but_unanswered_survives_a_restart() {
+    let mut net = relay_federation_with_limits(&["shutdown_grace_ms = 100"]).await;
+    let desk = net.client("dea", "duty-desk").await;
+    let mut receipts = desk.receipts().await.unwrap();
+    let sent = desk
+        .submit(
+            Draft::new(&liaison(
+                "AFI reads this, and does not answer before the deadline",
+            ))
+            .to("afi")
+            .respond_within(Duration::from_secs(5)),
+        )
+        .await
+        .unwrap();
+    // AFI's desk takes it and acknowledges it: no copy waits in AFI's mailbox any more, so
+    // only the journaled deadline can bring the overdue notice after the restart.
+    let afi_desk = net.subscriber("afi", "duty-desk").await;
+    let mut inbox = afi_desk.inbox().unwrap();
+    let d = within("delivery at AFI", inbox.next()).await.unwrap();
+    assert_eq!(d.id(), sent.id);
+    d.ack().await.unwrap();
+    gather(&mut receipts, sent.id, Vec::new(), |g| {
+        has(g, "acknowledged")
+    })
+    .await;
+    drop(inbox);
+    afi_desk.client.close().await;
+
+    // Only the journaled deadline can bring the overdue notice now.
+    overdue_after_afi_restarts(&mut net, &mut receipts, sent.id).await;
+    drop(receipts);
+    desk.close().await;
+    net.stop().await;
+}
+
+/// Restarts AFI's node (same data directory, a fresh port: the old one may not be free yet;
+/// AFI's node dials CENAPI's, so the link comes back), then waits for the overdue notice about
+/// `id`, which must come from the restarted node.
+async fn overdue_after_afi_restarts(net: &mut TestNet, receipts: &mut Receipts, id: MessageId) {
     let afi = net.nodes.remove("afi-1").unwrap();
     afi.stop().await;
-    // Same data directory, a fresh port (the old one may not be free yet); AFI's node dials
-    // CENAPI's, so the link comes back.
     net.net.nodes.get_mut("afi-1").unwrap().addr = enlace::network::free_port().unwrap();
     net.net.write_configs().unwrap();
     let restarted = SystemTime::now();
     net.nodes
         .insert("afi-1".into(), net.net.start("afi-1").await.unwrap());
-
-    // The restarted node found the copy in its store, tracked its deadline again, and says so.
-    let got = gather(&mut receipts, sent.id, Vec::new(), |g| has(g, "overdue")).await;
+    let got = gather(receipts, id, Vec::new(), |g| has(g, "overdue")).await;
     let overdue = got.iter().find(|r| r.stage == Stage::Overdue).unwrap();
     assert!(
         overdue.at.unwrap() > restarted,
         "the deadline passed before the restart; this test needs a longer respond_within"
     );
     assert_eq!(overdue.by, "afi-1");
-    drop(receipts);
-    desk.close().await;
-    net.stop().await;
 }

@@ -29,6 +29,7 @@ mod audit;
 mod bulk;
 mod conn;
 mod consume;
+mod deadlines;
 mod deliver;
 mod events;
 mod forward;

@@ -13,9 +13,10 @@
 //! how urgent those are, is decided in the sans-I/O `receipt`; deadlines are kept by the sans-I/O
 //! `respond`.
 //!
-//! Respond-by deadlines are kept in memory. At start, the node tracks again the action copies
-//! still waiting in its mailboxes; a copy that was acknowledged but not yet answered before a
-//! restart is forgotten, and gets no overdue notice.
+//! Respond-by deadlines survive restarts: every change is journaled (`deadlines`), and at start
+//! the journal is replayed, so a copy acknowledged but not yet answered still gets its overdue
+//! notice. The action copies still waiting in the mailboxes are tracked again too (tracking a
+//! tracked deadline changes nothing).
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -33,6 +34,8 @@ use crate::message::{Message, MessageId, Originator, Precedence, Status, rfc3339
 use crate::receipt::{self, precedence_for};
 use crate::refusal::Refusal;
 use crate::respond::{Answer, Deadlines};
+
+use super::deadlines::{Awaited, Journal};
 use crate::wire::pb;
 
 /// The most respond-by deadlines a node tracks at once; beyond it, a message gets no overdue
@@ -49,14 +52,6 @@ const REPORT_LIFETIME: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Notices handled in one batch (one signature, one round of store writes).
 const BATCH: usize = 256;
 
-/// What the node needs to send an overdue notice and a reminder about one message.
-#[derive(Debug, Clone)]
-struct Awaited {
-    originator: Originator,
-    precedence: Precedence,
-    expires_at: SystemTime,
-}
-
 /// A SYSTEM message this node is about to send.
 struct Outgoing {
     envelope: pb::Envelope,
@@ -69,10 +64,15 @@ struct Worker {
     /// This node, as the originator of its SYSTEM messages.
     me: Originator,
     deadlines: Deadlines<Awaited>,
+    journal: Journal,
 }
 
 /// Runs the receipts worker until the ledger is gone.
-pub(super) async fn run(node: Arc<Node>, mut notices: mpsc::Receiver<Notice>) {
+pub(super) async fn run(
+    node: Arc<Node>,
+    mut notices: mpsc::Receiver<Notice>,
+    (journal, deadlines): (Journal, Deadlines<Awaited>),
+) {
     let me = Originator {
         agency: node.config.agency.clone(),
         node: node.config.name.clone(),
@@ -81,7 +81,8 @@ pub(super) async fn run(node: Arc<Node>, mut notices: mpsc::Receiver<Notice>) {
     let mut w = Worker {
         node,
         me,
-        deadlines: Deadlines::new(MAX_DEADLINES),
+        deadlines,
+        journal,
     };
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
@@ -100,6 +101,7 @@ pub(super) async fn run(node: Arc<Node>, mut notices: mpsc::Receiver<Notice>) {
             _ = tick.tick() => w.overdue(SystemTime::now()),
         };
         w.send(out).await;
+        w.journal.flush(&w.deadlines);
     }
 }
 
@@ -250,7 +252,15 @@ impl Worker {
             precedence: m.precedence,
             expires_at: m.expires_at,
         };
-        if !self.deadlines.track(m.id, deadline, m.expires_at, awaited) {
+        if self.deadlines.contains(&m.id) {
+            return;
+        }
+        if self
+            .deadlines
+            .track(m.id, deadline, m.expires_at, awaited.clone())
+        {
+            self.journal.track(m.id, deadline, &awaited);
+        } else {
             let id = m.id;
             tracing::warn!(%id, max = MAX_DEADLINES, "too many respond-by deadlines; this one is not tracked");
         }
@@ -269,6 +279,7 @@ impl Worker {
             _ => Answer::Final,
         };
         if self.deadlines.answer(id, answer) {
+            self.journal.answer(id, answer);
             tracing::debug!(%id, ?answer, "business response settles a respond-by deadline");
         }
     }
@@ -280,6 +291,7 @@ impl Worker {
         let config = &self.node.config;
         let mut out = Vec::new();
         for o in self.deadlines.due(now) {
+            self.journal.fired(o.id);
             let a = &o.info;
             let deadline = rfc3339(o.deadline);
             let r = pb::Receipt {

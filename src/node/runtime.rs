@@ -51,6 +51,9 @@ pub enum NodeError {
     /// or rewritten.
     #[error("provenance file: {0}")]
     Memory(String),
+    /// The respond-by deadlines (`<data_dir>/deadlines.jsonl`) cannot be read or rewritten.
+    #[error("respond-by deadlines: {0}")]
+    Deadlines(String),
     /// The delivery log could not be opened (`<data_dir>/log`).
     #[error("delivery log: {0}")]
     Log(std::io::Error),
@@ -236,6 +239,11 @@ struct Bound {
     /// The receiving end of each peer's link inbox, by peer name.
     link_rx: HashMap<String, mpsc::Receiver<Connection>>,
     notices: mpsc::Receiver<Notice>,
+    /// The respond-by deadlines kept across restarts, replayed.
+    deadlines: (
+        super::deadlines::Journal,
+        crate::respond::Deadlines<super::deadlines::Awaited>,
+    ),
     reload: Arc<Notify>,
     /// The metrics endpoint's listener, when it is on.
     metrics: Option<tokio::net::TcpListener>,
@@ -339,6 +347,7 @@ fn bind(config: Config) -> Result<Bound, NodeError> {
     );
     ledger.recover(recovered);
     let memory = memory::open(&config)?;
+    let deadlines = super::deadlines::Journal::open(&config, receipts::MAX_DEADLINES)?;
     let signers = Signers::new(own.tls.signer_verifier()?, &config.trust_domain);
     signers.trusted(own.me.clone(), own.tls.chain.clone());
     let bulk = super::bulk::Bulk::start(&config.name).map_err(NodeError::Runtime)?;
@@ -350,6 +359,7 @@ fn bind(config: Config) -> Result<Bound, NodeError> {
         endpoint,
         link_rx,
         notices,
+        deadlines,
         reload: Arc::new(Notify::new()),
         metrics: metrics_listener,
     })
@@ -388,6 +398,7 @@ async fn serve(bound: Bound, shutdown: impl Future<Output = ()>) {
         endpoint,
         mut link_rx,
         notices,
+        deadlines,
         reload,
         metrics,
     } = bound;
@@ -405,7 +416,7 @@ async fn serve(bound: Bound, shutdown: impl Future<Output = ()>) {
             tasks.spawn(link::run(node.clone(), endpoint, peer.clone(), rx));
         }
     }
-    tasks.spawn(receipts::run(node.clone(), notices));
+    tasks.spawn(receipts::run(node.clone(), notices, deadlines));
     tasks.spawn(trust::watch(node.clone(), endpoint.clone(), reload));
     tasks.spawn(memory::run(node.clone()));
     tasks.spawn(witness::run(node.clone()));
