@@ -211,7 +211,9 @@ pub fn transport_config() -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
     t.max_concurrent_bidi_streams(1024u32.into());
     t.max_concurrent_uni_streams(64u32.into());
-    t.keep_alive_interval(Some(Duration::from_secs(5)));
+    // Every second: an idle client or peer of a node that restarted learns it with its next
+    // packet (the node's stateless reset, see `endpoint`), so within about a second.
+    t.keep_alive_interval(Some(Duration::from_secs(1)));
     // Infallible for values below 2^62 ms.
     t.max_idle_timeout(Some(
         Duration::from_secs(30).try_into().expect("small duration"),

@@ -208,7 +208,8 @@ async fn kill9_under_mixed_load_loses_nothing_acknowledged() {
 /// A node that restarts resets the connections of its previous life at once (a stateless reset
 /// from the key it keeps in its data directory): a client's next packet draws it, and the
 /// client hears that the connection is gone in well under a second, instead of after its idle
-/// timeout (30 s). A new connection then works.
+/// timeout (30 s); an idle reader hears it with its next keep-alive (every second). A new
+/// connection then works.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_node_resets_its_previous_connections_at_once() {
     let dir = tempfile::tempdir().unwrap();
@@ -220,6 +221,12 @@ async fn a_restarted_node_resets_its_previous_connections_at_once() {
     let mut daemon = Daemon::start(&config);
     let client = Client::connect(options.clone()).await.unwrap();
     client.submit(note(0)).await.unwrap();
+    let reader = Client::connect(net.client_options("dea", "duty-desk").unwrap())
+        .await
+        .unwrap();
+    let mut inbox = reader.subscribe(Mailbox::Inbox).await.unwrap();
+    let d = within("the first note", inbox.next()).await.unwrap();
+    d.ack().await.unwrap();
     assert!(dir.path().join("data/dea-1/reset.key").exists());
     daemon.kill9();
     let _daemon = Daemon::start(&config);
@@ -236,6 +243,17 @@ async fn a_restarted_node_resets_its_previous_connections_at_once() {
         "expected the old connection to be gone, got {answer:?}"
     );
     assert!(waited < Duration::from_secs(1), "noticed after {waited:?}");
+    // The idle reader's subscription ends with its next keep-alive.
+    assert!(
+        within("the idle reader's end", inbox.next())
+            .await
+            .is_none()
+    );
+    let waited = started.elapsed();
+    assert!(
+        waited < Duration::from_secs(3),
+        "the idle reader noticed after {waited:?}"
+    );
     let again = Client::connect(options).await.unwrap();
     again.submit(note(2)).await.unwrap();
 }

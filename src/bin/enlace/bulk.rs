@@ -7,6 +7,10 @@
 //! `FILE.enlace-progress`. A re-run skips the lines done, and the node drops any later line it
 //! had already accepted (same id), so nothing is sent twice. Progress is a bar on a terminal and
 //! plain lines otherwise.
+//!
+//! When the node goes away mid-run (its connection lost or reset, a restart, a full or failed
+//! disk) the run reconnects by itself, for up to [`AWAY_WAIT`], and sends again the lines whose
+//! answer it did not get (same ids: the node keeps each once).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io::{BufRead, BufReader, IsTerminal, Write};
@@ -25,6 +29,44 @@ const IN_FLIGHT: usize = 512;
 /// How long a line refused as busy (`QUEUE_FULL`) is retried before the run stops (to be
 /// resumed later): a feed waits out a full queue.
 const BUSY_WAIT: Duration = Duration::from_secs(24 * 3600);
+
+/// How long the run waits for its node to come back (reconnecting with backoff) before it stops
+/// (to be resumed later).
+const AWAY_WAIT: Duration = Duration::from_secs(300);
+
+/// Whether a failure means the node is away for now (connection lost or reset, stopping, disk
+/// full or failed): reconnect and send again.
+fn node_away(e: &SubmitError) -> bool {
+    use enlace::pb::RefusalCode;
+    match e {
+        SubmitError::Connection(_) => true,
+        SubmitError::Refused { code, .. } => matches!(
+            code,
+            RefusalCode::ShuttingDown | RefusalCode::StoreFull | RefusalCode::StoreFailed
+        ),
+        SubmitError::Protocol(_) => false,
+    }
+}
+
+/// Connects again, with backoff, until `deadline`.
+async fn reconnect(
+    options: impl Fn() -> enlace::ClientOptions,
+    deadline: Instant,
+    why: &SubmitError,
+) -> Result<Client, Failure> {
+    let mut wait = Duration::from_millis(100);
+    eprintln!("the node went away ({why}); reconnecting");
+    loop {
+        match Client::connect(options()).await {
+            Ok(c) => return Ok(c),
+            Err(e) if Instant::now() + wait > deadline => return Err(connect_failure(e)),
+            Err(_) => {
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+}
 
 /// Saved progress: how many leading lines (and bytes) are done, and a hash of those bytes.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -178,9 +220,10 @@ pub(super) async fn run(a: &SendArgs) -> Result<(), Failure> {
         max_wait: BUSY_WAIT,
         ..BusyRetry::default()
     };
-    let client = Client::connect(a.connect.options().busy_retry(busy))
-        .await
-        .map_err(connect_failure)?;
+    let options = || a.connect.options().busy_retry(busy);
+    let mut client = Client::connect(options()).await.map_err(connect_failure)?;
+    // Set when the node went away: why, and since when.
+    let mut away: Option<(SubmitError, Instant)> = None;
     let namespace = file.as_os_str().as_encoded_bytes().to_vec();
     let tty = std::io::stderr().is_terminal();
     let started = Instant::now();
@@ -210,6 +253,10 @@ pub(super) async fn run(a: &SendArgs) -> Result<(), Failure> {
             match line_draft(a, &namespace, line_no, &text) {
                 Ok(d) => match client.send(d).await {
                     Ok(acceptance) => in_flight.push_back((line_no, acceptance)),
+                    Err(e) if node_away(&e) => {
+                        away.get_or_insert((e, Instant::now()));
+                        break;
+                    }
                     Err(e) => {
                         stop = Some(submit_failure(e));
                         break;
@@ -222,11 +269,50 @@ pub(super) async fn run(a: &SendArgs) -> Result<(), Failure> {
                 }
             }
         }
+        if let Some((why, since)) = away.take() {
+            // Every line not done is sent again on a new connection (same ids).
+            in_flight.clear();
+            client = match reconnect(options, since + AWAY_WAIT, &why).await {
+                Ok(c) => c,
+                Err(f) => {
+                    stop = Some(f);
+                    break;
+                }
+            };
+            let open: Vec<(u64, Vec<u8>)> = tracker
+                .open
+                .iter()
+                .filter(|(_, (_, done))| !done)
+                .map(|(n, (bytes, _))| (*n, bytes.clone()))
+                .collect();
+            for (n, bytes) in open {
+                let text = String::from_utf8_lossy(&bytes).trim().to_owned();
+                // It made a draft before, and the line has not changed.
+                let Ok(d) = line_draft(a, &namespace, n, &text) else {
+                    continue;
+                };
+                match client.send(d).await {
+                    Ok(acceptance) => in_flight.push_back((n, acceptance)),
+                    Err(e) if node_away(&e) => {
+                        away = Some((e, since));
+                        break;
+                    }
+                    Err(e) => {
+                        stop = Some(submit_failure(e));
+                        break;
+                    }
+                }
+            }
+            continue;
+        }
         let Some((n, acceptance)) = in_flight.pop_front() else {
             break;
         };
         match acceptance.await {
             Ok(_) => tracker.done(n),
+            Err(e) if node_away(&e) => {
+                away.get_or_insert((e, Instant::now()));
+            }
             // The node is going away (or cannot store), or stayed busy: stop here and resume
             // later.
             Err(e) if e.is_busy() => {
