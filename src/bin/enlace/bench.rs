@@ -12,6 +12,7 @@
 mod cpu;
 mod load;
 mod plot;
+mod restart;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -72,6 +73,16 @@ What is reported (JSON field names in brackets; null where a scenario has no suc
                                application in the measured window; [node_cpu_s, client_cpu_s]
                                are the totals over the window
 
+--scenario restart (not part of `all`) is about recovery instead: one node, a unit nobody reads
+filled with --copies ROUTINE records of 1 KiB, the node stopped and started again on its data:
+  [fill_s, fill_msgs_per_s]    filling the backlog
+  [stop_s]                     stopping the node (its shutdown grace, then closing the store)
+  [restart_s]                  from the start call to the node listening, queues rebuilt
+  [first_delivery_s]           until a reader subscribing at once gets its first record
+  [drain_msgs_per_s]           the reader's rate over the next 5 s
+  [rss_mb_full, _restarted,    the bench process's resident memory (the node, and the bench's
+   _end]                       own clients): backlog full, after the restart, at the end
+
 With --plot FILE.svg the bench also draws, for each scenario, the latency of records and alerts
 (send() to application, by percentile on an HDR axis) and records/s over the measured window
 (100 ms bins).
@@ -104,6 +115,9 @@ pub struct BenchArgs {
     /// Also draw latency percentiles and throughput over time into this SVG file.
     #[arg(long, value_name = "FILE.svg")]
     pub plot: Option<std::path::PathBuf>,
+    /// For --scenario restart: the copies queued before the restart.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub copies: u64,
 }
 
 /// A duration for `--duration`: as [`parse_duration`], and not zero.
@@ -124,6 +138,8 @@ pub enum Scenario {
     BulkAlone,
     /// The three in turn, each on a fresh network.
     All,
+    /// A node restarted with --copies records queued (not part of `all`).
+    Restart,
 }
 
 impl Scenario {
@@ -133,6 +149,7 @@ impl Scenario {
             Scenario::Mixed => &[Scenario::Mixed],
             Scenario::AlertsAlone => &[Scenario::AlertsAlone],
             Scenario::BulkAlone => &[Scenario::BulkAlone],
+            Scenario::Restart => &[Scenario::Restart],
         }
     }
 
@@ -142,6 +159,7 @@ impl Scenario {
             Scenario::AlertsAlone => "alerts-alone",
             Scenario::BulkAlone => "bulk-alone",
             Scenario::All => "all",
+            Scenario::Restart => "restart",
         }
     }
 
@@ -236,6 +254,15 @@ pub(super) async fn run(a: BenchArgs) -> Result<(), Failure> {
         ..Default::default()
     };
     Pki::federation(&pki, DEMO_TRUST_DOMAIN, &demo_agencies(), opts)?;
+    if a.scenario == Scenario::Restart {
+        eprintln!("bench restart: {} copies", a.copies);
+        let report = restart::run(&temp.path().join("run-restart"), &pki, &a).await?;
+        match a.json {
+            true => println!("{}", serde_json::to_string(&report)?),
+            false => println!("{}", serde_json::to_string_pretty(&report)?),
+        }
+        return Ok(());
+    }
     let mut reports = Vec::new();
     for &topology in a.topology.expand() {
         for &scenario in a.scenario.expand() {
@@ -288,8 +315,18 @@ async fn run_one(
     a: &BenchArgs,
 ) -> anyhow::Result<Report> {
     let net = LocalNetwork::mesh(dir, pki, topology.agencies().0)?;
-    // Each node gets a runtime of its own, as it would be a process of its own: the load's
-    // tasks never share a scheduler queue with a node's.
+    let nodes = start_nodes(&net).await?;
+    let result = measure(&net, scenario, topology, a).await;
+    stop_nodes(nodes).await;
+    result
+}
+
+/// A node started by the bench, and the runtime it runs on.
+type Started = (enlace::node::RunningNode, tokio::runtime::Runtime);
+
+/// Starts every node of `net`, each on a runtime of its own, as it would be a process of its
+/// own: the load's tasks never share a scheduler queue with a node's.
+async fn start_nodes(net: &LocalNetwork) -> anyhow::Result<Vec<Started>> {
     let mut nodes = Vec::new();
     for spec in net.nodes.values() {
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -305,7 +342,11 @@ async fn run_one(
             .context("starting a node")??;
         nodes.push((node, rt));
     }
-    let result = measure(&net, scenario, topology, a).await;
+    Ok(nodes)
+}
+
+/// Stops the nodes (concurrently) and their runtimes.
+async fn stop_nodes(nodes: Vec<Started>) {
     let mut stopping = JoinSet::new();
     let mut runtimes = Vec::new();
     for (n, rt) in nodes {
@@ -316,7 +357,6 @@ async fn run_one(
     for rt in runtimes {
         rt.shutdown_background();
     }
-    result
 }
 
 /// Runs one scenario's load on a started network and counts what arrived.

@@ -330,6 +330,11 @@ async fn send_alerts(
     sent
 }
 
+/// A ROUTINE record draft to `to`, as the records flow sends them, with a fresh id.
+pub fn record_draft(to: &str) -> Draft {
+    Template::new(&record(), to, Precedence::Routine).draft(MessageId::new_v7(SystemTime::now()))
+}
+
 /// A ROUTINE analytical record whose encoded payload is exactly [`RECORD_BYTES`].
 fn record() -> pb::AnalyticalReport {
     sized(RECORD_BYTES, |n| pb::AnalyticalReport {

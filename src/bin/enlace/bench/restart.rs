@@ -1,0 +1,143 @@
+//! `enlace bench --scenario restart`: how long a node with a large backlog takes to serve again
+//! after a restart.
+//!
+//! One node (DEA's), its `queue_capacity` raised to `--copies`. The bench fills a unit nobody
+//! reads with `--copies` ROUTINE records of 1 KiB (as fast as the node accepts them), stops the node, and starts it again on the same
+//! data directory, through the production config path: `restart_s` is from the start call to
+//! the node listening with its queues rebuilt; `first_delivery_s` until a reader subscribing at
+//! once gets its first record; then it reads for `DRAIN_SAMPLE` and reports the rate. It also
+//! reports the process's resident memory (the node, and the bench's own clients) when full,
+//! after the restart, and at the end.
+
+use std::collections::VecDeque;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use enlace::network::LocalNetwork;
+use enlace::{Client, Mailbox};
+
+use super::load::record_draft;
+use super::{BenchArgs, start_nodes, stop_nodes};
+
+/// How long the restarted node's backlog is read to measure its drain rate.
+const DRAIN_SAMPLE: Duration = Duration::from_secs(5);
+
+/// The unit the backlog waits in (the one the analyst reads in the other scenarios).
+const UNIT: &str = "dea/records";
+
+/// The scenario's numbers, and its JSON line.
+#[derive(Debug, serde::Serialize)]
+pub struct Report {
+    scenario: &'static str,
+    copies: u64,
+    fill_s: f64,
+    fill_msgs_per_s: f64,
+    stop_s: f64,
+    restart_s: f64,
+    first_delivery_s: f64,
+    drain_msgs_per_s: f64,
+    rss_mb_full: f64,
+    rss_mb_restarted: f64,
+    rss_mb_end: f64,
+}
+
+pub async fn run(dir: &Path, pki: &Path, a: &BenchArgs) -> anyhow::Result<Report> {
+    // Room for the whole backlog in the unit's queue (100,000 copies by default).
+    let capacity = format!("queue_capacity = {}", a.copies.max(1));
+    let net = LocalNetwork::mesh_with_limits(dir, pki, &["dea"], &[&capacity])?;
+    let nodes = start_nodes(&net).await?;
+    eprintln!("  filling {UNIT} with {} copies", a.copies);
+    let started = Instant::now();
+    let filled = fill(&net, a.copies, a.outstanding as usize).await;
+    let fill_s = started.elapsed().as_secs_f64();
+    let rss_mb_full = rss_mb();
+    let stopping = Instant::now();
+    stop_nodes(nodes).await;
+    let stop_s = stopping.elapsed().as_secs_f64();
+    filled?;
+
+    let restarting = Instant::now();
+    let nodes = start_nodes(&net).await?;
+    let restart_s = restarting.elapsed().as_secs_f64();
+    let rss_mb_restarted = rss_mb();
+    eprintln!("  serving again after {restart_s:.2} s");
+    let read = read_back(&net, restarting).await;
+    let rss_mb_end = rss_mb();
+    stop_nodes(nodes).await;
+    let (first_delivery_s, drain_msgs_per_s) = read?;
+    let round = |x: f64| (x * 1000.0).round() / 1000.0;
+    Ok(Report {
+        scenario: "restart",
+        copies: a.copies,
+        fill_s: round(fill_s),
+        fill_msgs_per_s: round(a.copies as f64 / fill_s),
+        stop_s: round(stop_s),
+        restart_s: round(restart_s),
+        first_delivery_s: round(first_delivery_s),
+        drain_msgs_per_s: round(drain_msgs_per_s),
+        rss_mb_full: round(rss_mb_full),
+        rss_mb_restarted: round(rss_mb_restarted),
+        rss_mb_end: round(rss_mb_end),
+    })
+}
+
+/// Subscribes to the backlog of the restarted node: seconds from `restarting` to the first
+/// delivery, and the rate of the next [`DRAIN_SAMPLE`].
+async fn read_back(net: &LocalNetwork, restarting: Instant) -> anyhow::Result<(f64, f64)> {
+    let reader = Client::connect(net.client_options("dea", "analyst")?).await?;
+    let mut inbox = reader.subscribe(Mailbox::unit("records")?).await?;
+    let first = inbox
+        .next()
+        .await
+        .context("no delivery after the restart")?;
+    let first_delivery_s = restarting.elapsed().as_secs_f64();
+    first.ack().await?;
+    let (mut read, reading) = (0u64, Instant::now());
+    while reading.elapsed() < DRAIN_SAMPLE {
+        match tokio::time::timeout(DRAIN_SAMPLE, inbox.next()).await {
+            Ok(Some(d)) => {
+                read += 1;
+                d.ack().await?;
+            }
+            _ => break,
+        }
+    }
+    let drain_msgs_per_s = read as f64 / reading.elapsed().as_secs_f64();
+    reader.close().await;
+    Ok((first_delivery_s, drain_msgs_per_s))
+}
+
+/// Sends `copies` records to [`UNIT`], `outstanding` in flight.
+async fn fill(net: &LocalNetwork, copies: u64, outstanding: usize) -> anyhow::Result<()> {
+    let sender = Client::connect(net.client_options("dea", "analyst")?).await?;
+    let mut in_flight = VecDeque::new();
+    let mut last_report = Instant::now();
+    for i in 0..copies {
+        if in_flight.len() >= outstanding.max(1)
+            && let Some(a) = in_flight.pop_front()
+        {
+            a.await?;
+        }
+        in_flight.push_back(sender.send(record_draft(UNIT)).await?);
+        if last_report.elapsed() >= Duration::from_secs(10) {
+            eprintln!("  {i} of {copies}");
+            last_report = Instant::now();
+        }
+    }
+    for a in in_flight {
+        a.await?;
+    }
+    sender.close().await;
+    Ok(())
+}
+
+/// The process's resident memory, in MB (0 where /proc cannot say).
+fn rss_mb() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
