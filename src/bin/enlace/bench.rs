@@ -13,6 +13,7 @@ mod cpu;
 mod load;
 mod plot;
 mod restart;
+mod soak;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -83,6 +84,14 @@ filled with --copies ROUTINE records of 1 KiB, the node stopped and started agai
   [rss_mb_full, _restarted,    the bench process's resident memory (the node, and the bench's
    _end]                       own clients): backlog full, after the restart, at the end
 
+--scenario soak (not part of `all`; e.g. --duration 30m) runs four nodes for --duration: DEA's
+reaches AFI's through CENAPI's (a relay) and PGR's directly; 100 records and 20 alerts (FLASH,
+IMMEDIATE, PRIORITY in turn) a second go to each of AFI and PGR, read and acknowledged by their
+duty desks; the relay is restarted every 3 minutes and PGR's node taken down for 20 s every 5
+(less for short runs, so each happens at least once). It ends with a verdict: lost, duplicated,
+refused, the bench process's resident memory every 10 s, and latency per destination and
+precedence per minute of sending; it exits 1 unless nothing was lost, duplicated or refused.
+
 With --plot FILE.svg the bench also draws, for each scenario, the latency of records and alerts
 (send() to application, by percentile on an HDR axis) and records/s over the measured window
 (100 ms bins).
@@ -140,6 +149,9 @@ pub enum Scenario {
     All,
     /// A node restarted with --copies records queued (not part of `all`).
     Restart,
+    /// Four nodes for --duration with mixed traffic, a relay restarted and a peer taken down
+    /// again and again; ends with a verdict (not part of `all`; e.g. --duration 30m).
+    Soak,
 }
 
 impl Scenario {
@@ -150,6 +162,7 @@ impl Scenario {
             Scenario::AlertsAlone => &[Scenario::AlertsAlone],
             Scenario::BulkAlone => &[Scenario::BulkAlone],
             Scenario::Restart => &[Scenario::Restart],
+            Scenario::Soak => &[Scenario::Soak],
         }
     }
 
@@ -160,6 +173,7 @@ impl Scenario {
             Scenario::BulkAlone => "bulk-alone",
             Scenario::All => "all",
             Scenario::Restart => "restart",
+            Scenario::Soak => "soak",
         }
     }
 
@@ -254,14 +268,22 @@ pub(super) async fn run(a: BenchArgs) -> Result<(), Failure> {
         ..Default::default()
     };
     Pki::federation(&pki, DEMO_TRUST_DOMAIN, &demo_agencies(), opts)?;
-    if a.scenario == Scenario::Restart {
-        eprintln!("bench restart: {} copies", a.copies);
-        let report = restart::run(&temp.path().join("run-restart"), &pki, &a).await?;
-        match a.json {
-            true => println!("{}", serde_json::to_string(&report)?),
-            false => println!("{}", serde_json::to_string_pretty(&report)?),
+    match a.scenario {
+        Scenario::Restart => {
+            eprintln!("bench restart: {} copies", a.copies);
+            let report = restart::run(&temp.path().join("run-restart"), &pki, &a).await?;
+            return print_one(&report, a.json);
         }
-        return Ok(());
+        Scenario::Soak => {
+            eprintln!("bench soak: {:?}", a.duration);
+            let report = soak::run(&temp.path().join("run-soak"), &pki, &a).await?;
+            print_one(&report, a.json)?;
+            return match report.passed() {
+                true => Ok(()),
+                false => Err(Failure::from(anyhow::anyhow!("soak: {}", report.verdict))),
+            };
+        }
+        _ => {}
     }
     let mut reports = Vec::new();
     for &topology in a.topology.expand() {
@@ -306,6 +328,16 @@ pub(super) async fn run(a: BenchArgs) -> Result<(), Failure> {
     }
 }
 
+/// Prints a one-off scenario's report: a JSON line, or indented JSON for people.
+fn print_one(report: &impl serde::Serialize, json: bool) -> Result<(), Failure> {
+    let text = match json {
+        true => serde_json::to_string(report),
+        false => serde_json::to_string_pretty(report),
+    };
+    println!("{}", text.map_err(anyhow::Error::from)?);
+    Ok(())
+}
+
 /// Starts a fresh network for one scenario, measures, and stops the nodes whatever happened.
 async fn run_one(
     dir: &Path,
@@ -328,21 +360,26 @@ type Started = (enlace::node::RunningNode, tokio::runtime::Runtime);
 /// own: the load's tasks never share a scheduler queue with a node's.
 async fn start_nodes(net: &LocalNetwork) -> anyhow::Result<Vec<Started>> {
     let mut nodes = Vec::new();
-    for spec in net.nodes.values() {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name(format!("node-{}", spec.name))
-            .enable_all()
-            .build()
-            .context("cannot start a node's runtime")?;
-        let config = net.config(&spec.name)?;
-        let node = rt
-            .spawn(enlace::node::start(config))
-            .await
-            .context("starting a node")??;
-        nodes.push((node, rt));
+    for name in net.nodes.keys() {
+        nodes.push(start_node(net, name).await?);
     }
     Ok(nodes)
+}
+
+/// Starts node `name` of `net` on a runtime of its own.
+async fn start_node(net: &LocalNetwork, name: &str) -> anyhow::Result<Started> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name(format!("node-{name}"))
+        .enable_all()
+        .build()
+        .context("cannot start a node's runtime")?;
+    let config = net.config(name)?;
+    let node = rt
+        .spawn(enlace::node::start(config))
+        .await
+        .context("starting a node")??;
+    Ok((node, rt))
 }
 
 /// Stops the nodes (concurrently) and their runtimes.

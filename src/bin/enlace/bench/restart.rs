@@ -133,7 +133,7 @@ async fn fill(net: &LocalNetwork, copies: u64, outstanding: usize) -> anyhow::Re
 }
 
 /// The process's resident memory, in MB (0 where /proc cannot say).
-fn rss_mb() -> f64 {
+pub(super) fn rss_mb() -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     status
         .lines()
