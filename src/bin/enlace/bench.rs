@@ -375,11 +375,19 @@ async fn start_node(net: &LocalNetwork, name: &str) -> anyhow::Result<Started> {
         .build()
         .context("cannot start a node's runtime")?;
     let config = net.config(name)?;
-    let node = rt
-        .spawn(enlace::node::start(config))
-        .await
-        .context("starting a node")??;
-    Ok((node, rt))
+    match rt.spawn(enlace::node::start(config)).await {
+        Ok(Ok(node)) => Ok((node, rt)),
+        failed => {
+            // A runtime is not dropped from within an asynchronous context.
+            rt.shutdown_background();
+            Err(match failed {
+                Ok(Err(e)) => anyhow::Error::from(e),
+                Err(e) => anyhow::Error::from(e),
+                Ok(Ok(_)) => unreachable!("handled above"),
+            })
+            .with_context(|| format!("starting node {name}"))
+        }
+    }
 }
 
 /// Stops the nodes (concurrently) and their runtimes.

@@ -163,7 +163,7 @@ async fn soak(
             if let Some(s) = nodes.remove("cenapi-1") {
                 stop_nodes(vec![s]).await;
             }
-            nodes.insert("cenapi-1".into(), start_node(net, "cenapi-1").await?);
+            nodes.insert("cenapi-1".into(), start_again(net, "cenapi-1").await?);
             relay_restarts += 1;
             next_relay += relay_every;
         }
@@ -184,7 +184,7 @@ async fn soak(
                 "  {:>5.0} s: PGR's node back",
                 started.elapsed().as_secs_f64()
             );
-            nodes.insert("pgr-1".into(), start_node(net, "pgr-1").await?);
+            nodes.insert("pgr-1".into(), start_again(net, "pgr-1").await?);
             peer_back = None;
         }
         // Per tick: records and an alert to each destination.
@@ -214,7 +214,7 @@ async fn soak(
         while sends.try_join_next().is_some() {}
     }
     if peer_back.is_some() {
-        nodes.insert("pgr-1".into(), start_node(net, "pgr-1").await?);
+        nodes.insert("pgr-1".into(), start_again(net, "pgr-1").await?);
     }
     while sends.join_next().await.is_some() {}
     let duration_s = started.elapsed().as_secs_f64();
@@ -265,6 +265,22 @@ async fn soak(
         false => "FAIL: messages lost, duplicated or refused",
     };
     Ok(report)
+}
+
+/// Starts a node that was just stopped, trying again for up to 10 s while what the last run
+/// held (its socket, its store's lock) is still being released; each failure is said.
+async fn start_again(net: &LocalNetwork, name: &str) -> anyhow::Result<Started> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match start_node(net, name).await {
+            Ok(s) => return Ok(s),
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("  {name} did not start ({e:#}); trying again");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// Hands `d` over; a task notes it as sent once DEA's node accepts it.
