@@ -759,12 +759,7 @@ impl Writer {
                 serde_json::to_writer(&mut text, &w).map_err(io::Error::other)?;
                 text.push(b'\n');
             }
-            let tmp = self.dir.join(format!("{WITNESSED}.tmp"));
-            let mut f = File::create(&tmp)?;
-            f.write_all(&text)?;
-            f.sync_all()?;
-            fs::rename(&tmp, self.dir.join(WITNESSED))?;
-            File::open(&self.dir)?.sync_all()
+            super::files::replace(&self.dir.join(WITNESSED), &text, super::files::SHARED)
         };
         if let Err(e) = write() {
             tracing::error!(node = %self.node, error = %e, "delivery log: witnessed checkpoints not written");
@@ -815,12 +810,8 @@ impl Writer {
             frontier: keep.frontier.nodes().iter().map(|h| hex(h)).collect(),
             prev: keep.prev.map(|p| hex(&p)).unwrap_or_default(),
         };
-        let tmp = self.dir.join(format!("{BASE}.tmp"));
-        let mut f = File::create(&tmp)?;
-        f.write_all(&serde_json::to_vec(&base).map_err(io::Error::other)?)?;
-        f.sync_all()?;
-        fs::rename(&tmp, self.dir.join(BASE))?;
-        File::open(&self.dir)?.sync_all()?;
+        let text = serde_json::to_vec(&base).map_err(io::Error::other)?;
+        super::files::replace(&self.dir.join(BASE), &text, super::files::SHARED)?;
         for s in self.segments.drain(..n) {
             fs::remove_file(self.dir.join(records_file(s.start)))?;
         }

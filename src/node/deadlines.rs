@@ -236,8 +236,8 @@ fn apply(deadlines: &mut Deadlines<Awaited>, line: Line) -> Option<()> {
     Some(())
 }
 
-/// Writes the pending deadlines as the whole file: to a temporary file, fsynced, renamed into
-/// place. Returns the number of lines.
+/// Replaces the file with the pending deadlines (`files::replace`). Returns the number of
+/// lines.
 fn rewrite(path: &Path, deadlines: &Deadlines<Awaited>) -> std::io::Result<usize> {
     let mut text = Vec::new();
     let mut lines = 0;
@@ -247,14 +247,7 @@ fn rewrite(path: &Path, deadlines: &Deadlines<Awaited>) -> std::io::Result<usize
             lines += 1;
         }
     }
-    let tmp = path.with_extension("jsonl.tmp");
-    let mut f = File::create(&tmp)?;
-    f.write_all(&text)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        File::open(dir)?.sync_all()?;
-    }
+    super::files::replace(path, &text, super::files::SHARED)?;
     Ok(lines)
 }
 

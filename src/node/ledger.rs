@@ -630,18 +630,16 @@ impl Ledger {
     fn store_refusal(&self, e: &StoreError) -> Refusal {
         match e {
             e if e.is_fatal() => self.storage_failed(e),
-            StoreError::Full => {
-                tracing::warn!(node = %self.0.node, "refused: the store's disk is full");
-                Refusal::new(
-                    RefusalCode::StoreFull,
-                    format!(
-                        "node {}'s disk is full: nothing of this message was kept; the node \
+            // Said once by the store; each refusal is logged within its sender's refusal rate.
+            StoreError::Full => Refusal::new(
+                RefusalCode::StoreFull,
+                format!(
+                    "node {}'s disk is full: nothing of this message was kept; the node \
                          goes on delivering what it holds and accepts again once space \
                          returns: retry later or by another route",
-                        self.0.node
-                    ),
-                )
-            }
+                    self.0.node
+                ),
+            ),
             e => Refusal::invalid(e.to_string()),
         }
     }

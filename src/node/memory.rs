@@ -8,7 +8,7 @@
 //! those sources are then not checked against them); rewrites are, then renamed into place.
 
 use std::io::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -43,21 +43,8 @@ pub(super) fn open(config: &Config) -> Result<Provenance, NodeError> {
             "provenance lines that do not parse were skipped (a crash cuts the last one short)"
         );
     }
-    rewrite(&path, &memory.snapshot()).map_err(io)?;
+    super::files::replace(&path, &memory.snapshot(), super::files::SHARED).map_err(io)?;
     Ok(memory)
-}
-
-/// Writes `bytes` as the whole file: to a temporary file, fsynced, renamed into place.
-fn rewrite(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("jsonl.tmp");
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
 }
 
 /// Appends what the node learnt every [`FLUSH`], until aborted.
@@ -94,7 +81,7 @@ pub(super) async fn flush(node: &Arc<Node>, lines: &mut usize) {
         // One write at a time, even when a flush at shutdown overtakes an aborted loop's.
         let _one = writer.provenance_file.lock().expect("provenance file lock");
         match snapshot {
-            Some(all) => rewrite(&path, &all),
+            Some(all) => super::files::replace(&path, &all, super::files::SHARED),
             None => std::fs::OpenOptions::new()
                 .append(true)
                 .create(true)

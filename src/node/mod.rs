@@ -32,6 +32,7 @@ mod consume;
 mod deadlines;
 mod deliver;
 mod events;
+mod files;
 mod forward;
 mod intake;
 mod ledger;

@@ -253,8 +253,6 @@ struct Bound {
 /// created at first start and kept: see [`tls::endpoint`]. Anyone holding it could reset the
 /// node's connections, so it is as private as the data directory.
 fn reset_key(data_dir: &std::path::Path) -> std::io::Result<[u8; 32]> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     let path = data_dir.join("reset.key");
     match std::fs::read(&path) {
         Ok(bytes) => {
@@ -273,18 +271,8 @@ fn reset_key(data_dir: &std::path::Path) -> std::io::Result<[u8; 32]> {
     let mut key = [0u8; 32];
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut key)
         .map_err(|_| std::io::Error::other("no randomness for the reset key"))?;
-    // Written whole and synced under a temporary name, then renamed: never a short key.
-    let tmp = data_dir.join("reset.key.tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(&key)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, &path)?;
-    std::fs::File::open(data_dir)?.sync_all()?;
+    // Replaced whole: never a short key.
+    super::files::replace(&path, &key, super::files::OWNER_ONLY)?;
     Ok(key)
 }
 

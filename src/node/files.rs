@@ -1,0 +1,50 @@
+//! Replacing a small file of the node's data directory whole, so that a crash leaves either the
+//! old contents or the new ones: written to `<name>.tmp`, synced, renamed over the file, and
+//! the directory synced.
+
+use std::io::Write as _;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+/// Permissions of a file anyone may read (less the umask).
+pub const SHARED: u32 = 0o666;
+/// Permissions of a secret: the owner only.
+pub const OWNER_ONLY: u32 = 0o600;
+
+/// Replaces `path` with `bytes` (see the module docs); a new file gets `mode`.
+pub fn replace(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    #[test]
+    fn a_file_is_replaced_whole_and_a_secret_stays_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("reset.key");
+        replace(&path, b"old", OWNER_ONLY).unwrap();
+        replace(&path, b"new", OWNER_ONLY).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"new");
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert!(!dir.path().join("reset.key.tmp").exists());
+    }
+}
