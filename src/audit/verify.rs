@@ -330,11 +330,26 @@ pub fn verify_dir_witnessed(
             prev = Some(h);
             expected += 1;
             report.records += 1;
-            while let Some((s, root, place, own)) = next_cp.peek() {
+            while let Some((s, root, cp_place, own)) = next_cp.peek() {
                 if *s != frontier.size() {
                     break;
                 }
                 if frontier.root() != *root {
+                    if pos < data.len() && !next_names(&data[pos..], line) {
+                        // The next record does not vouch for this one: this one was changed
+                        // (named as the chain would name it, whether or not a checkpoint ends
+                        // here).
+                        report.problem(
+                            Some(expected - 1),
+                            place,
+                            format!(
+                                "altered: record {expected} names another hash for it than \
+                                 it hashes to, and it does not give the root of the checkpoint \
+                                 of size {s}"
+                            ),
+                        );
+                        break 'files;
+                    }
                     let whose = if *own {
                         "the signed root of the checkpoint".to_owned()
                     } else {
@@ -342,7 +357,7 @@ pub fn verify_dir_witnessed(
                     };
                     report.problem(
                         Some(last_cp_size),
-                        place.clone(),
+                        cp_place.clone(),
                         format!(
                             "altered: the records {last_cp_size}..{} do not give {whose} of size {s} (one of them was changed, or the log rewritten)",
                             s - 1

@@ -295,8 +295,14 @@ fn leaves(dir: &Path, from: u64, to: u64) -> io::Result<Vec<Hash>> {
     if from >= to {
         return Ok(out);
     }
-    for (start, path) in audit::files::record_files(dir)? {
-        let data = match fs::read(&path) {
+    let files = audit::files::record_files(dir)?;
+    for (i, (start, path)) in files.iter().enumerate() {
+        // A file whose successor starts at or before `from` holds none of them.
+        if files.get(i + 1).is_some_and(|(next, _)| *next <= from) {
+            continue;
+        }
+        let start = *start;
+        let data = match fs::read(path) {
             Ok(d) => d,
             Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
             Err(e) => return Err(e),
@@ -368,6 +374,8 @@ struct Writer {
     witnessed_at: Instant,
     keys: HashSet<String>,
     last_checkpoint: u64,
+    /// Whether the checkpoint task was woken for records since `last_checkpoint`.
+    woken: bool,
     unsynced: bool,
     last_sync: Instant,
     due: Arc<Notify>,
@@ -385,6 +393,10 @@ impl Writer {
         lines: broadcast::Sender<Arc<str>>,
     ) -> io::Result<(Writer, Signed, BTreeMap<String, Checkpoint>)> {
         let (mut frontier, mut prev) = read_base(dir)?;
+        // The latest leaves are kept from the start, so the first proofs after a restart are
+        // not read back from the files.
+        let mut recent = std::collections::VecDeque::new();
+        let mut recent_start = frontier.size();
         let mut segments = Vec::new();
         for (start, path) in audit::files::record_files(dir)? {
             if start != frontier.size() {
@@ -411,6 +423,11 @@ impl Writer {
                 let h = leaf(body);
                 frontier.push(h);
                 prev = Some(h);
+                recent.push_back(h);
+                if recent.len() > RECENT_LEAVES {
+                    recent.pop_front();
+                    recent_start += 1;
+                }
                 good += line.len();
                 last = Some(body);
             }
@@ -493,35 +510,34 @@ impl Writer {
         let file_bytes = file.metadata()?.len();
         File::open(dir)?.sync_all()?;
         let last_checkpoint = signed.last.as_ref().map_or(0, |c| c.size);
-        Ok((
-            Writer {
-                dir: dir.to_owned(),
-                node: node.to_owned(),
-                me: format!("{agency}/node/{node}"),
-                settings,
-                file,
-                file_bytes,
-                segments,
-                frontier,
-                prev,
-                frontiers,
-                recent: std::collections::VecDeque::new(),
-                recent_start: start,
-                cosigned: signed.cosigned.clone(),
-                witnessed: witnessed_text,
-                witnessed_dirty: false,
-                witnessed_at: Instant::now(),
-                keys,
-                last_checkpoint,
-                unsynced: false,
-                last_sync: Instant::now(),
-                due,
-                lines,
-                buf: Vec::with_capacity(1 << 20),
-            },
-            signed,
-            witnessed,
-        ))
+        let mut writer = Writer {
+            dir: dir.to_owned(),
+            node: node.to_owned(),
+            me: format!("{agency}/node/{node}"),
+            settings,
+            file,
+            file_bytes,
+            segments,
+            frontier,
+            prev,
+            frontiers,
+            recent,
+            recent_start,
+            cosigned: signed.cosigned.clone(),
+            witnessed: witnessed_text,
+            witnessed_dirty: false,
+            witnessed_at: Instant::now(),
+            keys,
+            last_checkpoint,
+            woken: false,
+            unsynced: false,
+            last_sync: Instant::now(),
+            due,
+            lines,
+            buf: Vec::with_capacity(1 << 20),
+        };
+        writer.trim_recent();
+        Ok((writer, signed, witnessed))
     }
 
     fn run(mut self, rx: Receiver<Cmd>) {
@@ -597,6 +613,8 @@ impl Writer {
                     if r.is_ok() {
                         w.frontiers.insert(size, frontier);
                         w.last_checkpoint = size;
+                        w.woken = false;
+                        w.wake_when_due();
                         // Proofs start from recent checkpoints; older ones are recomputed.
                         while w.frontiers.len() > 4096 {
                             w.frontiers.pop_first();
@@ -690,7 +708,16 @@ impl Writer {
         if let Some(s) = self.segments.last_mut() {
             s.last = Some(at);
         }
-        if self.frontier.size() - self.last_checkpoint == self.settings.checkpoint_records {
+        self.wake_when_due();
+    }
+
+    /// Wakes the checkpoint task once `checkpoint_records` records were written since the last
+    /// checkpoint (once: not again until the next checkpoint is written).
+    fn wake_when_due(&mut self) {
+        if !self.woken
+            && self.frontier.size() - self.last_checkpoint >= self.settings.checkpoint_records
+        {
+            self.woken = true;
             self.due.notify_one();
         }
     }

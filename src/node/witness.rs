@@ -11,6 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
+use tokio::sync::watch;
 
 use super::conn::Conn;
 use super::events::Event;
@@ -37,15 +38,40 @@ pub(super) async fn run(node: Arc<Node>) {
     };
     let mut tick = tokio::time::interval(node.config.delivery_log.checkpoint_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // One offering task per peer, each offering the latest checkpoint when it is free: a
+    // witness sees this node's checkpoints in the order they were signed (one that overtook
+    // an older one, slow to prove, would make the older look like a rollback), and a slow
+    // peer is offered only the newest. Dropped, with this task, when the node stops.
+    let mut offering = tokio::task::JoinSet::new();
+    let latest: Vec<watch::Sender<Option<Signed>>> = node
+        .config
+        .peers
+        .keys()
+        .map(|peer| {
+            let (tx, rx) = watch::channel(None);
+            offering.spawn(offer_latest(node.clone(), peer.clone(), rx));
+            tx
+        })
+        .collect();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = log.due.notified() => {}
         }
         if let Some(signed) = checkpoint(&node).await {
-            for peer in node.config.peers.keys() {
-                tokio::spawn(offer(node.clone(), peer.clone(), signed.clone()));
+            for tx in &latest {
+                tx.send_replace(Some(signed.clone()));
             }
+        }
+    }
+}
+
+/// Offers `peer` each latest checkpoint in turn, skipping those superseded while it waited.
+async fn offer_latest(node: Arc<Node>, peer: String, mut latest: watch::Receiver<Option<Signed>>) {
+    while latest.changed().await.is_ok() {
+        let signed = latest.borrow_and_update().clone();
+        if let Some(signed) = signed {
+            offer(node.clone(), peer.clone(), signed).await;
         }
     }
 }
