@@ -297,6 +297,7 @@ fn bind(config: Config) -> Result<Bound, NodeError> {
         config.peers.keys().cloned(),
     ));
 
+    let opening = std::time::Instant::now();
     let log = audit::Log::open(
         &config.data_dir.join("log"),
         &config.name,
@@ -304,6 +305,7 @@ fn bind(config: Config) -> Result<Bound, NodeError> {
         config.delivery_log.clone(),
     )
     .map_err(NodeError::Log)?;
+    let log_open = opening.elapsed();
     let events = Events::with_log(&config.name, log).with_metrics(metrics.clone());
     let mut link_inbox = HashMap::new();
     let mut link_rx = HashMap::new();
@@ -322,8 +324,10 @@ fn bind(config: Config) -> Result<Bound, NodeError> {
         segment_bytes: config.store_segment_bytes,
         ..StoreOptions::default()
     };
+    let opening = std::time::Instant::now();
     let (store, recovered) =
         Store::open(&config.data_dir.join("store"), store_options).map_err(NodeError::Store)?;
+    let store_open = opening.elapsed();
     let (ledger, notices) = Ledger::new(
         &config.name,
         &config.agency,
@@ -333,7 +337,15 @@ fn bind(config: Config) -> Result<Bound, NodeError> {
         store,
         events,
     );
+    let opening = std::time::Instant::now();
     ledger.recover(recovered);
+    tracing::info!(
+        node = %config.name,
+        log_ms = log_open.as_millis() as u64,
+        store_ms = store_open.as_millis() as u64,
+        queues_ms = opening.elapsed().as_millis() as u64,
+        "opened the delivery log, the store and the queues"
+    );
     let memory = memory::open(&config)?;
     let deadlines = super::deadlines::Journal::open(&config, receipts::MAX_DEADLINES)?;
     let signers = Signers::new(own.tls.signer_verifier()?, &config.trust_domain);
