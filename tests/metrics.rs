@@ -637,6 +637,24 @@ async fn queue_depth_shows_unread_messages_and_readiness_drops_at_shutdown() {
         not_ready.body
     );
     assert_eq!(get(pgr, "/healthz").await.status, 200);
+    // `enlace health`, the probe a container without a shell runs, says the same.
+    let health = |ready: bool| {
+        let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_enlace"));
+        c.args(["health", "--addr", &pgr.to_string()]);
+        if ready {
+            c.arg("--ready");
+        }
+        c.output()
+    };
+    let alive = health(false).await.unwrap();
+    assert!(alive.status.success(), "{alive:?}");
+    let ready = health(true).await.unwrap();
+    assert_eq!(ready.status.code(), Some(1), "{ready:?}");
+    assert!(
+        String::from_utf8_lossy(&ready.stdout).contains("503")
+            && String::from_utf8_lossy(&ready.stderr).contains("shutting down"),
+        "{ready:?}"
+    );
     stopping.abort();
     net.stop().await;
 }

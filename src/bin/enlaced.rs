@@ -18,16 +18,29 @@ Logs go to stderr; set ENLACE_LOG (e.g. ENLACE_LOG=debug) to override the config
 )]
 struct Args {
     /// The node's configuration file (TOML; see deploy/ for annotated examples).
-    #[arg(long, short)]
-    config: PathBuf,
+    #[arg(long, short, required_unless_present = "manpage")]
+    config: Option<PathBuf>,
     /// Validate the configuration and TLS material, then exit without binding.
     #[arg(long)]
     check_config: bool,
+    /// Print this program's man page (roff), for packaging, and exit.
+    #[arg(long, hide = true)]
+    manpage: bool,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let config = match Config::load(&args.config) {
+    let Some(path) = args.config.as_deref().filter(|_| !args.manpage) else {
+        let man = clap_mangen::Man::new(<Args as clap::CommandFactory>::command()).section("8");
+        return match man.render(&mut std::io::stdout()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("enlaced: cannot write the man page: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    };
+    let config = match Config::load(path) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("enlaced: invalid configuration: {e}");
@@ -43,7 +56,7 @@ fn main() -> ExitCode {
                 }
                 println!(
                     "{}: configuration is valid (node {}/node/{})",
-                    args.config.display(),
+                    path.display(),
                     config.agency(),
                     config.name()
                 );

@@ -11,6 +11,7 @@ mod connect;
 mod demo;
 mod dlq;
 mod exit;
+mod health;
 mod inbox;
 mod log;
 mod pki;
@@ -60,6 +61,20 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Measure throughput and alert latency over real mTLS QUIC on loopback.
     Bench(bench::BenchArgs),
+    /// Ask a node's health endpoint whether it is alive (or ready): exit 0 if it answers 200.
+    Health(health::HealthArgs),
+    /// Print the shell completion script for `enlace` (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell to complete for.
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages of `enlace` and of each of its commands (roff, section 1) into a
+    /// directory, for packaging.
+    #[command(hide = true)]
+    Manpages {
+        /// Where to write enlace.1 and enlace-<command>.1.
+        dir: std::path::PathBuf,
+    },
 }
 
 /// Runs a parsed command line.
@@ -75,7 +90,36 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Policy(c) => policy::run(c),
         Command::Demo(a) => demo::run(a).await,
         Command::Bench(a) => bench::run(a).await,
+        Command::Health(a) => health::run(a).await,
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "enlace", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Manpages { dir } => manpages(&dir).map_err(Failure::from),
     }
+}
+
+/// Writes `enlace.1` and one page per command (`enlace-send.1`...) into `dir`.
+fn manpages(dir: &std::path::Path) -> anyhow::Result<()> {
+    use anyhow::Context;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let cmd = <Cli as clap::CommandFactory>::command();
+    let mut pages = vec![("enlace".to_owned(), cmd.clone())];
+    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+        let name = format!("enlace-{}", sub.get_name());
+        pages.push((
+            name.clone(),
+            sub.clone().display_name(name.clone()).bin_name(name),
+        ));
+    }
+    for (name, page) in pages {
+        let path = dir.join(format!("{name}.1"));
+        let mut out = Vec::new();
+        clap_mangen::Man::new(page).render(&mut out)?;
+        std::fs::write(&path, out).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(())
 }
 
 fn main() -> ExitCode {

@@ -115,8 +115,12 @@ pub enum PkiCommand {
         #[arg(long, default_value = DEMO_TRUST_DOMAIN)]
         trust_domain: String,
         /// Replace existing files in the directory.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "if_missing")]
         force: bool,
+        /// Do nothing if the directory already holds a PKI (its root CA): for a one-shot setup
+        /// job that runs at every start, such as the compose federation's `pki` service.
+        #[arg(long)]
+        if_missing: bool,
     },
     /// Write the test fixture set (trust domain enlace.test; see certs/README.md). Test only:
     /// the keys end up in the repository.
@@ -241,7 +245,17 @@ pub fn run(cmd: PkiCommand) -> anyhow::Result<()> {
             dir,
             trust_domain,
             force,
+            if_missing,
         } => {
+            let root = dir.join("ca").join("root.pem");
+            if if_missing && root.exists() {
+                println!(
+                    "kept the PKI in {}: {} exists",
+                    dir.display(),
+                    root.display()
+                );
+                return Ok(());
+            }
             let fed = Pki::federation(&dir, &trust_domain, &demo_agencies(), forced(force))?;
             println!("created demo federation {trust_domain}: dea, pgr, afi, cenapi");
             print_written(&fed.written);
