@@ -757,3 +757,80 @@ async fn a_witness_sees_checkpoints_in_the_order_they_were_signed() {
         assert!(refused.is_empty(), "{}", refused.join("\n"));
     }
 }
+
+/// The runbook's "Back up a node, and restore it" (deploy/RUNBOOK.md, 7), as written there: a
+/// backup of PGR's data directory taken with the node stopped, restored after more traffic.
+/// The restored node serves, its witness (DEA) refuses its checkpoints (to a witness a restored
+/// log is a history that went back), and once DEA's operator moves its `witnessed.jsonl` aside
+/// and restarts, DEA cosigns PGR's log again.
+#[tokio::test]
+async fn a_node_restored_from_a_backup_is_witnessed_again_once_its_partner_accepts_it() {
+    let mut net = TestNet::federation(
+        &["dea", "pgr"],
+        &[("dea-1", "pgr-1")],
+        &[("dea-1", FAST.to_owned()), ("pgr-1", FAST.to_owned())],
+        &[],
+    )
+    .await;
+    let cosigned_pgr = |above: u64| move |e: &Event| matches!(e, Event::Witnessed { peer, whose: "peer", size } if peer == "pgr-1" && *size > above);
+    let mut dea_events = net.node("dea-1").events();
+    traffic(&net, 3).await;
+    wait_event(&mut dea_events, cosigned_pgr(0)).await;
+
+    // The backup: stop, copy the whole data directory, start.
+    let data = net.dir.path().join("data").join("pgr-1");
+    let backup = net.dir.path().join("pgr-1.backup");
+    net.nodes.remove("pgr-1").unwrap().stop().await;
+    let cp = |from: &Path, to: &Path| {
+        let ok = std::process::Command::new("cp")
+            .arg("-a")
+            .arg(from)
+            .arg(to)
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    };
+    cp(&data, &backup);
+    let backed_up = enlace::audit::verify::verify_dir(&backup.join("log")).unwrap();
+    net.nodes
+        .insert("pgr-1".into(), net.net.start("pgr-1").await.unwrap());
+
+    // More traffic, which DEA cosigns past the backup.
+    traffic(&net, 5).await;
+    wait_event(&mut dea_events, cosigned_pgr(backed_up.records)).await;
+
+    // The restore: stop, put the backup in place, start.
+    net.nodes.remove("pgr-1").unwrap().stop().await;
+    std::fs::rename(&data, net.dir.path().join("pgr-1.old")).unwrap();
+    cp(&backup, &data);
+    net.nodes
+        .insert("pgr-1".into(), net.net.start("pgr-1").await.unwrap());
+    traffic(&net, 2).await;
+    let refused = wait_event(
+        &mut dea_events,
+        |e| matches!(e, Event::WitnessRefused { peer, .. } if peer == "pgr-1"),
+    )
+    .await;
+    let Event::WitnessRefused { reason, .. } = refused else {
+        unreachable!()
+    };
+    assert!(
+        reason.contains("rollback") || reason.contains("rewritten"),
+        "{reason}"
+    );
+
+    // DEA's operator accepts the restored log: stop, move witnessed.jsonl aside, start.
+    net.nodes.remove("dea-1").unwrap().stop().await;
+    let dea_log = log_dir(&net, "dea-1");
+    std::fs::rename(
+        dea_log.join(enlace::audit::WITNESSED),
+        dea_log.join("witnessed.jsonl.before-restore"),
+    )
+    .unwrap();
+    net.nodes
+        .insert("dea-1".into(), net.net.start("dea-1").await.unwrap());
+    let mut dea_events = net.node("dea-1").events();
+    traffic(&net, 2).await;
+    wait_event(&mut dea_events, cosigned_pgr(0)).await;
+    let _kept = stop_keeping_files(net).await;
+}
