@@ -80,6 +80,10 @@ target/release/enlaced --check-config --config "$work/enlaced.toml" >/dev/null \
     || fail "the ConfigMap's enlaced.toml does not pass enlaced --check-config"
 echo "ok: the ConfigMap's enlaced.toml passes enlaced --check-config"
 
+step "cargo install --path . (the README's way; reusing this checkout's release build)"
+CARGO_TARGET_DIR=target cargo install --locked --quiet --path . --root "$work/cargo-root"
+"$work/cargo-root/bin/enlaced" --version && "$work/cargo-root/bin/enlace" --version
+
 step "debian package: build, install, use, purge"
 deploy/deb/build.sh
 deb=$(ls target/deb/enlace_*.deb)

@@ -13,8 +13,10 @@ cargo build --release --locked --bin enlaced --bin enlace
 
 ctx=target/container
 rm -rf "$ctx"
-mkdir -p "$ctx/rootfs/usr/bin" "$ctx/rootfs/etc" \
-    "$ctx/mounts/etc/enlace/config" "$ctx/mounts/etc/enlace/pki" "$ctx/mounts/var/lib/enlace"
+# /etc/enlace/pki and /var/lib/enlace are not in rootfs/: the Containerfile's COPY --chown
+# creates them, owned by the user (their parents stay root's).
+mkdir -p "$ctx/rootfs/usr/bin" "$ctx/rootfs/etc/enlace/config" "$ctx/rootfs/var/lib" \
+    "$ctx/mounts/pki" "$ctx/mounts/data"
 for bin in enlaced enlace; do
     # Symbols and debug information stay in the build; the image gets the code.
     strip -o "$ctx/rootfs/usr/bin/$bin" "target/release/$bin"

@@ -216,6 +216,17 @@ impl Record {
     /// # Errors
     /// A static reason when the kind is unknown or the body is malformed.
     pub(super) fn decode(kind: u8, body: &[u8]) -> Result<Record, &'static str> {
+        Record::decode_in(kind, body, None)
+    }
+
+    /// As [`Record::decode`], for a `body` inside `owner`: a `Put`'s message bytes are then a
+    /// slice of `owner` rather than a copy (recovery reads whole segments, and most of a
+    /// backlog's bytes are messages).
+    pub(super) fn decode_in(
+        kind: u8,
+        body: &[u8],
+        owner: Option<&Bytes>,
+    ) -> Result<Record, &'static str> {
         let mut r = Reader(body);
         let rec = match kind {
             KIND_HEADER => {
@@ -248,7 +259,10 @@ impl Record {
                     received_at_ms,
                     attempts,
                     dead: has_dead.then_some(dead),
-                    bytes: Bytes::copy_from_slice(r.rest()),
+                    bytes: {
+                        let rest = r.rest();
+                        owner.map_or_else(|| Bytes::copy_from_slice(rest), |o| o.slice_ref(rest))
+                    },
                 })
             }
             KIND_DONE => Record::Done { seq: r.u64()? },

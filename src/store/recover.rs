@@ -12,6 +12,8 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use bytes::Bytes;
+
 use super::disk::Disk;
 use super::index::{Index, Location, Seen};
 use super::record::Record;
@@ -60,7 +62,7 @@ pub(super) fn recover(disk: &dyn Disk, dir: &Path) -> Result<Recovered, StoreErr
             path: path.clone(),
             source,
         };
-        let data = disk.read(&path).map_err(|e| io("read", e))?;
+        let data = Bytes::from(disk.read(&path).map_err(|e| io("read", e))?);
         let scan = segment::scan(&data);
         let corrupt = |offset, reason: &str| StoreError::Corrupt {
             path: path.clone(),
@@ -99,6 +101,24 @@ pub(super) fn recover(disk: &dyn Disk, dir: &Path) -> Result<Recovered, StoreErr
                 len: s.len,
             };
             replay(&mut state, &mut seen, &mut messages, loc, s.record);
+        }
+    }
+    // A copy's bytes are a slice of its segment as read, which stays in memory while any slice
+    // of it does: the copies of a mostly finished segment are copied out, so that it can go.
+    let sparse: std::collections::HashSet<u64> = state
+        .index
+        .segments()
+        .iter()
+        .filter(|(_, s)| s.live_bytes * 2 < s.bytes)
+        .map(|(id, _)| *id)
+        .collect();
+    for m in messages.values_mut() {
+        if state
+            .index
+            .get(m.seq)
+            .is_some_and(|e| sparse.contains(&e.loc.segment))
+        {
+            m.bytes = Bytes::copy_from_slice(&m.bytes);
         }
     }
     Ok(Recovered {

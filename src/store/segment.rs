@@ -9,6 +9,8 @@
 use std::any::Any;
 use std::path::{Path, PathBuf};
 
+use bytes::Bytes;
+
 use super::StoreError;
 use super::disk::Disk;
 use super::record::{Frame, Record, read_frame};
@@ -90,7 +92,7 @@ pub(super) struct Scan {
 
 /// Scans a segment's bytes. Never fails: the caller decides whether a stop is a torn tail (the
 /// newest segment) or corruption (any older one).
-pub(super) fn scan(data: &[u8]) -> Scan {
+pub(super) fn scan(data: &Bytes) -> Scan {
     let mut records = Vec::new();
     let mut pending = Vec::new();
     let mut good_len = 0;
@@ -103,7 +105,7 @@ pub(super) fn scan(data: &[u8]) -> Scan {
             Frame::End => break Some("a write without its commit record"),
             Frame::Bad(reason) => break Some(reason),
         };
-        match Record::decode(kind, body) {
+        match Record::decode_in(kind, body, Some(data)) {
             Err(reason) => break Some(reason),
             Ok(Record::Commit { records: n }) if n as usize != pending.len() => {
                 break Some("commit record counts a different number of records");
@@ -167,14 +169,14 @@ mod tests {
         let mut data = Vec::new();
         write(&[header(), Record::Done { seq: 1 }], &mut data);
         write(&[Record::Done { seq: 2 }], &mut data);
-        let s = scan(&data);
+        let s = scan(&Bytes::from(data.clone()));
         assert_eq!(
             (s.records.len(), s.good_len, s.stop),
             (3, data.len() as u64, None)
         );
         let len = data.len();
         data.resize(len + 4096, 0);
-        let s = scan(&data);
+        let s = scan(&Bytes::from(data.clone()));
         assert_eq!((s.good_len, s.stop), (len as u64, None));
     }
 
@@ -185,7 +187,7 @@ mod tests {
         let good = data.len() as u64;
         Record::Done { seq: 1 }.encode(&mut data);
         Record::Done { seq: 2 }.encode(&mut data);
-        let s = scan(&data);
+        let s = scan(&Bytes::from(data.clone()));
         assert_eq!(s.records.len(), 1);
         assert_eq!(s.good_len, good);
         assert_eq!(s.uncommitted, 2);
@@ -202,7 +204,7 @@ mod tests {
         write(&[header()], &mut data);
         Record::Done { seq: 1 }.encode(&mut data);
         Record::Commit { records: 2 }.encode(&mut data);
-        let s = scan(&data);
+        let s = scan(&Bytes::from(data.clone()));
         assert_eq!(s.records.len(), 1);
         assert!(s.stop.is_some());
     }

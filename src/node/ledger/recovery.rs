@@ -21,19 +21,9 @@ impl Ledger {
     /// operator; one that does not decode (damage the checksum missed) is **purged**.
     pub fn recover(&self, recovered: Vec<StoredMessage>) {
         let (mut waiting, mut dead, mut orphaned, mut unreadable) = (0, 0, 0, 0);
-        for m in recovered {
+        let decoded = decode_all(&recovered);
+        for (m, copy) in recovered.into_iter().zip(decoded) {
             let id = MessageId::from_slice(&m.message_id);
-            let copy = pb::SignedEnvelope::decode(m.bytes.clone())
-                .ok()
-                .and_then(|s| {
-                    let message = Message::parse(s.envelope, s.signature).ok()?;
-                    let transit = Transit {
-                        hops: s.hops,
-                        route_to: s.route_to,
-                        signer_chain: s.signer_chain.into(),
-                    };
-                    Some((message, transit))
-                });
             let precedence = pb::Precedence::try_from(i32::from(m.precedence))
                 .ok()
                 .and_then(Precedence::from_pb);
@@ -122,4 +112,40 @@ impl Ledger {
         });
         self.record_later(vec![Op::Done(seq)]);
     }
+}
+
+/// Below this many copies, decoding on one thread is quicker than starting others.
+const PARALLEL_FROM: usize = 4096;
+
+/// Decodes the recovered copies' envelopes, in order, on up to 4 threads (as many as the machine
+/// has cores): with a large backlog, parsing is most of what a restart costs, and each copy
+/// parses on its own.
+fn decode_all(recovered: &[StoredMessage]) -> Vec<Option<(Message, Transit)>> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+    if threads == 1 || recovered.len() < PARALLEL_FROM {
+        return recovered.iter().map(decode).collect();
+    }
+    let chunk = recovered.len().div_ceil(threads);
+    std::thread::scope(|s| {
+        let parts: Vec<_> = recovered
+            .chunks(chunk)
+            .map(|part| s.spawn(move || part.iter().map(decode).collect::<Vec<_>>()))
+            .collect();
+        parts
+            .into_iter()
+            .flat_map(|p| p.join().expect("a decoding thread panicked"))
+            .collect()
+    })
+}
+
+/// One stored copy's envelope, parsed as when the node took it; `None` if it does not decode.
+fn decode(m: &StoredMessage) -> Option<(Message, Transit)> {
+    let s = pb::SignedEnvelope::decode(m.bytes.clone()).ok()?;
+    let message = Message::parse(s.envelope, s.signature).ok()?;
+    let transit = Transit {
+        hops: s.hops,
+        route_to: s.route_to,
+        signer_chain: s.signer_chain.into(),
+    };
+    Some((message, transit))
 }

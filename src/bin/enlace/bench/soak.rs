@@ -4,7 +4,9 @@
 //! `--duration`, DEA's analyst sends ROUTINE records of 1 KiB to AFI and PGR (100 a second
 //! each) and its duty desk sends alerts to both (FLASH, IMMEDIATE and PRIORITY in turn, 20 a
 //! second each), all to the duty desk's unit; AFI's and PGR's duty desks read and acknowledge
-//! everything, reconnecting when their node goes away. Meanwhile the relay is restarted every [`RELAY_EVERY`] and PGR's node, DEA's direct
+//! everything, reconnecting when their node goes away; DEA's duty desk reads the receipts its
+//! alerts ask for, as an application does (unread, they fill its receipts unit: at its
+//! `queue_capacity` every further receipt is refused and retried). Meanwhile the relay is restarted every [`RELAY_EVERY`] and PGR's node, DEA's direct
 //! peer, is taken down for [`PEER_DOWN`] every [`PEER_EVERY`] (the link to it cut, and healed
 //! when it returns); both intervals shrink for short runs, so that each fault happens at least
 //! once. Every message has an hour to live: none may expire.
@@ -74,6 +76,8 @@ pub struct Report {
     lost: usize,
     duplicates: usize,
     send_errors: u64,
+    /// Receipts DEA's duty desk read (its alerts ask for every one).
+    receipts_read: u64,
     drain_s: f64,
     /// Every 10 s: seconds since the start, resident MB of the bench process.
     rss_mb: Vec<(u64, f64)>,
@@ -136,6 +140,12 @@ async fn soak(
     let errors = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let records = Client::connect(net.client_options("dea", "analyst")?).await?;
     let alerts = Client::connect(net.client_options("dea", "duty-desk")?).await?;
+    let receipts_read = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    readers.spawn(read_receipts(
+        net.client_options("dea", "duty-desk")?,
+        receipts_read.clone(),
+        stop.clone(),
+    ));
     let started = Instant::now();
     let relay_every = RELAY_EVERY.min(duration / 3);
     let peer_every = PEER_EVERY.min(duration / 2);
@@ -255,6 +265,7 @@ async fn soak(
         lost,
         duplicates,
         send_errors,
+        receipts_read: receipts_read.load(Ordering::Relaxed),
         drain_s: (drain_s * 10.0).round() / 10.0,
         rss_mb: rss,
         latency,
@@ -356,6 +367,27 @@ async fn read(options: ClientOptions, unit: &'static str, shown: Shown, stop: Ar
                 .and_modify(|(n, _)| *n += 1)
                 .or_insert((1, now));
             let _ = d.ack().await;
+        }
+    }
+}
+
+/// DEA's duty desk reading its receipts until `stop`, connecting again whenever its node goes
+/// away; counts what it read.
+async fn read_receipts(
+    options: ClientOptions,
+    read: Arc<std::sync::atomic::AtomicU64>,
+    stop: Arc<AtomicBool>,
+) {
+    while !stop.load(Ordering::Relaxed) {
+        let Ok(c) = Client::connect(options.clone()).await else {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        };
+        let Ok(mut receipts) = c.receipts().await else {
+            continue;
+        };
+        while receipts.next().await.is_some() {
+            read.fetch_add(1, Ordering::Relaxed);
         }
     }
 }
