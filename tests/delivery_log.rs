@@ -18,6 +18,18 @@ use enlace::{Client, Draft, Mailbox, Precedence, SubmitError};
 /// Checkpoints often, so tests need not wait.
 const FAST: &str = "\n[delivery_log]\ncheckpoint_interval_ms = 200\n";
 
+/// DEA's and PGR's nodes, linked, DEA's config extended with `dea` and PGR's checkpointing
+/// often, all started.
+async fn dea_pgr(dea: &str) -> TestNet {
+    TestNet::federation(
+        &["dea", "pgr"],
+        &[("dea-1", "pgr-1")],
+        &[("dea-1", dea.to_owned()), ("pgr-1", FAST.to_owned())],
+        &[],
+    )
+    .await
+}
+
 fn liaison(body: &str) -> pb::LiaisonMessage {
     pb::LiaisonMessage {
         body: Some(enlace::payloads::text("en", body)),
@@ -254,13 +266,7 @@ fn first_problem(r: &Report) -> String {
 
 #[tokio::test]
 async fn verify_finds_each_kind_of_tampering_at_the_right_place() {
-    let net = TestNet::federation(
-        &["dea", "pgr"],
-        &[("dea-1", "pgr-1")],
-        &[("dea-1", FAST.to_owned()), ("pgr-1", FAST.to_owned())],
-        &[],
-    )
-    .await;
+    let net = dea_pgr(FAST).await;
     let mut events = net.node("dea-1").events();
     traffic(&net, 10).await;
     // A checkpoint a few records in, and records after it.
@@ -416,13 +422,7 @@ async fn verify_finds_each_kind_of_tampering_at_the_right_place() {
 
 #[tokio::test]
 async fn a_node_that_rewrites_its_history_is_caught_by_its_witness() {
-    let mut net = TestNet::federation(
-        &["dea", "pgr"],
-        &[("dea-1", "pgr-1")],
-        &[("dea-1", FAST.to_owned()), ("pgr-1", FAST.to_owned())],
-        &[],
-    )
-    .await;
+    let mut net = dea_pgr(FAST).await;
     let mut dea_events = net.node("dea-1").events();
     traffic(&net, 5).await;
     // PGR cosigns DEA's checkpoint.
@@ -492,13 +492,7 @@ async fn a_node_that_rewrites_its_history_is_caught_by_its_witness() {
 #[tokio::test]
 async fn old_records_are_pruned_behind_a_checkpoint_and_the_log_still_verifies() {
     let small = "\n[delivery_log]\ncheckpoint_interval_ms = 200\nsegment_bytes = 4096\n";
-    let net = TestNet::federation(
-        &["dea", "pgr"],
-        &[("dea-1", "pgr-1")],
-        &[("dea-1", small.to_owned()), ("pgr-1", FAST.to_owned())],
-        &[],
-    )
-    .await;
+    let net = dea_pgr(small).await;
     let mut events = net.node("dea-1").events();
     traffic(&net, 30).await;
     wait_event(&mut events, |e| matches!(e, Event::Checkpoint { .. })).await;
@@ -719,16 +713,7 @@ fn signed_note(text: &str, name: &str, signer: &common::raw::Signer) -> String {
 #[tokio::test]
 async fn a_witness_sees_checkpoints_in_the_order_they_were_signed() {
     let every_record = "\n[delivery_log]\ncheckpoint_records = 1\n";
-    let net = TestNet::federation(
-        &["dea", "pgr"],
-        &[("dea-1", "pgr-1")],
-        &[
-            ("dea-1", every_record.to_owned()),
-            ("pgr-1", FAST.to_owned()),
-        ],
-        &[],
-    )
-    .await;
+    let net = dea_pgr(every_record).await;
     traffic(&net, 60).await;
     let (dea, pgr) = (log_dir(&net, "dea-1"), log_dir(&net, "pgr-1"));
     let _kept = stop_keeping_files(net).await;
@@ -765,13 +750,7 @@ async fn a_witness_sees_checkpoints_in_the_order_they_were_signed() {
 /// and restarts, DEA cosigns PGR's log again.
 #[tokio::test]
 async fn a_node_restored_from_a_backup_is_witnessed_again_once_its_partner_accepts_it() {
-    let mut net = TestNet::federation(
-        &["dea", "pgr"],
-        &[("dea-1", "pgr-1")],
-        &[("dea-1", FAST.to_owned()), ("pgr-1", FAST.to_owned())],
-        &[],
-    )
-    .await;
+    let mut net = dea_pgr(FAST).await;
     let cosigned_pgr = |above: u64| move |e: &Event| matches!(e, Event::Witnessed { peer, whose: "peer", size } if peer == "pgr-1" && *size > above);
     let mut dea_events = net.node("dea-1").events();
     traffic(&net, 3).await;
