@@ -221,9 +221,9 @@ impl Dispatcher {
     /// Takes the next copy to send from `lanes` at `now`, if the windows allow one, among the
     /// copies `accept` takes (those the consumer may have). Expired copies met on the way are
     /// appended to `expired`, for the caller to report.
-    pub fn next<T>(
+    pub fn next<T, C>(
         &mut self,
-        lanes: &mut Lanes<T>,
+        lanes: &mut Lanes<T, C>,
         now: SystemTime,
         expired: &mut Vec<Entry<T>>,
         accept: impl Fn(&T) -> bool,
@@ -367,7 +367,7 @@ mod tests {
     #[test]
     fn each_class_has_its_own_window() {
         let mut d = small();
-        let mut lanes = Lanes::new(100);
+        let mut lanes = Lanes::<_>::new(100);
         for i in 0..10 {
             lanes.push(entry(Precedence::Bulk, i)).unwrap();
         }
@@ -412,7 +412,7 @@ mod tests {
     #[test]
     fn a_late_alert_goes_back_and_pauses_alerts_for_that_consumer_only() {
         let mut d = small();
-        let mut lanes = Lanes::new(100);
+        let mut lanes = Lanes::<_>::new(100);
         lanes.push(entry(Precedence::Flash, 1)).unwrap();
         lanes.push(entry(Precedence::Routine, 2)).unwrap();
         let mut expired = Vec::new();
@@ -444,7 +444,7 @@ mod tests {
         // A consumer that settles every copy at once, under a flood of alerts with bulk waiting:
         // the path a client or link takes when both windows have room.
         let mut d = Dispatcher::new(CLIENT_WINDOWS, RetryPolicy::default(), false);
-        let mut lanes = Lanes::new(10_000);
+        let mut lanes = Lanes::<_>::new(10_000);
         for i in 0..1000 {
             lanes.push(entry(Precedence::Flash, i)).unwrap();
         }
@@ -570,7 +570,7 @@ mod tests {
     #[test]
     fn an_ordered_consumer_releases_analytical_copies_after_the_alerts_before_them() {
         let mut d = Dispatcher::new(PEER_WINDOWS, RetryPolicy::default(), true);
-        let mut lanes = Lanes::new(100);
+        let mut lanes = Lanes::<_>::new(100);
         let mut expired = Vec::new();
         lanes.push(entry(Precedence::Flash, 1)).unwrap();
         lanes.push(entry(Precedence::Flash, 2)).unwrap();
@@ -601,7 +601,7 @@ mod tests {
     #[test]
     fn expired_copies_are_handed_back_and_parked_ones_wake_the_consumer() {
         let mut d = small();
-        let mut lanes = Lanes::new(10);
+        let mut lanes = Lanes::<_>::new(10);
         lanes
             .push(Entry {
                 precedence: Precedence::Flash,

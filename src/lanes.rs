@@ -15,6 +15,13 @@
 //! - **Retry with backoff**: an item whose delivery failed can be parked until a due time
 //!   ([`Lanes::retry_at`]); when due it returns to the head of its lane. The dispatcher
 //!   ([`crate::dispatch`]) decides the delay, and when to give up (a dead letter).
+//! - **Hot and cold**: a lane keeps at most its *hot limit* of items whole (`T`); beyond it,
+//!   analytical items are kept **cold** (`C`, a small stand-in: the node's is a copy's place in
+//!   the store), always behind the lane's hot items, so that a deep backlog costs a few dozen
+//!   bytes an item, not the item. When a lane's hot part falls below half its limit,
+//!   [`Lanes::take_refill`] hands out its oldest cold items for the caller to bring back whole
+//!   ([`Lanes::refilled`]), at the back of the hot part: the lane's order is kept. Only hot
+//!   items are served; cold ones count towards the bounds, the depths and expiry.
 
 use std::collections::VecDeque;
 use std::time::SystemTime;
@@ -81,8 +88,14 @@ pub struct Depth {
 
 /// A bounded, precedence-ordered queue. Index 0 is FLASH.
 #[derive(Debug)]
-pub struct Lanes<T> {
+pub struct Lanes<T, C = ()> {
     lanes: [VecDeque<Entry<T>>; 5],
+    /// Each lane's cold items, oldest first, all behind the lane's hot ones.
+    cold: [VecDeque<Entry<C>>; 5],
+    /// Each lane's cold items handed out by [`Lanes::take_refill`] and not yet back.
+    refilling: [usize; 5],
+    /// Hot items a lane keeps before analytical ones go cold.
+    hot_limit: usize,
     /// Items parked until a due time. A plain list: retries are the exception, and a linear scan
     /// of a few entries is cheaper than keeping a heap ordered.
     parked: Vec<(SystemTime, Entry<T>)>,
@@ -100,24 +113,105 @@ fn index(p: Precedence) -> usize {
     }
 }
 
-impl<T> Lanes<T> {
-    pub fn new(capacity: usize) -> Lanes<T> {
+/// At least this many items are brought back by a refill (see [`Lanes::take_refill`]).
+const MIN_HOT_LIMIT: usize = 2;
+
+impl<T, C> Lanes<T, C> {
+    /// Lanes that keep every item hot.
+    pub fn new(capacity: usize) -> Lanes<T, C> {
         Lanes {
             lanes: Default::default(),
+            cold: Default::default(),
+            refilling: [0; 5],
+            hot_limit: usize::MAX,
             parked: Vec::new(),
             capacity,
             streak: 0,
         }
     }
 
+    /// Lanes that keep at most `limit` items of an analytical lane hot (see the module docs).
+    pub fn with_hot_limit(mut self, limit: usize) -> Lanes<T, C> {
+        self.hot_limit = limit.max(MIN_HOT_LIMIT);
+        self
+    }
+
+    /// Whether a new item of precedence `p` must be kept cold ([`Lanes::push_cold`]): an
+    /// analytical item, when its lane holds its hot limit, or has cold items (or items being
+    /// brought back) that it must stay behind. Time-sensitive items are always kept hot.
+    pub fn spills(&self, p: Precedence) -> bool {
+        let i = index(p);
+        !p.is_time_sensitive()
+            && (self.lanes[i].len() >= self.hot_limit
+                || !self.cold[i].is_empty()
+                || self.refilling[i] > 0)
+    }
+
+    /// Appends a cold item to its lane, whatever the bound (as [`Lanes::push_checked`]).
+    pub fn push_cold(&mut self, entry: Entry<C>) {
+        self.cold[index(entry.precedence)].push_back(entry);
+    }
+
+    /// The cold items to bring back now: from each lane whose hot part has fallen below half its
+    /// hot limit and that is not being refilled already, its oldest cold items, up to the limit.
+    /// They still count as the lane's until [`Lanes::refilled`] brings them back.
+    pub fn take_refill(&mut self) -> Vec<Entry<C>> {
+        let mut out = Vec::new();
+        for i in 0..5 {
+            let hot = self.lanes[i].len();
+            if self.refilling[i] > 0 || self.cold[i].is_empty() || hot >= self.hot_limit / 2 {
+                continue;
+            }
+            let n = (self.hot_limit - hot).min(self.cold[i].len());
+            out.extend(self.cold[i].drain(..n));
+            self.refilling[i] = n;
+        }
+        out
+    }
+
+    /// Brings back `items` of lane `p` (now whole), the refill that [`Lanes::take_refill`] took
+    /// `taken` cold items of that lane for, in the order it handed them out. Items that could
+    /// not be brought back are missing from `items` and no longer counted.
+    pub fn refilled(&mut self, p: Precedence, taken: usize, items: Vec<Entry<T>>) {
+        let i = index(p);
+        self.refilling[i] = self.refilling[i].saturating_sub(taken);
+        self.lanes[i].extend(items);
+    }
+
+    /// Removes and returns every expired cold item.
+    pub fn drain_expired_cold(&mut self, now: SystemTime) -> Vec<Entry<C>> {
+        let mut out = Vec::new();
+        for lane in &mut self.cold {
+            if lane.iter().any(|e| e.expires_at <= now) {
+                let (keep, gone): (VecDeque<_>, VecDeque<_>) =
+                    lane.drain(..).partition(|e| e.expires_at > now);
+                *lane = keep;
+                out.extend(gone);
+            }
+        }
+        out
+    }
+
     #[cfg(test)]
     /// Items waiting in all lanes.
     pub fn len(&self) -> usize {
-        self.lanes.iter().map(VecDeque::len).sum::<usize>() + self.parked.len()
+        self.lanes.iter().map(VecDeque::len).sum::<usize>()
+            + self.parked.len()
+            + self.cold.iter().map(VecDeque::len).sum::<usize>()
+            + self.refilling.iter().sum::<usize>()
+    }
+
+    #[cfg(test)]
+    /// Items held whole in the lanes (parked ones aside).
+    pub fn hot_len(&self) -> usize {
+        self.lanes.iter().map(VecDeque::len).sum()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.lanes.iter().all(VecDeque::is_empty) && self.parked.is_empty()
+        self.lanes.iter().all(VecDeque::is_empty)
+            && self.parked.is_empty()
+            && self.cold.iter().all(VecDeque::is_empty)
+            && self.refilling.iter().all(|n| *n == 0)
     }
 
     fn class_len(&self, p: Precedence) -> usize {
@@ -127,7 +221,11 @@ impl<T> Lanes<T> {
             .iter()
             .filter(|(_, e)| e.precedence.is_time_sensitive() == p.is_time_sensitive())
             .count();
-        self.lanes[range].iter().map(VecDeque::len).sum::<usize>() + parked
+        let cold: usize = range
+            .clone()
+            .map(|i| self.cold[i].len() + self.refilling[i])
+            .sum();
+        self.lanes[range].iter().map(VecDeque::len).sum::<usize>() + parked + cold
     }
 
     /// Whether an item of this precedence would be accepted now.
@@ -249,16 +347,26 @@ impl<T> Lanes<T> {
     /// parked items only. A lane is in arrival order but for items put back at its head (older
     /// still) and items a consumer took from further back, so its head is its oldest item, or
     /// within the few a consumer skipped of it.
-    pub fn depths(&self, arrived: impl Fn(&T) -> SystemTime) -> [Depth; 5] {
+    /// Cold items count too, the oldest cold one standing for the lane's oldest when no hot item
+    /// waits (those being brought back are counted, not dated).
+    pub fn depths(
+        &self,
+        arrived: impl Fn(&T) -> SystemTime,
+        cold_arrived: impl Fn(&C) -> SystemTime,
+    ) -> [Depth; 5] {
         let mut out = Precedence::ALL.map(|precedence| Depth {
             precedence,
             count: 0,
             oldest: None,
         });
         for d in &mut out {
-            let lane = &self.lanes[index(d.precedence)];
-            d.count = lane.len();
-            d.oldest = lane.front().map(|e| arrived(&e.item));
+            let i = index(d.precedence);
+            let lane = &self.lanes[i];
+            d.count = lane.len() + self.cold[i].len() + self.refilling[i];
+            d.oldest = lane
+                .front()
+                .map(|e| arrived(&e.item))
+                .or_else(|| self.cold[i].front().map(|e| cold_arrived(&e.item)));
         }
         for (_, e) in &self.parked {
             let d = &mut out[index(e.precedence)];
@@ -303,13 +411,13 @@ mod tests {
         }
     }
 
-    fn take(q: &mut Lanes<u32>) -> Option<u32> {
+    fn take<C>(q: &mut Lanes<u32, C>) -> Option<u32> {
         q.pop(t(1)).next.map(|e| e.item)
     }
 
     #[test]
     fn strict_precedence() {
-        let mut q = Lanes::new(10);
+        let mut q = Lanes::<_>::new(10);
         q.push(e(Precedence::Bulk, 1)).unwrap();
         q.push(e(Precedence::Routine, 2)).unwrap();
         q.push(e(Precedence::Flash, 3)).unwrap();
@@ -321,7 +429,7 @@ mod tests {
 
     #[test]
     fn lower_lanes_get_a_minimum_share() {
-        let mut q = Lanes::new(1000);
+        let mut q = Lanes::<_>::new(1000);
         for i in 0..100 {
             q.push(e(Precedence::Flash, i)).unwrap();
         }
@@ -332,7 +440,7 @@ mod tests {
 
     #[test]
     fn a_consumer_takes_only_what_it_accepts_and_leaves_the_rest_in_order() {
-        let mut q = Lanes::new(10);
+        let mut q = Lanes::<_>::new(10);
         for (p, i) in [
             (Precedence::Flash, 1),
             (Precedence::Flash, 2),
@@ -355,7 +463,7 @@ mod tests {
 
     #[test]
     fn full_analytical_queue_still_takes_flash() {
-        let mut q = Lanes::new(2);
+        let mut q = Lanes::<_>::new(2);
         q.push(e(Precedence::Bulk, 1)).unwrap();
         q.push(e(Precedence::Routine, 2)).unwrap();
         assert_eq!(q.push(e(Precedence::Bulk, 3)), Err(Full));
@@ -365,7 +473,7 @@ mod tests {
 
     #[test]
     fn expired_items_are_returned_not_served() {
-        let mut q = Lanes::new(10);
+        let mut q = Lanes::<_>::new(10);
         q.push(Entry {
             precedence: Precedence::Flash,
             expires_at: t(5),
@@ -389,9 +497,9 @@ mod tests {
 
     #[test]
     fn depths_count_each_lane_with_its_oldest_arrival() {
-        let mut q = Lanes::new(10);
+        let mut q = Lanes::<_>::new(10);
         assert!(
-            q.depths(|i| t(u64::from(*i)))
+            q.depths(|i| t(u64::from(*i)), |()| t(0))
                 .iter()
                 .all(|d| d.count == 0 && d.oldest.is_none())
         );
@@ -400,7 +508,7 @@ mod tests {
         }
         q.push(e(Precedence::Flash, 3)).unwrap();
         q.retry_at(e(Precedence::Routine, 2), t(100));
-        let d = q.depths(|i| t(u64::from(*i)));
+        let d = q.depths(|i| t(u64::from(*i)), |()| t(0));
         assert_eq!(d.map(|d| d.precedence), Precedence::ALL);
         assert_eq!(d.map(|d| d.count), [1, 0, 0, 4, 0]);
         assert_eq!(d[0].oldest, Some(t(3)));
@@ -409,8 +517,83 @@ mod tests {
     }
 
     #[test]
+    fn a_deep_lane_keeps_its_order_through_cold_and_back() {
+        // Items are numbers; a cold item is its number too, and "bringing it back" is the
+        // identity: what matters is where each goes and when.
+        let mut q: Lanes<u32, u32> = Lanes::new(100).with_hot_limit(4);
+        let push = |q: &mut Lanes<u32, u32>, p, item| {
+            if q.spills(p) {
+                q.push_cold(e(p, item));
+            } else {
+                q.push_checked(e(p, item));
+            }
+        };
+        for item in 1..=10 {
+            push(&mut q, Precedence::Routine, item);
+        }
+        push(&mut q, Precedence::Flash, 100);
+        assert!(
+            !q.spills(Precedence::Flash),
+            "time-sensitive items are always hot"
+        );
+        assert_eq!(q.len(), 11);
+        let d = q.depths(|i| t(u64::from(*i)), |c| t(u64::from(*c)));
+        assert_eq!(d[3].count, 10, "cold items count in the depth");
+        assert!(q.take_refill().is_empty(), "the hot part is full");
+        assert_eq!(take(&mut q), Some(100));
+        assert_eq!(take(&mut q), Some(1));
+        assert_eq!(take(&mut q), Some(2));
+        assert!(q.take_refill().is_empty(), "half the hot limit is left");
+        assert_eq!(take(&mut q), Some(3));
+        // One hot item left: the oldest cold ones come back, up to the limit.
+        let back = q.take_refill();
+        assert_eq!(back.iter().map(|c| c.item).collect::<Vec<_>>(), [5, 6, 7]);
+        assert!(q.take_refill().is_empty(), "one refill of a lane at a time");
+        // While they are on their way, new items stay behind them, and nothing is lost count of.
+        push(&mut q, Precedence::Routine, 11);
+        assert_eq!(q.len(), 8);
+        assert_eq!(take(&mut q), Some(4));
+        // Item 6 could not be brought back (purged by the caller): it is simply gone.
+        let whole = back.into_iter().filter(|c| c.item != 6).collect();
+        q.refilled(Precedence::Routine, 3, whole);
+        assert_eq!(q.len(), 6);
+        let mut rest = Vec::new();
+        while let Some(item) = take(&mut q) {
+            rest.push(item);
+            let back = q.take_refill();
+            if let Some(p) = back.first().map(|c| c.precedence) {
+                let n = back.len();
+                q.refilled(p, n, back);
+            }
+        }
+        assert_eq!(rest, [5, 7, 8, 9, 10, 11]);
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn cold_items_count_towards_the_bound_and_expire() {
+        let mut q: Lanes<u32, u32> = Lanes::new(3).with_hot_limit(2);
+        q.push_checked(e(Precedence::Bulk, 1));
+        q.push_cold(e(Precedence::Bulk, 2));
+        q.push_cold(Entry {
+            precedence: Precedence::Bulk,
+            expires_at: t(5),
+            item: 3,
+        });
+        assert!(!q.has_room(Precedence::Routine));
+        assert!(q.has_room(Precedence::Flash));
+        let gone = q.drain_expired_cold(t(6));
+        assert_eq!(gone.iter().map(|c| c.item).collect::<Vec<_>>(), [3]);
+        assert!(q.has_room(Precedence::Routine));
+        assert!(
+            q.drain_expired(t(6)).is_empty(),
+            "hot items are drained on their own"
+        );
+    }
+
+    #[test]
     fn requeue_goes_to_the_head() {
-        let mut q = Lanes::new(10);
+        let mut q = Lanes::<_>::new(10);
         q.push(e(Precedence::Routine, 1)).unwrap();
         let first = q.pop(t(1)).next.unwrap();
         q.push(e(Precedence::Routine, 2)).unwrap();
@@ -420,7 +603,7 @@ mod tests {
 
     #[test]
     fn time_sensitive_only_leaves_analytical_items() {
-        let mut q = Lanes::new(10);
+        let mut q = Lanes::<_>::new(10);
         q.push(e(Precedence::Bulk, 1)).unwrap();
         assert!(q.pop_class(t(1), Class::TimeSensitive).next.is_none());
         q.push(e(Precedence::Priority, 2)).unwrap();
@@ -437,7 +620,7 @@ mod tests {
 
     #[test]
     fn parked_items_return_to_the_head_when_due() {
-        let mut q = Lanes::new(10);
+        let mut q = Lanes::<_>::new(10);
         q.push(e(Precedence::Routine, 1)).unwrap();
         q.retry_at(e(Precedence::Routine, 2), t(10));
         assert_eq!(q.len(), 2);
@@ -452,7 +635,7 @@ mod tests {
 
     #[test]
     fn parked_items_expire_too() {
-        let mut q = Lanes::new(10);
+        let mut q = Lanes::<_>::new(10);
         q.retry_at(
             Entry {
                 precedence: Precedence::Bulk,

@@ -19,6 +19,7 @@
 //! [`Ledger::settle`], and if it is dropped unsettled (its connection went away, a task ended)
 //! it goes back to the head of its lane, so no copy is ever lost in flight.
 
+mod cold;
 mod dead;
 pub(crate) mod queue;
 mod recovery;
@@ -372,6 +373,7 @@ impl Ledger {
         now: SystemTime,
         accept: impl Fn(&Copy) -> bool,
     ) -> Next<InFlight> {
+        self.refill(queue);
         let mut expired = Vec::new();
         let next = queue.with_lanes(|lanes| dispatcher.next(lanes, now, &mut expired, accept));
         if !expired.is_empty() {
@@ -603,6 +605,10 @@ impl Ledger {
             let expired = q.drain_expired(now);
             if !expired.is_empty() {
                 self.expire(&q, expired);
+            }
+            let expired = q.drain_expired_cold(now);
+            if !expired.is_empty() {
+                self.expire_cold(&q, expired);
             }
             if q.has_dead_letters() {
                 self.purge_dead(&q, now);

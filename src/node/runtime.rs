@@ -163,7 +163,7 @@ impl RunningNode {
 /// As [`run`], for what fails before the node serves.
 pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let bound = bind(config)?;
+    let bound = bind(config).await?;
     let addr = bound
         .endpoint
         .local_addr()
@@ -207,7 +207,7 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
 /// [`NodeError::Tls`], [`NodeError::OwnCertificate`] and [`NodeError::Store`] when it cannot
 /// start; [`NodeError::StorageFailed`] when it stopped because its store failed.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), NodeError> {
-    let bound = bind(config)?;
+    let bound = bind(config).await?;
     let ledger = bound.node.ledger.clone();
     serve(bound, shutdown).await;
     match ledger.failure() {
@@ -277,7 +277,7 @@ fn reset_key(data_dir: &std::path::Path) -> std::io::Result<[u8; 32]> {
 }
 
 /// Checks the config's TLS material, opens the store, rebuilds the queues and binds the socket.
-fn bind(config: Config) -> Result<Bound, NodeError> {
+async fn bind(config: Config) -> Result<Bound, NodeError> {
     let own = trust::load(&config)?;
     let policy = rules::load(&config)?;
     let warnings = trust::warnings(&config, &own.tls, SystemTime::now())
@@ -338,7 +338,7 @@ fn bind(config: Config) -> Result<Bound, NodeError> {
         events,
     );
     let opening = std::time::Instant::now();
-    ledger.recover(recovered);
+    ledger.recover(recovered).await;
     tracing::info!(
         node = %config.name,
         log_ms = log_open.as_millis() as u64,

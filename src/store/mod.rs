@@ -104,7 +104,9 @@ pub struct PutRecord {
     pub bytes: Bytes,
 }
 
-/// A live copy found at open: waiting, or dead-lettered when `dead` is set.
+/// A live copy found at open: waiting, or dead-lettered when `dead` is set. Its message bytes
+/// stay on disk: [`Store::read`] brings them back when they are wanted, so that opening a store
+/// holding millions of copies costs their index, not their bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredMessage {
     pub seq: u64,
@@ -114,7 +116,6 @@ pub struct StoredMessage {
     pub expires_at_ms: u64,
     pub received_at_ms: u64,
     pub attempts: u32,
-    pub bytes: Bytes,
     /// The dead-letter reason, for a parked copy.
     pub dead: Option<String>,
 }
@@ -332,6 +333,27 @@ impl Store {
         }
         match answer.await {
             Ok(result) => result,
+            Err(_) => Err(self.stopped().await),
+        }
+    }
+
+    /// Reads the message bytes of live copies back from disk, in the order of `seqs`: for each,
+    /// its bytes, or why they cannot be had (not a live copy, or a frame that no longer reads
+    /// back as its `Put`: damage the node should purge, not a reason to stop the store).
+    /// The writer answers a read between two writes, without waiting for the next fsync.
+    ///
+    /// # Errors
+    /// [`StoreError::Failed`] and [`StoreError::Closed`]: the store serves nothing more.
+    pub async fn read(&self, seqs: Vec<u64>) -> Result<Vec<Result<Bytes, String>>, StoreError> {
+        if let Some(cause) = self.shared.failed.get() {
+            return Err(StoreError::Failed(cause.clone()));
+        }
+        let (reply, answer) = oneshot::channel();
+        if self.tx.send(Request::Read(seqs, reply)).await.is_err() {
+            return Err(self.stopped().await);
+        }
+        match answer.await {
+            Ok(found) => Ok(found),
             Err(_) => Err(self.stopped().await),
         }
     }

@@ -96,8 +96,10 @@ impl Writer {
         let mut frame = vec![0; loc.len as usize];
         file.read_exact_at(&mut frame, loc.offset)
             .map_err(|e| fatal("read", &path, e))?;
+        // The message bytes are a slice of the frame as read, not a second copy.
+        let frame = bytes::Bytes::from(frame);
         let reason = match read_frame(&frame, 0) {
-            Frame::Ok { kind, body, .. } => match Record::decode(kind, body) {
+            Frame::Ok { kind, body, .. } => match Record::decode_in(kind, body, Some(&frame)) {
                 Ok(Record::Put(p)) if p.seq == seq => return Ok(p),
                 Ok(_) => "a different record",
                 Err(reason) => reason,

@@ -215,6 +215,7 @@ impl Record {
     ///
     /// # Errors
     /// A static reason when the kind is unknown or the body is malformed.
+    #[cfg(test)]
     pub(super) fn decode(kind: u8, body: &[u8]) -> Result<Record, &'static str> {
         Record::decode_in(kind, body, None)
     }

@@ -103,24 +103,6 @@ pub(super) fn recover(disk: &dyn Disk, dir: &Path) -> Result<Recovered, StoreErr
             replay(&mut state, &mut seen, &mut messages, loc, s.record);
         }
     }
-    // A copy's bytes are a slice of its segment as read, which stays in memory while any slice
-    // of it does: the copies of a mostly finished segment are copied out, so that it can go.
-    let sparse: std::collections::HashSet<u64> = state
-        .index
-        .segments()
-        .iter()
-        .filter(|(_, s)| s.live_bytes * 2 < s.bytes)
-        .map(|(id, _)| *id)
-        .collect();
-    for m in messages.values_mut() {
-        if state
-            .index
-            .get(m.seq)
-            .is_some_and(|e| sparse.contains(&e.loc.segment))
-        {
-            m.bytes = Bytes::copy_from_slice(&m.bytes);
-        }
-    }
     Ok(Recovered {
         state,
         seen,
@@ -151,7 +133,6 @@ fn replay(
                     expires_at_ms: p.expires_at_ms,
                     received_at_ms: p.received_at_ms,
                     attempts: p.attempts,
-                    bytes: p.bytes,
                     dead: p.dead,
                 },
             );

@@ -34,6 +34,8 @@ use super::{Op, Shared, StoreError, StoreOptions, StoreStats, segment};
 /// A request from a [`super::Store`] handle.
 pub(super) enum Request {
     Commit(CommitRequest),
+    /// Reads live copies' message bytes back, answered at once (between rounds).
+    Read(Vec<u64>, oneshot::Sender<Vec<Result<bytes::Bytes, String>>>),
     Close(oneshot::Sender<Result<(), StoreError>>),
 }
 
@@ -198,11 +200,15 @@ impl Writer {
         for c in left {
             let _ = c.reply.send(closed().and(Err(StoreError::Closed)));
         }
-        while let Ok(req) = rx.try_recv() {
+        // Until `None`: a sender that took its permit before the close still sends, and its
+        // request must be answered too (`try_recv` would stop at an empty channel, and leave
+        // that caller waiting for good).
+        while let Some(req) = rx.blocking_recv() {
             match req {
                 Request::Commit(c) => {
                     let _ = c.reply.send(closed().and(Err(StoreError::Closed)));
                 }
+                Request::Read(_, reply) => drop(reply),
                 Request::Close(reply) => closers.push(reply),
             }
         }
@@ -250,6 +256,15 @@ impl Writer {
     fn sort(&mut self, req: Request, close: &mut Option<oneshot::Sender<Result<(), StoreError>>>) {
         match req {
             Request::Close(reply) => *close = Some(reply),
+            // A read changes nothing, so it need not wait for the round: the index is as of
+            // the last one, and every copy it names as live is on disk.
+            Request::Read(seqs, reply) => {
+                let found = seqs
+                    .into_iter()
+                    .map(|seq| self.read_put(seq).map(|p| p.bytes))
+                    .collect();
+                let _ = reply.send(found);
+            }
             Request::Commit(c) if c.urgent() => self.urgent.push_back(c),
             Request::Commit(c) => self.waiting.push_back(c),
         }

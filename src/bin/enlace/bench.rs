@@ -9,6 +9,7 @@
 //! guessed. This module runs the scenarios and turns receipts into numbers; it tunes nothing and
 //! asserts no targets.
 
+mod backlog;
 mod cpu;
 mod load;
 mod plot;
@@ -84,6 +85,19 @@ filled with --copies ROUTINE records of 1 KiB, the node stopped and started agai
   [rss_mb_full, _restarted,    the bench process's resident memory (the node, and the bench's
    _end]                       own clients): backlog full, after the restart, at the end
 
+--scenario backlog (not part of `all`) queues --copies records of 1 KiB (one in ten BULK) and a
+few IMMEDIATE alerts for PGR while its node is down, with DEA's node a process of its own
+(`enlaced`, next to this binary), while DEA's duty desk sends CENAPI an alert every 5 ms; then
+PGR's node starts and its readers read everything:
+  [backlog_mb]                 DEA's store on disk, backlog full
+  [holder_rss_mb_start,        DEA's node's resident memory: before, backlog full, and its peak
+   _full, _peak]               (the kernel's high-water mark) through fill and drain
+  [alert_p50_ms_before, ...]   the alerts to CENAPI, before and while the backlog builds
+  [drain_s, last_alert_s,      the drain from PGR's start: when the last queued alert, ROUTINE
+   last_routine_s, last_bulk_s] and BULK record arrived
+  [bulk_share_before_last_routine] BULK's share before ROUTINE ran out (its minimum share)
+  [lost, duplicates]
+
 --scenario soak (not part of `all`; e.g. --duration 30m) runs four nodes for --duration: DEA's
 reaches AFI's through CENAPI's (a relay) and PGR's directly; 100 records and 20 alerts (FLASH,
 IMMEDIATE, PRIORITY in turn) a second go to each of AFI and PGR, read and acknowledged by their
@@ -124,7 +138,8 @@ pub struct BenchArgs {
     /// Also draw latency percentiles and throughput over time into this SVG file.
     #[arg(long, value_name = "FILE.svg")]
     pub plot: Option<std::path::PathBuf>,
-    /// For --scenario restart: the copies queued before the restart.
+    /// For --scenario restart: the copies queued before the restart; for --scenario backlog:
+    /// the records queued for the offline peer.
     #[arg(long, default_value_t = 1_000_000)]
     pub copies: u64,
 }
@@ -149,6 +164,8 @@ pub enum Scenario {
     All,
     /// A node restarted with --copies records queued (not part of `all`).
     Restart,
+    /// A peer offline while --copies records queue for it (not part of `all`).
+    Backlog,
     /// Four nodes for --duration with mixed traffic, a relay restarted and a peer taken down
     /// again and again; ends with a verdict (not part of `all`; e.g. --duration 30m).
     Soak,
@@ -162,6 +179,7 @@ impl Scenario {
             Scenario::AlertsAlone => &[Scenario::AlertsAlone],
             Scenario::BulkAlone => &[Scenario::BulkAlone],
             Scenario::Restart => &[Scenario::Restart],
+            Scenario::Backlog => &[Scenario::Backlog],
             Scenario::Soak => &[Scenario::Soak],
         }
     }
@@ -173,6 +191,7 @@ impl Scenario {
             Scenario::BulkAlone => "bulk-alone",
             Scenario::All => "all",
             Scenario::Restart => "restart",
+            Scenario::Backlog => "backlog",
             Scenario::Soak => "soak",
         }
     }
@@ -273,6 +292,17 @@ pub(super) async fn run(a: BenchArgs) -> Result<(), Failure> {
             eprintln!("bench restart: {} copies", a.copies);
             let report = restart::run(&temp.path().join("run-restart"), &pki, &a).await?;
             return print_one(&report, a.json);
+        }
+        Scenario::Backlog => {
+            eprintln!("bench backlog: {} copies", a.copies);
+            let report = backlog::run(&temp.path().join("run-backlog"), &pki, &a).await?;
+            print_one(&report, a.json)?;
+            return match report.passed() {
+                true => Ok(()),
+                false => Err(Failure::from(anyhow::anyhow!(
+                    "backlog: lost or duplicated"
+                ))),
+            };
         }
         Scenario::Soak => {
             eprintln!("bench soak: {:?}", a.duration);

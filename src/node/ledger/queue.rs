@@ -119,6 +119,22 @@ impl Copy {
     }
 }
 
+/// A copy kept cold (see [`crate::lanes`]): its place in the store and what its lane needs. The
+/// ledger brings it back whole, read from the store and parsed, before it is served.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ColdCopy {
+    /// Its sequence number in the store: a cold copy is always durable.
+    pub seq: u64,
+    pub received_at: SystemTime,
+    pub attempts: u32,
+    /// Recovered at start (its respond-by deadline is tracked again when it comes back).
+    pub recovered: bool,
+}
+
+/// How many copies of an analytical lane a queue keeps whole; beyond them, copies wait cold. A
+/// refill brings back up to this many at once, when fewer than half are left.
+pub(crate) const HOT_COPIES: usize = 512;
+
 /// A copy that failed too often, parked for an operator.
 #[derive(Debug, Clone)]
 pub(crate) struct DeadLetter {
@@ -132,7 +148,7 @@ pub(crate) struct Queue {
     id: QueueId,
     /// The name the store keeps (see [`QueueId::store_name`]).
     name: Arc<str>,
-    lanes: Mutex<Lanes<Copy>>,
+    lanes: Mutex<Lanes<Copy, ColdCopy>>,
     /// Dead letters, oldest first.
     dead: Mutex<VecDeque<DeadLetter>>,
     /// Wakes every waiting consumer on any change: consumers may wait for different classes of
@@ -151,7 +167,7 @@ impl Queue {
         Arc::new(Queue {
             name: id.store_name(agency).into(),
             id,
-            lanes: Mutex::new(Lanes::new(capacity)),
+            lanes: Mutex::new(Lanes::new(capacity).with_hot_limit(HOT_COPIES)),
             dead: Mutex::default(),
             notify: Notify::new(),
         })
@@ -193,7 +209,7 @@ impl Queue {
     /// What waits in each lane, most urgent first, with the oldest copy's arrival at this node
     /// (see [`Lanes::depths`]). Read-only: for the metrics endpoint.
     pub fn depths(&self) -> [Depth; 5] {
-        self.lanes().depths(|c| c.received_at)
+        self.lanes().depths(|c| c.received_at, |c| c.received_at)
     }
 
     /// How many dead letters it holds.
@@ -206,7 +222,7 @@ impl Queue {
         self.dead().iter().cloned().collect()
     }
 
-    fn lanes(&self) -> MutexGuard<'_, Lanes<Copy>> {
+    fn lanes(&self) -> MutexGuard<'_, Lanes<Copy, ColdCopy>> {
         // A panic while holding this lock is a bug; propagating it is the honest outcome.
         self.lanes.lock().expect("queue lock poisoned")
     }
@@ -220,15 +236,58 @@ impl Queue {
     }
 
     /// Runs `f` on the lanes, under the queue's lock.
-    pub(super) fn with_lanes<R>(&self, f: impl FnOnce(&mut Lanes<Copy>) -> R) -> R {
+    pub(super) fn with_lanes<R>(&self, f: impl FnOnce(&mut Lanes<Copy, ColdCopy>) -> R) -> R {
         f(&mut self.lanes())
     }
 
     /// Adds a copy whose room was checked with [`Queue::has_room`]; see
-    /// [`Lanes::push_checked`].
+    /// [`Lanes::push_checked`]. A durable copy that its lane keeps cold is kept so: the message
+    /// is dropped from memory, and read back from the store when its turn comes near.
     pub(super) fn push_checked(&self, entry: Entry<Copy>) {
-        self.lanes().push_checked(entry);
+        {
+            let mut lanes = self.lanes();
+            match entry.item.seq.get() {
+                Some(seq) if lanes.spills(entry.precedence) => lanes.push_cold(Entry {
+                    precedence: entry.precedence,
+                    expires_at: entry.expires_at,
+                    item: ColdCopy {
+                        seq,
+                        received_at: entry.item.received_at,
+                        attempts: entry.item.attempts,
+                        recovered: false,
+                    },
+                }),
+                _ => lanes.push_checked(entry),
+            }
+        }
         self.notify.notify_waiters();
+    }
+
+    /// Adds a cold copy (recovered at start), behind the hot ones of its lane.
+    pub(super) fn push_cold(&self, entry: Entry<ColdCopy>) {
+        self.lanes().push_cold(entry);
+        self.notify.notify_waiters();
+    }
+
+    /// The cold copies to bring back now (see [`Lanes::take_refill`]).
+    pub(super) fn take_refill(&self) -> Vec<Entry<ColdCopy>> {
+        self.lanes().take_refill()
+    }
+
+    /// Brings back copies a refill read (see [`Lanes::refilled`]).
+    pub(super) fn refilled(
+        &self,
+        p: crate::message::Precedence,
+        taken: usize,
+        items: Vec<Entry<Copy>>,
+    ) {
+        self.lanes().refilled(p, taken, items);
+        self.notify.notify_waiters();
+    }
+
+    /// Removes expired cold copies.
+    pub(super) fn drain_expired_cold(&self, now: SystemTime) -> Vec<Entry<ColdCopy>> {
+        self.lanes().drain_expired_cold(now)
     }
 
     /// Puts back a copy that was not attempted, at the head of its lane.

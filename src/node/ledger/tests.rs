@@ -225,6 +225,103 @@ fn waiting(q: &Queue) -> usize {
     q.with_lanes(|l| l.len())
 }
 
+/// Takes every copy of `mailbox` as a client would (acknowledging each), waiting while cold
+/// copies are brought back; returns their ids in the order they came.
+async fn consume_all(l: &Ledger, mailbox: &Arc<Queue>) -> Vec<crate::message::MessageId> {
+    let mut d = Dispatcher::new(CLIENT_WINDOWS, RetryPolicy::default(), false);
+    let mut ids = Vec::new();
+    while !mailbox.is_empty() {
+        let changed = mailbox.notified();
+        match l.next(mailbox, &mut d, SystemTime::now(), |_| true) {
+            Next::Send(copy, ticket) => {
+                ids.push(copy.copy().id());
+                let action = d.settle(ticket, Outcome::Done, 0, SystemTime::now());
+                l.settle(copy, action, "dea/client/desk");
+            }
+            _ => tokio::time::timeout(Duration::from_secs(10), changed)
+                .await
+                .expect("cold copies come back"),
+        }
+    }
+    ids
+}
+
+#[tokio::test]
+async fn a_deep_backlog_waits_cold_and_comes_back_in_order_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let deep = |store| {
+        Ledger::new(
+            "dea-1",
+            &agency("dea"),
+            std::iter::empty(),
+            10_000,
+            10_000,
+            store,
+            Events::new("dea-1"),
+        )
+        .0
+    };
+    let (store, _) = Store::open(dir.path(), StoreOptions::default()).unwrap();
+    let l = deep(store);
+    let local = Plan {
+        local: vec![Mailbox::unit("desk").unwrap()],
+        peers: Vec::new(),
+    };
+    let take_all = async |l: &Ledger, n: usize, p: Precedence| {
+        let mut ids = Vec::new();
+        for _ in 0..n {
+            let m = message(p, Duration::from_secs(3600));
+            ids.push(m.id);
+            let taking = Taking {
+                message: m,
+                hops: Vec::new(),
+                plan: local.clone(),
+                from: "dea/client/duty-desk",
+                from_peer: false,
+                signer_chain: Arc::from([]),
+                now: SystemTime::now(),
+            };
+            l.take(taking).await.unwrap();
+        }
+        ids
+    };
+    let n = 2 * queue::HOT_COPIES + 10;
+    let first = take_all(&l, n, Precedence::Routine).await;
+    let mailbox = l.mailbox(&Mailbox::unit("desk").unwrap()).unwrap();
+    assert_eq!(waiting(&mailbox), n);
+    assert_eq!(
+        mailbox.with_lanes(|q| q.hot_len()),
+        queue::HOT_COPIES,
+        "beyond its hot copies a lane keeps copies cold"
+    );
+    assert_eq!(
+        consume_all(&l, &mailbox).await,
+        first,
+        "in order, each once"
+    );
+
+    // A restart brings analytical copies back cold, alerts whole; all in their order.
+    let routine = take_all(&l, n, Precedence::Routine).await;
+    let flash = take_all(&l, 3, Precedence::Flash).await;
+    l.flush().await;
+    l.close().await.unwrap();
+    drop(l);
+    let (store, recovered) = Store::open(dir.path(), StoreOptions::default()).unwrap();
+    let l = deep(store);
+    l.recover(recovered).await;
+    let mailbox = l.mailbox(&Mailbox::unit("desk").unwrap()).unwrap();
+    assert_eq!(waiting(&mailbox), n + 3);
+    assert_eq!(
+        mailbox.with_lanes(|q| q.hot_len()),
+        3,
+        "only the alerts are read back"
+    );
+    let expected: Vec<_> = flash.into_iter().chain(routine).collect();
+    assert_eq!(consume_all(&l, &mailbox).await, expected);
+    let left = settled_store(dir.path(), l).await;
+    assert!(left.is_empty(), "every copy was finished: {}", left.len());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resubmissions_are_taken_once_whatever_the_precedence() {
     let dir = tempfile::tempdir().unwrap();
@@ -267,7 +364,7 @@ async fn resubmissions_are_taken_once_whatever_the_precedence() {
     l.close().await.unwrap();
     drop(l);
     let (l, _notices, recovered) = ledger(dir.path());
-    l.recover(recovered);
+    l.recover(recovered).await;
     try_take(&l, &m).await.unwrap();
     let mailbox = l.mailbox(&Mailbox::unit("desk").unwrap()).unwrap();
     assert_eq!(waiting(&mailbox), 3);

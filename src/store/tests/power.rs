@@ -82,10 +82,11 @@ struct Model {
 }
 
 impl Model {
-    /// Checks what recovery found, and makes it the model's new state.
-    fn check(&mut self, found: &[StoredMessage]) -> Result<(), String> {
+    /// Checks what recovery found (with each copy's bytes as read back), and makes it the
+    /// model's new state.
+    fn check(&mut self, found: &[(StoredMessage, Bytes)]) -> Result<(), String> {
         let mut seen = HashMap::new();
-        for m in found {
+        for (m, _) in found {
             if let Some(other) = seen.insert((m.queue.clone(), m.message_id), m.seq) {
                 return Err(format!(
                     "two copies of one message in {}: seqs {other} and {}",
@@ -93,14 +94,15 @@ impl Model {
                 ));
             }
         }
-        let by_seq: BTreeMap<u64, &StoredMessage> = found.iter().map(|m| (m.seq, m)).collect();
+        let by_seq: BTreeMap<u64, &(StoredMessage, Bytes)> =
+            found.iter().map(|f| (f.0.seq, f)).collect();
         for seq in &self.finished {
             if by_seq.contains_key(seq) {
                 return Err(format!("copy {seq} was answered finished, and came back"));
             }
         }
         for (seq, k) in &self.live {
-            let Some(m) = by_seq.get(seq) else {
+            let Some((m, bytes)) = by_seq.get(seq) else {
                 if k.may_be_gone {
                     continue;
                 }
@@ -109,7 +111,7 @@ impl Model {
                     k.queue, k.id[0]
                 ));
             };
-            if m.queue != k.queue || m.message_id != k.id || m.bytes != k.bytes {
+            if m.queue != k.queue || m.message_id != k.id || *bytes != k.bytes {
                 return Err(format!("copy {seq} came back different: {m:?}"));
             }
             if k.attempts.is_some_and(|a| a != m.attempts) {
@@ -128,12 +130,12 @@ impl Model {
                 ));
             }
         }
-        for m in found {
+        for (m, bytes) in found {
             let known = self.live.contains_key(&m.seq);
             let was_in_flight = self
                 .in_doubt
                 .get(&(m.queue.clone(), m.message_id))
-                .is_some_and(|b| *b == m.bytes);
+                .is_some_and(|b| b == bytes);
             // A redrive in flight puts a new copy of a live one under a new seq.
             let redriven = self
                 .live
@@ -147,11 +149,11 @@ impl Model {
             .extend(self.live.keys().filter(|s| !by_seq.contains_key(s)));
         self.live = found
             .iter()
-            .map(|m| {
+            .map(|(m, bytes)| {
                 let k = Known {
                     queue: m.queue.clone(),
                     id: m.message_id,
-                    bytes: m.bytes.clone(),
+                    bytes: bytes.clone(),
                     attempts: Some(m.attempts),
                     dead: Some(m.dead.clone()),
                     may_be_gone: false,
@@ -365,7 +367,10 @@ async fn case(seed: u64, lie: bool, tally: &mut Tally) -> Result<(), String> {
     while cuts < CUTS {
         // Most cuts fall within the work; some during recovery; a few never come.
         disk.cut_after(1 + rng.below(60));
-        let opened = Store::open_with(dir, options(), Arc::new(disk.clone()));
+        let opened = match Store::open_with(dir, options(), Arc::new(disk.clone())) {
+            Ok((store, found)) => read_back(store, found).await,
+            Err(e) => Err(e.to_string()),
+        };
         let store = match opened {
             Ok((store, found)) => {
                 model.check(&found)?;
@@ -422,10 +427,35 @@ async fn case(seed: u64, lie: bool, tally: &mut Tally) -> Result<(), String> {
     // One last recovery, with the power on.
     let (store, found) =
         Store::open_with(dir, options(), Arc::new(disk.clone())).map_err(|e| e.to_string())?;
+    let (store, found) = read_back(store, found).await?;
     model.check(&found)?;
     store.close().await.map_err(|e| e.to_string())?;
     tally.cases += 1;
     Ok(())
+}
+
+/// Reads back the bytes of every copy recovery found, as a node brings cold copies back: a
+/// copy that does not read back as its own `Put` fails the case; a cut during the reads fails
+/// the store, as a cut during recovery would.
+async fn read_back(
+    store: Store,
+    found: Vec<StoredMessage>,
+) -> Result<(Store, Vec<(StoredMessage, Bytes)>), String> {
+    let read = match store.read(found.iter().map(|m| m.seq).collect()).await {
+        Ok(read) => read,
+        Err(e) => return Err(e.to_string()),
+    };
+    let mut out = Vec::with_capacity(found.len());
+    for (m, bytes) in found.into_iter().zip(read) {
+        match bytes {
+            Ok(b) => out.push((m, b)),
+            Err(e) => {
+                let _ = store.close().await;
+                return Err(format!("copy {} does not read back: {e}", m.seq));
+            }
+        }
+    }
+    Ok((store, out))
 }
 
 /// What the cases did, to show they reach what they claim to test.

@@ -91,7 +91,7 @@ async fn a_record_larger_than_a_segment_gets_one_of_its_own() {
     store.close().await.unwrap();
     let (store, recovered) = open_small(dir.path());
     assert_eq!(seqs(&recovered), vec![a, b]);
-    assert_eq!(recovered[0].bytes.len(), 10_000);
+    assert_eq!(bytes_of(&store, &recovered).await[0].len(), 10_000);
     store.close().await.unwrap();
 }
 
@@ -130,7 +130,8 @@ async fn compaction_moves_an_old_live_copy_forward_keeping_its_seq_and_state() {
         (m.seq, m.attempts, m.dead.as_deref()),
         (old, 5, Some("peer gone"))
     );
-    assert_eq!((m.queue.as_str(), m.bytes.len()), ("outbox:x", 1000));
+    let bytes = bytes_of(&store, &recovered).await;
+    assert_eq!((m.queue.as_str(), bytes[0].len()), ("outbox:x", 1000));
     // The moved copy is still the same handle for every op.
     let fresh = store.commit(vec![Op::Redrive(old)]).await.unwrap()[0];
     store.commit(vec![Op::Done(fresh)]).await.unwrap();

@@ -43,8 +43,8 @@ async fn reopen_expect(dir: &Path, expected: &[u64]) {
     all.push(c);
     assert_eq!(seqs(&recovered), all);
     assert_eq!(
-        recovered.last().unwrap().bytes,
-        Bytes::from_static(b"after the cut")
+        bytes_of(&store, &recovered).await.last().unwrap(),
+        &Bytes::from_static(b"after the cut")
     );
     store.close().await.unwrap();
 }

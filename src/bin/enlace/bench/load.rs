@@ -332,7 +332,17 @@ async fn send_alerts(
 
 /// A ROUTINE record draft to `to`, as the records flow sends them, with a fresh id.
 pub fn record_draft(to: &str) -> Draft {
-    Template::new(&record(), to, Precedence::Routine).draft(MessageId::new_v7(SystemTime::now()))
+    record_draft_at(to, Precedence::Routine)
+}
+
+/// A record draft to `to` at an analytical precedence, with a fresh id.
+pub fn record_draft_at(to: &str, p: Precedence) -> Draft {
+    Template::new(&record(), to, p).draft(MessageId::new_v7(SystemTime::now()))
+}
+
+/// An alert draft to `to`, as the alerts flow sends them (at `p`), with a fresh id.
+pub fn alert_draft_to(to: &str, p: Precedence) -> Draft {
+    Template::new(&alert(), to, p).draft(MessageId::new_v7(SystemTime::now()))
 }
 
 /// A ROUTINE analytical record whose encoded payload is exactly [`RECORD_BYTES`].

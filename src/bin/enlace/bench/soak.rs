@@ -373,7 +373,7 @@ async fn read(options: ClientOptions, unit: &'static str, shown: Shown, stop: Ar
 
 /// DEA's duty desk reading its receipts until `stop`, connecting again whenever its node goes
 /// away; counts what it read.
-async fn read_receipts(
+pub(super) async fn read_receipts(
     options: ClientOptions,
     read: Arc<std::sync::atomic::AtomicU64>,
     stop: Arc<AtomicBool>,
