@@ -94,6 +94,9 @@ pub struct Lanes<T, C = ()> {
     cold: [VecDeque<Entry<C>>; 5],
     /// Each lane's cold items handed out by [`Lanes::take_refill`] and not yet back.
     refilling: [usize; 5],
+    /// A bound on each lane's earliest cold expiry (none earlier), so that the sweep looks
+    /// through a deep cold lane only when something in it may have expired.
+    cold_expiry: [Option<SystemTime>; 5],
     /// Hot items a lane keeps before analytical ones go cold.
     hot_limit: usize,
     /// Items parked until a due time. A plain list: retries are the exception, and a linear scan
@@ -123,6 +126,7 @@ impl<T, C> Lanes<T, C> {
             lanes: Default::default(),
             cold: Default::default(),
             refilling: [0; 5],
+            cold_expiry: [None; 5],
             hot_limit: usize::MAX,
             parked: Vec::new(),
             capacity,
@@ -149,7 +153,10 @@ impl<T, C> Lanes<T, C> {
 
     /// Appends a cold item to its lane, whatever the bound (as [`Lanes::push_checked`]).
     pub fn push_cold(&mut self, entry: Entry<C>) {
-        self.cold[index(entry.precedence)].push_back(entry);
+        let i = index(entry.precedence);
+        let bound = &mut self.cold_expiry[i];
+        *bound = Some(bound.map_or(entry.expires_at, |t| t.min(entry.expires_at)));
+        self.cold[i].push_back(entry);
     }
 
     /// The cold items to bring back now: from each lane whose hot part has fallen below half its
@@ -169,25 +176,34 @@ impl<T, C> Lanes<T, C> {
         out
     }
 
-    /// Brings back `items` of lane `p` (now whole), the refill that [`Lanes::take_refill`] took
-    /// `taken` cold items of that lane for, in the order it handed them out. Items that could
-    /// not be brought back are missing from `items` and no longer counted.
-    pub fn refilled(&mut self, p: Precedence, taken: usize, items: Vec<Entry<T>>) {
-        let i = index(p);
-        self.refilling[i] = self.refilling[i].saturating_sub(taken);
-        self.lanes[i].extend(items);
+    /// Brings back a refill: `taken` names the precedence of each cold item
+    /// [`Lanes::take_refill`] handed out, and `items` those that came back whole, in the order
+    /// they were handed out. Items that could not be brought back are missing from `items` and
+    /// no longer counted.
+    pub fn refilled(&mut self, taken: impl IntoIterator<Item = Precedence>, items: Vec<Entry<T>>) {
+        for p in taken {
+            let i = index(p);
+            self.refilling[i] = self.refilling[i].saturating_sub(1);
+        }
+        for item in items {
+            self.lanes[index(item.precedence)].push_back(item);
+        }
     }
 
-    /// Removes and returns every expired cold item.
+    /// Removes and returns every expired cold item. A lane is looked through only when its
+    /// earliest cold expiry has come, so a deep backlog of long-lived items costs the sweep
+    /// nothing.
     pub fn drain_expired_cold(&mut self, now: SystemTime) -> Vec<Entry<C>> {
         let mut out = Vec::new();
-        for lane in &mut self.cold {
-            if lane.iter().any(|e| e.expires_at <= now) {
-                let (keep, gone): (VecDeque<_>, VecDeque<_>) =
-                    lane.drain(..).partition(|e| e.expires_at > now);
-                *lane = keep;
-                out.extend(gone);
+        for (lane, bound) in self.cold.iter_mut().zip(&mut self.cold_expiry) {
+            if bound.is_none_or(|t| t > now) {
+                continue;
             }
+            let (keep, gone): (VecDeque<_>, VecDeque<_>) =
+                lane.drain(..).partition(|e| e.expires_at > now);
+            *bound = keep.iter().map(|e| e.expires_at).min();
+            *lane = keep;
+            out.extend(gone);
         }
         out
     }
@@ -555,16 +571,14 @@ mod tests {
         assert_eq!(take(&mut q), Some(4));
         // Item 6 could not be brought back (purged by the caller): it is simply gone.
         let whole = back.into_iter().filter(|c| c.item != 6).collect();
-        q.refilled(Precedence::Routine, 3, whole);
+        q.refilled([Precedence::Routine; 3], whole);
         assert_eq!(q.len(), 6);
         let mut rest = Vec::new();
         while let Some(item) = take(&mut q) {
             rest.push(item);
             let back = q.take_refill();
-            if let Some(p) = back.first().map(|c| c.precedence) {
-                let n = back.len();
-                q.refilled(p, n, back);
-            }
+            let taken: Vec<_> = back.iter().map(|c| c.precedence).collect();
+            q.refilled(taken, back);
         }
         assert_eq!(rest, [5, 7, 8, 9, 10, 11]);
         assert!(q.is_empty());
@@ -589,6 +603,16 @@ mod tests {
             q.drain_expired(t(6)).is_empty(),
             "hot items are drained on their own"
         );
+        // What is left expires later; an item that expires sooner, pushed after, still goes.
+        assert!(q.drain_expired_cold(t(7)).is_empty());
+        q.push_cold(Entry {
+            precedence: Precedence::Bulk,
+            expires_at: t(8),
+            item: 4,
+        });
+        let gone = q.drain_expired_cold(t(9));
+        assert_eq!(gone.iter().map(|c| c.item).collect::<Vec<_>>(), [4]);
+        assert_eq!(q.len(), 2);
     }
 
     #[test]

@@ -373,9 +373,15 @@ impl Ledger {
         now: SystemTime,
         accept: impl Fn(&Copy) -> bool,
     ) -> Next<InFlight> {
-        self.refill(queue);
         let mut expired = Vec::new();
-        let next = queue.with_lanes(|lanes| dispatcher.next(lanes, now, &mut expired, accept));
+        // Cold copies are brought back as the consumer takes, before the lane runs dry.
+        let (next, cold) = queue.with_lanes(|lanes| {
+            let next = dispatcher.next(lanes, now, &mut expired, accept);
+            (next, lanes.take_refill())
+        });
+        if !cold.is_empty() {
+            self.refill(queue, cold);
+        }
         if !expired.is_empty() {
             self.expire(queue, expired);
         }

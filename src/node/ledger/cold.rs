@@ -13,7 +13,7 @@ use prost::Message as _;
 use super::queue::ColdCopy;
 use super::{Copy, Ledger, Notice, Queue, QueueId, Seq, Transit};
 use crate::lanes::Entry;
-use crate::message::{Message, Precedence};
+use crate::message::Message;
 use crate::receipt;
 use crate::wire::pb;
 
@@ -27,25 +27,19 @@ pub(super) enum Back {
 }
 
 impl Ledger {
-    /// Starts bringing back the cold copies `queue` wants now (see
-    /// [`crate::lanes::Lanes::take_refill`]), in the background; the queue's consumers are woken
-    /// when they are back. Called before a consumer takes from the queue.
-    pub(super) fn refill(&self, queue: &Arc<Queue>) {
-        let cold = queue.take_refill();
-        if cold.is_empty() {
-            return;
-        }
+    /// Brings back, in the background, the cold copies of `queue` that
+    /// [`crate::lanes::Lanes::take_refill`] handed out when a consumer took from it; the
+    /// queue's consumers are woken when they are back.
+    pub(super) fn refill(&self, queue: &Arc<Queue>, cold: Vec<Entry<ColdCopy>>) {
         let (ledger, queue) = (self.clone(), queue.clone());
         tokio::spawn(async move { ledger.bring_back(&queue, cold).await });
     }
 
     async fn bring_back(&self, queue: &Arc<Queue>, cold: Vec<Entry<ColdCopy>>) {
         let back = self.read_whole(&cold).await;
-        let mut lanes: [(usize, Vec<Entry<Copy>>); 5] = Default::default();
+        let mut items = Vec::new();
         let mut waiting = Vec::new();
         for (c, b) in cold.iter().zip(back) {
-            let lane = &mut lanes[lane_of(c.precedence)];
-            lane.0 += 1;
             match b {
                 Back::Whole(e) => {
                     if c.item.recovered
@@ -54,7 +48,7 @@ impl Ledger {
                     {
                         waiting.push(e.item.message.clone());
                     }
-                    lane.1.push(e);
+                    items.push(e);
                 }
                 Back::Unreadable(why) => {
                     self.purged(c.item.seq, None, queue.name(), &why);
@@ -62,11 +56,7 @@ impl Ledger {
                 Back::Unavailable => {}
             }
         }
-        for (p, (taken, items)) in Precedence::ALL.into_iter().zip(lanes) {
-            if taken > 0 {
-                queue.refilled(p, taken, items);
-            }
-        }
+        queue.refilled(cold.iter().map(|c| c.precedence), items);
         // An action copy recovered at start still owes its originator an answer.
         for message in waiting {
             self.notify(Notice::Waiting { message });
@@ -125,14 +115,6 @@ impl Ledger {
             })
             .collect()
     }
-}
-
-/// A lane's index, FLASH first (as [`Precedence::ALL`]).
-fn lane_of(p: Precedence) -> usize {
-    Precedence::ALL
-        .iter()
-        .position(|q| *q == p)
-        .expect("every precedence has a lane")
 }
 
 /// One stored copy's envelope, parsed as when the node took it; `None` if it does not decode.

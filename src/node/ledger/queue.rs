@@ -269,19 +269,13 @@ impl Queue {
         self.notify.notify_waiters();
     }
 
-    /// The cold copies to bring back now (see [`Lanes::take_refill`]).
-    pub(super) fn take_refill(&self) -> Vec<Entry<ColdCopy>> {
-        self.lanes().take_refill()
-    }
-
     /// Brings back copies a refill read (see [`Lanes::refilled`]).
     pub(super) fn refilled(
         &self,
-        p: crate::message::Precedence,
-        taken: usize,
+        taken: impl IntoIterator<Item = crate::message::Precedence>,
         items: Vec<Entry<Copy>>,
     ) {
-        self.lanes().refilled(p, taken, items);
+        self.lanes().refilled(taken, items);
         self.notify.notify_waiters();
     }
 
