@@ -14,7 +14,7 @@
 //! An id is remembered until its message expires (a resubmission after that is refused as
 //! expired anyway) or until [`Ids`] holds `capacity` ids, when the id expiring soonest is
 //! forgotten first. Beyond that window the store's record of the ids in each queue still stops a
-//! second copy (see `Store::commit_if_new`), without telling a conflict from a duplicate.
+//! second copy (see `Store::commit_each`), without telling a conflict from a duplicate.
 
 use std::collections::{BTreeSet, HashMap};
 use std::time::SystemTime;

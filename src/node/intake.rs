@@ -11,26 +11,67 @@ use std::time::SystemTime;
 use super::ledger::Taking;
 use super::state::Node;
 use crate::identity::AgencyId;
-use crate::message::Message;
+use crate::message::{Message, MessageId};
 use crate::refusal::Refusal;
 use crate::route::{self, Plan};
 use crate::validate::Admitted;
 use crate::wire::pb;
 
+/// A message of this node's own clients, and the agencies it is addressed to (who may answer it).
+type Responders = (MessageId, Vec<AgencyId>);
+
 impl Node {
-    /// Routes an admitted message and has the ledger take it: on disk and queued when this
-    /// returns `Ok`, so the sender may hear `Accepted`.
-    ///
-    /// # Errors
-    /// The refusal for the sender (no route, a loop, a full queue, a store failure); recording
-    /// it is the caller's business.
-    pub async fn take(
+    /// Routes admitted messages from one sender and has the ledger take them, with one store
+    /// request for all of them (see [`super::ledger::Ledger::take_all`]): one answer per
+    /// message, in order; a message answered `Ok` is on disk and queued, so its sender may hear
+    /// `Accepted`. A refusal (no route, a loop, a full queue, a store failure) is for the
+    /// sender; recording it is the caller's business.
+    pub async fn take_many(
         &self,
-        admitted: Admitted,
+        admitted: Vec<Admitted>,
         from: &str,
         from_peer: bool,
         now: SystemTime,
-    ) -> Result<pb::Accepted, Refusal> {
+    ) -> Vec<Result<pb::Accepted, Refusal>> {
+        let mut answers: Vec<Option<Result<pb::Accepted, Refusal>>> = Vec::new();
+        let mut takings = Vec::new();
+        let mut slots = Vec::new();
+        let mut addressed = Vec::new();
+        for a in admitted {
+            answers.push(None);
+            match self.prepare(a, from, from_peer, now) {
+                Ok((taking, who)) => {
+                    slots.push(answers.len() - 1);
+                    takings.push(taking);
+                    addressed.push(who);
+                }
+                Err(r) => *answers.last_mut().expect("pushed above") = Some(Err(r)),
+            }
+        }
+        let taken = self.ledger.take_all(takings, true).await;
+        for ((slot, answer), who) in slots.into_iter().zip(taken).zip(addressed) {
+            if let (Ok(_), Some((id, agencies))) = (&answer, who) {
+                self.responders
+                    .lock()
+                    .expect("responders lock poisoned")
+                    .remember(id, agencies);
+            }
+            answers[slot] = Some(answer);
+        }
+        answers.into_iter().map(|a| a.expect("answered")).collect()
+    }
+
+    /// What comes before the ledger takes a message: the responder check, its route, the
+    /// exchange rules (remembered before it is queued: an alert is handed to its reader while
+    /// its write is in flight, and a product derived from it may come back at once), and, for a
+    /// message of this node's own clients, who may answer it.
+    fn prepare<'a>(
+        &self,
+        admitted: Admitted,
+        from: &'a str,
+        from_peer: bool,
+        now: SystemTime,
+    ) -> Result<(Taking<'a>, Option<Responders>), Refusal> {
         let Admitted {
             message,
             hops,
@@ -40,12 +81,9 @@ impl Node {
         self.check_responder(&message)?;
         let plan = self.plan(&message, &hops, from_peer.then_some(&route_to[..]))?;
         let client = message.originator.client.as_deref().filter(|_| !from_peer);
-        // Remembered before it is queued: an alert is handed to its reader while its write is
-        // in flight (cut-through), and a product derived from it may come back at once.
         if let Some(r) = self.check_take(&message, &plan, client, now)? {
             self.remember(&message, !plan.local.is_empty(), r);
         }
-        // Who may answer a message of this node's own clients.
         let addressed = (!from_peer && message.originator.client.is_some()).then(|| {
             let mut agencies: Vec<AgencyId> =
                 plan.peers.iter().flat_map(|p| p.agencies.clone()).collect();
@@ -54,25 +92,16 @@ impl Node {
             }
             (message.id, agencies)
         });
-        let accepted = self
-            .ledger
-            .take(Taking {
-                message,
-                hops,
-                signer_chain,
-                plan,
-                from,
-                from_peer,
-                now,
-            })
-            .await?;
-        if let Some((id, agencies)) = addressed {
-            self.responders
-                .lock()
-                .expect("responders lock poisoned")
-                .remember(id, agencies);
-        }
-        Ok(accepted)
+        let taking = Taking {
+            message,
+            hops,
+            signer_chain,
+            plan,
+            from,
+            from_peer,
+            now,
+        };
+        Ok((taking, addressed))
     }
 
     /// A business response is admitted only from a client of an agency the message it answers

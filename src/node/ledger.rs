@@ -171,6 +171,9 @@ struct Inner {
     notices_dropped: AtomicU64,
     /// Store records being written in the background (see [`Ledger::flush`]).
     recording: AtomicUsize,
+    /// Background records not yet sent to the store, and whether a task is sending them (see
+    /// [`Ledger::record_later`]).
+    later: Mutex<Later>,
     /// Woken when `recording` falls to zero.
     recorded: Notify,
     /// Set once the store has failed, with the reason given to every sender from then on.
@@ -181,6 +184,13 @@ struct Inner {
     ids: Mutex<Ids>,
     /// Woken whenever a claim on an id is settled.
     ids_settled: Notify,
+}
+
+/// Store ops recorded in the background and not yet sent (see [`Ledger::record_later`]).
+#[derive(Default)]
+struct Later {
+    units: Vec<Vec<Op>>,
+    sending: bool,
 }
 
 impl Ledger {
@@ -214,6 +224,7 @@ impl Ledger {
             notices,
             notices_dropped: AtomicU64::new(0),
             recording: AtomicUsize::new(0),
+            later: Mutex::new(Later::default()),
             recorded: Notify::new(),
             failed: OnceLock::new(),
             fatal: Notify::new(),
@@ -674,20 +685,51 @@ impl Ledger {
 
     /// Records store ops whose durability the caller need not wait for (a lost `Done` only means
     /// a redelivery that the client drops; a lost attempt count only a later dead letter).
+    ///
+    /// The ops wait in [`Later`] for the one task that sends them: everything that gathered
+    /// while its last request was being written goes in its next, as one store request (each
+    /// call's ops a unit of their own, so one refused unit costs no other), so acknowledgements
+    /// cost one store request per round, not one each.
     fn record_later(&self, ops: Vec<Op>) {
-        let ledger = self.clone();
         self.0.recording.fetch_add(1, Ordering::AcqRel);
+        let start = {
+            let mut later = self.0.later.lock().expect("later lock poisoned");
+            later.units.push(ops);
+            !std::mem::replace(&mut later.sending, true)
+        };
+        if !start {
+            return;
+        }
+        let ledger = self.clone();
         tokio::spawn(async move {
-            if let Err(e) = ledger.0.store.commit(ops).await {
-                if e.is_fatal() {
-                    ledger.storage_failed(&e);
-                } else {
-                    // With the disk full, a copy finished here may come back after a restart
-                    // (a duplicate the client drops); the node goes on.
-                    tracing::warn!(error = %e, "store op not applied");
+            loop {
+                let units = {
+                    let mut later = ledger.0.later.lock().expect("later lock poisoned");
+                    if later.units.is_empty() {
+                        later.sending = false;
+                        return;
+                    }
+                    std::mem::take(&mut later.units)
+                };
+                let written = ledger.0.store.commit_each(units, false).await;
+                let mut failed = written.iter().filter_map(|r| r.as_ref().err());
+                if let Some(e) = failed.next() {
+                    match e.is_fatal() {
+                        true => {
+                            ledger.storage_failed(e);
+                        }
+                        // With the disk full, a copy finished here may come back after a
+                        // restart (a duplicate the client drops); the node goes on.
+                        false => {
+                            let more = failed.count();
+                            tracing::warn!(error = %e, more, "store ops not applied");
+                        }
+                    }
+                }
+                for _ in written {
+                    ledger.recorded_one();
                 }
             }
-            ledger.recorded_one();
         });
     }
 

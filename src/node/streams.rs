@@ -29,8 +29,14 @@ use crate::wire::FRAME_SLACK;
 use crate::wire::frame::{self, FrameError, FrameReader};
 use crate::wire::pb::{self, RefusalCode, frame::Body};
 
-/// Requests processed at once per stream.
+/// Requests read ahead of their answers per stream (queued for the grouper).
 const PIPELINE_DEPTH: usize = 1024;
+
+/// Most requests answered as one group (see [`group`]).
+const MAX_GROUP: usize = 256;
+
+/// Groups being answered at once per stream, ahead of the writer (see [`group`]).
+const GROUPS_IN_FLIGHT: usize = 4;
 
 /// Ready answers are gathered into one write up to about this many bytes.
 const ANSWER_BATCH_BYTES: usize = 16 * 1024;
@@ -76,12 +82,13 @@ async fn stream(node: Arc<Node>, conn: Arc<Conn>, mut send: SendStream, recv: Re
         super::logview::serve(node, conn, q, send).await;
         return;
     }
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<tokio::task::JoinHandle<Body>>(PIPELINE_DEPTH);
+    // Answers go out in request order: the writer awaits each group's answers in turn.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Answers>(GROUPS_IN_FLIGHT);
     let writer = tokio::spawn(async move {
-        let answer = |r: Result<Body, tokio::task::JoinError>| {
+        let answers = |r: Result<Vec<Body>, tokio::task::JoinError>| {
             r.unwrap_or_else(|e| {
                 let r = Refusal::invalid(format!("internal error: {e}"));
-                Body::Refused(r.to_pb(Default::default()))
+                vec![Body::Refused(r.to_pb(Default::default()))]
             })
         };
         let mut next = None;
@@ -94,14 +101,16 @@ async fn stream(node: Arc<Node>, conn: Arc<Conn>, mut send: SendStream, recv: Re
                 },
             };
             let mut buf = bytes::BytesMut::new();
-            let encode = |body, buf: &mut bytes::BytesMut| {
-                frame::encode_into(&pb::Frame { body: Some(body) }, buf)
+            let encode = |bodies: Vec<Body>, buf: &mut bytes::BytesMut| {
+                for body in bodies {
+                    frame::encode_into(&pb::Frame { body: Some(body) }, buf)
+                }
             };
-            encode(answer(handle.await), &mut buf);
+            encode(answers(handle.await), &mut buf);
             // Answers that are ready already go out in the same write, still in order.
             while buf.len() < ANSWER_BATCH_BYTES {
                 match rx.try_recv() {
-                    Ok(h) if h.is_finished() => encode(answer(h.await), &mut buf),
+                    Ok(h) if h.is_finished() => encode(answers(h.await), &mut buf),
                     Ok(h) => {
                         next = Some(h);
                         break;
@@ -116,7 +125,10 @@ async fn stream(node: Arc<Node>, conn: Arc<Conn>, mut send: SendStream, recv: Re
         }
         let _ = send.finish();
     });
-    let mut frames = 0u64;
+    // The frames after the first go to the grouper, which answers them in groups.
+    let (items, queued) = tokio::sync::mpsc::channel::<Item>(PIPELINE_DEPTH);
+    let grouper = tokio::spawn(group(node.clone(), conn.clone(), queued, tx.clone()));
+    let mut first_answered = false;
     loop {
         let next = match first.take() {
             Some(r) => r,
@@ -125,21 +137,17 @@ async fn stream(node: Arc<Node>, conn: Arc<Conn>, mut send: SendStream, recv: Re
         let (answer, stop) = match next {
             Ok((frame, held)) => {
                 let signer = peer_signer(&node, &conn, &frame);
-                let (node2, conn) = (node.clone(), conn.clone());
-                let task = async move {
-                    let answer = answer(&node2, &conn, frame, signer).await;
-                    // The frame's share of the budgets is given back once it is answered.
-                    drop(held);
-                    answer
-                };
+                let item = Item::Frame(frame, held, signer);
                 // A stream's first frame is worked on here (an alert is alone on its stream);
-                // the frames after it, a pipelined stream's, on the bulk runtime (see `bulk`).
-                let h = match frames {
-                    0 => tokio::spawn(task),
-                    _ => node.bulk.handle().spawn(task),
-                };
-                frames += 1;
-                if tx.send(h).await.is_err() {
+                // the frames after it, a pipelined stream's, in groups on the bulk runtime
+                // (see `bulk`).
+                if !first_answered {
+                    first_answered = true;
+                    let task = answer_group(node.clone(), conn.clone(), vec![item]);
+                    if tx.send(tokio::spawn(task)).await.is_err() {
+                        break;
+                    }
+                } else if items.send(item).await.is_err() {
                     break;
                 }
                 continue;
@@ -168,15 +176,119 @@ async fn stream(node: Arc<Node>, conn: Arc<Conn>, mut send: SendStream, recv: Re
                 .close(&conn.conn, super::server::CLOSE_REFUSED, reason);
             break;
         }
-        if tx.send(tokio::spawn(async move { answer })).await.is_err() || stop {
+        // Behind the first frame, in order with the frames before it.
+        first_answered = true;
+        if items.send(Item::Answer(answer)).await.is_err() || stop {
             if stop {
                 let _ = reader.stream().stop(0u32.into());
             }
             break;
         }
     }
-    drop(tx);
+    drop((items, tx));
+    let _ = grouper.await;
     let _ = writer.await;
+}
+
+/// A group's answers, one per request, in order.
+type Answers = tokio::task::JoinHandle<Vec<Body>>;
+
+/// A request read from a stream, or the answer to a frame that could not be read.
+enum Item {
+    Frame(pb::Frame, frame::Held, Option<PeerSigner>),
+    Answer(Body),
+}
+
+/// Gathers the requests waiting when it is free into one group (at most [`MAX_GROUP`]), and
+/// has each group answered on the bulk runtime, at most [`GROUPS_IN_FLIGHT`] groups ahead of
+/// the writer: while those are being answered (mostly, waiting for their fsync), the next
+/// group fills. A group's submissions are taken with one store request
+/// ([`Node::take_many`]), so a pipelined stream costs one task, one store request and one
+/// wake-up per group, not per message.
+async fn group(
+    node: Arc<Node>,
+    conn: Arc<Conn>,
+    mut queued: tokio::sync::mpsc::Receiver<Item>,
+    answers: tokio::sync::mpsc::Sender<Answers>,
+) {
+    while let Some(first) = queued.recv().await {
+        let mut items = vec![first];
+        while items.len() < MAX_GROUP
+            && let Ok(item) = queued.try_recv()
+        {
+            items.push(item);
+        }
+        let task = answer_group(node.clone(), conn.clone(), items);
+        if answers.send(node.bulk.handle().spawn(task)).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Answers a group of requests in order: runs of submissions are admitted one by one and
+/// taken together; any other request is answered on its own, after the submissions before it.
+async fn answer_group(node: Arc<Node>, conn: Arc<Conn>, items: Vec<Item>) -> Vec<Body> {
+    let mut out: Vec<Option<Body>> = Vec::with_capacity(items.len());
+    let mut taking: Vec<(usize, MessageId, validate::Admitted)> = Vec::new();
+    // The frames' shares of the budgets are given back once they are answered.
+    let mut held = Vec::with_capacity(items.len());
+    let now = SystemTime::now();
+    for item in items {
+        let (frame, h, signer) = match item {
+            Item::Answer(body) => {
+                out.push(Some(body));
+                continue;
+            }
+            Item::Frame(frame, h, signer) => (frame, h, signer),
+        };
+        held.push(h);
+        match request(&node, &conn, frame, signer, now).await {
+            Ok(Request::Take(admitted)) => {
+                taking.push((out.len(), admitted.message.id(), *admitted));
+                out.push(None);
+            }
+            other => {
+                // What was submitted before this request is taken before it is answered.
+                take_group(&node, &conn, std::mem::take(&mut taking), now, &mut out).await;
+                out.push(Some(match other {
+                    Ok(Request::Answered(body)) => *body,
+                    Ok(Request::Take(_)) => unreachable!("matched above"),
+                    Err((refusal, id)) => refuse(&node, &conn, refusal, id),
+                }));
+            }
+        }
+    }
+    take_group(&node, &conn, taking, now, &mut out).await;
+    drop(held);
+    out.into_iter()
+        .map(|b| b.expect("every request answered"))
+        .collect()
+}
+
+/// Takes a run of admitted submissions with one store request and fills in their answers.
+async fn take_group(
+    node: &Arc<Node>,
+    conn: &Arc<Conn>,
+    taking: Vec<(usize, MessageId, validate::Admitted)>,
+    now: SystemTime,
+    out: &mut [Option<Body>],
+) {
+    if taking.is_empty() {
+        return;
+    }
+    let (slots, admitted): (Vec<_>, Vec<_>) = taking
+        .into_iter()
+        .map(|(slot, id, a)| ((slot, id), a))
+        .unzip();
+    let taken = node
+        .take_many(admitted, &conn.name, conn.is_peer(), now)
+        .await;
+    for ((slot, id), answer) in slots.into_iter().zip(taken) {
+        out[slot] = Some(match answer {
+            Ok(accepted) => Body::Accepted(accepted),
+            Err(refusal) => refuse(node, conn, refusal, Some(id)),
+        });
+    }
 }
 
 fn frame_refusal(e: &FrameError) -> Refusal {
@@ -204,17 +316,11 @@ pub(super) fn log_refusal(node: &Node, conn: &Conn, refusal: &Refusal, id: Optio
     }
 }
 
-/// Answers one request frame.
-async fn answer(
-    node: &Arc<Node>,
-    conn: &Arc<Conn>,
-    frame: pb::Frame,
-    signer: Option<PeerSigner>,
-) -> Body {
-    match request(node, conn, frame, signer).await {
-        Ok(body) => body,
-        Err((refusal, id)) => refuse(node, conn, refusal, id),
-    }
+/// What a request frame comes to: a submission admitted, to be taken with the others of its
+/// group, or an answer already.
+enum Request {
+    Take(Box<validate::Admitted>),
+    Answered(Box<Body>),
 }
 
 /// The signer of an envelope a peer submitted, or why there is none.
@@ -241,13 +347,14 @@ fn peer_signer(node: &Node, conn: &Conn, frame: &pb::Frame) -> Option<PeerSigner
     })
 }
 
-/// Handles one request frame.
+/// Handles one request frame: admits a submission, or answers anything else.
 async fn request(
     node: &Arc<Node>,
     conn: &Arc<Conn>,
     frame: pb::Frame,
     signer: Option<PeerSigner>,
-) -> Result<Body, (Refusal, Option<MessageId>)> {
+    now: SystemTime,
+) -> Result<Request, (Refusal, Option<MessageId>)> {
     if conn.closing.revoked() {
         let r = Refusal::new(
             RefusalCode::Unauthorized,
@@ -260,11 +367,18 @@ async fn request(
         Some(Body::Submit(pb::Submit {
             envelope: Some(signed),
         })) => signed,
-        Some(Body::Subscribe(s)) => return subscribe(node, conn, &s.unit).map_err(|r| (r, None)),
-        Some(Body::Unsubscribe(u)) => return Ok(unsubscribe(conn, &u.unit)),
+        Some(Body::Subscribe(s)) => {
+            return subscribe(node, conn, &s.unit)
+                .map(|b| Request::Answered(Box::new(b)))
+                .map_err(|r| (r, None));
+        }
+        Some(Body::Unsubscribe(u)) => {
+            return Ok(Request::Answered(Box::new(unsubscribe(conn, &u.unit))));
+        }
         Some(Body::LogCheckpoint(c)) if conn.is_peer() => {
             return super::witness::cosign(node, conn, c)
                 .await
+                .map(|b| Request::Answered(Box::new(b)))
                 .map_err(|r| (r, None));
         }
         Some(op @ (Body::DlqList(_) | Body::DlqShow(_) | Body::DlqRedrive(_))) => {
@@ -278,7 +392,8 @@ async fn request(
                 );
                 return Err((r, None));
             }
-            return Ok(super::operator::handle(node, &conn.name, op).await);
+            let answer = super::operator::handle(node, &conn.name, op).await;
+            return Ok(Request::Answered(Box::new(answer)));
         }
         other => {
             let got = match other {
@@ -296,7 +411,6 @@ async fn request(
     if let Some(refusal) = node.refusing_new_work() {
         return Err((refusal, None));
     }
-    let now = SystemTime::now();
     // From a client, the signer is the client itself, its chain the one its handshake
     // presented; from a peer, the one `peer_signer` found for the envelope.
     let cert = match &signer {
@@ -309,11 +423,7 @@ async fn request(
         Some(Ok(s)) => s.chain_bytes(),
         _ => conn.chain.clone(),
     };
-    let id = admitted.message.id();
-    node.take(admitted, &conn.name, conn.is_peer(), now)
-        .await
-        .map(Body::Accepted)
-        .map_err(|r| (r, Some(id)))
+    Ok(Request::Take(Box::new(admitted)))
 }
 
 /// Starts delivering a mailbox on this connection, if the client may read it.

@@ -44,7 +44,8 @@ pub enum StoreError {
     /// [`super::Op::Redrive`] of a copy that is not dead-lettered. Nothing was written.
     #[error("record {0} is not dead-lettered")]
     NotDead(u64),
-    /// [`super::Store::commit_if_new`] found this message already in this queue. Nothing was written.
+    /// A unique [`super::Store::commit_each`] found this message already in this queue.
+    /// Nothing was written.
     #[error(
         "message {} is already in queue {queue}",
         crate::audit::hex(message_id)

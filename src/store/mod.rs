@@ -309,32 +309,69 @@ impl Store {
     /// # Errors
     /// As [`Store::commit`], and [`StoreError::Duplicate`] (nothing written) when any `Put` was
     /// already seen.
+    #[cfg(test)]
     pub async fn commit_if_new(&self, ops: Vec<Op>) -> Result<Vec<u64>, StoreError> {
         self.submit(ops, true).await
     }
 
-    async fn submit(&self, mut ops: Vec<Op>, unique: bool) -> Result<Vec<u64>, StoreError> {
+    /// Several independent commits in one request: each unit of ops is validated, checked (with
+    /// `unique`: every `Put`'s queue and message id against the seen set, see
+    /// [`Store::contains_message`], and against puts not yet durable, so two concurrent
+    /// receipts of one message cannot both be stored; a duplicate is answered
+    /// [`StoreError::Duplicate`], once the original is durable) and answered on its own, as if submitted alone
+    /// and concurrently, so one refused unit does not refuse the others; they usually share one
+    /// write and one fsync. Answers are in unit order.
+    ///
+    /// # Cancel safety
+    /// As [`Store::commit`].
+    pub async fn commit_each(
+        &self,
+        units: Vec<Vec<Op>>,
+        unique: bool,
+    ) -> Vec<Result<Vec<u64>, StoreError>> {
         if let Some(cause) = self.shared.failed.get() {
-            return Err(StoreError::Failed(cause.clone()));
+            return units
+                .iter()
+                .map(|_| Err(StoreError::Failed(cause.clone())))
+                .collect();
         }
-        let bytes = check_ops(&mut ops)?;
-        if ops.is_empty() {
-            return Ok(Vec::new());
+        let mut answers: Vec<Option<Result<Vec<u64>, StoreError>>> = Vec::new();
+        let mut requests = Vec::new();
+        let mut waiting = Vec::new();
+        for mut ops in units {
+            answers.push(None);
+            match check_ops(&mut ops) {
+                Err(e) => *answers.last_mut().expect("pushed") = Some(Err(e)),
+                Ok(_) if ops.is_empty() => {
+                    *answers.last_mut().expect("pushed") = Some(Ok(Vec::new()))
+                }
+                Ok(bytes) => {
+                    let (reply, answer) = oneshot::channel();
+                    requests.push(CommitRequest {
+                        ops,
+                        unique,
+                        bytes,
+                        reply,
+                    });
+                    waiting.push((answers.len() - 1, answer));
+                }
+            }
         }
-        let (reply, answer) = oneshot::channel();
-        let req = Request::Commit(CommitRequest {
-            ops,
-            unique,
-            bytes,
-            reply,
-        });
-        if self.tx.send(req).await.is_err() {
-            return Err(self.stopped().await);
+        if !requests.is_empty() {
+            let sent = self.tx.send(Request::Commit(requests)).await.is_ok();
+            for (i, answer) in waiting {
+                answers[i] = Some(match (sent, answer.await) {
+                    (true, Ok(result)) => result,
+                    _ => Err(self.stopped().await),
+                });
+            }
         }
-        match answer.await {
-            Ok(result) => result,
-            Err(_) => Err(self.stopped().await),
-        }
+        answers.into_iter().map(|a| a.expect("answered")).collect()
+    }
+
+    async fn submit(&self, ops: Vec<Op>, unique: bool) -> Result<Vec<u64>, StoreError> {
+        let mut answers = self.commit_each(vec![ops], unique).await;
+        answers.pop().expect("one answer per unit")
     }
 
     /// Reads the message bytes of live copies back from disk, in the order of `seqs`: for each,
@@ -375,7 +412,7 @@ impl Store {
     /// segment (up to [`StoreOptions::segment_bytes`] of recent traffic) and lasts until the
     /// record's segment is deleted or compacted away; it survives restarts unchanged. A node
     /// wanting a time-based window keeps one above this. Puts still being written are not
-    /// counted; [`Store::commit_if_new`] counts them.
+    /// counted; a unique [`Store::commit_each`] counts them.
     pub fn contains_message(&self, queue: &str, message_id: &[u8; 16]) -> bool {
         self.shared.seen().contains(queue, message_id)
     }

@@ -33,7 +33,9 @@ use super::{Op, Shared, StoreError, StoreOptions, StoreStats, segment};
 
 /// A request from a [`super::Store`] handle.
 pub(super) enum Request {
-    Commit(CommitRequest),
+    /// One or more commits, each answered on its own (one channel message for a batch of
+    /// submissions: see [`super::Store::commit_each`]).
+    Commit(Vec<CommitRequest>),
     /// Reads live copies' message bytes back, answered at once (between rounds).
     Read(Vec<u64>, oneshot::Sender<Vec<Result<bytes::Bytes, String>>>),
     Close(oneshot::Sender<Result<(), StoreError>>),
@@ -41,7 +43,7 @@ pub(super) enum Request {
 
 pub(super) struct CommitRequest {
     pub ops: Vec<Op>,
-    /// Refuse the whole request if any `Put` was already seen ([`super::Store::commit_if_new`]).
+    /// Refuse the whole request if any `Put` was already seen (a unique [`super::Store::commit_each`]).
     pub unique: bool,
     /// Message bytes, for batch sizing.
     pub bytes: usize,
@@ -205,8 +207,10 @@ impl Writer {
         // that caller waiting for good).
         while let Some(req) = rx.blocking_recv() {
             match req {
-                Request::Commit(c) => {
-                    let _ = c.reply.send(closed().and(Err(StoreError::Closed)));
+                Request::Commit(cs) => {
+                    for c in cs {
+                        let _ = c.reply.send(closed().and(Err(StoreError::Closed)));
+                    }
                 }
                 Request::Read(_, reply) => drop(reply),
                 Request::Close(reply) => closers.push(reply),
@@ -265,8 +269,14 @@ impl Writer {
                     .collect();
                 let _ = reply.send(found);
             }
-            Request::Commit(c) if c.urgent() => self.urgent.push_back(c),
-            Request::Commit(c) => self.waiting.push_back(c),
+            Request::Commit(cs) => {
+                for c in cs {
+                    match c.urgent() {
+                        true => self.urgent.push_back(c),
+                        false => self.waiting.push_back(c),
+                    }
+                }
+            }
         }
     }
 

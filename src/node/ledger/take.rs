@@ -33,26 +33,38 @@ impl Ledger {
         answers.pop().expect("one answer per message")
     }
 
-    /// **Taken**, for several messages at once with one store write: as [`Ledger::take`] for
-    /// each, with one answer per message, in order. With `unique` false the store does not check
-    /// the messages' ids against those it has seen: for messages this node has just written
-    /// itself (receipts and reports, under fresh ids).
+    /// **Taken**, for several messages at once with one store request: as [`Ledger::take`] for
+    /// each, with one answer per message, in order; each message is checked and written on its
+    /// own (a duplicate or a refusal of one is not the others'), and they share one write and
+    /// one fsync. With `unique` false the store does not check the messages' ids against those
+    /// it has seen: for messages this node has just written itself (receipts and reports, under
+    /// fresh ids).
+    ///
+    /// A batch never waits for another submission's claim on an id while holding claims of its
+    /// own (two batches holding each other's ids would wait for ever): a message whose id is
+    /// being taken elsewhere is set aside and taken on its own once the rest is answered.
     pub async fn take_all(
         &self,
         takings: Vec<Taking<'_>>,
         unique: bool,
     ) -> Vec<Result<pb::Accepted, Refusal>> {
+        let alone = takings.len() == 1;
         let mut answers: Vec<Option<Result<pb::Accepted, Refusal>>> = Vec::new();
         let mut ready = Vec::new();
+        let mut aside = Vec::new();
         for t in takings {
             let i = answers.len();
             answers.push(None);
             // Duplicates are caught before any copy is queued, whatever the precedence.
             let claim = match unique {
-                true => match self.claim(&t.message, t.now).await {
-                    Ok(Some(claim)) => Some(claim),
-                    Ok(None) => {
+                true => match self.claim(&t.message, t.now, alone).await {
+                    Ok(Claiming::New(claim)) => Some(claim),
+                    Ok(Claiming::Duplicate) => {
                         answers[i] = Some(Ok(self.duplicate(&t)));
+                        continue;
+                    }
+                    Ok(Claiming::Busy) => {
+                        aside.push((i, t));
                         continue;
                     }
                     Err(r) => {
@@ -84,14 +96,6 @@ impl Ledger {
                 Err(r) => answers[i] = Some(Err(r)),
             }
         }
-        let mut ops = Vec::new();
-        for (_, t, copies, _) in &ready {
-            ops.extend(
-                copies
-                    .iter()
-                    .map(|c| put(&t.message, &c.queue, &c.bytes, t.now)),
-            );
-        }
         // Cut-through (see above). Room was checked; concurrent submissions can overshoot the
         // bound by at most their number, and an accepted copy is never dropped. Should the write
         // fail, or the message turn out to be a retransmission, the copy may still be delivered:
@@ -112,47 +116,45 @@ impl Ledger {
                 },
             )
             .collect();
-        let written = match unique {
-            true => self.0.store.commit_if_new(ops).await,
-            false => self.0.store.commit(ops).await,
-        };
-        let mut seqs = match written {
-            Ok(seqs) => seqs.into_iter(),
-            Err(e) => {
-                let refusal = match e {
-                    // Already accepted (a retransmission after a lost answer): accepted again,
-                    // once.
-                    StoreError::Duplicate { .. } => None,
-                    // Failed, full, or this request alone refused (e.g. over its size limit):
-                    // nothing was written.
-                    e => Some(self.store_refusal(&e)),
-                };
-                for (i, t, _, claim) in ready {
-                    answers[i] = Some(match &refusal {
-                        None => {
-                            if let Some(claim) = claim {
-                                claim.taken();
-                            }
-                            Ok(self.duplicate(&t))
-                        }
-                        Some(r) => Err(r.clone()),
-                    });
-                }
-                return answers.into_iter().map(|a| a.expect("answered")).collect();
-            }
-        };
+        let units: Vec<Vec<Op>> = ready
+            .iter()
+            .map(|(_, t, copies, _)| {
+                copies
+                    .iter()
+                    .map(|c| put(&t.message, &c.queue, &c.bytes, t.now))
+                    .collect()
+            })
+            .collect();
+        let written = self.0.store.commit_each(units, unique).await;
         let durable_at = SystemTime::now();
-        for ((i, t, copies, claim), early) in ready.into_iter().zip(early) {
+        for (((i, t, copies, claim), early), written) in ready.into_iter().zip(early).zip(written) {
+            let seqs = match written {
+                Ok(seqs) => seqs,
+                // Already accepted (a retransmission after a lost answer): accepted again, once.
+                Err(StoreError::Duplicate { .. }) => {
+                    if let Some(claim) = claim {
+                        claim.taken();
+                    }
+                    answers[i] = Some(Ok(self.duplicate(&t)));
+                    continue;
+                }
+                // Failed, full, or this message alone refused (e.g. over its size limit):
+                // nothing of it was written.
+                Err(e) => {
+                    answers[i] = Some(Err(self.store_refusal(&e)));
+                    continue;
+                }
+            };
             if let Some(claim) = claim {
                 claim.taken();
             }
             if early.is_empty() {
-                for (c, seq) in copies.iter().zip(seqs.by_ref()) {
+                for (c, seq) in copies.iter().zip(seqs) {
                     c.queue
                         .push_checked(entry(&t, &c.transit, Seq::durable(seq)));
                 }
             } else {
-                for (set, seq) in early.into_iter().zip(seqs.by_ref()) {
+                for (set, seq) in early.into_iter().zip(seqs) {
                     let _ = set.send(Some(seq));
                 }
             }
@@ -179,6 +181,10 @@ impl Ledger {
                 received: t.now,
                 durable_at,
             });
+        }
+        // Every claim of this batch is settled: each set-aside message may wait for its own.
+        for (i, t) in aside {
+            answers[i] = Some(Box::pin(self.take(t)).await);
         }
         answers.into_iter().map(|a| a.expect("answered")).collect()
     }
@@ -236,10 +242,11 @@ impl Ledger {
         Ok(out)
     }
 
-    /// Claims `m`'s id for taking: `None` when it is a duplicate of a message taken already
-    /// (same id, same originator), a `DUPLICATE_ID` refusal when another originator used the
-    /// id; waits while the same message is being taken by another submission.
-    async fn claim(&self, m: &Message, now: SystemTime) -> Result<Option<Claimed>, Refusal> {
+    /// Claims `m`'s id for taking: [`Claiming::Duplicate`] when it is a duplicate of a message
+    /// taken already (same id, same originator), a `DUPLICATE_ID` refusal when another
+    /// originator used the id. While the same message is being taken by another submission, it
+    /// waits for that one's outcome if `wait`, else answers [`Claiming::Busy`].
+    async fn claim(&self, m: &Message, now: SystemTime, wait: bool) -> Result<Claiming, Refusal> {
         let fingerprint = dedup::fingerprint(m);
         loop {
             let settled = self.0.ids_settled.notified();
@@ -254,13 +261,13 @@ impl Ledger {
             );
             match claim {
                 Claim::New => {
-                    return Ok(Some(Claimed {
+                    return Ok(Claiming::New(Claimed {
                         ledger: self.clone(),
                         id: m.id,
                         taken: false,
                     }));
                 }
-                Claim::Duplicate => return Ok(None),
+                Claim::Duplicate => return Ok(Claiming::Duplicate),
                 Claim::Conflict => {
                     return Err(Refusal::new(
                         RefusalCode::DuplicateId,
@@ -271,6 +278,7 @@ impl Ledger {
                         ),
                     ));
                 }
+                Claim::InProgress if !wait => return Ok(Claiming::Busy),
                 Claim::InProgress => settled.await,
             }
         }
@@ -297,6 +305,14 @@ impl Ledger {
             reason: refusal.reason.clone(),
         });
     }
+}
+
+/// What claiming an id gave (see [`Ledger::claim`]).
+enum Claiming {
+    New(Claimed),
+    Duplicate,
+    /// Being taken by another submission (only when not waiting).
+    Busy,
 }
 
 /// A claim on a message id (see [`Ledger::claim`]), settled when dropped: remembered if the

@@ -67,8 +67,8 @@ async fn take(l: &Ledger, m: &Arc<Message>) {
     try_take(l, m).await.unwrap();
 }
 
-async fn try_take(l: &Ledger, m: &Arc<Message>) -> Result<pb::Accepted, Refusal> {
-    let taking = Taking {
+fn taking(m: &Arc<Message>) -> Taking<'static> {
+    Taking {
         message: m.clone(),
         hops: Vec::new(),
         plan: plan(),
@@ -76,8 +76,11 @@ async fn try_take(l: &Ledger, m: &Arc<Message>) -> Result<pb::Accepted, Refusal>
         from_peer: false,
         signer_chain: Arc::from([]),
         now: SystemTime::now(),
-    };
-    l.take(taking).await
+    }
+}
+
+async fn try_take(l: &Ledger, m: &Arc<Message>) -> Result<pb::Accepted, Refusal> {
+    l.take(taking(m)).await
 }
 
 /// The events recorded since `rx` subscribed.
@@ -370,6 +373,63 @@ async fn resubmissions_are_taken_once_whatever_the_precedence() {
     assert_eq!(waiting(&mailbox), 3);
 }
 
+/// A batch is taken with one store request, and each message in it on its own: a duplicate
+/// in the batch (or of a message taken before) is answered `Accepted` and queued once, and two
+/// batches holding each other's ids (the same messages, in opposite orders, at once) both
+/// finish instead of each waiting for the other's claim.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_take_each_message_once_and_never_wait_on_each_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let (l, _notices, _) = ledger(dir.path());
+    let mut events = l.events().subscribe();
+    let before = message(Precedence::Routine, Duration::from_secs(3600));
+    take(&l, &before).await;
+    drain(&mut events);
+    let ms: Vec<_> = (0..32)
+        .map(|_| message(Precedence::Routine, Duration::from_secs(3600)))
+        .collect();
+    // One batch: the messages, one of them twice, and the one taken before.
+    let mut batch: Vec<_> = ms.iter().map(taking).collect();
+    batch.push(taking(&ms[3]));
+    batch.push(taking(&before));
+    let answers = tokio::time::timeout(Duration::from_secs(10), l.take_all(batch, true))
+        .await
+        .expect("a batch holding one id twice waited on itself");
+    assert_eq!(answers.len(), 34);
+    for (a, m) in answers.iter().zip(ms.iter().chain([&ms[3], &before])) {
+        assert_eq!(a.as_ref().unwrap().message_id, m.id.to_bytes());
+    }
+    let e = drain(&mut events);
+    let accepted = e.iter().filter(|e| matches!(e, Event::Accepted { .. }));
+    let duplicates = e.iter().filter(|e| matches!(e, Event::Duplicate { .. }));
+    assert_eq!((accepted.count(), duplicates.count()), (32, 2));
+    let mailbox = l.mailbox(&Mailbox::unit("desk").unwrap()).unwrap();
+    assert_eq!(waiting(&mailbox), 33);
+
+    // Crossed batches, many times over: each message is taken once, every submission answered.
+    for round in 0..8 {
+        let ms: Vec<_> = (0..6)
+            .map(|_| message(Precedence::Routine, Duration::from_secs(3600)))
+            .collect();
+        let forward: Vec<_> = ms.iter().map(taking).collect();
+        let backward: Vec<_> = ms.iter().rev().map(taking).collect();
+        let both = async { tokio::join!(l.take_all(forward, true), l.take_all(backward, true)) };
+        let (a, b) = tokio::time::timeout(Duration::from_secs(10), both)
+            .await
+            .unwrap_or_else(|_| panic!("round {round}: crossed batches waited on each other"));
+        assert!(a.iter().chain(&b).all(Result::is_ok), "{a:?} {b:?}");
+        let e = drain(&mut events);
+        let accepted = e.iter().filter(|e| matches!(e, Event::Accepted { .. }));
+        let duplicates = e.iter().filter(|e| matches!(e, Event::Duplicate { .. }));
+        assert_eq!(
+            (accepted.count(), duplicates.count()),
+            (6, 6),
+            "round {round}"
+        );
+    }
+    assert_eq!(waiting(&mailbox), 33 + 8 * 6);
+}
+
 #[tokio::test]
 async fn dropped_copies_return_and_dead_letters_are_redriven() {
     let dir = tempfile::tempdir().unwrap();
@@ -457,6 +517,7 @@ fn no_fate_changes_outside_the_ledger() {
         ("Op::Redrive", &|f| ledger(f) || f.starts_with("store/")),
         (".commit(", &|f| ledger(f) || f.starts_with("store/")),
         (".commit_if_new(", &|f| ledger(f) || f.starts_with("store/")),
+        (".commit_each(", &|f| ledger(f) || f.starts_with("store/")),
         // The store is opened once, and handed to the ledger.
         ("Store::open", &|f| {
             f == "node/runtime.rs" || ledger(f) || f.starts_with("store/")

@@ -235,6 +235,44 @@ async fn contains_message_and_commit_if_new() {
     store.close().await.unwrap();
 }
 
+/// Each unit of a `commit_each` is checked and answered on its own: a duplicate or an invalid
+/// unit refuses only itself, and the others are written.
+#[tokio::test]
+async fn commit_each_answers_each_unit_on_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = open(dir.path());
+    store.commit(vec![put("q", 1, b"before")]).await.unwrap();
+    let units = vec![
+        vec![put("q", 2, b"a")],
+        vec![put("q", 1, b"again")],
+        vec![put("", 3, b"no queue")],
+        vec![put("q", 4, b"b"), put("r", 4, b"b")],
+        vec![put("q", 2, b"twice in one request")],
+        Vec::new(),
+    ];
+    let answers = store.commit_each(units, true).await;
+    assert_eq!(answers.len(), 6);
+    assert_eq!(answers[0].as_ref().unwrap().len(), 1);
+    assert!(
+        matches!(&answers[1], Err(StoreError::Duplicate { message_id, .. }) if *message_id == [1; 16])
+    );
+    assert!(matches!(&answers[2], Err(StoreError::Invalid(_))));
+    assert_eq!(answers[3].as_ref().unwrap().len(), 2);
+    assert!(matches!(&answers[4], Err(StoreError::Duplicate { .. })));
+    assert!(answers[5].as_ref().unwrap().is_empty());
+    assert_eq!(store.stats().live_records, 4);
+    store.close().await.unwrap();
+    let (store, recovered) = open(dir.path());
+    let mut bodies: Vec<_> = recovered
+        .iter()
+        .map(|m| (m.queue.clone(), m.message_id))
+        .collect();
+    bodies.sort();
+    let q = |q: &str, id: u8| (q.to_owned(), [id; 16]);
+    assert_eq!(bodies, [q("q", 1), q("q", 2), q("q", 4), q("r", 4)]);
+    store.close().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_receipts_of_one_message_store_it_once() {
     let dir = tempfile::tempdir().unwrap();
