@@ -2,8 +2,9 @@
 //! and operator requests, each stream in its own task.
 //!
 //! A stream carries a sequence of request frames (one, for an alert on its own stream; many, for
-//! the pipelined analytical stream), answered in order. Requests are processed concurrently
-//! (each may wait for storage), at most [`PIPELINE_DEPTH`] at a time per stream. A frame over the
+//! the pipelined analytical stream), answered in order. The frames after a stream's first are
+//! answered in groups (see [`group`]): up to [`PIPELINE_DEPTH`] read ahead, [`GROUPS_IN_FLIGHT`]
+//! groups being answered at once, each group's submissions taken with one store request. A frame over the
 //! size limit is refused without being decoded, and its body skipped so the stream stays usable;
 //! a frame declaring an absurd length ends the stream instead. An empty stream, finished at once,
 //! is answered by finishing the other side: peers use it to probe a link.
@@ -85,10 +86,12 @@ async fn stream(node: Arc<Node>, conn: Arc<Conn>, mut send: SendStream, recv: Re
     // Answers go out in request order: the writer awaits each group's answers in turn.
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Answers>(GROUPS_IN_FLIGHT);
     let writer = tokio::spawn(async move {
-        let answers = |r: Result<Vec<Body>, tokio::task::JoinError>| {
+        // A group that failed still gets one answer per request, so the answers after it
+        // keep their places.
+        let answers = |(r, n): (Result<Vec<Body>, tokio::task::JoinError>, usize)| {
             r.unwrap_or_else(|e| {
                 let r = Refusal::invalid(format!("internal error: {e}"));
-                vec![Body::Refused(r.to_pb(Default::default()))]
+                vec![Body::Refused(r.to_pb(Default::default())); n]
             })
         };
         let mut next = None;
@@ -106,11 +109,11 @@ async fn stream(node: Arc<Node>, conn: Arc<Conn>, mut send: SendStream, recv: Re
                     frame::encode_into(&pb::Frame { body: Some(body) }, buf)
                 }
             };
-            encode(answers(handle.await), &mut buf);
+            encode(answers((handle.0.await, handle.1)), &mut buf);
             // Answers that are ready already go out in the same write, still in order.
             while buf.len() < ANSWER_BATCH_BYTES {
                 match rx.try_recv() {
-                    Ok(h) if h.is_finished() => encode(answers(h.await), &mut buf),
+                    Ok(h) if h.0.is_finished() => encode(answers((h.0.await, h.1)), &mut buf),
                     Ok(h) => {
                         next = Some(h);
                         break;
@@ -144,7 +147,7 @@ async fn stream(node: Arc<Node>, conn: Arc<Conn>, mut send: SendStream, recv: Re
                 if !first_answered {
                     first_answered = true;
                     let task = answer_group(node.clone(), conn.clone(), vec![item]);
-                    if tx.send(tokio::spawn(task)).await.is_err() {
+                    if tx.send((tokio::spawn(task), 1)).await.is_err() {
                         break;
                     }
                 } else if items.send(item).await.is_err() {
@@ -176,9 +179,16 @@ async fn stream(node: Arc<Node>, conn: Arc<Conn>, mut send: SendStream, recv: Re
                 .close(&conn.conn, super::server::CLOSE_REFUSED, reason);
             break;
         }
-        // Behind the first frame, in order with the frames before it.
-        first_answered = true;
-        if items.send(Item::Answer(answer)).await.is_err() || stop {
+        // In order with the frames before it: straight to the writer before the first good
+        // frame (which then still runs on the main runtime), else behind the grouper's work.
+        let sent = match first_answered {
+            false => {
+                let ready = tokio::spawn(async move { vec![answer] });
+                tx.send((ready, 1)).await.is_ok()
+            }
+            true => items.send(Item::Answer(answer)).await.is_ok(),
+        };
+        if !sent || stop {
             if stop {
                 let _ = reader.stream().stop(0u32.into());
             }
@@ -190,8 +200,8 @@ async fn stream(node: Arc<Node>, conn: Arc<Conn>, mut send: SendStream, recv: Re
     let _ = writer.await;
 }
 
-/// A group's answers, one per request, in order.
-type Answers = tokio::task::JoinHandle<Vec<Body>>;
+/// A group's answers, one per request, in order, and how many requests it holds.
+type Answers = (tokio::task::JoinHandle<Vec<Body>>, usize);
 
 /// A request read from a stream, or the answer to a frame that could not be read.
 enum Item {
@@ -218,64 +228,69 @@ async fn group(
         {
             items.push(item);
         }
-        let task = answer_group(node.clone(), conn.clone(), items);
-        if answers.send(node.bulk.handle().spawn(task)).await.is_err() {
+        // A group starts only once the writer has room for its answers.
+        let Ok(room) = answers.reserve().await else {
             return;
-        }
+        };
+        let n = items.len();
+        let task = answer_group(node.clone(), conn.clone(), items);
+        room.send((node.bulk.handle().spawn(task), n));
     }
 }
 
 /// Answers a group of requests in order: runs of submissions are admitted one by one and
-/// taken together; any other request is answered on its own, after the submissions before it.
+/// taken together; any other request is handled on its own, once the submissions before it
+/// are taken. Each frame's share of the budgets is given back once it is answered.
 async fn answer_group(node: Arc<Node>, conn: Arc<Conn>, items: Vec<Item>) -> Vec<Body> {
     let mut out: Vec<Option<Body>> = Vec::with_capacity(items.len());
-    let mut taking: Vec<(usize, MessageId, validate::Admitted)> = Vec::new();
-    // The frames' shares of the budgets are given back once they are answered.
-    let mut held = Vec::with_capacity(items.len());
-    let now = SystemTime::now();
+    let mut run = Run::default();
     for item in items {
-        let (frame, h, signer) = match item {
+        let (frame, held, signer) = match item {
             Item::Answer(body) => {
                 out.push(Some(body));
                 continue;
             }
-            Item::Frame(frame, h, signer) => (frame, h, signer),
+            Item::Frame(frame, held, signer) => (frame, held, signer),
         };
-        held.push(h);
+        if !matches!(frame.body, Some(Body::Submit(_))) {
+            take_group(&node, &conn, std::mem::take(&mut run), &mut out).await;
+        }
+        let now = SystemTime::now();
         match request(&node, &conn, frame, signer, now).await {
             Ok(Request::Take(admitted)) => {
-                taking.push((out.len(), admitted.message.id(), *admitted));
+                run.taking
+                    .push((out.len(), admitted.message.id(), *admitted));
+                run.held.push(held);
                 out.push(None);
             }
-            other => {
-                // What was submitted before this request is taken before it is answered.
-                take_group(&node, &conn, std::mem::take(&mut taking), now, &mut out).await;
-                out.push(Some(match other {
-                    Ok(Request::Answered(body)) => *body,
-                    Ok(Request::Take(_)) => unreachable!("matched above"),
-                    Err((refusal, id)) => refuse(&node, &conn, refusal, id),
-                }));
-            }
+            Ok(Request::Answered(body)) => out.push(Some(*body)),
+            Err((refusal, id)) => out.push(Some(refuse(&node, &conn, refusal, id))),
         }
     }
-    take_group(&node, &conn, taking, now, &mut out).await;
-    drop(held);
+    take_group(&node, &conn, run, &mut out).await;
     out.into_iter()
         .map(|b| b.expect("every request answered"))
         .collect()
 }
 
-/// Takes a run of admitted submissions with one store request and fills in their answers.
-async fn take_group(
-    node: &Arc<Node>,
-    conn: &Arc<Conn>,
+/// Admitted submissions waiting to be taken together, with their frames' shares of the
+/// budgets.
+#[derive(Default)]
+struct Run {
     taking: Vec<(usize, MessageId, validate::Admitted)>,
-    now: SystemTime,
-    out: &mut [Option<Body>],
-) {
+    held: Vec<frame::Held>,
+}
+
+/// Takes a run of admitted submissions with one store request and fills in their answers.
+async fn take_group(node: &Arc<Node>, conn: &Arc<Conn>, run: Run, out: &mut [Option<Body>]) {
+    let Run {
+        taking,
+        held: _held,
+    } = run;
     if taking.is_empty() {
         return;
     }
+    let now = SystemTime::now();
     let (slots, admitted): (Vec<_>, Vec<_>) = taking
         .into_iter()
         .map(|(slot, id, a)| ((slot, id), a))
