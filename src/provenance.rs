@@ -163,7 +163,8 @@ impl Provenance {
         let mut skipped = 0;
         for line in text.lines().filter(|l| !l.trim().is_empty()) {
             match journal::parse(line) {
-                Some(journal::Entry::Message(id, rs)) => p.remember(id, rs),
+                // Not journalled again: the file is rewritten from the result.
+                Some(journal::Entry::Message(id, rs)) => p.insert(id, rs),
                 Some(journal::Entry::Release(r)) => {
                     p.release(r);
                 }
@@ -215,10 +216,17 @@ impl Provenance {
     /// What is remembered of an id is never replaced: a message that reuses a known id (which
     /// the ledger then refuses) must not overwrite the conditions of the message that had it.
     pub fn remember(&mut self, id: MessageId, restrictions: Vec<Restriction>) {
+        if !self.known.contains_key(&id) {
+            journal::message(&mut self.journal, id, &restrictions);
+            self.insert(id, restrictions);
+        }
+    }
+
+    /// Remembers a message not known yet, forgetting the oldest beyond capacity.
+    fn insert(&mut self, id: MessageId, restrictions: Vec<Restriction>) {
         if self.known.contains_key(&id) {
             return;
         }
-        journal::message(&mut self.journal, id, &restrictions);
         self.known.insert(id, restrictions.into());
         self.order.push_back(id);
         while self.order.len() > self.capacity {
@@ -373,10 +381,7 @@ mod journal {
     #[derive(Serialize, Deserialize)]
     #[serde(tag = "kind", rename_all = "snake_case")]
     enum Line {
-        Message {
-            id: String,
-            restrictions: Vec<Condition>,
-        },
+        Message(MessageLine),
         Release {
             decision: String,
             by: String,
@@ -386,6 +391,17 @@ mod journal {
             valid_until_ms: Option<u64>,
         },
     }
+
+    #[derive(Serialize, Deserialize)]
+    struct MessageLine {
+        id: String,
+        restrictions: Vec<Condition>,
+    }
+
+    /// How every message line begins (serde writes the tag first): such a line is read
+    /// straight into a [`MessageLine`], without the buffering a tagged enum needs (replaying
+    /// the file is most of a restart's time after the store's).
+    const MESSAGE_LINE: &str = r#"{"kind":"message","#;
 
     #[derive(Serialize, Deserialize)]
     struct Condition {
@@ -438,10 +454,10 @@ mod journal {
             .collect();
         push(
             out,
-            &Line::Message {
+            &Line::Message(MessageLine {
                 id: id.to_string(),
                 restrictions,
-            },
+            }),
         );
     }
 
@@ -461,11 +477,17 @@ mod journal {
 
     pub(super) fn parse(line: &str) -> Option<Entry> {
         let id = |s: &str| s.parse::<MessageId>().ok();
-        Some(match serde_json::from_str::<Line>(line).ok()? {
-            Line::Message {
+        let line = if line.starts_with(MESSAGE_LINE) {
+            // The struct ignores the tag, a field it does not know.
+            Line::Message(serde_json::from_str(line).ok()?)
+        } else {
+            serde_json::from_str::<Line>(line).ok()?
+        };
+        Some(match line {
+            Line::Message(MessageLine {
                 id: m,
                 restrictions,
-            } => {
+            }) => {
                 let rs = restrictions
                     .into_iter()
                     .map(|c| {

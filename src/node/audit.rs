@@ -12,7 +12,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, sync_channel};
 use std::sync::{Arc, Mutex};
@@ -398,6 +398,8 @@ impl Writer {
         let mut recent = std::collections::VecDeque::new();
         let mut recent_start = frontier.size();
         let mut segments = Vec::new();
+        // One buffer for every file: fresh pages for each would cost as much as the hashing.
+        let mut data = Vec::new();
         for (start, path) in audit::files::record_files(dir)? {
             if start != frontier.size() {
                 tracing::error!(
@@ -412,7 +414,8 @@ impl Writer {
                 prev,
                 last: None,
             };
-            let data = fs::read(&path)?;
+            data.clear();
+            File::open(&path)?.read_to_end(&mut data)?;
             let mut good = 0;
             let mut last = None;
             for line in data.split_inclusive(|b| *b == b'\n') {

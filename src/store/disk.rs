@@ -9,7 +9,7 @@
 use std::any::Any;
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
@@ -24,7 +24,9 @@ pub(super) trait Disk: Send + Sync + fmt::Debug {
     fn lock(&self, dir: &Path) -> io::Result<Option<Box<dyn Any + Send>>>;
     /// The names of the files in `dir`.
     fn list(&self, dir: &Path) -> io::Result<Vec<String>>;
-    fn read(&self, path: &Path) -> io::Result<Vec<u8>>;
+    /// Replaces `buf`'s contents with the file's. Recovery reads every segment into one
+    /// buffer, so its pages are allocated and faulted in once, not once per segment.
+    fn read_into(&self, path: &Path, buf: &mut Vec<u8>) -> io::Result<()>;
     fn open_read(&self, path: &Path) -> io::Result<Box<dyn ReadAt>>;
     /// Creates a new, empty file to append to (it must not exist).
     fn create(&self, path: &Path) -> io::Result<Box<dyn Append>>;
@@ -91,8 +93,9 @@ impl Disk for Std {
         Ok(names)
     }
 
-    fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
-        fs::read(path)
+    fn read_into(&self, path: &Path, buf: &mut Vec<u8>) -> io::Result<()> {
+        buf.clear();
+        File::open(path)?.read_to_end(buf).map(drop)
     }
 
     fn open_read(&self, path: &Path) -> io::Result<Box<dyn ReadAt>> {

@@ -6,6 +6,7 @@
 //! stay on disk and are read back for compaction and redrive).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 
 use super::{Op, StoreError};
@@ -42,10 +43,46 @@ pub(super) struct SegmentInfo {
     pub keys: Vec<Key>,
 }
 
+/// Hashes the store's own seqs, which no client chooses, so SipHash's defence against chosen
+/// keys is not needed: the low bits are the seq's (consecutive seqs, as recovery and the
+/// writer insert them, land in consecutive buckets), the top seven a multiplicative mix (the
+/// table's tag bits). Recovery inserts every live copy of a backlog at each start.
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct SeqHash;
+
+impl BuildHasher for SeqHash {
+    type Hasher = SeqHasher;
+
+    fn build_hasher(&self) -> SeqHasher {
+        SeqHasher(0)
+    }
+}
+
+#[derive(Debug)]
+pub(super) struct SeqHasher(u64);
+
+impl Hasher for SeqHasher {
+    fn finish(&self) -> u64 {
+        const TAG_BITS: u64 = 0xFE00_0000_0000_0000;
+        self.0 ^ (self.0.wrapping_mul(0x9E37_79B9_7F4A_7C15) & TAG_BITS)
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `u64` keys are hashed with it; any other input still hashes consistently.
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
 /// Live copies by seq, and segments by id (ids grow with time; the first is the head).
 #[derive(Debug, Default)]
 pub(super) struct Index {
-    entries: HashMap<u64, Entry>,
+    entries: HashMap<u64, Entry, SeqHash>,
     segments: BTreeMap<u64, SegmentInfo>,
     dead: usize,
 }
@@ -57,6 +94,11 @@ impl Index {
 
     pub(super) fn live_count(&self) -> usize {
         self.entries.len()
+    }
+
+    /// Makes room for `more` live copies.
+    pub(super) fn reserve(&mut self, more: usize) {
+        self.entries.reserve(more);
     }
 
     pub(super) fn dead_count(&self) -> usize {
@@ -212,7 +254,15 @@ impl Index {
 /// [`super::Store::contains_message`] for what that window means.
 #[derive(Debug, Default)]
 pub(super) struct Seen {
-    by_queue: HashMap<Arc<str>, HashMap<[u8; 16], u32>>,
+    by_queue: HashMap<Arc<str>, Ids>,
+}
+
+/// One queue's ids, and its shared name (the map's key, kept here too so that a key is made
+/// with one lookup).
+#[derive(Debug)]
+struct Ids {
+    name: Arc<str>,
+    ids: HashMap<[u8; 16], u32>,
 }
 
 impl Seen {
@@ -226,35 +276,63 @@ impl Seen {
     }
 
     pub(super) fn add(&mut self, key: &Key) {
-        let ids = self.by_queue.entry(key.0.clone()).or_default();
-        *ids.entry(key.1).or_default() += 1;
+        match self.by_queue.get_mut(&*key.0) {
+            Some(q) => *q.ids.entry(key.1).or_default() += 1,
+            None => self.first(key.0.clone(), key.1),
+        }
+    }
+
+    /// As [`Seen::key`] then [`Seen::add`], with one lookup of the queue (recovery adds every
+    /// `Put` on disk).
+    pub(super) fn insert(&mut self, queue: &str, id: [u8; 16]) -> Key {
+        if let Some(q) = self.by_queue.get_mut(queue) {
+            *q.ids.entry(id).or_default() += 1;
+            return (q.name.clone(), id);
+        }
+        let name: Arc<str> = Arc::from(queue);
+        self.first(name.clone(), id);
+        (name, id)
+    }
+
+    /// Adds the first id of a queue.
+    fn first(&mut self, name: Arc<str>, id: [u8; 16]) {
+        let ids = HashMap::from([(id, 1)]);
+        self.by_queue.insert(name.clone(), Ids { name, ids });
     }
 
     pub(super) fn remove(&mut self, key: &Key) {
-        let Some(ids) = self.by_queue.get_mut(&key.0) else {
+        let Some(q) = self.by_queue.get_mut(&*key.0) else {
             return;
         };
-        if let Some(n) = ids.get_mut(&key.1) {
+        if let Some(n) = q.ids.get_mut(&key.1) {
             *n -= 1;
             if *n == 0 {
-                ids.remove(&key.1);
+                q.ids.remove(&key.1);
             }
         }
-        if ids.is_empty() {
-            self.by_queue.remove(&key.0);
+        if q.ids.is_empty() {
+            self.by_queue.remove(&*key.0);
         }
     }
 
     pub(super) fn contains(&self, queue: &str, id: &[u8; 16]) -> bool {
         self.by_queue
             .get(queue)
-            .is_some_and(|ids| ids.contains_key(id))
+            .is_some_and(|q| q.ids.contains_key(id))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn seq_hashes_keep_the_low_bits_and_mix_the_tag() {
+        let h = |n: u64| SeqHash.hash_one(n);
+        assert_eq!(h(12_345) & 0xFFFF, 12_345);
+        let tags: HashSet<u64> = (0..1000u64).map(|n| h(n) >> 57).collect();
+        assert!(tags.len() > 100, "{} distinct tags", tags.len());
+    }
 
     fn loc(segment: u64, len: u32) -> Location {
         Location {
@@ -375,6 +453,16 @@ mod tests {
         assert!(s.contains("mailbox:pgr", &[1; 16]));
         s.remove(&k2);
         assert!(!s.contains("mailbox:pgr", &[1; 16]));
+        assert!(s.by_queue.is_empty());
+
+        // `insert` is `key` then `add`: the same shared name, the same counts.
+        let k3 = s.insert("mailbox:pgr", [2; 16]);
+        let k4 = s.insert("mailbox:pgr", [2; 16]);
+        assert!(Arc::ptr_eq(&k3.0, &k4.0));
+        assert!(Arc::ptr_eq(&k3.0, &s.key("mailbox:pgr", [3; 16]).0));
+        s.remove(&k3);
+        assert!(s.contains("mailbox:pgr", &[2; 16]));
+        s.remove(&k4);
         assert!(s.by_queue.is_empty());
     }
 }

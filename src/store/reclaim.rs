@@ -7,7 +7,7 @@
 //! current attempts and dead state) a bounded slice per write, after which the head is deleted.
 //! Nothing here decides when a message is finished: that is the node's `Done`.
 
-use super::record::{Frame, PutBody, Record, read_frame};
+use super::record::{Frame, Payload, PutBody, Record, read_frame};
 use super::segment;
 use super::writer::{Fatal, Writer, fatal};
 
@@ -99,11 +99,13 @@ impl Writer {
         // The message bytes are a slice of the frame as read, not a second copy.
         let frame = bytes::Bytes::from(frame);
         let reason = match read_frame(&frame, 0) {
-            Frame::Ok { kind, body, .. } => match Record::decode_in(kind, body, Some(&frame)) {
-                Ok(Record::Put(p)) if p.seq == seq => return Ok(p),
-                Ok(_) => "a different record",
-                Err(reason) => reason,
-            },
+            Frame::Ok { kind, body, .. } => {
+                match Record::decode_in(kind, body, Payload::Slice(&frame)) {
+                    Ok(Record::Put(p)) if p.seq == seq => return Ok(p),
+                    Ok(_) => "a different record",
+                    Err(reason) => reason,
+                }
+            }
             Frame::End => "nothing",
             Frame::Bad(reason) => reason,
         };

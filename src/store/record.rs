@@ -48,6 +48,20 @@ pub(super) struct PutBody {
     pub bytes: Bytes,
 }
 
+/// What decoding a `Put` keeps of its message bytes.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Payload<'a> {
+    /// A copy of them.
+    #[cfg_attr(not(test), allow(dead_code))]
+    Copy,
+    /// A slice of `owner`, the bytes the body lies in (compaction reads a frame and writes its
+    /// message again).
+    Slice(&'a Bytes),
+    /// None (recovery needs only a copy's place and metadata; the message stays on disk and
+    /// is read back before its turn).
+    Skip,
+}
+
 /// A log record. Bodies (after the kind byte):
 /// - `Header` (1): `version u32, segment u64, next_seq u64` — first record of every segment.
 /// - `Put` (2): `seq u64, message_id [16], precedence u8, expires_at_ms u64, received_at_ms u64,
@@ -217,16 +231,14 @@ impl Record {
     /// A static reason when the kind is unknown or the body is malformed.
     #[cfg(test)]
     pub(super) fn decode(kind: u8, body: &[u8]) -> Result<Record, &'static str> {
-        Record::decode_in(kind, body, None)
+        Record::decode_in(kind, body, Payload::Copy)
     }
 
-    /// As [`Record::decode`], for a `body` inside `owner`: a `Put`'s message bytes are then a
-    /// slice of `owner` rather than a copy (recovery reads whole segments, and most of a
-    /// backlog's bytes are messages).
+    /// As [`Record::decode`], keeping of a `Put`'s message bytes what `payload` says.
     pub(super) fn decode_in(
         kind: u8,
         body: &[u8],
-        owner: Option<&Bytes>,
+        payload: Payload<'_>,
     ) -> Result<Record, &'static str> {
         let mut r = Reader(body);
         let rec = match kind {
@@ -262,7 +274,11 @@ impl Record {
                     dead: has_dead.then_some(dead),
                     bytes: {
                         let rest = r.rest();
-                        owner.map_or_else(|| Bytes::copy_from_slice(rest), |o| o.slice_ref(rest))
+                        match payload {
+                            Payload::Copy => Bytes::copy_from_slice(rest),
+                            Payload::Slice(owner) => owner.slice_ref(rest),
+                            Payload::Skip => Bytes::new(),
+                        }
                     },
                 })
             }

@@ -12,8 +12,6 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use bytes::Bytes;
-
 use super::disk::Disk;
 use super::index::{Index, Location, Seen};
 use super::record::Record;
@@ -56,14 +54,37 @@ pub(super) fn recover(disk: &dyn Disk, dir: &Path) -> Result<Recovered, StoreErr
     };
     let mut seen = Seen::default();
     let mut messages = BTreeMap::new();
-    for (id, path) in segments {
+    // One buffer for every segment: fresh pages for each would be most of the time spent.
+    let mut data = Vec::new();
+    let count = segments.len();
+    for (i, (id, path)) in segments.into_iter().enumerate() {
         let io = |op, source| StoreError::Io {
             op,
             path: path.clone(),
             source,
         };
-        let data = Bytes::from(disk.read(&path).map_err(|e| io("read", e))?);
-        let scan = segment::scan(&data);
+        disk.read_into(&path, &mut data)
+            .map_err(|e| io("read", e))?;
+        // Each committed record is replayed as the scan reads it; the first must be the
+        // segment's own header.
+        let (mut first, mut headed) = (true, false);
+        let scan = segment::scan(&data, |s| {
+            if std::mem::take(&mut first)
+                && let Record::Header { segment, next_seq } = s.record
+                && segment == id
+            {
+                state.next_seq = state.next_seq.max(next_seq);
+                headed = true;
+            }
+            if headed {
+                let loc = Location {
+                    segment: id,
+                    offset: s.offset,
+                    len: s.len,
+                };
+                replay(&mut state, &mut seen, &mut messages, loc, s.record);
+            }
+        });
         let corrupt = |offset, reason: &str| StoreError::Corrupt {
             path: path.clone(),
             offset,
@@ -85,22 +106,17 @@ pub(super) fn recover(disk: &dyn Disk, dir: &Path) -> Result<Recovered, StoreErr
                 continue;
             }
         }
-        match scan.records.first().map(|s| &s.record) {
-            Some(Record::Header { segment, next_seq }) if *segment == id => {
-                state.next_seq = state.next_seq.max(*next_seq);
-            }
-            _ => return Err(corrupt(0, "segment does not begin with its own header")),
+        if !headed {
+            return Err(corrupt(0, "segment does not begin with its own header"));
         }
         state.index.add_segment(id);
         state.index.add_bytes(id, scan.good_len);
         state.newest = Some(id);
-        for s in scan.records {
-            let loc = Location {
-                segment: id,
-                offset: s.offset,
-                len: s.len,
-            };
-            replay(&mut state, &mut seen, &mut messages, loc, s.record);
+        if i == 0 {
+            // Room for as many live copies in each later segment as in the first (segments
+            // roll over at the same size): the index's table is sized once instead of
+            // doubling its way there, moving every entry each time.
+            state.index.reserve(state.index.live_count() * (count - 1));
         }
     }
     Ok(Recovered {
@@ -119,8 +135,7 @@ fn replay(
 ) {
     match record {
         Record::Put(p) => {
-            let key = seen.key(&p.queue, p.message_id);
-            seen.add(&key);
+            let key = seen.insert(&p.queue, p.message_id);
             state.next_seq = state.next_seq.max(p.seq.saturating_add(1));
             state.index.put(p.seq, loc, p.attempts, p.dead.clone(), key);
             messages.insert(

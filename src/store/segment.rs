@@ -9,11 +9,9 @@
 use std::any::Any;
 use std::path::{Path, PathBuf};
 
-use bytes::Bytes;
-
 use super::StoreError;
 use super::disk::Disk;
-use super::record::{Frame, Record, read_frame};
+use super::record::{Frame, Payload, Record, read_frame};
 
 /// The path of segment `id` in `dir`.
 pub(super) fn path(dir: &Path, id: u64) -> PathBuf {
@@ -76,11 +74,9 @@ pub(super) struct Scanned {
     pub record: Record,
 }
 
-/// What a segment's bytes hold.
+/// Where a segment's committed records end, and why.
 #[derive(Debug)]
 pub(super) struct Scan {
-    /// Records of complete writes (those ended by a matching `Commit`), in order.
-    pub records: Vec<Scanned>,
     /// End of the last `Commit`: the committed part of the file.
     pub good_len: u64,
     /// Set when something other than zero padding follows `good_len`: a bad frame, or frames of
@@ -90,10 +86,11 @@ pub(super) struct Scan {
     pub uncommitted: usize,
 }
 
-/// Scans a segment's bytes. Never fails: the caller decides whether a stop is a torn tail (the
-/// newest segment) or corruption (any older one).
-pub(super) fn scan(data: &Bytes) -> Scan {
-    let mut records = Vec::new();
+/// Scans a segment's bytes, handing each record of a complete write to `each`, in order, once
+/// its `Commit` is read (records are not gathered: a segment holds tens of thousands). Never
+/// fails: the caller decides whether a stop is a torn tail (the newest segment) or corruption
+/// (any older one). A `Put`'s message bytes are not kept (see [`Payload::Skip`]).
+pub(super) fn scan(data: &[u8], mut each: impl FnMut(Scanned)) -> Scan {
     let mut pending = Vec::new();
     let mut good_len = 0;
     let mut pos = 0;
@@ -105,13 +102,13 @@ pub(super) fn scan(data: &Bytes) -> Scan {
             Frame::End => break Some("a write without its commit record"),
             Frame::Bad(reason) => break Some(reason),
         };
-        match Record::decode_in(kind, body, Some(data)) {
+        match Record::decode_in(kind, body, Payload::Skip) {
             Err(reason) => break Some(reason),
             Ok(Record::Commit { records: n }) if n as usize != pending.len() => {
                 break Some("commit record counts a different number of records");
             }
             Ok(Record::Commit { .. }) => {
-                records.append(&mut pending);
+                pending.drain(..).for_each(&mut each);
                 good_len = next as u64;
             }
             Ok(record) => pending.push(Scanned {
@@ -123,7 +120,6 @@ pub(super) fn scan(data: &Bytes) -> Scan {
         pos = next;
     };
     Scan {
-        records,
         good_len,
         stop: stop.map(|reason| Stop {
             offset: pos as u64,
@@ -145,6 +141,12 @@ mod tests {
             records: recs.len() as u32,
         }
         .encode(out);
+    }
+
+    /// Scans `data`, also returning the records handed over.
+    fn scan_all(data: &[u8]) -> (Scan, Vec<Scanned>) {
+        let mut records = Vec::new();
+        (scan(data, |r| records.push(r)), records)
     }
 
     fn header() -> Record {
@@ -169,14 +171,16 @@ mod tests {
         let mut data = Vec::new();
         write(&[header(), Record::Done { seq: 1 }], &mut data);
         write(&[Record::Done { seq: 2 }], &mut data);
-        let s = scan(&Bytes::from(data.clone()));
+        let (s, records) = scan_all(&data);
+        assert_eq!((s.good_len, s.stop), (data.len() as u64, None));
+        let kinds: Vec<_> = records.iter().map(|r| r.record.clone()).collect();
         assert_eq!(
-            (s.records.len(), s.good_len, s.stop),
-            (3, data.len() as u64, None)
+            kinds,
+            [header(), Record::Done { seq: 1 }, Record::Done { seq: 2 }]
         );
         let len = data.len();
         data.resize(len + 4096, 0);
-        let s = scan(&Bytes::from(data.clone()));
+        let (s, _) = scan_all(&data);
         assert_eq!((s.good_len, s.stop), (len as u64, None));
     }
 
@@ -187,8 +191,8 @@ mod tests {
         let good = data.len() as u64;
         Record::Done { seq: 1 }.encode(&mut data);
         Record::Done { seq: 2 }.encode(&mut data);
-        let s = scan(&Bytes::from(data.clone()));
-        assert_eq!(s.records.len(), 1);
+        let (s, records) = scan_all(&data);
+        assert_eq!(records.len(), 1);
         assert_eq!(s.good_len, good);
         assert_eq!(s.uncommitted, 2);
         assert_eq!(
@@ -204,8 +208,8 @@ mod tests {
         write(&[header()], &mut data);
         Record::Done { seq: 1 }.encode(&mut data);
         Record::Commit { records: 2 }.encode(&mut data);
-        let s = scan(&Bytes::from(data.clone()));
-        assert_eq!(s.records.len(), 1);
+        let (s, records) = scan_all(&data);
+        assert_eq!(records.len(), 1);
         assert!(s.stop.is_some());
     }
 }

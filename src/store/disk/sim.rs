@@ -129,6 +129,13 @@ impl SimDisk {
         self.state.lock().expect("sim disk lock")
     }
 
+    /// A file's contents (an operation, as [`Disk::read_into`] is).
+    pub fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
+        let mut buf = Vec::new();
+        self.read_into(path, &mut buf)?;
+        Ok(buf)
+    }
+
     /// The power fails at the `n`th operation from now (1: the next one).
     pub fn cut_after(&self, n: u64) {
         self.state().ops_left = Some(n.max(1));
@@ -215,10 +222,12 @@ impl Disk for SimDisk {
             .collect())
     }
 
-    fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
+    fn read_into(&self, path: &Path, buf: &mut Vec<u8>) -> io::Result<()> {
         let mut s = self.state();
         s.step()?;
-        Ok(s.inode(path)?.data.clone())
+        buf.clear();
+        buf.extend_from_slice(&s.inode(path)?.data);
+        Ok(())
     }
 
     fn open_read(&self, path: &Path) -> io::Result<Box<dyn ReadAt>> {
