@@ -819,6 +819,14 @@ mod tests {
         // Replay keeps the bound: the newest are kept.
         let (small, _) = Provenance::replay(1, &text);
         assert!(small.known.contains_key(&id(2)) && !small.known.contains_key(&id(1)));
+        // A message line whose tag is not first (not how the node writes it) reads the same.
+        let first = text.lines().next().unwrap();
+        assert!(first.starts_with(r#"{"kind":"message","#));
+        let reordered = serde_json::from_str::<serde_json::Value>(first).unwrap();
+        let reordered = serde_json::to_string(&reordered).unwrap(); // keys sorted: "id" first
+        assert!(reordered.starts_with(r#"{"id":"#), "{reordered}");
+        let (r, skipped) = Provenance::replay(16, &reordered);
+        assert_eq!((skipped, &r.known[&id(1)]), (0, &p.known[&id(1)]));
     }
 
     #[test]

@@ -35,12 +35,24 @@ mod tests {
         assert_eq!(crc32c(b""), 0);
         assert_eq!(crc32c(b"123456789"), 0xE306_9283);
         assert_eq!(crc32c(&[0; 32]), 0x8A91_36AA);
-        // Every length and alignment of the fast paths agrees with the definition.
-        let data: Vec<u8> = (0..=255u8).cycle().take(1100).collect();
+        // The fast paths agree with the definition at every alignment, in short inputs and
+        // around the sizes where the instruction's three-way blocks (3 x 256 and 3 x 8192
+        // bytes) begin and end.
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let data: Vec<u8> = (0..64 * 1024 + 16)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
         for start in 0..9 {
-            for end in [start, start + 1, start + 7, start + 64, 300, 1024, 1100] {
-                let d = &data[start..end];
-                assert_eq!(crc32c(d), bitwise(d), "{start}..{end}");
+            for len in [
+                0, 1, 7, 64, 300, 768, 1100, 24_575, 24_576, 24_583, 49_152, 65_536,
+            ] {
+                let d = &data[start..start + len];
+                assert_eq!(crc32c(d), bitwise(d), "{start}+{len}");
             }
         }
     }

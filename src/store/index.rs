@@ -43,10 +43,12 @@ pub(super) struct SegmentInfo {
     pub keys: Vec<Key>,
 }
 
-/// Hashes the store's own seqs, which no client chooses, so SipHash's defence against chosen
-/// keys is not needed: the low bits are the seq's (consecutive seqs, as recovery and the
-/// writer insert them, land in consecutive buckets), the top seven a multiplicative mix (the
-/// table's tag bits). Recovery inserts every live copy of a backlog at each start.
+/// Hashes the store's own seqs, which no client chooses, with one multiplication and a
+/// rotation (as `rustc-hash` does) instead of SipHash, whose defence against chosen keys they
+/// do not need: recovery inserts every live copy of a backlog at each start. Every bit of the
+/// result depends on the seq's low bits, so a dense run of live seqs is spread over the table
+/// (keeping the seq's own low bits would put it in one run of full buckets, which a lookup
+/// that misses, such as a `Done` whose `Put` was in a deleted segment, must probe across).
 #[derive(Debug, Default, Clone, Copy)]
 pub(super) struct SeqHash;
 
@@ -63,8 +65,7 @@ pub(super) struct SeqHasher(u64);
 
 impl Hasher for SeqHasher {
     fn finish(&self) -> u64 {
-        const TAG_BITS: u64 = 0xFE00_0000_0000_0000;
-        self.0 ^ (self.0.wrapping_mul(0x9E37_79B9_7F4A_7C15) & TAG_BITS)
+        self.0.wrapping_mul(0xF135_7AEA_2E62_A9C5).rotate_left(26)
     }
 
     fn write(&mut self, bytes: &[u8]) {
@@ -96,9 +97,9 @@ impl Index {
         self.entries.len()
     }
 
-    /// Makes room for `more` live copies.
+    /// Makes room for `more` live copies, if memory allows (it is only a head start).
     pub(super) fn reserve(&mut self, more: usize) {
-        self.entries.reserve(more);
+        let _ = self.entries.try_reserve(more);
     }
 
     pub(super) fn dead_count(&self) -> usize {
@@ -327,11 +328,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn seq_hashes_keep_the_low_bits_and_mix_the_tag() {
+    fn seq_hashes_spread_consecutive_seqs_over_buckets_and_tags() {
         let h = |n: u64| SeqHash.hash_one(n);
-        assert_eq!(h(12_345) & 0xFFFF, 12_345);
-        let tags: HashSet<u64> = (0..1000u64).map(|n| h(n) >> 57).collect();
-        assert!(tags.len() > 100, "{} distinct tags", tags.len());
+        let seqs = 1_000_000..1_004_096u64;
+        // hashbrown takes the bucket from the low bits and a tag from the top seven.
+        let buckets: HashSet<u64> = seqs.clone().map(|n| h(n) & 0xFFF).collect();
+        let tags: HashSet<u64> = seqs.map(|n| h(n) >> 57).collect();
+        assert!(buckets.len() > 2_000, "{} of 4096 buckets", buckets.len());
+        assert_eq!(tags.len(), 128);
     }
 
     fn loc(segment: u64, len: u32) -> Location {

@@ -18,6 +18,10 @@ use super::record::Record;
 use super::segment::{self, Scan};
 use super::{StoreError, StoredMessage};
 
+/// Most live copies recovery makes room for ahead (a 10 GB backlog of 1 KiB records, each
+/// stored with its signer's chain, is 3.8 million); the table grows past it as usual.
+const MAX_RESERVED: usize = 1 << 22;
+
 /// What the writer starts from.
 #[derive(Debug, Default)]
 pub(super) struct State {
@@ -114,9 +118,12 @@ pub(super) fn recover(disk: &dyn Disk, dir: &Path) -> Result<Recovered, StoreErr
         state.newest = Some(id);
         if i == 0 {
             // Room for as many live copies in each later segment as in the first (segments
-            // roll over at the same size): the index's table is sized once instead of
-            // doubling its way there, moving every entry each time.
-            state.index.reserve(state.index.live_count() * (count - 1));
+            // roll over at the same size), so the index's table is sized once instead of
+            // doubling its way there, moving every entry each time. An estimate: a low one
+            // costs the doublings, and a high one (the segment size lowered since, a head
+            // of small messages) is capped.
+            let expected = state.index.live_count().saturating_mul(count - 1);
+            state.index.reserve(expected.min(MAX_RESERVED));
         }
     }
     Ok(Recovered {
