@@ -164,7 +164,11 @@ impl Provenance {
         for line in text.lines().filter(|l| !l.trim().is_empty()) {
             match journal::parse(line) {
                 // Not journalled again: the file is rewritten from the result.
-                Some(journal::Entry::Message(id, rs)) => p.insert(id, rs),
+                Some(journal::Entry::Message(id, rs)) => {
+                    if !p.known.contains_key(&id) {
+                        p.insert(id, rs);
+                    }
+                }
                 Some(journal::Entry::Release(r)) => {
                     p.release(r);
                 }
@@ -222,11 +226,9 @@ impl Provenance {
         }
     }
 
-    /// Remembers a message not known yet, forgetting the oldest beyond capacity.
+    /// Remembers a message (the caller checked that it is not known yet), forgetting the
+    /// oldest beyond capacity.
     fn insert(&mut self, id: MessageId, restrictions: Vec<Restriction>) {
-        if self.known.contains_key(&id) {
-            return;
-        }
         self.known.insert(id, restrictions.into());
         self.order.push_back(id);
         while self.order.len() > self.capacity {

@@ -51,9 +51,6 @@ pub(super) struct PutBody {
 /// What decoding a `Put` keeps of its message bytes.
 #[derive(Debug, Clone, Copy)]
 pub(super) enum Payload<'a> {
-    /// A copy of them.
-    #[cfg_attr(not(test), allow(dead_code))]
-    Copy,
     /// A slice of `owner`, the bytes the body lies in (compaction reads a frame and writes its
     /// message again).
     Slice(&'a Bytes),
@@ -231,7 +228,8 @@ impl Record {
     /// A static reason when the kind is unknown or the body is malformed.
     #[cfg(test)]
     pub(super) fn decode(kind: u8, body: &[u8]) -> Result<Record, &'static str> {
-        Record::decode_in(kind, body, Payload::Copy)
+        let owner = Bytes::copy_from_slice(body);
+        Record::decode_in(kind, &owner, Payload::Slice(&owner))
     }
 
     /// As [`Record::decode`], keeping of a `Put`'s message bytes what `payload` says.
@@ -275,7 +273,6 @@ impl Record {
                     bytes: {
                         let rest = r.rest();
                         match payload {
-                            Payload::Copy => Bytes::copy_from_slice(rest),
                             Payload::Slice(owner) => owner.slice_ref(rest),
                             Payload::Skip => Bytes::new(),
                         }
