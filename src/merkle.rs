@@ -22,11 +22,13 @@ pub fn leaf_hash(data: &[u8]) -> Hash {
 
 /// The hash of an interior node.
 pub fn node_hash(left: &Hash, right: &Hash) -> Hash {
-    let mut ctx = Context::new(&SHA256);
-    ctx.update(&[0x01]);
-    ctx.update(left);
-    ctx.update(right);
-    finish(ctx)
+    // One contiguous input: the hash is taken in one call rather than three buffered ones.
+    let mut input = [0x01; 65];
+    input[1..33].copy_from_slice(left);
+    input[33..].copy_from_slice(right);
+    let mut out = [0; 32];
+    out.copy_from_slice(ring::digest::digest(&SHA256, &input).as_ref());
+    out
 }
 
 fn finish(ctx: Context) -> Hash {
@@ -76,6 +78,33 @@ fn build(leaves: &[Hash], proofs: &mut [Vec<Hash>]) -> Hash {
 /// A proof does not always pin the size (the left edge of a tree of 3 also fits a tree of 4):
 /// whoever signs a root must sign the size with it, as the `signature` module does.
 pub fn root_from_proof(leaf: &Hash, index: u64, size: u64, path: &[Hash]) -> Option<Hash> {
+    match walk_proof(leaf, index, size, path, |_| false)? {
+        Walk::Root(root) => Some(root),
+        Walk::Stopped => None,
+    }
+}
+
+/// How a walk up an inclusion proof ended (see [`walk_proof`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Walk {
+    /// At the root the proof leads to.
+    Root(Hash),
+    /// At a node the caller already knew.
+    Stopped,
+}
+
+/// Walks an inclusion proof up from `leaf` as [`root_from_proof`] does, handing each node it
+/// computes to `known` (the leaf's parent first, the root last) and stopping at the first one
+/// `known` says it has seen: a node already shown to be in a signed tree vouches for every leaf
+/// below it, so the rest of the path need not be hashed again. `None` if the proof cannot
+/// belong to such a tree (as far as the walk went).
+pub fn walk_proof(
+    leaf: &Hash,
+    index: u64,
+    size: u64,
+    path: &[Hash],
+    mut known: impl FnMut(&Hash) -> bool,
+) -> Option<Walk> {
     if index >= size {
         return None;
     }
@@ -96,8 +125,11 @@ pub fn root_from_proof(leaf: &Hash, index: u64, size: u64, path: &[Hash]) -> Opt
         }
         fn_ >>= 1;
         sn >>= 1;
+        if known(&r) {
+            return Some(Walk::Stopped);
+        }
     }
-    (sn == 0).then_some(r)
+    (sn == 0).then_some(Walk::Root(r))
 }
 
 /// The compact state of a growing tree: the roots of its maximal perfect subtrees, left to

@@ -12,7 +12,7 @@
 //! signature per batch and a node that keeps a [`VerifiedRoots`] cache one verification per
 //! batch: the rest is a few SHA-256 hashes per envelope.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Mutex;
 
 use bytes::Bytes;
@@ -147,38 +147,127 @@ impl Signer {
     }
 }
 
-/// Batch roots whose signature has been verified, so later envelopes of the same batch cost a
-/// few hashes instead of a signature verification. Bounded: past [`VerifiedRoots::CAPACITY`]
-/// the oldest entry is forgotten (which only costs a re-verification).
-#[derive(Default)]
+/// Batches whose signature has been verified, each with the tree nodes its envelopes' proofs
+/// were shown to lead through, so a later envelope of the same batch costs its leaf hash and the
+/// few hashes up to the first node already known, instead of a signature verification and its
+/// whole path. Bounded: past [`VerifiedRoots::CAPACITY`] batches or [`VerifiedRoots::MAX_NODES`]
+/// nodes the oldest batches are forgotten (which only costs a re-verification).
 pub(crate) struct VerifiedRoots {
-    inner: Mutex<(HashSet<RootKey>, VecDeque<RootKey>)>,
+    inner: Mutex<Verified>,
 }
 
-/// Signer certificate, signature, tree size and root: a cached entry only matches the very
-/// signature that was verified over that root.
-type RootKey = ([u8; 32], [u8; 64], u64, Hash);
+impl Default for VerifiedRoots {
+    fn default() -> VerifiedRoots {
+        VerifiedRoots::bounded(VerifiedRoots::CAPACITY, VerifiedRoots::MAX_NODES)
+    }
+}
+
+struct Verified {
+    capacity: usize,
+    max_nodes: usize,
+    batches: HashMap<BatchKey, Batch>,
+    /// Oldest first.
+    order: VecDeque<BatchKey>,
+    /// Nodes held by all batches.
+    nodes: usize,
+}
+
+/// Signer certificate and signature: a batch's nodes only vouch for envelopes that carry the
+/// very signature that was verified over its root.
+type BatchKey = ([u8; 32], [u8; 64]);
+
+/// A verified batch: the signed tree size and every interior node known to lie on a path to the
+/// signed root (the root included). Leaves are not kept: an envelope's own proof must always
+/// lead from its leaf to a known node, so a proof that belongs to another envelope fails.
+struct Batch {
+    size: u64,
+    nodes: HashSet<Hash>,
+}
 
 impl VerifiedRoots {
     pub const CAPACITY: usize = 4096;
+    /// 32 bytes each, plus the table's own: about 3 MiB at most.
+    pub const MAX_NODES: usize = 1 << 16;
 
-    fn contains(&self, key: &RootKey) -> bool {
-        self.inner
-            .lock()
-            .expect("verified roots lock")
-            .0
-            .contains(key)
+    fn bounded(capacity: usize, max_nodes: usize) -> VerifiedRoots {
+        VerifiedRoots {
+            inner: Mutex::new(Verified {
+                capacity,
+                max_nodes,
+                batches: HashMap::new(),
+                order: VecDeque::new(),
+                nodes: 0,
+            }),
+        }
     }
 
-    fn insert(&self, key: RootKey) {
-        let mut guard = self.inner.lock().expect("verified roots lock");
-        let (set, order) = &mut *guard;
-        if set.insert(key) {
-            order.push_back(key);
-            if order.len() > Self::CAPACITY
-                && let Some(old) = order.pop_front()
-            {
-                set.remove(&old);
+    fn lock(&self) -> std::sync::MutexGuard<'_, Verified> {
+        self.inner.lock().expect("verified roots lock")
+    }
+}
+
+impl Verified {
+    /// Whether `leaf`'s proof leads to a node of the verified batch `key` of `size` leaves,
+    /// remembering the nodes it passed on the way. `None` if the batch is not known.
+    fn vouches(
+        &mut self,
+        key: &BatchKey,
+        size: u64,
+        leaf: &Hash,
+        index: u64,
+        path: &[Hash],
+    ) -> Option<Result<(), SignatureError>> {
+        let batch = self.batches.get_mut(key).filter(|b| b.size == size)?;
+        let mut passed = Vec::new();
+        let walked = merkle::walk_proof(leaf, index, size, path, |node| {
+            let known = batch.nodes.contains(node);
+            if !known {
+                passed.push(*node);
+            }
+            known
+        });
+        match walked {
+            Some(merkle::Walk::Stopped) => {
+                self.add(key, passed);
+                Some(Ok(()))
+            }
+            None => Some(Err(SignatureError::BadProof)),
+            // Another root under a signature verified over a different one: only a full
+            // verification can say (and it fails unless the signature is forged).
+            Some(merkle::Walk::Root(_)) => None,
+        }
+    }
+
+    /// Adds `nodes` to the batch `key` (a new one of `size` leaves if unknown), forgetting the
+    /// oldest other batches while over the bounds. Nodes that do not fit are not kept.
+    fn add(&mut self, key: &BatchKey, nodes: Vec<Hash>) {
+        self.add_sized(key, 0, nodes);
+    }
+
+    fn add_sized(&mut self, key: &BatchKey, size: u64, nodes: Vec<Hash>) {
+        if !self.batches.contains_key(key) {
+            self.batches.insert(
+                *key,
+                Batch {
+                    size,
+                    nodes: HashSet::new(),
+                },
+            );
+            self.order.push_back(*key);
+        }
+        while (self.nodes + nodes.len() > self.max_nodes || self.order.len() > self.capacity)
+            && self.order.front().is_some_and(|k| k != key)
+        {
+            let old = self.order.pop_front().expect("checked");
+            if let Some(b) = self.batches.remove(&old) {
+                self.nodes -= b.nodes.len();
+            }
+        }
+        let room = self.max_nodes.saturating_sub(self.nodes);
+        let batch = self.batches.get_mut(key).expect("inserted above");
+        for n in nodes.into_iter().take(room) {
+            if batch.nodes.insert(n) {
+                self.nodes += 1;
             }
         }
     }
@@ -186,7 +275,8 @@ impl VerifiedRoots {
 
 /// Verifies that `sig` is a signature over `envelope` (alone, or as a member of a signed batch)
 /// by the holder of the certificate with the given SHA-256 and Ed25519 public key. With `cache`,
-/// a batch root verified before is not verified again.
+/// a batch verified before is not verified again: the envelope's proof need only lead to a node
+/// of it already known.
 pub(crate) fn verify(
     envelope: &[u8],
     sig: Option<&pb::Signature>,
@@ -210,26 +300,37 @@ pub(crate) fn verify(
     let Some(batch) = &sig.batch else {
         return check(&signed_bytes(envelope));
     };
+    let mut proof = [[0u8; 32]; MAX_PROOF_LEN];
     if batch.path.len() > MAX_PROOF_LEN {
         return Err(SignatureError::BadProof);
     }
-    let path = batch
-        .path
-        .iter()
-        .map(|h| Hash::try_from(h.as_ref()).map_err(|_| SignatureError::BadProof))
-        .collect::<Result<Vec<Hash>, _>>()?;
-    let leaf = merkle::leaf_hash(envelope);
-    let root = merkle::root_from_proof(&leaf, batch.leaf_index, batch.tree_size, &path)
-        .ok_or(SignatureError::BadProof)?;
+    for (slot, h) in proof.iter_mut().zip(&batch.path) {
+        *slot = Hash::try_from(h.as_ref()).map_err(|_| SignatureError::BadProof)?;
+    }
+    let path = &proof[..batch.path.len()];
     let sig_bytes =
         <[u8; 64]>::try_from(sig.signature.as_ref()).map_err(|_| SignatureError::Mismatch)?;
-    let key_id = (*cert_sha256, sig_bytes, batch.tree_size, root);
-    if cache.is_some_and(|c| c.contains(&key_id)) {
-        return Ok(());
+    let batch_key = (*cert_sha256, sig_bytes);
+    let leaf = merkle::leaf_hash(envelope);
+    if let Some(c) = cache
+        && let Some(answer) =
+            c.lock()
+                .vouches(&batch_key, batch.tree_size, &leaf, batch.leaf_index, path)
+    {
+        return answer;
     }
+    // Not known: the whole path, then the signature over the root it leads to.
+    let mut passed = Vec::with_capacity(path.len());
+    let walked = merkle::walk_proof(&leaf, batch.leaf_index, batch.tree_size, path, |node| {
+        passed.push(*node);
+        false
+    });
+    let Some(merkle::Walk::Root(root)) = walked else {
+        return Err(SignatureError::BadProof);
+    };
     check(&signed_root(batch.tree_size, &root))?;
     if let Some(c) = cache {
-        c.insert(key_id);
+        c.lock().add_sized(&batch_key, batch.tree_size, passed);
     }
     Ok(())
 }
@@ -262,6 +363,104 @@ mod tests {
             Err(SignatureError::WrongSigner)
         );
         assert_eq!(v(b"envelope", None, [9; 32]), Err(SignatureError::Missing));
+    }
+
+    #[test]
+    fn a_known_batch_vouches_only_for_its_own_signature_and_tree() {
+        let s = signer();
+        let pk = s.public_key().to_vec();
+        let batch = |tag: u8| -> (Vec<Vec<u8>>, Vec<pb::Signature>) {
+            let envs: Vec<Vec<u8>> = (0..9u8).map(|i| vec![tag, i, 7]).collect();
+            let refs: Vec<&[u8]> = envs.iter().map(Vec::as_slice).collect();
+            let sigs = s.sign_batch(&refs);
+            (envs, sigs)
+        };
+        let (a, a_sigs) = batch(1);
+        let (b, b_sigs) = batch(2);
+        let cache = VerifiedRoots::default();
+        let v = |env: &[u8], sig: &pb::Signature| {
+            verify(env, Some(sig), &[9; 32], Some(&pk), Some(&cache))
+        };
+        // Every envelope of A, in an order that meets known nodes at every level.
+        for i in [4, 0, 8, 1, 2, 3, 5, 7, 6] {
+            assert_eq!(v(&a[i], &a_sigs[i]), Ok(()), "envelope {i}");
+        }
+        assert_eq!(v(&a[3], &a_sigs[3]), Ok(()), "again");
+        // A's envelopes under B's signature, or with B's proofs, are not vouched for.
+        let mut swapped = b_sigs[0].clone();
+        swapped.batch = a_sigs[0].batch.clone();
+        assert_eq!(v(&a[0], &swapped), Err(SignatureError::Mismatch));
+        assert!(v(&b[1], &a_sigs[1]).is_err());
+        // A stranger's envelope with A's signature and a proof that ends in a known node of A
+        // but starts from its own leaf: the walk meets no known node, and the root it reaches
+        // is not the signed one.
+        assert!(v(b"stranger", &a_sigs[2]).is_err());
+        // The signed size is part of the batch: the same proof under another size is not vouched.
+        let mut resized = a_sigs[0].clone();
+        resized.batch.as_mut().unwrap().tree_size = 10;
+        assert!(v(&a[0], &resized).is_err());
+        // A malformed proof is refused even for a known batch.
+        let mut cut = a_sigs[5].clone();
+        cut.batch.as_mut().unwrap().leaf_index = 9;
+        assert_eq!(v(&a[5], &cut), Err(SignatureError::BadProof));
+        // B verifies as itself.
+        for (env, sig) in b.iter().zip(&b_sigs) {
+            assert_eq!(v(env, sig), Ok(()));
+        }
+    }
+
+    #[test]
+    fn the_cache_of_verified_batches_stays_within_its_bounds() {
+        let s = signer();
+        let pk = s.public_key().to_vec();
+        let (capacity, max_nodes) = (64, 200);
+        let cache = VerifiedRoots::bounded(capacity, max_nodes);
+        let v = |env: &[u8], sig: &pb::Signature| {
+            verify(env, Some(sig), &[9; 32], Some(&pk), Some(&cache))
+        };
+        let batch = |n: u32, size: u32| -> (Vec<[u8; 8]>, Vec<pb::Signature>) {
+            let envs: Vec<[u8; 8]> = (0..size)
+                .map(|i| (u64::from(n) << 32 | u64::from(i)).to_be_bytes())
+                .collect();
+            let refs: Vec<&[u8]> = envs.iter().map(|e| e.as_slice()).collect();
+            let sigs = s.sign_batch(&refs);
+            (envs, sigs)
+        };
+        let held = |c: &VerifiedRoots| {
+            let v = c.lock();
+            let sum: usize = v.batches.values().map(|b| b.nodes.len()).sum();
+            assert_eq!(sum, v.nodes);
+            assert_eq!(v.order.len(), v.batches.len());
+            (v.batches.len(), v.nodes)
+        };
+        // More batches than it keeps: the oldest go.
+        for n in 0..capacity as u32 + 10 {
+            let (envs, sigs) = batch(n, 2);
+            for (env, sig) in envs.iter().zip(&sigs) {
+                assert_eq!(v(env, sig), Ok(()));
+            }
+        }
+        // The root is each batch's one interior node.
+        assert_eq!(held(&cache), (capacity, capacity));
+        // Batches of 8 (7 interior nodes each): bounded by nodes before batches.
+        for n in 1000..1040 {
+            let (envs, sigs) = batch(n, 8);
+            for (env, sig) in envs.iter().zip(&sigs) {
+                assert_eq!(v(env, sig), Ok(()));
+            }
+        }
+        let (batches, nodes) = held(&cache);
+        assert!(nodes <= max_nodes && nodes > max_nodes - 7, "{nodes} nodes");
+        assert!(batches < capacity, "{batches} batches");
+        // One batch larger than the node bound keeps what fits and still verifies.
+        let (envs, sigs) = batch(2000, 300);
+        for (env, sig) in envs.iter().zip(&sigs) {
+            assert_eq!(v(env, sig), Ok(()));
+        }
+        assert_eq!(held(&cache), (1, max_nodes));
+        // And what it no longer holds is verified again, not refused.
+        let (envs, sigs) = batch(3, 2);
+        assert_eq!(v(&envs[1], &sigs[1]), Ok(()));
     }
 
     #[test]
