@@ -135,7 +135,7 @@ pub struct Message {
     /// The SHA-256 of `envelope`, computed when first asked for (the delivery log).
     pub(crate) sha256: std::sync::OnceLock<[u8; 32]>,
     /// The message's part of a delivery-log record, written once (see `node::events`).
-    pub(crate) audit: std::sync::OnceLock<Box<[u8]>>,
+    pub(crate) audit: std::sync::OnceLock<std::sync::Arc<[u8]>>,
 }
 
 impl Message {

@@ -20,14 +20,13 @@ use std::time::{Instant, SystemTime};
 
 use tokio::sync::{Notify, broadcast, oneshot};
 
-use super::events::Event;
+use super::events::{About, Event};
 use crate::audit::{
     self, BASE, Base, CHECKPOINTS, CheckpointEntry, KEYS, KeyEntry, Record, WITNESSED, Witnessed,
     hex, leaf, records_file, unhex32,
 };
 use crate::config::DeliveryLog;
 use crate::merkle::{self, Frontier, Hash};
-use crate::message::Message;
 use crate::note::Checkpoint;
 
 /// Records the writer may fall behind before the node waits for it.
@@ -45,7 +44,7 @@ enum Cmd {
     Write {
         at: SystemTime,
         event: Event,
-        message: Option<Arc<Message>>,
+        about: Option<About>,
     },
     Head(oneshot::Sender<io::Result<Frontier>>),
     Checkpoint(CheckpointEntry, Frontier, oneshot::Sender<io::Result<()>>),
@@ -132,11 +131,11 @@ impl Log {
     }
 
     /// Hands an event to the writer (waits if it is `CHANNEL` records behind; never drops one).
-    pub fn write(&self, event: Event, message: Option<Arc<Message>>) {
+    pub fn write(&self, event: Event, about: Option<About>) {
         let _ = self.tx.send(Cmd::Write {
             at: SystemTime::now(),
             event,
-            message,
+            about,
         });
     }
 
@@ -605,7 +604,7 @@ impl Writer {
     #[allow(clippy::type_complexity)]
     fn handle(&mut self, c: Cmd, replies: &mut Vec<Box<dyn FnOnce(&mut Writer) + Send>>) {
         match c {
-            Cmd::Write { at, event, message } => self.append(at, &event, message.as_deref()),
+            Cmd::Write { at, event, about } => self.append(at, &event, about.as_ref()),
             Cmd::Head(tx) => replies.push(Box::new(move |w: &mut Writer| {
                 let _ = tx.send(w.sync().map(|()| w.frontier.clone()));
             })),
@@ -683,17 +682,16 @@ impl Writer {
     }
 
     /// Seals the record of an event (its position and its predecessor's hash) into the batch.
-    fn append(&mut self, at: SystemTime, event: &Event, message: Option<&Message>) {
-        let prev = self.prev.map(|p| hex(&p)).unwrap_or_default();
+    fn append(&mut self, at: SystemTime, event: &Event, about: Option<&About>) {
         let place = super::events::Place {
             node: &self.node,
             me: &self.me,
             seq: self.frontier.size(),
-            prev: &prev,
+            prev: self.prev.as_ref(),
         };
         // Written straight into the batch: the line's bytes are hashed where they lie.
         let start = self.buf.len();
-        super::events::write_record(&mut self.buf, &place, at, event, message);
+        super::events::write_record(&mut self.buf, &place, at, event, about);
         let line = &self.buf[start..];
         let h = leaf(line);
         self.frontier.push(h);

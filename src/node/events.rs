@@ -16,6 +16,7 @@ use tokio::sync::broadcast;
 
 use super::audit::Log;
 use crate::audit::{self, hex};
+use crate::merkle::Hash;
 use crate::message::Message;
 
 use crate::message::{MessageId, Precedence};
@@ -317,6 +318,37 @@ impl std::fmt::Debug for Events {
 }
 
 impl Event {
+    /// The message the event names, if any.
+    fn message_id(&self) -> Option<MessageId> {
+        match self {
+            Event::Accepted { id, .. }
+            | Event::Duplicate { id, .. }
+            | Event::Forwarded { id, .. }
+            | Event::ForwardRefused { id, .. }
+            | Event::Dispatched { id, .. }
+            | Event::Returned { id, .. }
+            | Event::Deferred { id, .. }
+            | Event::Retrying { id, .. }
+            | Event::Delivered { id, .. }
+            | Event::Acknowledged { id, .. }
+            | Event::DeadLettered { id, .. }
+            | Event::Redriven { id, .. }
+            | Event::Expired { id, .. } => Some(*id),
+            Event::Refused { id, .. } | Event::Purged { id, .. } => *id,
+            Event::Connected { .. }
+            | Event::ConnectionRefused { .. }
+            | Event::Disconnected { .. }
+            | Event::Reloaded { .. }
+            | Event::ReloadRefused { .. }
+            | Event::Link { .. }
+            | Event::Checkpoint { .. }
+            | Event::Witnessed { .. }
+            | Event::WitnessRefused { .. }
+            | Event::LogPruned { .. }
+            | Event::LogRead { .. } => None,
+        }
+    }
+
     fn cut_reasons(&mut self) {
         let reason = match self {
             Event::ConnectionRefused { reason, .. }
@@ -516,7 +548,8 @@ impl Events {
                     let _ = self.tx.send(e.clone());
                 }
                 if !matches!(e, Event::Dispatched { .. } | Event::Checkpoint { .. }) {
-                    log.write(e, message.cloned());
+                    let about = message.map(|m| About::of(&e, m));
+                    log.write(e, about);
                 }
             }
             None => {
@@ -536,8 +569,8 @@ struct Addressees<'a>(&'a [crate::message::Addressee]);
 /// event and the message (written straight into the writer's batch by [`Out::write`]).
 struct Out<'a> {
     seq: u64,
-    prev: &'a str,
-    time: &'a str,
+    prev: Option<&'a Hash>,
+    at: SystemTime,
     node: &'a str,
     event: &'a str,
     actor: &'a str,
@@ -560,14 +593,36 @@ struct Out<'a> {
     detail: Option<std::borrow::Cow<'a, str>>,
 }
 
+/// The message a record is about, as the log's writer gets it: the message itself until its
+/// part of the record (see [`Message`]'s `audit`) has been written once, then only that part, so
+/// the writer neither holds the message nor frees it.
+pub(crate) enum About {
+    Message(Arc<Message>),
+    Known { id: MessageId, meta: Arc<[u8]> },
+}
+
+impl About {
+    /// What an event of message `m` is about: the part already written when the event is about
+    /// `m` itself (it may name another message, as a receipt's event names the receipt).
+    fn of(e: &Event, m: &Arc<Message>) -> About {
+        match m.audit.get() {
+            Some(meta) if e.message_id() == Some(m.id) => About::Known {
+                id: m.id,
+                meta: meta.clone(),
+            },
+            _ => About::Message(m.clone()),
+        }
+    }
+}
+
 /// Where a record goes and what it continues.
 pub(crate) struct Place<'a> {
     /// This node's name, and its identity (`<agency>/node/<name>`).
     pub node: &'a str,
     pub me: &'a str,
-    /// The record's position, and the previous record's leaf hash, hex ("" for the first).
+    /// The record's position, and the previous record's leaf hash (`None` for the first).
     pub seq: u64,
-    pub prev: &'a str,
+    pub prev: Option<&'a Hash>,
 }
 
 /// Writes the delivery-log record of an event (an [`audit::Record`] line, without its newline) to
@@ -577,14 +632,18 @@ pub(crate) fn write_record(
     place: &Place<'_>,
     at: SystemTime,
     e: &Event,
-    m: Option<&Message>,
+    about: Option<&About>,
 ) {
     use std::borrow::Cow;
-    let time = record_time(at);
+    let (m, known) = match about {
+        Some(About::Message(m)) => (Some(&**m), None),
+        Some(About::Known { id, meta }) => (None, Some((*id, &**meta))),
+        None => (None, None),
+    };
     let mut r = Out {
         seq: place.seq,
         prev: place.prev,
-        time: &time,
+        at,
         node: place.node,
         event: "",
         actor: place.me,
@@ -812,7 +871,7 @@ pub(crate) fn write_record(
     }
     r.event = event;
     r.actor = actor;
-    let message_id = message_id.or(m.map(|m| m.id));
+    let message_id = message_id.or(m.map(|m| m.id)).or(known.map(|(id, _)| id));
     r.id = message_id.as_ref().map(|i| Shown(i));
     // The message's part is written once per message and kept with it (see `meta` below).
     // Only when that part is to be written.
@@ -825,13 +884,16 @@ pub(crate) fn write_record(
             .or(m.in_reply_to)
             .map(|id| id.to_string())
     });
-    let meta = m.filter(|m| message_id == Some(m.id)).map(|m| {
-        &**m.audit.get_or_init(|| {
-            let mut b = Vec::new();
-            r.write_meta(&mut b);
-            b.into_boxed_slice()
-        })
-    });
+    let meta = match known {
+        Some((id, meta)) if message_id == Some(id) => Some(meta),
+        _ => m.filter(|m| message_id == Some(m.id)).map(|m| {
+            &**m.audit.get_or_init(|| {
+                let mut b = Vec::new();
+                r.write_meta(&mut b);
+                b.into()
+            })
+        }),
+    };
     r.write(buf, meta);
 }
 
@@ -890,11 +952,15 @@ impl Out<'_> {
     /// `refers_to`) as [`Out::write_meta`] wrote it before, if the message has one.
     fn write(&self, buf: &mut Vec<u8>, meta: Option<&[u8]>) {
         use std::io::Write as _;
-        let _ = write!(buf, "{{\"seq\":{}", self.seq);
-        buf.extend_from_slice(b",\"prev\":");
-        plain(buf, self.prev);
-        buf.extend_from_slice(b",\"time\":");
-        plain(buf, self.time);
+        buf.extend_from_slice(b"{\"seq\":");
+        decimal(buf, self.seq);
+        buf.extend_from_slice(b",\"prev\":\"");
+        if let Some(p) = self.prev {
+            hex_into(buf, p);
+        }
+        buf.extend_from_slice(b"\",\"time\":\"");
+        record_time(buf, self.at);
+        buf.push(b'"');
         buf.extend_from_slice(b",\"node\":");
         plain(buf, self.node);
         buf.extend_from_slice(b",\"event\":");
@@ -953,11 +1019,10 @@ impl Out<'_> {
     }
 }
 
-/// When a record was written: RFC 3339 to the microsecond, the date and time of day
+/// When a record was written, into `buf`: RFC 3339 to the microsecond, the date and time of day
 /// formatted once a second (the writer's thread keeps the last one).
-fn record_time(at: SystemTime) -> String {
+fn record_time(buf: &mut Vec<u8>, at: SystemTime) {
     use std::cell::RefCell;
-    use std::fmt::Write as _;
     thread_local! {
         static SECOND: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
     }
@@ -969,11 +1034,41 @@ fn record_time(at: SystemTime) -> String {
             // "YYYY-MM-DDTHH:MM:SS." and the rest.
             *c = (d.as_secs(), full[..20].to_owned());
         }
-        let mut s = String::with_capacity(27);
-        s.push_str(&c.1);
-        let _ = write!(s, "{:06}Z", d.subsec_micros());
-        s
-    })
+        buf.extend_from_slice(c.1.as_bytes());
+    });
+    let micros = d.subsec_micros();
+    let mut digits = [b'0'; 6];
+    let mut rest = micros;
+    for slot in digits.iter_mut().rev() {
+        *slot = b'0' + (rest % 10) as u8;
+        rest /= 10;
+    }
+    buf.extend_from_slice(&digits);
+    buf.push(b'Z');
+}
+
+/// An unsigned number in decimal, into `buf`.
+fn decimal(buf: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    buf.extend_from_slice(&digits[at..]);
+}
+
+/// Bytes as lowercase hex, into `buf`.
+fn hex_into(buf: &mut Vec<u8>, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for b in bytes {
+        buf.push(DIGITS[(b >> 4) as usize]);
+        buf.push(DIGITS[(b & 15) as usize]);
+    }
 }
 
 #[cfg(test)]
@@ -1027,20 +1122,39 @@ mod tests {
                 reason: "did not acknowledge in time".into(),
             },
         ];
+        let m = Arc::new(m);
+        let prev = [0xa5; 32];
         for (i, e) in events.iter().enumerate() {
-            for with in [None, Some(&m)] {
+            for with in [None, Some(About::Message(m.clone()))] {
                 let place = Place {
                     node: "dea-1",
                     me: "dea/node/dea-1",
                     seq: i as u64,
-                    prev: "00ff",
+                    prev: (i > 0).then_some(&prev),
                 };
                 let mut fast = Vec::new();
-                write_record(&mut fast, &place, at, e, with);
+                write_record(&mut fast, &place, at, e, with.as_ref());
+                // Once the message's part was written, the writer gets only that part (for
+                // events about the message itself), and writes the same bytes.
+                if with.is_some() {
+                    let known = About::of(e, &m);
+                    assert_eq!(
+                        matches!(known, About::Known { .. }),
+                        e.message_id() == Some(m.id),
+                        "event {i}"
+                    );
+                    let mut again = Vec::new();
+                    write_record(&mut again, &place, at, e, Some(&known));
+                    assert_eq!(
+                        String::from_utf8_lossy(&again),
+                        String::from_utf8_lossy(&fast),
+                        "event {i}"
+                    );
+                }
                 // The same record through serde.
                 let mut slow = Vec::new();
                 let mut probe = Vec::new();
-                write_record(&mut probe, &place, at, e, with);
+                write_record(&mut probe, &place, at, e, with.as_ref());
                 let parsed: crate::audit::Record = serde_json::from_slice(&probe).unwrap();
                 serde_json::to_writer(&mut slow, &parsed).unwrap();
                 assert_eq!(
@@ -1049,6 +1163,9 @@ mod tests {
                     "event {i}"
                 );
                 assert_eq!(parsed.seq, i as u64);
+                let prev_hex = if i > 0 { hex(&prev) } else { String::new() };
+                assert_eq!(parsed.prev, prev_hex);
+                assert_eq!(parsed.time, audit::timestamp(at));
                 if with.is_some() {
                     assert_eq!(parsed.addressees, vec!["pgr", "afi/analysts"]);
                     assert_eq!(parsed.sha256.as_ref().map(String::len), Some(64));
