@@ -144,7 +144,8 @@ fn route(addressees: &[crate::message::Addressee], from_peer: Option<&[String]>,
 
 /// Batch signatures: an arbitrary signature (decoded from `data`) over arbitrary bytes is
 /// checked; and a batch signed over the chunks of `data` verifies for each member with its own
-/// proof, and not with another member's (unless the two are the same bytes).
+/// proof, and not with another member's (unless the two are the same bytes), whether or not the
+/// batch's nodes are already known.
 pub fn batch_proof(data: &[u8]) {
     let f = fixture();
     let (head, rest) = data.split_at(data.len().min(2));
@@ -167,6 +168,15 @@ pub fn batch_proof(data: &[u8]) {
         if members[j] != *m {
             assert!(verify(m, Some(&sigs[j]), &[1; 32], key, None).is_err());
         }
+    }
+    // With every node of the batch known, a member still needs its own proof: another
+    // member's, or its own with another index, leads through no known node.
+    for (i, m) in members.iter().enumerate() {
+        let j = (i + 1) % members.len();
+        if members[j] != *m {
+            assert!(verify(m, Some(&sigs[j]), &[1; 32], key, Some(&cache)).is_err());
+        }
+        assert!(verify(m, Some(&sigs[i]), &[1; 32], key, Some(&cache)).is_ok());
     }
 }
 

@@ -78,7 +78,7 @@ fn build(leaves: &[Hash], proofs: &mut [Vec<Hash>]) -> Hash {
 /// A proof does not always pin the size (the left edge of a tree of 3 also fits a tree of 4):
 /// whoever signs a root must sign the size with it, as the `signature` module does.
 pub fn root_from_proof(leaf: &Hash, index: u64, size: u64, path: &[Hash]) -> Option<Hash> {
-    match walk_proof(leaf, index, size, path, |_| false)? {
+    match walk_proof(leaf, index, size, path, |_, _| false)? {
         Walk::Root(root) => Some(root),
         Walk::Stopped => None,
     }
@@ -93,17 +93,22 @@ pub enum Walk {
     Stopped,
 }
 
+/// Where a node computed by [`walk_proof`] sits in its tree: the same for every leaf below it,
+/// and different for nodes at different places (an equal hash at another place, which equal
+/// leaves make possible, is another node).
+pub type Place = (u64, u64);
+
 /// Walks an inclusion proof up from `leaf` as [`root_from_proof`] does, handing each node it
-/// computes to `known` (the leaf's parent first, the root last) and stopping at the first one
-/// `known` says it has seen: a node already shown to be in a signed tree vouches for every leaf
-/// below it, so the rest of the path need not be hashed again. `None` if the proof cannot
-/// belong to such a tree (as far as the walk went).
+/// computes, with its [`Place`], to `known` (the leaf's parent first, the root last) and
+/// stopping at the first one `known` says it has seen there: a node already shown to be at that
+/// place in a signed tree vouches for every leaf below it, so the rest of the path need not be
+/// hashed again. `None` if the proof cannot belong to such a tree (as far as the walk went).
 pub fn walk_proof(
     leaf: &Hash,
     index: u64,
     size: u64,
     path: &[Hash],
-    mut known: impl FnMut(&Hash) -> bool,
+    mut known: impl FnMut(&Hash, Place) -> bool,
 ) -> Option<Walk> {
     if index >= size {
         return None;
@@ -125,7 +130,9 @@ pub fn walk_proof(
         }
         fn_ >>= 1;
         sn >>= 1;
-        if known(&r) {
+        // The node's index among those of its level, and that level's last index: `sn`
+        // shrinks with every level, so the pair names one node of the tree.
+        if known(&r, (fn_, sn)) {
             return Some(Walk::Stopped);
         }
     }
@@ -408,5 +415,31 @@ mod tests {
         }
         assert!(consistency_proof(0, 3, &mut |_, _| [0; 32]).is_none());
         assert!(consistency_proof(4, 3, &mut |_, _| [0; 32]).is_none());
+    }
+
+    /// Every leaf's walk reaches a node at the same place, and no two nodes share a place.
+    #[test]
+    fn a_node_has_one_place_whichever_leaf_walks_to_it() {
+        for n in 1..=40usize {
+            let l = leaves(n);
+            let (root, proofs) = tree(&l).unwrap();
+            let mut place_of: std::collections::HashMap<Hash, Place> = Default::default();
+            let mut node_at: std::collections::HashMap<Place, Hash> = Default::default();
+            for (i, p) in proofs.iter().enumerate() {
+                let walked = walk_proof(&l[i], i as u64, n as u64, p, |node, place| {
+                    assert_eq!(*place_of.entry(*node).or_insert(place), place, "size {n}");
+                    assert_eq!(*node_at.entry(place).or_insert(*node), *node, "size {n}");
+                    false
+                });
+                let expected = if n == 1 {
+                    Walk::Root(l[0])
+                } else {
+                    Walk::Root(root)
+                };
+                assert_eq!(walked, Some(expected), "size {n} leaf {i}");
+            }
+            // n leaves, n - 1 interior nodes.
+            assert_eq!(place_of.len(), n - 1, "size {n}");
+        }
     }
 }

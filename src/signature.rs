@@ -177,16 +177,18 @@ struct Verified {
 type BatchKey = ([u8; 32], [u8; 64]);
 
 /// A verified batch: the signed tree size and every interior node known to lie on a path to the
-/// signed root (the root included). Leaves are not kept: an envelope's own proof must always
-/// lead from its leaf to a known node, so a proof that belongs to another envelope fails.
+/// signed root (the root included), with its place in the tree. Leaves are not kept, and a node
+/// vouches only at its own place: an envelope's own proof must lead from its leaf to a known
+/// node, so the answer never depends on what the cache holds (a proof that belongs to another
+/// envelope fails with the cache as without it, even where equal envelopes make equal nodes).
 struct Batch {
     size: u64,
-    nodes: HashSet<Hash>,
+    nodes: HashSet<(Hash, merkle::Place)>,
 }
 
 impl VerifiedRoots {
     pub const CAPACITY: usize = 4096;
-    /// 32 bytes each, plus the table's own: about 3 MiB at most.
+    /// 48 bytes each, plus the table's own: about 4 MiB at most.
     pub const MAX_NODES: usize = 1 << 16;
 
     fn bounded(capacity: usize, max_nodes: usize) -> VerifiedRoots {
@@ -219,10 +221,10 @@ impl Verified {
     ) -> Option<Result<(), SignatureError>> {
         let batch = self.batches.get_mut(key).filter(|b| b.size == size)?;
         let mut passed = Vec::new();
-        let walked = merkle::walk_proof(leaf, index, size, path, |node| {
-            let known = batch.nodes.contains(node);
+        let walked = merkle::walk_proof(leaf, index, size, path, |node, place| {
+            let known = batch.nodes.contains(&(*node, place));
             if !known {
-                passed.push(*node);
+                passed.push((*node, place));
             }
             known
         });
@@ -240,11 +242,11 @@ impl Verified {
 
     /// Adds `nodes` to the batch `key` (a new one of `size` leaves if unknown), forgetting the
     /// oldest other batches while over the bounds. Nodes that do not fit are not kept.
-    fn add(&mut self, key: &BatchKey, nodes: Vec<Hash>) {
+    fn add(&mut self, key: &BatchKey, nodes: Vec<(Hash, merkle::Place)>) {
         self.add_sized(key, 0, nodes);
     }
 
-    fn add_sized(&mut self, key: &BatchKey, size: u64, nodes: Vec<Hash>) {
+    fn add_sized(&mut self, key: &BatchKey, size: u64, nodes: Vec<(Hash, merkle::Place)>) {
         if !self.batches.contains_key(key) {
             self.batches.insert(
                 *key,
@@ -321,10 +323,16 @@ pub(crate) fn verify(
     }
     // Not known: the whole path, then the signature over the root it leads to.
     let mut passed = Vec::with_capacity(path.len());
-    let walked = merkle::walk_proof(&leaf, batch.leaf_index, batch.tree_size, path, |node| {
-        passed.push(*node);
-        false
-    });
+    let walked = merkle::walk_proof(
+        &leaf,
+        batch.leaf_index,
+        batch.tree_size,
+        path,
+        |node, place| {
+            passed.push((*node, place));
+            false
+        },
+    );
     let Some(merkle::Walk::Root(root)) = walked else {
         return Err(SignatureError::BadProof);
     };
@@ -406,6 +414,28 @@ mod tests {
         // B verifies as itself.
         for (env, sig) in b.iter().zip(&b_sigs) {
             assert_eq!(v(env, sig), Ok(()));
+        }
+    }
+
+    /// Found by the `batch_proof` fuzz target: with equal envelopes in a batch, another
+    /// envelope's proof can lead from a leaf to a node equal to a known one, at another place.
+    #[test]
+    fn a_known_node_vouches_only_at_its_own_place() {
+        let s = signer();
+        let pk = s.public_key().to_vec();
+        let envs: [&[u8]; 6] = [b"e", b" ", b"x", b"e", b",", b" "];
+        let sigs = s.sign_batch(&envs);
+        let cache = VerifiedRoots::default();
+        for (env, sig) in envs.iter().zip(&sigs) {
+            assert_eq!(
+                verify(env, Some(sig), &[9; 32], Some(&pk), Some(&cache)),
+                Ok(())
+            );
+        }
+        // "e" (3) with the proof of "," (4), whose sibling is " " (5): the walk's first node
+        // equals the known node over "e" (0) and " " (1), at another place.
+        for cache in [Some(&cache), None] {
+            assert!(verify(envs[3], Some(&sigs[4]), &[9; 32], Some(&pk), cache).is_err());
         }
     }
 
