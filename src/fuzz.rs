@@ -145,7 +145,8 @@ fn route(addressees: &[crate::message::Addressee], from_peer: Option<&[String]>,
 /// Batch signatures: an arbitrary signature (decoded from `data`) over arbitrary bytes is
 /// checked; and a batch signed over the chunks of `data` verifies for each member with its own
 /// proof, and not with another member's (unless the two are the same bytes), whether or not the
-/// batch's nodes are already known.
+/// batch's nodes are already known, and a proof changed anywhere fails with the cache as
+/// without it.
 pub fn batch_proof(data: &[u8]) {
     let f = fixture();
     let (head, rest) = data.split_at(data.len().min(2));
@@ -169,14 +170,22 @@ pub fn batch_proof(data: &[u8]) {
             assert!(verify(m, Some(&sigs[j]), &[1; 32], key, None).is_err());
         }
     }
-    // With every node of the batch known, a member still needs its own proof: another
-    // member's, or its own with another index, leads through no known node.
+    // With every node of the batch known, a member still needs its own proof, whole: another
+    // member's, or its own with an entry changed, cut or added (picked by the input), gets the
+    // same answer as without the cache.
+    let pick = data.first().copied().unwrap_or(0) as usize;
     for (i, m) in members.iter().enumerate() {
         let j = (i + 1) % members.len();
         if members[j] != *m {
             assert!(verify(m, Some(&sigs[j]), &[1; 32], key, Some(&cache)).is_err());
         }
         assert!(verify(m, Some(&sigs[i]), &[1; 32], key, Some(&cache)).is_ok());
+        for tampered in crate::signature::tampered_proofs(&sigs[i], pick + i) {
+            let cached = verify(m, Some(&tampered), &[1; 32], key, Some(&cache));
+            let alone = verify(m, Some(&tampered), &[1; 32], key, None);
+            assert_eq!(cached, alone);
+            assert!(alone.is_err());
+        }
     }
 }
 

@@ -12,7 +12,7 @@
 //! signature per batch and a node that keeps a [`VerifiedRoots`] cache one verification per
 //! batch: the rest is a few SHA-256 hashes per envelope.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 
 use bytes::Bytes;
@@ -177,19 +177,48 @@ struct Verified {
 type BatchKey = ([u8; 32], [u8; 64]);
 
 /// A verified batch: the signed tree size and every interior node known to lie on a path to the
-/// signed root (the root included), with its place in the tree. Leaves are not kept, and a node
-/// vouches only at its own place: an envelope's own proof must lead from its leaf to a known
-/// node, so the answer never depends on what the cache holds (a proof that belongs to another
-/// envelope fails with the cache as without it, even where equal envelopes make equal nodes).
+/// signed root (the root included), by its hash and place in the tree, with the step above it.
+/// Leaves are not kept. A node vouches only at its own place, and only for the rest of a proof
+/// that is the batch's own: the cache can confirm what a full verification would accept, never
+/// more, so the answer never depends on what it holds (another envelope's proof, a proof with
+/// a wrong, missing or extra entry past a known node all fail with the cache as without it).
 struct Batch {
     size: u64,
-    nodes: HashSet<(Hash, merkle::Place)>,
+    nodes: HashMap<(Hash, merkle::Place), Up>,
+}
+
+/// The step above a known node: the sibling it is hashed with and the parent that makes, with
+/// the parent's place; `None` at the root.
+type Up = Option<(Hash, Hash, merkle::Place)>;
+
+/// Nodes walked, bottom up, each with the step above it.
+type Walked = Vec<((Hash, merkle::Place), Up)>;
+
+/// Links each node `passed` (bottom up, the walk's nodes in order, `passed[j]` made with
+/// `path[j]`) to the one above it: the next one passed, then `top` (a known node the walk
+/// stopped at; `None` when the last one passed is the root).
+fn linked(
+    path: &[Hash],
+    passed: &[(Hash, merkle::Place)],
+    top: Option<(Hash, merkle::Place)>,
+) -> Walked {
+    passed
+        .iter()
+        .enumerate()
+        .map(|(j, node)| {
+            let above = passed.get(j + 1).copied().or(top);
+            let up = above.map(|(parent, place)| (path[j + 1], parent, place));
+            (*node, up)
+        })
+        .collect()
 }
 
 impl VerifiedRoots {
     pub const CAPACITY: usize = 4096;
-    /// 48 bytes each, plus the table's own: about 4 MiB at most.
-    pub const MAX_NODES: usize = 1 << 16;
+    /// About 150 bytes each with the table's own: about 5 MiB at most.
+    pub const MAX_NODES: usize = 1 << 15;
+    /// Nodes one batch may hold, so that no signer's batch crowds out the others'.
+    pub const MAX_BATCH_NODES: usize = 1 << 10;
 
     fn bounded(capacity: usize, max_nodes: usize) -> VerifiedRoots {
         VerifiedRoots {
@@ -209,8 +238,9 @@ impl VerifiedRoots {
 }
 
 impl Verified {
-    /// Whether `leaf`'s proof leads to a node of the verified batch `key` of `size` leaves,
-    /// remembering the nodes it passed on the way. `None` if the batch is not known.
+    /// `Some(Ok)` if `leaf`'s proof leads to a node of the verified batch `key` of `size` leaves
+    /// and from there is the batch's own proof to its root (remembering the nodes it passed);
+    /// `Some(Err)` if the proof is malformed; `None` when only a full verification can say.
     fn vouches(
         &mut self,
         key: &BatchKey,
@@ -219,20 +249,40 @@ impl Verified {
         index: u64,
         path: &[Hash],
     ) -> Option<Result<(), SignatureError>> {
-        let batch = self.batches.get_mut(key).filter(|b| b.size == size)?;
+        let batch = self.batches.get(key).filter(|b| b.size == size)?;
         let mut passed = Vec::new();
+        let mut stop = None;
         let walked = merkle::walk_proof(leaf, index, size, path, |node, place| {
-            let known = batch.nodes.contains(&(*node, place));
-            if !known {
+            let known = batch.nodes.contains_key(&(*node, place));
+            if known {
+                stop = Some((*node, place));
+            } else {
                 passed.push((*node, place));
             }
             known
         });
         match walked {
             Some(merkle::Walk::Stopped) => {
-                self.add(key, passed);
+                let top = stop.expect("the walk stopped at a known node");
+                // The known node was made with the path's entry number `passed.len()`: the
+                // entries after it must be the batch's own steps, ending at its root.
+                let mut at = top;
+                for entry in &path[passed.len() + 1..] {
+                    match batch.nodes.get(&at) {
+                        Some(Some((sibling, parent, place))) if sibling == entry => {
+                            at = (*parent, *place);
+                        }
+                        _ => return None,
+                    }
+                }
+                if !matches!(batch.nodes.get(&at), Some(None)) {
+                    return None;
+                }
+                let nodes = linked(path, &passed, Some(top));
+                self.add(key, nodes);
                 Some(Ok(()))
             }
+            // The same prefix of the same proof: a full verification fails the same way.
             None => Some(Err(SignatureError::BadProof)),
             // Another root under a signature verified over a different one: only a full
             // verification can say (and it fails unless the signature is forged).
@@ -240,24 +290,30 @@ impl Verified {
         }
     }
 
-    /// Adds `nodes` to the batch `key` (a new one of `size` leaves if unknown), forgetting the
-    /// oldest other batches while over the bounds. Nodes that do not fit are not kept.
-    fn add(&mut self, key: &BatchKey, nodes: Vec<(Hash, merkle::Place)>) {
+    /// Adds `nodes` (bottom up) to the batch `key`, forgetting the oldest other batches while
+    /// over the bounds. Nodes that do not fit are not kept, the lowest first: a node helps only
+    /// below the nodes above it.
+    fn add(&mut self, key: &BatchKey, nodes: Walked) {
         self.add_sized(key, 0, nodes);
     }
 
-    fn add_sized(&mut self, key: &BatchKey, size: u64, nodes: Vec<(Hash, merkle::Place)>) {
+    /// As [`Verified::add`], making the batch (of `size` leaves) if it is not known.
+    fn add_sized(&mut self, key: &BatchKey, size: u64, nodes: Walked) {
         if !self.batches.contains_key(key) {
             self.batches.insert(
                 *key,
                 Batch {
                     size,
-                    nodes: HashSet::new(),
+                    nodes: HashMap::new(),
                 },
             );
             self.order.push_back(*key);
         }
-        while (self.nodes + nodes.len() > self.max_nodes || self.order.len() > self.capacity)
+        let held = self.batches[key].nodes.len();
+        let wanted = nodes
+            .len()
+            .min(VerifiedRoots::MAX_BATCH_NODES.saturating_sub(held));
+        while (self.nodes + wanted > self.max_nodes || self.order.len() > self.capacity)
             && self.order.front().is_some_and(|k| k != key)
         {
             let old = self.order.pop_front().expect("checked");
@@ -265,10 +321,10 @@ impl Verified {
                 self.nodes -= b.nodes.len();
             }
         }
-        let room = self.max_nodes.saturating_sub(self.nodes);
+        let room = wanted.min(self.max_nodes.saturating_sub(self.nodes));
         let batch = self.batches.get_mut(key).expect("inserted above");
-        for n in nodes.into_iter().take(room) {
-            if batch.nodes.insert(n) {
+        for (node, up) in nodes.into_iter().rev().take(room) {
+            if batch.nodes.insert(node, up).is_none() {
                 self.nodes += 1;
             }
         }
@@ -277,8 +333,8 @@ impl Verified {
 
 /// Verifies that `sig` is a signature over `envelope` (alone, or as a member of a signed batch)
 /// by the holder of the certificate with the given SHA-256 and Ed25519 public key. With `cache`,
-/// a batch verified before is not verified again: the envelope's proof need only lead to a node
-/// of it already known.
+/// a batch verified before is not verified again: the envelope's proof is hashed up to the first
+/// node of it already known, and its remaining entries compared with that node's known steps.
 pub(crate) fn verify(
     envelope: &[u8],
     sig: Option<&pb::Signature>,
@@ -321,7 +377,8 @@ pub(crate) fn verify(
     {
         return answer;
     }
-    // Not known: the whole path, then the signature over the root it leads to.
+    // Not known, or not confirmed: the whole path, then the signature over the root it leads
+    // to.
     let mut passed = Vec::with_capacity(path.len());
     let walked = merkle::walk_proof(
         &leaf,
@@ -338,9 +395,38 @@ pub(crate) fn verify(
     };
     check(&signed_root(batch.tree_size, &root))?;
     if let Some(c) = cache {
-        c.lock().add_sized(&batch_key, batch.tree_size, passed);
+        c.lock()
+            .add_sized(&batch_key, batch.tree_size, linked(path, &passed, None));
     }
     Ok(())
+}
+
+/// `sig` with its batch proof spoiled three ways (for tests and the fuzz targets): entry `n`
+/// (modulo the path's length) changed, the last entry cut, an entry added at the end.
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) fn tampered_proofs(sig: &pb::Signature, n: usize) -> Vec<pb::Signature> {
+    let Some(batch) = &sig.batch else {
+        return Vec::new();
+    };
+    let with_path = |path: Vec<Bytes>| {
+        let mut s = sig.clone();
+        s.batch.as_mut().expect("a batch").path = path;
+        s
+    };
+    let mut out = Vec::new();
+    if !batch.path.is_empty() {
+        let mut changed = batch.path.clone();
+        let k = n % changed.len();
+        let mut entry = changed[k].to_vec();
+        entry[n % 32] ^= 1;
+        changed[k] = entry.into();
+        out.push(with_path(changed));
+        out.push(with_path(batch.path[..batch.path.len() - 1].to_vec()));
+    }
+    let mut longer = batch.path.clone();
+    longer.push(Bytes::from_static(&[7; 32]));
+    out.push(with_path(longer));
+    out
 }
 
 #[cfg(test)]
@@ -436,6 +522,43 @@ mod tests {
         // equals the known node over "e" (0) and " " (1), at another place.
         for cache in [Some(&cache), None] {
             assert!(verify(envs[3], Some(&sigs[4]), &[9; 32], Some(&pk), cache).is_err());
+        }
+    }
+
+    /// Found in review: past the first known node, the rest of a proof must still be the
+    /// batch's own, or the answer would depend on the cache.
+    #[test]
+    fn past_a_known_node_the_rest_of_the_proof_must_still_hold() {
+        let s = signer();
+        let pk = s.public_key().to_vec();
+        let envs: Vec<Vec<u8>> = (0..13u8).map(|i| vec![i; 3]).collect();
+        let refs: Vec<&[u8]> = envs.iter().map(Vec::as_slice).collect();
+        let sigs = s.sign_batch(&refs);
+        let cache = VerifiedRoots::default();
+        for (env, sig) in envs.iter().zip(&sigs) {
+            assert_eq!(
+                verify(env, Some(sig), &[9; 32], Some(&pk), Some(&cache)),
+                Ok(())
+            );
+        }
+        for (i, (env, sig)) in envs.iter().zip(&sigs).enumerate() {
+            for n in 0..8 {
+                for t in tampered_proofs(sig, n) {
+                    let cached = verify(env, Some(&t), &[9; 32], Some(&pk), Some(&cache));
+                    let alone = verify(env, Some(&t), &[9; 32], Some(&pk), None);
+                    assert_eq!(cached, alone, "envelope {i}, tampering {n}");
+                    assert!(alone.is_err(), "envelope {i}, tampering {n}");
+                }
+            }
+            // Only the first entry, the one that makes a known node: the rest is missing.
+            let mut short = sig.clone();
+            short.batch.as_mut().unwrap().path.truncate(1);
+            assert!(verify(env, Some(&short), &[9; 32], Some(&pk), Some(&cache)).is_err());
+            // And the whole proof still verifies.
+            assert_eq!(
+                verify(env, Some(sig), &[9; 32], Some(&pk), Some(&cache)),
+                Ok(())
+            );
         }
     }
 
