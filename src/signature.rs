@@ -172,9 +172,9 @@ struct Verified {
     nodes: usize,
 }
 
-/// Signer certificate and signature: a batch's nodes only vouch for envelopes that carry the
-/// very signature that was verified over its root.
-type BatchKey = ([u8; 32], [u8; 64]);
+/// Signer certificate, signature and signed tree size: a batch's nodes only vouch for envelopes
+/// that carry the very signature that was verified over its root and size.
+type BatchKey = ([u8; 32], [u8; 64], u64);
 
 /// A verified batch: the signed tree size and every interior node known to lie on a path to the
 /// signed root (the root included), by its hash and place in the tree, with the step above it.
@@ -183,7 +183,6 @@ type BatchKey = ([u8; 32], [u8; 64]);
 /// more, so the answer never depends on what it holds (another envelope's proof, a proof with
 /// a wrong, missing or extra entry past a known node all fail with the cache as without it).
 struct Batch {
-    size: u64,
     nodes: HashMap<(Hash, merkle::Place), Up>,
 }
 
@@ -238,7 +237,7 @@ impl VerifiedRoots {
 }
 
 impl Verified {
-    /// `Some(Ok)` if `leaf`'s proof leads to a node of the verified batch `key` of `size` leaves
+    /// `Some(Ok)` if `leaf`'s proof leads to a node of the verified batch `key` (of `size` leaves)
     /// and from there is the batch's own proof to its root (remembering the nodes it passed);
     /// `Some(Err)` if the proof is malformed; `None` when only a full verification can say.
     fn vouches(
@@ -249,7 +248,7 @@ impl Verified {
         index: u64,
         path: &[Hash],
     ) -> Option<Result<(), SignatureError>> {
-        let batch = self.batches.get(key).filter(|b| b.size == size)?;
+        let batch = self.batches.get(key)?;
         let mut passed = Vec::new();
         let mut stop = None;
         let walked = merkle::walk_proof(leaf, index, size, path, |node, place| {
@@ -290,29 +289,26 @@ impl Verified {
         }
     }
 
-    /// Adds `nodes` (bottom up) to the batch `key`, forgetting the oldest other batches while
-    /// over the bounds. Nodes that do not fit are not kept, the lowest first: a node helps only
-    /// below the nodes above it.
+    /// Adds `nodes` (bottom up) to the batch `key` (made if it is not known), forgetting the
+    /// oldest other batches while over the bounds. Nodes that do not fit are not kept, the
+    /// lowest first: a node helps only below the nodes above it.
     fn add(&mut self, key: &BatchKey, nodes: Walked) {
-        self.add_sized(key, 0, nodes);
-    }
-
-    /// As [`Verified::add`], making the batch (of `size` leaves) if it is not known.
-    fn add_sized(&mut self, key: &BatchKey, size: u64, nodes: Walked) {
         if !self.batches.contains_key(key) {
             self.batches.insert(
                 *key,
                 Batch {
-                    size,
                     nodes: HashMap::new(),
                 },
             );
             self.order.push_back(*key);
         }
-        let held = self.batches[key].nodes.len();
+        // Only new nodes count (two threads may have walked the same path at once).
+        let known = &self.batches[key].nodes;
+        let mut nodes = nodes;
+        nodes.retain(|(node, _)| !known.contains_key(node));
         let wanted = nodes
             .len()
-            .min(VerifiedRoots::MAX_BATCH_NODES.saturating_sub(held));
+            .min(VerifiedRoots::MAX_BATCH_NODES.saturating_sub(known.len()));
         while (self.nodes + wanted > self.max_nodes || self.order.len() > self.capacity)
             && self.order.front().is_some_and(|k| k != key)
         {
@@ -368,7 +364,7 @@ pub(crate) fn verify(
     let path = &proof[..batch.path.len()];
     let sig_bytes =
         <[u8; 64]>::try_from(sig.signature.as_ref()).map_err(|_| SignatureError::Mismatch)?;
-    let batch_key = (*cert_sha256, sig_bytes);
+    let batch_key = (*cert_sha256, sig_bytes, batch.tree_size);
     let leaf = merkle::leaf_hash(envelope);
     if let Some(c) = cache
         && let Some(answer) =
@@ -395,8 +391,7 @@ pub(crate) fn verify(
     };
     check(&signed_root(batch.tree_size, &root))?;
     if let Some(c) = cache {
-        c.lock()
-            .add_sized(&batch_key, batch.tree_size, linked(path, &passed, None));
+        c.lock().add(&batch_key, linked(path, &passed, None));
     }
     Ok(())
 }
