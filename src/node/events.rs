@@ -667,7 +667,6 @@ pub(crate) fn write_record(
         certificate: None,
         detail: None,
     };
-    let message_id: Option<MessageId>;
     let event: &str;
     let mut actor: &str = place.me;
     match e {
@@ -679,7 +678,6 @@ pub(crate) fn write_record(
             r.remote = Some(Shown(remote));
             r.certificate = Some(certificate);
             (event, actor) = ("connected", who);
-            message_id = None;
         }
         Event::ConnectionRefused {
             remote,
@@ -691,7 +689,6 @@ pub(crate) fn write_record(
             r.certificate = certificate.as_deref();
             r.reason = Some(reason);
             (event, actor) = ("connection_refused", who.as_deref().unwrap_or("-"));
-            message_id = None;
         }
         Event::Disconnected {
             remote,
@@ -701,15 +698,13 @@ pub(crate) fn write_record(
             r.remote = Some(Shown(remote));
             r.reason = Some(reason);
             (event, actor) = ("disconnected", who);
-            message_id = None;
         }
         Event::Accepted {
-            id,
+            id: _,
             from,
             destinations,
             ..
         } => {
-            message_id = Some(*id);
             r.detail = Some(Cow::Owned(format!("{destinations} destinations; on disk")));
             let peer = from.split('/').nth(1) == Some("node") && from != place.me;
             if peer {
@@ -720,17 +715,15 @@ pub(crate) fn write_record(
             }
             actor = from;
         }
-        Event::Duplicate { id, from } => {
-            message_id = Some(*id);
+        Event::Duplicate { id: _, from } => {
             (event, actor) = ("duplicate", from);
         }
         Event::Refused {
-            id,
+            id: _,
             from,
             code,
             reason,
         } => {
-            message_id = *id;
             r.code = Some(code.as_str_name());
             r.reason = Some(reason);
             (event, actor) = ("refused", from);
@@ -738,57 +731,61 @@ pub(crate) fn write_record(
         Event::Reloaded { what, detail } => {
             r.detail = Some(Cow::Owned(format!("{what}: {detail}")));
             event = "reloaded";
-            message_id = None;
         }
         Event::ReloadRefused { what, reason } => {
             r.detail = Some(Cow::Borrowed(what));
             r.reason = Some(reason);
             event = "reload_refused";
-            message_id = None;
         }
-        Event::Forwarded { id, peer } => {
-            message_id = Some(*id);
+        Event::Forwarded { id: _, peer } => {
             r.peer = Some(peer);
             event = "forwarded";
         }
         Event::ForwardRefused {
-            id,
+            id: _,
             peer,
             code,
             reason,
         } => {
-            message_id = Some(*id);
             r.peer = Some(peer);
             r.code = Some(code.as_str_name());
             r.reason = Some(reason);
             event = "forward_refused";
         }
-        Event::Dispatched { id, queue, attempt } => {
-            message_id = Some(*id);
+        Event::Dispatched {
+            id: _,
+            queue,
+            attempt,
+        } => {
             r.queue = Some(queue);
             r.attempt = Some(*attempt);
             event = "dispatched";
         }
-        Event::Returned { id, queue, reason } => {
-            message_id = Some(*id);
+        Event::Returned {
+            id: _,
+            queue,
+            reason,
+        } => {
             r.queue = Some(queue);
             r.reason = Some(reason);
             event = "returned";
         }
-        Event::Deferred { id, queue, until } => {
-            message_id = Some(*id);
+        Event::Deferred {
+            id: _,
+            queue,
+            until,
+        } => {
             r.queue = Some(queue);
             r.detail = Some(Cow::Owned(format!("until {}", audit::timestamp(*until))));
             event = "deferred";
         }
         Event::Retrying {
-            id,
+            id: _,
             queue,
             attempts,
             at,
             reason,
         } => {
-            message_id = Some(*id);
             r.queue = Some(queue);
             r.attempt = Some(*attempts);
             r.reason = Some(reason);
@@ -798,34 +795,36 @@ pub(crate) fn write_record(
             )));
             event = "retrying";
         }
-        Event::Purged { id, queue, reason } => {
-            message_id = *id;
+        Event::Purged {
+            id: _,
+            queue,
+            reason,
+        } => {
             r.queue = Some(queue);
             r.reason = Some(reason);
             event = "purged";
         }
-        Event::Delivered { id, to, attempt } => {
-            message_id = Some(*id);
+        Event::Delivered { id: _, to, attempt } => {
             r.attempt = Some(*attempt);
             (event, actor) = ("delivered", to);
         }
-        Event::Acknowledged { id, by } => {
-            message_id = Some(*id);
+        Event::Acknowledged { id: _, by } => {
             (event, actor) = ("acknowledged", by);
         }
-        Event::DeadLettered { id, queue, reason } => {
-            message_id = Some(*id);
+        Event::DeadLettered {
+            id: _,
+            queue,
+            reason,
+        } => {
             r.queue = Some(queue);
             r.reason = Some(reason);
             event = "dead_lettered";
         }
-        Event::Redriven { id, queue, by } => {
-            message_id = Some(*id);
+        Event::Redriven { id: _, queue, by } => {
             r.queue = Some(queue);
             (event, actor) = ("redriven", by);
         }
-        Event::Expired { id, queue } => {
-            message_id = Some(*id);
+        Event::Expired { id: _, queue } => {
             r.queue = Some(queue);
             event = "expired";
         }
@@ -837,12 +836,10 @@ pub(crate) fn write_record(
             r.peer = Some(peer);
             r.detail = Some(Cow::Owned(format!("{state}: {detail}")));
             event = "link";
-            message_id = None;
         }
         Event::Checkpoint { size } => {
             r.detail = Some(Cow::Owned(format!("size {size}")));
             event = "checkpoint";
-            message_id = None;
         }
         Event::Witnessed { peer, whose, size } => {
             r.peer = Some(peer);
@@ -850,28 +847,27 @@ pub(crate) fn write_record(
                 "{whose} checkpoint of size {size} cosigned"
             )));
             event = "checkpoint_witnessed";
-            message_id = None;
         }
         Event::WitnessRefused { peer, reason } => {
             r.peer = Some(peer);
             r.reason = Some(reason);
             event = "witness_refused";
-            message_id = None;
         }
         Event::LogPruned { detail } => {
             r.detail = Some(Cow::Borrowed(detail));
             event = "pruned";
-            message_id = None;
         }
         Event::LogRead { by, what } => {
             r.detail = Some(Cow::Borrowed(what));
             (event, actor) = ("log_read", by);
-            message_id = None;
         }
     }
     r.event = event;
     r.actor = actor;
-    let message_id = message_id.or(m.map(|m| m.id)).or(known.map(|(id, _)| id));
+    let message_id = e
+        .message_id()
+        .or(m.map(|m| m.id))
+        .or(known.map(|(id, _)| id));
     r.id = message_id.as_ref().map(|i| Shown(i));
     // The message's part is written once per message and kept with it (see `meta` below).
     // Only when that part is to be written.
