@@ -814,3 +814,58 @@ async fn a_node_restored_from_a_backup_is_witnessed_again_once_its_partner_accep
     wait_event(&mut dea_events, cosigned_pgr(0)).await;
     let _kept = stop_keeping_files(net).await;
 }
+
+/// The niceness of this process's thread named `name`, from `/proc` (Linux).
+fn niceness_of(name: &str) -> Option<i64> {
+    std::fs::read_dir("/proc/self/task")
+        .ok()?
+        .flatten()
+        .filter(|t| {
+            std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim_end() == name)
+        })
+        .find_map(|t| niceness(&std::fs::read_to_string(t.path().join("stat")).ok()?))
+}
+
+/// Field 19 of a `stat` line: the fields after the command's closing parenthesis start at 3.
+fn niceness(stat: &str) -> Option<i64> {
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(16)?
+        .parse()
+        .ok()
+}
+
+#[tokio::test]
+async fn the_writer_runs_below_the_nodes_work_and_says_how_far_behind_it_is() {
+    let net = dea_pgr("").await;
+    traffic(&net, 20).await;
+    // On a busy machine the writer works in the gaps the node's threads leave: below the bulk
+    // runtime's threads, which run below the node's own (this test's threads here).
+    let own = niceness(&std::fs::read_to_string("/proc/thread-self/stat").unwrap()).unwrap();
+    let bulk = niceness_of("node-dea-1-bulk").expect("the bulk runtime's threads");
+    let writer = niceness_of("log-dea-1").expect("the log's writer thread");
+    assert!(own < bulk && bulk < writer, "{own} {bulk} {writer}");
+    // What it has not written yet is counted, and comes down to nothing once the traffic is
+    // over (the writer polls every few milliseconds).
+    within("the writer to catch up", async {
+        while net.node("dea-1").log_pending() > 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    let ops = Client::connect(net.options("dea", "ops")).await.unwrap();
+    let q = pb::LogQuery {
+        event: "accepted".into(),
+        ..Default::default()
+    };
+    let accepted = records(&all(&ops, q).await.unwrap());
+    assert!(
+        accepted
+            .iter()
+            .filter(|r| r.actor == "dea/client/duty-desk")
+            .count()
+            >= 20,
+        "{accepted:#?}"
+    );
+}

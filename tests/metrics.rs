@@ -411,6 +411,10 @@ async fn the_endpoint_answers_health_checks_and_refuses_the_rest() {
         e.has("enlace_log_records", &[]),
         "the delivery log's place is there"
     );
+    assert!(
+        e.has("enlace_log_pending_records", &[]),
+        "and how far its writer lags"
+    );
     net.stop().await;
 }
 

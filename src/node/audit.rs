@@ -9,6 +9,13 @@
 //! (a bounded channel; when the writer falls `CHANNEL` records behind, the node waits for it
 //! rather than lose a record). After a power cut the log may lack the last records written
 //! since its last sync, never one a checkpoint covers.
+//!
+//! **Below the node's work.** The writer thread runs at a lower priority than the bulk
+//! runtime's threads (see `bulk`), which run below the node's own: on a busy machine the log is
+//! written in the gaps that accepting, forwarding and delivering leave, not ahead of them. What
+//! it has not written yet is counted ([`Log::pending`], the `enlace_log_pending_records` gauge,
+//! and `enlace bench`'s `log_pending`), so a writer that cannot keep up is seen; past `CHANNEL`
+//! records the node waits for it, as before.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs::{self, File, OpenOptions};
@@ -31,6 +38,8 @@ use crate::note::Checkpoint;
 
 /// Records the writer may fall behind before the node waits for it.
 const CHANNEL: usize = 65_536;
+/// The writer thread's niceness above the node's: below the bulk runtime's (5).
+const NICENESS: i32 = 10;
 /// `witnessed.jsonl` is rewritten at most this often.
 const WITNESS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 /// How long the writer sleeps when it finds nothing to write.
@@ -80,6 +89,9 @@ pub(crate) struct Log {
     /// Held while a peer's checkpoint is judged, so two are never judged at once.
     pub witnessing: tokio::sync::Mutex<()>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Events handed to the writer, and events it has written (its own count).
+    handed: std::sync::atomic::AtomicU64,
+    written: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// What the log has signed and had cosigned.
@@ -104,9 +116,13 @@ impl Log {
         let due = Arc::new(Notify::new());
         let (writer, signed, witnessed) =
             Writer::open(dir, node, agency, settings, due.clone(), lines.clone())?;
+        let written = writer.written.clone();
         let thread = std::thread::Builder::new()
             .name(format!("log-{node}"))
-            .spawn(move || writer.run(rx))?;
+            .spawn(move || {
+                super::bulk::lower_priority(NICENESS);
+                writer.run(rx)
+            })?;
         Ok(Arc::new(Log {
             tx,
             dir: dir.to_owned(),
@@ -117,6 +133,8 @@ impl Log {
             witnessed: Mutex::new(witnessed),
             witnessing: tokio::sync::Mutex::new(()),
             thread: Mutex::new(Some(thread)),
+            handed: Default::default(),
+            written,
         }))
     }
 
@@ -132,11 +150,22 @@ impl Log {
 
     /// Hands an event to the writer (waits if it is `CHANNEL` records behind; never drops one).
     pub fn write(&self, event: Event, about: Option<About>) {
+        self.handed
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let _ = self.tx.send(Cmd::Write {
             at: SystemTime::now(),
             event,
             about,
         });
+    }
+
+    /// Events handed to the writer that it has not written yet (its lag; written means in
+    /// the file, not necessarily synced).
+    pub fn pending(&self) -> u64 {
+        use std::sync::atomic::Ordering::Relaxed;
+        // Read apart, the two may be off by the events racing this read: never below zero.
+        let written = self.written.load(Relaxed);
+        self.handed.load(Relaxed).saturating_sub(written)
     }
 
     /// Lines as they are written, for followers.
@@ -380,6 +409,8 @@ struct Writer {
     due: Arc<Notify>,
     lines: broadcast::Sender<Arc<str>>,
     buf: Vec<u8>,
+    /// Events written (to the file), for [`Log::pending`].
+    written: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Writer {
@@ -537,6 +568,7 @@ impl Writer {
             due,
             lines,
             buf: Vec::with_capacity(1 << 20),
+            written: Default::default(),
         };
         writer.trim_recent();
         Ok((writer, signed, witnessed))
@@ -559,6 +591,7 @@ impl Writer {
             };
             let mut replies = Vec::new();
             let mut stop = None;
+            let mut writes = 0;
             if let Some(c) = first {
                 let mut next = Some(c);
                 let mut n = 0;
@@ -567,6 +600,7 @@ impl Writer {
                         stop = Some(tx);
                         break;
                     }
+                    writes += u64::from(matches!(c, Cmd::Write { .. }));
                     self.handle(c, &mut replies);
                     n += 1;
                     if n < BATCH {
@@ -575,6 +609,8 @@ impl Writer {
                 }
             }
             let result = self.write_out();
+            self.written
+                .fetch_add(writes, std::sync::atomic::Ordering::Relaxed);
             if let Err(e) = &result {
                 tracing::error!(node = %self.node, error = %e, "delivery log: write failed");
             }

@@ -28,7 +28,7 @@ impl Bulk {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(WORKERS)
             .thread_name(format!("node-{node}-bulk"))
-            .on_thread_start(lower_priority)
+            .on_thread_start(|| lower_priority(NICENESS))
             .enable_all()
             .build()?;
         Ok(Bulk(Some(rt)))
@@ -43,14 +43,14 @@ impl Bulk {
 /// Niceness of the bulk runtime's threads, above the node's own (0 for a default service).
 const NICENESS: i32 = 5;
 
-/// Lowers the calling thread's scheduling priority by [`NICENESS`]. On Linux a thread's
-/// niceness is its own (`setpriority` on its thread id). Failing is harmless: the thread keeps
-/// the node's priority.
-fn lower_priority() {
+/// Lowers the calling thread's scheduling priority: its niceness goes `by` above what it was.
+/// On Linux a thread's niceness is its own (`setpriority` on its thread id). Failing is
+/// harmless: the thread keeps the node's priority.
+pub(super) fn lower_priority(by: i32) {
     let tid = rustix::thread::gettid();
     let now = rustix::process::getpriority_process(Some(tid)).unwrap_or(0);
-    if let Err(e) = rustix::process::setpriority_process(Some(tid), now + NICENESS) {
-        tracing::debug!(error = %e, "bulk runtime: cannot lower a thread's priority");
+    if let Err(e) = rustix::process::setpriority_process(Some(tid), now + by) {
+        tracing::debug!(error = %e, "cannot lower a thread's priority");
     }
 }
 

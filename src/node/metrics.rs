@@ -122,6 +122,8 @@ pub(super) struct Reading {
     /// Issuer and nextUpdate of each CRL in force.
     pub crls: Vec<(String, SystemTime)>,
     pub store: StoreStats,
+    /// Events the delivery log's writer has not written yet.
+    pub log_pending: u64,
     pub now: SystemTime,
 }
 
@@ -167,6 +169,7 @@ pub(crate) struct Metrics {
     store_live: Gauge,
     store_dead: Gauge,
     log_records: Gauge,
+    log_pending: Gauge,
     log_checkpoint: Gauge,
 }
 
@@ -407,6 +410,10 @@ impl Metrics {
             "log_records",
             "Records in the node's tamper-evident delivery log",
         );
+        let log_pending = gauge(
+            "log_pending_records",
+            "Events handed to the delivery log's writer and not written yet (its lag)",
+        );
         let log_checkpoint = gauge(
             "log_last_checkpoint_timestamp_seconds",
             "When the delivery log's last signed checkpoint was made, in Unix time (0: none yet)",
@@ -444,6 +451,7 @@ impl Metrics {
             store_live,
             store_dead,
             log_records,
+            log_pending,
             log_checkpoint,
         }
     }
@@ -625,6 +633,7 @@ impl Metrics {
         self.store_segments.set(int(s.segments as u64));
         self.store_live.set(int(s.live_records as u64));
         self.store_dead.set(int(s.dead_records as u64));
+        self.log_pending.set(int(reading.log_pending));
         let mut out = String::new();
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::prometheus_text::encode(&mut out, &registry);
@@ -676,6 +685,7 @@ mod tests {
             certificates: Vec::new(),
             crls: Vec::new(),
             store: StoreStats::default(),
+            log_pending: 0,
             now,
         }
     }

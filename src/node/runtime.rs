@@ -129,6 +129,12 @@ impl RunningNode {
         total.saturating_sub(budget.available_permits() as u64)
     }
 
+    /// Events handed to the delivery log's writer that it has not written yet: how far the log
+    /// lags behind the node's work (0 without a log).
+    pub fn log_pending(&self) -> u64 {
+        self.events.log().map_or(0, |l| l.pending())
+    }
+
     /// Reloads the node's TLS material (CRLs, certificate and key), as SIGHUP does; the outcome
     /// is an [`Event::Reloaded`] (or an error in the log, the old material staying in force).
     pub fn reload(&self) {

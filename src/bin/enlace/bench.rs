@@ -74,6 +74,9 @@ What is reported (JSON field names in brackets; null where a scenario has no suc
    client_cpu_s_per_1k]        itself), per 1,000 messages (records and alerts) delivered to the
                                application in the measured window; [node_cpu_s, client_cpu_s]
                                are the totals over the window
+  [log_pending]                events the nodes' delivery logs had not written yet at the end
+                               of the window (the log's writer runs below the node's work; a
+                               log that keeps up holds a few milliseconds' worth)
 
 --scenario restart (not part of `all`) is about recovery instead: one node, a unit nobody reads
 filled with --copies ROUTINE records of 1 KiB, the node stopped and started again on its data:
@@ -271,6 +274,9 @@ struct Report {
     client_cpu_s: Option<f64>,
     node_cpu_s_per_1k: Option<f64>,
     client_cpu_s_per_1k: Option<f64>,
+    /// Events the nodes' delivery logs had not written yet at the end of the measured window
+    /// (all nodes together): a log that kept up holds a few milliseconds' worth.
+    log_pending: u64,
     /// What `--plot` draws: latencies and the delivery rate over the window.
     #[serde(skip)]
     plot: plot::Series,
@@ -378,7 +384,7 @@ async fn run_one(
 ) -> anyhow::Result<Report> {
     let net = LocalNetwork::mesh(dir, pki, topology.agencies().0)?;
     let nodes = start_nodes(&net).await?;
-    let result = measure(&net, scenario, topology, a).await;
+    let result = measure(&net, &nodes, scenario, topology, a).await;
     stop_nodes(nodes).await;
     result
 }
@@ -437,6 +443,7 @@ async fn stop_nodes(nodes: Vec<Started>) {
 /// Runs one scenario's load on a started network and counts what arrived.
 async fn measure(
     net: &LocalNetwork,
+    nodes: &[Started],
     scenario: Scenario,
     topology: Topology,
     a: &BenchArgs,
@@ -457,6 +464,7 @@ async fn measure(
     let (start, before, cpu_before) = (Instant::now(), delivered(&records), Cpu::now());
     tokio::time::sleep(a.duration).await;
     let (end, after, cpu_after) = (Instant::now(), delivered(&records), Cpu::now());
+    let log_pending = nodes.iter().map(|(n, _)| n.log_pending()).sum();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
 
     let record_sends = sent(&mut records, "record").await?;
@@ -525,6 +533,7 @@ async fn measure(
         client_cpu_s_per_1k: cpu.and_then(|c| per_1k(c.client)),
         plot,
         send_errors: record_sends.errors + alert_sends.errors,
+        log_pending,
     })
 }
 

@@ -272,6 +272,7 @@ fn reading(node: &Node) -> Reading {
         certificates,
         crls,
         store: node.ledger.store_stats(),
+        log_pending: node.events().log().map_or(0, |l| l.pending()),
         now: SystemTime::now(),
     }
 }
