@@ -869,3 +869,101 @@ async fn the_writer_runs_below_the_nodes_work_and_says_how_far_behind_it_is() {
         "{accepted:#?}"
     );
 }
+
+/// The size of the last checkpoint in a log directory.
+fn last_checkpoint(dir: &Path) -> u64 {
+    enlace::audit::files::checkpoints(dir)
+        .unwrap()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| match e {
+            CheckpointEntry::Checkpoint { note, .. } => {
+                let n = enlace::note::Note::parse(&note).unwrap();
+                Some(enlace::note::Checkpoint::parse(&n.text).unwrap().size)
+            }
+            CheckpointEntry::Cosignature { .. } => None,
+        })
+        .next_back()
+        .expect("a checkpoint")
+}
+
+/// Small records files and frequent checkpoints: after 30 messages, DEA's log spans many files,
+/// most of them behind its last checkpoint. DEA's node is stopped with that checkpoint
+/// cosigned by PGR; says its last checkpoint's size.
+async fn behind_a_checkpoint(net: &mut TestNet) -> u64 {
+    let mut pgr_events = net.node("pgr-1").events();
+    traffic(net, 30).await;
+    wait_event(&mut pgr_events, cosigned_by_pgr(0)).await;
+    net.nodes.remove("dea-1").unwrap().stop().await;
+    let dir = log_dir(net, "dea-1");
+    let size = last_checkpoint(&dir);
+    let files = enlace::audit::files::record_files(&dir).unwrap();
+    let behind = files.windows(2).filter(|w| w[1].0 <= size).count();
+    assert!(
+        behind >= 2,
+        "{behind} files behind the checkpoint of size {size}"
+    );
+    size
+}
+
+fn cosigned_by_pgr(above: u64) -> impl Fn(&Event) -> bool {
+    move |e| matches!(e, Event::Witnessed { peer, whose: "peer", size } if peer == "dea-1" && *size > above)
+}
+
+const SMALL_FILES: &str = "\n[delivery_log]\ncheckpoint_interval_ms = 200\nsegment_bytes = 4096\n";
+
+#[tokio::test]
+async fn a_restarted_node_resumes_its_log_from_its_last_checkpoint() {
+    let mut net = dea_pgr(SMALL_FILES).await;
+    let size = behind_a_checkpoint(&mut net).await;
+    net.nodes
+        .insert("dea-1".into(), net.net.start("dea-1").await.unwrap());
+    // Pruning at once reaches into the files the restart did not read: the tree where the kept
+    // records start is computed from them.
+    let later = SystemTime::now() + Duration::from_secs(401 * 86_400);
+    let pruned = net.node("dea-1").prune_log(later).await.unwrap();
+    assert!(pruned.is_some(), "files behind the checkpoint are pruned");
+    // A checkpoint over the resumed tree and new records.
+    let mut events = net.node("dea-1").events();
+    traffic(&net, 3).await;
+    wait_event(
+        &mut events,
+        |e| matches!(e, Event::Checkpoint { size: s } if *s > size + 3),
+    )
+    .await;
+    // Every checkpoint, those before the restart and those after, is the tree of the records
+    // kept on top of where they start.
+    let dir = log_dir(&net, "dea-1");
+    let _kept = stop_keeping_files(net).await;
+    let report = verify_dir(&dir).unwrap();
+    assert!(report.ok(), "{:?}", report.problems);
+    assert!(report.first > 0 && report.last_checkpoint > Some(size + 3));
+}
+
+#[tokio::test]
+async fn a_record_edited_behind_the_last_checkpoint_is_left_to_verify() {
+    let mut net = dea_pgr(SMALL_FILES).await;
+    let size = behind_a_checkpoint(&mut net).await;
+    // An edit in the first file, which the checkpoint covers.
+    let dir = log_dir(&net, "dea-1");
+    let first = enlace::audit::files::record_files(&dir).unwrap()[0]
+        .1
+        .clone();
+    let text = std::fs::read_to_string(&first).unwrap();
+    let edited = text.replacen("\"node\":\"dea-1\"", "\"node\":\"dea-9\"", 1);
+    assert_ne!(text, edited);
+    std::fs::write(&first, edited).unwrap();
+    // The node resumes from the tree it signed, not from the edited file: its witness takes
+    // the next checkpoint as an extension of the last (a tree rebuilt from the edited record
+    // would not be one, and the witness would refuse it).
+    net.nodes
+        .insert("dea-1".into(), net.net.start("dea-1").await.unwrap());
+    let mut pgr_events = net.node("pgr-1").events();
+    traffic(&net, 3).await;
+    wait_event(&mut pgr_events, cosigned_by_pgr(size)).await;
+    // Finding the edit is `verify`'s: it names the record.
+    let _kept = stop_keeping_files(net).await;
+    let report = verify_dir(&dir).unwrap();
+    let p = first_problem(&report);
+    assert!(p.starts_with("record 0 (") && p.contains("altered"), "{p}");
+}

@@ -320,8 +320,31 @@ fn root_of(leaves: &[Hash]) -> Hash {
 /// The leaf hashes of records `from..to`, read from the files.
 fn leaves(dir: &Path, from: u64, to: u64) -> io::Result<Vec<Hash>> {
     let mut out = Vec::new();
+    each_leaf(dir, from, to, |h| out.push(h))?;
+    Ok(out)
+}
+
+/// The tree of the first `size` records, and the last one's leaf: from `base.json`'s, with the
+/// records after it read from the files.
+fn tree_at(dir: &Path, size: u64) -> io::Result<(Frontier, Option<Hash>)> {
+    let (mut frontier, mut prev) = read_base(dir)?;
+    each_leaf(dir, frontier.size(), size, |h| {
+        frontier.push(h);
+        prev = Some(h);
+    })?;
+    if frontier.size() != size {
+        return Err(io::Error::other(format!(
+            "the records files hold {} of the first {size} records",
+            frontier.size()
+        )));
+    }
+    Ok((frontier, prev))
+}
+
+/// Calls `f` with the leaf hash of each of records `from..to`, read from the files.
+fn each_leaf(dir: &Path, from: u64, to: u64, mut f: impl FnMut(Hash)) -> io::Result<()> {
     if from >= to {
-        return Ok(out);
+        return Ok(());
     }
     let files = audit::files::record_files(dir)?;
     for (i, (start, path)) in files.iter().enumerate() {
@@ -337,17 +360,17 @@ fn leaves(dir: &Path, from: u64, to: u64) -> io::Result<Vec<Hash>> {
         };
         for (seq, line) in (start..).zip(data.split_inclusive(|b| *b == b'\n')) {
             if seq >= to {
-                return Ok(out);
+                return Ok(());
             }
             if !line.ends_with(b"\n") {
                 break;
             }
             if seq >= from {
-                out.push(leaf(&line[..line.len() - 1]));
+                f(leaf(&line[..line.len() - 1]));
             }
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 /// The frontier and last leaf where the kept records start (`base.json`), or the empty tree.
@@ -371,11 +394,177 @@ fn read_base(dir: &Path) -> io::Result<(Frontier, Option<Hash>)> {
 /// One records file.
 struct Segment {
     start: u64,
-    /// The tree before its first record, and that record's predecessor's leaf.
-    frontier: Frontier,
-    prev: Option<Hash>,
+    /// The tree before its first record, and that record's predecessor's leaf; `None` for a
+    /// file behind the checkpoint the log was opened from (computed if pruning needs it).
+    tree: Option<(Frontier, Option<Hash>)>,
     /// When its last record was written.
     last: Option<SystemTime>,
+}
+
+/// What reading the records files at start gives.
+struct Replayed {
+    frontier: Frontier,
+    prev: Option<Hash>,
+    /// The leaves hashed, the latest `RECENT_LEAVES` of them, from `recent_start`.
+    recent: std::collections::VecDeque<Hash>,
+    recent_start: u64,
+    segments: Vec<Segment>,
+}
+
+/// Reads the records `files` after `base` (the tree before the first of them, and the leaf
+/// before it) to rebuild the tree. With `resume` (a checkpoint's tree, past `base`), the records
+/// it covers are taken as it says: the files wholly behind it are not read but for their last
+/// record, and only the records after it are hashed; `None` then when the files do not hold
+/// every record it covers, or a file behind it ends torn (read them all instead). A records
+/// file cut short by a crash is cut back to its last whole record.
+fn replay(
+    node: &str,
+    files: &[(u64, PathBuf)],
+    base: (Frontier, Option<Hash>),
+    resume: Option<&Frontier>,
+) -> io::Result<Option<Replayed>> {
+    let (mut frontier, mut prev) = base;
+    let mut recent = std::collections::VecDeque::new();
+    let mut recent_start = frontier.size();
+    let mut segments = Vec::new();
+    // The size the checkpoint's tree stands for, until the records reach it.
+    let mut skip_to = resume.map(Frontier::size);
+    let mut expected = frontier.size();
+    // One buffer for every file: fresh pages for each would cost as much as the hashing.
+    let mut data = Vec::new();
+    for (i, (start, path)) in files.iter().enumerate() {
+        let start = *start;
+        if start != expected {
+            tracing::error!(
+                node, file = %path.display(),
+                "delivery log: records file out of sequence (expected record {expected}); \
+                 `enlace log verify` will name it"
+            );
+        }
+        let next = files.get(i + 1).map(|(n, _)| *n);
+        if let Some(to) = skip_to
+            && next.is_some_and(|n| n <= to)
+        {
+            // Wholly behind the checkpoint: its last record's time decides when it is pruned,
+            // and that record's leaf is the next one's `prev`.
+            let Some((last_leaf, last)) = last_record(path)? else {
+                return Ok(None);
+            };
+            prev = Some(last_leaf);
+            segments.push(Segment {
+                start,
+                tree: None,
+                last,
+            });
+            expected = next.unwrap_or(start);
+            continue;
+        }
+        if let (Some(to), Some(r)) = (skip_to, resume)
+            && to == start
+        {
+            frontier = r.clone();
+            recent_start = to;
+            skip_to = None;
+        }
+        let mut seg = Segment {
+            start,
+            tree: skip_to.is_none().then(|| (frontier.clone(), prev)),
+            last: None,
+        };
+        data.clear();
+        File::open(path)?.read_to_end(&mut data)?;
+        let mut good = 0;
+        let mut last = None;
+        let mut seq = start;
+        for line in data.split_inclusive(|b| *b == b'\n') {
+            if !line.ends_with(b"\n") {
+                break;
+            }
+            let body = &line[..line.len() - 1];
+            good += line.len();
+            last = Some(body);
+            seq += 1;
+            match (skip_to, resume) {
+                (Some(to), Some(r)) if seq <= to => {
+                    if seq == to {
+                        // The checkpoint's last record: the tree from here on is its tree.
+                        prev = Some(leaf(body));
+                        frontier = r.clone();
+                        recent_start = to;
+                        skip_to = None;
+                    }
+                    continue;
+                }
+                _ => {}
+            }
+            let h = leaf(body);
+            frontier.push(h);
+            prev = Some(h);
+            recent.push_back(h);
+            if recent.len() > RECENT_LEAVES {
+                recent.pop_front();
+                recent_start += 1;
+            }
+        }
+        if skip_to.is_some() {
+            // The file that should hold the checkpoint's last record does not.
+            return Ok(None);
+        }
+        // Only the file's last record is read: its time decides when the file is pruned.
+        seg.last = last.and_then(record_time);
+        if good < data.len() {
+            // A write cut short by a crash: never covered by a checkpoint (those are signed
+            // over synced records only), so it is cut off.
+            tracing::warn!(node, file = %path.display(), bytes = data.len() - good,
+                "delivery log: cutting a torn last record");
+            OpenOptions::new()
+                .write(true)
+                .open(path)?
+                .set_len(good as u64)?;
+        }
+        segments.push(seg);
+        expected = seq;
+    }
+    if skip_to.is_some() {
+        return Ok(None);
+    }
+    Ok(Some(Replayed {
+        frontier,
+        prev,
+        recent,
+        recent_start,
+        segments,
+    }))
+}
+
+/// When a record was written, from its line.
+fn record_time(line: &[u8]) -> Option<SystemTime> {
+    serde_json::from_slice::<Record>(line)
+        .ok()
+        .and_then(|r| audit::parse_time(&r.time))
+}
+
+/// A records file's last record: its leaf hash and time. `None` when the file does not end
+/// with a whole record. Reads the file's end only, unless its last record is longer.
+fn last_record(path: &Path) -> io::Result<Option<(Hash, Option<SystemTime>)>> {
+    use std::io::{Seek, SeekFrom};
+    let mut file = File::open(path)?;
+    let len = file.metadata()?.len();
+    let mut tail = 64 * 1024;
+    loop {
+        let from = len.saturating_sub(tail);
+        file.seek(SeekFrom::Start(from))?;
+        let mut data = Vec::new();
+        file.read_to_end(&mut data)?;
+        let Some(body) = data.strip_suffix(b"\n") else {
+            return Ok(None);
+        };
+        match body.iter().rposition(|b| *b == b'\n') {
+            Some(i) => return Ok(Some((leaf(&body[i + 1..]), record_time(&body[i + 1..])))),
+            None if from == 0 => return Ok(Some((leaf(body), record_time(body)))),
+            None => tail *= 4,
+        }
+    }
 }
 
 struct Writer {
@@ -422,67 +611,10 @@ impl Writer {
         due: Arc<Notify>,
         lines: broadcast::Sender<Arc<str>>,
     ) -> io::Result<(Writer, Signed, BTreeMap<String, Checkpoint>)> {
-        let (mut frontier, mut prev) = read_base(dir)?;
-        // The latest leaves are kept from the start, so the first proofs after a restart are
-        // not read back from the files.
-        let mut recent = std::collections::VecDeque::new();
-        let mut recent_start = frontier.size();
-        let mut segments = Vec::new();
-        // One buffer for every file: fresh pages for each would cost as much as the hashing.
-        let mut data = Vec::new();
-        for (start, path) in audit::files::record_files(dir)? {
-            if start != frontier.size() {
-                tracing::error!(
-                    node, file = %path.display(),
-                    "delivery log: records file out of sequence (expected record {}); \
-                     `enlace log verify` will name it", frontier.size()
-                );
-            }
-            let mut seg = Segment {
-                start: frontier.size(),
-                frontier: frontier.clone(),
-                prev,
-                last: None,
-            };
-            data.clear();
-            File::open(&path)?.read_to_end(&mut data)?;
-            let mut good = 0;
-            let mut last = None;
-            for line in data.split_inclusive(|b| *b == b'\n') {
-                if !line.ends_with(b"\n") {
-                    break;
-                }
-                let body = &line[..line.len() - 1];
-                let h = leaf(body);
-                frontier.push(h);
-                prev = Some(h);
-                recent.push_back(h);
-                if recent.len() > RECENT_LEAVES {
-                    recent.pop_front();
-                    recent_start += 1;
-                }
-                good += line.len();
-                last = Some(body);
-            }
-            // Only the file's last record is read: its time decides when the file is pruned.
-            seg.last = last
-                .and_then(|l| serde_json::from_slice::<Record>(l).ok())
-                .and_then(|r| audit::parse_time(&r.time));
-            if good < data.len() {
-                // A write cut short by a crash: never covered by a checkpoint (those are
-                // signed over synced records only), so it is cut off.
-                tracing::warn!(node, file = %path.display(), bytes = data.len() - good,
-                    "delivery log: cutting a torn last record");
-                OpenOptions::new()
-                    .write(true)
-                    .open(&path)?
-                    .set_len(good as u64)?;
-            }
-            segments.push(seg);
-        }
         // The checkpoints signed so far, and who cosigned what.
         let mut signed = Signed::default();
         let mut frontiers = BTreeMap::new();
+        let mut roots = BTreeMap::new();
         for e in audit::files::checkpoints(dir)?.into_iter().flatten() {
             match e {
                 CheckpointEntry::Checkpoint { note, frontier: f } => {
@@ -495,6 +627,7 @@ impl Writer {
                     let nodes: Option<Vec<Hash>> = f.iter().map(|h| unhex32(h)).collect();
                     if let Some(fr) = nodes.and_then(|n| Frontier::from_parts(cp.size, n)) {
                         frontiers.insert(cp.size, fr);
+                        roots.insert(cp.size, cp.root);
                     }
                     signed.last = Some(cp);
                 }
@@ -504,6 +637,30 @@ impl Writer {
                 }
             }
         }
+        // The records: from a checkpoint's tree when it is whole (its root the signed one),
+        // hashing only the records after it; else, or when the files do not reach it, every
+        // record. The checkpoint is the latest that every peer has cosigned, so the leaves
+        // kept for their next consistency proofs are all hashed here, as before a restart.
+        let base = read_base(dir)?;
+        let files = audit::files::record_files(dir)?;
+        let needed = signed.cosigned.values().copied().min().unwrap_or(u64::MAX);
+        let resume = frontiers
+            .range(..=needed)
+            .next_back()
+            .map(|(_, f)| f)
+            .filter(|f| roots.get(&f.size()) == Some(&f.root()) && f.size() > base.0.size());
+        let replayed = match resume.map(|r| replay(node, &files, base.clone(), Some(r))) {
+            Some(Ok(Some(r))) => r,
+            Some(Err(e)) => return Err(e),
+            _ => replay(node, &files, base, None)?.expect("a replay from the base ends"),
+        };
+        let Replayed {
+            frontier,
+            prev,
+            recent,
+            recent_start,
+            mut segments,
+        } = replayed;
         if let Some(last) = &signed.last
             && last.size > frontier.size()
         {
@@ -534,8 +691,7 @@ impl Writer {
         if !existing {
             segments.push(Segment {
                 start,
-                frontier: frontier.clone(),
-                prev,
+                tree: Some((frontier.clone(), prev)),
                 last: None,
             });
         }
@@ -782,8 +938,7 @@ impl Writer {
             self.file_bytes = 0;
             self.segments.push(Segment {
                 start,
-                frontier: self.frontier.clone(),
-                prev: self.prev,
+                tree: Some((self.frontier.clone(), self.prev)),
                 last: None,
             });
         }
@@ -869,10 +1024,14 @@ impl Writer {
         }
         let keep = &self.segments[n];
         let (first, upto) = (self.segments[0].start, keep.start);
+        let (frontier, prev) = match &keep.tree {
+            Some(t) => t.clone(),
+            None => tree_at(&self.dir, keep.start)?,
+        };
         let base = Base {
             size: keep.start,
-            frontier: keep.frontier.nodes().iter().map(|h| hex(h)).collect(),
-            prev: keep.prev.map(|p| hex(&p)).unwrap_or_default(),
+            frontier: frontier.nodes().iter().map(|h| hex(h)).collect(),
+            prev: prev.map(|p| hex(&p)).unwrap_or_default(),
         };
         let text = serde_json::to_vec(&base).map_err(io::Error::other)?;
         super::files::replace(&self.dir.join(BASE), &text, super::files::SHARED)?;
