@@ -320,31 +320,8 @@ fn root_of(leaves: &[Hash]) -> Hash {
 /// The leaf hashes of records `from..to`, read from the files.
 fn leaves(dir: &Path, from: u64, to: u64) -> io::Result<Vec<Hash>> {
     let mut out = Vec::new();
-    each_leaf(dir, from, to, |h| out.push(h))?;
-    Ok(out)
-}
-
-/// The tree of the first `size` records, and the last one's leaf: from `base.json`'s, with the
-/// records after it read from the files.
-fn tree_at(dir: &Path, size: u64) -> io::Result<(Frontier, Option<Hash>)> {
-    let (mut frontier, mut prev) = read_base(dir)?;
-    each_leaf(dir, frontier.size(), size, |h| {
-        frontier.push(h);
-        prev = Some(h);
-    })?;
-    if frontier.size() != size {
-        return Err(io::Error::other(format!(
-            "the records files hold {} of the first {size} records",
-            frontier.size()
-        )));
-    }
-    Ok((frontier, prev))
-}
-
-/// Calls `f` with the leaf hash of each of records `from..to`, read from the files.
-fn each_leaf(dir: &Path, from: u64, to: u64, mut f: impl FnMut(Hash)) -> io::Result<()> {
     if from >= to {
-        return Ok(());
+        return Ok(out);
     }
     let files = audit::files::record_files(dir)?;
     for (i, (start, path)) in files.iter().enumerate() {
@@ -360,17 +337,17 @@ fn each_leaf(dir: &Path, from: u64, to: u64, mut f: impl FnMut(Hash)) -> io::Res
         };
         for (seq, line) in (start..).zip(data.split_inclusive(|b| *b == b'\n')) {
             if seq >= to {
-                return Ok(());
+                return Ok(out);
             }
             if !line.ends_with(b"\n") {
                 break;
             }
             if seq >= from {
-                f(leaf(&line[..line.len() - 1]));
+                out.push(leaf(&line[..line.len() - 1]));
             }
         }
     }
-    Ok(())
+    Ok(out)
 }
 
 /// The frontier and last leaf where the kept records start (`base.json`), or the empty tree.
@@ -395,7 +372,7 @@ fn read_base(dir: &Path) -> io::Result<(Frontier, Option<Hash>)> {
 struct Segment {
     start: u64,
     /// The tree before its first record, and that record's predecessor's leaf; `None` for a
-    /// file behind the checkpoint the log was opened from (computed if pruning needs it).
+    /// file behind the checkpoint the log was opened from (see `prune`).
     tree: Option<(Frontier, Option<Hash>)>,
     /// When its last record was written.
     last: Option<SystemTime>,
@@ -637,10 +614,11 @@ impl Writer {
                 }
             }
         }
-        // The records: from a checkpoint's tree when it is whole (its root the signed one),
-        // hashing only the records after it; else, or when the files do not reach it, every
-        // record. The checkpoint is the latest that every peer has cosigned, so the leaves
-        // kept for their next consistency proofs are all hashed here, as before a restart.
+        // The records: from a checkpoint's tree when it is whole (its root the one its note
+        // states), hashing only the records after it; else, or when the files do not reach
+        // it, every record. The checkpoint is the latest at or below the smallest size a peer
+        // last cosigned (the latest of all when none has), so the leaves the peers' next
+        // consistency proofs need are all hashed here, as before a restart.
         let base = read_base(dir)?;
         let files = audit::files::record_files(dir)?;
         let needed = signed.cosigned.values().copied().min().unwrap_or(u64::MAX);
@@ -1004,6 +982,9 @@ impl Writer {
 
     /// Removes the oldest records files whose records are all older than the retention period
     /// at `now` and all under a checkpoint; writes `base.json` first, then a `pruned` record.
+    /// The file kept first must be one whose starting tree this node hashed (not one behind
+    /// the checkpoint it was opened from): until the records pass such a file, nothing is
+    /// pruned, never a tree taken from files the node has not checked against its checkpoint.
     fn prune(&mut self, now: SystemTime) -> io::Result<Option<String>> {
         let cutoff = now
             .checked_sub(self.settings.retention)
@@ -1024,10 +1005,16 @@ impl Writer {
         }
         let keep = &self.segments[n];
         let (first, upto) = (self.segments[0].start, keep.start);
-        let (frontier, prev) = match &keep.tree {
-            Some(t) => t.clone(),
-            None => tree_at(&self.dir, keep.start)?,
+        let Some((frontier, prev)) = keep.tree.clone() else {
+            return Ok(None);
         };
+        if frontier.size() != keep.start {
+            // A file named for another record than the one it starts with: a damaged log.
+            tracing::error!(node = %self.node, file = keep.start, records = frontier.size(),
+                "delivery log: not pruning: a records file's name is not where its records \
+                 start; `enlace log verify` will name it");
+            return Ok(None);
+        }
         let base = Base {
             size: keep.start,
             frontier: frontier.nodes().iter().map(|h| hex(h)).collect(),
