@@ -53,6 +53,16 @@ async fn all(client: &Client, q: pb::LogQuery) -> Result<Vec<String>, SubmitErro
     Ok(out)
 }
 
+/// How many `accepted` records of the log name `actor`, as an operator reads them.
+async fn accepted_from(ops: &Client, actor: &str) -> usize {
+    let q = pb::LogQuery {
+        event: "accepted".into(),
+        ..Default::default()
+    };
+    let recs = records(&all(ops, q).await.unwrap());
+    recs.iter().filter(|r| r.actor == actor).count()
+}
+
 fn log_dir(net: &TestNet, node: &str) -> PathBuf {
     net.dir.path().join("data").join(node).join("log")
 }
@@ -182,17 +192,7 @@ async fn the_log_interface_refuses_anyone_but_an_operator() {
     }
     // The operator of the same node reads it, and the client's traffic is there.
     let ops = Client::connect(net.options("dea", "ops")).await.unwrap();
-    let q = pb::LogQuery {
-        event: "accepted".into(),
-        ..Default::default()
-    };
-    let recs = records(&all(&ops, q).await.unwrap());
-    assert!(
-        recs.iter()
-            .filter(|r| r.actor == "dea/client/duty-desk")
-            .count()
-            >= 2
-    );
+    assert!(accepted_from(&ops, "dea/client/duty-desk").await >= 2);
     // Reading the log is logged, and so are the refused attempts.
     let q = pb::LogQuery {
         agency: "dea".into(),
@@ -855,19 +855,7 @@ async fn the_writer_runs_below_the_nodes_work_and_says_how_far_behind_it_is() {
     })
     .await;
     let ops = Client::connect(net.options("dea", "ops")).await.unwrap();
-    let q = pb::LogQuery {
-        event: "accepted".into(),
-        ..Default::default()
-    };
-    let accepted = records(&all(&ops, q).await.unwrap());
-    assert!(
-        accepted
-            .iter()
-            .filter(|r| r.actor == "dea/client/duty-desk")
-            .count()
-            >= 20,
-        "{accepted:#?}"
-    );
+    assert!(accepted_from(&ops, "dea/client/duty-desk").await >= 20);
 }
 
 /// The size of the last checkpoint in a log directory.

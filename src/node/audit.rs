@@ -896,12 +896,7 @@ impl Writer {
     /// Writes the batch; syncs when the last sync is `sync_interval` old; starts a new file
     /// past `segment_bytes`.
     fn write_out(&mut self) -> io::Result<()> {
-        if !self.buf.is_empty() {
-            self.file.write_all(&self.buf)?;
-            self.file_bytes += self.buf.len() as u64;
-            self.buf.clear();
-            self.unsynced = true;
-        }
+        self.write_out_buf()?;
         if self.unsynced && self.last_sync.elapsed() >= self.settings.sync_interval {
             self.sync()?;
         }
