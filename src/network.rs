@@ -303,6 +303,27 @@ impl LocalNetwork {
         })
     }
 
+    /// QUIC as node `node` sets it up, without the node: a quinn endpoint on a free loopback
+    /// port with the node's TLS material, transport settings and socket buffers (accepting
+    /// connections as the node does, client certificate required), and the client config it
+    /// dials its peers with. For measuring quinn alone beside the nodes (`enlace bench
+    /// --scenario raw-quic`). Call it within a tokio runtime: the endpoint's driver runs there.
+    pub fn raw_quic(
+        &self,
+        node: &str,
+    ) -> Result<(quinn::Endpoint, quinn::ClientConfig), NetworkError> {
+        let t = self.config(node)?.tls;
+        let tls = crate::tls::TlsMaterial::load(&t.cert, &t.key, &t.ca, &t.crls)
+            .map_err(NodeError::from)?;
+        let server = crate::tls::quic_server_config(tls.server_config().map_err(NodeError::from)?)
+            .map_err(NodeError::from)?;
+        let client = crate::tls::quic_client_config(tls.client_config().map_err(NodeError::from)?)
+            .map_err(NodeError::from)?;
+        let any = SocketAddr::from(([127, 0, 0, 1], 0));
+        let endpoint = crate::tls::endpoint(any, Some(server), None).map_err(NodeError::from)?;
+        Ok((endpoint, client))
+    }
+
     /// Starts a node in this process from its config file.
     ///
     /// A node restarted in the same process rebinds the addresses its previous run held: quinn

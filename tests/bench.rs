@@ -1,4 +1,4 @@
-//! `enlace bench` as a process: one short mixed scenario on one node, printed as JSON.
+//! `enlace bench` as a process: one short mixed scenario on one node, and quinn alone, printed as JSON.
 //! No timing assertions: only that the line is complete and nothing was lost or duplicated.
 
 use std::process::Command;
@@ -47,4 +47,29 @@ fn mixed_single_prints_one_clean_json_line() {
     assert_eq!(r["alerts_lost"], 0, "{r}");
     assert_eq!(r["messages_lost"], 0, "{r}");
     assert_eq!(r["duplicates"], 0, "{r}");
+}
+
+#[test]
+fn raw_quic_measures_both_write_sizes() {
+    let out = Command::new(ENLACE)
+        .args([
+            "bench",
+            "--scenario",
+            "raw-quic",
+            "--duration",
+            "500ms",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "bench failed: {stderr}");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let r: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(r["scenario"], "raw-quic");
+    // Bytes moved over the window, in both modes (a transfer that never started reads 0).
+    for field in ["large_writes_mb_per_s", "framed_1k_mb_per_s"] {
+        assert!(r[field].as_f64().unwrap() > 0.0, "{field}: {r}");
+    }
+    assert!(r["framed_1k_msgs_per_s"].as_f64().unwrap() > 0.0, "{r}");
 }

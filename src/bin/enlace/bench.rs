@@ -13,6 +13,7 @@ mod backlog;
 mod cpu;
 mod load;
 mod plot;
+mod quic;
 mod restart;
 mod soak;
 
@@ -113,6 +114,16 @@ With --plot FILE.svg the bench also draws, for each scenario, the latency of rec
 (send() to application, by percentile on an HDR axis) and records/s over the measured window
 (100 ms bins).
 
+--scenario raw-quic (not part of `all`) measures quinn alone, the ceiling a bulk transfer
+between two nodes is compared with: two quinn endpoints set up as dea-1's and cenapi-1's are
+(their certificates, mutual TLS 1.3, transport settings, UDP buffers), each on a runtime of its
+own with 2 worker threads, one connection and one unidirectional stream, written as fast as it
+takes for the warm-up and --duration; nothing stored, signed or parsed:
+  [large_writes_mb_per_s]      stream bytes received per second, written 64 KiB at a time
+  [framed_1k_mb_per_s,         the same written one 1,028-byte frame (a 1 KiB record and a
+   framed_1k_msgs_per_s]       length) per write_all, and those frames per second
+Compare with bulk_mb_per_s of `--scenario bulk-alone --topology federated` (payload only).
+
 Exit status: 0 if nothing was lost, duplicated or refused; 1 otherwise.";
 
 /// Arguments of `enlace bench`.
@@ -172,6 +183,9 @@ pub enum Scenario {
     /// Four nodes for --duration with mixed traffic, a relay restarted and a peer taken down
     /// again and again; ends with a verdict (not part of `all`; e.g. --duration 30m).
     Soak,
+    /// quinn alone between two endpoints set up as two nodes' are, for --duration: the
+    /// ceiling of a bulk transfer between nodes (not part of `all`).
+    RawQuic,
 }
 
 impl Scenario {
@@ -184,6 +198,7 @@ impl Scenario {
             Scenario::Restart => &[Scenario::Restart],
             Scenario::Backlog => &[Scenario::Backlog],
             Scenario::Soak => &[Scenario::Soak],
+            Scenario::RawQuic => &[Scenario::RawQuic],
         }
     }
 
@@ -196,6 +211,7 @@ impl Scenario {
             Scenario::Restart => "restart",
             Scenario::Backlog => "backlog",
             Scenario::Soak => "soak",
+            Scenario::RawQuic => "raw-quic",
         }
     }
 
@@ -318,6 +334,14 @@ pub(super) async fn run(a: BenchArgs) -> Result<(), Failure> {
                 true => Ok(()),
                 false => Err(Failure::from(anyhow::anyhow!("soak: {}", report.verdict))),
             };
+        }
+        Scenario::RawQuic => {
+            eprintln!(
+                "bench raw-quic: {WARMUP:?} warm-up, then {:?} measured",
+                a.duration
+            );
+            let report = quic::run(&temp.path().join("run-raw-quic"), &pki, &a).await?;
+            return print_one(&report, a.json);
         }
         _ => {}
     }
