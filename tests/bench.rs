@@ -1,4 +1,5 @@
-//! `enlace bench` as a process: one short mixed scenario on one node, and quinn alone, printed as JSON.
+//! `enlace bench` as a process: one short mixed scenario on one node, and quinn alone, each
+//! printed as JSON.
 //! No timing assertions: only that the line is complete and nothing was lost or duplicated.
 
 use std::process::Command;
