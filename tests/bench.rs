@@ -1,5 +1,5 @@
-//! `enlace bench` as a process: one short mixed scenario on one node, and quinn alone, each
-//! printed as JSON.
+//! `enlace bench` as a process: one short mixed scenario on one node, quinn alone, and a restart,
+//! each printed as JSON.
 //! No timing assertions: only that the line is complete and nothing was lost or duplicated.
 
 use std::process::Command;
@@ -73,4 +73,26 @@ fn raw_quic_measures_both_write_sizes() {
         assert!(r[field].as_f64().unwrap() > 0.0, "{field}: {r}");
     }
     assert!(r["framed_1k_msgs_per_s"].as_f64().unwrap() > 0.0, "{r}");
+}
+
+#[test]
+fn restart_runs_the_node_as_a_process_and_reads_its_startup() {
+    let out = Command::new(ENLACE)
+        .args(["bench", "--scenario", "restart", "--copies", "300", "--json"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "bench failed: {stderr}");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let r: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(r["scenario"], "restart");
+    // The restarted process's own startup line was found and read.
+    for field in ["log_open_ms", "store_open_ms", "queues_ms"] {
+        assert!(r[field].is_u64(), "{field}: {r}");
+    }
+    let restart = r["restart_s"].as_f64().unwrap();
+    assert!(restart > 0.0, "{r}");
+    assert!(r["first_delivery_s"].as_f64().unwrap() >= restart, "{r}");
+    // The memory figures are the node process's (read from /proc while it ran).
+    assert!(r["rss_mb_restarted"].as_f64().unwrap() > 0.0, "{r}");
 }

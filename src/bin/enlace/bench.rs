@@ -13,6 +13,7 @@ mod backlog;
 mod cpu;
 mod load;
 mod plot;
+mod process;
 mod quic;
 mod restart;
 mod soak;
@@ -79,15 +80,18 @@ What is reported (JSON field names in brackets; null where a scenario has no suc
                                of the window (the log's writer runs below the node's work; a
                                log that keeps up holds a few milliseconds' worth)
 
---scenario restart (not part of `all`) is about recovery instead: one node, a unit nobody reads
-filled with --copies ROUTINE records of 1 KiB, the node stopped and started again on its data:
+--scenario restart (not part of `all`) is about recovery instead: one node, run as an `enlaced`
+process (next to this binary), a unit nobody reads filled with --copies ROUTINE records of
+1 KiB, the process stopped with SIGTERM and started again on its data:
   [fill_s, fill_msgs_per_s]    filling the backlog
-  [stop_s]                     stopping the node (its shutdown grace, then closing the store)
-  [restart_s]                  from the start call to the node listening, queues rebuilt
+  [stop_s]                     SIGTERM to exit (the shutdown grace, then closing the store)
+  [restart_s]                  from starting the process to a client's connection welcomed
+  [log_open_ms, store_open_ms, from the restarted node's startup log line: opening its delivery
+   queues_ms]                  log, its store, and rebuilding its queues
   [first_delivery_s]           until a reader subscribing at once gets its first record
   [drain_msgs_per_s]           the reader's rate over the next 5 s
-  [rss_mb_full, _restarted,    the bench process's resident memory (the node, and the bench's
-   _end]                       own clients): backlog full, after the restart, at the end
+  [rss_mb_full, _restarted,    the node process's resident memory: backlog full, after the
+   _end]                       restart, at the end
 
 --scenario backlog (not part of `all`) queues --copies records of 1 KiB (one in ten BULK) and a
 few IMMEDIATE alerts for PGR while its node is down, with DEA's node a process of its own

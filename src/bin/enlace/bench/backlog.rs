@@ -12,16 +12,15 @@
 
 use std::collections::HashSet;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use enlace::network::LocalNetwork;
 use enlace::{Client, Mailbox, MessageId, Precedence};
 
 use super::load::{Flow, alert_draft_to, record_draft_at};
+use super::process::NodeProcess;
 use super::soak::read_receipts;
 use super::{BenchArgs, start_node, stop_nodes};
 
@@ -33,6 +32,8 @@ const BULK_EVERY: u64 = 10;
 const QUEUED_ALERTS: u64 = 8;
 /// The drain gives up after this long without a delivery.
 const STALL: Duration = Duration::from_secs(120);
+/// The holding node's log: warnings, and the line that says it is listening.
+const FILTER: &str = "warn,enlace::node::runtime=info";
 
 /// The scenario's numbers, and its JSON line.
 #[derive(Debug, serde::Serialize)]
@@ -82,9 +83,9 @@ pub async fn run(dir: &Path, pki: &Path, a: &BenchArgs) -> anyhow::Result<Report
     let net = LocalNetwork::mesh_with_limits(dir, pki, &["dea", "pgr", "cenapi"], &[&capacity])?;
     let name = |agency| net.node_of(agency).map(|n| n.name.clone());
     let (dea, pgr, cenapi) = (name("dea")?, name("pgr")?, name("cenapi")?);
-    let mut holder = Holder::spawn(&net, &dea, dir)?;
+    let mut holder = NodeProcess::spawn(&net, &dea, &dir.join(format!("{dea}.log")), FILTER)?;
     let cenapi_node = start_node(&net, &cenapi).await?;
-    holder.ready(&net).await?;
+    holder.ready(&net, "dea", "duty-desk").await?;
     let holder_rss_mb_start = holder.rss_mb("VmRSS");
     // DEA's duty desk reads the receipts its alerts ask for, as an application does (unread,
     // they would wait in its receipts unit, whole: receipts of alerts are time-sensitive).
@@ -118,7 +119,7 @@ pub async fn run(dir: &Path, pki: &Path, a: &BenchArgs) -> anyhow::Result<Report
     let holder_rss_mb_peak = holder.rss_mb("VmHWM");
     stop_receipts.store(true, Ordering::Relaxed);
     stop_nodes(vec![pgr_node, cenapi_node]).await;
-    holder.stop();
+    holder.kill();
     let _ = receipts.await;
     let d = drained?;
     let round = |x: f64| (x * 1000.0).round() / 1000.0;
@@ -159,67 +160,6 @@ fn dir_bytes(dir: &Path) -> u64 {
         .filter_map(|e| e.ok()?.metadata().ok())
         .map(|m| m.len())
         .sum()
-}
-
-/// DEA's node, as a process of its own.
-struct Holder {
-    child: Child,
-}
-
-impl Holder {
-    fn spawn(net: &LocalNetwork, node: &str, dir: &Path) -> anyhow::Result<Holder> {
-        let exe = std::env::current_exe()?.with_file_name("enlaced");
-        anyhow::ensure!(
-            exe.exists(),
-            "--scenario backlog runs the holding node as a process: {} not found (build it \
-             with `cargo build --release`)",
-            exe.display()
-        );
-        let log = std::fs::File::create(dir.join(format!("{node}.log")))?;
-        let child = Command::new(&exe)
-            .arg("--config")
-            .arg(net.config_path(node))
-            .env("ENLACE_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("cannot start {}", exe.display()))?;
-        Ok(Holder { child })
-    }
-
-    /// Waits until DEA's duty desk can connect.
-    async fn ready(&mut self, net: &LocalNetwork) -> anyhow::Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                anyhow::bail!("the holding node exited: {status}");
-            }
-            match Client::connect(net.client_options("dea", "duty-desk")?).await {
-                Ok(c) => {
-                    c.close().await;
-                    return Ok(());
-                }
-                Err(e) if Instant::now() > deadline => return Err(e.into()),
-                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-            }
-        }
-    }
-
-    /// A `/proc/<pid>/status` memory figure (`VmRSS`, `VmHWM`), in MB.
-    fn rss_mb(&self, field: &str) -> f64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .unwrap_or_default();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-            .map_or(0.0, |kb| kb / 1024.0)
-    }
-
-    fn stop(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// FLASH alerts DEA -> CENAPI every 5 ms while `work` runs: their latencies (ms), how many
@@ -273,7 +213,7 @@ async fn fill(
     net: &LocalNetwork,
     copies: u64,
     outstanding: usize,
-    holder: &Holder,
+    holder: &NodeProcess,
 ) -> anyhow::Result<Filled> {
     let sender = Client::connect(net.client_options("dea", "analyst")?).await?;
     let desk = Client::connect(net.client_options("dea", "duty-desk")?).await?;

@@ -1,13 +1,15 @@
 //! `enlace bench --scenario restart`: how long a node with a large backlog takes to serve again
 //! after a restart.
 //!
-//! One node (DEA's), its `queue_capacity` raised to `--copies`. The bench fills a unit nobody
-//! reads with `--copies` ROUTINE records of 1 KiB (as fast as the node accepts them), stops the node, and starts it again on the same
-//! data directory, through the production config path: `restart_s` is from the start call to
-//! the node listening with its queues rebuilt; `first_delivery_s` until a reader subscribing at
-//! once gets its first record; then it reads for `DRAIN_SAMPLE` and reports the rate. It also
-//! reports the process's resident memory (the node, and the bench's own clients) when full,
-//! after the restart, and at the end.
+//! One node (DEA's), its `queue_capacity` raised to `--copies`, run as an `enlaced` process (a
+//! restart is a new process, as in production, and its memory is its own). The bench fills a
+//! unit nobody reads with `--copies` ROUTINE records of 1 KiB (as fast as the node accepts
+//! them), stops the process with SIGTERM as an operator does, and starts it again on the same
+//! data directory: `restart_s` is from the start to a client's connection being welcomed (the
+//! node listening, its log, store and queues open); `first_delivery_s` until a reader
+//! subscribing at once gets its first record; then it reads for `DRAIN_SAMPLE` and reports the
+//! rate. The node's own startup log line gives the time its delivery log, store and queues took
+//! to open; its resident memory is read when full, after the restart, and at the end.
 
 use std::collections::VecDeque;
 use std::path::Path;
@@ -17,14 +19,19 @@ use anyhow::Context;
 use enlace::network::LocalNetwork;
 use enlace::{Client, Mailbox};
 
+use super::BenchArgs;
 use super::load::record_draft;
-use super::{BenchArgs, start_nodes, stop_nodes};
+use super::process::NodeProcess;
 
 /// How long the restarted node's backlog is read to measure its drain rate.
 const DRAIN_SAMPLE: Duration = Duration::from_secs(5);
 
 /// The unit the backlog waits in (the one the analyst reads in the other scenarios).
 const UNIT: &str = "dea/records";
+
+/// The node's log: warnings, and its startup lines (how long the log, store and queues took
+/// to open; listening).
+const FILTER: &str = "warn,enlace::node::runtime=info";
 
 /// The scenario's numbers, and its JSON line.
 #[derive(Debug, serde::Serialize)]
@@ -35,6 +42,10 @@ pub struct Report {
     fill_msgs_per_s: f64,
     stop_s: f64,
     restart_s: f64,
+    /// From the restarted node's startup log line (null if it was not found).
+    log_open_ms: Option<u64>,
+    store_open_ms: Option<u64>,
+    queues_ms: Option<u64>,
     first_delivery_s: f64,
     drain_msgs_per_s: f64,
     rss_mb_full: f64,
@@ -46,25 +57,30 @@ pub async fn run(dir: &Path, pki: &Path, a: &BenchArgs) -> anyhow::Result<Report
     // Room for the whole backlog in the unit's queue (100,000 copies by default).
     let capacity = format!("queue_capacity = {}", a.copies.max(1));
     let net = LocalNetwork::mesh_with_limits(dir, pki, &["dea"], &[&capacity])?;
-    let nodes = start_nodes(&net).await?;
+    let node = net.node_of("dea")?.name.clone();
+    let mut first = NodeProcess::spawn(&net, &node, &dir.join(format!("{node}.log")), FILTER)?;
+    first.ready(&net, "dea", "analyst").await?;
     eprintln!("  filling {UNIT} with {} copies", a.copies);
     let started = Instant::now();
     let filled = fill(&net, a.copies, a.outstanding as usize).await;
     let fill_s = started.elapsed().as_secs_f64();
-    let rss_mb_full = rss_mb();
-    let stopping = Instant::now();
-    stop_nodes(nodes).await;
-    let stop_s = stopping.elapsed().as_secs_f64();
+    let rss_mb_full = first.rss_mb("VmRSS");
     filled?;
+    let stopping = Instant::now();
+    first.terminate().await?;
+    let stop_s = stopping.elapsed().as_secs_f64();
 
     let restarting = Instant::now();
-    let nodes = start_nodes(&net).await?;
+    let restarted_log = dir.join(format!("{node}-restarted.log"));
+    let mut second = NodeProcess::spawn(&net, &node, &restarted_log, FILTER)?;
+    second.ready(&net, "dea", "analyst").await?;
     let restart_s = restarting.elapsed().as_secs_f64();
-    let rss_mb_restarted = rss_mb();
+    let rss_mb_restarted = second.rss_mb("VmRSS");
     eprintln!("  serving again after {restart_s:.2} s");
     let read = read_back(&net, restarting).await;
-    let rss_mb_end = rss_mb();
-    stop_nodes(nodes).await;
+    let rss_mb_end = second.rss_mb("VmRSS");
+    let opened = startup_phases(&second.log_text());
+    second.kill();
     let (first_delivery_s, drain_msgs_per_s) = read?;
     let round = |x: f64| (x * 1000.0).round() / 1000.0;
     Ok(Report {
@@ -74,12 +90,52 @@ pub async fn run(dir: &Path, pki: &Path, a: &BenchArgs) -> anyhow::Result<Report
         fill_msgs_per_s: round(a.copies as f64 / fill_s),
         stop_s: round(stop_s),
         restart_s: round(restart_s),
+        log_open_ms: opened[0],
+        store_open_ms: opened[1],
+        queues_ms: opened[2],
         first_delivery_s: round(first_delivery_s),
         drain_msgs_per_s: round(drain_msgs_per_s),
         rss_mb_full: round(rss_mb_full),
         rss_mb_restarted: round(rss_mb_restarted),
         rss_mb_end: round(rss_mb_end),
     })
+}
+
+/// The milliseconds the last startup line of a node's log gives for opening its delivery log,
+/// its store and its queues (`log_ms`, `store_ms`, `queues_ms`).
+fn startup_phases(log: &str) -> [Option<u64>; 3] {
+    let text = strip_ansi(log);
+    let line = text
+        .lines()
+        .rfind(|l| l.contains("opened the delivery log"))
+        .unwrap_or_default();
+    ["log_ms=", "store_ms=", "queues_ms="].map(|key| {
+        let at = line.find(key)? + key.len();
+        let digits: String = line[at..]
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        digits.parse().ok()
+    })
+}
+
+/// `text` without ANSI escape sequences (the log's colours).
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            // ESC [ parameters, up to the final letter.
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// Subscribes to the backlog of the restarted node: seconds from `restarting` to the first
@@ -130,14 +186,4 @@ async fn fill(net: &LocalNetwork, copies: u64, outstanding: usize) -> anyhow::Re
     }
     sender.close().await;
     Ok(())
-}
-
-/// The process's resident memory, in MB (0 where /proc cannot say).
-pub(super) fn rss_mb() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0)
 }

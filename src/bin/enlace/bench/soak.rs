@@ -162,7 +162,10 @@ async fn soak(
         tick.tick().await;
         let now = Instant::now();
         if now >= next_rss {
-            rss.push((started.elapsed().as_secs(), super::restart::rss_mb()));
+            rss.push((
+                started.elapsed().as_secs(),
+                super::process::status_mb("self", "VmRSS"),
+            ));
             next_rss += Duration::from_secs(10);
         }
         if now >= next_relay {
