@@ -330,10 +330,23 @@ async fn bind(config: Config) -> Result<Bound, NodeError> {
         segment_bytes: config.store_segment_bytes,
         ..StoreOptions::default()
     };
-    let opening = std::time::Instant::now();
-    let (store, recovered) =
-        Store::open(&config.data_dir.join("store"), store_options).map_err(NodeError::Store)?;
-    let store_open = opening.elapsed();
+    // What the node remembers for derived products is read back (and rewritten compacted) on a
+    // thread of its own while the store opens: neither needs the other.
+    let ((store, store_open), (memory, memory_open)) = std::thread::scope(|s| {
+        let memory = s.spawn(|| {
+            let started = std::time::Instant::now();
+            (memory::open(&config), started.elapsed())
+        });
+        let started = std::time::Instant::now();
+        let store = Store::open(&config.data_dir.join("store"), store_options);
+        let store = (store, started.elapsed());
+        let memory = memory
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        (store, memory)
+    });
+    let (store, recovered) = store.map_err(NodeError::Store)?;
+    let memory = memory?;
     let (ledger, notices) = Ledger::new(
         &config.name,
         &config.agency,
@@ -349,10 +362,10 @@ async fn bind(config: Config) -> Result<Bound, NodeError> {
         node = %config.name,
         log_ms = log_open.as_millis() as u64,
         store_ms = store_open.as_millis() as u64,
+        memory_ms = memory_open.as_millis() as u64,
         queues_ms = opening.elapsed().as_millis() as u64,
         "opened the delivery log, the store and the queues"
     );
-    let memory = memory::open(&config)?;
     let deadlines = super::deadlines::Journal::open(&config, receipts::MAX_DEADLINES)?;
     let signers = Signers::new(own.tls.signer_verifier()?, &config.trust_domain);
     signers.trusted(own.me.clone(), own.tls.chain.clone());
