@@ -78,7 +78,14 @@ fn raw_quic_measures_both_write_sizes() {
 #[test]
 fn restart_runs_the_node_as_a_process_and_reads_its_startup() {
     let out = Command::new(ENLACE)
-        .args(["bench", "--scenario", "restart", "--copies", "300", "--json"])
+        .args([
+            "bench",
+            "--scenario",
+            "restart",
+            "--copies",
+            "300",
+            "--json",
+        ])
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);

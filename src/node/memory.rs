@@ -32,7 +32,9 @@ pub(super) fn open(config: &Config) -> Result<Provenance, NodeError> {
     let path = path(config);
     let io = |e: std::io::Error| NodeError::Memory(format!("{}: {e}", path.display()));
     let text = match std::fs::read(&path) {
-        Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+        // Valid UTF-8 (the usual case) is taken without a copy.
+        Ok(bytes) => String::from_utf8(bytes)
+            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
         Err(e) => return Err(io(e)),
     };
