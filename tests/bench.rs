@@ -94,7 +94,12 @@ fn restart_runs_the_node_as_a_process_and_reads_its_startup() {
     let r: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
     assert_eq!(r["scenario"], "restart");
     // The restarted process's own startup line was found and read.
-    for field in ["log_open_ms", "store_open_ms", "queues_ms"] {
+    for field in [
+        "log_open_ms",
+        "store_open_ms",
+        "memory_open_ms",
+        "queues_ms",
+    ] {
         assert!(r[field].is_u64(), "{field}: {r}");
     }
     let restart = r["restart_s"].as_f64().unwrap();

@@ -345,7 +345,16 @@ async fn bind(config: Config) -> Result<Bound, NodeError> {
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
         (store, memory)
     });
-    let (store, recovered) = store.map_err(NodeError::Store)?;
+    let (store, recovered) = match store {
+        Ok(opened) => opened,
+        Err(e) => {
+            if let Err(m) = &memory {
+                tracing::error!(node = %config.name, error = %m,
+                    "what the node remembers for derived products could not be read either");
+            }
+            return Err(NodeError::Store(e));
+        }
+    };
     let memory = memory?;
     let (ledger, notices) = Ledger::new(
         &config.name,

@@ -87,7 +87,8 @@ process (next to this binary), a unit nobody reads filled with --copies ROUTINE 
   [stop_s]                     SIGTERM to exit (the shutdown grace, then closing the store)
   [restart_s]                  from starting the process to a client's connection welcomed
   [log_open_ms, store_open_ms, from the restarted node's startup log line: opening its delivery
-   queues_ms]                  log, its store, and rebuilding its queues
+   memory_open_ms, queues_ms]  log, its store and (beside it) what it remembers for derived
+                               products, and rebuilding its queues
   [first_delivery_s]           until a reader subscribing at once gets its first record
   [drain_msgs_per_s]           the reader's rate over the next 5 s
   [rss_mb_full, _restarted,    the node process's resident memory: backlog full, after the

@@ -78,6 +78,9 @@ impl NodeProcess {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         loop {
+            if let Some(status) = self.child.try_wait()? {
+                anyhow::bail!("the node exited: {status} (see {})", self.log.display());
+            }
             match Client::connect(net.client_options(agency, client)?).await {
                 Ok(c) => {
                     c.close().await;

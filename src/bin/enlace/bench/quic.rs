@@ -52,20 +52,42 @@ pub async fn run(dir: &Path, pki: &Path, a: &BenchArgs) -> anyhow::Result<Report
     })
 }
 
-/// A runtime standing in for one node's process.
-fn runtime(name: &str) -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name(format!("quic-{name}"))
-        .enable_all()
-        .build()
-        .context("cannot start a runtime")
+/// A runtime standing in for one node's process, shut down in the background when dropped
+/// (a runtime dropped within the bench's asynchronous context would panic).
+struct NodeRuntime(Option<tokio::runtime::Runtime>);
+
+impl NodeRuntime {
+    fn new(name: &str) -> anyhow::Result<NodeRuntime> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name(format!("quic-{name}"))
+            .enable_all()
+            .build()
+            .context("cannot start a runtime")?;
+        Ok(NodeRuntime(Some(rt)))
+    }
+}
+
+impl std::ops::Deref for NodeRuntime {
+    type Target = tokio::runtime::Runtime;
+
+    fn deref(&self) -> &tokio::runtime::Runtime {
+        self.0.as_ref().expect("present until dropped")
+    }
+}
+
+impl Drop for NodeRuntime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
 }
 
 /// Sends `write`-byte writes from `dea-1`'s endpoint to `cenapi-1`'s for the warm-up and
 /// `window`; returns the bytes per second received over the window.
 async fn transfer(net: &LocalNetwork, write: usize, window: Duration) -> anyhow::Result<f64> {
-    let (srt, crt) = (runtime("server")?, runtime("client")?);
+    let (srt, crt) = (NodeRuntime::new("server")?, NodeRuntime::new("client")?);
     let received = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
 
@@ -114,9 +136,12 @@ async fn transfer(net: &LocalNetwork, write: usize, window: Duration) -> anyhow:
     let moved = received.load(Ordering::Relaxed) - from;
     let rate = moved as f64 / started.elapsed().as_secs_f64();
     stop.store(true, Ordering::Relaxed);
-    let (sent, got) = (sender.await, receiver.await);
-    srt.shutdown_background();
-    crt.shutdown_background();
+    let sent = sender.await;
+    if !matches!(sent, Ok(Ok(()))) {
+        // The receiver may still be waiting for a connection that never came.
+        receiver.abort();
+    }
+    let got = receiver.await;
     sent.context("the sending task failed")??;
     got.context("the receiving task failed")??;
     Ok(rate)

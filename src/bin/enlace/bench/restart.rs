@@ -42,9 +42,11 @@ pub struct Report {
     fill_msgs_per_s: f64,
     stop_s: f64,
     restart_s: f64,
-    /// From the restarted node's startup log line (null if it was not found).
+    /// From the restarted node's startup log line (null if it was not found); the store and
+    /// what the node remembers for derived products open side by side.
     log_open_ms: Option<u64>,
     store_open_ms: Option<u64>,
+    memory_open_ms: Option<u64>,
     queues_ms: Option<u64>,
     first_delivery_s: f64,
     drain_msgs_per_s: f64,
@@ -92,7 +94,8 @@ pub async fn run(dir: &Path, pki: &Path, a: &BenchArgs) -> anyhow::Result<Report
         restart_s: round(restart_s),
         log_open_ms: opened[0],
         store_open_ms: opened[1],
-        queues_ms: opened[2],
+        memory_open_ms: opened[2],
+        queues_ms: opened[3],
         first_delivery_s: round(first_delivery_s),
         drain_msgs_per_s: round(drain_msgs_per_s),
         rss_mb_full: round(rss_mb_full),
@@ -102,14 +105,15 @@ pub async fn run(dir: &Path, pki: &Path, a: &BenchArgs) -> anyhow::Result<Report
 }
 
 /// The milliseconds the last startup line of a node's log gives for opening its delivery log,
-/// its store and its queues (`log_ms`, `store_ms`, `queues_ms`).
-fn startup_phases(log: &str) -> [Option<u64>; 3] {
+/// its store, what it remembers for derived products, and its queues (`log_ms`, `store_ms`,
+/// `memory_ms`, `queues_ms`).
+fn startup_phases(log: &str) -> [Option<u64>; 4] {
     let text = strip_ansi(log);
     let line = text
         .lines()
         .rfind(|l| l.contains("opened the delivery log"))
         .unwrap_or_default();
-    ["log_ms=", "store_ms=", "queues_ms="].map(|key| {
+    ["log_ms=", "store_ms=", "memory_ms=", "queues_ms="].map(|key| {
         let at = line.find(key)? + key.len();
         let digits: String = line[at..]
             .chars()
