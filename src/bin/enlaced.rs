@@ -88,8 +88,10 @@ fn main() -> ExitCode {
 fn init_logging(config: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("ENLACE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(config.log_level()));
+    // Colours only on a terminal: a file, a pipe or journald gets plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match config.log_format() {
         LogFormat::Json => builder.json().init(),

@@ -136,6 +136,7 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_env("ENLACE_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default)),
         )
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
     let rt = match tokio::runtime::Runtime::new() {

@@ -108,8 +108,7 @@ pub async fn run(dir: &Path, pki: &Path, a: &BenchArgs) -> anyhow::Result<Report
 /// its store, what it remembers for derived products, and its queues (`log_ms`, `store_ms`,
 /// `memory_ms`, `queues_ms`).
 fn startup_phases(log: &str) -> [Option<u64>; 4] {
-    let text = strip_ansi(log);
-    let line = text
+    let line = log
         .lines()
         .rfind(|l| l.contains("opened the delivery log"))
         .unwrap_or_default();
@@ -121,25 +120,6 @@ fn startup_phases(log: &str) -> [Option<u64>; 4] {
             .collect();
         digits.parse().ok()
     })
-}
-
-/// `text` without ANSI escape sequences (the log's colours).
-fn strip_ansi(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\x1b' {
-            // ESC [ parameters, up to the final letter.
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 /// Subscribes to the backlog of the restarted node: seconds from `restarting` to the first
