@@ -312,16 +312,16 @@ impl LocalNetwork {
         &self,
         node: &str,
     ) -> Result<(quinn::Endpoint, quinn::ClientConfig), NetworkError> {
+        use crate::tls;
         let t = self.config(node)?.tls;
-        let tls = crate::tls::TlsMaterial::load(&t.cert, &t.key, &t.ca, &t.crls)
-            .map_err(NodeError::from)?;
-        let server = crate::tls::quic_server_config(tls.server_config().map_err(NodeError::from)?)
-            .map_err(NodeError::from)?;
-        let client = crate::tls::quic_client_config(tls.client_config().map_err(NodeError::from)?)
-            .map_err(NodeError::from)?;
-        let any = SocketAddr::from(([127, 0, 0, 1], 0));
-        let endpoint = crate::tls::endpoint(any, Some(server), None).map_err(NodeError::from)?;
-        Ok((endpoint, client))
+        let quic = || -> Result<_, tls::TlsError> {
+            let material = tls::TlsMaterial::load(&t.cert, &t.key, &t.ca, &t.crls)?;
+            let server = tls::quic_server_config(material.server_config()?)?;
+            let client = tls::quic_client_config(material.client_config()?)?;
+            let any = SocketAddr::from(([127, 0, 0, 1], 0));
+            Ok((tls::endpoint(any, Some(server), None)?, client))
+        };
+        Ok(quic().map_err(NodeError::from)?)
     }
 
     /// Starts a node in this process from its config file.

@@ -6,16 +6,34 @@ use std::process::Command;
 
 const ENLACE: &str = env!("CARGO_BIN_EXE_enlace");
 
-#[test]
-fn mixed_single_prints_one_clean_json_line() {
+/// Runs `enlace bench ARGS --json`, which must succeed; its stdout.
+fn bench(args: &[&str]) -> String {
     let out = Command::new(ENLACE)
-        .args(["bench", "--scenario", "mixed", "--topology", "single"])
-        .args(["--duration", "1", "--json"])
+        .arg("bench")
+        .args(args)
+        .arg("--json")
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "bench failed: {stderr}");
-    let stdout = String::from_utf8(out.stdout).unwrap();
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The one JSON line of a scenario that prints one.
+fn one_report(args: &[&str]) -> serde_json::Value {
+    serde_json::from_str(bench(args).trim()).unwrap()
+}
+
+#[test]
+fn mixed_single_prints_one_clean_json_line() {
+    let stdout = bench(&[
+        "--scenario",
+        "mixed",
+        "--topology",
+        "single",
+        "--duration",
+        "1",
+    ]);
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(
         lines.len(),
@@ -52,21 +70,7 @@ fn mixed_single_prints_one_clean_json_line() {
 
 #[test]
 fn raw_quic_measures_both_write_sizes() {
-    let out = Command::new(ENLACE)
-        .args([
-            "bench",
-            "--scenario",
-            "raw-quic",
-            "--duration",
-            "500ms",
-            "--json",
-        ])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "bench failed: {stderr}");
-    let stdout = String::from_utf8(out.stdout).unwrap();
-    let r: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    let r = one_report(&["--scenario", "raw-quic", "--duration", "500ms"]);
     assert_eq!(r["scenario"], "raw-quic");
     // Bytes moved over the window, in both modes (a transfer that never started reads 0).
     for field in ["large_writes_mb_per_s", "framed_1k_mb_per_s"] {
@@ -77,21 +81,7 @@ fn raw_quic_measures_both_write_sizes() {
 
 #[test]
 fn restart_runs_the_node_as_a_process_and_reads_its_startup() {
-    let out = Command::new(ENLACE)
-        .args([
-            "bench",
-            "--scenario",
-            "restart",
-            "--copies",
-            "300",
-            "--json",
-        ])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "bench failed: {stderr}");
-    let stdout = String::from_utf8(out.stdout).unwrap();
-    let r: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    let r = one_report(&["--scenario", "restart", "--copies", "300"]);
     assert_eq!(r["scenario"], "restart");
     // The restarted process's own startup line was found and read.
     for field in [

@@ -431,14 +431,20 @@ async fn start_nodes(net: &LocalNetwork) -> anyhow::Result<Vec<Started>> {
     Ok(nodes)
 }
 
-/// Starts node `name` of `net` on a runtime of its own.
-async fn start_node(net: &LocalNetwork, name: &str) -> anyhow::Result<Started> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
+/// A runtime standing in for one node's process (2 worker threads, as `enlaced` has), its
+/// threads named `threads`.
+fn node_runtime(threads: String) -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
-        .thread_name(format!("node-{name}"))
+        .thread_name(threads)
         .enable_all()
         .build()
-        .context("cannot start a node's runtime")?;
+        .context("cannot start a node's runtime")
+}
+
+/// Starts node `name` of `net` on a runtime of its own.
+async fn start_node(net: &LocalNetwork, name: &str) -> anyhow::Result<Started> {
+    let rt = node_runtime(format!("node-{name}"))?;
     let config = net.config(name)?;
     match rt.spawn(enlace::node::start(config)).await {
         Ok(Ok(node)) => Ok((node, rt)),

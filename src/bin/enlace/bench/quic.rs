@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use enlace::network::LocalNetwork;
 
-use super::{BenchArgs, WARMUP};
+use super::{BenchArgs, WARMUP, node_runtime};
 
 /// The bytes of one framed message: a 1 KiB record and what an envelope adds around it.
 const FRAMED: usize = 1024 + 4;
@@ -58,13 +58,7 @@ struct NodeRuntime(Option<tokio::runtime::Runtime>);
 
 impl NodeRuntime {
     fn new(name: &str) -> anyhow::Result<NodeRuntime> {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name(format!("quic-{name}"))
-            .enable_all()
-            .build()
-            .context("cannot start a runtime")?;
-        Ok(NodeRuntime(Some(rt)))
+        Ok(NodeRuntime(Some(node_runtime(format!("quic-{name}"))?)))
     }
 }
 
