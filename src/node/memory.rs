@@ -2,7 +2,7 @@
 //! a restart remembers it: `<data_dir>/provenance.jsonl`, JSON lines.
 //!
 //! At start the file is replayed (a line cut short by a crash is skipped, and said) and
-//! rewritten compacted. While the node runs, what it learns is appended every [`FLUSH`]; the
+//! rewritten compacted (only synced when it already is). While the node runs, what it learns is appended every [`FLUSH`]; the
 //! file is rewritten compacted again once it holds more than twice `limits.provenance_ids`
 //! lines. Appends are not fsynced (a power cut may lose the last [`FLUSH`] of it: products of
 //! those sources are then not checked against them); rewrites are, then renamed into place.
@@ -27,7 +27,7 @@ fn path(config: &Config) -> PathBuf {
     config.data_dir.join(FILE)
 }
 
-/// Replays the file (if any) into a node's memory, and rewrites it compacted.
+/// Replays the file (if any) into a node's memory, and rewrites it compacted unless it is.
 pub(super) fn open(config: &Config) -> Result<Provenance, NodeError> {
     let path = path(config);
     let io = |e: std::io::Error| NodeError::Memory(format!("{}: {e}", path.display()));
@@ -45,7 +45,16 @@ pub(super) fn open(config: &Config) -> Result<Provenance, NodeError> {
             "provenance lines that do not parse were skipped (a crash cuts the last one short)"
         );
     }
-    super::files::replace(&path, &memory.snapshot(), super::files::SHARED).map_err(io)?;
+    // A file already as compact as its rewrite would be is not written again, only synced (its
+    // appends were not): 20 MB written and fsynced at every start, for nothing, otherwise.
+    let compacted = memory.snapshot();
+    if compacted != text.as_bytes() {
+        super::files::replace(&path, &compacted, super::files::SHARED).map_err(io)?;
+    } else if !compacted.is_empty() {
+        std::fs::File::open(&path)
+            .and_then(|f| f.sync_data())
+            .map_err(io)?;
+    }
     Ok(memory)
 }
 
@@ -106,4 +115,51 @@ pub(super) async fn flush(node: &Arc<Node>, lines: &mut usize) {
         .lock()
         .expect("provenance lock poisoned")
         .unwritten(unwritten);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::MetadataExt as _;
+    use std::path::Path;
+    use std::time::SystemTime;
+
+    use super::*;
+    use crate::id::MessageId;
+
+    fn config(dir: &Path) -> Config {
+        let text = "[node]\nname = \"dea-1\"\nagency = \"dea\"\ntrust_domain = \"enlace.test\"\n\
+                    listen = \"127.0.0.1:7401\"\ndata_dir = \"data\"\n\n[tls]\ncert = \"c.pem\"\n\
+                    key = \"k.pem\"\nca = \"root.pem\"\n";
+        let c = Config::parse(text, dir).unwrap();
+        std::fs::create_dir_all(&c.data_dir).unwrap();
+        c
+    }
+
+    /// A compact file is replayed and left as it is (the same file, not a rewrite of it); one
+    /// with a line repeated and a torn last line is rewritten compacted.
+    #[test]
+    fn only_a_file_that_is_not_compact_is_rewritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config(dir.path());
+        let mut memory = Provenance::new(16);
+        for _ in 0..3 {
+            memory.remember(MessageId::new_v7(SystemTime::now()), Vec::new());
+        }
+        let compact = memory.snapshot();
+        std::fs::write(path(&config), &compact).unwrap();
+        let inode = |c: &Config| std::fs::metadata(path(c)).unwrap().ino();
+        let before = inode(&config);
+        open(&config).unwrap();
+        assert_eq!(inode(&config), before, "a compact file was rewritten");
+        assert_eq!(std::fs::read(path(&config)).unwrap(), compact);
+
+        let first = compact.split_inclusive(|b| *b == b'\n').next().unwrap();
+        let untidy = [&compact[..], first, &first[..first.len() / 2]].concat();
+        std::fs::write(path(&config), &untidy).unwrap();
+        let before = inode(&config);
+        let replayed = open(&config).unwrap();
+        assert_ne!(inode(&config), before, "an untidy file was left");
+        assert_eq!(std::fs::read(path(&config)).unwrap(), compact);
+        assert_eq!(replayed.snapshot(), compact);
+    }
 }
