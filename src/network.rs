@@ -214,6 +214,11 @@ impl LocalNetwork {
         s
     }
 
+    /// Node `node`'s data directory (`node.data_dir`): its store, delivery log and state.
+    pub fn data_dir(&self, node: &str) -> PathBuf {
+        self.dir.join("data").join(node)
+    }
+
     /// Where a node's config file is.
     pub fn config_path(&self, node: &str) -> PathBuf {
         self.dir.join("config").join(format!("{node}.toml"))
@@ -242,7 +247,7 @@ impl LocalNetwork {
                 .get(&spec.name)
                 .map(|l| format!("{l}\n"))
                 .unwrap_or_default(),
-            data = self.dir.join("data").join(&spec.name).display(),
+            data = self.data_dir(&spec.name).display(),
             policy = self.policy_path(&spec.name).display(),
             cert = leaf.cert.display(),
             key = leaf.key.display(),

@@ -1,6 +1,6 @@
 //! Every file operation of the store, behind one narrow seam: [`Disk`].
 //!
-//! The store touches its directory only through these calls: list, read, create, append,
+//! The store touches its directory only through these calls: list, read, length, create, append,
 //! fdatasync, truncate, remove and fsync of the directory. In a node they go straight to the
 //! file system ([`Std`]). In tests, `sim::SimDisk` keeps the files in memory and remembers which
 //! bytes and which directory entries were made durable, so that a simulated power cut can drop
@@ -28,6 +28,8 @@ pub(super) trait Disk: Send + Sync + fmt::Debug {
     /// buffer, so its pages are allocated and faulted in once, not once per segment.
     fn read_into(&self, path: &Path, buf: &mut Vec<u8>) -> io::Result<()>;
     fn open_read(&self, path: &Path) -> io::Result<Box<dyn ReadAt>>;
+    /// The file's length in bytes.
+    fn len(&self, path: &Path) -> io::Result<u64>;
     /// Creates a new, empty file to append to (it must not exist).
     fn create(&self, path: &Path) -> io::Result<Box<dyn Append>>;
     /// Shortens a file to `len` bytes, durably.
@@ -100,6 +102,10 @@ impl Disk for Std {
 
     fn open_read(&self, path: &Path) -> io::Result<Box<dyn ReadAt>> {
         Ok(Box::new(File::open(path)?))
+    }
+
+    fn len(&self, path: &Path) -> io::Result<u64> {
+        Ok(fs::metadata(path)?.len())
     }
 
     fn create(&self, path: &Path) -> io::Result<Box<dyn Append>> {

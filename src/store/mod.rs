@@ -27,6 +27,7 @@ mod reclaim;
 mod record;
 mod recover;
 mod segment;
+mod summary;
 #[cfg(test)]
 mod tests;
 mod writer;

@@ -8,8 +8,8 @@
 //! Nothing here decides when a message is finished: that is the node's `Done`.
 
 use super::record::{Frame, Payload, PutBody, Record, read_frame};
-use super::segment;
 use super::writer::{Fatal, Writer, fatal};
+use super::{segment, summary};
 
 impl Writer {
     pub(super) fn compaction_source(&self) -> Option<u64> {
@@ -121,6 +121,15 @@ impl Writer {
     /// ones whose `Done` records finish its copies).
     pub(super) fn reclaim(&mut self) -> Result<(), Fatal> {
         while let Some(id) = self.state.index.deletable_head(self.state.newest) {
+            // Its summary first: a summary left without its segment is removed at open, and
+            // one directory sync below makes both removals durable.
+            let summary = summary::path(&self.dir, id);
+            match self.disk.remove(&summary) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(fatal("remove", &summary, e));
+                }
+                _ => {}
+            }
             let path = segment::path(&self.dir, id);
             self.disk
                 .remove(&path)

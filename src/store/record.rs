@@ -170,6 +170,16 @@ impl Record {
     /// ([`MAX_QUEUE_BYTES`], [`MAX_REASON_BYTES`]); longer ones are cut here rather than corrupt
     /// the frame.
     pub(super) fn encode(&self, out: &mut Vec<u8>) {
+        self.encode_with(out, true);
+    }
+
+    /// As [`Record::encode`], but a `Put`'s frame without its message bytes (what a segment's
+    /// summary keeps, see `summary`; decoded, it is the record recovery's scan would give).
+    pub(super) fn encode_without_message(&self, out: &mut Vec<u8>) {
+        self.encode_with(out, false);
+    }
+
+    fn encode_with(&self, out: &mut Vec<u8>, message: bool) {
         let start = out.len();
         out.extend_from_slice(&[0; FRAME_HEADER]);
         match self {
@@ -195,7 +205,9 @@ impl Record {
                 out.push(u8::from(p.dead.is_some()));
                 out.extend_from_slice(&(dead.len() as u16).to_le_bytes());
                 out.extend_from_slice(dead);
-                out.extend_from_slice(&p.bytes);
+                if message {
+                    out.extend_from_slice(&p.bytes);
+                }
             }
             Record::Done { seq } => {
                 out.push(KIND_DONE);

@@ -1,5 +1,6 @@
 //! Recovery at open: replay every segment in order to rebuild the indexes and the list of live
-//! copies, cutting a torn tail off the newest segment.
+//! copies, cutting a torn tail off the newest segment. A segment whose summary stands for it
+//! exactly is replayed from the summary instead of being read (see `summary`).
 //!
 //! The newest segment is the only one a crash can leave unfinished (a segment is sealed only
 //! after its last write was fsynced), so a bad frame or a write without its `Commit` there is a
@@ -15,7 +16,8 @@ use std::path::Path;
 use super::disk::Disk;
 use super::index::{Index, Location, Seen};
 use super::record::Record;
-use super::segment::{self, Scan};
+use super::segment::{self, Scan, Scanned};
+use super::summary;
 use super::{StoreError, StoredMessage};
 
 /// Most live copies recovery makes room for ahead (a 10 GB backlog of 1 KiB records, each
@@ -50,6 +52,7 @@ pub(super) struct Recovered {
 /// [`StoreError::Corrupt`] for damage outside the newest segment's tail; [`StoreError::Io`].
 pub(super) fn recover(disk: &dyn Disk, dir: &Path) -> Result<Recovered, StoreError> {
     let segments = segment::list(disk, dir)?;
+    let mut summaries = summary::list(disk, dir)?;
     let last = segments.last().map(|(id, _)| *id);
     let mut state = State {
         next_seq: 1,
@@ -60,19 +63,24 @@ pub(super) fn recover(disk: &dyn Disk, dir: &Path) -> Result<Recovered, StoreErr
     let mut messages = BTreeMap::new();
     // One buffer for every segment: fresh pages for each would be most of the time spent.
     let mut data = Vec::new();
+    let mut summary_data = Vec::new();
     let count = segments.len();
+    let mut summarized = 0;
     for (i, (id, path)) in segments.into_iter().enumerate() {
         let io = |op, source| StoreError::Io {
             op,
             path: path.clone(),
             source,
         };
-        disk.read_into(&path, &mut data)
-            .map_err(|e| io("read", e))?;
-        // Each committed record is replayed as the scan reads it; the first must be the
-        // segment's own header.
+        let corrupt = |offset, reason: &str| StoreError::Corrupt {
+            path: path.clone(),
+            offset,
+            reason: reason.to_owned(),
+        };
+        // Each committed record is replayed as the scan (or the summary) gives it; the first
+        // must be the segment's own header.
         let (mut first, mut headed) = (true, false);
-        let scan = segment::scan(&data, |s| {
+        let mut each = |s: Scanned| {
             if std::mem::take(&mut first)
                 && let Record::Header { segment, next_seq } = s.record
                 && segment == id
@@ -88,33 +96,55 @@ pub(super) fn recover(disk: &dyn Disk, dir: &Path) -> Result<Recovered, StoreErr
                 };
                 replay(&mut state, &mut seen, &mut messages, loc, s.record);
             }
-        });
-        let corrupt = |offset, reason: &str| StoreError::Corrupt {
-            path: path.clone(),
-            offset,
-            reason: reason.to_owned(),
         };
-        if Some(id) != last {
-            if let Some(stop) = &scan.stop {
-                let reason = format!("{} in a sealed segment (not a torn tail)", stop.reason);
-                return Err(corrupt(stop.offset, &reason));
+        let from_summary = match summaries.remove(&id) {
+            true => from_summary(disk, dir, id, &path, &mut summary_data, &mut each),
+            false => None,
+        };
+        let good_len = match from_summary {
+            Some(len) => {
+                summarized += 1;
+                len
             }
-        } else {
-            if scan.good_len < data.len() as u64 {
-                cut(disk, &path, &scan, data.len() as u64)?;
+            None => {
+                disk.read_into(&path, &mut data)
+                    .map_err(|e| io("read", e))?;
+                let mut built = summary::Builder::default();
+                let scan = segment::scan(&data, |s| {
+                    built.add(s.offset, s.len, &s.record);
+                    each(s);
+                });
+                if Some(id) != last {
+                    if let Some(stop) = &scan.stop {
+                        let reason =
+                            format!("{} in a sealed segment (not a torn tail)", stop.reason);
+                        return Err(corrupt(stop.offset, &reason));
+                    }
+                } else {
+                    if scan.good_len < data.len() as u64 {
+                        cut(disk, &path, &scan, data.len() as u64)?;
+                    }
+                    if scan.good_len == 0 {
+                        // Created, but its first write never completed: nothing in it was
+                        // acknowledged.
+                        disk.remove(&path).map_err(|e| io("remove", e))?;
+                        disk.sync_dir(dir).map_err(|e| io("sync directory of", e))?;
+                        continue;
+                    }
+                }
+                if headed {
+                    // No run appends to a segment it found at open: it is sealed, and the next
+                    // open can read its summary instead.
+                    summary::write(disk, dir, id, &built.finish(id, scan.good_len));
+                }
+                scan.good_len
             }
-            if scan.good_len == 0 {
-                // Created, but its first write never completed: nothing in it was acknowledged.
-                disk.remove(&path).map_err(|e| io("remove", e))?;
-                disk.sync_dir(dir).map_err(|e| io("sync directory of", e))?;
-                continue;
-            }
-        }
+        };
         if !headed {
             return Err(corrupt(0, "segment does not begin with its own header"));
         }
         state.index.add_segment(id);
-        state.index.add_bytes(id, scan.good_len);
+        state.index.add_bytes(id, good_len);
         state.newest = Some(id);
         if i == 0 {
             // Room for as many live copies in each later segment as in the first (segments
@@ -126,11 +156,49 @@ pub(super) fn recover(disk: &dyn Disk, dir: &Path) -> Result<Recovered, StoreErr
             state.index.reserve(expected.min(MAX_RESERVED));
         }
     }
+    // Summaries of segments that are gone (a crash between removing the two files).
+    for id in summaries {
+        let _ = disk.remove(&summary::path(dir, id));
+    }
+    tracing::debug!(
+        segments = count,
+        summarized,
+        "store: recovered (segments with a summary were not read)"
+    );
     Ok(Recovered {
         state,
         seen,
         messages: messages.into_values().collect(),
     })
+}
+
+/// Replays segment `id` from its summary, if the summary stands for it exactly; returns the
+/// segment's committed length. `None` (logged) when it does not: the segment is scanned instead.
+fn from_summary(
+    disk: &dyn Disk,
+    dir: &Path,
+    id: u64,
+    segment: &Path,
+    buf: &mut Vec<u8>,
+    each: impl FnMut(Scanned),
+) -> Option<u64> {
+    let path = summary::path(dir, id);
+    let checked = disk
+        .read_into(&path, buf)
+        .and_then(|()| disk.len(segment))
+        .map_err(|e| e.to_string())
+        .and_then(|len| summary::replay(buf, id, len, each).map_err(str::to_owned));
+    match checked {
+        Ok(len) => Some(len),
+        Err(reason) => {
+            tracing::info!(
+                summary = %path.display(),
+                reason,
+                "store: a segment's summary does not stand for it; scanning the segment"
+            );
+            None
+        }
+    }
 }
 
 fn replay(

@@ -29,7 +29,7 @@ use super::disk::{self, Append, Disk, ReadAt};
 use super::index::{Key, Location};
 use super::record::{self, PutBody, Record};
 use super::recover::State;
-use super::{Op, Shared, StoreError, StoreOptions, StoreStats, segment};
+use super::{Op, Shared, StoreError, StoreOptions, StoreStats, segment, summary};
 
 /// A request from a [`super::Store`] handle.
 pub(super) enum Request {
@@ -117,6 +117,8 @@ pub(super) struct Active {
     len: u64,
     /// Bytes reserved on disk for the segment (at least [`StoreOptions::segment_bytes`]).
     room: u64,
+    /// Its summary so far (durable records only), written when it is sealed.
+    summary: summary::Builder,
 }
 
 pub(super) struct Writer {
@@ -215,6 +217,11 @@ impl Writer {
                 Request::Read(_, reply) => drop(reply),
                 Request::Close(reply) => closers.push(reply),
             }
+        }
+        if failed.is_none() {
+            // Not after a failure: what the failed round wrote may not be on disk.
+            let active = self.active.take();
+            self.seal(active);
         }
         drop(self); // Closes the files and releases the lock before `close` returns.
         for reply in closers {
@@ -462,18 +469,22 @@ impl Writer {
             let size: usize = records.iter().map(Record::frame_len).sum();
             active.len + (size + record::HEADER_LEN + record::commit_len()) as u64 <= active.room
         });
-        if active.len == 0 {
-            Record::Header {
-                segment: active.id,
-                next_seq,
-            }
-            .encode(&mut self.buf);
+        let header = (active.len == 0).then_some(Record::Header {
+            segment: active.id,
+            next_seq,
+        });
+        if let Some(h) = &header {
+            h.encode(&mut self.buf);
             count += 1;
         }
+        let header_len = self.buf.len() as u32;
         let mut placed = Vec::new();
+        // Where each record's frame is, for the segment's summary.
+        let mut frames = Vec::with_capacity(records.len());
         for rec in &records {
             let offset = active.len + self.buf.len() as u64;
             rec.encode(&mut self.buf);
+            frames.push((offset, (active.len + self.buf.len() as u64 - offset) as u32));
             if let Record::Put(p) = rec {
                 let len = (active.len + self.buf.len() as u64 - offset) as u32; // One frame.
                 let segment = active.id;
@@ -514,6 +525,12 @@ impl Writer {
             .sync_data()
             .map_err(|e| fatal("fdatasync", &path, e))?;
         let took = started.elapsed();
+        if let Some(h) = &header {
+            active.summary.add(0, header_len, h);
+        }
+        for ((offset, len), rec) in frames.into_iter().zip(&records) {
+            active.summary.add(offset, len, rec);
+        }
         active.len += self.buf.len() as u64;
         self.state.index.add_bytes(active.id, self.buf.len() as u64);
         self.stats.fsyncs += 1;
@@ -671,13 +688,25 @@ impl Writer {
         self.state.next_segment += 1;
         self.state.newest = Some(id);
         self.state.index.add_segment(id);
-        self.active = Some(Active {
+        let sealed = self.active.replace(Active {
             id,
             file,
             len: 0,
             room,
+            summary: summary::Builder::default(),
         });
+        self.seal(sealed);
         Ok(true)
+    }
+
+    /// Writes the summary of a segment nothing will be appended to again (see `summary`): the
+    /// one the writer rolled away from, or the active one at close. Every record in it is
+    /// durable already (each round fdatasyncs before it returns).
+    pub(super) fn seal(&self, segment: Option<Active>) {
+        if let Some(a) = segment.filter(|a| a.len > 0) {
+            let bytes = a.summary.finish(a.id, a.len);
+            summary::write(&*self.disk, &self.dir, a.id, &bytes);
+        }
     }
 
     fn publish_stats(&self) {

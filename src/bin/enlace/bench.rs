@@ -93,6 +93,8 @@ process (next to this binary), a unit nobody reads filled with --copies ROUTINE 
   [drain_msgs_per_s]           the reader's rate over the next 5 s
   [rss_mb_full, _restarted,    the node process's resident memory: backlog full, after the
    _end]                       restart, at the end
+  [evicted_mb]                 with --cold: the node's files evicted from the page cache
+                               before the restart (0 without it)
 
 --scenario backlog (not part of `all`) queues --copies records of 1 KiB (one in ten BULK) and a
 few IMMEDIATE alerts for PGR while its node is down, with DEA's node a process of its own
@@ -161,6 +163,10 @@ pub struct BenchArgs {
     /// the records queued for the offline peer.
     #[arg(long, default_value_t = 1_000_000)]
     pub copies: u64,
+    /// For --scenario restart: evict the node's files from the page cache before starting it
+    /// again, as after a reboot (its store, log and state are then read from the disk).
+    #[arg(long)]
+    pub cold: bool,
 }
 
 /// A duration for `--duration`: as [`parse_duration`], and not zero.

@@ -240,6 +240,12 @@ impl Disk for SimDisk {
         }))
     }
 
+    fn len(&self, path: &Path) -> io::Result<u64> {
+        let mut s = self.state();
+        s.step()?;
+        Ok(s.inode(path)?.data.len() as u64)
+    }
+
     fn create(&self, path: &Path) -> io::Result<Box<dyn Append>> {
         let mut s = self.state();
         s.step()?;

@@ -117,8 +117,8 @@ async fn a_full_disk_refuses_new_copies_lets_finished_ones_free_space_and_recove
         ..StoreOptions::default()
     };
     let open = |disk: &SimDisk| Store::open_with(dir, opts.clone(), Arc::new(disk.clone()));
-    // Room for three segments.
-    disk.set_space(Some(3 * 4096 + 100));
+    // Room for three segments and their summaries (a few hundred bytes each).
+    disk.set_space(Some(3 * (4096 + 512)));
     let (store, _) = open(&disk).unwrap();
     let mut kept = Vec::new();
     let full = loop {

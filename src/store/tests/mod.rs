@@ -1,7 +1,8 @@
 //! Store tests on real files in temporary directories: the API here, crash recovery, reclaim
 //! and injected I/O faults in the submodules. A "crash" is simulated by closing the store (every
 //! acknowledged write is already on disk, and nothing is buffered in the process) and then
-//! editing its files as a crash could have left them.
+//! editing its files as a crash could have left them: a crash also leaves no summary of the
+//! segment being written ([`forget_summary`]), which a close writes.
 
 mod faults;
 mod power;
@@ -44,6 +45,18 @@ pub(super) fn segment_files(dir: &Path) -> Vec<PathBuf> {
         .into_iter()
         .map(|(_, p)| p)
         .collect()
+}
+
+/// Summary files in `dir`, oldest first.
+pub(super) fn summary_files(dir: &Path) -> Vec<PathBuf> {
+    let ids = summary::list(&disk::Std, dir).unwrap();
+    ids.into_iter().map(|id| summary::path(dir, id)).collect()
+}
+
+/// Removes the summary of the segment at `seg` (as a crash while it was written leaves it, or a
+/// segment sealed before summaries existed).
+pub(super) fn forget_summary(seg: &Path) {
+    std::fs::remove_file(seg.with_extension("sum")).unwrap();
 }
 
 pub(super) fn seqs(messages: &[StoredMessage]) -> Vec<u64> {

@@ -26,6 +26,7 @@ async fn two_writes(dir: &Path) -> (u64, u64, u64) {
     let after_a = len(&newest(dir));
     let b = store.commit(vec![put("q", 2, &[7; 300])]).await.unwrap()[0];
     store.close().await.unwrap();
+    forget_summary(&newest(dir));
     (a, b, after_a)
 }
 
@@ -135,6 +136,9 @@ async fn damage_in_a_sealed_segment_refuses_to_open() {
     store.close().await.unwrap();
     let files = segment_files(dir.path());
     assert!(files.len() >= 3, "{files:?}");
+    // A sealed segment without a summary is read whole and checked (one with a summary is not
+    // read at open: see the next test).
+    forget_summary(&files[0]);
     let mut data = fs::read(&files[0]).unwrap();
     data[100] ^= 0x40;
     fs::write(&files[0], &data).unwrap();
@@ -169,4 +173,112 @@ async fn a_sealed_segment_missing_its_header_refuses_to_open() {
         matches!(err, StoreError::Corrupt { offset: 0, .. }),
         "{err}"
     );
+}
+
+/// Ten copies of 1,000 bytes on small segments (several sealed ones), one with a delivery
+/// attempt, one finished; closed. Returns what a reopen recovers.
+async fn sealed_segments(dir: &Path) -> Vec<StoredMessage> {
+    let (store, _) = open_small(dir);
+    let mut put_seqs = Vec::new();
+    for i in 0..10 {
+        put_seqs.push(store.commit(vec![put("q", i, &[i; 1000])]).await.unwrap()[0]);
+    }
+    store
+        .commit(vec![Op::Attempt(put_seqs[1], 3)])
+        .await
+        .unwrap();
+    store.commit(vec![Op::Done(put_seqs[8])]).await.unwrap();
+    store.close().await.unwrap();
+    let (store, recovered) = open_small(dir);
+    store.close().await.unwrap();
+    assert_eq!(recovered.len(), 9);
+    recovered
+}
+
+#[tokio::test]
+async fn a_clean_close_leaves_summaries_that_open_reads_instead_of_the_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let from_summaries = sealed_segments(dir.path()).await;
+    let files = segment_files(dir.path());
+    assert!(files.len() >= 3, "{files:?}");
+    let summaries = summary_files(dir.path());
+    let expected: Vec<_> = files.iter().map(|f| f.with_extension("sum")).collect();
+    assert_eq!(
+        summaries, expected,
+        "every segment is sealed with a summary"
+    );
+    // Without them, every segment is scanned: the same copies, in the same state, and the
+    // scan writes the same summaries again.
+    let saved: Vec<_> = summaries.iter().map(|p| fs::read(p).unwrap()).collect();
+    files.iter().for_each(|f| forget_summary(f));
+    let (store, scanned) = open_small(dir.path());
+    store.close().await.unwrap();
+    assert_eq!(scanned, from_summaries);
+    assert_eq!(
+        summaries
+            .iter()
+            .map(|p| fs::read(p).unwrap())
+            .collect::<Vec<_>>(),
+        saved
+    );
+    assert_eq!(
+        scanned.iter().find(|m| m.attempts == 3).map(|m| m.seq),
+        Some(scanned[1].seq)
+    );
+    // A message damaged in a sealed segment: open, reading summaries, does not see it (so it
+    // did not read the segment); reading that copy back does, and only that copy.
+    let mut data = fs::read(&files[0]).unwrap();
+    let at = data.len() - COMMIT_FRAME as usize - 5; // The segment's last message.
+    data[at] ^= 0x01;
+    fs::write(&files[0], &data).unwrap();
+    let (store, recovered) = open_small(dir.path());
+    assert_eq!(recovered, from_summaries);
+    let read = store.read(seqs(&recovered)).await.unwrap();
+    let damaged: Vec<_> = read.iter().filter(|r| r.is_err()).collect();
+    assert_eq!(damaged.len(), 1, "{read:?}");
+    store.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_summary_that_does_not_stand_for_its_segment_is_ignored_and_written_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let expected = sealed_segments(dir.path()).await;
+    let summaries = summary_files(dir.path());
+    let first = fs::read(&summaries[0]).unwrap();
+    // Torn, and another segment's.
+    let second = fs::read(&summaries[1]).unwrap();
+    for bad in [&first[..first.len() - 1], &second[..]] {
+        fs::write(&summaries[0], bad).unwrap();
+        let (store, recovered) = open_small(dir.path());
+        store.close().await.unwrap();
+        assert_eq!(recovered, expected);
+        assert_eq!(fs::read(&summaries[0]).unwrap(), first, "written again");
+    }
+}
+
+#[tokio::test]
+async fn summaries_go_with_their_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = open_small(dir.path());
+    let mut put_seqs = Vec::new();
+    for i in 0..10 {
+        put_seqs.push(store.commit(vec![put("q", i, &[i; 1000])]).await.unwrap()[0]);
+    }
+    for seq in put_seqs {
+        store.commit(vec![Op::Done(seq)]).await.unwrap();
+    }
+    assert!(store.stats().segments_deleted >= 2, "{:?}", store.stats());
+    store.close().await.unwrap();
+    let files = segment_files(dir.path());
+    let expected: Vec<_> = files.iter().map(|f| f.with_extension("sum")).collect();
+    assert_eq!(summary_files(dir.path()), expected);
+    // One left behind by a crash between the two removals goes at the next open.
+    let orphan = summary::path(dir.path(), 1);
+    assert!(!orphan.exists() && !orphan.with_extension("log").exists());
+    fs::copy(&expected[0], &orphan).unwrap();
+    let (store, recovered) = open_small(dir.path());
+    store.close().await.unwrap();
+    assert!(recovered.is_empty());
+    assert!(!orphan.exists());
+    assert_eq!(summary_files(dir.path()), expected);
 }

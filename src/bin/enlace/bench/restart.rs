@@ -9,7 +9,10 @@
 //! node listening, its log, store and queues open); `first_delivery_s` until a reader
 //! subscribing at once gets its first record; then it reads for `DRAIN_SAMPLE` and reports the
 //! rate. The node's own startup log line gives the time its delivery log, store and queues took
-//! to open; its resident memory is read when full, after the restart, and at the end.
+//! to open; its resident memory is read when full, after the restart, and at the end. With
+//! `--cold`, the node's files are evicted from the page cache between the two lives (written
+//! back, then `posix_fadvise(DONTNEED)`), so the restart reads them from the disk as after a
+//! reboot, without needing root to drop every cache.
 
 use std::collections::VecDeque;
 use std::path::Path;
@@ -53,6 +56,7 @@ pub struct Report {
     rss_mb_full: f64,
     rss_mb_restarted: f64,
     rss_mb_end: f64,
+    evicted_mb: f64,
 }
 
 pub async fn run(dir: &Path, pki: &Path, a: &BenchArgs) -> anyhow::Result<Report> {
@@ -71,6 +75,10 @@ pub async fn run(dir: &Path, pki: &Path, a: &BenchArgs) -> anyhow::Result<Report
     let stopping = Instant::now();
     first.terminate().await?;
     let stop_s = stopping.elapsed().as_secs_f64();
+    let evicted = match a.cold {
+        true => evict(&net.data_dir(&node))?,
+        false => 0,
+    };
 
     let restarting = Instant::now();
     let restarted_log = dir.join(format!("{node}-restarted.log"));
@@ -101,7 +109,28 @@ pub async fn run(dir: &Path, pki: &Path, a: &BenchArgs) -> anyhow::Result<Report
         rss_mb_full: round(rss_mb_full),
         rss_mb_restarted: round(rss_mb_restarted),
         rss_mb_end: round(rss_mb_end),
+        evicted_mb: round(evicted as f64 / 1e6),
     })
+}
+
+/// Evicts every file under `dir` from the page cache (each written back first: dirty pages
+/// cannot be dropped), so that the next start reads them from the disk. Returns their bytes.
+fn evict(dir: &Path) -> anyhow::Result<u64> {
+    let mut bytes = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            bytes += evict(&entry.path())?;
+        } else if kind.is_file() {
+            let file = std::fs::File::open(entry.path())?;
+            file.sync_data()?;
+            rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::DontNeed)
+                .with_context(|| format!("evicting {}", entry.path().display()))?;
+            bytes += file.metadata()?.len();
+        }
+    }
+    Ok(bytes)
 }
 
 /// The milliseconds the last startup line of a node's log gives for opening its delivery log,
