@@ -5,7 +5,8 @@
 //! with [`super::Store::contains_message`] behind a lock. Message bytes are not held here (they
 //! stay on disk and are read back for compaction and redrive).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::cell::Cell;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 
@@ -19,16 +20,23 @@ pub(super) struct Location {
     pub len: u32,
 }
 
-/// A live copy: waiting in its queue, or parked as a dead letter.
+/// A live copy: waiting in its queue, or parked as a dead letter (its reason is kept apart,
+/// see [`Index::dead_reason`]: dead letters are few, and every live copy has an entry).
 #[derive(Debug, Clone)]
 pub(super) struct Entry {
     pub loc: Location,
     pub attempts: u32,
-    pub dead: Option<String>,
 }
 
 /// A dedup key: queue name (interned) and message id.
 pub(super) type Key = (Arc<str>, [u8; 16]);
+
+/// A `Put` frame in a segment file: its copy's seq and its dedup key.
+#[derive(Debug, Clone)]
+pub(super) struct PutFrame {
+    pub seq: u64,
+    pub key: Key,
+}
 
 /// What one segment file still holds.
 #[derive(Debug, Default)]
@@ -36,11 +44,40 @@ pub(super) struct SegmentInfo {
     /// File length (committed frames only).
     pub bytes: u64,
     /// Live copies whose current `Put` frame is in this segment.
-    pub live: BTreeSet<u64>,
+    pub live: usize,
     /// Sum of those frames' lengths.
     pub live_bytes: u64,
-    /// The dedup key of every `Put` frame in this file, live or not, to forget at deletion.
-    pub keys: Vec<Key>,
+    /// Every `Put` frame in this file, live or not, in file order: its live copies are those
+    /// whose entry points here, and every key is forgotten at deletion. (One flat list rather
+    /// than a set of live seqs: a few dozen bytes less for every queued copy.)
+    pub puts: Vec<PutFrame>,
+    /// How many of `puts`, from the start, are known not to be live here any more (finished,
+    /// or moved by compaction): where the search for the next copies to move starts.
+    moved_past: Cell<usize>,
+}
+
+impl SegmentInfo {
+    /// The seqs of the live copies whose current frame is in segment `id` (this one), in file
+    /// order.
+    pub(super) fn live_seqs<'a>(
+        &'a self,
+        id: u64,
+        index: &'a Index,
+    ) -> impl Iterator<Item = u64> + 'a {
+        let here = move |seq: u64| index.get(seq).is_some_and(|e| e.loc.segment == id);
+        // Frames before the first live one are skipped for good: a copy that left a segment
+        // never comes back to it.
+        let start = self.moved_past.get();
+        let skip = self.puts[start..]
+            .iter()
+            .take_while(|f| !here(f.seq))
+            .count();
+        self.moved_past.set(start + skip);
+        self.puts[start + skip..]
+            .iter()
+            .map(|f| f.seq)
+            .filter(move |&seq| here(seq))
+    }
 }
 
 /// Hashes the store's own seqs, which no client chooses, with one multiplication and a
@@ -85,7 +122,8 @@ impl Hasher for SeqHasher {
 pub(super) struct Index {
     entries: HashMap<u64, Entry, SeqHash>,
     segments: BTreeMap<u64, SegmentInfo>,
-    dead: usize,
+    /// The reasons of the dead-lettered copies.
+    dead: HashMap<u64, String, SeqHash>,
 }
 
 impl Index {
@@ -103,7 +141,12 @@ impl Index {
     }
 
     pub(super) fn dead_count(&self) -> usize {
-        self.dead
+        self.dead.len()
+    }
+
+    /// Why a live copy is a dead letter; `None` when it is not one.
+    pub(super) fn dead_reason(&self, seq: u64) -> Option<&String> {
+        self.dead.get(&seq)
     }
 
     pub(super) fn segments(&self) -> &BTreeMap<u64, SegmentInfo> {
@@ -129,20 +172,19 @@ impl Index {
         dead: Option<String>,
         key: Key,
     ) {
-        self.dead += usize::from(dead.is_some());
-        let entry = Entry {
-            loc,
-            attempts,
-            dead,
-        };
+        let entry = Entry { loc, attempts };
         // One lookup for the common case, a fresh seq; a moved one forgets its old frame.
         if let Some(old) = self.entries.insert(seq, entry) {
-            self.forget(seq, &old);
+            self.forget(&old);
         }
+        match dead {
+            Some(reason) => self.dead.insert(seq, reason),
+            None => self.dead.remove(&seq),
+        };
         let seg = self.segments.entry(loc.segment).or_default();
-        seg.live.insert(seq);
+        seg.live += 1;
         seg.live_bytes += u64::from(loc.len);
-        seg.keys.push(key);
+        seg.puts.push(PutFrame { seq, key });
     }
 
     /// Removes a live copy. Returns false when `seq` is not live (a `Done` whose `Put` was in a
@@ -153,17 +195,17 @@ impl Index {
 
     fn unlink(&mut self, seq: u64) -> Option<Entry> {
         let e = self.entries.remove(&seq)?;
-        self.forget(seq, &e);
+        self.forget(&e);
+        self.dead.remove(&seq);
         Some(e)
     }
 
     /// Takes a no-longer-current entry out of its segment's accounting.
-    fn forget(&mut self, seq: u64, e: &Entry) {
+    fn forget(&mut self, e: &Entry) {
         if let Some(seg) = self.segments.get_mut(&e.loc.segment) {
-            seg.live.remove(&seq);
+            seg.live -= 1;
             seg.live_bytes -= u64::from(e.loc.len);
         }
-        self.dead -= usize::from(e.dead.is_some());
     }
 
     pub(super) fn attempt(&mut self, seq: u64, attempts: u32) -> bool {
@@ -174,11 +216,10 @@ impl Index {
     }
 
     pub(super) fn dead_letter(&mut self, seq: u64, reason: String) -> bool {
-        let Some(e) = self.entries.get_mut(&seq) else {
+        if !self.entries.contains_key(&seq) {
             return false;
-        };
-        self.dead += usize::from(e.dead.is_none());
-        e.dead = Some(reason);
+        }
+        self.dead.insert(seq, reason);
         true
     }
 
@@ -187,14 +228,14 @@ impl Index {
     /// Deleting strictly from the head keeps every `Done` whose `Put` still exists on disk.
     pub(super) fn deletable_head(&self, keep: Option<u64>) -> Option<u64> {
         let (&id, seg) = self.segments.first_key_value()?;
-        (Some(id) != keep && seg.live.is_empty()).then_some(id)
+        (Some(id) != keep && seg.live == 0).then_some(id)
     }
 
     /// Forgets a deleted segment; returns the dedup keys of the `Put` frames it held.
     pub(super) fn remove_segment(&mut self, id: u64) -> Vec<Key> {
         self.segments
             .remove(&id)
-            .map(|s| s.keys)
+            .map(|s| s.puts.into_iter().map(|f| f.key).collect())
             .unwrap_or_default()
     }
 
@@ -205,7 +246,7 @@ impl Index {
     /// bytes (plus a segment), at the cost of copying live bytes about once per such cycle.
     pub(super) fn compaction_source(&self, active: Option<u64>, ratio: f64) -> Option<u64> {
         let (&id, head) = self.segments.first_key_value()?;
-        if Some(id) == active || head.live.is_empty() {
+        if Some(id) == active || head.live == 0 {
             return None;
         }
         let below = |live: u64, total: u64| (live as f64) < ratio * (total as f64);
@@ -230,10 +271,10 @@ impl Index {
                 Op::DeadLetter(s, _) => (*s, false),
                 Op::Redrive(s) => (*s, true),
             };
-            let Some(entry) = self.entries.get(&seq).filter(|_| !finished.contains(&seq)) else {
+            if !self.entries.contains_key(&seq) || finished.contains(&seq) {
                 return Err(StoreError::NotLive(seq));
-            };
-            if needs_dead && entry.dead.is_none() && !dead_now.contains(&seq) {
+            }
+            if needs_dead && !self.dead.contains_key(&seq) && !dead_now.contains(&seq) {
                 return Err(StoreError::NotDead(seq));
             }
             match op {
@@ -364,6 +405,39 @@ mod tests {
         assert!(ix.done(7));
         assert!(!ix.done(7));
         assert_eq!(ix.dead_count(), 0);
+    }
+
+    #[test]
+    fn a_segments_live_copies_are_its_frames_whose_entries_still_point_there() {
+        let mut ix = Index::default();
+        for seq in 1..=4 {
+            ix.put(seq, loc(1, 10), 0, None, key("q", seq as u8));
+        }
+        ix.done(1);
+        ix.put(3, loc(2, 10), 0, None, key("q", 3)); // Moved forward by compaction.
+        let live = |ix: &Index| ix.segments()[&1].live_seqs(1, ix).collect::<Vec<_>>();
+        assert_eq!(live(&ix), vec![2, 4]);
+        assert_eq!(ix.segments()[&1].live, 2);
+        assert_eq!(
+            ix.segments()[&2].live_seqs(2, &ix).collect::<Vec<_>>(),
+            vec![3]
+        );
+        ix.done(2);
+        assert_eq!(live(&ix), vec![4]);
+        // Frames added after the search moved past the finished ones are still found.
+        ix.put(5, loc(1, 10), 0, Some("dead".into()), key("q", 5));
+        assert_eq!(live(&ix), vec![4, 5]);
+        assert_eq!(ix.dead_reason(5).map(String::as_str), Some("dead"));
+        ix.done(4);
+        ix.done(5);
+        assert_eq!(live(&ix), Vec::<u64>::new());
+        assert_eq!((ix.dead_count(), ix.dead_reason(5)), (0, None));
+        assert_eq!(ix.deletable_head(Some(2)), Some(1));
+        assert_eq!(
+            ix.remove_segment(1).len(),
+            5,
+            "the key of every Put frame, live or not"
+        );
     }
 
     #[test]

@@ -27,7 +27,8 @@ impl Writer {
         };
         let mut budget = self.opts.max_batch_bytes as u64;
         let mut moving = Vec::new();
-        for &seq in &self.state.index.segments()[&source].live {
+        let index = &self.state.index;
+        for seq in index.segments()[&source].live_seqs(source, index) {
             if budget == 0 {
                 break;
             }
@@ -50,11 +51,11 @@ impl Writer {
         let moves = self.compaction_moves();
         let whole = self
             .compaction_source()
-            .is_some_and(|s| index.segments()[&s].live.len() == moves.len());
+            .is_some_and(|s| index.segments()[&s].live == moves.len());
         let bound = moves
             .into_iter()
-            .filter_map(|seq| index.get(seq))
-            .map(|e| u64::from(e.loc.len) + e.dead.as_ref().map_or(0, |d| d.len() as u64))
+            .filter_map(|seq| Some((index.get(seq)?, index.dead_reason(seq))))
+            .map(|(e, dead)| u64::from(e.loc.len) + dead.map_or(0, |d| d.len() as u64))
             .sum();
         (bound, whole)
     }
@@ -68,7 +69,7 @@ impl Writer {
             // `moving` came from the index, so the entry is there; `read_put` checked it.
             if let Some(e) = self.state.index.get(seq) {
                 body.attempts = e.attempts;
-                body.dead = e.dead.clone();
+                body.dead = self.state.index.dead_reason(seq).cloned();
             }
             records.push(Record::Put(body));
             self.stats.compacted_records += 1;
