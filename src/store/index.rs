@@ -175,6 +175,12 @@ impl Index {
         let entry = Entry { loc, attempts };
         // One lookup for the common case, a fresh seq; a moved one forgets its old frame.
         if let Some(old) = self.entries.insert(seq, entry) {
+            // Compaction moves a copy out of the head into the active segment, never within
+            // one segment, so a segment lists each of its live copies once (`live_seqs`).
+            debug_assert_ne!(
+                old.loc.segment, loc.segment,
+                "seq {seq} put twice in one segment"
+            );
             self.forget(&old);
         }
         match dead {

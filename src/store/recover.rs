@@ -128,6 +128,9 @@ pub(super) fn recover(disk: &dyn Disk, dir: &Path) -> Result<Recovered, StoreErr
                         // Created, but its first write never completed: nothing in it was
                         // acknowledged.
                         disk.remove(&path).map_err(|e| io("remove", e))?;
+                        // No summary is written for a segment with nothing committed; one left
+                        // there anyway would outlive it.
+                        let _ = disk.remove(&summary::path(dir, id));
                         disk.sync_dir(dir).map_err(|e| io("sync directory of", e))?;
                         continue;
                     }

@@ -159,6 +159,10 @@ pub(super) fn replay(
     if records.len() != count as usize {
         return Err("record count mismatch");
     }
+    if !matches!(records.first(), Some(Scanned { record: Record::Header { segment: s, .. }, .. }) if *s == segment)
+    {
+        return Err("it does not begin with the segment's header");
+    }
     records.into_iter().for_each(&mut each);
     Ok(len)
 }
@@ -277,6 +281,14 @@ mod tests {
             bad[i / 8] ^= 1 << (i % 8);
             refused(&bad, 4, 239);
         }
+        // Well formed, but not beginning with the segment's header.
+        let mut headless = Builder::default();
+        headless.add(0, 90, &put(10));
+        let headless = headless.finish(4, 90);
+        assert_eq!(
+            refused(&headless, 4, 90),
+            "it does not begin with the segment's header"
+        );
         assert_eq!(parse_name("seg-00000000000000000004.sum"), Some(4));
         assert_eq!(parse_name("seg-00000000000000000004.log"), None);
         assert_eq!(

@@ -139,6 +139,9 @@ pub(super) struct Writer {
     pub(super) stats: StoreStats,
     /// The last round found the disk full (logged once, until space returns).
     full: bool,
+    /// Summaries of segments sealed during the current round, written once its callers have
+    /// their answers (see [`Writer::seal`]).
+    sealed: Vec<(u64, Vec<u8>)>,
     /// Held for the writer's life: the directory's exclusive lock.
     _lock: Box<dyn Any + Send>,
 }
@@ -165,6 +168,7 @@ impl Writer {
             waiting: VecDeque::new(),
             stats: StoreStats::default(),
             full: false,
+            sealed: Vec::new(),
             _lock: lock,
         };
         w.publish_stats(); // Before the thread starts, so `stats` is right from `open` on.
@@ -222,6 +226,7 @@ impl Writer {
             // Not after a failure: what the failed round wrote may not be on disk.
             let active = self.active.take();
             self.seal(active);
+            self.write_sealed();
         }
         drop(self); // Closes the files and releases the lock before `close` returns.
         for reply in closers {
@@ -349,6 +354,7 @@ impl Writer {
             // A caller that stopped waiting is no reason to stop the others.
             let _ = reply.send(outcome);
         }
+        self.write_sealed();
         reclaimed
     }
 
@@ -699,13 +705,22 @@ impl Writer {
         Ok(true)
     }
 
-    /// Writes the summary of a segment nothing will be appended to again (see `summary`): the
+    /// Finishes the summary of a segment nothing will be appended to again (see `summary`): the
     /// one the writer rolled away from, or the active one at close. Every record in it is
-    /// durable already (each round fdatasyncs before it returns).
-    pub(super) fn seal(&self, segment: Option<Active>) {
+    /// durable already (each round fdatasyncs before it returns). It is written by
+    /// [`Writer::write_sealed`], after the round's answers: a roll happens before the round's
+    /// own write, and the callers in it (alerts among them) do not wait for a summary.
+    fn seal(&mut self, segment: Option<Active>) {
         if let Some(a) = segment.filter(|a| a.len > 0) {
-            let bytes = a.summary.finish(a.id, a.len);
-            summary::write(&*self.disk, &self.dir, a.id, &bytes);
+            self.sealed.push((a.id, a.summary.finish(a.id, a.len)));
+        }
+    }
+
+    /// Writes the summaries [`Writer::seal`] finished. A summary of a segment reclaimed since
+    /// is written all the same, and removed as an orphan at the next open.
+    fn write_sealed(&mut self) {
+        for (id, bytes) in std::mem::take(&mut self.sealed) {
+            summary::write(&*self.disk, &self.dir, id, &bytes);
         }
     }
 
