@@ -139,9 +139,6 @@ pub(super) struct Writer {
     pub(super) stats: StoreStats,
     /// The last round found the disk full (logged once, until space returns).
     full: bool,
-    /// Summaries of segments sealed during the current round, written once its callers have
-    /// their answers (see [`Writer::seal`]).
-    sealed: Vec<(u64, Vec<u8>)>,
     /// Held for the writer's life: the directory's exclusive lock.
     _lock: Box<dyn Any + Send>,
 }
@@ -168,7 +165,6 @@ impl Writer {
             waiting: VecDeque::new(),
             stats: StoreStats::default(),
             full: false,
-            sealed: Vec::new(),
             _lock: lock,
         };
         w.publish_stats(); // Before the thread starts, so `stats` is right from `open` on.
@@ -226,7 +222,6 @@ impl Writer {
             // Not after a failure: what the failed round wrote may not be on disk.
             let active = self.active.take();
             self.seal(active);
-            self.write_sealed();
         }
         drop(self); // Closes the files and releases the lock before `close` returns.
         for reply in closers {
@@ -354,7 +349,6 @@ impl Writer {
             // A caller that stopped waiting is no reason to stop the others.
             let _ = reply.send(outcome);
         }
-        self.write_sealed();
         reclaimed
     }
 
@@ -619,6 +613,11 @@ impl Writer {
                 dir = %self.dir.display(),
                 "store: the disk is full; new copies are refused until space returns"
             );
+            // The segments' summaries give their room back: compaction may need it for the
+            // segment it moves the oldest segments' pinned copies into (see `seal`).
+            for &id in self.state.index.segments().keys() {
+                let _ = self.disk.remove(&summary::path(&self.dir, id));
+            }
         }
     }
 
@@ -705,22 +704,23 @@ impl Writer {
         Ok(true)
     }
 
-    /// Finishes the summary of a segment nothing will be appended to again (see `summary`): the
+    /// Writes the summary of a segment nothing will be appended to again (see `summary`): the
     /// one the writer rolled away from, or the active one at close. Every record in it is
-    /// durable already (each round fdatasyncs before it returns). It is written by
-    /// [`Writer::write_sealed`], after the round's answers: a roll happens before the round's
-    /// own write, and the callers in it (alerts among them) do not wait for a summary.
-    fn seal(&mut self, segment: Option<Active>) {
-        if let Some(a) = segment.filter(|a| a.len > 0) {
-            self.sealed.push((a.id, a.summary.finish(a.id, a.len)));
+    /// durable already (each round fdatasyncs before it returns). At a roll, this is part of
+    /// the round that rolls: its callers wait for one more small write and fsync.
+    ///
+    /// Not while the disk is full, and a disk found full removes the summaries there are
+    /// ([`Writer::disk_full`]): a summary is only a shortcut for the next open, and the room
+    /// summaries take may be what the next segment needs, the one compaction moves the copies
+    /// pinning the oldest segments into (without it the node cannot free its disk). The node
+    /// test of a full disk (`tests/disk.rs`) failed one run in two before this.
+    fn seal(&self, segment: Option<Active>) {
+        if self.full {
+            return;
         }
-    }
-
-    /// Writes the summaries [`Writer::seal`] finished. A summary of a segment reclaimed since
-    /// is written all the same, and removed as an orphan at the next open.
-    fn write_sealed(&mut self) {
-        for (id, bytes) in std::mem::take(&mut self.sealed) {
-            summary::write(&*self.disk, &self.dir, id, &bytes);
+        if let Some(a) = segment.filter(|a| a.len > 0) {
+            let bytes = a.summary.finish(a.id, a.len);
+            summary::write(&*self.disk, &self.dir, a.id, &bytes);
         }
     }
 

@@ -131,6 +131,8 @@ async fn a_full_disk_refuses_new_copies_lets_finished_ones_free_space_and_recove
     };
     assert!(matches!(full, StoreError::Full), "{full}");
     assert!(!full.is_fatal());
+    // The segments' summaries gave their room back (they are only a shortcut for an open).
+    assert_eq!(summary::list(&disk, dir).unwrap(), Default::default());
     assert_eq!(full.to_string(), "no space left on the node's disk");
     assert!(
         kept.len() >= 8,
@@ -158,7 +160,10 @@ async fn a_full_disk_refuses_new_copies_lets_finished_ones_free_space_and_recove
     let after = store.commit(vec![flash]).await.unwrap();
     store.close().await.unwrap();
     // Nothing answered was lost, and nothing finished came back.
-    let (store, recovered) = open(&disk.crash(|_| 0)).unwrap();
+    let crashed = disk.crash(|_| 0);
+    let (store, recovered) = open(&crashed).unwrap();
     assert_eq!(seqs(&recovered), vec![*kept.last().unwrap(), after[0]]);
     store.close().await.unwrap();
+    // The open read the segments whole, and summarized them again.
+    assert!(!summary::list(&crashed, dir).unwrap().is_empty());
 }
