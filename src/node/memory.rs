@@ -2,9 +2,9 @@
 //! a restart remembers it: `<data_dir>/provenance.jsonl`, JSON lines.
 //!
 //! At start the file is replayed (a line cut short by a crash is skipped, and said) and
-//! rewritten compacted (only synced when it already is). While the node runs, what it learns is appended every [`FLUSH`]; the
-//! file is rewritten compacted again once it holds more than twice `limits.provenance_ids`
-//! lines. Appends are not fsynced (a power cut may lose the last [`FLUSH`] of it: products of
+//! rewritten compacted (only synced when it already is). While the node runs, what it learns
+//! is appended every [`FLUSH`]; the file is rewritten compacted again once it holds more than
+//! twice `limits.provenance_ids` lines. Appends are not fsynced (a power cut may lose the last [`FLUSH`] of it: products of
 //! those sources are then not checked against them); rewrites are, then renamed into place.
 
 use std::io::Write as _;

@@ -484,9 +484,9 @@ impl Writer {
         for rec in &records {
             let offset = active.len + self.buf.len() as u64;
             rec.encode(&mut self.buf);
-            frames.push((offset, (active.len + self.buf.len() as u64 - offset) as u32));
+            let len = (active.len + self.buf.len() as u64 - offset) as u32; // One frame.
+            frames.push((offset, len));
             if let Record::Put(p) = rec {
-                let len = (active.len + self.buf.len() as u64 - offset) as u32; // One frame.
                 let segment = active.id;
                 placed.push((
                     p,
