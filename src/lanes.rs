@@ -21,10 +21,12 @@
 //!   bytes an item, not the item. When a lane's hot part falls below half its limit,
 //!   [`Lanes::take_refill`] hands out its oldest cold items for the caller to bring back whole
 //!   ([`Lanes::refilled`]), at the back of the hot part: the lane's order is kept. Only hot
-//!   items are served; cold ones count towards the bounds, the depths and expiry.
+//!   items are served; cold ones count towards the bounds, the depths and expiry. A cold item's
+//!   times are kept in 4 bytes each ([`Cold`]): its expiry rounded up to the next tenth of a
+//!   second, so it never expires early and at most 100 ms late.
 
 use std::collections::VecDeque;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::message::Precedence;
 
@@ -67,6 +69,83 @@ pub struct Entry<T> {
     pub item: T,
 }
 
+/// A cold item as its lane keeps it: with `C` a `u64`, 16 bytes (an [`Entry`] of it takes 40).
+#[derive(Debug, Clone, Copy)]
+struct Cold<C> {
+    item: C,
+    /// Tenths of a second from the lanes' cold epoch to the expiry, rounded up (see
+    /// [`Lanes::cold_epoch`]); `u32::MAX` for 13.6 years or more.
+    expires: u32,
+    /// Whole seconds since the Unix epoch to the item's arrival (for the depths; until 2106).
+    arrived: u32,
+}
+
+const TICK: Duration = Duration::from_millis(100);
+
+/// A deque kept in chunks of [`CHUNK`] items: it grows a chunk at a time, so a lane of millions
+/// of cold items holds about their size, where a `VecDeque` doubling its way there may hold
+/// twice that (and both while it moves).
+#[derive(Debug)]
+struct Chunked<T> {
+    chunks: VecDeque<VecDeque<T>>,
+    len: usize,
+}
+
+const CHUNK: usize = 4096;
+
+impl<T> Default for Chunked<T> {
+    fn default() -> Chunked<T> {
+        Chunked {
+            chunks: VecDeque::new(),
+            len: 0,
+        }
+    }
+}
+
+impl<T> Chunked<T> {
+    fn push_back(&mut self, item: T) {
+        match self.chunks.back_mut() {
+            Some(c) if c.len() < CHUNK => c.push_back(item),
+            _ => {
+                let mut c = VecDeque::with_capacity(CHUNK);
+                c.push_back(item);
+                self.chunks.push_back(c);
+            }
+        }
+        self.len += 1;
+    }
+
+    fn pop_front(&mut self) -> Option<T> {
+        let first = self.chunks.front_mut()?;
+        let item = first.pop_front()?;
+        if first.is_empty() {
+            self.chunks.pop_front();
+        }
+        self.len -= 1;
+        Some(item)
+    }
+
+    fn front(&self) -> Option<&T> {
+        self.chunks.front()?.front()
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &T> {
+        self.chunks.iter().flatten()
+    }
+
+    fn into_iter(self) -> impl Iterator<Item = T> {
+        self.chunks.into_iter().flatten()
+    }
+}
+
 /// What [`Lanes::pop`] found.
 #[derive(Debug)]
 pub struct Popped<T> {
@@ -91,7 +170,10 @@ pub struct Depth {
 pub struct Lanes<T, C = ()> {
     lanes: [VecDeque<Entry<T>>; 5],
     /// Each lane's cold items, oldest first, all behind the lane's hot ones.
-    cold: [VecDeque<Entry<C>>; 5],
+    cold: [Chunked<Cold<C>>; 5],
+    /// What cold items' expiries are counted from: the arrival of the first item ever kept
+    /// cold here (an expiry before it counts as it: such an item is expired already).
+    cold_epoch: Option<SystemTime>,
     /// Each lane's cold items handed out by [`Lanes::take_refill`] and not yet back.
     refilling: [usize; 5],
     /// A bound on each lane's earliest cold expiry (none earlier), so that the sweep looks
@@ -125,6 +207,7 @@ impl<T, C> Lanes<T, C> {
         Lanes {
             lanes: Default::default(),
             cold: Default::default(),
+            cold_epoch: None,
             refilling: [0; 5],
             cold_expiry: [None; 5],
             hot_limit: usize::MAX,
@@ -151,12 +234,39 @@ impl<T, C> Lanes<T, C> {
                 || self.refilling[i] > 0)
     }
 
-    /// Appends a cold item to its lane, whatever the bound (as [`Lanes::push_checked`]).
-    pub fn push_cold(&mut self, entry: Entry<C>) {
+    /// Appends a cold item that arrived at `arrived` to its lane, whatever the bound (as
+    /// [`Lanes::push_checked`]).
+    pub fn push_cold(&mut self, entry: Entry<C>, arrived: SystemTime) {
         let i = index(entry.precedence);
+        let epoch = *self.cold_epoch.get_or_insert(arrived);
+        let since = entry.expires_at.duration_since(epoch).unwrap_or_default();
+        let ticks = since.as_nanos().div_ceil(TICK.as_nanos());
+        let cold = Cold {
+            item: entry.item,
+            expires: u32::try_from(ticks).unwrap_or(u32::MAX),
+            arrived: arrived
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| u32::try_from(d.as_secs()).unwrap_or(u32::MAX)),
+        };
+        let expires_at = self.expiry(&cold);
         let bound = &mut self.cold_expiry[i];
-        *bound = Some(bound.map_or(entry.expires_at, |t| t.min(entry.expires_at)));
-        self.cold[i].push_back(entry);
+        *bound = Some(bound.map_or(expires_at, |t| t.min(expires_at)));
+        self.cold[i].push_back(cold);
+    }
+
+    /// A cold item's expiry, as kept: at most 100 ms after the item's own.
+    fn expiry(&self, cold: &Cold<C>) -> SystemTime {
+        let epoch = self.cold_epoch.unwrap_or(UNIX_EPOCH);
+        epoch + TICK * cold.expires
+    }
+
+    /// A cold item handed back out, with its lane's precedence and its expiry as kept.
+    fn entry(&self, i: usize, cold: Cold<C>) -> Entry<C> {
+        Entry {
+            precedence: Precedence::ALL[i],
+            expires_at: self.expiry(&cold),
+            item: cold.item,
+        }
     }
 
     /// The cold items to bring back now: from each lane whose hot part has fallen below half its
@@ -170,7 +280,8 @@ impl<T, C> Lanes<T, C> {
                 continue;
             }
             let n = (self.hot_limit - hot).min(self.cold[i].len());
-            out.extend(self.cold[i].drain(..n));
+            let taken: Vec<_> = (0..n).filter_map(|_| self.cold[i].pop_front()).collect();
+            out.extend(taken.into_iter().map(|c| self.entry(i, c)));
             self.refilling[i] = n;
         }
         out
@@ -195,15 +306,21 @@ impl<T, C> Lanes<T, C> {
     /// nothing.
     pub fn drain_expired_cold(&mut self, now: SystemTime) -> Vec<Entry<C>> {
         let mut out = Vec::new();
-        for (lane, bound) in self.cold.iter_mut().zip(&mut self.cold_expiry) {
-            if bound.is_none_or(|t| t > now) {
+        for i in 0..5 {
+            if self.cold_expiry[i].is_none_or(|t| t > now) {
                 continue;
             }
-            let (keep, gone): (VecDeque<_>, VecDeque<_>) =
-                lane.drain(..).partition(|e| e.expires_at > now);
-            *bound = keep.iter().map(|e| e.expires_at).min();
-            *lane = keep;
-            out.extend(gone);
+            let lane = std::mem::take(&mut self.cold[i]);
+            let (mut keep, mut gone) = (Chunked::default(), Vec::new());
+            for c in lane.into_iter() {
+                match self.expiry(&c) > now {
+                    true => keep.push_back(c),
+                    false => gone.push(c),
+                }
+            }
+            self.cold_expiry[i] = keep.iter().map(|c| self.expiry(c)).min();
+            self.cold[i] = keep;
+            out.extend(gone.into_iter().map(|c| self.entry(i, c)));
         }
         out
     }
@@ -213,7 +330,7 @@ impl<T, C> Lanes<T, C> {
     pub fn len(&self) -> usize {
         self.lanes.iter().map(VecDeque::len).sum::<usize>()
             + self.parked.len()
-            + self.cold.iter().map(VecDeque::len).sum::<usize>()
+            + self.cold.iter().map(Chunked::len).sum::<usize>()
             + self.refilling.iter().sum::<usize>()
     }
 
@@ -226,7 +343,7 @@ impl<T, C> Lanes<T, C> {
     pub fn is_empty(&self) -> bool {
         self.lanes.iter().all(VecDeque::is_empty)
             && self.parked.is_empty()
-            && self.cold.iter().all(VecDeque::is_empty)
+            && self.cold.iter().all(Chunked::is_empty)
             && self.refilling.iter().all(|n| *n == 0)
     }
 
@@ -365,11 +482,7 @@ impl<T, C> Lanes<T, C> {
     /// within the few a consumer skipped of it.
     /// Cold items count too, the oldest cold one standing for the lane's oldest when no hot item
     /// waits (those being brought back are counted, not dated).
-    pub fn depths(
-        &self,
-        arrived: impl Fn(&T) -> SystemTime,
-        cold_arrived: impl Fn(&C) -> SystemTime,
-    ) -> [Depth; 5] {
+    pub fn depths(&self, arrived: impl Fn(&T) -> SystemTime) -> [Depth; 5] {
         let mut out = Precedence::ALL.map(|precedence| Depth {
             precedence,
             count: 0,
@@ -379,10 +492,10 @@ impl<T, C> Lanes<T, C> {
             let i = index(d.precedence);
             let lane = &self.lanes[i];
             d.count = lane.len() + self.cold[i].len() + self.refilling[i];
-            d.oldest = lane
-                .front()
-                .map(|e| arrived(&e.item))
-                .or_else(|| self.cold[i].front().map(|e| cold_arrived(&e.item)));
+            d.oldest = lane.front().map(|e| arrived(&e.item)).or_else(|| {
+                let c = self.cold[i].front()?;
+                Some(UNIX_EPOCH + Duration::from_secs(c.arrived.into()))
+            });
         }
         for (_, e) in &self.parked {
             let d = &mut out[index(e.precedence)];
@@ -515,7 +628,7 @@ mod tests {
     fn depths_count_each_lane_with_its_oldest_arrival() {
         let mut q = Lanes::<_>::new(10);
         assert!(
-            q.depths(|i| t(u64::from(*i)), |()| t(0))
+            q.depths(|i| t(u64::from(*i)))
                 .iter()
                 .all(|d| d.count == 0 && d.oldest.is_none())
         );
@@ -524,7 +637,7 @@ mod tests {
         }
         q.push(e(Precedence::Flash, 3)).unwrap();
         q.retry_at(e(Precedence::Routine, 2), t(100));
-        let d = q.depths(|i| t(u64::from(*i)), |()| t(0));
+        let d = q.depths(|i| t(u64::from(*i)));
         assert_eq!(d.map(|d| d.precedence), Precedence::ALL);
         assert_eq!(d.map(|d| d.count), [1, 0, 0, 4, 0]);
         assert_eq!(d[0].oldest, Some(t(3)));
@@ -539,7 +652,7 @@ mod tests {
         let mut q: Lanes<u32, u32> = Lanes::new(100).with_hot_limit(4);
         let push = |q: &mut Lanes<u32, u32>, p, item| {
             if q.spills(p) {
-                q.push_cold(e(p, item));
+                q.push_cold(e(p, item), t(u64::from(item)));
             } else {
                 q.push_checked(e(p, item));
             }
@@ -553,7 +666,7 @@ mod tests {
             "time-sensitive items are always hot"
         );
         assert_eq!(q.len(), 11);
-        let d = q.depths(|i| t(u64::from(*i)), |c| t(u64::from(*c)));
+        let d = q.depths(|i| t(u64::from(*i)));
         assert_eq!(d[3].count, 10, "cold items count in the depth");
         assert!(q.take_refill().is_empty(), "the hot part is full");
         assert_eq!(take(&mut q), Some(100));
@@ -585,15 +698,46 @@ mod tests {
     }
 
     #[test]
+    fn a_chunked_deque_keeps_its_order_across_chunks() {
+        let mut d = Chunked::default();
+        for i in 0..2 * CHUNK + 10 {
+            d.push_back(i);
+        }
+        assert_eq!((d.len(), d.chunks.len()), (2 * CHUNK + 10, 3));
+        for i in 0..CHUNK + 5 {
+            assert_eq!(d.pop_front(), Some(i));
+        }
+        assert_eq!(d.chunks.len(), 2, "an emptied chunk goes");
+        assert_eq!(d.front(), Some(&(CHUNK + 5)));
+        assert!(d.iter().copied().eq(CHUNK + 5..2 * CHUNK + 10));
+        d.push_back(7);
+        assert_eq!(d.len(), CHUNK + 6);
+        let all: Vec<_> = d.into_iter().collect();
+        assert_eq!(
+            (all.len(), all[0], all.last()),
+            (CHUNK + 6, CHUNK + 5, Some(&7))
+        );
+        let mut d = Chunked::default();
+        d.push_back(1);
+        assert_eq!(
+            (d.pop_front(), d.pop_front(), d.is_empty()),
+            (Some(1), None, true)
+        );
+    }
+
+    #[test]
     fn cold_items_count_towards_the_bound_and_expire() {
         let mut q: Lanes<u32, u32> = Lanes::new(3).with_hot_limit(2);
         q.push_checked(e(Precedence::Bulk, 1));
-        q.push_cold(e(Precedence::Bulk, 2));
-        q.push_cold(Entry {
-            precedence: Precedence::Bulk,
-            expires_at: t(5),
-            item: 3,
-        });
+        q.push_cold(e(Precedence::Bulk, 2), t(1));
+        q.push_cold(
+            Entry {
+                precedence: Precedence::Bulk,
+                expires_at: t(5),
+                item: 3,
+            },
+            t(1),
+        );
         assert!(!q.has_room(Precedence::Routine));
         assert!(q.has_room(Precedence::Flash));
         let gone = q.drain_expired_cold(t(6));
@@ -605,14 +749,44 @@ mod tests {
         );
         // What is left expires later; an item that expires sooner, pushed after, still goes.
         assert!(q.drain_expired_cold(t(7)).is_empty());
-        q.push_cold(Entry {
-            precedence: Precedence::Bulk,
-            expires_at: t(8),
-            item: 4,
-        });
+        q.push_cold(
+            Entry {
+                precedence: Precedence::Bulk,
+                expires_at: t(8),
+                item: 4,
+            },
+            t(7),
+        );
         let gone = q.drain_expired_cold(t(9));
         assert_eq!(gone.iter().map(|c| c.item).collect::<Vec<_>>(), [4]);
         assert_eq!(q.len(), 2);
+    }
+
+    #[test]
+    fn a_cold_item_expires_within_a_tenth_of_a_second_after_its_expiry_never_before() {
+        let mut q: Lanes<u32, u32> = Lanes::new(10).with_hot_limit(2);
+        let ms = |n: u64| t(0) + Duration::from_millis(n);
+        for (item, expiry) in [(1, 5_030), (2, 5_100), (3, 900)] {
+            let entry = Entry {
+                precedence: Precedence::Routine,
+                expires_at: ms(expiry),
+                item,
+            };
+            // The first arrival is what expiries are counted from: item 3's is before it.
+            q.push_cold(entry, ms(1_000 + 7 * u64::from(item - 1)));
+        }
+        let items =
+            |v: Vec<Entry<u32>>| v.iter().map(|c| (c.item, c.expires_at)).collect::<Vec<_>>();
+        assert_eq!(items(q.drain_expired_cold(ms(1_000))), [(3, ms(1_000))]);
+        assert!(q.drain_expired_cold(ms(5_099)).is_empty(), "never early");
+        assert_eq!(
+            items(q.drain_expired_cold(ms(5_100))),
+            [(1, ms(5_100)), (2, ms(5_100))]
+        );
+        // Arrivals are kept to the second, for the depths.
+        q.push_cold(e(Precedence::Bulk, 4), ms(7_900));
+        assert_eq!(q.depths(|i| t(u64::from(*i)))[4].oldest, Some(t(7)));
+        assert_eq!(q.take_refill().len(), 1);
     }
 
     #[test]

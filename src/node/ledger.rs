@@ -184,6 +184,8 @@ struct Inner {
     ids: Mutex<Ids>,
     /// Woken whenever a claim on an id is settled.
     ids_settled: Notify,
+    /// The seqs below this were recovered from the store at start (see [`Ledger::recover`]).
+    recovered_below: AtomicU64,
 }
 
 /// Store ops recorded in the background and not yet sent (see [`Ledger::record_later`]).
@@ -230,6 +232,7 @@ impl Ledger {
             fatal: Notify::new(),
             ids: Mutex::new(Ids::new(dedup_ids)),
             ids_settled: Notify::new(),
+            recovered_below: AtomicU64::new(0),
         };
         (Ledger(Arc::new(inner)), rx)
     }

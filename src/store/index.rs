@@ -4,11 +4,22 @@
 //! Pure: no I/O and no clock. The writer thread owns the [`Index`]; the [`Seen`] set is shared
 //! with [`super::Store::contains_message`] behind a lock. Message bytes are not held here (they
 //! stay on disk and are read back for compaction and redrive).
+//!
+//! **A few dozen bytes a copy.** A backlog of millions of copies must fit in a node's memory
+//! budget, so nothing here is kept per copy in a hash table in the common case. A copy first
+//! written to a segment, with a seq above every earlier one (seqs are handed out in order, and
+//! written in that order), is a 16-byte [`Slot`] in its segment's list, which is therefore
+//! sorted: it is found by the segment whose first slot is at or below its seq, then by a binary
+//! search. The others are **strays**, with a full entry in a hash table: copies moved forward
+//! by compaction (same seq, a later segment), and at open those whose first frame was in a
+//! segment deleted since. Attempts and dead-letter reasons, which few copies have, are kept in
+//! tables of their own. A segment also keeps each of its `Put` frames' dedup fingerprints (8
+//! bytes), to forget them when it is deleted.
 
 use std::cell::Cell;
+use std::collections::hash_map::RandomState;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::{BuildHasher, Hasher};
-use std::sync::Arc;
 
 use super::{Op, StoreError};
 
@@ -21,21 +32,23 @@ pub(super) struct Location {
 }
 
 /// A live copy: waiting in its queue, or parked as a dead letter (its reason is kept apart,
-/// see [`Index::dead_reason`]: dead letters are few, and every live copy has an entry).
-#[derive(Debug, Clone)]
+/// see [`Index::dead_reason`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Entry {
     pub loc: Location,
     pub attempts: u32,
 }
 
-/// A dedup key: queue name (interned) and message id.
-pub(super) type Key = (Arc<str>, [u8; 16]);
+/// A `Put` frame's dedup key (queue and message id), as a keyed 64-bit hash: see [`Seen`].
+pub(super) type Fingerprint = u64;
 
-/// A `Put` frame in a segment file: its copy's seq and its dedup key.
-#[derive(Debug, Clone)]
-pub(super) struct PutFrame {
-    pub seq: u64,
-    pub key: Key,
+/// A copy first written to its segment (see the module docs): its seq, and where its frame is
+/// in the segment. `len` is 0 once the copy is no longer live here (finished, or moved).
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    seq: u64,
+    offset: u32,
+    len: u32,
 }
 
 /// What one segment file still holds.
@@ -47,36 +60,41 @@ pub(super) struct SegmentInfo {
     pub live: usize,
     /// Sum of those frames' lengths.
     pub live_bytes: u64,
-    /// Every `Put` frame in this file, live or not, in file order: its live copies are those
-    /// whose entry points here, and every key is forgotten at deletion. (One flat list rather
-    /// than a set of live seqs: a few dozen bytes less for every queued copy.)
-    pub puts: Vec<PutFrame>,
-    /// How many of `puts`, from the start, are known not to be live here any more (finished,
-    /// or moved by compaction): where the search for the next copies to move starts.
-    moved_past: Cell<usize>,
+    /// Copies first written here, seqs ascending.
+    slots: Vec<Slot>,
+    /// The seqs of the strays whose frames are here, in file order (live here while their
+    /// entry in [`Index::strays`] points here).
+    strays: Vec<u64>,
+    /// How many of `slots`, then of `strays`, from the start, are known not to be live here any
+    /// more: where the search for the next copies to move starts (a copy that left a segment
+    /// never comes back to it).
+    slots_past: Cell<usize>,
+    strays_past: Cell<usize>,
 }
 
 impl SegmentInfo {
-    /// The seqs of the live copies whose current frame is in segment `id` (this one), in file
-    /// order.
+    /// The seqs of the live copies whose current frame is in segment `id` (this one): its
+    /// slots', then its strays'.
     pub(super) fn live_seqs<'a>(
         &'a self,
         id: u64,
         index: &'a Index,
     ) -> impl Iterator<Item = u64> + 'a {
-        let here = move |seq: u64| index.get(seq).is_some_and(|e| e.loc.segment == id);
-        // Frames before the first live one are skipped for good: a copy that left a segment
-        // never comes back to it.
-        let start = self.moved_past.get();
-        let skip = self.puts[start..]
+        let start = self.slots_past.get();
+        let skip = self.slots[start..]
             .iter()
-            .take_while(|f| !here(f.seq))
+            .take_while(|s| s.len == 0)
             .count();
-        self.moved_past.set(start + skip);
-        self.puts[start + skip..]
+        self.slots_past.set(start + skip);
+        let here = move |seq: &u64| index.strays.get(seq).is_some_and(|l| l.segment == id);
+        let start = self.strays_past.get();
+        let skip = self.strays[start..].iter().take_while(|s| !here(s)).count();
+        self.strays_past.set(start + skip);
+        let slots = self.slots[self.slots_past.get()..]
             .iter()
-            .map(|f| f.seq)
-            .filter(move |&seq| here(seq))
+            .filter(|s| s.len != 0)
+            .map(|s| s.seq);
+        slots.chain(self.strays[start + skip..].iter().copied().filter(here))
     }
 }
 
@@ -85,7 +103,7 @@ impl SegmentInfo {
 /// do not need: recovery inserts every live copy of a backlog at each start. Every bit of the
 /// result depends on the seq's low bits, so a dense run of live seqs is spread over the table
 /// (keeping the seq's own low bits would put it in one run of full buckets, which a lookup
-/// that misses, such as a `Done` whose `Put` was in a deleted segment, must probe across).
+/// that misses must probe across). Fingerprints, already keyed hashes, are hashed with it too.
 #[derive(Debug, Default, Clone, Copy)]
 pub(super) struct SeqHash;
 
@@ -120,24 +138,55 @@ impl Hasher for SeqHasher {
 /// Live copies by seq, and segments by id (ids grow with time; the first is the head).
 #[derive(Debug, Default)]
 pub(super) struct Index {
-    entries: HashMap<u64, Entry, SeqHash>,
     segments: BTreeMap<u64, SegmentInfo>,
+    /// The segments that have slots, by their first slot's seq.
+    homes: BTreeMap<u64, u64>,
+    /// The highest seq given a slot: a `Put` above it gets one.
+    last_slot: Option<u64>,
+    /// Live copies that have no slot (see the module docs).
+    strays: HashMap<u64, Location, SeqHash>,
+    /// Live copies with failed attempts, and how many.
+    attempts: HashMap<u64, u32, SeqHash>,
     /// The reasons of the dead-lettered copies.
     dead: HashMap<u64, String, SeqHash>,
+    live: usize,
 }
 
 impl Index {
-    pub(super) fn get(&self, seq: u64) -> Option<&Entry> {
-        self.entries.get(&seq)
+    pub(super) fn get(&self, seq: u64) -> Option<Entry> {
+        let loc = self.locate(seq)?;
+        let attempts = self.attempts.get(&seq).copied().unwrap_or(0);
+        Some(Entry { loc, attempts })
+    }
+
+    fn is_live(&self, seq: u64) -> bool {
+        self.locate(seq).is_some()
+    }
+
+    /// Where live copy `seq`'s current frame is.
+    fn locate(&self, seq: u64) -> Option<Location> {
+        if let Some(&loc) = self.strays.get(&seq) {
+            return Some(loc);
+        }
+        let (segment, slot) = self.slot(seq)?;
+        let s = self.segments[&segment].slots[slot];
+        (s.len != 0).then_some(Location {
+            segment,
+            offset: u64::from(s.offset),
+            len: s.len,
+        })
+    }
+
+    /// The segment and position of `seq`'s slot, live or not.
+    fn slot(&self, seq: u64) -> Option<(u64, usize)> {
+        let (_, &segment) = self.homes.range(..=seq).next_back()?;
+        let slots = &self.segments.get(&segment)?.slots;
+        let i = slots.binary_search_by_key(&seq, |s| s.seq).ok()?;
+        Some((segment, i))
     }
 
     pub(super) fn live_count(&self) -> usize {
-        self.entries.len()
-    }
-
-    /// Makes room for `more` live copies, if memory allows (it is only a head start).
-    pub(super) fn reserve(&mut self, more: usize) {
-        let _ = self.entries.try_reserve(more);
+        self.live
     }
 
     pub(super) fn dead_count(&self) -> usize {
@@ -162,67 +211,111 @@ impl Index {
         self.segments.entry(segment).or_default().bytes += n;
     }
 
+    /// Gives back what a segment's lists grew beyond their length: called once nothing more
+    /// will be added to it (it was rolled past, or read at open).
+    pub(super) fn seal(&mut self, id: u64) {
+        if let Some(seg) = self.segments.get_mut(&id) {
+            seg.slots.shrink_to_fit();
+            seg.strays.shrink_to_fit();
+        }
+    }
+
     /// Records a `Put` frame at `loc`. A seq that is already live was moved (compaction keeps
     /// seqs), and the later frame wins: the copy takes the record's attempts and dead state.
-    pub(super) fn put(
-        &mut self,
-        seq: u64,
-        loc: Location,
-        attempts: u32,
-        dead: Option<String>,
-        key: Key,
-    ) {
-        let entry = Entry { loc, attempts };
-        // One lookup for the common case, a fresh seq; a moved one forgets its old frame.
-        if let Some(old) = self.entries.insert(seq, entry) {
-            // Compaction moves a copy out of the head into the active segment, never within
-            // one segment, so a segment lists each of its live copies once (`live_seqs`).
-            debug_assert_ne!(
-                old.loc.segment, loc.segment,
-                "seq {seq} put twice in one segment"
-            );
-            self.forget(&old);
+    pub(super) fn put(&mut self, seq: u64, loc: Location, attempts: u32, dead: Option<String>) {
+        match self.unlink_location(seq) {
+            Some(old) => {
+                // Compaction moves a copy out of the head into the active segment, never
+                // within one segment, so a segment lists each of its live copies once.
+                debug_assert_ne!(
+                    old.segment, loc.segment,
+                    "seq {seq} put twice in one segment"
+                );
+                self.forget(old);
+            }
+            None => self.live += 1,
         }
+        match attempts {
+            0 => self.attempts.remove(&seq),
+            n => self.attempts.insert(seq, n),
+        };
         match dead {
             Some(reason) => self.dead.insert(seq, reason),
             None => self.dead.remove(&seq),
         };
+        let fresh = self.last_slot.is_none_or(|last| seq > last);
         let seg = self.segments.entry(loc.segment).or_default();
         seg.live += 1;
         seg.live_bytes += u64::from(loc.len);
-        seg.puts.push(PutFrame { seq, key });
+        match u32::try_from(loc.offset) {
+            Ok(offset) if fresh && loc.len != 0 => {
+                if seg.slots.is_empty() {
+                    self.homes.insert(seq, loc.segment);
+                }
+                seg.slots.push(Slot {
+                    seq,
+                    offset,
+                    len: loc.len,
+                });
+                self.last_slot = Some(seq);
+            }
+            _ => {
+                seg.strays.push(seq);
+                self.strays.insert(seq, loc);
+            }
+        }
     }
 
     /// Removes a live copy. Returns false when `seq` is not live (a `Done` whose `Put` was in a
     /// deleted segment, when replaying the log).
     pub(super) fn done(&mut self, seq: u64) -> bool {
-        self.unlink(seq).is_some()
-    }
-
-    fn unlink(&mut self, seq: u64) -> Option<Entry> {
-        let e = self.entries.remove(&seq)?;
-        self.forget(&e);
+        let Some(loc) = self.unlink_location(seq) else {
+            return false;
+        };
+        self.forget(loc);
+        self.live -= 1;
+        self.attempts.remove(&seq);
         self.dead.remove(&seq);
-        Some(e)
+        true
     }
 
-    /// Takes a no-longer-current entry out of its segment's accounting.
-    fn forget(&mut self, e: &Entry) {
-        if let Some(seg) = self.segments.get_mut(&e.loc.segment) {
+    /// Takes live copy `seq` out of where it is (its slot, or the strays); returns where that
+    /// was.
+    fn unlink_location(&mut self, seq: u64) -> Option<Location> {
+        if let Some(loc) = self.strays.remove(&seq) {
+            return Some(loc);
+        }
+        let (segment, i) = self.slot(seq)?;
+        let slot = &mut self.segments.get_mut(&segment)?.slots[i];
+        let len = std::mem::replace(&mut slot.len, 0);
+        (len != 0).then_some(Location {
+            segment,
+            offset: u64::from(slot.offset),
+            len,
+        })
+    }
+
+    /// Takes a no-longer-current frame out of its segment's accounting.
+    fn forget(&mut self, loc: Location) {
+        if let Some(seg) = self.segments.get_mut(&loc.segment) {
             seg.live -= 1;
-            seg.live_bytes -= u64::from(e.loc.len);
+            seg.live_bytes -= u64::from(loc.len);
         }
     }
 
     pub(super) fn attempt(&mut self, seq: u64, attempts: u32) -> bool {
-        self.entries
-            .get_mut(&seq)
-            .map(|e| e.attempts = attempts)
-            .is_some()
+        if !self.is_live(seq) {
+            return false;
+        }
+        match attempts {
+            0 => self.attempts.remove(&seq),
+            n => self.attempts.insert(seq, n),
+        };
+        true
     }
 
     pub(super) fn dead_letter(&mut self, seq: u64, reason: String) -> bool {
-        if !self.entries.contains_key(&seq) {
+        if !self.is_live(seq) {
             return false;
         }
         self.dead.insert(seq, reason);
@@ -237,14 +330,17 @@ impl Index {
         (Some(id) != keep && seg.live == 0).then_some(id)
     }
 
-    /// Forgets a deleted segment; returns the dedup keys of the `Put` frames it held.
-    pub(super) fn remove_segment(&mut self, id: u64) -> Vec<Key> {
-        self.segments
+    /// Forgets a deleted segment (the fingerprints of its `Put` frames are read back from disk:
+    /// see `Writer::fingerprints`).
+    pub(super) fn remove_segment(&mut self, id: u64) {
+        if let Some(first) = self
+            .segments
             .remove(&id)
-            .map(|s| s.puts.into_iter().map(|f| f.key).collect())
-            .unwrap_or_default()
+            .and_then(|s| s.slots.first().copied())
+        {
+            self.homes.remove(&first.seq);
+        }
     }
-
     /// The head segment, if its live copies should be moved forward so it can be deleted: it is
     /// not `active`, it holds live copies, and either it or the whole log is less than `ratio`
     /// live (by bytes). The second test keeps one mostly-live head from pinning a long tail of
@@ -277,7 +373,7 @@ impl Index {
                 Op::DeadLetter(s, _) => (*s, false),
                 Op::Redrive(s) => (*s, true),
             };
-            if !self.entries.contains_key(&seq) || finished.contains(&seq) {
+            if !self.is_live(seq) || finished.contains(&seq) {
                 return Err(StoreError::NotLive(seq));
             }
             if needs_dead && !self.dead.contains_key(&seq) && !dead_now.contains(&seq) {
@@ -297,76 +393,80 @@ impl Index {
     }
 }
 
-/// Message ids by queue, counted once per `Put` frame on disk. A key stays "seen" while any
-/// `Put` frame for it exists in a segment file, live or finished; see
-/// [`super::Store::contains_message`] for what that window means.
-#[derive(Debug, Default)]
-pub(super) struct Seen {
-    by_queue: HashMap<Arc<str>, Ids>,
+/// The key [`Seen`]'s fingerprints are made with (a copy, for use without its lock).
+#[derive(Debug, Clone, Default)]
+pub(super) struct Fingerprinter(RandomState);
+
+impl Fingerprinter {
+    /// The fingerprint of a dedup key.
+    pub(super) fn fingerprint(&self, queue: &str, id: &[u8; 16]) -> Fingerprint {
+        self.0.hash_one((queue, id))
+    }
 }
 
-/// One queue's ids, and its shared name (the map's key, kept here too so that a key is made
-/// with one lookup).
-#[derive(Debug)]
-struct Ids {
-    name: Arc<str>,
-    ids: HashMap<[u8; 16], u32>,
+/// The dedup keys (queue and message id) of the `Put` frames on disk, counted once per frame.
+/// A key stays "seen" while any `Put` frame for it exists in a segment file, live or finished;
+/// see [`super::Store::contains_message`] for what that window means.
+///
+/// A key is kept as a 64-bit fingerprint, SipHash under a key drawn at random for each open
+/// (the set is rebuilt at every open): 9 bytes or so a frame rather than the 30 or more of the
+/// key itself. Two keys share a fingerprint by chance only, and nobody can choose a message id
+/// to make it happen without the hash's key: with `n` frames on disk, a new message is taken
+/// for one already seen with probability about `n / 2^64` (a million frames: 5 in 10^14).
+#[derive(Debug, Default)]
+pub(super) struct Seen {
+    hasher: Fingerprinter,
+    /// Fingerprints with one frame.
+    once: HashSet<Fingerprint, SeqHash>,
+    /// Fingerprints with more than one (a copy moved by compaction, until its older frame's
+    /// segment is deleted), and how many.
+    more: HashMap<Fingerprint, u32, SeqHash>,
 }
 
 impl Seen {
-    /// The shared name for `queue`, so keys in segment lists do not each own a copy.
-    pub(super) fn key(&self, queue: &str, id: [u8; 16]) -> Key {
-        let name = self
-            .by_queue
-            .get_key_value(queue)
-            .map_or_else(|| Arc::from(queue), |(k, _)| k.clone());
-        (name, id)
+    /// The fingerprint of a dedup key.
+    pub(super) fn fingerprint(&self, queue: &str, id: &[u8; 16]) -> Fingerprint {
+        self.hasher.fingerprint(queue, id)
     }
 
-    pub(super) fn add(&mut self, key: &Key) {
-        match self.by_queue.get_mut(&*key.0) {
-            Some(q) => *q.ids.entry(key.1).or_default() += 1,
-            None => self.first(key.0.clone(), key.1),
+    pub(super) fn hasher(&self) -> Fingerprinter {
+        self.hasher.clone()
+    }
+
+    /// Counts one more frame for a fingerprint.
+    pub(super) fn add(&mut self, fp: Fingerprint) {
+        if !self.once.insert(fp) {
+            *self.more.entry(fp).or_insert(1) += 1;
         }
     }
 
-    /// As [`Seen::key`] then [`Seen::add`], with one lookup of the queue (recovery adds every
-    /// `Put` on disk).
-    pub(super) fn insert(&mut self, queue: &str, id: [u8; 16]) -> Key {
-        if let Some(q) = self.by_queue.get_mut(queue) {
-            *q.ids.entry(id).or_default() += 1;
-            return (q.name.clone(), id);
-        }
-        let name: Arc<str> = Arc::from(queue);
-        self.first(name.clone(), id);
-        (name, id)
+    /// As [`Seen::fingerprint`] then [`Seen::add`].
+    pub(super) fn insert(&mut self, queue: &str, id: &[u8; 16]) -> Fingerprint {
+        let fp = self.fingerprint(queue, id);
+        self.add(fp);
+        fp
     }
 
-    /// Adds the first id of a queue.
-    fn first(&mut self, name: Arc<str>, id: [u8; 16]) {
-        let ids = HashMap::from([(id, 1)]);
-        self.by_queue.insert(name.clone(), Ids { name, ids });
-    }
-
-    pub(super) fn remove(&mut self, key: &Key) {
-        let Some(q) = self.by_queue.get_mut(&*key.0) else {
-            return;
-        };
-        if let Some(n) = q.ids.get_mut(&key.1) {
-            *n -= 1;
-            if *n == 0 {
-                q.ids.remove(&key.1);
+    /// Counts one frame less for a fingerprint.
+    pub(super) fn remove(&mut self, fp: Fingerprint) {
+        match self.more.get_mut(&fp) {
+            Some(n) if *n > 2 => *n -= 1,
+            Some(_) => {
+                self.more.remove(&fp);
             }
-        }
-        if q.ids.is_empty() {
-            self.by_queue.remove(&*key.0);
+            None => {
+                self.once.remove(&fp);
+            }
         }
     }
 
     pub(super) fn contains(&self, queue: &str, id: &[u8; 16]) -> bool {
-        self.by_queue
-            .get(queue)
-            .is_some_and(|q| q.ids.contains_key(id))
+        self.once.contains(&self.fingerprint(queue, id))
+    }
+
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
+        self.once.is_empty() && self.more.is_empty()
     }
 }
 
@@ -393,16 +493,12 @@ mod tests {
         }
     }
 
-    fn key(q: &str, b: u8) -> Key {
-        (Arc::from(q), [b; 16])
-    }
-
     #[test]
     fn a_moved_copy_is_counted_once_in_its_new_segment() {
         let mut ix = Index::default();
         ix.add_bytes(1, 1000);
-        ix.put(7, loc(1, 100), 0, None, key("q", 1));
-        ix.put(7, loc(2, 100), 3, Some("r".into()), key("q", 1));
+        ix.put(7, loc(1, 100), 0, None);
+        ix.put(7, loc(2, 100), 3, Some("r".into()));
         assert_eq!(ix.live_count(), 1);
         assert_eq!(ix.dead_count(), 1);
         assert_eq!(ix.segments()[&1].live_bytes, 0);
@@ -417,10 +513,10 @@ mod tests {
     fn a_segments_live_copies_are_its_frames_whose_entries_still_point_there() {
         let mut ix = Index::default();
         for seq in 1..=4 {
-            ix.put(seq, loc(1, 10), 0, None, key("q", seq as u8));
+            ix.put(seq, loc(1, 10), 0, None);
         }
         ix.done(1);
-        ix.put(3, loc(2, 10), 0, None, key("q", 3)); // Moved forward by compaction.
+        ix.put(3, loc(2, 10), 0, None); // Moved forward by compaction.
         let live = |ix: &Index| ix.segments()[&1].live_seqs(1, ix).collect::<Vec<_>>();
         assert_eq!(live(&ix), vec![2, 4]);
         assert_eq!(ix.segments()[&1].live, 2);
@@ -431,7 +527,7 @@ mod tests {
         ix.done(2);
         assert_eq!(live(&ix), vec![4]);
         // Frames added after the search moved past the finished ones are still found.
-        ix.put(5, loc(1, 10), 0, Some("dead".into()), key("q", 5));
+        ix.put(5, loc(1, 10), 0, Some("dead".into()));
         assert_eq!(live(&ix), vec![4, 5]);
         assert_eq!(ix.dead_reason(5).map(String::as_str), Some("dead"));
         ix.done(4);
@@ -439,18 +535,15 @@ mod tests {
         assert_eq!(live(&ix), Vec::<u64>::new());
         assert_eq!((ix.dead_count(), ix.dead_reason(5)), (0, None));
         assert_eq!(ix.deletable_head(Some(2)), Some(1));
-        assert_eq!(
-            ix.remove_segment(1).len(),
-            5,
-            "the key of every Put frame, live or not"
-        );
+        ix.remove_segment(1);
+        assert_eq!(ix.segments().len(), 1);
     }
 
     #[test]
     fn only_an_empty_head_other_than_the_newest_is_deletable() {
         let mut ix = Index::default();
-        ix.put(1, loc(1, 10), 0, None, key("q", 1));
-        ix.put(2, loc(2, 10), 0, None, key("q", 2));
+        ix.put(1, loc(1, 10), 0, None);
+        ix.put(2, loc(2, 10), 0, None);
         assert_eq!(ix.deletable_head(Some(2)), None);
         ix.done(2);
         assert_eq!(
@@ -460,7 +553,7 @@ mod tests {
         );
         ix.done(1);
         assert_eq!(ix.deletable_head(Some(2)), Some(1));
-        assert_eq!(ix.remove_segment(1), vec![key("q", 1)]);
+        ix.remove_segment(1);
         assert_eq!(ix.deletable_head(Some(2)), None, "the newest segment stays");
     }
 
@@ -468,9 +561,9 @@ mod tests {
     fn compaction_picks_a_sparse_head_or_a_sparse_log() {
         let mut ix = Index::default();
         ix.add_bytes(1, 1000);
-        ix.put(1, loc(1, 600), 0, None, key("q", 1));
+        ix.put(1, loc(1, 600), 0, None);
         ix.add_bytes(2, 1000);
-        ix.put(2, loc(2, 1000), 0, None, key("q", 2));
+        ix.put(2, loc(2, 1000), 0, None);
         ix.add_bytes(3, 1000);
         assert_eq!(
             ix.compaction_source(Some(3), 0.5),
@@ -499,8 +592,8 @@ mod tests {
     #[test]
     fn validation_is_sequential_within_a_request() {
         let mut ix = Index::default();
-        ix.put(1, loc(1, 10), 0, None, key("q", 1));
-        ix.put(2, loc(1, 10), 0, Some("x".into()), key("q", 2));
+        ix.put(1, loc(1, 10), 0, None);
+        ix.put(2, loc(1, 10), 0, Some("x".into()));
         assert!(ix.validate(&[Op::Attempt(1, 2), Op::Done(1)]).is_ok());
         assert!(matches!(
             ix.validate(&[Op::Done(1), Op::Done(1)]),
@@ -526,27 +619,99 @@ mod tests {
     }
 
     #[test]
-    fn seen_counts_frames_and_shares_queue_names() {
+    fn seen_counts_frames_by_fingerprint() {
         let mut s = Seen::default();
-        let k = s.key("mailbox:pgr", [1; 16]);
-        s.add(&k);
-        let k2 = s.key("mailbox:pgr", [1; 16]);
-        assert!(Arc::ptr_eq(&k.0, &k2.0));
-        s.add(&k2);
-        s.remove(&k);
-        assert!(s.contains("mailbox:pgr", &[1; 16]));
-        s.remove(&k2);
+        let a = s.insert("mailbox:pgr", &[1; 16]);
+        assert_eq!(a, s.fingerprint("mailbox:pgr", &[1; 16]));
+        assert_ne!(
+            a,
+            s.fingerprint("mailbox:sat", &[1; 16]),
+            "the queue is in the key"
+        );
+        assert_ne!(a, s.fingerprint("mailbox:pgr", &[2; 16]));
+        // Three frames of one key (a copy moved twice): seen until the last is removed.
+        s.add(a);
+        s.add(a);
+        for _ in 0..2 {
+            s.remove(a);
+            assert!(s.contains("mailbox:pgr", &[1; 16]));
+        }
+        s.remove(a);
         assert!(!s.contains("mailbox:pgr", &[1; 16]));
-        assert!(s.by_queue.is_empty());
+        assert!(s.is_empty());
+        // Each open draws its own hash key.
+        assert_ne!(a, Seen::default().fingerprint("mailbox:pgr", &[1; 16]));
+    }
 
-        // `insert` is `key` then `add`: the same shared name, the same counts.
-        let k3 = s.insert("mailbox:pgr", [2; 16]);
-        let k4 = s.insert("mailbox:pgr", [2; 16]);
-        assert!(Arc::ptr_eq(&k3.0, &k4.0));
-        assert!(Arc::ptr_eq(&k3.0, &s.key("mailbox:pgr", [3; 16]).0));
-        s.remove(&k3);
-        assert!(s.contains("mailbox:pgr", &[2; 16]));
-        s.remove(&k4);
-        assert!(s.by_queue.is_empty());
+    fn at(segment: u64, offset: u64) -> Location {
+        Location {
+            segment,
+            offset,
+            len: 10,
+        }
+    }
+
+    #[test]
+    fn copies_are_found_by_their_slots_across_segments() {
+        let mut ix = Index::default();
+        // Seqs with gaps (other queues' copies finished and gone), over three segments.
+        let seqs: Vec<u64> = (0..300).map(|i| 1000 + 3 * i).collect();
+        for (i, &seq) in seqs.iter().enumerate() {
+            let segment = 1 + i as u64 / 100;
+            ix.put(seq, at(segment, 64 * i as u64), 0, None);
+        }
+        assert!(ix.strays.is_empty(), "every copy has a slot");
+        for (i, &seq) in seqs.iter().enumerate() {
+            let e = ix.get(seq).unwrap();
+            assert_eq!(e.loc, at(1 + i as u64 / 100, 64 * i as u64), "seq {seq}");
+            assert!(ix.get(seq + 1).is_none(), "no copy {}", seq + 1);
+        }
+        assert!(ix.get(999).is_none() && ix.get(seqs[299] + 3).is_none());
+        // The first segment's copies finish and it goes: its seqs are found nowhere.
+        for &seq in &seqs[..100] {
+            assert!(ix.done(seq));
+        }
+        ix.remove_segment(1);
+        assert!(ix.get(seqs[0]).is_none() && ix.get(seqs[99]).is_none());
+        assert_eq!(ix.get(seqs[100]).unwrap().loc.segment, 2);
+        assert_eq!(ix.live_count(), 200);
+    }
+
+    #[test]
+    fn a_copy_that_cannot_have_a_slot_is_a_stray() {
+        let mut ix = Index::default();
+        ix.put(50, at(3, 0), 0, None);
+        // At open, a copy moved forward from a segment deleted since comes after higher seqs.
+        ix.put(7, at(3, 100), 2, None);
+        // A frame past 4 GiB into its file (a segment grown by one huge write).
+        ix.put(60, at(3, 1 << 33), 0, None);
+        assert_eq!(ix.strays.len(), 2);
+        assert_eq!(
+            ix.get(7).unwrap(),
+            Entry {
+                loc: at(3, 100),
+                attempts: 2
+            }
+        );
+        assert_eq!(ix.get(60).unwrap().loc, at(3, 1 << 33));
+        assert_eq!(
+            ix.segments()[&3].live_seqs(3, &ix).collect::<Vec<_>>(),
+            vec![50, 7, 60]
+        );
+        // A slot's copy moved by compaction becomes a stray of the later segment.
+        ix.put(50, at(4, 0), 0, None);
+        assert_eq!(ix.get(50).unwrap().loc, at(4, 0));
+        assert_eq!(
+            ix.segments()[&3].live_seqs(3, &ix).collect::<Vec<_>>(),
+            vec![7, 60]
+        );
+        assert_eq!(
+            ix.segments()[&4].live_seqs(4, &ix).collect::<Vec<_>>(),
+            vec![50]
+        );
+        assert!(ix.done(7) && ix.done(60) && ix.done(50));
+        assert!(ix.strays.is_empty() && ix.attempts.is_empty());
+        assert_eq!(ix.live_count(), 0);
+        assert_eq!(ix.segments()[&3].live_seqs(3, &ix).count(), 0);
     }
 }

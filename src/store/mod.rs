@@ -121,6 +121,15 @@ pub struct StoredMessage {
     pub dead: Option<String>,
 }
 
+/// A live copy read back by [`Store::read`]: its message bytes, when the node took it, and its
+/// failed attempts so far.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadCopy {
+    pub bytes: Bytes,
+    pub received_at_ms: u64,
+    pub attempts: u32,
+}
+
 /// One change to the store. The ops of one [`Store::commit`] are applied in order, all or none.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
@@ -375,14 +384,14 @@ impl Store {
         answers.pop().expect("one answer per unit")
     }
 
-    /// Reads the message bytes of live copies back from disk, in the order of `seqs`: for each,
-    /// its bytes, or why they cannot be had (not a live copy, or a frame that no longer reads
+    /// Reads live copies back from disk, in the order of `seqs`: for each, its bytes and
+    /// metadata ([`ReadCopy`]), or why they cannot be had (not a live copy, or a frame that no longer reads
     /// back as its `Put`: damage the node should purge, not a reason to stop the store).
     /// The writer answers a read between two writes, without waiting for the next fsync.
     ///
     /// # Errors
     /// [`StoreError::Failed`] and [`StoreError::Closed`]: the store serves nothing more.
-    pub async fn read(&self, seqs: Vec<u64>) -> Result<Vec<Result<Bytes, String>>, StoreError> {
+    pub async fn read(&self, seqs: Vec<u64>) -> Result<Vec<Result<ReadCopy, String>>, StoreError> {
         if let Some(cause) = self.shared.failed.get() {
             return Err(StoreError::Failed(cause.clone()));
         }

@@ -7,9 +7,10 @@
 //! current attempts and dead state) a bounded slice per write, after which the head is deleted.
 //! Nothing here decides when a message is finished: that is the node's `Done`.
 
+use super::index::Fingerprint;
 use super::record::{Frame, Payload, PutBody, Record, read_frame};
 use super::writer::{Fatal, Writer, fatal};
-use super::{segment, summary};
+use super::{recover, segment, summary};
 
 impl Writer {
     pub(super) fn compaction_source(&self) -> Option<u64> {
@@ -117,11 +118,39 @@ impl Writer {
         ))
     }
 
+    /// The dedup fingerprints of segment `id`'s `Put` frames, which its deletion forgets: read
+    /// from its summary, or from the segment when the summary does not stand for it (one lost
+    /// to a crash, or removed on a full disk). The index does not keep them: 8 bytes for every
+    /// queued copy, for an event that comes once per segment.
+    fn fingerprints(&self, id: u64) -> Result<Vec<Fingerprint>, Fatal> {
+        let hasher = self.shared.seen().hasher();
+        let mut fingerprints = Vec::new();
+        let mut each = |s: segment::Scanned| {
+            if let Record::Put(p) = s.record {
+                fingerprints.push(hasher.fingerprint(&p.queue, &p.message_id));
+            }
+        };
+        let path = segment::path(&self.dir, id);
+        let mut data = Vec::new();
+        let summarized =
+            recover::from_summary(&*self.disk, &self.dir, id, &path, &mut data, &mut each);
+        if summarized.is_none() {
+            self.disk
+                .read_into(&path, &mut data)
+                .map_err(|e| fatal("read", &path, e))?;
+            // A sealed segment: committed records only (damage past them would have stopped
+            // the open).
+            segment::scan(&data, each);
+        }
+        Ok(fingerprints)
+    }
+
     /// Deletes head segments that hold nothing live, oldest first, each deletion made durable
     /// before the next (so a crash can never bring back an older segment without the newer
     /// ones whose `Done` records finish its copies).
     pub(super) fn reclaim(&mut self) -> Result<(), Fatal> {
         while let Some(id) = self.state.index.deletable_head(self.state.newest) {
+            let fingerprints = self.fingerprints(id)?;
             // Its summary first: a summary left without its segment is removed at open, and
             // one directory sync below makes both removals durable.
             let summary = summary::path(&self.dir, id);
@@ -139,10 +168,10 @@ impl Writer {
                 .sync_dir(&self.dir)
                 .map_err(|e| fatal("sync directory of", &path, e))?;
             self.readers.remove(&id);
-            let keys = self.state.index.remove_segment(id);
+            self.state.index.remove_segment(id);
             let mut seen = self.shared.seen();
-            for key in &keys {
-                seen.remove(key);
+            for fp in fingerprints {
+                seen.remove(fp);
             }
             self.stats.segments_deleted += 1;
         }

@@ -20,10 +20,6 @@ use super::segment::{self, Scan, Scanned};
 use super::summary;
 use super::{StoreError, StoredMessage};
 
-/// Most live copies recovery makes room for ahead (a 10 GB backlog of 1 KiB records, each
-/// stored with its signer's chain, is 3.8 million); the table grows past it as usual.
-const MAX_RESERVED: usize = 1 << 22;
-
 /// What the writer starts from.
 #[derive(Debug, Default)]
 pub(super) struct State {
@@ -66,7 +62,7 @@ pub(super) fn recover(disk: &dyn Disk, dir: &Path) -> Result<Recovered, StoreErr
     let mut summary_data = Vec::new();
     let count = segments.len();
     let mut summarized = 0;
-    for (i, (id, path)) in segments.into_iter().enumerate() {
+    for (id, path) in segments {
         let io = |op, source| StoreError::Io {
             op,
             path: path.clone(),
@@ -149,15 +145,8 @@ pub(super) fn recover(disk: &dyn Disk, dir: &Path) -> Result<Recovered, StoreErr
         state.index.add_segment(id);
         state.index.add_bytes(id, good_len);
         state.newest = Some(id);
-        if i == 0 {
-            // Room for as many live copies in each later segment as in the first (segments
-            // roll over at the same size), so the index's table is sized once instead of
-            // doubling its way there, moving every entry each time. An estimate: a low one
-            // costs the doublings, and a high one (the segment size lowered since, a head
-            // of small messages) is capped.
-            let expected = state.index.live_count().saturating_mul(count - 1);
-            state.index.reserve(expected.min(MAX_RESERVED));
-        }
+        // Nothing more is added to it: its lists give back what they grew beyond their length.
+        state.index.seal(id);
     }
     // Summaries of segments that are gone (a crash between removing the two files).
     for id in summaries {
@@ -177,7 +166,7 @@ pub(super) fn recover(disk: &dyn Disk, dir: &Path) -> Result<Recovered, StoreErr
 
 /// Replays segment `id` from its summary, if the summary stands for it exactly; returns the
 /// segment's committed length. `None` (logged) when it does not: the segment is scanned instead.
-fn from_summary(
+pub(super) fn from_summary(
     disk: &dyn Disk,
     dir: &Path,
     id: u64,
@@ -213,9 +202,9 @@ fn replay(
 ) {
     match record {
         Record::Put(p) => {
-            let key = seen.insert(&p.queue, p.message_id);
+            seen.insert(&p.queue, &p.message_id);
             state.next_seq = state.next_seq.max(p.seq.saturating_add(1));
-            state.index.put(p.seq, loc, p.attempts, p.dead.clone(), key);
+            state.index.put(p.seq, loc, p.attempts, p.dead.clone());
             messages.insert(
                 p.seq,
                 StoredMessage {

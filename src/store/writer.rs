@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 use super::disk::{self, Append, Disk, ReadAt};
-use super::index::{Key, Location};
+use super::index::{Fingerprint, Location};
 use super::record::{self, PutBody, Record};
 use super::recover::State;
 use super::{Op, Shared, StoreError, StoreOptions, StoreStats, segment, summary};
@@ -36,8 +36,11 @@ pub(super) enum Request {
     /// One or more commits, each answered on its own (one channel message for a batch of
     /// submissions: see [`super::Store::commit_each`]).
     Commit(Vec<CommitRequest>),
-    /// Reads live copies' message bytes back, answered at once (between rounds).
-    Read(Vec<u64>, oneshot::Sender<Vec<Result<bytes::Bytes, String>>>),
+    /// Reads live copies back, answered at once (between rounds).
+    Read(
+        Vec<u64>,
+        oneshot::Sender<Vec<Result<super::ReadCopy, String>>>,
+    ),
     Close(oneshot::Sender<Result<(), StoreError>>),
 }
 
@@ -272,7 +275,17 @@ impl Writer {
             Request::Read(seqs, reply) => {
                 let found = seqs
                     .into_iter()
-                    .map(|seq| self.read_put(seq).map(|p| p.bytes))
+                    .map(|seq| {
+                        let p = self.read_put(seq)?;
+                        // The frame's attempts are those it was written with; the index has
+                        // the copy's current count.
+                        let attempts = self.state.index.get(seq).map_or(p.attempts, |e| e.attempts);
+                        Ok(super::ReadCopy {
+                            bytes: p.bytes,
+                            received_at_ms: p.received_at_ms,
+                            attempts,
+                        })
+                    })
                     .collect();
                 let _ = reply.send(found);
             }
@@ -499,15 +512,15 @@ impl Writer {
             }
         }
         // The index takes the new locations now; the seen set only once they are durable.
-        let keys: Vec<Key> = {
+        let fingerprints: Vec<Fingerprint> = {
             let seen = self.shared.seen();
             let index = &mut self.state.index;
-            let key = |(p, loc): (&PutBody, Location)| {
-                let key = seen.key(&p.queue, p.message_id);
-                index.put(p.seq, loc, p.attempts, p.dead.clone(), key.clone());
-                key
+            let put = |(p, loc): (&PutBody, Location)| {
+                let fp = seen.fingerprint(&p.queue, &p.message_id);
+                index.put(p.seq, loc, p.attempts, p.dead.clone());
+                fp
             };
-            placed.into_iter().map(key).collect()
+            placed.into_iter().map(put).collect()
         };
         // One frame per record, and frames are bounded, so the count fits.
         Record::Commit {
@@ -535,8 +548,8 @@ impl Writer {
         self.state.index.add_bytes(active.id, self.buf.len() as u64);
         self.stats.fsyncs += 1;
         let mut seen = self.shared.seen();
-        for key in &keys {
-            seen.add(key);
+        for &fp in &fingerprints {
+            seen.add(fp);
         }
         Ok(Some(took))
     }
@@ -700,6 +713,9 @@ impl Writer {
             room,
             summary: summary::Builder::default(),
         });
+        if let Some(a) = &sealed {
+            self.state.index.seal(a.id);
+        }
         self.seal(sealed);
         Ok(true)
     }

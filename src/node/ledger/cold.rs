@@ -6,6 +6,7 @@
 //! order, before the lane runs dry. A copy that no longer reads back is **purged**.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 use prost::Message as _;
@@ -13,7 +14,7 @@ use prost::Message as _;
 use super::queue::ColdCopy;
 use super::{Copy, Ledger, Notice, Queue, QueueId, Seq, Transit};
 use crate::lanes::Entry;
-use crate::message::Message;
+use crate::message::{Message, from_millis};
 use crate::receipt;
 use crate::wire::pb;
 
@@ -42,7 +43,7 @@ impl Ledger {
         for (c, b) in cold.iter().zip(back) {
             match b {
                 Back::Whole(e) => {
-                    if c.item.recovered
+                    if self.recovered(c.item)
                         && matches!(queue.id(), QueueId::Mailbox(_))
                         && receipt::wants_response(&e.item.message)
                     {
@@ -51,7 +52,7 @@ impl Ledger {
                     items.push(e);
                 }
                 Back::Unreadable(why) => {
-                    self.purged(c.item.seq, None, queue.name(), &why);
+                    self.purged(c.item, None, queue.name(), &why);
                 }
                 Back::Unavailable => {}
             }
@@ -71,7 +72,7 @@ impl Ledger {
             for (c, b) in cold.iter().zip(ledger.read_whole(&cold).await) {
                 match b {
                     Back::Whole(e) => whole.push(e),
-                    Back::Unreadable(why) => ledger.purged(c.item.seq, None, queue.name(), &why),
+                    Back::Unreadable(why) => ledger.purged(c.item, None, queue.name(), &why),
                     Back::Unavailable => {}
                 }
             }
@@ -82,7 +83,7 @@ impl Ledger {
     /// Reads cold copies back whole, in order (the parsing on a blocking thread: a refill is
     /// hundreds of messages, and the node's workers serve alerts).
     pub(super) async fn read_whole(&self, cold: &[Entry<ColdCopy>]) -> Vec<Back> {
-        let seqs = cold.iter().map(|c| c.item.seq).collect();
+        let seqs = cold.iter().map(|c| c.item).collect();
         let read = match self.0.store.read(seqs).await {
             Ok(read) => read,
             Err(e) => {
@@ -92,7 +93,12 @@ impl Ledger {
         };
         let parsed = tokio::task::spawn_blocking(move || {
             read.into_iter()
-                .map(|r| r.and_then(|b| decode(b).ok_or_else(|| "it does not decode".into())))
+                .map(|r| {
+                    r.and_then(|c| match decode(c.bytes) {
+                        Some(parsed) => Ok((parsed, c.received_at_ms, c.attempts)),
+                        None => Err("it does not decode".into()),
+                    })
+                })
                 .collect::<Vec<_>>()
         })
         .await
@@ -100,20 +106,29 @@ impl Ledger {
         cold.iter()
             .zip(parsed)
             .map(|(c, p)| match p {
-                Ok((message, transit)) => Back::Whole(Entry {
+                Ok(((message, transit), received_at_ms, attempts)) => Back::Whole(Entry {
                     precedence: c.precedence,
-                    expires_at: c.expires_at,
+                    // Its own, not the cold copy's (rounded up to the next tenth of a second).
+                    expires_at: message.expires_at,
                     item: Copy {
                         message: Arc::new(message),
                         transit: Arc::new(transit),
-                        seq: Seq::durable(c.item.seq),
-                        received_at: c.item.received_at,
-                        attempts: c.item.attempts,
+                        seq: Seq::durable(c.item),
+                        received_at: from_millis(received_at_ms),
+                        attempts,
                     },
                 }),
                 Err(why) => Back::Unreadable(format!("the stored copy does not read back: {why}")),
             })
             .collect()
+    }
+}
+
+impl Ledger {
+    /// Whether the copy with this seq was recovered from the store at start (its respond-by
+    /// deadline is then tracked again when it comes back).
+    fn recovered(&self, seq: u64) -> bool {
+        seq < self.0.recovered_below.load(Ordering::Relaxed)
     }
 }
 

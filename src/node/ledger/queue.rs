@@ -119,17 +119,10 @@ impl Copy {
     }
 }
 
-/// A copy kept cold (see [`crate::lanes`]): its place in the store and what its lane needs. The
-/// ledger brings it back whole, read from the store and parsed, before it is served.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct ColdCopy {
-    /// Its sequence number in the store: a cold copy is always durable.
-    pub seq: u64,
-    pub received_at: SystemTime,
-    pub attempts: u32,
-    /// Recovered at start (its respond-by deadline is tracked again when it comes back).
-    pub recovered: bool,
-}
+/// A copy kept cold (see [`crate::lanes`]): its sequence number in the store, where everything
+/// else about it is (a cold copy is always durable). The ledger brings it back whole, read from
+/// the store and parsed, before it is served.
+pub(crate) type ColdCopy = u64;
 
 /// How many copies of an analytical lane a queue keeps whole; beyond them, copies wait cold. A
 /// refill brings back up to this many at once, when fewer than half are left.
@@ -209,7 +202,7 @@ impl Queue {
     /// What waits in each lane, most urgent first, with the oldest copy's arrival at this node
     /// (see [`Lanes::depths`]). Read-only: for the metrics endpoint.
     pub fn depths(&self) -> [Depth; 5] {
-        self.lanes().depths(|c| c.received_at, |c| c.received_at)
+        self.lanes().depths(|c| c.received_at)
     }
 
     /// How many dead letters it holds.
@@ -247,25 +240,24 @@ impl Queue {
         {
             let mut lanes = self.lanes();
             match entry.item.seq.get() {
-                Some(seq) if lanes.spills(entry.precedence) => lanes.push_cold(Entry {
-                    precedence: entry.precedence,
-                    expires_at: entry.expires_at,
-                    item: ColdCopy {
-                        seq,
-                        received_at: entry.item.received_at,
-                        attempts: entry.item.attempts,
-                        recovered: false,
+                Some(seq) if lanes.spills(entry.precedence) => lanes.push_cold(
+                    Entry {
+                        precedence: entry.precedence,
+                        expires_at: entry.expires_at,
+                        item: seq,
                     },
-                }),
+                    entry.item.received_at,
+                ),
                 _ => lanes.push_checked(entry),
             }
         }
         self.notify.notify_waiters();
     }
 
-    /// Adds a cold copy (recovered at start), behind the hot ones of its lane.
-    pub(super) fn push_cold(&self, entry: Entry<ColdCopy>) {
-        self.lanes().push_cold(entry);
+    /// Adds a cold copy (recovered at start) that arrived at this node at `received_at`, behind
+    /// the hot ones of its lane.
+    pub(super) fn push_cold(&self, entry: Entry<ColdCopy>, received_at: SystemTime) {
+        self.lanes().push_cold(entry, received_at);
         self.notify.notify_waiters();
     }
 

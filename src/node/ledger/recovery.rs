@@ -2,6 +2,7 @@
 //! **dead-lettered**, unreadable copies **purged**.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::SystemTime;
 
 use super::cold::Back;
@@ -24,6 +25,8 @@ impl Ledger {
     /// them is read but the store's index, so a restart with a million queued copies does not
     /// parse a million messages. Time-sensitive copies and dead letters are read back whole.
     pub async fn recover(&self, recovered: Vec<StoredMessage>) {
+        let below = recovered.iter().map(|m| m.seq + 1).max().unwrap_or(0);
+        self.0.recovered_below.store(below, Ordering::Relaxed);
         let (mut waiting, mut dead, mut orphaned, mut unreadable) = (0, 0, 0, 0);
         let mut whole = Vec::new();
         for m in recovered {
@@ -36,15 +39,10 @@ impl Ledger {
                 unreadable += 1;
                 continue;
             };
-            let entry = Entry {
+            let entry: Entry<ColdCopy> = Entry {
                 precedence,
                 expires_at: from_millis(m.expires_at_ms),
-                item: ColdCopy {
-                    seq: m.seq,
-                    received_at: from_millis(m.received_at_ms),
-                    attempts: m.attempts,
-                    recovered: true,
-                },
+                item: m.seq,
             };
             let queue = match QueueId::parse(&m.queue, &self.0.agency) {
                 Some(QueueId::Mailbox(mb)) => self.mailbox(&mb),
@@ -53,7 +51,7 @@ impl Ledger {
             };
             let to = match (queue, m.dead) {
                 (Some(q), None) if !precedence.is_time_sensitive() => {
-                    q.push_cold(entry);
+                    q.push_cold(entry, from_millis(m.received_at_ms));
                     waiting += 1;
                     continue;
                 }
@@ -76,7 +74,7 @@ impl Ledger {
                             Place::Waiting(q) | Place::Dead(q, _) => q.name(),
                             Place::Orphan(name) => name,
                         };
-                        self.purged(c.item.seq, None, queue, &why);
+                        self.purged(c.item, None, queue, &why);
                         unreadable += 1;
                         continue;
                     }
@@ -118,7 +116,7 @@ impl Ledger {
                                 reason: reason.clone(),
                             },
                         );
-                        self.record_later(vec![Op::DeadLetter(c.item.seq, reason.clone())]);
+                        self.record_later(vec![Op::DeadLetter(c.item, reason.clone())]);
                         self.0.orphans.dead_letter(DeadLetter {
                             entry,
                             reason,

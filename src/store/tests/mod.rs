@@ -66,7 +66,7 @@ pub(super) fn seqs(messages: &[StoredMessage]) -> Vec<u64> {
 /// The message bytes of recovered copies, read back from the store.
 pub(super) async fn bytes_of(store: &Store, found: &[StoredMessage]) -> Vec<Bytes> {
     let read = store.read(seqs(found)).await.unwrap();
-    read.into_iter().map(Result::unwrap).collect()
+    read.into_iter().map(|r| r.unwrap().bytes).collect()
 }
 
 #[tokio::test]
@@ -102,8 +102,14 @@ async fn round_trip_through_close_and_open() {
     assert_eq!(bytes[0], Bytes::from_static(b"alert"));
     assert_eq!(bytes[3].len(), 5000);
     // Only live copies read back, and each says why not.
-    let read = store.read(vec![2, 999]).await.unwrap();
-    assert_eq!(read[0].as_deref().ok(), Some(&b"alert"[..]));
+    let read = store.read(vec![1, 999]).await.unwrap();
+    let alert = read[0].as_ref().unwrap();
+    assert_eq!(&alert.bytes[..], b"alert");
+    assert_eq!(alert.received_at_ms, 1_000_000_000_001);
+    assert_eq!(
+        alert.attempts, 2,
+        "the copy's attempts now, not its frame's"
+    );
     assert!(read[1].as_ref().unwrap_err().contains("no live record 999"));
     let more = store
         .commit(vec![put("mailbox:pgr", 3, b"x")])

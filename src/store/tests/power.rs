@@ -448,7 +448,7 @@ async fn read_back(
     let mut out = Vec::with_capacity(found.len());
     for (m, bytes) in found.into_iter().zip(read) {
         match bytes {
-            Ok(b) => out.push((m, b)),
+            Ok(c) => out.push((m, c.bytes)),
             Err(e) => {
                 let _ = store.close().await;
                 return Err(format!("copy {} does not read back: {e}", m.seq));

@@ -44,8 +44,15 @@ async fn segments_roll_over_and_finished_heads_are_deleted_in_order() {
     );
     store.commit(done_all(&s[..3])).await.unwrap();
     assert!(!files[0].exists() && !files[1].exists());
+    // A deleted segment's ids are forgotten at once, read back from its summary; without one
+    // (lost to a crash, or removed on a full disk), from the segment itself.
+    assert!(!store.contains_message("f", &[100; 16]) && !store.contains_message("f", &[105; 16]));
+    assert!(store.contains_message("f", &[106; 16]));
+    fs::remove_file(files[2].with_extension("sum")).unwrap();
     store.commit(done_all(&s[6..9])).await.unwrap();
     assert!(!files[2].exists());
+    assert!(!store.contains_message("f", &[106; 16]) && !store.contains_message("f", &[108; 16]));
+    assert!(store.contains_message("f", &[109; 16]));
     let stats = store.stats();
     assert_eq!(stats.segments_deleted, 3);
     let files = segment_files(dir.path());
