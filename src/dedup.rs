@@ -21,9 +21,10 @@ use std::time::SystemTime;
 
 use crate::message::{Message, MessageId};
 
-/// What identifies a message's originator: the first half of the SHA-256 of its agency, node
-/// and client names.
-pub(crate) type Fingerprint = [u8; 16];
+/// What identifies a message's originator: the first 64 bits of the SHA-256 of its agency, node
+/// and client names (two originators share one with probability 2^-64, and names are issued in
+/// certificates, not chosen freely by whoever would want a collision).
+pub(crate) type Fingerprint = u64;
 
 /// The fingerprint of `m`'s originator.
 pub(crate) fn fingerprint(m: &Message) -> Fingerprint {
@@ -37,9 +38,12 @@ pub(crate) fn fingerprint(m: &Message) -> Fingerprint {
         ctx.update(&(part.len() as u64).to_be_bytes());
         ctx.update(part.as_bytes());
     }
-    ctx.finish().as_ref()[..16]
-        .try_into()
-        .expect("SHA-256 is 32 bytes")
+    let digest = ctx.finish();
+    u64::from_be_bytes(
+        digest.as_ref()[..8]
+            .try_into()
+            .expect("SHA-256 is 32 bytes"),
+    )
 }
 
 /// The answer to [`Ids::claim`].
@@ -56,10 +60,12 @@ pub(crate) enum Claim {
     Conflict,
 }
 
+/// A remembered id: 24 bytes (a node remembers hundreds of thousands).
 #[derive(Debug)]
 struct Slot {
     fingerprint: Fingerprint,
-    expires_at: SystemTime,
+    /// When the message expires, in milliseconds since the Unix epoch, rounded up.
+    expires_at: u64,
     taken: bool,
 }
 
@@ -67,8 +73,15 @@ struct Slot {
 #[derive(Debug)]
 pub(crate) struct Ids {
     slots: HashMap<MessageId, Slot>,
-    by_expiry: BTreeSet<(SystemTime, MessageId)>,
+    by_expiry: BTreeSet<(u64, MessageId)>,
     capacity: usize,
+}
+
+/// Milliseconds since the Unix epoch, rounded up (0 before it).
+fn millis(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| {
+        u64::try_from(d.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX)
+    })
 }
 
 impl Ids {
@@ -130,6 +143,7 @@ impl Ids {
 
     /// Forgets the ids of messages expired at `now`.
     pub fn expire(&mut self, now: SystemTime) {
+        let now = millis(now);
         while let Some(&(at, id)) = self.by_expiry.first()
             && at <= now
         {
@@ -139,6 +153,7 @@ impl Ids {
     }
 
     fn insert(&mut self, id: MessageId, fingerprint: Fingerprint, at: SystemTime, taken: bool) {
+        let at = millis(at);
         if self.slots.len() >= self.capacity {
             // The taken id expiring soonest; one being taken is never forgotten (there are at
             // most as many as concurrent submissions).
@@ -179,13 +194,13 @@ mod tests {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
         let later = now + Duration::from_secs(60);
         let mut ids = Ids::new(10);
-        assert_eq!(ids.claim(id(1), [1; 16], later, now), Claim::New);
+        assert_eq!(ids.claim(id(1), 1, later, now), Claim::New);
         // A concurrent resubmission waits for the first.
-        assert_eq!(ids.claim(id(1), [1; 16], later, now), Claim::InProgress);
-        assert_eq!(ids.claim(id(1), [2; 16], later, now), Claim::Conflict);
+        assert_eq!(ids.claim(id(1), 1, later, now), Claim::InProgress);
+        assert_eq!(ids.claim(id(1), 2, later, now), Claim::Conflict);
         ids.settle(id(1), true);
-        assert_eq!(ids.claim(id(1), [1; 16], later, now), Claim::Duplicate);
-        assert_eq!(ids.claim(id(1), [2; 16], later, now), Claim::Conflict);
+        assert_eq!(ids.claim(id(1), 1, later, now), Claim::Duplicate);
+        assert_eq!(ids.claim(id(1), 2, later, now), Claim::Conflict);
     }
 
     #[test]
@@ -193,14 +208,14 @@ mod tests {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
         let later = now + Duration::from_secs(60);
         let mut ids = Ids::new(10);
-        assert_eq!(ids.claim(id(1), [1; 16], later, now), Claim::New);
+        assert_eq!(ids.claim(id(1), 1, later, now), Claim::New);
         ids.settle(id(1), false);
-        assert_eq!(ids.claim(id(1), [1; 16], later, now), Claim::New);
+        assert_eq!(ids.claim(id(1), 1, later, now), Claim::New);
         ids.settle(id(1), true);
         assert_eq!(ids.len(), 1);
         ids.expire(later);
         assert_eq!(ids.len(), 0);
-        assert_eq!(ids.claim(id(1), [2; 16], later, later), Claim::New);
+        assert_eq!(ids.claim(id(1), 2, later, later), Claim::New);
     }
 
     #[test]
@@ -208,12 +223,12 @@ mod tests {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
         let at = |s| now + Duration::from_secs(s);
         let mut ids = Ids::new(2);
-        assert_eq!(ids.claim(id(1), [1; 16], at(10), now), Claim::New);
-        ids.remember(id(2), [2; 16], at(20));
+        assert_eq!(ids.claim(id(1), 1, at(10), now), Claim::New);
+        ids.remember(id(2), 2, at(20));
         // Full: id 1 expires soonest but is being taken, so id 2 goes.
-        assert_eq!(ids.claim(id(3), [3; 16], at(30), now), Claim::New);
+        assert_eq!(ids.claim(id(3), 3, at(30), now), Claim::New);
         assert_eq!(ids.len(), 2);
-        assert_eq!(ids.claim(id(2), [9; 16], at(20), now), Claim::New);
-        assert_eq!(ids.claim(id(1), [1; 16], at(10), now), Claim::InProgress);
+        assert_eq!(ids.claim(id(2), 9, at(20), now), Claim::New);
+        assert_eq!(ids.claim(id(1), 1, at(10), now), Claim::InProgress);
     }
 }

@@ -111,13 +111,72 @@ pub struct Denied {
     pub reason: String,
 }
 
+/// What is remembered of one message: its own conditions and those it inherited. Most messages
+/// inherit nothing, and a sender's messages mostly share their conditions (owner, addressees,
+/// handling): the own conditions are shared between the messages that have the same, so a
+/// remembered message costs a few dozen bytes rather than several hundred.
+#[derive(Debug, Clone)]
+struct Known {
+    /// Its own restriction, when its first one is (its source is then the message's id, which
+    /// the shared value does not carry: see [`Known::restrictions`]).
+    own: Option<Arc<Restriction>>,
+    /// The others, in order.
+    rest: Option<Arc<[Restriction]>>,
+}
+
+impl Known {
+    /// Its restrictions, as remembered, of message `id`.
+    fn restrictions(&self, id: MessageId) -> impl Iterator<Item = Restriction> + '_ {
+        let own = self.own.as_ref().map(|r| Restriction {
+            source: id,
+            ..Restriction::clone(r)
+        });
+        own.into_iter()
+            .chain(self.rest.iter().flat_map(|r| r.iter().cloned()))
+    }
+}
+
+/// Everything a [`Provenance`] remembered, to write as its journal file ([`Snapshot::write_to`]).
+#[derive(Debug)]
+pub struct Snapshot {
+    messages: Vec<(MessageId, Known)>,
+    releases: Vec<Arc<Release>>,
+}
+
+impl Snapshot {
+    /// Writes it as JSON lines, a line at a time.
+    ///
+    /// # Errors
+    /// What writing to `out` returns.
+    pub fn write_to(&self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+        let mut line = Vec::new();
+        for (id, k) in &self.messages {
+            line.clear();
+            let rs: Vec<Restriction> = k.restrictions(*id).collect();
+            journal::message(&mut line, *id, &rs);
+            out.write_all(&line)?;
+        }
+        for r in &self.releases {
+            line.clear();
+            journal::release(&mut line, r);
+            out.write_all(&line)?;
+        }
+        Ok(())
+    }
+}
+
+/// How many distinct own conditions are kept for sharing.
+const SHARED: usize = 16;
+
 /// What the node remembers: restrictions by message id, and releases by source id; and the
 /// journal of what it learnt since [`Provenance::take_journal`] was last called (JSON lines,
 /// which the node appends to a file so that a restart remembers them: see [`Provenance::replay`]).
 #[derive(Debug)]
 pub struct Provenance {
     capacity: usize,
-    known: HashMap<MessageId, Arc<[Restriction]>>,
+    known: HashMap<MessageId, Known>,
+    /// The latest distinct own conditions remembered, for [`Known::own`] to share.
+    shared: VecDeque<Arc<Restriction>>,
     order: VecDeque<MessageId>,
     releases: HashMap<MessageId, Vec<Arc<Release>>>,
     release_order: VecDeque<Arc<Release>>,
@@ -130,6 +189,7 @@ impl Provenance {
         Provenance {
             capacity: capacity.max(1),
             known: HashMap::new(),
+            shared: VecDeque::new(),
             order: VecDeque::new(),
             releases: HashMap::new(),
             release_order: VecDeque::new(),
@@ -145,15 +205,21 @@ impl Provenance {
     /// Everything remembered, oldest first, as JSON lines: a compacted journal file.
     pub fn snapshot(&self) -> Vec<u8> {
         let mut out = Vec::new();
-        for id in &self.order {
-            if let Some(rs) = self.known.get(id) {
-                journal::message(&mut out, *id, rs);
-            }
-        }
-        for r in &self.release_order {
-            journal::release(&mut out, r);
-        }
+        self.snapshot_later()
+            .write_to(&mut out)
+            .expect("writing to memory cannot fail");
         out
+    }
+
+    /// What [`Provenance::snapshot`] writes, to write later without the caller's lock: it shares
+    /// what is remembered (tens of bytes a message), where the JSON text is hundreds.
+    pub fn snapshot_later(&self) -> Snapshot {
+        Snapshot {
+            messages: (self.order.iter())
+                .filter_map(|id| Some((*id, self.known.get(id)?.clone())))
+                .collect(),
+            releases: self.release_order.iter().cloned().collect(),
+        }
     }
 
     /// A node's memory rebuilt from its journal file (`text`), up to `capacity`; also how many
@@ -183,9 +249,14 @@ impl Provenance {
     fn of_sources(&self, sources: &[MessageId]) -> Vec<Restriction> {
         let mut all: Vec<Restriction> = Vec::new();
         for s in sources {
-            for r in self.known.get(s).into_iter().flat_map(|rs| rs.iter()) {
+            for r in self
+                .known
+                .get(s)
+                .into_iter()
+                .flat_map(|k| k.restrictions(*s))
+            {
                 if !all.iter().any(|a| a.source == r.source) {
-                    all.push(r.clone());
+                    all.push(r);
                 }
             }
         }
@@ -228,14 +299,41 @@ impl Provenance {
 
     /// Remembers a message (the caller checked that it is not known yet), forgetting the
     /// oldest beyond capacity.
-    fn insert(&mut self, id: MessageId, restrictions: Vec<Restriction>) {
-        self.known.insert(id, restrictions.into());
+    fn insert(&mut self, id: MessageId, mut restrictions: Vec<Restriction>) {
+        let own = match restrictions.first() {
+            Some(r) if r.source == id => Some(self.share(restrictions.remove(0))),
+            _ => None,
+        };
+        let rest = (!restrictions.is_empty()).then(|| restrictions.into());
+        self.known.insert(id, Known { own, rest });
         self.order.push_back(id);
         while self.order.len() > self.capacity {
             if let Some(old) = self.order.pop_front() {
                 self.known.remove(&old);
             }
         }
+    }
+
+    /// `own` as shared: one of the latest distinct own conditions if it has the same.
+    fn share(&mut self, own: Restriction) -> Arc<Restriction> {
+        let same = |r: &Arc<Restriction>| {
+            r.owner == own.owner && r.addressees == own.addressees && r.handling == own.handling
+        };
+        if let Some(r) = self.shared.iter().find(|r| same(r)) {
+            return r.clone();
+        }
+        let r = Arc::new(own);
+        if self.shared.len() >= SHARED {
+            self.shared.pop_front();
+        }
+        self.shared.push_back(r.clone());
+        r
+    }
+
+    #[cfg(test)]
+    /// The restrictions remembered of message `id`.
+    fn restrictions(&self, id: MessageId) -> Option<Vec<Restriction>> {
+        Some(self.known.get(&id)?.restrictions(id).collect())
     }
 
     /// Puts back journal lines that could not be written, ahead of what came since.
@@ -628,7 +726,7 @@ mod tests {
         );
         // A release that ended does not count.
         let mut q = Provenance::new(16);
-        q.remember(id(1), p.known[&id(1)].to_vec());
+        q.remember(id(1), p.restrictions(id(1)).unwrap());
         q.release(Release {
             valid_until: Some(now - Duration::from_secs(1)),
             ..release(&[1], "dea", &["pgr"], "")
@@ -806,8 +904,8 @@ mod tests {
         text.push_str("{\"kind\":\"message\",\"id\":\"01");
         let (q, skipped) = Provenance::replay(16, &text);
         assert_eq!(skipped, 1);
-        assert_eq!(q.known[&id(1)], p.known[&id(1)]);
-        assert_eq!(q.known[&id(2)], p.known[&id(2)]);
+        assert_eq!(q.restrictions(id(1)), p.restrictions(id(1)));
+        assert_eq!(q.restrictions(id(2)), p.restrictions(id(2)));
         assert_eq!(q.snapshot(), p.snapshot());
         // It judges as the original did.
         for who in [&p, &q] {
@@ -828,7 +926,28 @@ mod tests {
         let reordered = serde_json::to_string(&reordered).unwrap(); // keys sorted: "id" first
         assert!(reordered.starts_with(r#"{"id":"#), "{reordered}");
         let (r, skipped) = Provenance::replay(16, &reordered);
-        assert_eq!((skipped, &r.known[&id(1)]), (0, &p.known[&id(1)]));
+        assert_eq!((skipped, r.restrictions(id(1))), (0, p.restrictions(id(1))));
+    }
+
+    #[test]
+    fn messages_with_the_same_conditions_share_them() {
+        let mut p = Provenance::new(16);
+        let amber = |n| restriction(n, "dea", &["pgr"], Tlp::Amber, Permission::Allowed);
+        for n in 1..=3 {
+            p.remember(id(n), vec![amber(n)]);
+        }
+        let red = restriction(4, "dea", &["pgr"], Tlp::Red, Permission::Allowed);
+        p.remember(id(4), vec![red.clone(), amber(1)]);
+        let own = |p: &Provenance, n| p.known[&id(n)].own.clone().unwrap();
+        assert!(Arc::ptr_eq(&own(&p, 1), &own(&p, 3)));
+        assert!(!Arc::ptr_eq(&own(&p, 1), &own(&p, 4)));
+        // Each message gets its own conditions back under its own id.
+        assert_eq!(p.restrictions(id(2)), Some(vec![amber(2)]));
+        assert_eq!(p.restrictions(id(4)), Some(vec![red, amber(1)]));
+        // Inherited conditions that are not the message's own come back as they were.
+        p.remember(id(5), vec![amber(1)]);
+        assert!(p.known[&id(5)].own.is_none());
+        assert_eq!(p.restrictions(id(5)), Some(vec![amber(1)]));
     }
 
     #[test]

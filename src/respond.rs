@@ -10,6 +10,7 @@
 //! calls and [`Deadlines::fired`].
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use crate::identity::AgencyId;
@@ -20,12 +21,20 @@ use crate::message::MessageId;
 /// `capacity` messages the oldest is forgotten, and a response to a message no longer
 /// remembered (or sent before a restart) is admitted unchecked; its signature still names the
 /// client that gave it.
+///
+/// A client's messages mostly go to the same agencies: each list is shared with the messages
+/// that have the same among the latest few, so a remembered message costs a few dozen bytes.
 #[derive(Debug)]
 pub(crate) struct Responders {
     capacity: usize,
     order: VecDeque<MessageId>,
-    by_id: HashMap<MessageId, Vec<AgencyId>>,
+    by_id: HashMap<MessageId, Arc<[AgencyId]>>,
+    /// The latest distinct lists, to share.
+    lists: VecDeque<Arc<[AgencyId]>>,
 }
+
+/// How many distinct lists of agencies [`Responders`] keeps for sharing.
+const SHARED_LISTS: usize = 16;
 
 impl Responders {
     pub fn new(capacity: usize) -> Responders {
@@ -33,12 +42,24 @@ impl Responders {
             capacity: capacity.max(1),
             order: VecDeque::new(),
             by_id: HashMap::new(),
+            lists: VecDeque::new(),
         }
     }
 
     /// Remembers that message `id` was addressed to `agencies`.
     pub fn remember(&mut self, id: MessageId, agencies: Vec<AgencyId>) {
-        if self.by_id.insert(id, agencies).is_none() {
+        let list = match self.lists.iter().find(|l| ***l == *agencies) {
+            Some(l) => l.clone(),
+            None => {
+                let l: Arc<[AgencyId]> = agencies.into();
+                if self.lists.len() >= SHARED_LISTS {
+                    self.lists.pop_front();
+                }
+                self.lists.push_back(l.clone());
+                l
+            }
+        };
+        if self.by_id.insert(id, list).is_none() {
             self.order.push_back(id);
             if self.order.len() > self.capacity
                 && let Some(old) = self.order.pop_front()
@@ -269,6 +290,7 @@ mod tests {
         // Bounded: the oldest goes first.
         r.remember(y, vec![a("afi")]);
         r.remember(z, vec![a("afi")]);
+        assert!(Arc::ptr_eq(&r.by_id[&y], &r.by_id[&z]), "one list for both");
         assert_eq!(r.may_respond(&x, &a("cenapi")), None);
         assert_eq!(r.may_respond(&z, &a("cenapi")), Some(false));
     }

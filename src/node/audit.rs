@@ -50,11 +50,9 @@ const BATCH: usize = 4096;
 const FOLLOWERS: usize = 8192;
 
 enum Cmd {
-    Write {
-        at: SystemTime,
-        event: Event,
-        about: Option<About>,
-    },
+    /// Boxed: the channel holds [`CHANNEL`] commands' room from the start, which an event
+    /// inline would make megabytes.
+    Write(Box<Append>),
     Head(oneshot::Sender<io::Result<Frontier>>),
     Checkpoint(CheckpointEntry, Frontier, oneshot::Sender<io::Result<()>>),
     Cosigned(CheckpointEntry, oneshot::Sender<io::Result<()>>),
@@ -66,13 +64,21 @@ enum Cmd {
     Stop(std::sync::mpsc::Sender<()>),
 }
 
+/// An event to append, and when it happened.
+struct Append {
+    at: SystemTime,
+    event: Event,
+    about: Option<About>,
+}
+
 /// What a consistency proof from `old` to `new` needs, as far as the writer holds it: the tree
 /// at `old`, and the leaves `old..new`.
 type ProofInputs = (Option<Frontier>, Option<Vec<Hash>>);
 
-/// Leaf hashes the writer keeps for proofs, at most (32 MiB); a peer further behind gets its
+/// Leaf hashes the writer keeps for proofs, at most (2 MiB: seconds of a busy node's records);
+/// a peer further behind (one offline, whose last cosigned size holds them back) gets its
 /// proof from the files.
-const RECENT_LEAVES: usize = 1 << 20;
+const RECENT_LEAVES: usize = 1 << 16;
 
 /// The node's delivery log: a handle on its writer thread.
 pub(crate) struct Log {
@@ -152,11 +158,11 @@ impl Log {
     pub fn write(&self, event: Event, about: Option<About>) {
         self.handed
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let _ = self.tx.send(Cmd::Write {
+        let _ = self.tx.send(Cmd::Write(Box::new(Append {
             at: SystemTime::now(),
             event,
             about,
-        });
+        })));
     }
 
     /// Events handed to the writer that it has not written yet (its lag; written means in
@@ -477,11 +483,11 @@ fn replay(
             let h = leaf(body);
             frontier.push(h);
             prev = Some(h);
-            recent.push_back(h);
-            if recent.len() > RECENT_LEAVES {
+            if recent.len() >= RECENT_LEAVES {
                 recent.pop_front();
                 recent_start += 1;
             }
+            recent.push_back(h);
         }
         if skip_to.is_some() {
             // The file that should hold the checkpoint's last record does not.
@@ -734,7 +740,7 @@ impl Writer {
                         stop = Some(tx);
                         break;
                     }
-                    writes += u64::from(matches!(c, Cmd::Write { .. }));
+                    writes += u64::from(matches!(c, Cmd::Write(_)));
                     self.handle(c, &mut replies);
                     n += 1;
                     if n < BATCH {
@@ -774,7 +780,7 @@ impl Writer {
     #[allow(clippy::type_complexity)]
     fn handle(&mut self, c: Cmd, replies: &mut Vec<Box<dyn FnOnce(&mut Writer) + Send>>) {
         match c {
-            Cmd::Write { at, event, about } => self.append(at, &event, about.as_ref()),
+            Cmd::Write(w) => self.append(w.at, &w.event, w.about.as_ref()),
             Cmd::Head(tx) => replies.push(Box::new(move |w: &mut Writer| {
                 let _ = tx.send(w.sync().map(|()| w.frontier.clone()));
             })),
@@ -866,11 +872,12 @@ impl Writer {
         let h = leaf(line);
         self.frontier.push(h);
         self.prev = Some(h);
-        self.recent.push_back(h);
-        if self.recent.len() > RECENT_LEAVES {
+        // Room made before the push: the deque never outgrows its bound's capacity.
+        if self.recent.len() >= RECENT_LEAVES {
             self.recent.pop_front();
             self.recent_start += 1;
         }
+        self.recent.push_back(h);
         if self.lines.receiver_count() > 0 {
             let text = std::str::from_utf8(line).expect("JSON is UTF-8");
             let _ = self.lines.send(Arc::from(text));

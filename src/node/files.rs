@@ -1,8 +1,8 @@
-//! Replacing a small file of the node's data directory whole, so that a crash leaves either the
+//! Replacing a file of the node's data directory whole, so that a crash leaves either the
 //! old contents or the new ones: written to `<name>.tmp`, synced, renamed over the file, and
 //! the directory synced.
 
-use std::io::Write as _;
+use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
@@ -13,15 +13,29 @@ pub const OWNER_ONLY: u32 = 0o600;
 
 /// Replaces `path` with `bytes` (see the module docs); a new file gets `mode`.
 pub fn replace(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+    replace_with(path, mode, |f| f.write_all(bytes))
+}
+
+/// As [`replace`], with the new contents written by `write` (through a buffer), so that they
+/// need not be in memory whole.
+pub fn replace_with(
+    path: &Path,
+    mode: u32,
+    write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+) -> std::io::Result<()> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
-    let mut f = std::fs::OpenOptions::new()
+    let f = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(mode)
         .open(&tmp)?;
-    f.write_all(bytes)?;
+    let mut buffered = std::io::BufWriter::with_capacity(1 << 16, f);
+    write(&mut buffered)?;
+    let f = buffered
+        .into_inner()
+        .map_err(std::io::IntoInnerError::into_error)?;
     f.sync_all()?;
     std::fs::rename(&tmp, path)?;
     if let Some(dir) = path.parent() {

@@ -4,7 +4,8 @@
 //! At start the file is replayed (a line cut short by a crash is skipped, and said) and
 //! rewritten compacted (only synced when it already is). While the node runs, what it learns
 //! is appended every [`FLUSH`]; the file is rewritten compacted again once it holds more than
-//! twice `limits.provenance_ids` lines. Appends are not fsynced (a power cut may lose the last [`FLUSH`] of it: products of
+//! twice `limits.provenance_ids` lines (written a line at a time from what the node remembers, not
+//! built whole in memory first: tens of megabytes at the default limit). Appends are not fsynced (a power cut may lose the last [`FLUSH`] of it: products of
 //! those sources are then not checked against them); rewrites are, then renamed into place.
 
 use std::io::Write as _;
@@ -79,7 +80,7 @@ pub(super) async fn flush(node: &Arc<Node>, lines: &mut usize) {
         if compact {
             *lines = 0;
         }
-        (bytes, compact.then(|| memory.snapshot()))
+        (bytes, compact.then(|| memory.snapshot_later()))
     };
     if bytes.is_empty() {
         return;
@@ -92,7 +93,9 @@ pub(super) async fn flush(node: &Arc<Node>, lines: &mut usize) {
         // One write at a time, even when a flush at shutdown overtakes an aborted loop's.
         let _one = writer.provenance_file.lock().expect("provenance file lock");
         match snapshot {
-            Some(all) => super::files::replace(&path, &all, super::files::SHARED),
+            Some(all) => {
+                super::files::replace_with(&path, super::files::SHARED, |f| all.write_to(f))
+            }
             None => std::fs::OpenOptions::new()
                 .append(true)
                 .create(true)
