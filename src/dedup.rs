@@ -143,7 +143,10 @@ impl Ids {
 
     /// Forgets the ids of messages expired at `now`.
     pub fn expire(&mut self, now: SystemTime) {
-        let now = millis(now);
+        // Rounded down, as expiries are up: an id is never forgotten before its message expires.
+        let now = now
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
         while let Some(&(at, id)) = self.by_expiry.first()
             && at <= now
         {

@@ -74,13 +74,15 @@ pub struct Entry<T> {
 struct Cold<C> {
     item: C,
     /// Tenths of a second from the lanes' cold epoch to the expiry, rounded up (see
-    /// [`Lanes::cold_epoch`]); `u32::MAX` for 13.6 years or more.
+    /// [`Lanes::cold_epoch`]); `u32::MAX` (never) for 13.6 years or more.
     expires: u32,
     /// Whole seconds since the Unix epoch to the item's arrival (for the depths; until 2106).
     arrived: u32,
 }
 
 const TICK: Duration = Duration::from_millis(100);
+/// How far after the cold epoch an item that "never" expires is taken to (a thousand years).
+const NEVER: Duration = Duration::from_secs(1000 * 365 * 86_400);
 
 /// A deque kept in chunks of [`CHUNK`] items: it grows a chunk at a time, so a lane of millions
 /// of cold items holds about their size, where a `VecDeque` doubling its way there may hold
@@ -254,10 +256,14 @@ impl<T, C> Lanes<T, C> {
         self.cold[i].push_back(cold);
     }
 
-    /// A cold item's expiry, as kept: at most 100 ms after the item's own.
+    /// A cold item's expiry, as kept: at most 100 ms after the item's own (or the cold epoch,
+    /// if that is later), and never for one 13.6 years or more after the epoch.
     fn expiry(&self, cold: &Cold<C>) -> SystemTime {
         let epoch = self.cold_epoch.unwrap_or(UNIX_EPOCH);
-        epoch + TICK * cold.expires
+        match cold.expires {
+            u32::MAX => epoch + NEVER,
+            ticks => epoch + TICK * ticks,
+        }
     }
 
     /// A cold item handed back out, with its lane's precedence and its expiry as kept.

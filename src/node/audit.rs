@@ -75,10 +75,10 @@ struct Append {
 /// at `old`, and the leaves `old..new`.
 type ProofInputs = (Option<Frontier>, Option<Vec<Hash>>);
 
-/// Leaf hashes the writer keeps for proofs, at most (2 MiB: seconds of a busy node's records);
-/// a peer further behind (one offline, whose last cosigned size holds them back) gets its
-/// proof from the files.
-const RECENT_LEAVES: usize = 1 << 16;
+/// Leaf hashes the writer keeps for proofs, at most (8 MiB: about 40 s of a node admitting
+/// 6,000 records a second); a peer further behind (one offline for longer, whose last
+/// cosigned size holds them back) gets its proof from the files.
+const RECENT_LEAVES: usize = 1 << 18;
 
 /// The node's delivery log: a handle on its writer thread.
 pub(crate) struct Log {

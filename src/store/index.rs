@@ -13,8 +13,8 @@
 //! search. The others are **strays**, with a full entry in a hash table: copies moved forward
 //! by compaction (same seq, a later segment), and at open those whose first frame was in a
 //! segment deleted since. Attempts and dead-letter reasons, which few copies have, are kept in
-//! tables of their own. A segment also keeps each of its `Put` frames' dedup fingerprints (8
-//! bytes), to forget them when it is deleted.
+//! tables of their own. A deleted segment's dedup fingerprints are read back from its summary
+//! (see `Writer::fingerprints`), not kept here.
 
 use std::cell::Cell;
 use std::collections::hash_map::RandomState;

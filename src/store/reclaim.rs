@@ -121,8 +121,10 @@ impl Writer {
     /// The dedup fingerprints of segment `id`'s `Put` frames, which its deletion forgets: read
     /// from its summary, or from the segment when the summary does not stand for it (one lost
     /// to a crash, or removed on a full disk). The index does not keep them: 8 bytes for every
-    /// queued copy, for an event that comes once per segment.
-    fn fingerprints(&self, id: u64) -> Result<Vec<Fingerprint>, Fatal> {
+    /// queued copy, for an event that comes once per segment. A segment that cannot be read is
+    /// logged, and its fingerprints stay (its message ids are still taken for seen, until the
+    /// next open): not a reason to stop the store.
+    fn fingerprints(&self, id: u64) -> Vec<Fingerprint> {
         let hasher = self.shared.seen().hasher();
         let mut fingerprints = Vec::new();
         let mut each = |s: segment::Scanned| {
@@ -135,14 +137,19 @@ impl Writer {
         let summarized =
             recover::from_summary(&*self.disk, &self.dir, id, &path, &mut data, &mut each);
         if summarized.is_none() {
-            self.disk
-                .read_into(&path, &mut data)
-                .map_err(|e| fatal("read", &path, e))?;
+            if let Err(e) = self.disk.read_into(&path, &mut data) {
+                tracing::warn!(
+                    segment = %path.display(), error = %e,
+                    "store: a finished segment to delete could not be read; its message ids stay \
+                     seen until the next open"
+                );
+                return Vec::new();
+            }
             // A sealed segment: committed records only (damage past them would have stopped
             // the open).
             segment::scan(&data, each);
         }
-        Ok(fingerprints)
+        fingerprints
     }
 
     /// Deletes head segments that hold nothing live, oldest first, each deletion made durable
@@ -150,7 +157,7 @@ impl Writer {
     /// ones whose `Done` records finish its copies).
     pub(super) fn reclaim(&mut self) -> Result<(), Fatal> {
         while let Some(id) = self.state.index.deletable_head(self.state.newest) {
-            let fingerprints = self.fingerprints(id)?;
+            let fingerprints = self.fingerprints(id);
             // Its summary first: a summary left without its segment is removed at open, and
             // one directory sync below makes both removals durable.
             let summary = summary::path(&self.dir, id);

@@ -108,8 +108,9 @@ impl Ledger {
             .map(|(c, p)| match p {
                 Ok(((message, transit), received_at_ms, attempts)) => Back::Whole(Entry {
                     precedence: c.precedence,
-                    // Its own, not the cold copy's (rounded up to the next tenth of a second).
-                    expires_at: message.expires_at,
+                    // Its own deadline (the earlier of its expiry and the end of its retention
+                    // period, as when it was queued), not the cold copy's rounded one.
+                    expires_at: message.deadline(),
                     item: Copy {
                         message: Arc::new(message),
                         transit: Arc::new(transit),
@@ -127,7 +128,7 @@ impl Ledger {
 impl Ledger {
     /// Whether the copy with this seq was recovered from the store at start (its respond-by
     /// deadline is then tracked again when it comes back).
-    fn recovered(&self, seq: u64) -> bool {
+    pub(super) fn recovered(&self, seq: u64) -> bool {
         seq < self.0.recovered_below.load(Ordering::Relaxed)
     }
 }

@@ -326,6 +326,52 @@ async fn a_deep_backlog_waits_cold_and_comes_back_in_order_across_a_restart() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_read_back_from_the_store_keeps_its_deadline_attempts_and_arrival() {
+    // A cold copy, or one recovered whole, comes back as it was queued: due to go at the
+    // earlier of its expiry and its originator's retention period.
+    let dir = tempfile::tempdir().unwrap();
+    let (l, _notices, _) = ledger(dir.path());
+    let o = Originator {
+        agency: agency("dea"),
+        node: "dea-1".into(),
+        client: Some("duty-desk".into()),
+    };
+    let retain = SystemTime::now() + Duration::from_secs(60);
+    let env = Draft::new(&pb::LiaisonMessage::default())
+        .to("dea/desk")
+        .precedence(Precedence::Routine)
+        .status(Status::Actual)
+        .expires_in(Duration::from_secs(3600))
+        .handling(pb::HandlingPolicy {
+            retain_until: Some(crate::message::timestamp(retain)),
+            ..Default::default()
+        })
+        .finish(&o, SystemTime::now());
+    let m = Arc::new(Message::parse(env.encode_to_vec().into(), None).unwrap());
+    assert!(m.deadline() < m.expires_at);
+    try_take(&l, &m).await.unwrap();
+    let mailbox = l.mailbox(&Mailbox::unit("desk").unwrap()).unwrap();
+    let mut d = Dispatcher::new(CLIENT_WINDOWS, RetryPolicy::default(), false);
+    let (copy, _) = dispatch(&l, &mailbox, &mut d);
+    let seq = copy.copy().seq.wait().await.unwrap();
+    l.0.store.commit(vec![Op::Attempt(seq, 2)]).await.unwrap();
+    let cold = Entry {
+        precedence: Precedence::Routine,
+        expires_at: m.expires_at,
+        item: seq,
+    };
+    let back = l.read_whole(&[cold]).await;
+    let [super::cold::Back::Whole(e)] = &back[..] else {
+        panic!("the copy reads back whole");
+    };
+    assert_eq!(e.expires_at, m.deadline());
+    assert_eq!(e.item.attempts, 2);
+    let millis = crate::message::millis;
+    assert_eq!(millis(e.item.received_at), millis(copy.copy().received_at));
+    assert!(!l.recovered(seq), "taken in this run");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resubmissions_are_taken_once_whatever_the_precedence() {
     let dir = tempfile::tempdir().unwrap();
     let (l, _notices, _) = ledger(dir.path());
