@@ -199,7 +199,7 @@ async fn full_queue_refuses_with_retry_after_and_still_takes_flash() {
 /// Strict precedence alone would hold every PRIORITY message back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lower_lanes_still_move_under_a_sustained_flash_flood() {
-    const FLASH: usize = 600;
+    const FLASH: usize = 800;
     const EACH: usize = 20;
     let net = TestNet::mesh(&["dea"]).await;
     let analyst = net.client("dea", "analyst").await;
@@ -247,9 +247,11 @@ async fn lower_lanes_still_move_under_a_sustained_flash_flood() {
             "starved: {priority} PRIORITY, {routine} ROUTINE after {n} deliveries"
         );
     }
-    // `lanes::SHARE_EVERY` (16) + 1 per PRIORITY message, the ROUTINE ones besides, and the
-    // client's window of 64 unacknowledged alerts (taken before the reader saw any).
-    let bound = EACH * 17 + EACH + 64;
+    // `lanes::SHARE_EVERY` (16) + 1 per PRIORITY message, as many per ROUTINE one (the share
+    // goes to the most urgent waiting lane, so ROUTINE may wait for PRIORITY to drain: it moves
+    // sooner only while the reader's window for alerts is full, which depends on how fast the
+    // reader acknowledges), and the client's window of 64 unacknowledged alerts.
+    let bound = 2 * EACH * 17 + 64;
     assert!(
         n <= bound,
         "{n} deliveries for {EACH} PRIORITY and {EACH} ROUTINE (bound {bound})"
