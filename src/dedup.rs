@@ -19,7 +19,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::time::SystemTime;
 
-use crate::message::{Message, MessageId};
+use crate::message::{Message, MessageId, millis};
 
 /// What identifies a message's originator: the first 64 bits of the SHA-256 of its agency, node
 /// and client names (two originators share one with probability 2^-64, and names are issued in
@@ -77,8 +77,8 @@ pub(crate) struct Ids {
     capacity: usize,
 }
 
-/// Milliseconds since the Unix epoch, rounded up (0 before it).
-fn millis(t: SystemTime) -> u64 {
+/// Milliseconds since the Unix epoch, rounded up (0 before it; [`millis`] rounds down).
+fn millis_up(t: SystemTime) -> u64 {
     t.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| {
         u64::try_from(d.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX)
     })
@@ -144,9 +144,7 @@ impl Ids {
     /// Forgets the ids of messages expired at `now`.
     pub fn expire(&mut self, now: SystemTime) {
         // Rounded down, as expiries are up: an id is never forgotten before its message expires.
-        let now = now
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let now = millis(now);
         while let Some(&(at, id)) = self.by_expiry.first()
             && at <= now
         {
@@ -156,7 +154,7 @@ impl Ids {
     }
 
     fn insert(&mut self, id: MessageId, fingerprint: Fingerprint, at: SystemTime, taken: bool) {
-        let at = millis(at);
+        let at = millis_up(at);
         if self.slots.len() >= self.capacity {
             // The taken id expiring soonest; one being taken is never forgotten (there are at
             // most as many as concurrent submissions).

@@ -52,6 +52,7 @@ pub mod handling;
 mod id;
 mod identity;
 mod lanes;
+mod latest;
 pub mod merkle;
 mod message;
 pub mod network;

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use crate::handling::{Handling, Onward, Permission, Scope};
+use crate::latest::Latest;
 use crate::message::MessageId;
 
 /// Most restrictions one message carries (its own and inherited ones); beyond it, the oldest
@@ -165,9 +166,6 @@ impl Snapshot {
     }
 }
 
-/// How many distinct own conditions are kept for sharing.
-const SHARED: usize = 16;
-
 /// What the node remembers: restrictions by message id, and releases by source id; and the
 /// journal of what it learnt since [`Provenance::take_journal`] was last called (JSON lines,
 /// which the node appends to a file so that a restart remembers them: see [`Provenance::replay`]).
@@ -176,7 +174,7 @@ pub struct Provenance {
     capacity: usize,
     known: HashMap<MessageId, Known>,
     /// The latest distinct own conditions remembered, for [`Known::own`] to share.
-    shared: VecDeque<Arc<Restriction>>,
+    shared: Latest<Restriction>,
     order: VecDeque<MessageId>,
     releases: HashMap<MessageId, Vec<Arc<Release>>>,
     release_order: VecDeque<Arc<Release>>,
@@ -189,7 +187,7 @@ impl Provenance {
         Provenance {
             capacity: capacity.max(1),
             known: HashMap::new(),
-            shared: VecDeque::new(),
+            shared: Latest::default(),
             order: VecDeque::new(),
             releases: HashMap::new(),
             release_order: VecDeque::new(),
@@ -301,7 +299,10 @@ impl Provenance {
     /// oldest beyond capacity.
     fn insert(&mut self, id: MessageId, mut restrictions: Vec<Restriction>) {
         let own = match restrictions.first() {
-            Some(r) if r.source == id => Some(self.share(restrictions.remove(0))),
+            // Shared with the latest messages that have the same conditions.
+            Some(r) if r.source == id => Some(self.shared.share(restrictions.remove(0), |r, o| {
+                r.owner == o.owner && r.addressees == o.addressees && r.handling == o.handling
+            })),
             _ => None,
         };
         let rest = (!restrictions.is_empty()).then(|| restrictions.into());
@@ -312,22 +313,6 @@ impl Provenance {
                 self.known.remove(&old);
             }
         }
-    }
-
-    /// `own` as shared: one of the latest distinct own conditions if it has the same.
-    fn share(&mut self, own: Restriction) -> Arc<Restriction> {
-        let same = |r: &Arc<Restriction>| {
-            r.owner == own.owner && r.addressees == own.addressees && r.handling == own.handling
-        };
-        if let Some(r) = self.shared.iter().find(|r| same(r)) {
-            return r.clone();
-        }
-        let r = Arc::new(own);
-        if self.shared.len() >= SHARED {
-            self.shared.pop_front();
-        }
-        self.shared.push_back(r.clone());
-        r
     }
 
     #[cfg(test)]

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use crate::identity::AgencyId;
+use crate::latest::Latest;
 use crate::message::MessageId;
 
 /// The agencies each message of this node's clients was addressed to: a business response to
@@ -30,11 +31,8 @@ pub(crate) struct Responders {
     order: VecDeque<MessageId>,
     by_id: HashMap<MessageId, Arc<[AgencyId]>>,
     /// The latest distinct lists, to share.
-    lists: VecDeque<Arc<[AgencyId]>>,
+    lists: Latest<[AgencyId]>,
 }
-
-/// How many distinct lists of agencies [`Responders`] keeps for sharing.
-const SHARED_LISTS: usize = 16;
 
 impl Responders {
     pub fn new(capacity: usize) -> Responders {
@@ -42,23 +40,13 @@ impl Responders {
             capacity: capacity.max(1),
             order: VecDeque::new(),
             by_id: HashMap::new(),
-            lists: VecDeque::new(),
+            lists: Latest::default(),
         }
     }
 
     /// Remembers that message `id` was addressed to `agencies`.
     pub fn remember(&mut self, id: MessageId, agencies: Vec<AgencyId>) {
-        let list = match self.lists.iter().find(|l| ***l == *agencies) {
-            Some(l) => l.clone(),
-            None => {
-                let l: Arc<[AgencyId]> = agencies.into();
-                if self.lists.len() >= SHARED_LISTS {
-                    self.lists.pop_front();
-                }
-                self.lists.push_back(l.clone());
-                l
-            }
-        };
+        let list = self.lists.share(agencies, |l, a| l == a.as_slice());
         if self.by_id.insert(id, list).is_none() {
             self.order.push_back(id);
             if self.order.len() > self.capacity

@@ -80,22 +80,21 @@ impl SegmentInfo {
         id: u64,
         index: &'a Index,
     ) -> impl Iterator<Item = u64> + 'a {
-        let start = self.slots_past.get();
-        let skip = self.slots[start..]
-            .iter()
-            .take_while(|s| s.len == 0)
-            .count();
-        self.slots_past.set(start + skip);
         let here = move |seq: &u64| index.strays.get(seq).is_some_and(|l| l.segment == id);
-        let start = self.strays_past.get();
-        let skip = self.strays[start..].iter().take_while(|s| !here(s)).count();
-        self.strays_past.set(start + skip);
-        let slots = self.slots[self.slots_past.get()..]
-            .iter()
-            .filter(|s| s.len != 0)
-            .map(|s| s.seq);
-        slots.chain(self.strays[start + skip..].iter().copied().filter(here))
+        let slots = skip_gone(&self.slots_past, &self.slots, |s| s.len == 0);
+        let strays = skip_gone(&self.strays_past, &self.strays, |s| !here(s));
+        let slots = self.slots[slots..].iter().filter(|s| s.len != 0);
+        (slots.map(|s| s.seq)).chain(self.strays[strays..].iter().copied().filter(here))
     }
+}
+
+/// Moves the cursor `past` over the items from it on that have left the segment (`gone`: a
+/// copy never comes back to a segment it left), and returns where it stops.
+fn skip_gone<T>(past: &Cell<usize>, items: &[T], gone: impl Fn(&T) -> bool) -> usize {
+    let start = past.get();
+    let end = start + items[start..].iter().take_while(|x| gone(x)).count();
+    past.set(end);
+    end
 }
 
 /// Hashes the store's own seqs, which no client chooses, with one multiplication and a

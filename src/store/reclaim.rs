@@ -7,7 +7,7 @@
 //! current attempts and dead state) a bounded slice per write, after which the head is deleted.
 //! Nothing here decides when a message is finished: that is the node's `Done`.
 
-use super::index::Fingerprint;
+use super::index::{Entry, Fingerprint};
 use super::record::{Frame, Payload, PutBody, Record, read_frame};
 use super::writer::{Fatal, Writer, fatal};
 use super::{recover, segment, summary};
@@ -67,24 +67,20 @@ impl Writer {
         let moving = self.compaction_moves();
         for seq in moving {
             let mut body = self.read_put(seq)?;
-            // `moving` came from the index, so the entry is there; `read_put` checked it.
-            if let Some(e) = self.state.index.get(seq) {
-                body.attempts = e.attempts;
-                body.dead = self.state.index.dead_reason(seq).cloned();
-            }
+            body.dead = self.state.index.dead_reason(seq).cloned();
             records.push(Record::Put(body));
             self.stats.compacted_records += 1;
         }
         Ok(())
     }
 
-    /// Reads back the `Put` frame of live copy `seq`, checking it is the one the index expects.
+    /// Reads back the `Put` frame of live copy `seq`, checking it is the one the index expects,
+    /// with the copy's current attempts (its frame has those it was written with).
     pub(super) fn read_put(&mut self, seq: u64) -> Result<PutBody, Fatal> {
-        let loc = self
+        let Entry { loc, attempts } = self
             .state
             .index
             .get(seq)
-            .map(|e| e.loc)
             .ok_or_else(|| format!("store index has no live record {seq}"))?;
         let path = segment::path(&self.dir, loc.segment);
         let file = match self.readers.entry(loc.segment) {
@@ -103,7 +99,7 @@ impl Writer {
         let reason = match read_frame(&frame, 0) {
             Frame::Ok { kind, body, .. } => {
                 match Record::decode_in(kind, body, Payload::Slice(&frame)) {
-                    Ok(Record::Put(p)) if p.seq == seq => return Ok(p),
+                    Ok(Record::Put(p)) if p.seq == seq => return Ok(PutBody { attempts, ..p }),
                     Ok(_) => "a different record",
                     Err(reason) => reason,
                 }

@@ -277,13 +277,10 @@ impl Writer {
                     .into_iter()
                     .map(|seq| {
                         let p = self.read_put(seq)?;
-                        // The frame's attempts are those it was written with; the index has
-                        // the copy's current count.
-                        let attempts = self.state.index.get(seq).map_or(p.attempts, |e| e.attempts);
                         Ok(super::ReadCopy {
                             bytes: p.bytes,
                             received_at_ms: p.received_at_ms,
-                            attempts,
+                            attempts: p.attempts,
                         })
                     })
                     .collect();

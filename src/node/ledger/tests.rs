@@ -38,18 +38,27 @@ fn ledger_on(store: Store) -> (Ledger, mpsc::Receiver<Notice>) {
 }
 
 fn message(precedence: Precedence, lifetime: Duration) -> Arc<Message> {
+    message_with(precedence, lifetime, |d| d)
+}
+
+/// As [`message`], with `edit` applied to its draft.
+fn message_with(
+    precedence: Precedence,
+    lifetime: Duration,
+    edit: impl FnOnce(Draft) -> Draft,
+) -> Arc<Message> {
     let o = Originator {
         agency: agency("dea"),
         node: "dea-1".into(),
         client: Some("duty-desk".into()),
     };
-    let env = Draft::new(&pb::LiaisonMessage::default())
+    let draft = Draft::new(&pb::LiaisonMessage::default())
         .to("dea/desk")
         .to("pgr")
         .precedence(precedence)
         .status(Status::Actual)
-        .expires_in(lifetime)
-        .finish(&o, SystemTime::now());
+        .expires_in(lifetime);
+    let env = edit(draft).finish(&o, SystemTime::now());
     Arc::new(Message::parse(env.encode_to_vec().into(), None).unwrap())
 }
 
@@ -331,23 +340,13 @@ async fn a_copy_read_back_from_the_store_keeps_its_deadline_attempts_and_arrival
     // earlier of its expiry and its originator's retention period.
     let dir = tempfile::tempdir().unwrap();
     let (l, _notices, _) = ledger(dir.path());
-    let o = Originator {
-        agency: agency("dea"),
-        node: "dea-1".into(),
-        client: Some("duty-desk".into()),
-    };
     let retain = SystemTime::now() + Duration::from_secs(60);
-    let env = Draft::new(&pb::LiaisonMessage::default())
-        .to("dea/desk")
-        .precedence(Precedence::Routine)
-        .status(Status::Actual)
-        .expires_in(Duration::from_secs(3600))
-        .handling(pb::HandlingPolicy {
+    let m = message_with(Precedence::Routine, Duration::from_secs(3600), |d| {
+        d.handling(pb::HandlingPolicy {
             retain_until: Some(crate::message::timestamp(retain)),
             ..Default::default()
         })
-        .finish(&o, SystemTime::now());
-    let m = Arc::new(Message::parse(env.encode_to_vec().into(), None).unwrap());
+    });
     assert!(m.deadline() < m.expires_at);
     try_take(&l, &m).await.unwrap();
     let mailbox = l.mailbox(&Mailbox::unit("desk").unwrap()).unwrap();
