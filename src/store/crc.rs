@@ -10,6 +10,11 @@ pub(super) fn crc32c(data: &[u8]) -> u32 {
     crc32c::crc32c(data)
 }
 
+/// The CRC-32C of the bytes `crc` was computed over followed by `data`.
+pub(super) fn crc32c_append(crc: u32, data: &[u8]) -> u32 {
+    crc32c::crc32c_append(crc, data)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,7 +8,7 @@
 //! **A few dozen bytes a copy.** A backlog of millions of copies must fit in a node's memory
 //! budget, so nothing here is kept per copy in a hash table in the common case. A copy first
 //! written to a segment, with a seq above every earlier one (seqs are handed out in order, and
-//! written in that order), is a 16-byte [`Slot`] in its segment's list, which is therefore
+//! written in that order), is a 12-byte [`Slot`] in its segment's list, which is therefore
 //! sorted: it is found by the segment whose first slot is at or below its seq, then by a binary
 //! search. The others are **strays**, with a full entry in a hash table: copies moved forward
 //! by compaction (same seq, a later segment), and at open those whose first frame was in a
@@ -42,11 +42,12 @@ pub(super) struct Entry {
 /// A `Put` frame's dedup key (queue and message id), as a keyed 64-bit hash: see [`Seen`].
 pub(super) type Fingerprint = u64;
 
-/// A copy first written to its segment (see the module docs): its seq, and where its frame is
-/// in the segment. `len` is 0 once the copy is no longer live here (finished, or moved).
+/// A copy first written to its segment (see the module docs), in 12 bytes: its seq, as an
+/// offset from the segment's first slot's ([`SegmentInfo::first`]), and where its frame is in
+/// the segment. `len` is 0 once the copy is no longer live here (finished, or moved).
 #[derive(Debug, Clone, Copy)]
 struct Slot {
-    seq: u64,
+    seq: u32,
     offset: u32,
     len: u32,
 }
@@ -60,8 +61,13 @@ pub(super) struct SegmentInfo {
     pub live: usize,
     /// Sum of those frames' lengths.
     pub live_bytes: u64,
+    /// Copies finished (`Done`) while their frame was here: whether a head segment drains or
+    /// is pinned (moves by compaction are not counted).
+    pub finished: u64,
     /// Copies first written here, seqs ascending.
     slots: Vec<Slot>,
+    /// The seq of the first of them: the others' are counted from it.
+    first: u64,
     /// The seqs of the strays whose frames are here, in file order (live here while their
     /// entry in [`Index::strays`] points here).
     strays: Vec<u64>,
@@ -84,7 +90,9 @@ impl SegmentInfo {
         let slots = skip_gone(&self.slots_past, &self.slots, |s| s.len == 0);
         let strays = skip_gone(&self.strays_past, &self.strays, |s| !here(s));
         let slots = self.slots[slots..].iter().filter(|s| s.len != 0);
-        (slots.map(|s| s.seq)).chain(self.strays[strays..].iter().copied().filter(here))
+        let first = self.first;
+        let slots = slots.map(move |s| first + u64::from(s.seq));
+        slots.chain(self.strays[strays..].iter().copied().filter(here))
     }
 }
 
@@ -179,8 +187,9 @@ impl Index {
     /// The segment and position of `seq`'s slot, live or not.
     fn slot(&self, seq: u64) -> Option<(u64, usize)> {
         let (_, &segment) = self.homes.range(..=seq).next_back()?;
-        let slots = &self.segments.get(&segment)?.slots;
-        let i = slots.binary_search_by_key(&seq, |s| s.seq).ok()?;
+        let seg = self.segments.get(&segment)?;
+        let key = u32::try_from(seq.checked_sub(seg.first)?).ok()?;
+        let i = seg.slots.binary_search_by_key(&key, |s| s.seq).ok()?;
         Some((segment, i))
     }
 
@@ -246,13 +255,21 @@ impl Index {
         let seg = self.segments.entry(loc.segment).or_default();
         seg.live += 1;
         seg.live_bytes += u64::from(loc.len);
-        match u32::try_from(loc.offset) {
-            Ok(offset) if fresh && loc.len != 0 => {
+        // A segment's slots span fewer seqs than it has frames, far below 2^32; anything that
+        // does not fit is a stray.
+        let first = match seg.slots.is_empty() {
+            true => seq,
+            false => seg.first,
+        };
+        let delta = seq.checked_sub(first).and_then(|d| u32::try_from(d).ok());
+        match (u32::try_from(loc.offset), delta) {
+            (Ok(offset), Some(delta)) if fresh && loc.len != 0 => {
                 if seg.slots.is_empty() {
                     self.homes.insert(seq, loc.segment);
+                    seg.first = seq;
                 }
                 seg.slots.push(Slot {
-                    seq,
+                    seq: delta,
                     offset,
                     len: loc.len,
                 });
@@ -272,6 +289,9 @@ impl Index {
             return false;
         };
         self.forget(loc);
+        if let Some(seg) = self.segments.get_mut(&loc.segment) {
+            seg.finished += 1;
+        }
         self.live -= 1;
         self.attempts.remove(&seq);
         self.dead.remove(&seq);
@@ -282,6 +302,11 @@ impl Index {
     /// was.
     fn unlink_location(&mut self, seq: u64) -> Option<Location> {
         if let Some(loc) = self.strays.remove(&seq) {
+            // A table that held many strays (a compacted backlog) gives its room back as they
+            // go: tables do not shrink by themselves.
+            if self.strays.capacity() > 4 * self.strays.len() + 1024 {
+                self.strays.shrink_to_fit();
+            }
             return Some(loc);
         }
         let (segment, i) = self.slot(seq)?;
@@ -332,12 +357,10 @@ impl Index {
     /// Forgets a deleted segment (the fingerprints of its `Put` frames are read back from disk:
     /// see `Writer::fingerprints`).
     pub(super) fn remove_segment(&mut self, id: u64) {
-        if let Some(first) = self
-            .segments
-            .remove(&id)
-            .and_then(|s| s.slots.first().copied())
+        if let Some(seg) = self.segments.remove(&id)
+            && !seg.slots.is_empty()
         {
-            self.homes.remove(&first.seq);
+            self.homes.remove(&seg.first);
         }
     }
     /// The head segment, if its live copies should be moved forward so it can be deleted: it is
@@ -408,18 +431,20 @@ impl Fingerprinter {
 /// see [`super::Store::contains_message`] for what that window means.
 ///
 /// A key is kept as a 64-bit fingerprint, SipHash under a key drawn at random for each open
-/// (the set is rebuilt at every open): 9 bytes or so a frame rather than the 30 or more of the
-/// key itself. Two keys share a fingerprint by chance only, and nobody can choose a message id
-/// to make it happen without the hash's key: with `n` frames on disk, a new message is taken
-/// for one already seen with probability about `n / 2^64` (a million frames: 5 in 10^14).
+/// (the set is rebuilt at every open), rather than the 30 bytes or more of the key itself. Two
+/// keys share a fingerprint by chance only, and nobody can choose a message id to make it
+/// happen without the hash's key: with `n` frames on disk, a new message is taken for one
+/// already seen with probability about `n / 2^64` (a million frames: 5 in 10^14).
+///
+/// The fingerprints are kept sorted, in buckets by their top bits ([`Sorted`]): about 9 bytes a
+/// frame, where a hash set of them took 9 to 18 (by how full its table was) and a second table
+/// counted the fingerprints of copies moved by compaction.
 #[derive(Debug, Default)]
 pub(super) struct Seen {
     hasher: Fingerprinter,
-    /// Fingerprints with one frame.
-    once: HashSet<Fingerprint, SeqHash>,
-    /// Fingerprints with more than one (a copy moved by compaction, until its older frame's
-    /// segment is deleted), and how many.
-    more: HashMap<Fingerprint, u32, SeqHash>,
+    /// One entry per frame: a fingerprint with several frames (a copy moved by compaction,
+    /// until its older frame's segment is deleted) is there as many times.
+    frames: Sorted,
 }
 
 impl Seen {
@@ -434,9 +459,7 @@ impl Seen {
 
     /// Counts one more frame for a fingerprint.
     pub(super) fn add(&mut self, fp: Fingerprint) {
-        if !self.once.insert(fp) {
-            *self.more.entry(fp).or_insert(1) += 1;
-        }
+        self.frames.insert(fp);
     }
 
     /// As [`Seen::fingerprint`] then [`Seen::add`].
@@ -448,24 +471,92 @@ impl Seen {
 
     /// Counts one frame less for a fingerprint.
     pub(super) fn remove(&mut self, fp: Fingerprint) {
-        match self.more.get_mut(&fp) {
-            Some(n) if *n > 2 => *n -= 1,
-            Some(_) => {
-                self.more.remove(&fp);
-            }
-            None => {
-                self.once.remove(&fp);
-            }
-        }
+        self.frames.remove(fp);
     }
 
     pub(super) fn contains(&self, queue: &str, id: &[u8; 16]) -> bool {
-        self.once.contains(&self.fingerprint(queue, id))
+        self.frames.contains(self.fingerprint(queue, id))
     }
 
     #[cfg(test)]
     fn is_empty(&self) -> bool {
-        self.once.is_empty() && self.more.is_empty()
+        self.frames.len == 0
+    }
+}
+
+/// A multiset of 64-bit values spread evenly (keyed hashes), kept sorted in `2^bits` buckets
+/// by their top `bits` bits: a lookup is a binary search in one bucket of about a hundred, an
+/// insert or a removal moves half a bucket. Buckets grow by an eighth, so that slack stays
+/// small, and double in number (each split in two, in order) when they average [`SPLIT_AT`].
+#[derive(Debug)]
+struct Sorted {
+    bits: u32,
+    buckets: Vec<Vec<u64>>,
+    len: usize,
+}
+
+/// The average bucket size at which buckets double in number.
+const SPLIT_AT: usize = 128;
+/// Buckets to start with: `2^MIN_BITS` (6 KiB of empty ones).
+const MIN_BITS: u32 = 8;
+
+impl Default for Sorted {
+    fn default() -> Sorted {
+        Sorted {
+            bits: MIN_BITS,
+            buckets: (0..1 << MIN_BITS).map(|_| Vec::new()).collect(),
+            len: 0,
+        }
+    }
+}
+
+impl Sorted {
+    fn bucket(&self, v: u64) -> usize {
+        (v >> (64 - self.bits)) as usize
+    }
+
+    fn insert(&mut self, v: u64) {
+        let i = self.bucket(v);
+        let b = &mut self.buckets[i];
+        if b.len() == b.capacity() {
+            b.reserve_exact((b.len() / 8).max(4));
+        }
+        b.insert(b.partition_point(|&x| x < v), v);
+        self.len += 1;
+        if self.len > SPLIT_AT << self.bits && self.bits < 32 {
+            self.split();
+        }
+    }
+
+    /// Removes one occurrence of `v`, if any.
+    fn remove(&mut self, v: u64) {
+        let i = self.bucket(v);
+        let b = &mut self.buckets[i];
+        if let Ok(at) = b.binary_search(&v) {
+            b.remove(at);
+            self.len -= 1;
+            if b.capacity() > b.len() + b.len() / 4 + 8 {
+                b.shrink_to(b.len() + b.len() / 8);
+            }
+        }
+    }
+
+    fn contains(&self, v: u64) -> bool {
+        self.buckets[self.bucket(v)].binary_search(&v).is_ok()
+    }
+
+    /// Doubles the buckets: each splits where its values' next bit turns to 1.
+    fn split(&mut self) {
+        let shift = 63 - self.bits;
+        let old = std::mem::take(&mut self.buckets);
+        self.buckets = Vec::with_capacity(old.len() * 2);
+        for mut low in old {
+            let high = low.split_off(low.partition_point(|&x| (x >> shift) & 1 == 0));
+            low.shrink_to_fit();
+            self.buckets.push(low);
+            self.buckets.push(high);
+        }
+        self.bits += 1;
     }
 }
 
@@ -642,6 +733,39 @@ mod tests {
         assert_ne!(a, Seen::default().fingerprint("mailbox:pgr", &[1; 16]));
     }
 
+    #[test]
+    fn sorted_fingerprints_count_like_a_multiset_through_splits_in_about_nine_bytes_each() {
+        let mut sorted = Sorted::default();
+        let mut model: BTreeMap<u64, u32> = BTreeMap::new();
+        // Spread values, as keyed hashes are, with repeats; then half of them removed.
+        let value = |i: u64| SeqHash.hash_one(i % 150_000);
+        for i in 0..200_000 {
+            sorted.insert(value(i));
+            *model.entry(value(i)).or_default() += 1;
+        }
+        assert!(sorted.bits > MIN_BITS + 2, "the buckets split");
+        let total: usize = model.values().map(|&n| n as usize).sum();
+        assert_eq!(sorted.len, total);
+        let held: usize = sorted.buckets.iter().map(Vec::capacity).sum();
+        assert!(held * 8 < total * 9, "{held} slots for {total} values");
+        for i in (0..200_000).step_by(2) {
+            sorted.remove(value(i));
+            let n = model.get_mut(&value(i)).unwrap();
+            *n -= 1;
+        }
+        sorted.remove(1); // Not there: nothing changes.
+        for (&v, &n) in &model {
+            assert_eq!(sorted.contains(v), n > 0);
+            let b = &sorted.buckets[sorted.bucket(v)];
+            assert_eq!(b.iter().filter(|&&x| x == v).count(), n as usize);
+        }
+        assert!(sorted.buckets.iter().all(|b| b.is_sorted()));
+        assert_eq!(
+            sorted.len,
+            model.values().map(|&n| n as usize).sum::<usize>()
+        );
+    }
+
     fn at(segment: u64, offset: u64) -> Location {
         Location {
             segment,
@@ -684,6 +808,10 @@ mod tests {
         ix.put(7, at(3, 100), 2, None);
         // A frame past 4 GiB into its file (a segment grown by one huge write).
         ix.put(60, at(3, 1 << 33), 0, None);
+        // A seq 2^32 or more past the segment's first slot's.
+        ix.put(50 + (1 << 32), at(3, 200), 0, None);
+        assert_eq!(ix.get(50 + (1 << 32)).unwrap().loc, at(3, 200));
+        assert!(ix.done(50 + (1 << 32)));
         assert_eq!(ix.strays.len(), 2);
         assert_eq!(
             ix.get(7).unwrap(),

@@ -63,6 +63,12 @@ pub struct StoreOptions {
     /// Compact the head segment when less than this fraction of it, or of the whole log, is
     /// live. Lower means less copying and more disk held by finished copies.
     pub compact_below_live_ratio: f64,
+    /// ... and when none of the head's copies has been finished for this long: the head is
+    /// pinned, not draining. A queue drained in order finishes its oldest segment's copies one
+    /// after another; moving the half still waiting forward would copy them for nothing (and
+    /// a drain of a million copies moved a third of them). Not on a full disk, where the room
+    /// comes first.
+    pub compact_after_stall: std::time::Duration,
     /// Told about every fdatasync'ed write (for the node's metrics); `None` by default.
     pub observer: Option<CommitObserver>,
 }
@@ -87,6 +93,7 @@ impl Default for StoreOptions {
             max_batch_records: 4096,
             max_batch_bytes: 4 * 1024 * 1024,
             compact_below_live_ratio: 0.5,
+            compact_after_stall: std::time::Duration::from_secs(1),
             observer: None,
         }
     }

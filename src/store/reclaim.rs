@@ -13,11 +13,13 @@ use super::writer::{Fatal, Writer, fatal};
 use super::{recover, segment, summary};
 
 impl Writer {
+    /// The segment to compact: the head, if it is sparse enough (see
+    /// [`super::index::Index::compaction_source`]) and pinned (see [`Writer::watch_head`]).
     pub(super) fn compaction_source(&self) -> Option<u64> {
         let active = self.active.as_ref().map(|a| a.id);
-        self.state
-            .index
+        (self.state.index)
             .compaction_source(active, self.opts.compact_below_live_ratio)
+            .filter(|&head| self.pinned == Some(head))
     }
 
     /// The live copies compaction moves in the next write: up to `max_batch_bytes` of the
@@ -129,10 +131,9 @@ impl Writer {
             }
         };
         let path = segment::path(&self.dir, id);
-        let mut data = Vec::new();
-        let summarized =
-            recover::from_summary(&*self.disk, &self.dir, id, &path, &mut data, &mut each);
+        let summarized = recover::from_summary(&*self.disk, &self.dir, id, &path, &mut each);
         if summarized.is_none() {
+            let mut data = Vec::new();
             if let Err(e) = self.disk.read_into(&path, &mut data) {
                 tracing::warn!(
                     segment = %path.display(), error = %e,

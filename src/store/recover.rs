@@ -59,7 +59,6 @@ pub(super) fn recover(disk: &dyn Disk, dir: &Path) -> Result<Recovered, StoreErr
     let mut messages = BTreeMap::new();
     // One buffer for every segment: fresh pages for each would be most of the time spent.
     let mut data = Vec::new();
-    let mut summary_data = Vec::new();
     let count = segments.len();
     let mut summarized = 0;
     for (id, path) in segments {
@@ -94,7 +93,7 @@ pub(super) fn recover(disk: &dyn Disk, dir: &Path) -> Result<Recovered, StoreErr
             }
         };
         let from_summary = match summaries.remove(&id) {
-            true => from_summary(disk, dir, id, &path, &mut summary_data, &mut each),
+            true => from_summary(disk, dir, id, &path, &mut each),
             false => None,
         };
         let good_len = match from_summary {
@@ -105,9 +104,10 @@ pub(super) fn recover(disk: &dyn Disk, dir: &Path) -> Result<Recovered, StoreErr
             None => {
                 disk.read_into(&path, &mut data)
                     .map_err(|e| io("read", e))?;
-                let mut built = summary::Builder::default();
+                let mut built = summary::Spilled::new(id);
                 let scan = segment::scan(&data, |s| {
                     built.add(s.offset, s.len, &s.record);
+                    built.spill(disk, dir);
                     each(s);
                 });
                 if Some(id) != last {
@@ -134,7 +134,7 @@ pub(super) fn recover(disk: &dyn Disk, dir: &Path) -> Result<Recovered, StoreErr
                 if headed {
                     // No run appends to a segment it found at open: it is sealed, and the next
                     // open can read its summary instead.
-                    summary::write(disk, dir, id, &built.finish(id, scan.good_len));
+                    built.finish(disk, dir, scan.good_len);
                 }
                 scan.good_len
             }
@@ -171,15 +171,17 @@ pub(super) fn from_summary(
     dir: &Path,
     id: u64,
     segment: &Path,
-    buf: &mut Vec<u8>,
     each: impl FnMut(Scanned),
 ) -> Option<u64> {
     let path = summary::path(dir, id);
-    let checked = disk
-        .read_into(&path, buf)
-        .and_then(|()| disk.len(segment))
-        .map_err(|e| e.to_string())
-        .and_then(|len| summary::replay(buf, id, len, each).map_err(str::to_owned));
+    let checked = (|| {
+        let file = disk.open_read(&path)?;
+        Ok::<_, std::io::Error>((file, disk.len(&path)?, disk.len(segment)?))
+    })()
+    .map_err(|e| e.to_string())
+    .and_then(|(file, summary_len, segment_len)| {
+        summary::replay_file(&*file, summary_len, id, segment_len, each)
+    });
     match checked {
         Ok(len) => Some(len),
         Err(reason) => {

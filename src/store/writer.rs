@@ -120,8 +120,8 @@ pub(super) struct Active {
     len: u64,
     /// Bytes reserved on disk for the segment (at least [`StoreOptions::segment_bytes`]).
     room: u64,
-    /// Its summary so far (durable records only), written when it is sealed.
-    summary: summary::Builder,
+    /// Its summary so far (durable records only), finished when it is sealed.
+    summary: summary::Spilled,
 }
 
 pub(super) struct Writer {
@@ -142,6 +142,12 @@ pub(super) struct Writer {
     pub(super) stats: StoreStats,
     /// The last round found the disk full (logged once, until space returns).
     full: bool,
+    /// The head segment, how many of its copies were finished, and since when that count has
+    /// not changed (see [`StoreOptions::compact_after_stall`]).
+    head_watch: Option<(u64, u64, Instant)>,
+    /// The head, when [`Writer::watch_head`] last found it pinned: the only segment compaction
+    /// may take from.
+    pub(super) pinned: Option<u64>,
     /// Held for the writer's life: the directory's exclusive lock.
     _lock: Box<dyn Any + Send>,
 }
@@ -168,6 +174,8 @@ impl Writer {
             waiting: VecDeque::new(),
             stats: StoreStats::default(),
             full: false,
+            head_watch: None,
+            pinned: None,
             _lock: lock,
         };
         w.publish_stats(); // Before the thread starts, so `stats` is right from `open` on.
@@ -241,6 +249,7 @@ impl Writer {
         rx: &mut mpsc::Receiver<Request>,
         close: &mut Option<oneshot::Sender<Result<(), StoreError>>>,
     ) -> Option<Vec<CommitRequest>> {
+        self.watch_head();
         if close.is_none()
             && self.urgent.is_empty()
             && self.waiting.is_empty()
@@ -258,6 +267,8 @@ impl Writer {
                 Err(_) => break,
             }
         }
+        // Decided once for the round: the room it needs counts what compaction adds.
+        self.watch_head();
         let limits = (self.opts.max_batch_records, self.opts.max_batch_bytes);
         Some(take_batch(
             &mut self.urgent,
@@ -453,6 +464,24 @@ impl Writer {
         })
     }
 
+    /// Notes whether the head segment is pinned: none of its copies finished for
+    /// [`StoreOptions::compact_after_stall`] (at once, on a full disk).
+    fn watch_head(&mut self) {
+        let now = Instant::now();
+        let head = (self.state.index.segments().first_key_value()).map(|(&id, s)| (id, s.finished));
+        if head != self.head_watch.map(|(id, finished, _)| (id, finished)) {
+            self.head_watch = head.map(|(id, finished)| (id, finished, now));
+        }
+        // On a full disk the room matters more than the copying: no waiting.
+        let stall = match self.full {
+            true => Duration::ZERO,
+            false => self.opts.compact_after_stall,
+        };
+        self.pinned = (self.head_watch)
+            .filter(|&(.., since)| now.duration_since(since) >= stall)
+            .map(|(id, ..)| id);
+    }
+
     fn take_seq(&mut self) -> u64 {
         let seq = self.state.next_seq;
         self.state.next_seq += 1;
@@ -541,6 +570,10 @@ impl Writer {
         for ((offset, len), rec) in frames.into_iter().zip(&records) {
             active.summary.add(offset, len, rec);
         }
+        // On a full disk summaries wait (see `seal`).
+        if !self.full {
+            active.summary.spill(&*self.disk, &self.dir);
+        }
         active.len += self.buf.len() as u64;
         self.state.index.add_bytes(active.id, self.buf.len() as u64);
         self.stats.fsyncs += 1;
@@ -628,6 +661,9 @@ impl Writer {
             for &id in self.state.index.segments().keys() {
                 let _ = self.disk.remove(&summary::path(&self.dir, id));
             }
+            if let Some(a) = &mut self.active {
+                a.summary.give_up();
+            }
         }
     }
 
@@ -708,7 +744,7 @@ impl Writer {
             file,
             len: 0,
             room,
-            summary: summary::Builder::default(),
+            summary: summary::Spilled::new(id),
         });
         if let Some(a) = &sealed {
             self.state.index.seal(a.id);
@@ -728,12 +764,13 @@ impl Writer {
     /// pinning the oldest segments into (without it the node cannot free its disk). The node
     /// test of a full disk (`tests/disk.rs`) failed one run in two before this.
     fn seal(&self, segment: Option<Active>) {
-        if self.full {
-            return;
-        }
-        if let Some(a) = segment.filter(|a| a.len > 0) {
-            let bytes = a.summary.finish(a.id, a.len);
-            summary::write(&*self.disk, &self.dir, a.id, &bytes);
+        match segment {
+            Some(a) if a.len > 0 && !self.full => a.summary.finish(&*self.disk, &self.dir, a.len),
+            // What it spilled (a summary given up on a full disk was removed then).
+            Some(a) => {
+                let _ = self.disk.remove(&summary::path(&self.dir, a.id));
+            }
+            None => {}
         }
     }
 

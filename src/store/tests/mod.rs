@@ -30,9 +30,12 @@ pub(super) fn open(dir: &Path) -> (Store, Vec<StoredMessage>) {
     Store::open(dir, StoreOptions::default()).unwrap()
 }
 
+/// A store with small segments, which compacts a sparse head at once (as soon as it is
+/// sparse, not once it has been pinned for a while).
 pub(super) fn open_small(dir: &Path) -> (Store, Vec<StoredMessage>) {
     let opts = StoreOptions {
         segment_bytes: 4096,
+        compact_after_stall: std::time::Duration::ZERO,
         ..StoreOptions::default()
     };
     Store::open(dir, opts).unwrap()

@@ -347,6 +347,8 @@ fn options() -> StoreOptions {
         max_batch_records: 8,
         max_batch_bytes: 6000,
         compact_below_live_ratio: 0.5,
+        // Compaction as soon as a head is sparse, as often as the cuts can find it.
+        compact_after_stall: std::time::Duration::ZERO,
         observer: None,
     }
 }
