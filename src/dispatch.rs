@@ -21,7 +21,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use crate::lanes::{Class, Entry, Lanes};
+use crate::lanes::{Class, ColdItem, Entry, Lanes};
 use crate::message::Precedence;
 use crate::wire::pb::{self, RefusalCode};
 
@@ -221,7 +221,7 @@ impl Dispatcher {
     /// Takes the next copy to send from `lanes` at `now`, if the windows allow one, among the
     /// copies `accept` takes (those the consumer may have). Expired copies met on the way are
     /// appended to `expired`, for the caller to report.
-    pub fn next<T, C>(
+    pub fn next<T, C: ColdItem>(
         &mut self,
         lanes: &mut Lanes<T, C>,
         now: SystemTime,
