@@ -16,10 +16,11 @@
 //! forgotten first. Beyond that window the store's record of the ids in each queue still stops a
 //! second copy (see `Store::commit_each`), without telling a conflict from a duplicate.
 
-use std::collections::{BTreeSet, HashMap};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::time::SystemTime;
 
-use crate::message::{Message, MessageId, millis};
+use crate::message::{Message, MessageId};
 
 /// What identifies a message's originator: the first 64 bits of the SHA-256 of its agency, node
 /// and client names (two originators share one with probability 2^-64, and names are issued in
@@ -60,12 +61,12 @@ pub(crate) enum Claim {
     Conflict,
 }
 
-/// A remembered id: 24 bytes (a node remembers hundreds of thousands).
+/// A remembered id: 16 bytes (a node remembers hundreds of thousands).
 #[derive(Debug)]
 struct Slot {
     fingerprint: Fingerprint,
-    /// When the message expires, in milliseconds since the Unix epoch, rounded up.
-    expires_at: u64,
+    /// When the message expires, in seconds since the Unix epoch, rounded up (until 2106).
+    expires: u32,
     taken: bool,
 }
 
@@ -73,14 +74,18 @@ struct Slot {
 #[derive(Debug)]
 pub(crate) struct Ids {
     slots: HashMap<MessageId, Slot>,
-    by_expiry: BTreeSet<(u64, MessageId)>,
+    /// Every remembered id by its expiry, soonest first, and some no longer remembered (a
+    /// refused claim leaves its entry, skipped when it comes up; rebuilt once they are as many
+    /// as the ids).
+    by_expiry: BinaryHeap<Reverse<(u32, MessageId)>>,
     capacity: usize,
 }
 
-/// Milliseconds since the Unix epoch, rounded up (0 before it; [`millis`] rounds down).
-fn millis_up(t: SystemTime) -> u64 {
+/// Seconds since the Unix epoch, rounded up (0 before it; `u32::MAX` from 2106).
+fn secs_up(t: SystemTime) -> u32 {
     t.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| {
-        u64::try_from(d.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX)
+        let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+        u32::try_from(secs).unwrap_or(u32::MAX)
     })
 }
 
@@ -89,7 +94,7 @@ impl Ids {
     pub fn new(capacity: usize) -> Ids {
         Ids {
             slots: HashMap::new(),
-            by_expiry: BTreeSet::new(),
+            by_expiry: BinaryHeap::new(),
             capacity: capacity.max(1),
         }
     }
@@ -125,10 +130,13 @@ impl Ids {
     pub fn settle(&mut self, id: MessageId, taken: bool) {
         match self.slots.get_mut(&id) {
             Some(slot) if taken => slot.taken = true,
-            Some(slot) => {
-                let key = (slot.expires_at, id);
+            Some(_) => {
                 self.slots.remove(&id);
-                self.by_expiry.remove(&key);
+                // Its entry in `by_expiry` stays until it comes up, or until the rebuild.
+                if self.by_expiry.len() > 2 * self.slots.len() + 1024 {
+                    let live = self.slots.iter().map(|(id, s)| Reverse((s.expires, *id)));
+                    self.by_expiry = live.collect();
+                }
             }
             None => {}
         }
@@ -144,39 +152,51 @@ impl Ids {
     /// Forgets the ids of messages expired at `now`.
     pub fn expire(&mut self, now: SystemTime) {
         // Rounded down, as expiries are up: an id is never forgotten before its message expires.
-        let now = millis(now);
-        while let Some(&(at, id)) = self.by_expiry.first()
+        let now = now
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| u32::try_from(d.as_secs()).unwrap_or(u32::MAX));
+        while let Some(&Reverse((at, id))) = self.by_expiry.peek()
             && at <= now
         {
-            self.by_expiry.pop_first();
-            self.slots.remove(&id);
+            self.by_expiry.pop();
+            if self.slots.get(&id).is_some_and(|s| s.expires == at) {
+                self.slots.remove(&id);
+            }
         }
     }
 
     fn insert(&mut self, id: MessageId, fingerprint: Fingerprint, at: SystemTime, taken: bool) {
-        let at = millis_up(at);
+        let expires = secs_up(at);
         if self.slots.len() >= self.capacity {
-            // The taken id expiring soonest; one being taken is never forgotten (there are at
-            // most as many as concurrent submissions).
-            let victim = self
-                .by_expiry
-                .iter()
-                .find(|(_, v)| self.slots.get(v).is_some_and(|s| s.taken))
-                .copied();
-            if let Some(key) = victim {
-                self.by_expiry.remove(&key);
-                self.slots.remove(&key.1);
-            }
+            self.forget_one();
         }
         self.slots.insert(
             id,
             Slot {
                 fingerprint,
-                expires_at: at,
+                expires,
                 taken,
             },
         );
-        self.by_expiry.insert((at, id));
+        self.by_expiry.push(Reverse((expires, id)));
+    }
+
+    /// Forgets the taken id expiring soonest; one being taken is never forgotten (there are at
+    /// most as many as concurrent submissions: they are set aside and put back).
+    fn forget_one(&mut self) {
+        let mut aside = Vec::new();
+        while let Some(Reverse((at, id))) = self.by_expiry.pop() {
+            match self.slots.get(&id) {
+                Some(s) if s.expires == at && s.taken => {
+                    self.slots.remove(&id);
+                    break;
+                }
+                Some(s) if s.expires == at => aside.push(Reverse((at, id))),
+                // No longer remembered (or remembered again since, with an entry of its own).
+                _ => {}
+            }
+        }
+        self.by_expiry.extend(aside);
     }
 }
 
@@ -231,5 +251,39 @@ mod tests {
         assert_eq!(ids.len(), 2);
         assert_eq!(ids.claim(id(2), 9, at(20), now), Claim::New);
         assert_eq!(ids.claim(id(1), 1, at(10), now), Claim::InProgress);
+    }
+
+    #[test]
+    fn refused_claims_leave_entries_that_are_skipped_and_bounded() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
+        let at = |ms| now + Duration::from_millis(ms);
+        let mut ids = Ids::new(2);
+        for n in 0..5_000u32 {
+            let refused = MessageId::from_slice(&n.to_be_bytes().repeat(4)).unwrap();
+            assert_eq!(ids.claim(refused, 1, at(60_000), now), Claim::New);
+            ids.settle(refused, false);
+        }
+        assert_eq!(ids.len(), 0);
+        assert!(ids.by_expiry.len() <= 1024 + 2, "{}", ids.by_expiry.len());
+        // Refused, then taken: remembered once, until the second after its expiry (ids keep
+        // whole seconds, rounded up: never forgotten early).
+        assert_eq!(ids.claim(id(1), 1, at(10_500), now), Claim::New);
+        ids.settle(id(1), false);
+        assert_eq!(ids.claim(id(1), 1, at(10_500), now), Claim::New);
+        ids.settle(id(1), true);
+        ids.remember(id(2), 1, at(20_000));
+        ids.expire(at(10_999));
+        assert_eq!(ids.claim(id(1), 1, at(10_500), now), Claim::Duplicate);
+        ids.expire(at(11_000));
+        assert_eq!(ids.len(), 1);
+        // Full: the entries left by refused claims are passed over, and the one taken id goes.
+        assert_eq!(ids.claim(id(3), 3, at(30_000), now), Claim::New);
+        assert_eq!(ids.claim(id(4), 4, at(40_000), now), Claim::New);
+        assert_eq!(ids.len(), 2);
+        assert_eq!(
+            ids.claim(id(2), 9, at(20_000), now),
+            Claim::New,
+            "id 2 was forgotten"
+        );
     }
 }

@@ -47,14 +47,19 @@ impl Responders {
     /// Remembers that message `id` was addressed to `agencies`.
     pub fn remember(&mut self, id: MessageId, agencies: Vec<AgencyId>) {
         let list = self.lists.share(agencies, |l, a| l == a.as_slice());
-        if self.by_id.insert(id, list).is_none() {
-            self.order.push_back(id);
-            if self.order.len() > self.capacity
-                && let Some(old) = self.order.pop_front()
-            {
-                self.by_id.remove(&old);
-            }
+        if let Some(known) = self.by_id.get_mut(&id) {
+            *known = list;
+            return;
         }
+        // Room first, so that the order never holds more than `capacity` (a deque grows by
+        // doubling: one more would double it).
+        if self.order.len() == self.capacity
+            && let Some(old) = self.order.pop_front()
+        {
+            self.by_id.remove(&old);
+        }
+        self.by_id.insert(id, list);
+        self.order.push_back(id);
     }
 
     /// Whether a client of `agency` may respond to message `id`: `None` when the message is not
@@ -281,5 +286,16 @@ mod tests {
         assert!(Arc::ptr_eq(&r.by_id[&y], &r.by_id[&z]), "one list for both");
         assert_eq!(r.may_respond(&x, &a("cenapi")), None);
         assert_eq!(r.may_respond(&z, &a("cenapi")), Some(false));
+        // Remembered again: its list changes, nothing is forgotten.
+        r.remember(z, vec![a("cenapi")]);
+        assert_eq!(r.may_respond(&z, &a("cenapi")), Some(true));
+        assert_eq!(r.may_respond(&y, &a("afi")), Some(true));
+        // The order never holds more than the bound (one more would double its deque).
+        let mut r = Responders::new(1 << 10);
+        for _ in 0..3 << 10 {
+            r.remember(MessageId::new_v7(t), vec![a("afi")]);
+        }
+        assert_eq!((r.order.len(), r.by_id.len()), (1 << 10, 1 << 10));
+        assert!(r.order.capacity() < 2 << 10, "{}", r.order.capacity());
     }
 }

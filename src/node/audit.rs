@@ -50,14 +50,14 @@ const BATCH: usize = 4096;
 const FOLLOWERS: usize = 8192;
 
 enum Cmd {
-    /// Boxed: the channel holds [`CHANNEL`] commands' room from the start, which an event
-    /// inline would make megabytes.
+    /// Boxed, as the larger commands are: the channel holds [`CHANNEL`] commands' room from the
+    /// start, which 100 bytes a command made 6.5 MB.
     Write(Box<Append>),
     Head(oneshot::Sender<io::Result<Frontier>>),
-    Checkpoint(CheckpointEntry, Frontier, oneshot::Sender<io::Result<()>>),
-    Cosigned(CheckpointEntry, oneshot::Sender<io::Result<()>>),
-    Key(KeyEntry),
-    Witnessed(Witnessed),
+    Checkpoint(Box<(CheckpointEntry, Frontier, oneshot::Sender<io::Result<()>>)>),
+    Cosigned(Box<(CheckpointEntry, oneshot::Sender<io::Result<()>>)>),
+    Key(Box<KeyEntry>),
+    Witnessed(Box<Witnessed>),
     ProofInputs(u64, u64, oneshot::Sender<ProofInputs>),
     Prune(SystemTime, oneshot::Sender<io::Result<Option<String>>>),
     Flush(oneshot::Sender<()>),
@@ -198,21 +198,21 @@ impl Log {
 
     /// Appends a signed checkpoint (`frontier` is the tree it signs).
     pub async fn checkpoint(&self, entry: CheckpointEntry, frontier: Frontier) -> io::Result<()> {
-        self.ask(|tx| Cmd::Checkpoint(entry, frontier, tx))
+        self.ask(|tx| Cmd::Checkpoint(Box::new((entry, frontier, tx))))
             .await
             .unwrap_or_else(|| Err(stopped()))
     }
 
     /// Appends a witness's cosignature.
     pub async fn cosigned(&self, entry: CheckpointEntry) -> io::Result<()> {
-        self.ask(|tx| Cmd::Cosigned(entry, tx))
+        self.ask(|tx| Cmd::Cosigned(Box::new((entry, tx))))
             .await
             .unwrap_or_else(|| Err(stopped()))
     }
 
     /// Adds a key to `keys.jsonl`, unless it is there.
     pub fn key(&self, entry: KeyEntry) {
-        let _ = self.tx.send(Cmd::Key(entry));
+        let _ = self.tx.send(Cmd::Key(Box::new(entry)));
     }
 
     /// Records the latest checkpoint of a peer's that this node cosigned. The file keeps the
@@ -220,7 +220,7 @@ impl Log {
     /// when the log closes: a peer sending checkpoints as fast as it can costs one small write
     /// a second, and after a crash the node compares with a checkpoint at most that old.
     pub fn witnessed(&self, entry: Witnessed) {
-        let _ = self.tx.send(Cmd::Witnessed(entry));
+        let _ = self.tx.send(Cmd::Witnessed(Box::new(entry)));
     }
 
     /// Prunes what is past retention at `now`; says what it removed.
@@ -784,7 +784,8 @@ impl Writer {
             Cmd::Head(tx) => replies.push(Box::new(move |w: &mut Writer| {
                 let _ = tx.send(w.sync().map(|()| w.frontier.clone()));
             })),
-            Cmd::Checkpoint(entry, frontier, tx) => {
+            Cmd::Checkpoint(cmd) => {
+                let (entry, frontier, tx) = *cmd;
                 replies.push(Box::new(move |w: &mut Writer| {
                     let size = frontier.size();
                     let r = w.append_json(CHECKPOINTS, &entry);
@@ -801,7 +802,8 @@ impl Writer {
                     let _ = tx.send(r);
                 }))
             }
-            Cmd::Cosigned(entry, tx) => {
+            Cmd::Cosigned(cmd) => {
+                let (entry, tx) = *cmd;
                 let r = self.append_json(CHECKPOINTS, &entry);
                 if let CheckpointEntry::Cosignature { size, witness, .. } = &entry {
                     self.cosigned.insert(witness.clone(), *size);
@@ -810,6 +812,7 @@ impl Writer {
                 let _ = tx.send(r);
             }
             Cmd::Witnessed(entry) => {
+                let entry = *entry;
                 self.witnessed.insert(entry.peer, entry.checkpoint);
                 self.witnessed_dirty = true;
             }
@@ -1053,5 +1056,16 @@ fn json_lines<T: serde::de::DeserializeOwned>(path: &Path) -> io::Result<Vec<T>>
             .collect()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
         Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_command_is_small_for_the_channel_holds_room_for_many() {
+        // 65,536 slots from the start: 32 bytes each is 2 MiB (6.5 with the larger commands
+        // inline).
+        let size = std::mem::size_of::<super::Cmd>();
+        assert!(size <= 32, "{size}");
     }
 }
