@@ -209,9 +209,7 @@ impl Default for Limits {
         Limits {
             max_frame_bytes: 1024 * 1024,
             queue_capacity: 100_000,
-            // 7/8 of 2^18: the most its tables (this one, and who may answer each message)
-            // hold before doubling. 262,144 took tables twice the size, for 14 % more ids.
-            dedup_ids: 229_376,
+            dedup_ids: 262_144,
             provenance_ids: 65_536,
             handshake_timeout: Duration::from_secs(5),
             ack_timeout: Duration::from_secs(30),

@@ -897,6 +897,39 @@ mod tests {
     }
 
     #[test]
+    fn a_chunked_deque_behaves_as_a_deque_under_any_mix_of_pushes_and_pops() {
+        let mut d = Chunked::default();
+        let mut model = VecDeque::new();
+        let mut x = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for step in 0..200_000 {
+            let r = next();
+            // Values close together mostly (as seqs are), far apart sometimes.
+            let v = match r % 7 {
+                0 => next(),
+                _ => model.back().copied().unwrap_or(0u64).wrapping_add(r % 5),
+            };
+            match (r >> 8) % 5 {
+                0..=2 => {
+                    d.push_back(v);
+                    model.push_back(v);
+                }
+                _ => assert_eq!(d.pop_front(), model.pop_front()),
+            }
+            assert_eq!((d.len(), d.front()), (model.len(), model.front()));
+            if step % 20_000 == 0 {
+                assert!(d.iter().eq(model.iter().copied()));
+            }
+        }
+        assert!(d.iter().eq(model.iter().copied()));
+    }
+
+    #[test]
     fn cold_items_count_towards_the_bound_and_expire() {
         let mut q: Lanes<u32, u32> = Lanes::new(3).with_hot_limit(2);
         q.push_checked(e(Precedence::Bulk, 1));

@@ -368,15 +368,20 @@ impl Index {
     /// live (by bytes). The second test keeps one mostly-live head from pinning a long tail of
     /// finished segments; together they bound the disk held to about `1 / ratio` times the live
     /// bytes (plus a segment), at the cost of copying live bytes about once per such cycle.
-    pub(super) fn compaction_source(&self, active: Option<u64>, ratio: f64) -> Option<u64> {
+    /// With it, whether the whole log is less than half of `ratio` live: then the head is
+    /// moved even while it drains, or a slow reader of it would let the log grow without bound
+    /// (see `StoreOptions::compact_after_stall`).
+    pub(super) fn compaction_source(&self, active: Option<u64>, ratio: f64) -> Option<(u64, bool)> {
         let (&id, head) = self.segments.first_key_value()?;
         if Some(id) == active || head.live == 0 {
             return None;
         }
-        let below = |live: u64, total: u64| (live as f64) < ratio * (total as f64);
+        let below = |live: u64, total: u64, ratio: f64| (live as f64) < ratio * (total as f64);
         let (live, total) =
             (self.segments.values()).fold((0, 0), |(l, t), s| (l + s.live_bytes, t + s.bytes));
-        (below(head.live_bytes, head.bytes) || below(live, total)).then_some(id)
+        let far = below(live, total, ratio / 2.0);
+        (far || below(head.live_bytes, head.bytes, ratio) || below(live, total, ratio))
+            .then_some((id, far))
     }
 
     /// Checks that a request's ops can all be applied, in order, to the current state, so that a
@@ -656,24 +661,24 @@ mod tests {
         ix.put(2, loc(2, 1000), 0, None);
         ix.add_bytes(3, 1000);
         assert_eq!(
-            ix.compaction_source(Some(3), 0.5),
+            ix.compaction_source(Some(3), 0.5).map(|(id, _)| id),
             None,
             "60% live, log 53% live"
         );
         ix.done(2);
         assert_eq!(
-            ix.compaction_source(Some(3), 0.5),
+            ix.compaction_source(Some(3), 0.5).map(|(id, _)| id),
             Some(1),
             "log is 20% live"
         );
         assert_eq!(
-            ix.compaction_source(Some(1), 0.5),
+            ix.compaction_source(Some(1), 0.5).map(|(id, _)| id),
             None,
             "never the active segment"
         );
         ix.done(1);
         assert_eq!(
-            ix.compaction_source(Some(3), 0.5),
+            ix.compaction_source(Some(3), 0.5).map(|(id, _)| id),
             None,
             "nothing live to move"
         );

@@ -6,10 +6,12 @@
 //! to rebuild the indexes (live copies per segment, seen message ids) and to hand the node every
 //! live copy; a torn tail left by a crash is cut off, never read as data. Finished copies' space
 //! is reclaimed by deleting head segments, and by compaction, which moves the few live copies of
-//! a sparse head forward so one old message cannot pin the whole log.
+//! a sparse head forward, once nothing in it has been finished for a while (a head that drains
+//! is left to drain), so one old message cannot pin the whole log.
 //!
-//! What it does not do: decide anything. It has no clock (expiry, retry limits and dead-letter
-//! decisions are the node's, recorded here as ops), does not order queues by precedence (it
+//! What it does not do: decide anything about messages. It has no clock for them (expiry,
+//! retry limits and dead-letter decisions are the node's, recorded here as ops; its only timer
+//! is how long a head has been pinned), does not order queues by precedence (it
 //! stores the precedence; [`crate::lanes`] orders), and does not parse envelopes (bytes in,
 //! bytes out).
 //!
@@ -67,7 +69,9 @@ pub struct StoreOptions {
     /// pinned, not draining. A queue drained in order finishes its oldest segment's copies one
     /// after another; moving the half still waiting forward would copy them for nothing (and
     /// a drain of a million copies moved a third of them). Not on a full disk, where the room
-    /// comes first.
+    /// comes first, nor when the whole log is less than half of `compact_below_live_ratio`
+    /// live, which a slow reader of the head would otherwise let grow without bound. A store
+    /// with nothing to write waits for its next write to compact.
     pub compact_after_stall: std::time::Duration,
     /// Told about every fdatasync'ed write (for the node's metrics); `None` by default.
     pub observer: Option<CommitObserver>,

@@ -1,5 +1,5 @@
-//! Reclaiming space: deleting finished head segments, compacting a sparse head, and reading a
-//! live copy back from disk (for compaction and redrive). Part of the writer thread.
+//! Reclaiming space: deleting finished head segments, compacting a sparse, pinned head, and
+//! reading a live copy back from disk (for compaction and redrive). Part of the writer thread.
 //!
 //! A segment is deleted only from the head, and only when it holds no live copy, so a `Done`
 //! record always outlives the `Put` it finishes. One old message would then pin every later
@@ -14,12 +14,14 @@ use super::{recover, segment, summary};
 
 impl Writer {
     /// The segment to compact: the head, if it is sparse enough (see
-    /// [`super::index::Index::compaction_source`]) and pinned (see [`Writer::watch_head`]).
+    /// [`super::index::Index::compaction_source`]) and pinned (see [`Writer::watch_head`]), or
+    /// if the whole log is so sparse that it must go, pinned or not.
     pub(super) fn compaction_source(&self) -> Option<u64> {
         let active = self.active.as_ref().map(|a| a.id);
         (self.state.index)
             .compaction_source(active, self.opts.compact_below_live_ratio)
-            .filter(|&head| self.pinned == Some(head))
+            .filter(|&(head, far)| far || self.pinned == Some(head))
+            .map(|(head, _)| head)
     }
 
     /// The live copies compaction moves in the next write: up to `max_batch_bytes` of the
@@ -131,7 +133,17 @@ impl Writer {
             }
         };
         let path = segment::path(&self.dir, id);
-        let summarized = recover::from_summary(&*self.disk, &self.dir, id, &path, &mut each);
+        let summarized = match recover::from_summary(&*self.disk, &self.dir, id, &path, &mut each) {
+            Ok(summarized) => summarized,
+            Err(reason) => {
+                tracing::warn!(
+                    segment = %path.display(), reason,
+                    "store: a finished segment's summary could not be read to the end; its \
+                     message ids stay seen until the next open"
+                );
+                return Vec::new();
+            }
+        };
         if summarized.is_none() {
             let mut data = Vec::new();
             if let Err(e) = self.disk.read_into(&path, &mut data) {

@@ -93,7 +93,16 @@ pub(super) fn recover(disk: &dyn Disk, dir: &Path) -> Result<Recovered, StoreErr
             }
         };
         let from_summary = match summaries.remove(&id) {
-            true => from_summary(disk, dir, id, &path, &mut each),
+            // Part of it replayed, then a read failed: the open fails (a scan would replay
+            // that part twice).
+            true => from_summary(disk, dir, id, &path, &mut each).map_err(|reason| {
+                let source = std::io::Error::other(reason);
+                StoreError::Io {
+                    op: "read the summary of",
+                    path: path.clone(),
+                    source,
+                }
+            })?,
             false => None,
         };
         let good_len = match from_summary {
@@ -165,33 +174,38 @@ pub(super) fn recover(disk: &dyn Disk, dir: &Path) -> Result<Recovered, StoreErr
 }
 
 /// Replays segment `id` from its summary, if the summary stands for it exactly; returns the
-/// segment's committed length. `None` (logged) when it does not: the segment is scanned instead.
+/// segment's committed length. `Ok(None)` (logged) when it does not, and nothing was replayed:
+/// the segment is scanned instead.
+///
+/// # Errors
+/// Why reading the summary failed after part of it was replayed (see [`summary::Unused`]).
 pub(super) fn from_summary(
     disk: &dyn Disk,
     dir: &Path,
     id: u64,
     segment: &Path,
     each: impl FnMut(Scanned),
-) -> Option<u64> {
+) -> Result<Option<u64>, String> {
     let path = summary::path(dir, id);
     let checked = (|| {
         let file = disk.open_read(&path)?;
         Ok::<_, std::io::Error>((file, disk.len(&path)?, disk.len(segment)?))
     })()
-    .map_err(|e| e.to_string())
+    .map_err(|e| summary::Unused::Refused(e.to_string()))
     .and_then(|(file, summary_len, segment_len)| {
         summary::replay_file(&*file, summary_len, id, segment_len, each)
     });
     match checked {
-        Ok(len) => Some(len),
-        Err(reason) => {
+        Ok(len) => Ok(Some(len)),
+        Err(summary::Unused::Refused(reason)) => {
             tracing::info!(
                 summary = %path.display(),
                 reason,
                 "store: a segment's summary does not stand for it; scanning the segment"
             );
-            None
+            Ok(None)
         }
+        Err(summary::Unused::Broken(reason)) => Err(format!("{}: {reason}", path.display())),
     }
 }
 

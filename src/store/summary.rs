@@ -68,10 +68,11 @@ pub(super) fn list(disk: &dyn Disk, dir: &Path) -> Result<BTreeSet<u64>, StoreEr
 /// Bytes a summary being built keeps in memory before they go to its file: a segment of
 /// finished copies holds millions of small `Done` frames, and its summary, held whole, took
 /// a hundred megabytes.
-pub(super) const SPILL_BYTES: usize = 1 << 20;
+/// Tests take 512 bytes, so that the power-cut test's small segments spill theirs too.
+pub(super) const SPILL_BYTES: usize = if cfg!(test) { 512 } else { 1 << 20 };
 
-/// Bytes of a summary read at a time when it is replayed.
-const READ_BYTES: usize = 1 << 20;
+/// Bytes of a summary read at a time when it is replayed (512 in tests, as [`SPILL_BYTES`]).
+const READ_BYTES: usize = if cfg!(test) { 512 } else { 1 << 20 };
 
 /// A summary being built, record by record, as its segment is: pure, it hands out its bytes in
 /// pieces ([`Builder::take`]) and last its trailer ([`Builder::finish`]), whose checksum covers
@@ -225,6 +226,16 @@ fn create(disk: &dyn Disk, path: &Path) -> std::io::Result<Box<dyn Append>> {
     }
 }
 
+/// Why a summary was not replayed whole.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Unused {
+    /// It does not stand for its segment, and nothing of it was replayed: scan the segment.
+    Refused(String),
+    /// It checked out, but reading it again to replay it failed (or read other bytes) after
+    /// part of it was replayed: what was replayed cannot be taken back.
+    Broken(String),
+}
+
 /// [`replay`] of the summary in `file`, `summary_len` bytes long: read in one piece when it is
 /// small, as most are.
 pub(super) fn replay_file(
@@ -233,11 +244,12 @@ pub(super) fn replay_file(
     segment: u64,
     file_len: u64,
     each: impl FnMut(Scanned),
-) -> Result<u64, String> {
+) -> Result<u64, Unused> {
     let io = |e: std::io::Error| e.to_string();
     if summary_len <= READ_BYTES as u64 {
         let mut data = vec![0; summary_len as usize];
-        file.read_exact_at(&mut data, 0).map_err(io)?;
+        file.read_exact_at(&mut data, 0)
+            .map_err(|e| Unused::Refused(io(e)))?;
         return replay(summary_len, read_slice(&data), segment, file_len, each);
     }
     let read_at = |buf: &mut [u8], at| file.read_exact_at(buf, at).map_err(io);
@@ -258,50 +270,41 @@ fn read_slice(data: &[u8]) -> impl FnMut(&mut [u8], u64) -> Result<(), String> +
 
 /// Replays segment `segment`'s summary, `summary_len` bytes read with `read_at` (which fills
 /// its buffer from the given offset), for a segment whose file is `file_len` bytes long: calls
-/// `each` for every record in it, in log order, and returns the committed length. Nothing is
-/// replayed unless the whole summary checks out first. The summary is read a piece at a time
-/// (it may be larger than its segment), once to check it and once to replay it.
+/// `each` for every record in it, in log order, and returns the committed length. The summary
+/// is read a piece at a time (it may be larger than its segment): its trailer first, then its
+/// body once to check it whole (its checksum, and every entry decoded) without replaying
+/// anything, then once more to replay it, checksummed again.
 ///
 /// # Errors
-/// Why the summary cannot stand for the segment (then the segment must be scanned).
+/// [`Unused::Refused`] when the summary cannot stand for the segment (then the segment must be
+/// scanned); [`Unused::Broken`] when the second reading fails after part of it was replayed.
 pub(super) fn replay(
     summary_len: u64,
     mut read_at: impl FnMut(&mut [u8], u64) -> Result<(), String>,
     segment: u64,
     file_len: u64,
     mut each: impl FnMut(Scanned),
-) -> Result<u64, String> {
+) -> Result<u64, Unused> {
+    let refused = |e: &str| Unused::Refused(e.to_owned());
     let Some(body_len) = summary_len.checked_sub(TRAILER as u64) else {
-        return Err("too short".into());
+        return Err(refused("too short"));
     };
     let mut trailer = [0; TRAILER];
-    read_at(&mut trailer, body_len)?;
-    let mut crc = 0;
-    let mut at = 0;
-    let mut piece = vec![0; READ_BYTES];
-    while at < body_len {
-        let n = (body_len - at).min(READ_BYTES as u64) as usize;
-        read_at(&mut piece[..n], at)?;
-        crc = crc32c_append(crc, &piece[..n]);
-        at += n as u64;
-    }
-    let (signed, sum) = trailer.split_at(TRAILER - 4);
-    crc = crc32c_append(crc, signed);
-    if crc != u32::from_le_bytes(sum.try_into().expect("4 bytes")) {
-        return Err("checksum mismatch".into());
-    }
+    read_at(&mut trailer, body_len).map_err(Unused::Refused)?;
     let u64_at = |at: usize| u64::from_le_bytes(trailer[at..at + 8].try_into().expect("8 bytes"));
     if &trailer[..8] != MAGIC {
-        return Err("not a segment summary".into());
+        return Err(refused("not a segment summary"));
     }
     if u64_at(8) != segment {
-        return Err("the summary of another segment".into());
+        return Err(refused("the summary of another segment"));
     }
     let len = u64_at(16);
     if len != file_len {
-        return Err("the segment's length differs from the summary's".into());
+        return Err(refused("the segment's length differs from the summary's"));
     }
     let count = u32::from_le_bytes(trailer[24..28].try_into().expect("4 bytes"));
+    let (signed, sum) = trailer.split_at(TRAILER - 4);
+    let sum = u32::from_le_bytes(sum.try_into().expect("4 bytes"));
     // Checked whole before any record is replayed: a summary is used entirely or not at all.
     let mut records = 0u64;
     let mut check = |s: Scanned| -> Result<(), String> {
@@ -314,27 +317,52 @@ pub(super) fn replay(
         records += 1;
         Ok(())
     };
-    entries(body_len, &mut read_at, &mut piece, &mut check)?;
-    if records != u64::from(count) {
-        return Err("record count mismatch".into());
+    let mut piece = Vec::new();
+    // A torn or damaged file is refused: by an entry that does not decode, or its checksum.
+    let body_crc = match entries(body_len, &mut read_at, &mut piece, &mut check) {
+        Ok(crc) => crc,
+        Err(Entries::Read(e) | Entries::Bad(e)) => return Err(Unused::Refused(e)),
+    };
+    if crc32c_append(body_crc, signed) != sum {
+        return Err(refused("checksum mismatch"));
     }
-    entries(body_len, &mut read_at, &mut piece, &mut |s| {
+    if records == 0 {
+        return Err(refused("it does not begin with the segment's header"));
+    }
+    if records != u64::from(count) {
+        return Err(refused("record count mismatch"));
+    }
+    let mut apply = |s: Scanned| {
         each(s);
         Ok(())
-    })?;
-    Ok(len)
+    };
+    match entries(body_len, &mut read_at, &mut piece, &mut apply) {
+        Ok(crc) if crc == body_crc => Ok(len),
+        Ok(_) => Err(Unused::Broken("it changed while it was read".into())),
+        Err(Entries::Read(e) | Entries::Bad(e)) => Err(Unused::Broken(e)),
+    }
+}
+
+/// Why [`entries`] stopped.
+enum Entries {
+    /// Reading failed.
+    Read(String),
+    /// An entry does not decode, or the caller refused it.
+    Bad(String),
 }
 
 /// Decodes the entries of a summary's body (`body_len` bytes, read with `read_at` a piece at a
-/// time into `window`), calling `each` for every one until it fails.
+/// time into `window`), calling `each` for every one until it fails; returns the body's
+/// CRC-32C.
 fn entries(
     body_len: u64,
     read_at: &mut impl FnMut(&mut [u8], u64) -> Result<(), String>,
     window: &mut Vec<u8>,
     each: &mut impl FnMut(Scanned) -> Result<(), String>,
-) -> Result<(), String> {
+) -> Result<u32, Entries> {
+    let bad = |e: &str| Entries::Bad(e.to_owned());
     // `window[pos..end]` holds the body's bytes from `read - (end - pos)` to `read`.
-    let (mut pos, mut end, mut read) = (0, 0, 0u64);
+    let (mut pos, mut end, mut read, mut crc) = (0, 0, 0u64, 0);
     loop {
         let avail = &window[pos..end];
         // An entry: the frame's offset and length in the segment, then the frame.
@@ -342,7 +370,7 @@ fn entries(
             Some(h) => {
                 let frame = u32::from_le_bytes(h[..4].try_into().expect("4 bytes")) as usize;
                 if frame > MAX_FRAME_LEN {
-                    return Err("frame runs past the end of the data".into());
+                    return Err(bad("frame runs past the end of the data"));
                 }
                 12 + FRAME_HEADER + frame
             }
@@ -353,22 +381,25 @@ fn entries(
             let offset = u64::from_le_bytes(place[..8].try_into().expect("8 bytes"));
             let len = u32::from_le_bytes(place[8..].try_into().expect("4 bytes"));
             let record = match read_frame(&avail[..need], 12) {
-                Frame::Ok { kind, body, .. } => Record::decode_in(kind, body, Payload::Skip)?,
-                Frame::End => return Err("truncated entry".into()),
-                Frame::Bad(reason) => return Err(reason.into()),
+                Frame::Ok { kind, body, .. } => {
+                    Record::decode_in(kind, body, Payload::Skip).map_err(bad)?
+                }
+                Frame::End => return Err(bad("truncated entry")),
+                Frame::Bad(reason) => return Err(bad(reason)),
             };
             pos += need;
             each(Scanned {
                 offset,
                 len,
                 record,
-            })?;
+            })
+            .map_err(Entries::Bad)?;
             continue;
         }
         if read == body_len {
             return match avail.is_empty() {
-                true => Ok(()),
-                false => Err("truncated entry".into()),
+                true => Ok(crc),
+                false => Err(bad("truncated entry")),
             };
         }
         // Keep the start of the entry, and read more after it.
@@ -378,7 +409,8 @@ fn entries(
             window.resize(need.max(READ_BYTES), 0);
         }
         let n = ((body_len - read) as usize).min(window.len() - end);
-        read_at(&mut window[end..end + n], read)?;
+        read_at(&mut window[end..end + n], read).map_err(Entries::Read)?;
+        crc = crc32c_append(crc, &window[end..end + n]);
         (end, read) = (end + n, read + n as u64);
     }
 }
@@ -395,7 +427,7 @@ mod tests {
         segment: u64,
         len: u64,
         each: impl FnMut(Scanned),
-    ) -> Result<u64, String> {
+    ) -> Result<u64, Unused> {
         replay(data.len() as u64, read_slice(data), segment, len, each)
     }
 
@@ -466,7 +498,10 @@ mod tests {
             let mut called = false;
             let r = replay_slice(data, segment, len, |_| called = true);
             assert!(!called, "a record was replayed from a bad summary");
-            r.unwrap_err()
+            match r {
+                Err(Unused::Refused(reason)) => reason,
+                other => panic!("{other:?}"),
+            }
         };
         assert_eq!(refused(&data, 5, 239), "the summary of another segment");
         assert_eq!(
@@ -488,6 +523,11 @@ mod tests {
         let headless = headless.finish(4, 90);
         assert_eq!(
             refused(&headless, 4, 90),
+            "it does not begin with the segment's header"
+        );
+        // Nothing in it at all.
+        assert_eq!(
+            refused(&Builder::default().finish(4, 0), 4, 0),
             "it does not begin with the segment's header"
         );
         assert_eq!(parse_name("seg-00000000000000000004.sum"), Some(4));
@@ -615,5 +655,38 @@ mod tests {
             disk.len(&path(dir, 4)).is_err(),
             "and not written at the end"
         );
+    }
+
+    #[test]
+    fn a_summary_whose_second_reading_fails_says_part_of_it_was_replayed() {
+        let recs = many(20_000);
+        let mut b = Builder::default();
+        recs.iter().for_each(|(o, l, r)| b.add(*o, *l, r));
+        let data = b.finish(4, 20_000 * 100);
+        let pieces = data.len().div_ceil(READ_BYTES);
+        // Replays `data` with reads that fail after the first `n`: what it answers, and how
+        // many records it replayed.
+        let failing_after = |n: usize| {
+            let (mut reads, mut slice, mut replayed) = (0, read_slice(&data), 0);
+            let failing = |buf: &mut [u8], at: u64| {
+                reads += 1;
+                match reads > n {
+                    true => Err("input/output error".to_owned()),
+                    false => slice(buf, at),
+                }
+            };
+            let r = replay(data.len() as u64, failing, 4, 20_000 * 100, |_| {
+                replayed += 1
+            });
+            (r, replayed)
+        };
+        // Reads: the trailer, the body once to check it, then half of it again.
+        let (r, replayed) = failing_after(1 + pieces + pieces / 2);
+        assert_eq!(r, Err(Unused::Broken("input/output error".into())));
+        assert!(replayed > 0 && replayed < recs.len(), "{replayed}");
+        // Failing on the first reading, nothing is replayed: the segment can be scanned.
+        let (r, replayed) = failing_after(1 + pieces / 2);
+        assert_eq!(r, Err(Unused::Refused("input/output error".into())));
+        assert_eq!(replayed, 0);
     }
 }

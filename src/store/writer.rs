@@ -570,9 +570,10 @@ impl Writer {
         for ((offset, len), rec) in frames.into_iter().zip(&records) {
             active.summary.add(offset, len, rec);
         }
-        // On a full disk summaries wait (see `seal`).
-        if !self.full {
-            active.summary.spill(&*self.disk, &self.dir);
+        // No summaries on a full disk (see `seal`): one given up holds nothing either.
+        match self.full {
+            true => active.summary.give_up(),
+            false => active.summary.spill(&*self.disk, &self.dir),
         }
         active.len += self.buf.len() as u64;
         self.state.index.add_bytes(active.id, self.buf.len() as u64);

@@ -368,7 +368,7 @@ async fn case(seed: u64, lie: bool, tally: &mut Tally) -> Result<(), String> {
     let mut cuts = 0;
     while cuts < CUTS {
         // Most cuts fall within the work; some during recovery; a few never come.
-        disk.cut_after(1 + rng.below(60));
+        disk.cut_after(1 + rng.below(75));
         let opened = match Store::open_with(dir, options(), Arc::new(disk.clone())) {
             Ok((store, found)) => read_back(store, found).await,
             Err(e) => Err(e.to_string()),
