@@ -209,7 +209,11 @@ impl Default for Limits {
         Limits {
             max_frame_bytes: 1024 * 1024,
             queue_capacity: 100_000,
-            dedup_ids: 262_144,
+            // Half of what a table of 2^19 buckets holds (7/8 of them): a table churned at its
+            // bound (an id forgotten for each one remembered) clears its tombstones in place
+            // while it is at most half full, and doubles otherwise. 262,144 ids settled in
+            // tables of 2^20 buckets, twice the memory (for the ids, and for who may answer).
+            dedup_ids: 229_376,
             provenance_ids: 65_536,
             handshake_timeout: Duration::from_secs(5),
             ack_timeout: Duration::from_secs(30),

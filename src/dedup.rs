@@ -286,4 +286,26 @@ mod tests {
             "id 2 was forgotten"
         );
     }
+
+    #[test]
+    fn at_the_default_bound_the_table_never_doubles_past_two_to_the_nineteen_buckets() {
+        // Churned at its bound (an id forgotten for each one remembered), a table clears its
+        // tombstones in place while it is at most half full; past that it doubles. The
+        // default is half of what 2^19 buckets hold, so its tables stay at that size (262,144
+        // ids settled at 2^20 after about two million).
+        let bound = crate::config::Limits::default().dedup_ids;
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
+        let mut ids = Ids::new(bound);
+        for n in 0..12 * bound as u32 {
+            let id = MessageId::from_slice(&[n.to_le_bytes(), [7; 4], [8; 4], [9; 4]].concat());
+            let at = now + Duration::from_secs(u64::from(n));
+            ids.remember(id.unwrap(), 1, at);
+            assert!(
+                ids.slots.capacity() < 1 << 19,
+                "{} at {n}",
+                ids.slots.capacity()
+            );
+        }
+        assert!(ids.by_expiry.capacity() <= 1 << 18);
+    }
 }
