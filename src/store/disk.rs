@@ -1,7 +1,7 @@
 //! Every file operation of the store, behind one narrow seam: [`Disk`].
 //!
 //! The store touches its directory only through these calls: list, read, length, create, append,
-//! fdatasync, truncate, remove and fsync of the directory. In a node they go straight to the
+//! fdatasync, truncate, rename, remove and fsync of the directory. In a node they go straight to the
 //! file system ([`Std`]). In tests, `sim::SimDisk` keeps the files in memory and remembers which
 //! bytes and which directory entries were made durable, so that a simulated power cut can drop
 //! everything else (see `sim`).
@@ -35,6 +35,9 @@ pub(super) trait Disk: Send + Sync + fmt::Debug {
     /// Shortens a file to `len` bytes, durably.
     fn truncate(&self, path: &Path, len: u64) -> io::Result<()>;
     fn remove(&self, path: &Path) -> io::Result<()>;
+    /// Gives file `from` the name `to` (which must not exist); a file open under the old name
+    /// stays open, with the space it reserved. Durable once its directory is synced.
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
     /// Makes the creations and removals of entries in `dir` durable.
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
 }
@@ -124,6 +127,13 @@ impl Disk for Std {
 
     fn remove(&self, path: &Path) -> io::Result<()> {
         fs::remove_file(path)
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        if fs::exists(to)? {
+            return Err(io::Error::new(io::ErrorKind::AlreadyExists, "file exists"));
+        }
+        fs::rename(from, to)
     }
 
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {

@@ -20,11 +20,22 @@
 //! call get [`StoreError::Failed`] with the first cause, and nothing in that batch is reported
 //! committed. A retried fsync can report success over data the kernel already dropped, so the
 //! store never retries; restarting the node reopens the log and recovers what is on disk.
+//!
+//! **A full disk** is not a failure. Segments reserve their room whole when they are started
+//! (`fallocate`), so a write never fails half-way for want of space. Copies are refused
+//! [`StoreError::Full`] when the next segment does not fit, and what finishes or marks copies
+//! keeps going: each segment keeps an eighth of itself for it, and beside the segments one
+//! **spare segment** (the file `SPARE`, a segment's room reserved) is kept that only what frees
+//! space may take, when no new segment fits: finishing copies, and compaction that empties the
+//! head. Without it, a disk filled while every segment holds a copy nobody finishes (receipts
+//! for a unit nobody reads) could never be freed, for compaction would have nowhere to move
+//! them. Copies are accepted again once there is room for a spare and a segment.
 
 mod crc;
 pub(crate) mod disk;
 mod error;
 mod index;
+mod live;
 mod reclaim;
 mod record;
 mod recover;
@@ -43,6 +54,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use disk::Disk;
 pub use error::StoreError;
 use index::Seen;
+pub use live::LiveCopies;
 pub use record::{MAX_MESSAGE_BYTES, MAX_QUEUE_BYTES, MAX_REASON_BYTES};
 use writer::{CommitRequest, Request, Writer};
 
@@ -175,6 +187,9 @@ pub struct StoreStats {
     pub compacted_records: u64,
     /// Segment files deleted since open.
     pub segments_deleted: u64,
+    /// Times the spare segment was taken since open: the disk was full, and only what frees
+    /// space could be written (see the module docs).
+    pub spare_taken: u64,
 }
 
 impl StoreStats {
@@ -244,7 +259,7 @@ impl Store {
     /// [`StoreError::Corrupt`] for damage anywhere but the newest segment's tail;
     /// [`StoreError::Locked`] when the directory is in use; [`StoreError::Io`];
     /// [`StoreError::Invalid`] for unusable options.
-    pub fn open(dir: &Path, opts: StoreOptions) -> Result<(Store, Vec<StoredMessage>), StoreError> {
+    pub fn open(dir: &Path, opts: StoreOptions) -> Result<(Store, LiveCopies), StoreError> {
         Store::open_with(dir, opts, Arc::new(disk::Std))
     }
 
@@ -254,7 +269,7 @@ impl Store {
         dir: &Path,
         opts: StoreOptions,
         disk: disk::sim::SimDisk,
-    ) -> Result<(Store, Vec<StoredMessage>), StoreError> {
+    ) -> Result<(Store, LiveCopies), StoreError> {
         Store::open_with(dir, opts, Arc::new(disk))
     }
 
@@ -262,7 +277,7 @@ impl Store {
         dir: &Path,
         opts: StoreOptions,
         disk: Arc<dyn Disk>,
-    ) -> Result<(Store, Vec<StoredMessage>), StoreError> {
+    ) -> Result<(Store, LiveCopies), StoreError> {
         if opts.segment_bytes < 4096
             || opts.max_batch_records == 0
             || opts.max_batch_bytes == 0

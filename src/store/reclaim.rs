@@ -57,12 +57,24 @@ impl Writer {
         let whole = self
             .compaction_source()
             .is_some_and(|s| index.segments()[&s].live == moves.len());
-        let bound = moves
-            .into_iter()
-            .filter_map(|seq| Some((index.get(seq)?, index.dead_reason(seq))))
+        (self.moved_bound(moves.into_iter()), whole)
+    }
+
+    /// As [`Writer::compaction_bound`], for all of the compaction source's live copies: what
+    /// emptying it takes, over as many writes as it needs.
+    pub(super) fn compaction_source_bound(&self) -> u64 {
+        let index = &self.state.index;
+        self.compaction_source().map_or(0, |source| {
+            self.moved_bound(index.segments()[&source].live_seqs(source, index))
+        })
+    }
+
+    /// At most how many bytes copies of live copies `seqs` take, written again.
+    fn moved_bound(&self, seqs: impl Iterator<Item = u64>) -> u64 {
+        let index = &self.state.index;
+        seqs.filter_map(|seq| Some((index.get(seq)?, index.dead_reason(seq))))
             .map(|(e, dead)| u64::from(e.loc.len) + dead.map_or(0, |d| d.len() as u64))
-            .sum();
-        (bound, whole)
+            .sum()
     }
 
     /// Adds copies of up to `max_batch_bytes` of the compaction source's live records, with

@@ -10,15 +10,15 @@
 //! Replay is idempotent by seq: a copy moved by compaction may appear in two segments if a crash
 //! came between the copy and the deletion of its old segment; the later frame wins.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
+use super::StoreError;
 use super::disk::Disk;
 use super::index::{Index, Location, Seen};
+use super::live::LiveCopies;
 use super::record::Record;
 use super::segment::{self, Scan, Scanned};
 use super::summary;
-use super::{StoreError, StoredMessage};
 
 /// What the writer starts from.
 #[derive(Debug, Default)]
@@ -39,7 +39,7 @@ pub(super) struct Recovered {
     pub state: State,
     pub seen: Seen,
     /// Live copies in seq order.
-    pub messages: Vec<StoredMessage>,
+    pub messages: LiveCopies,
 }
 
 /// Replays the log in `dir`. See the module docs.
@@ -56,7 +56,7 @@ pub(super) fn recover(disk: &dyn Disk, dir: &Path) -> Result<Recovered, StoreErr
         ..State::default()
     };
     let mut seen = Seen::default();
-    let mut messages = BTreeMap::new();
+    let mut messages = LiveCopies::default();
     // One buffer for every segment: fresh pages for each would be most of the time spent.
     let mut data = Vec::new();
     let count = segments.len();
@@ -166,10 +166,11 @@ pub(super) fn recover(disk: &dyn Disk, dir: &Path) -> Result<Recovered, StoreErr
         summarized,
         "store: recovered (segments with a summary were not read)"
     );
+    messages.finish();
     Ok(Recovered {
         state,
         seen,
-        messages: messages.into_values().collect(),
+        messages,
     })
 }
 
@@ -212,7 +213,7 @@ pub(super) fn from_summary(
 fn replay(
     state: &mut State,
     seen: &mut Seen,
-    messages: &mut BTreeMap<u64, StoredMessage>,
+    messages: &mut LiveCopies,
     loc: Location,
     record: Record,
 ) {
@@ -221,37 +222,21 @@ fn replay(
             seen.insert(&p.queue, &p.message_id);
             state.next_seq = state.next_seq.max(p.seq.saturating_add(1));
             state.index.put(p.seq, loc, p.attempts, p.dead.clone());
-            messages.insert(
-                p.seq,
-                StoredMessage {
-                    seq: p.seq,
-                    queue: p.queue,
-                    message_id: p.message_id,
-                    precedence: p.precedence,
-                    expires_at_ms: p.expires_at_ms,
-                    received_at_ms: p.received_at_ms,
-                    attempts: p.attempts,
-                    dead: p.dead,
-                },
-            );
+            messages.put(p);
         }
         // A finished copy whose `Put` was in a deleted segment is simply not there.
         Record::Done { seq } => {
             state.index.done(seq);
-            messages.remove(&seq);
+            messages.done(seq);
         }
         Record::Attempt { seq, attempts } => {
-            if state.index.attempt(seq, attempts)
-                && let Some(m) = messages.get_mut(&seq)
-            {
-                m.attempts = attempts;
+            if state.index.attempt(seq, attempts) {
+                messages.attempt(seq, attempts);
             }
         }
         Record::DeadLetter { seq, reason } => {
-            if state.index.dead_letter(seq, reason.clone())
-                && let Some(m) = messages.get_mut(&seq)
-            {
-                m.dead = Some(reason);
+            if state.index.dead_letter(seq, reason.clone()) {
+                messages.dead_letter(seq, reason);
             }
         }
         Record::Header { .. } | Record::Commit { .. } => {}

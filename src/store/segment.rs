@@ -18,6 +18,12 @@ pub(super) fn path(dir: &Path, id: u64) -> PathBuf {
     dir.join(format!("seg-{id:020}.log"))
 }
 
+/// The path of the spare segment (see `Writer::take_spare`): no segment until it is renamed
+/// to one, and not listed as one.
+pub(super) fn spare_path(dir: &Path) -> PathBuf {
+    dir.join("SPARE")
+}
+
 fn parse_name(name: &str) -> Option<u64> {
     let digits = name.strip_prefix("seg-")?.strip_suffix(".log")?;
     (digits.len() == 20 && digits.bytes().all(|b| b.is_ascii_digit()))

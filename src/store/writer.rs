@@ -142,6 +142,10 @@ pub(super) struct Writer {
     pub(super) stats: StoreStats,
     /// The last round found the disk full (logged once, until space returns).
     full: bool,
+    /// The spare segment, with a segment's room reserved: what frees space (finishing copies,
+    /// compaction that empties the head) takes it when the disk has no room for a new segment,
+    /// and copies are accepted only while it is there (see [`Writer::take_spare`]).
+    spare: Option<Box<dyn Append>>,
     /// The head segment, how many of its copies were finished, and since when that count has
     /// not changed (see [`StoreOptions::compact_after_stall`]).
     head_watch: Option<(u64, u64, Instant)>,
@@ -174,6 +178,7 @@ impl Writer {
             waiting: VecDeque::new(),
             stats: StoreStats::default(),
             full: false,
+            spare: None,
             head_watch: None,
             pinned: None,
             _lock: lock,
@@ -185,8 +190,9 @@ impl Writer {
     /// Serves requests until closed, failed, or every handle is dropped.
     pub(super) fn run(mut self, mut rx: mpsc::Receiver<Request>) {
         let mut close = None;
-        // Segments left deletable by the last run (e.g. a compacted head a crash left behind).
-        let mut outcome = self.reclaim();
+        // Segments left deletable by the last run (e.g. a compacted head a crash left behind),
+        // then the spare (on a disk found full, the first copy to accept makes it).
+        let mut outcome = self.reclaim().and_then(|()| self.keep_spare().map(drop));
         match &outcome {
             Err(cause) => drop(self.fail(cause.clone())),
             Ok(()) => self.publish_stats(),
@@ -592,26 +598,28 @@ impl Writer {
     /// Returns the requests to write.
     fn make_room(&mut self, batch: Vec<CommitRequest>) -> Result<Vec<CommitRequest>, Fatal> {
         let (freeing, adding): (Vec<_>, Vec<_>) = batch.into_iter().partition(|r| !r.adds_copies());
-        if adding.is_empty() {
-            // What only finishes or marks copies may take the reserve.
-            let need = self.bound(&freeing);
-            if freeing.is_empty() || self.fits(need) || self.roll(need)? {
-                return Ok(freeing);
+        if !adding.is_empty() {
+            // What adds copies leaves the spare, and the reserve, for what finishes them.
+            let need = self.bound(&freeing) + self.bound(&adding) + self.reserve();
+            if self.keep_spare()? && (self.fits(need) || self.roll(need)?) {
+                if std::mem::take(&mut self.full) {
+                    tracing::info!(dir = %self.dir.display(), "store: disk space is back; accepting again");
+                }
+                return Ok(freeing.into_iter().chain(adding).collect());
             }
             self.disk_full();
-            return Ok(self.room_or_refuse(freeing));
-        }
-        // What adds copies leaves the reserve for what finishes them.
-        let need = self.bound(&freeing) + self.bound(&adding) + self.reserve();
-        if self.fits(need) || self.roll(need)? {
-            if std::mem::take(&mut self.full) {
-                tracing::info!(dir = %self.dir.display(), "store: disk space is back; accepting again");
+            for r in adding {
+                let _ = r.reply.send(Err(StoreError::Full));
             }
-            return Ok(freeing.into_iter().chain(adding).collect());
+        }
+        // What only finishes or marks copies may take the reserve, then the spare.
+        let need = self.bound(&freeing);
+        if freeing.is_empty() || self.fits(need) || self.roll(need)? {
+            return Ok(freeing);
         }
         self.disk_full();
-        for r in adding {
-            let _ = r.reply.send(Err(StoreError::Full));
+        if self.take_spare(need)? {
+            return Ok(freeing);
         }
         Ok(self.room_or_refuse(freeing))
     }
@@ -646,7 +654,13 @@ impl Writer {
             return Ok(true);
         }
         self.disk_full();
-        Ok(whole && self.fits(need))
+        if whole && self.fits(need) {
+            return Ok(true);
+        }
+        // Every live copy of the source fits in the spare, past its reserve: compaction takes
+        // it, and empties the source there, a slice per write.
+        let rest = self.compaction_source_bound();
+        Ok(rest + need <= self.opts.segment_bytes - self.reserve() && self.take_spare(need)?)
     }
 
     /// Notes that the disk is full (logged once, until space returns); compaction then waits
@@ -734,10 +748,18 @@ impl Writer {
             }
             Err(e) => return Err(fatal("reserve space for", &path, e)),
         }
+        self.state.next_segment += 1;
+        self.install(id, file, room)?;
+        Ok(true)
+    }
+
+    /// Makes segment `id`'s directory entry durable, and makes it the active segment, with
+    /// `room` bytes reserved; the segment it replaces is sealed.
+    fn install(&mut self, id: u64, file: Box<dyn Append>, room: u64) -> Result<(), Fatal> {
+        let path = segment::path(&self.dir, id);
         self.disk
             .sync_dir(&self.dir)
             .map_err(|e| fatal("sync directory of", &path, e))?;
-        self.state.next_segment += 1;
         self.state.newest = Some(id);
         self.state.index.add_segment(id);
         let sealed = self.active.replace(Active {
@@ -751,6 +773,93 @@ impl Writer {
             self.state.index.seal(a.id);
         }
         self.seal(sealed);
+        Ok(())
+    }
+
+    /// Makes sure the spare segment is there: a file with [`StoreOptions::segment_bytes`]
+    /// reserved, for [`Writer::take_spare`]. `Ok(false)` when the disk has no room for it.
+    fn keep_spare(&mut self) -> Result<bool, Fatal> {
+        if self.spare.is_some() {
+            return Ok(true);
+        }
+        let path = segment::spare_path(&self.dir);
+        // One an earlier run left is made again (a power cut may have lost what it reserved).
+        match self.disk.remove(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(fatal("remove", &path, e));
+            }
+            _ => {}
+        }
+        let mut file = match self.disk.create(&path) {
+            Ok(file) => file,
+            Err(e) if disk::is_full(&e) => return Ok(false),
+            Err(e) => return Err(fatal("create", &path, e)),
+        };
+        match file.allocate(self.opts.segment_bytes) {
+            Ok(()) => {
+                self.spare = Some(file);
+                Ok(true)
+            }
+            Err(e) if disk::is_full(&e) => {
+                drop(file);
+                self.disk
+                    .remove(&path)
+                    .map_err(|e| fatal("remove", &path, e))?;
+                Ok(false)
+            }
+            Err(e) => Err(fatal("reserve space for", &path, e)),
+        }
+    }
+
+    /// Rolls to the spare segment, renamed to the next segment with the room it reserved. Only
+    /// what frees space takes it (finishing copies; compaction that empties the head), when
+    /// the disk has no room for a new segment: without it, a disk filled while every segment
+    /// holds a copy nobody finishes (receipts for a unit nobody reads), its active segment's
+    /// reserve spent, could never be freed, for compaction would have nowhere to move those
+    /// copies. `Ok(false)` when there is no spare, or `need` is more than it holds.
+    fn take_spare(&mut self, need: u64) -> Result<bool, Fatal> {
+        if need > self.opts.segment_bytes || self.spare.is_none() {
+            return Ok(false);
+        }
+        let spare = segment::spare_path(&self.dir);
+        if let Err(e) = self.disk.len(&spare) {
+            // Removed by hand (its room went with it): made again when there is room.
+            self.spare = None;
+            tracing::warn!(
+                spare = %spare.display(), error = %e,
+                "store: the spare segment is gone; it is made again when there is room"
+            );
+            return Ok(false);
+        }
+        // An active segment nothing was written to gives its id (an empty file is not a
+        // segment: a sealed one always has its header).
+        let id = match self.active.take_if(|a| a.len == 0) {
+            Some(empty) => {
+                let id = empty.id;
+                self.seal(Some(empty));
+                let path = segment::path(&self.dir, id);
+                self.disk
+                    .remove(&path)
+                    .map_err(|e| fatal("remove", &path, e))?;
+                id
+            }
+            None => {
+                self.state.next_segment += 1;
+                self.state.next_segment - 1
+            }
+        };
+        let path = segment::path(&self.dir, id);
+        self.disk
+            .rename(&spare, &path)
+            .map_err(|e| fatal("rename the spare segment to", &path, e))?;
+        let file = self.spare.take().expect("checked above");
+        self.install(id, file, self.opts.segment_bytes)?;
+        self.stats.spare_taken += 1;
+        tracing::warn!(
+            dir = %self.dir.display(),
+            "store: the disk is full; the spare segment takes what frees space (copies are \
+             refused until there is room for a new spare)"
+        );
         Ok(true)
     }
 

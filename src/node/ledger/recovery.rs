@@ -12,7 +12,7 @@ use crate::lanes::Entry;
 use crate::message::{MessageId, Precedence, from_millis};
 use crate::node::events::Event;
 use crate::receipt;
-use crate::store::{Op, StoredMessage};
+use crate::store::{LiveCopies, Op};
 use crate::wire::pb;
 
 impl Ledger {
@@ -24,8 +24,9 @@ impl Ledger {
     /// Analytical copies waiting in a queue go back **cold** (see [`super::cold`]): nothing of
     /// them is read but the store's index, so a restart with a million queued copies does not
     /// parse a million messages. Time-sensitive copies and dead letters are read back whole.
-    pub async fn recover(&self, recovered: Vec<StoredMessage>) {
-        let below = recovered.iter().map(|m| m.seq + 1).max().unwrap_or(0);
+    pub async fn recover(&self, recovered: LiveCopies) {
+        let below = recovered.max_seq().map_or(0, |seq| seq + 1);
+        let copies = recovered.len();
         self.0.recovered_below.store(below, Ordering::Relaxed);
         let (mut waiting, mut dead, mut orphaned, mut unreadable) = (0, 0, 0, 0);
         let mut whole = Vec::new();
@@ -129,7 +130,7 @@ impl Ledger {
         }
         tracing::info!(
             node = %self.0.node,
-            waiting, dead, orphaned, unreadable,
+            copies, waiting, dead, orphaned, unreadable,
             "recovered queues from the store"
         );
     }

@@ -12,13 +12,13 @@ use crate::dispatch::{CLIENT_WINDOWS, Dispatcher, Outcome, PEER_WINDOWS, RetryPo
 use crate::draft::Draft;
 use crate::message::{Originator, Status};
 use crate::route::PeerCopy;
-use crate::store::{StoreOptions, StoredMessage};
+use crate::store::{LiveCopies, StoreOptions, StoredMessage};
 
 fn agency(s: &str) -> AgencyId {
     AgencyId::new(s).unwrap()
 }
 
-fn ledger(dir: &Path) -> (Ledger, mpsc::Receiver<Notice>, Vec<StoredMessage>) {
+fn ledger(dir: &Path) -> (Ledger, mpsc::Receiver<Notice>, LiveCopies) {
     let (store, recovered) = Store::open(dir, StoreOptions::default()).unwrap();
     let (l, notices) = ledger_on(store);
     (l, notices, recovered)
@@ -111,7 +111,7 @@ async fn settled_store(dir: &Path, l: Ledger) -> Vec<StoredMessage> {
     l.close().await.unwrap();
     drop(l);
     let (_, _, recovered) = ledger(dir);
-    recovered
+    recovered.into_iter().collect()
 }
 
 #[tokio::test]
@@ -659,7 +659,7 @@ async fn a_failed_fsync_refuses_store_failed_naming_no_file_stops_the_node_and_l
     // Restarted after a power cut, the node has what it accepted, and nothing it refused.
     let (store, recovered) =
         Store::open_simulated(dir, StoreOptions::default(), disk.crash(|_| 0)).unwrap();
-    let ids: Vec<[u8; 16]> = recovered.iter().map(|m| m.message_id).collect();
+    let ids: Vec<[u8; 16]> = recovered.into_iter().map(|m| m.message_id).collect();
     assert!(
         !ids.is_empty() && ids.iter().all(|id| id == kept.id.as_bytes()),
         "{ids:?}"

@@ -146,6 +146,12 @@ impl SimDisk {
         self.state().space = bytes;
     }
 
+    /// The bytes the disk's files take (written or reserved).
+    pub fn used(&self) -> u64 {
+        let s = self.state();
+        s.names.values().map(|i| s.inodes[i].size_on_disk()).sum()
+    }
+
     /// Whether the power has failed.
     pub fn is_off(&self) -> bool {
         self.state().ops_left == Some(0)
@@ -275,6 +281,17 @@ impl Disk for SimDisk {
         let mut s = self.state();
         s.step()?;
         s.names.remove(path).ok_or_else(|| not_found(path))?;
+        Ok(())
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        let mut s = self.state();
+        s.step()?;
+        if s.names.contains_key(to) {
+            return Err(io::Error::new(io::ErrorKind::AlreadyExists, "file exists"));
+        }
+        let ino = s.names.remove(from).ok_or_else(|| not_found(from))?;
+        s.names.insert(to.to_owned(), ino);
         Ok(())
     }
 

@@ -15,7 +15,7 @@ fn open_faulty() -> (Store, SimDisk) {
 /// Opens the store on `disk` (as it is: no power cut), recovering what it holds.
 fn recovered(disk: &SimDisk) -> (Store, Vec<StoredMessage>) {
     let dir = Path::new("/store");
-    Store::open_with(dir, StoreOptions::default(), Arc::new(disk.clone())).unwrap()
+    collected(Store::open_with(dir, StoreOptions::default(), Arc::new(disk.clone())).unwrap())
 }
 
 fn set(flag: &AtomicBool, on: bool) {
@@ -108,27 +108,37 @@ async fn every_caller_sharing_the_failed_fsync_is_told() {
     assert_eq!(store.stats().commits, 0);
 }
 
-#[tokio::test]
-async fn a_full_disk_refuses_new_copies_lets_finished_ones_free_space_and_recovers_by_itself() {
-    let disk = SimDisk::default();
-    let dir = Path::new("/store");
+/// A store of 4 KiB segments on `disk`, at `/store`.
+fn open_small_on(disk: &SimDisk) -> Result<(Store, LiveCopies), StoreError> {
     let opts = StoreOptions {
         segment_bytes: 4096,
         ..StoreOptions::default()
     };
-    let open = |disk: &SimDisk| Store::open_with(dir, opts.clone(), Arc::new(disk.clone()));
-    // Room for three segments and their summaries (a few hundred bytes each).
-    disk.set_space(Some(3 * (4096 + 512)));
-    let (store, _) = open(&disk).unwrap();
+    Store::open_with(Path::new("/store"), opts, Arc::new(disk.clone()))
+}
+
+/// Puts copies of 1,000 bytes until one is refused: their seqs, and the refusal.
+async fn fill(store: &Store) -> (Vec<u64>, StoreError) {
     let mut kept = Vec::new();
-    let full = loop {
+    loop {
         let i = kept.len() as u8;
         match store.commit_if_new(vec![put("q", i, &[i; 1000])]).await {
             Ok(seqs) => kept.push(seqs[0]),
-            Err(e) => break e,
+            Err(e) => return (kept, e),
         }
-        assert!(kept.len() < 20, "the disk never filled");
-    };
+        assert!(kept.len() < 30, "the disk never filled");
+    }
+}
+
+#[tokio::test]
+async fn a_full_disk_refuses_new_copies_lets_finished_ones_free_space_and_recovers_by_itself() {
+    let disk = SimDisk::default();
+    let dir = Path::new("/store");
+    let open = open_small_on;
+    // Room for three segments and their summaries (a few hundred bytes each), and the spare.
+    disk.set_space(Some(3 * (4096 + 512) + 4096));
+    let (store, _) = open(&disk).unwrap();
+    let (kept, full) = fill(&store).await;
     assert!(matches!(full, StoreError::Full), "{full}");
     assert!(!full.is_fatal());
     // The segments' summaries gave their room back (they are only a shortcut for an open).
@@ -161,9 +171,74 @@ async fn a_full_disk_refuses_new_copies_lets_finished_ones_free_space_and_recove
     store.close().await.unwrap();
     // Nothing answered was lost, and nothing finished came back.
     let crashed = disk.crash(|_| 0);
-    let (store, recovered) = open(&crashed).unwrap();
+    let (store, recovered) = collected(open(&crashed).unwrap());
     assert_eq!(seqs(&recovered), vec![*kept.last().unwrap(), after[0]]);
     store.close().await.unwrap();
     // The open read the segments whole, and summarized them again.
     assert!(!summary::list(&crashed, dir).unwrap().is_empty());
+}
+
+/// The way out of a full disk whose every segment holds a copy nobody finishes (receipts for a
+/// unit nobody reads), once the active segment's reserve is spent and another file has taken
+/// the rest of the disk (in a node, its delivery log): compaction has nowhere to move those
+/// copies but the spare segment. Before the spare, the node stayed full until restarted.
+#[tokio::test]
+async fn a_full_disk_whose_every_segment_is_pinned_gets_out_through_the_spare() {
+    let disk = SimDisk::default();
+    let dir = Path::new("/store");
+    let open = open_small_on;
+    disk.set_space(Some(4 * (4096 + 512) + 4096));
+    let (store, _) = open(&disk).unwrap();
+    let (_, full) = fill(&store).await;
+    assert!(matches!(full, StoreError::Full), "{full}");
+    // Another file takes whatever room the disk has left (in a node, its delivery log).
+    disk.set_space(Some(disk.used()));
+    // Every segment keeps one copy nobody finishes; the others are finished, one request
+    // each (each answered: they take the active segment's reserve, or the spare).
+    let mut segments_of = std::collections::BTreeMap::new();
+    for (id, path) in segment::list(&disk, dir).unwrap() {
+        segment::scan(&disk.read(&path).unwrap(), |s| {
+            if let record::Record::Put(p) = s.record {
+                segments_of.entry(id).or_insert_with(Vec::new).push(p.seq);
+            }
+        });
+    }
+    assert!(segments_of.len() >= 4, "{segments_of:?}");
+    let pinned: Vec<u64> = segments_of.values().map(|seqs| seqs[0]).collect();
+    let finishing: Vec<u64> = segments_of.values().flat_map(|s| s[1..].to_vec()).collect();
+    for &seq in &finishing {
+        store.commit(vec![Op::Done(seq)]).await.unwrap();
+    }
+    let live = store.stats().live_records;
+    // Each refused copy drives a write, and compaction with it; the spare takes the pinned
+    // copies, the segments they pinned are deleted, and copies are accepted again.
+    let mut again = None;
+    for i in 0..20u8 {
+        match store.commit(vec![put("q", 100 + i, b"again")]).await {
+            Ok(seqs) => {
+                again = Some(seqs[0]);
+                break;
+            }
+            Err(StoreError::Full) => {}
+            Err(e) => panic!("{e}"),
+        }
+    }
+    let stats = store.stats();
+    assert!(stats.spare_taken >= 1, "{stats:?}");
+    assert!(stats.segments_deleted >= 1, "{stats:?}");
+    let again = again.unwrap_or_else(|| panic!("still full after 20 tries: {stats:?}"));
+    assert_eq!(stats.live_records, live + 1, "{stats:?}");
+    store.close().await.unwrap();
+    // The pinned copies were moved, not lost, and survive a power cut.
+    let crashed = disk.crash(|_| 0);
+    let (store, recovered) = collected(open(&crashed).unwrap());
+    let found = seqs(&recovered);
+    for seq in pinned.iter().chain([&again]) {
+        assert!(found.contains(seq), "{seq} in {found:?}");
+    }
+    for seq in &finishing {
+        assert!(!found.contains(seq), "{seq} was finished");
+    }
+    assert_eq!(bytes_of(&store, &recovered).await.len(), recovered.len());
+    store.close().await.unwrap();
 }

@@ -27,7 +27,12 @@ pub(super) fn put(queue: &str, id: u8, body: &[u8]) -> Op {
 }
 
 pub(super) fn open(dir: &Path) -> (Store, Vec<StoredMessage>) {
-    Store::open(dir, StoreOptions::default()).unwrap()
+    collected(Store::open(dir, StoreOptions::default()).unwrap())
+}
+
+/// The store, and the copies it recovered, collected.
+pub(super) fn collected((store, found): (Store, LiveCopies)) -> (Store, Vec<StoredMessage>) {
+    (store, found.into_iter().collect())
 }
 
 /// A store with small segments, which compacts a sparse head at once (as soon as it is
@@ -38,7 +43,7 @@ pub(super) fn open_small(dir: &Path) -> (Store, Vec<StoredMessage>) {
         compact_after_stall: std::time::Duration::ZERO,
         ..StoreOptions::default()
     };
-    Store::open(dir, opts).unwrap()
+    collected(Store::open(dir, opts).unwrap())
 }
 
 /// Segment files in `dir`, oldest first.

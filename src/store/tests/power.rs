@@ -370,7 +370,7 @@ async fn case(seed: u64, lie: bool, tally: &mut Tally) -> Result<(), String> {
         // Most cuts fall within the work; some during recovery; a few never come.
         disk.cut_after(1 + rng.below(75));
         let opened = match Store::open_with(dir, options(), Arc::new(disk.clone())) {
-            Ok((store, found)) => read_back(store, found).await,
+            Ok((store, found)) => read_back(store, found.into_iter().collect()).await,
             Err(e) => Err(e.to_string()),
         };
         let store = match opened {
@@ -429,7 +429,7 @@ async fn case(seed: u64, lie: bool, tally: &mut Tally) -> Result<(), String> {
     // One last recovery, with the power on.
     let (store, found) =
         Store::open_with(dir, options(), Arc::new(disk.clone())).map_err(|e| e.to_string())?;
-    let (store, found) = read_back(store, found).await?;
+    let (store, found) = read_back(store, found.into_iter().collect()).await?;
     model.check(&found)?;
     store.close().await.map_err(|e| e.to_string())?;
     tally.cases += 1;
@@ -536,9 +536,14 @@ fn nothing_answered_is_lost_or_comes_back_at_any_power_cut() {
 fn the_power_cut_test_catches_a_disk_that_skips_fdatasync() {
     // Written data that never reached the disk: answered copies lost, or a sealed segment
     // that ends early (which recovery refuses as corruption rather than losing it silently).
+    // Which write it loses first depends on how the writer thread's rounds fall: a copy, a
+    // finish (the copy comes back), a dead letter or an attempt count, all answered.
     let failure = run_cases(true).expect_err("a lying disk must lose something answered");
-    assert!(
-        failure.contains("is lost") || failure.contains("corrupt store segment"),
-        "{failure}"
-    );
+    let lost = [
+        "is lost",
+        "and came back",
+        " answered, ",
+        "corrupt store segment",
+    ];
+    assert!(lost.iter().any(|l| failure.contains(l)), "{failure}");
 }

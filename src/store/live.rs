@@ -1,0 +1,328 @@
+//! The live copies recovery finds, kept compactly while the log is replayed and handed to the
+//! node the same way: [`LiveCopies`].
+//!
+//! A restart with a million queued copies must not hold a million [`StoredMessage`]s (about
+//! 140 bytes each with their queue names, and twice that in a map keyed by seq): the node puts
+//! each one in its queue as it comes, and keeps about 3 bytes of it. So a copy is kept here in
+//! 48 bytes ([`Kept`]), its queue an index into the names seen, in a vector sorted by seq: the
+//! log gives most `Put`s in seq order, and each is appended. A copy a `Done` finishes is marked
+//! gone, and the vector is swept once half of it is. The few that come out of order (copies
+//! compaction moved forward, with their old seqs) wait in a map, and are merged in at the end.
+//! Attempts and dead-letter reasons, which few copies have, are kept beside them.
+
+use std::collections::{BTreeMap, HashMap};
+
+use super::StoredMessage;
+use super::record::PutBody;
+
+/// A live copy, without its attempts and dead-letter reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Kept {
+    seq: u64,
+    expires_at_ms: u64,
+    received_at_ms: u64,
+    message_id: [u8; 16],
+    /// Its queue's index in [`LiveCopies::queues`]; [`GONE`] once finished.
+    queue: u32,
+    precedence: u8,
+}
+
+/// [`Kept::queue`] of a finished copy, until the vector is swept.
+const GONE: u32 = u32::MAX;
+
+/// The live copies found at open, in seq order: waiting, or dead-lettered. Iterate it to take
+/// them as [`StoredMessage`]s (see the module docs).
+#[derive(Debug, Default)]
+pub struct LiveCopies {
+    /// Sorted by seq; some may be [`GONE`] while the log is replayed.
+    copies: Vec<Kept>,
+    /// How many of `copies` are gone.
+    gone: usize,
+    /// Copies whose seq came below the last one in `copies` (moved by compaction).
+    moved: BTreeMap<u64, Kept>,
+    queues: Vec<String>,
+    queue_ids: HashMap<String, u32>,
+    /// Copies with failed attempts, and how many.
+    attempts: HashMap<u64, u32>,
+    /// The reasons of the dead-lettered copies.
+    dead: HashMap<u64, String>,
+}
+
+/// Below this many copies the vector is not swept.
+const SWEEP_AT_LEAST: usize = 4096;
+
+impl LiveCopies {
+    /// How many copies there are.
+    pub fn len(&self) -> usize {
+        self.copies.len() - self.gone + self.moved.len()
+    }
+
+    /// The highest seq of them.
+    pub fn max_seq(&self) -> Option<u64> {
+        let last = self.copies.iter().rev().find(|c| c.queue != GONE);
+        let moved = self.moved.last_key_value().map(|(&seq, _)| seq);
+        last.map(|c| c.seq).max(moved)
+    }
+
+    /// Records a `Put` frame; a seq already live was moved, and the later frame wins.
+    pub(super) fn put(&mut self, p: PutBody) {
+        let queue = match self.queue_ids.get(&p.queue) {
+            Some(&id) => id,
+            None => {
+                let id = u32::try_from(self.queues.len()).expect("fewer queues than 2^32 - 1");
+                self.queue_ids.insert(p.queue.clone(), id);
+                self.queues.push(p.queue);
+                id
+            }
+        };
+        match p.attempts {
+            0 => self.attempts.remove(&p.seq),
+            n => self.attempts.insert(p.seq, n),
+        };
+        match p.dead {
+            Some(reason) => self.dead.insert(p.seq, reason),
+            None => self.dead.remove(&p.seq),
+        };
+        let copy = Kept {
+            seq: p.seq,
+            expires_at_ms: p.expires_at_ms,
+            received_at_ms: p.received_at_ms,
+            message_id: p.message_id,
+            queue,
+            precedence: p.precedence,
+        };
+        if self.copies.last().is_none_or(|c| c.seq < p.seq) {
+            self.copies.push(copy);
+            return;
+        }
+        match self.copies.binary_search_by_key(&p.seq, |c| c.seq) {
+            Ok(i) => {
+                if self.copies[i].queue == GONE {
+                    self.gone -= 1;
+                }
+                self.copies[i] = copy;
+            }
+            Err(_) => {
+                self.moved.insert(p.seq, copy);
+            }
+        }
+    }
+
+    /// Records a `Done`: `seq` is no longer live (if it was: its `Put` may have been in a
+    /// segment deleted since).
+    pub(super) fn done(&mut self, seq: u64) {
+        self.attempts.remove(&seq);
+        self.dead.remove(&seq);
+        if self.moved.remove(&seq).is_some() {
+            return;
+        }
+        if let Ok(i) = self.copies.binary_search_by_key(&seq, |c| c.seq)
+            && self.copies[i].queue != GONE
+        {
+            self.copies[i].queue = GONE;
+            self.gone += 1;
+            if self.gone > self.copies.len() / 2 && self.copies.len() >= SWEEP_AT_LEAST {
+                self.copies.retain(|c| c.queue != GONE);
+                self.gone = 0;
+            }
+        }
+    }
+
+    fn is_live(&self, seq: u64) -> bool {
+        self.moved.contains_key(&seq)
+            || (self.copies.binary_search_by_key(&seq, |c| c.seq))
+                .is_ok_and(|i| self.copies[i].queue != GONE)
+    }
+
+    /// Records an `Attempt`, for a live copy.
+    pub(super) fn attempt(&mut self, seq: u64, attempts: u32) {
+        if self.is_live(seq) {
+            self.attempts.insert(seq, attempts);
+        }
+    }
+
+    /// Records a `DeadLetter`, for a live copy.
+    pub(super) fn dead_letter(&mut self, seq: u64, reason: String) {
+        if self.is_live(seq) {
+            self.dead.insert(seq, reason);
+        }
+    }
+
+    /// Done with replay: one vector, sorted by seq, nothing gone.
+    pub(super) fn finish(&mut self) {
+        if self.gone > 0 {
+            self.copies.retain(|c| c.queue != GONE);
+            self.gone = 0;
+        }
+        if !self.moved.is_empty() {
+            self.copies
+                .extend(std::mem::take(&mut self.moved).into_values());
+            self.copies.sort_unstable_by_key(|c| c.seq);
+        }
+        self.copies.shrink_to_fit();
+    }
+}
+
+impl IntoIterator for LiveCopies {
+    type Item = StoredMessage;
+    type IntoIter = IntoIter;
+
+    fn into_iter(mut self) -> IntoIter {
+        self.finish();
+        IntoIter {
+            copies: std::mem::take(&mut self.copies).into_iter(),
+            rest: self,
+        }
+    }
+}
+
+/// The copies of a [`LiveCopies`], each made a [`StoredMessage`] as it is taken.
+#[derive(Debug)]
+pub struct IntoIter {
+    copies: std::vec::IntoIter<Kept>,
+    rest: LiveCopies,
+}
+
+impl Iterator for IntoIter {
+    type Item = StoredMessage;
+
+    fn next(&mut self) -> Option<StoredMessage> {
+        let c = self.copies.next()?;
+        Some(StoredMessage {
+            seq: c.seq,
+            queue: self.rest.queues[c.queue as usize].clone(),
+            message_id: c.message_id,
+            precedence: c.precedence,
+            expires_at_ms: c.expires_at_ms,
+            received_at_ms: c.received_at_ms,
+            attempts: self.rest.attempts.get(&c.seq).copied().unwrap_or(0),
+            dead: self.rest.dead.remove(&c.seq),
+        })
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.copies.size_hint()
+    }
+}
+
+impl ExactSizeIterator for IntoIter {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(seq: u64, queue: &str) -> PutBody {
+        PutBody {
+            seq,
+            queue: queue.to_owned(),
+            message_id: [seq as u8; 16],
+            precedence: 5,
+            expires_at_ms: seq * 10,
+            received_at_ms: seq * 100,
+            attempts: 0,
+            dead: None,
+            bytes: bytes::Bytes::new(),
+        }
+    }
+
+    #[test]
+    fn a_copy_is_forty_eight_bytes() {
+        assert_eq!(std::mem::size_of::<Kept>(), 48);
+    }
+
+    /// Against a `BTreeMap` of `StoredMessage`s (what recovery kept before), through puts in
+    /// and out of seq order, moves, finishes, attempts and dead letters, with sweeps.
+    #[test]
+    fn it_keeps_what_a_map_by_seq_keeps() {
+        let mut live = LiveCopies::default();
+        let mut model: BTreeMap<u64, StoredMessage> = BTreeMap::new();
+        let mut rng = 0x1234_5678_u64;
+        let mut next = || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        let mut seq = 0;
+        for step in 0..60_000u64 {
+            // A live seq at random (the first at or after a random one).
+            let r = next() % (seq + 1);
+            let picked = model.range(r..).chain(&model).next().map(|(&s, _)| s);
+            match next() % 10 {
+                0..=3 => {
+                    seq += 1;
+                    let mut p = put(
+                        seq,
+                        ["mailbox:a", "outbox:b", "mailbox:c"][step as usize % 3],
+                    );
+                    p.attempts = (next() % 4 == 0) as u32;
+                    model.insert(seq, stored(&p));
+                    live.put(p);
+                }
+                4..=6 if let Some(s) = picked => {
+                    model.remove(&s);
+                    live.done(s);
+                }
+                // A move: the copy written again with its seq (and its current state).
+                7 if let Some(s) = picked => {
+                    let m = model[&s].clone();
+                    let p = PutBody {
+                        attempts: m.attempts,
+                        dead: m.dead.clone(),
+                        ..put(s, &m.queue)
+                    };
+                    live.put(p);
+                }
+                8 if let Some(s) = picked => {
+                    let n = (next() % 5) as u32 + 1;
+                    model.get_mut(&s).unwrap().attempts = n;
+                    live.attempt(s, n);
+                }
+                9 if let Some(s) = picked => {
+                    model.get_mut(&s).unwrap().dead = Some(format!("reason {step}"));
+                    live.dead_letter(s, format!("reason {step}"));
+                }
+                _ => {}
+            }
+            // Finished or unknown seqs change nothing.
+            live.attempt(seq + 1, 9);
+            live.dead_letter(seq + 1, "nobody".into());
+            live.done(seq + 1);
+            assert_eq!(live.len(), model.len(), "step {step}");
+        }
+        assert_eq!(live.max_seq(), model.keys().next_back().copied());
+        let got: Vec<StoredMessage> = live.into_iter().collect();
+        let want: Vec<StoredMessage> = model.into_values().collect();
+        assert_eq!(got, want);
+    }
+
+    fn stored(p: &PutBody) -> StoredMessage {
+        StoredMessage {
+            seq: p.seq,
+            queue: p.queue.clone(),
+            message_id: p.message_id,
+            precedence: p.precedence,
+            expires_at_ms: p.expires_at_ms,
+            received_at_ms: p.received_at_ms,
+            attempts: p.attempts,
+            dead: p.dead.clone(),
+        }
+    }
+
+    #[test]
+    fn moved_copies_are_merged_in_seq_order() {
+        let mut live = LiveCopies::default();
+        for seq in [5, 6, 7] {
+            live.put(put(seq, "q"));
+        }
+        // Compaction moved 2 and 3 (from a segment the replay already passed, or whose `Put`s
+        // were in a deleted one) and 6.
+        for seq in [2, 3, 6] {
+            live.put(put(seq, "q"));
+        }
+        live.done(3);
+        assert_eq!(live.len(), 4);
+        let seqs: Vec<u64> = live.into_iter().map(|m| m.seq).collect();
+        assert_eq!(seqs, vec![2, 5, 6, 7]);
+    }
+}
