@@ -20,7 +20,7 @@ use enlace::network::LocalNetwork;
 use enlace::{Client, Mailbox, MessageId, Precedence};
 
 use super::load::{Flow, alert_draft_to, record_draft_at};
-use super::process::NodeProcess;
+use super::process::{NodeProcess, status_mb};
 use super::soak::read_receipts;
 use super::{BenchArgs, start_node, stop_nodes};
 
@@ -101,7 +101,12 @@ pub async fn run(dir: &Path, pki: &Path, a: &BenchArgs) -> anyhow::Result<Report
     let (before, ()) = alerts_while(&net, tokio::time::sleep(BASELINE)).await?;
     eprintln!("  queueing {} records for PGR (its node down)", a.copies);
     let started = Instant::now();
-    let filling = fill(&net, a.copies, a.outstanding as usize, &holder);
+    let pid = holder.pid();
+    let clients = (
+        net.client_options("dea", "analyst")?,
+        net.client_options("dea", "duty-desk")?,
+    );
+    let filling = apart(fill(clients, a.copies, a.outstanding as usize, pid));
     let (during, filled) = alerts_while(&net, filling).await?;
     let filled = filled?;
     let fill_s = started.elapsed().as_secs_f64();
@@ -207,16 +212,17 @@ struct Filled {
     ids: std::collections::HashMap<MessageId, Precedence>,
 }
 
-/// Sends `copies` records to PGR (one in [`BULK_EVERY`] BULK), with [`QUEUED_ALERTS`]
-/// IMMEDIATE alerts spread among them, `outstanding` in flight.
+/// Sends `copies` records to PGR as DEA's analyst (one in [`BULK_EVERY`] BULK), with
+/// [`QUEUED_ALERTS`] IMMEDIATE alerts from its duty desk spread among them, `outstanding` in
+/// flight; reports the holder's (process `holder`) memory every 10 s.
 async fn fill(
-    net: &LocalNetwork,
+    (analyst, duty_desk): (enlace::ClientOptions, enlace::ClientOptions),
     copies: u64,
     outstanding: usize,
-    holder: &NodeProcess,
+    holder: String,
 ) -> anyhow::Result<Filled> {
-    let sender = Client::connect(net.client_options("dea", "analyst")?).await?;
-    let desk = Client::connect(net.client_options("dea", "duty-desk")?).await?;
+    let sender = Client::connect(analyst).await?;
+    let desk = Client::connect(duty_desk).await?;
     let mut filled = Filled {
         ids: std::collections::HashMap::with_capacity(copies as usize),
     };
@@ -243,7 +249,7 @@ async fn fill(
         if last_report.elapsed() >= Duration::from_secs(10) {
             eprintln!(
                 "  {i} of {copies}; holder at {:.0} MB",
-                holder.rss_mb("VmRSS")
+                status_mb(&holder, "VmRSS")
             );
             last_report = Instant::now();
         }
@@ -254,6 +260,32 @@ async fn fill(
     sender.close().await;
     desk.close().await;
     Ok(filled)
+}
+
+/// Runs `work` on a thread and runtime of its own, as the application sending the backlog
+/// would be: the harness's signing and sending then share the cores with the alert flow and
+/// CENAPI's node as the operating system shares threads, rather than queueing ahead of their
+/// tasks on one tokio runtime (which has no priorities: an alert's task woken behind a few
+/// hundred of the sender's waits for them all, and its latency would be the harness's).
+fn apart<T: Send + 'static>(
+    work: impl Future<Output = anyhow::Result<T>> + Send + 'static,
+) -> impl Future<Output = anyhow::Result<T>> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let spawned = std::thread::Builder::new()
+        .name("bench-fill".into())
+        .spawn(move || {
+            let out = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(anyhow::Error::from)
+                .and_then(|rt| rt.block_on(work));
+            let _ = tx.send(out);
+        });
+    async move {
+        spawned?;
+        rx.await
+            .map_err(|_| anyhow::anyhow!("the backlog's sender stopped"))?
+    }
 }
 
 async fn note(filled: &mut Filled, p: Precedence, a: enlace::Acceptance) -> anyhow::Result<()> {

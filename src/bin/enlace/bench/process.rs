@@ -92,9 +92,14 @@ impl NodeProcess {
         }
     }
 
+    /// Its process id, as `/proc` names it.
+    pub fn pid(&self) -> String {
+        self.child.id().to_string()
+    }
+
     /// A memory figure of the process (`VmRSS`, `VmHWM`), in MB.
     pub fn rss_mb(&self, field: &str) -> f64 {
-        status_mb(&self.child.id().to_string(), field)
+        status_mb(&self.pid(), field)
     }
 
     /// The text the process has logged so far.
