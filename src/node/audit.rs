@@ -938,9 +938,20 @@ impl Writer {
         Ok(())
     }
 
+    /// Appends the buffered records. A write that fails part-way (a full disk has room for
+    /// some of it) is cut back to the last whole record and kept buffered, so that the next
+    /// attempt writes it whole after that record, never after a torn one.
     fn write_out_buf(&mut self) -> io::Result<()> {
         if !self.buf.is_empty() {
-            self.file.write_all(&self.buf)?;
+            if let Err(e) = self.file.write_all(&self.buf) {
+                if let Err(cut) = self.file.set_len(self.file_bytes) {
+                    tracing::error!(
+                        node = %self.node, error = %cut,
+                        "delivery log: a torn write could not be cut back (the next start cuts it)"
+                    );
+                }
+                return Err(e);
+            }
             self.file_bytes += self.buf.len() as u64;
             self.buf.clear();
             self.unsynced = true;
