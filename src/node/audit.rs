@@ -19,7 +19,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, sync_channel};
 use std::sync::{Arc, Mutex};
@@ -28,6 +28,7 @@ use std::time::{Instant, SystemTime};
 use tokio::sync::{Notify, broadcast, oneshot};
 
 use super::events::{About, Event};
+use super::files;
 use crate::audit::{
     self, BASE, Base, CHECKPOINTS, CheckpointEntry, KEYS, KeyEntry, Record, WITNESSED, Witnessed,
     hex, leaf, records_file, unhex32,
@@ -938,20 +939,11 @@ impl Writer {
         Ok(())
     }
 
-    /// Appends the buffered records. A write that fails part-way (a full disk has room for
-    /// some of it) is cut back to the last whole record and kept buffered, so that the next
-    /// attempt writes it whole after that record, never after a torn one.
+    /// Appends the buffered records, whole or not at all (a full disk may have room for part
+    /// of them: see [`files::append_whole`]); what failed stays buffered for the next attempt.
     fn write_out_buf(&mut self) -> io::Result<()> {
         if !self.buf.is_empty() {
-            if let Err(e) = self.file.write_all(&self.buf) {
-                if let Err(cut) = self.file.set_len(self.file_bytes) {
-                    tracing::error!(
-                        node = %self.node, error = %cut,
-                        "delivery log: a torn write could not be cut back (the next start cuts it)"
-                    );
-                }
-                return Err(e);
-            }
+            files::append_whole(&mut self.file, &self.buf)?;
             self.file_bytes += self.buf.len() as u64;
             self.buf.clear();
             self.unsynced = true;
@@ -988,7 +980,7 @@ impl Writer {
         let mut f = OpenOptions::new().create(true).append(true).open(&path)?;
         let mut line = serde_json::to_vec(value).map_err(io::Error::other)?;
         line.push(b'\n');
-        f.write_all(&line)?;
+        files::append_whole(&mut f, &line)?;
         f.sync_data()?;
         if new {
             File::open(&self.dir)?.sync_all()?;

@@ -11,7 +11,6 @@
 //! again, and one answered stays settled.
 
 use std::fs::{File, OpenOptions};
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -147,9 +146,7 @@ impl Journal {
                 self.lines = lines;
                 Ok(())
             }),
-            false => self
-                .file
-                .write_all(&self.buf)
+            false => super::files::append_whole(&mut self.file, &self.buf)
                 .and_then(|()| self.file.sync_data())
                 .map(|()| self.lines += self.pending),
         };

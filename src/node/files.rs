@@ -1,6 +1,7 @@
 //! Replacing a file of the node's data directory whole, so that a crash leaves either the
 //! old contents or the new ones: written to `<name>.tmp`, synced, renamed over the file, and
-//! the directory synced.
+//! the directory synced. And appending to one whole, so that a full disk never leaves a torn
+//! line that a retry would follow.
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -10,6 +11,21 @@ use std::path::Path;
 pub const SHARED: u32 = 0o666;
 /// Permissions of a secret: the owner only.
 pub const OWNER_ONLY: u32 = 0o600;
+
+/// Appends `bytes` to `file` (opened to append) whole or not at all: a write that fails
+/// part-way (a full disk had room for some of it) is cut back to where the file ended, so that
+/// trying again never writes after a torn line. The write's error is returned.
+pub fn append_whole(file: &mut std::fs::File, bytes: &[u8]) -> std::io::Result<()> {
+    let end = file.metadata()?.len();
+    file.write_all(bytes).inspect_err(|_| {
+        if let Err(e) = file.set_len(end) {
+            tracing::error!(
+                error = %e,
+                "a write that failed part-way could not be cut back: a torn line stays"
+            );
+        }
+    })
+}
 
 /// Replaces `path` with `bytes` (see the module docs); a new file gets `mode`.
 pub fn replace(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {

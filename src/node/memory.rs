@@ -8,7 +8,6 @@
 //! built whole in memory first: tens of megabytes at the default limit). Appends are not fsynced (a power cut may lose the last [`FLUSH`] of it: products of
 //! those sources are then not checked against them); rewrites are, then renamed into place.
 
-use std::io::Write as _;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -100,7 +99,7 @@ pub(super) async fn flush(node: &Arc<Node>, lines: &mut usize) {
                 .append(true)
                 .create(true)
                 .open(&path)
-                .and_then(|mut f| f.write_all(&bytes)),
+                .and_then(|mut f| super::files::append_whole(&mut f, &bytes)),
         }
     })
     .await;
