@@ -5,10 +5,11 @@
 //! 140 bytes each with their queue names, and twice that in a map keyed by seq): the node puts
 //! each one in its queue as it comes, and keeps about 3 bytes of it. So a copy is kept here in
 //! 48 bytes ([`Kept`]), its queue an index into the names seen, in a vector sorted by seq: the
-//! log gives most `Put`s in seq order, and each is appended. A copy a `Done` finishes is marked
-//! gone, and the vector is swept once half of it is. The few that come out of order (copies
-//! compaction moved forward, with their old seqs) wait in a map, and are merged in at the end.
-//! Attempts and dead-letter reasons, which few copies have, are kept beside them.
+//! log gives most `Put`s in seq order, and each seq above every one before is appended. A copy
+//! a `Done` finishes is marked gone, and the vector is swept once half of it is. Those that
+//! come out of order (copies compaction moved forward, with their old seqs, whose first `Put`
+//! was in a segment deleted since) wait in a map, at about twice the size, and are merged in at
+//! the end. Attempts and dead-letter reasons, which few copies have, are kept beside them.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -38,8 +39,11 @@ pub struct LiveCopies {
     copies: Vec<Kept>,
     /// How many of `copies` are gone.
     gone: usize,
-    /// Copies whose seq came below the last one in `copies` (moved by compaction).
+    /// Copies whose seq came below one appended before, and not in `copies` (moved by
+    /// compaction, their first `Put` gone). Never in `copies` as well.
     moved: BTreeMap<u64, Kept>,
+    /// The highest seq appended to `copies` (a sweep may leave the last one lower).
+    appended: Option<u64>,
     queues: Vec<String>,
     queue_ids: HashMap<String, u32>,
     /// Copies with failed attempts, and how many.
@@ -91,7 +95,9 @@ impl LiveCopies {
             queue,
             precedence: p.precedence,
         };
-        if self.copies.last().is_none_or(|c| c.seq < p.seq) {
+        // Above every seq appended: not in `moved` either (only seqs below one appended are).
+        if self.appended.is_none_or(|a| p.seq > a) {
+            self.appended = Some(p.seq);
             self.copies.push(copy);
             return;
         }
@@ -243,20 +249,31 @@ mod tests {
             rng ^= rng << 17;
             rng
         };
-        let mut seq = 0;
+        let (mut seq, mut late) = (0, Vec::new());
         for step in 0..60_000u64 {
             // A live seq at random (the first at or after a random one).
             let r = next() % (seq + 1);
             let picked = model.range(r..).chain(&model).next().map(|(&s, _)| s);
             match next() % 10 {
-                0..=3 => {
+                // A copy first written now; now and then a seq is left for later.
+                0..=2 => {
                     seq += 1;
-                    let mut p = put(
-                        seq,
-                        ["mailbox:a", "outbox:b", "mailbox:c"][step as usize % 3],
-                    );
+                    if next() % 4 == 0 {
+                        late.push(seq);
+                        seq += 1;
+                    }
+                    let queue = ["mailbox:a", "outbox:b", "mailbox:c"][step as usize % 3];
+                    let mut p = put(seq, queue);
                     p.attempts = (next() % 4 == 0) as u32;
                     model.insert(seq, stored(&p));
+                    live.put(p);
+                }
+                // A copy whose first `Put` was in a deleted segment: its seq comes below seqs
+                // already seen, the first time.
+                3 if !late.is_empty() => {
+                    let i = (next() % late.len() as u64) as usize;
+                    let p = put(late.swap_remove(i), "mailbox:late");
+                    model.insert(p.seq, stored(&p));
                     live.put(p);
                 }
                 4..=6 if let Some(s) = picked => {
@@ -307,6 +324,30 @@ mod tests {
             attempts: p.attempts,
             dead: p.dead.clone(),
         }
+    }
+
+    /// A copy moved while many older ones stayed, then moved again after a sweep left the
+    /// last appended seq below it: one copy, finished by one `Done`.
+    #[test]
+    fn a_copy_moved_twice_across_a_sweep_is_one_copy() {
+        let mut live = LiveCopies::default();
+        for seq in 1..=2048 {
+            live.put(put(seq, "q"));
+        }
+        live.put(put(10_000, "q"));
+        live.put(put(3000, "q")); // Its first `Put` was in a deleted segment.
+        for seq in 10_001..=12_048 {
+            live.put(put(seq, "q"));
+        }
+        for seq in 10_000..=12_048 {
+            live.done(seq);
+        }
+        live.put(put(3000, "q")); // Moved again.
+        assert_eq!(live.len(), 2049);
+        live.done(3000);
+        assert_eq!(live.len(), 2048);
+        let seqs: Vec<u64> = live.into_iter().map(|m| m.seq).collect();
+        assert_eq!(seqs, (1..=2048).collect::<Vec<_>>());
     }
 
     #[test]

@@ -98,6 +98,11 @@ impl CommitRequest {
             .any(|op| matches!(op, Op::Put(_) | Op::Redrive(_)))
     }
 
+    /// Whether the request finishes a copy (a `Done`).
+    fn finishes(&self) -> bool {
+        self.ops.iter().any(|op| matches!(op, Op::Done(_)))
+    }
+
     /// Whether the request puts a time-sensitive copy (precedence FLASH, IMMEDIATE, PRIORITY).
     fn urgent(&self) -> bool {
         self.ops
@@ -598,6 +603,8 @@ impl Writer {
     /// Returns the requests to write.
     fn make_room(&mut self, batch: Vec<CommitRequest>) -> Result<Vec<CommitRequest>, Fatal> {
         let (freeing, adding): (Vec<_>, Vec<_>) = batch.into_iter().partition(|r| !r.adds_copies());
+        // No segment fits (found just now).
+        let mut no_room = false;
         if !adding.is_empty() {
             // What adds copies leaves the spare, and the reserve, for what finishes them.
             let need = self.bound(&freeing) + self.bound(&adding) + self.reserve();
@@ -608,17 +615,19 @@ impl Writer {
                 return Ok(freeing.into_iter().chain(adding).collect());
             }
             self.disk_full();
+            no_room = true;
             for r in adding {
                 let _ = r.reply.send(Err(StoreError::Full));
             }
         }
-        // What only finishes or marks copies may take the reserve, then the spare.
+        // What only finishes or marks copies may take the reserve; what finishes copies, the
+        // spare (they free room). No second roll: one of a segment failed just now.
         let need = self.bound(&freeing);
-        if freeing.is_empty() || self.fits(need) || self.roll(need)? {
+        if freeing.is_empty() || self.fits(need) || (!no_room && self.roll(need)?) {
             return Ok(freeing);
         }
         self.disk_full();
-        if self.take_spare(need)? {
+        if freeing.iter().any(CommitRequest::finishes) && self.take_spare(need)? {
             return Ok(freeing);
         }
         Ok(self.room_or_refuse(freeing))
@@ -657,9 +666,13 @@ impl Writer {
         if whole && self.fits(need) {
             return Ok(true);
         }
-        // Every live copy of the source fits in the spare, past its reserve: compaction takes
-        // it, and empties the source there, a slice per write.
+        // All that is left of the source fits in the active segment (its reserve too), or in
+        // the spare past its reserve: compaction goes on there, and empties the source a slice
+        // per write.
         let rest = self.compaction_source_bound();
+        if self.fits(rest + need) {
+            return Ok(true);
+        }
         Ok(rest + need <= self.opts.segment_bytes - self.reserve() && self.take_spare(need)?)
     }
 
@@ -812,7 +825,8 @@ impl Writer {
     }
 
     /// Rolls to the spare segment, renamed to the next segment with the room it reserved. Only
-    /// what frees space takes it (finishing copies; compaction that empties the head), when
+    /// what frees space takes it (requests that finish copies; compaction that can empty the
+    /// head there), when
     /// the disk has no room for a new segment: without it, a disk filled while every segment
     /// holds a copy nobody finishes (receipts for a unit nobody reads), its active segment's
     /// reserve spent, could never be freed, for compaction would have nowhere to move those
@@ -831,23 +845,14 @@ impl Writer {
             );
             return Ok(false);
         }
-        // An active segment nothing was written to gives its id (an empty file is not a
-        // segment: a sealed one always has its header).
-        let id = match self.active.take_if(|a| a.len == 0) {
-            Some(empty) => {
-                let id = empty.id;
-                self.seal(Some(empty));
-                let path = segment::path(&self.dir, id);
-                self.disk
-                    .remove(&path)
-                    .map_err(|e| fatal("remove", &path, e))?;
-                id
-            }
-            None => {
-                self.state.next_segment += 1;
-                self.state.next_segment - 1
-            }
-        };
+        // Never with an active segment nothing was written to (it has a segment's room, and
+        // what takes the spare needs less): it would be left empty, and a sealed segment
+        // always has its header.
+        if self.active.as_ref().is_some_and(|a| a.len == 0) {
+            return Ok(false);
+        }
+        let id = self.state.next_segment;
+        self.state.next_segment += 1;
         let path = segment::path(&self.dir, id);
         self.disk
             .rename(&spare, &path)

@@ -30,6 +30,10 @@ const CASES: u64 = 1500;
 const CUTS: usize = 4;
 /// Steps of work between two cuts at most (the cut usually comes first).
 const STEPS: usize = 40;
+/// One case in this many runs on a small disk (room for [`SMALL_DISK`] bytes), which fills:
+/// copies are refused `Full`, and the spare segment is taken, cuts falling through all of it.
+const SMALL_EVERY: u64 = 3;
+const SMALL_DISK: u64 = 5 * 4096;
 /// A case takes milliseconds: one this slow is stuck (a request never answered).
 const HANG: std::time::Duration = std::time::Duration::from_secs(20);
 
@@ -358,9 +362,11 @@ fn options() -> StoreOptions {
 async fn case(seed: u64, lie: bool, tally: &mut Tally) -> Result<(), String> {
     let mut rng = Rng(seed);
     let dir = Path::new("/var/lib/enlace/store");
+    let space = seed.is_multiple_of(SMALL_EVERY).then_some(SMALL_DISK);
     let crash = |disk: &SimDisk, rng: &mut Rng| {
         let after = crash(disk, rng);
         after.flags.lie_about_sync.store(lie, Ordering::SeqCst);
+        after.set_space(space);
         after
     };
     let mut disk = crash(&SimDisk::default(), &mut rng);
@@ -403,12 +409,14 @@ async fn case(seed: u64, lie: bool, tally: &mut Tally) -> Result<(), String> {
                 });
             }
             for (req, result) in tasks.join_all().await {
+                tally.full += u64::from(matches!(result, Err(StoreError::Full)));
                 if let Err(e) = &result
                     && !e.is_fatal()
                     && !matches!(
                         (&req, e),
                         (Req::Put { again: true, .. }, StoreError::Duplicate { .. })
                     )
+                    && !(space.is_some() && matches!(e, StoreError::Full))
                 {
                     return Err(format!("{req:?} refused with the power on: {e}"));
                 }
@@ -419,6 +427,7 @@ async fn case(seed: u64, lie: bool, tally: &mut Tally) -> Result<(), String> {
         tally.in_work += u64::from(disk.is_off());
         tally.deleted += stats.segments_deleted;
         tally.compacted += stats.compacted_records;
+        tally.spare_taken += stats.spare_taken;
         tally.written += stats.records_written;
         tally.in_doubt += model.in_doubt.len() as u64;
         // The cut, if the work did not reach it: now.
@@ -472,6 +481,9 @@ struct Tally {
     written: u64,
     deleted: u64,
     compacted: u64,
+    /// Requests answered `Full` (on the small disks), and spare segments taken.
+    full: u64,
+    spare_taken: u64,
 }
 
 /// The disk a power cut leaves: unsynced tails lost, kept whole or torn, a third of each.
@@ -529,6 +541,8 @@ fn nothing_answered_is_lost_or_comes_back_at_any_power_cut() {
             tally.deleted > tally.cases && tally.compacted > tally.cases,
             "{tally:?}"
         );
+        assert!(tally.full > tally.cases / SMALL_EVERY, "{tally:?}");
+        assert!(tally.spare_taken > tally.cases / 100, "{tally:?}");
     }
 }
 
