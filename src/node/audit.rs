@@ -943,7 +943,7 @@ impl Writer {
     /// of them: see [`files::append_whole`]); what failed stays buffered for the next attempt.
     fn write_out_buf(&mut self) -> io::Result<()> {
         if !self.buf.is_empty() {
-            files::append_whole(&mut self.file, &self.buf)?;
+            files::append_whole(&mut self.file, self.file_bytes, &self.buf)?;
             self.file_bytes += self.buf.len() as u64;
             self.buf.clear();
             self.unsynced = true;
@@ -980,7 +980,8 @@ impl Writer {
         let mut f = OpenOptions::new().create(true).append(true).open(&path)?;
         let mut line = serde_json::to_vec(value).map_err(io::Error::other)?;
         line.push(b'\n');
-        files::append_whole(&mut f, &line)?;
+        let end = f.metadata()?.len();
+        files::append_whole(&mut f, end, &line)?;
         f.sync_data()?;
         if new {
             File::open(&self.dir)?.sync_all()?;

@@ -68,6 +68,8 @@ enum Line {
 pub(super) struct Journal {
     path: PathBuf,
     file: File,
+    /// Bytes of whole lines in the file (what a failed write is cut back to).
+    len: u64,
     /// Lines in the file.
     lines: usize,
     /// Lines not written yet.
@@ -98,9 +100,11 @@ impl Journal {
         std::fs::create_dir_all(&config.data_dir).map_err(io)?;
         let lines = rewrite(&path, &deadlines).map_err(io)?;
         let file = OpenOptions::new().append(true).open(&path).map_err(io)?;
+        let len = file.metadata().map_err(io)?.len();
         let journal = Journal {
             path,
             file,
+            len,
             lines,
             buf: Vec::new(),
             pending: 0,
@@ -143,12 +147,18 @@ impl Journal {
         let result = match self.lines + self.pending > 2 * deadlines.len() + SLACK {
             true => rewrite(&self.path, deadlines).and_then(|lines| {
                 self.file = OpenOptions::new().append(true).open(&self.path)?;
+                self.len = self.file.metadata()?.len();
                 self.lines = lines;
                 Ok(())
             }),
-            false => super::files::append_whole(&mut self.file, &self.buf)
+            // Lines written but not synced when the sync fails are cut at the next attempt,
+            // and written again with the rest.
+            false => super::files::append_whole(&mut self.file, self.len, &self.buf)
                 .and_then(|()| self.file.sync_data())
-                .map(|()| self.lines += self.pending),
+                .map(|()| {
+                    self.len += self.buf.len() as u64;
+                    self.lines += self.pending;
+                }),
         };
         match result {
             Ok(()) => {

@@ -12,11 +12,15 @@ pub const SHARED: u32 = 0o666;
 /// Permissions of a secret: the owner only.
 pub const OWNER_ONLY: u32 = 0o600;
 
-/// Appends `bytes` to `file` (opened to append) whole or not at all: a write that fails
-/// part-way (a full disk had room for some of it) is cut back to where the file ended, so that
-/// trying again never writes after a torn line. The write's error is returned.
-pub fn append_whole(file: &mut std::fs::File, bytes: &[u8]) -> std::io::Result<()> {
-    let end = file.metadata()?.len();
+/// Appends `bytes` to `file` (opened to append), which holds `end` bytes of whole lines,
+/// whole or not at all: a write that fails part-way (a full disk had room for some of it) is
+/// cut back to `end`, so that trying again never writes after a torn line. A file longer than
+/// `end` (a cut that failed) is cut first, and the write fails if it cannot be. A caller that
+/// does not keep the length passes the file's own, read when it opened it.
+pub fn append_whole(file: &mut std::fs::File, end: u64, bytes: &[u8]) -> std::io::Result<()> {
+    if file.metadata()?.len() != end {
+        file.set_len(end)?;
+    }
     file.write_all(bytes).inspect_err(|_| {
         if let Err(e) = file.set_len(end) {
             tracing::error!(

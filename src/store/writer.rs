@@ -608,14 +608,16 @@ impl Writer {
         if !adding.is_empty() {
             // What adds copies leaves the spare, and the reserve, for what finishes them.
             let need = self.bound(&freeing) + self.bound(&adding) + self.reserve();
-            if self.keep_spare()? && (self.fits(need) || self.roll(need)?) {
+            let spare = self.keep_spare()?;
+            if spare && (self.fits(need) || self.roll(need)?) {
                 if std::mem::take(&mut self.full) {
                     tracing::info!(dir = %self.dir.display(), "store: disk space is back; accepting again");
                 }
                 return Ok(freeing.into_iter().chain(adding).collect());
             }
             self.disk_full();
-            no_room = true;
+            // (A roll of more than a segment failing says nothing of one segment.)
+            no_room = !spare || need <= self.opts.segment_bytes;
             for r in adding {
                 let _ = r.reply.send(Err(StoreError::Full));
             }
@@ -666,14 +668,13 @@ impl Writer {
         if whole && self.fits(need) {
             return Ok(true);
         }
-        // All that is left of the source fits in the active segment (its reserve too), or in
-        // the spare past its reserve: compaction goes on there, and empties the source a slice
-        // per write.
+        // All that is left of the source fits in the spare past its reserve, a commit (and a
+        // header) for each slice of it: compaction takes it, and empties the source there.
         let rest = self.compaction_source_bound();
-        if self.fits(rest + need) {
-            return Ok(true);
-        }
-        Ok(rest + need <= self.opts.segment_bytes - self.reserve() && self.take_spare(need)?)
+        let slices = rest.div_ceil(self.opts.max_batch_bytes as u64);
+        let framing = slices * (record::HEADER_LEN + record::commit_len()) as u64;
+        let all = rest.saturating_sub(compaction) + need + framing;
+        Ok(all <= self.opts.segment_bytes - self.reserve() && self.take_spare(need)?)
     }
 
     /// Notes that the disk is full (logged once, until space returns); compaction then waits
@@ -852,11 +853,13 @@ impl Writer {
             return Ok(false);
         }
         let id = self.state.next_segment;
-        self.state.next_segment += 1;
         let path = segment::path(&self.dir, id);
-        self.disk
-            .rename(&spare, &path)
-            .map_err(|e| fatal("rename the spare segment to", &path, e))?;
+        match self.disk.rename(&spare, &path) {
+            Ok(()) => self.state.next_segment += 1,
+            // The directory itself had no room for the new name: nothing changed.
+            Err(e) if disk::is_full(&e) => return Ok(false),
+            Err(e) => return Err(fatal("rename the spare segment to", &path, e)),
+        }
         let file = self.spare.take().expect("checked above");
         self.install(id, file, self.opts.segment_bytes)?;
         self.stats.spare_taken += 1;

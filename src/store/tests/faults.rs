@@ -244,3 +244,40 @@ async fn a_full_disk_whose_every_segment_is_pinned_gets_out_through_the_spare() 
     assert_eq!(bytes_of(&store, &recovered).await.len(), recovered.len());
     store.close().await.unwrap();
 }
+
+/// On a full disk, requests that only mark copies (attempts, dead letters) may take the
+/// active segment's reserve, but never the spare: they free nothing. One that finishes a copy
+/// takes it.
+#[tokio::test]
+async fn on_a_full_disk_only_what_finishes_copies_takes_the_spare() {
+    let disk = SimDisk::default();
+    disk.set_space(Some(3 * (4096 + 512) + 4096));
+    let (store, _) = open_small_on(&disk).unwrap();
+    let (kept, full) = fill(&store).await;
+    assert!(matches!(full, StoreError::Full), "{full}");
+    disk.set_space(Some(disk.used()));
+    // Attempts until the reserve is spent: then refused, the spare left alone.
+    let mut attempts = 0;
+    loop {
+        match store.commit(vec![Op::Attempt(kept[0], attempts + 1)]).await {
+            Ok(_) => attempts += 1,
+            Err(StoreError::Full) => break,
+            Err(e) => panic!("{e}"),
+        }
+        assert!(attempts < 1000, "the reserve never ran out");
+    }
+    assert!(attempts > 10, "{attempts}");
+    let dead = store
+        .commit(vec![Op::DeadLetter(kept[1], "why".into())])
+        .await;
+    assert!(matches!(dead, Err(StoreError::Full)), "{dead:?}");
+    assert_eq!(store.stats().spare_taken, 0);
+    // A copy finished takes it (and the dead letter then goes through with it).
+    store.commit(vec![Op::Done(kept[2])]).await.unwrap();
+    assert_eq!(store.stats().spare_taken, 1);
+    store
+        .commit(vec![Op::DeadLetter(kept[1], "why".into())])
+        .await
+        .unwrap();
+    store.close().await.unwrap();
+}

@@ -284,6 +284,8 @@ fn answered(
 ) -> Result<(), String> {
     match (req, result) {
         (Req::Put { again: true, .. }, Err(StoreError::Duplicate { .. })) => {}
+        // Refused before anything of it was written (a small disk, full): nothing changed.
+        (_, Err(StoreError::Full)) => {}
         (Req::Put { again: true, .. }, Ok(seqs)) => {
             return Err(format!("a retransmission was written again: {seqs:?}"));
         }

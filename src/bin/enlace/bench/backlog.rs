@@ -56,6 +56,10 @@ pub struct Report {
     alert_p50_ms_during: f64,
     alert_p99_ms_during: f64,
     alert_max_ms_during: f64,
+    /// The p99 of the alerts sent in the first and in the last tenth of the fill: the same
+    /// load, beside a backlog under a tenth of its size and one over nine tenths.
+    alert_p99_ms_first_tenth: f64,
+    alert_p99_ms_last_tenth: f64,
     alerts_during: u64,
     alerts_lost: u64,
     /// The drain, from PGR's node starting.
@@ -130,6 +134,9 @@ pub async fn run(dir: &Path, pki: &Path, a: &BenchArgs) -> anyhow::Result<Report
     let round = |x: f64| (x * 1000.0).round() / 1000.0;
     let (b50, b99, _) = percentiles(&before.0);
     let (d50, d99, dmax) = percentiles(&during.0);
+    let tenth = during.0.len() / 10;
+    let (_, first99, _) = percentiles(&during.0[..tenth]);
+    let (_, last99, _) = percentiles(&during.0[during.0.len() - tenth..]);
     Ok(Report {
         scenario: "backlog",
         copies: a.copies,
@@ -144,6 +151,8 @@ pub async fn run(dir: &Path, pki: &Path, a: &BenchArgs) -> anyhow::Result<Report
         alert_p50_ms_during: round(d50),
         alert_p99_ms_during: round(d99),
         alert_max_ms_during: round(dmax),
+        alert_p99_ms_first_tenth: round(first99),
+        alert_p99_ms_last_tenth: round(last99),
         alerts_during: during.0.len() as u64,
         alerts_lost: before.1 + during.1,
         drain_s: round(d.drain_s),
@@ -167,8 +176,8 @@ fn dir_bytes(dir: &Path) -> u64 {
         .sum()
 }
 
-/// FLASH alerts DEA -> CENAPI every 5 ms while `work` runs: their latencies (ms), how many
-/// were lost, and what `work` gave.
+/// FLASH alerts DEA -> CENAPI every 5 ms while `work` runs: their latencies (ms, in the order
+/// they were sent), how many were lost, and what `work` gave.
 async fn alerts_while<T>(
     net: &LocalNetwork,
     work: impl Future<Output = T>,
@@ -189,10 +198,13 @@ async fn alerts_while<T>(
     let mut lost = 0;
     for (id, at) in &sent.accepted {
         match received.get(id) {
-            Some(got) => latencies.push(got.duration_since(*at).as_secs_f64() * 1e3),
+            Some(got) => latencies.push((*at, got.duration_since(*at).as_secs_f64() * 1e3)),
             None => lost += 1,
         }
     }
+    // In the order they were sent.
+    latencies.sort_by_key(|(at, _)| *at);
+    let latencies = latencies.into_iter().map(|(_, ms)| ms).collect();
     Ok(((latencies, lost), out))
 }
 
