@@ -201,6 +201,12 @@ impl Index {
         self.dead.len()
     }
 
+    /// The live copies' failed attempts and dead-letter reasons (a copy of each table, for
+    /// the copies recovery hands the node).
+    pub(super) fn marks(&self) -> (HashMap<u64, u32, SeqHash>, HashMap<u64, String, SeqHash>) {
+        (self.attempts.clone(), self.dead.clone())
+    }
+
     /// Why a live copy is a dead letter; `None` when it is not one.
     pub(super) fn dead_reason(&self, seq: u64) -> Option<&String> {
         self.dead.get(&seq)

@@ -9,11 +9,13 @@
 //! a `Done` finishes is marked gone, and the vector is swept once half of it is. Those that
 //! come out of order (copies compaction moved forward, with their old seqs, whose first `Put`
 //! was in a segment deleted since) wait in a map, at about twice the size, and are merged in at
-//! the end. Attempts and dead-letter reasons, which few copies have, are kept beside them.
+//! the end. Attempts and dead-letter reasons, which few copies have, are the store's index's:
+//! it hands them over when the replay is done ([`LiveCopies::finish`]).
 
 use std::collections::{BTreeMap, HashMap};
 
 use super::StoredMessage;
+use super::index::SeqHash;
 use super::record::PutBody;
 
 /// A live copy, without its attempts and dead-letter reason.
@@ -46,10 +48,10 @@ pub struct LiveCopies {
     appended: Option<u64>,
     queues: Vec<String>,
     queue_ids: HashMap<String, u32>,
-    /// Copies with failed attempts, and how many.
-    attempts: HashMap<u64, u32>,
-    /// The reasons of the dead-lettered copies.
-    dead: HashMap<u64, String>,
+    /// Copies with failed attempts, and how many; the reasons of the dead-lettered copies
+    /// (the index's, from [`LiveCopies::finish`] on).
+    attempts: HashMap<u64, u32, SeqHash>,
+    dead: HashMap<u64, String, SeqHash>,
 }
 
 /// Below this many copies the vector is not swept.
@@ -68,24 +70,17 @@ impl LiveCopies {
         last.map(|c| c.seq).max(moved)
     }
 
-    /// Records a `Put` frame; a seq already live was moved, and the later frame wins.
-    pub(super) fn put(&mut self, p: PutBody) {
+    /// Records a `Put` frame (its attempts and dead state are the index's); a seq already
+    /// live was moved, and the later frame wins.
+    pub(super) fn put(&mut self, p: &PutBody) {
         let queue = match self.queue_ids.get(&p.queue) {
             Some(&id) => id,
             None => {
                 let id = u32::try_from(self.queues.len()).expect("fewer queues than 2^32 - 1");
                 self.queue_ids.insert(p.queue.clone(), id);
-                self.queues.push(p.queue);
+                self.queues.push(p.queue.clone());
                 id
             }
-        };
-        match p.attempts {
-            0 => self.attempts.remove(&p.seq),
-            n => self.attempts.insert(p.seq, n),
-        };
-        match p.dead {
-            Some(reason) => self.dead.insert(p.seq, reason),
-            None => self.dead.remove(&p.seq),
         };
         let copy = Kept {
             seq: p.seq,
@@ -117,8 +112,6 @@ impl LiveCopies {
     /// Records a `Done`: `seq` is no longer live (if it was: its `Put` may have been in a
     /// segment deleted since).
     pub(super) fn done(&mut self, seq: u64) {
-        self.attempts.remove(&seq);
-        self.dead.remove(&seq);
         if self.moved.remove(&seq).is_some() {
             return;
         }
@@ -134,28 +127,18 @@ impl LiveCopies {
         }
     }
 
-    fn is_live(&self, seq: u64) -> bool {
-        self.moved.contains_key(&seq)
-            || (self.copies.binary_search_by_key(&seq, |c| c.seq))
-                .is_ok_and(|i| self.copies[i].queue != GONE)
+    /// Done with replay: the copies' attempts and dead-letter reasons, from the index.
+    pub(super) fn finish(
+        &mut self,
+        attempts: HashMap<u64, u32, SeqHash>,
+        dead: HashMap<u64, String, SeqHash>,
+    ) {
+        self.settle();
+        (self.attempts, self.dead) = (attempts, dead);
     }
 
-    /// Records an `Attempt`, for a live copy.
-    pub(super) fn attempt(&mut self, seq: u64, attempts: u32) {
-        if self.is_live(seq) {
-            self.attempts.insert(seq, attempts);
-        }
-    }
-
-    /// Records a `DeadLetter`, for a live copy.
-    pub(super) fn dead_letter(&mut self, seq: u64, reason: String) {
-        if self.is_live(seq) {
-            self.dead.insert(seq, reason);
-        }
-    }
-
-    /// Done with replay: one vector, sorted by seq, nothing gone.
-    pub(super) fn finish(&mut self) {
+    /// One vector, sorted by seq, nothing gone.
+    fn settle(&mut self) {
         if self.gone > 0 {
             self.copies.retain(|c| c.queue != GONE);
             self.gone = 0;
@@ -174,7 +157,7 @@ impl IntoIterator for LiveCopies {
     type IntoIter = IntoIter;
 
     fn into_iter(mut self) -> IntoIter {
-        self.finish();
+        self.settle();
         IntoIter {
             copies: std::mem::take(&mut self.copies).into_iter(),
             rest: self,
@@ -237,7 +220,8 @@ mod tests {
     }
 
     /// Against a `BTreeMap` of `StoredMessage`s (what recovery kept before), through puts in
-    /// and out of seq order, moves, finishes, attempts and dead letters, with sweeps.
+    /// and out of seq order, moves and finishes, with sweeps; attempts and dead letters, the
+    /// index's, are handed over at the end and go to their copies.
     #[test]
     fn it_keeps_what_a_map_by_seq_keeps() {
         let mut live = LiveCopies::default();
@@ -266,7 +250,7 @@ mod tests {
                     let mut p = put(seq, queue);
                     p.attempts = (next() % 4 == 0) as u32;
                     model.insert(seq, stored(&p));
-                    live.put(p);
+                    live.put(&p);
                 }
                 // A copy whose first `Put` was in a deleted segment: its seq comes below seqs
                 // already seen, the first time.
@@ -274,7 +258,7 @@ mod tests {
                     let i = (next() % late.len() as u64) as usize;
                     let p = put(late.swap_remove(i), "mailbox:late");
                     model.insert(p.seq, stored(&p));
-                    live.put(p);
+                    live.put(&p);
                 }
                 4..=6 if let Some(s) = picked => {
                     model.remove(&s);
@@ -288,26 +272,29 @@ mod tests {
                         dead: m.dead.clone(),
                         ..put(s, &m.queue)
                     };
-                    live.put(p);
+                    live.put(&p);
                 }
                 8 if let Some(s) = picked => {
-                    let n = (next() % 5) as u32 + 1;
-                    model.get_mut(&s).unwrap().attempts = n;
-                    live.attempt(s, n);
+                    model.get_mut(&s).unwrap().attempts = (next() % 5) as u32 + 1;
                 }
                 9 if let Some(s) = picked => {
                     model.get_mut(&s).unwrap().dead = Some(format!("reason {step}"));
-                    live.dead_letter(s, format!("reason {step}"));
                 }
                 _ => {}
             }
-            // Finished or unknown seqs change nothing.
-            live.attempt(seq + 1, 9);
-            live.dead_letter(seq + 1, "nobody".into());
+            // An unknown seq changes nothing.
             live.done(seq + 1);
             assert_eq!(live.len(), model.len(), "step {step}");
         }
         assert_eq!(live.max_seq(), model.keys().next_back().copied());
+        let marked = model
+            .values()
+            .filter(|m| m.attempts > 0)
+            .map(|m| (m.seq, m.attempts));
+        let dead = model
+            .values()
+            .filter_map(|m| Some((m.seq, m.dead.clone()?)));
+        live.finish(marked.collect(), dead.collect());
         let got: Vec<StoredMessage> = live.into_iter().collect();
         let want: Vec<StoredMessage> = model.into_values().collect();
         assert_eq!(got, want);
@@ -332,17 +319,17 @@ mod tests {
     fn a_copy_moved_twice_across_a_sweep_is_one_copy() {
         let mut live = LiveCopies::default();
         for seq in 1..=2048 {
-            live.put(put(seq, "q"));
+            live.put(&put(seq, "q"));
         }
-        live.put(put(10_000, "q"));
-        live.put(put(3000, "q")); // Its first `Put` was in a deleted segment.
+        live.put(&put(10_000, "q"));
+        live.put(&put(3000, "q")); // Its first `Put` was in a deleted segment.
         for seq in 10_001..=12_048 {
-            live.put(put(seq, "q"));
+            live.put(&put(seq, "q"));
         }
         for seq in 10_000..=12_048 {
             live.done(seq);
         }
-        live.put(put(3000, "q")); // Moved again.
+        live.put(&put(3000, "q")); // Moved again.
         assert_eq!(live.len(), 2049);
         live.done(3000);
         assert_eq!(live.len(), 2048);
@@ -354,12 +341,12 @@ mod tests {
     fn moved_copies_are_merged_in_seq_order() {
         let mut live = LiveCopies::default();
         for seq in [5, 6, 7] {
-            live.put(put(seq, "q"));
+            live.put(&put(seq, "q"));
         }
         // Compaction moved 2 and 3 (from a segment the replay already passed, or whose `Put`s
         // were in a deleted one) and 6.
         for seq in [2, 3, 6] {
-            live.put(put(seq, "q"));
+            live.put(&put(seq, "q"));
         }
         live.done(3);
         assert_eq!(live.len(), 4);

@@ -166,7 +166,8 @@ pub(super) fn recover(disk: &dyn Disk, dir: &Path) -> Result<Recovered, StoreErr
         summarized,
         "store: recovered (segments with a summary were not read)"
     );
-    messages.finish();
+    let (attempts, dead) = state.index.marks();
+    messages.finish(attempts, dead);
     Ok(Recovered {
         state,
         seen,
@@ -221,8 +222,8 @@ fn replay(
         Record::Put(p) => {
             seen.insert(&p.queue, &p.message_id);
             state.next_seq = state.next_seq.max(p.seq.saturating_add(1));
-            state.index.put(p.seq, loc, p.attempts, p.dead.clone());
-            messages.put(p);
+            messages.put(&p);
+            state.index.put(p.seq, loc, p.attempts, p.dead);
         }
         // A finished copy whose `Put` was in a deleted segment is simply not there.
         Record::Done { seq } => {
@@ -230,14 +231,10 @@ fn replay(
             messages.done(seq);
         }
         Record::Attempt { seq, attempts } => {
-            if state.index.attempt(seq, attempts) {
-                messages.attempt(seq, attempts);
-            }
+            state.index.attempt(seq, attempts);
         }
         Record::DeadLetter { seq, reason } => {
-            if state.index.dead_letter(seq, reason.clone()) {
-                messages.dead_letter(seq, reason);
-            }
+            state.index.dead_letter(seq, reason);
         }
         Record::Header { .. } | Record::Commit { .. } => {}
     }

@@ -744,27 +744,34 @@ impl Writer {
             };
         }
         let id = self.state.next_segment;
-        let path = segment::path(&self.dir, id);
-        let mut file = match self.disk.create(&path) {
-            Ok(file) => file,
-            Err(e) if disk::is_full(&e) => return Ok(false),
-            Err(e) => return Err(fatal("create", &path, e)),
+        let Some(file) = self.reserved_file(&segment::path(&self.dir, id), room)? else {
+            return Ok(false);
         };
-        match file.allocate(room) {
-            Ok(()) => {}
-            Err(e) if disk::is_full(&e) => {
-                // Empty and never synced into the directory: recovery would drop it anyway.
-                drop(file);
-                self.disk
-                    .remove(&path)
-                    .map_err(|e| fatal("remove", &path, e))?;
-                return Ok(false);
-            }
-            Err(e) => return Err(fatal("reserve space for", &path, e)),
-        }
         self.state.next_segment += 1;
         self.install(id, file, room)?;
         Ok(true)
+    }
+
+    /// Creates file `path` (new) with `room` bytes reserved for it; `None` when the disk has
+    /// no room for them, and then the file is removed again (empty and never synced into the
+    /// directory: recovery would drop it anyway).
+    fn reserved_file(&self, path: &Path, room: u64) -> Result<Option<Box<dyn Append>>, Fatal> {
+        let mut file = match self.disk.create(path) {
+            Ok(file) => file,
+            Err(e) if disk::is_full(&e) => return Ok(None),
+            Err(e) => return Err(fatal("create", path, e)),
+        };
+        match file.allocate(room) {
+            Ok(()) => Ok(Some(file)),
+            Err(e) if disk::is_full(&e) => {
+                drop(file);
+                self.disk
+                    .remove(path)
+                    .map_err(|e| fatal("remove", path, e))?;
+                Ok(None)
+            }
+            Err(e) => Err(fatal("reserve space for", path, e)),
+        }
     }
 
     /// Makes segment `id`'s directory entry durable, and makes it the active segment, with
@@ -804,46 +811,18 @@ impl Writer {
             }
             _ => {}
         }
-        let mut file = match self.disk.create(&path) {
-            Ok(file) => file,
-            Err(e) if disk::is_full(&e) => return Ok(false),
-            Err(e) => return Err(fatal("create", &path, e)),
-        };
-        match file.allocate(self.opts.segment_bytes) {
-            Ok(()) => {
-                self.spare = Some(file);
-                Ok(true)
-            }
-            Err(e) if disk::is_full(&e) => {
-                drop(file);
-                self.disk
-                    .remove(&path)
-                    .map_err(|e| fatal("remove", &path, e))?;
-                Ok(false)
-            }
-            Err(e) => Err(fatal("reserve space for", &path, e)),
-        }
+        self.spare = self.reserved_file(&path, self.opts.segment_bytes)?;
+        Ok(self.spare.is_some())
     }
 
     /// Rolls to the spare segment, renamed to the next segment with the room it reserved. Only
     /// what frees space takes it (requests that finish copies; compaction that can empty the
-    /// head there), when
-    /// the disk has no room for a new segment: without it, a disk filled while every segment
+    /// head there), when the disk has no room for a new segment: without it, a disk filled while every segment
     /// holds a copy nobody finishes (receipts for a unit nobody reads), its active segment's
     /// reserve spent, could never be freed, for compaction would have nowhere to move those
     /// copies. `Ok(false)` when there is no spare, or `need` is more than it holds.
     fn take_spare(&mut self, need: u64) -> Result<bool, Fatal> {
         if need > self.opts.segment_bytes || self.spare.is_none() {
-            return Ok(false);
-        }
-        let spare = segment::spare_path(&self.dir);
-        if let Err(e) = self.disk.len(&spare) {
-            // Removed by hand (its room went with it): made again when there is room.
-            self.spare = None;
-            tracing::warn!(
-                spare = %spare.display(), error = %e,
-                "store: the spare segment is gone; it is made again when there is room"
-            );
             return Ok(false);
         }
         // Never with an active segment nothing was written to (it has a segment's room, and
@@ -853,11 +832,20 @@ impl Writer {
             return Ok(false);
         }
         let id = self.state.next_segment;
-        let path = segment::path(&self.dir, id);
+        let (spare, path) = (segment::spare_path(&self.dir), segment::path(&self.dir, id));
         match self.disk.rename(&spare, &path) {
             Ok(()) => self.state.next_segment += 1,
             // The directory itself had no room for the new name: nothing changed.
             Err(e) if disk::is_full(&e) => return Ok(false),
+            // Removed by hand (its room went with it): made again when there is room.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                self.spare = None;
+                tracing::warn!(
+                    spare = %spare.display(),
+                    "store: the spare segment is gone; it is made again when there is room"
+                );
+                return Ok(false);
+            }
             Err(e) => return Err(fatal("rename the spare segment to", &path, e)),
         }
         let file = self.spare.take().expect("checked above");
