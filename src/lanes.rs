@@ -124,6 +124,9 @@ trait Delta: Copy {
     fn put(self, prev: Self, out: &mut Vec<u8>);
     /// The item after `prev`, read from `bytes` at `at` (moved past it).
     fn get(prev: Self, bytes: &[u8], at: &mut usize) -> Self;
+    /// What a chunk keeps the least of, so that only the chunks holding an item due are looked
+    /// through ([`Chunked::drain_due`]): a cold item's expiry.
+    fn key(self) -> u32;
 }
 
 /// Appends `next - prev` (wrapping), zigzag-encoded as a LEB128 varint: 1 byte for a
@@ -161,6 +164,9 @@ impl Delta for u64 {
     fn get(prev: u64, bytes: &[u8], at: &mut usize) -> u64 {
         get_diff(prev, bytes, at)
     }
+    fn key(self) -> u32 {
+        u32::try_from(self).unwrap_or(u32::MAX)
+    }
 }
 
 impl<C: ColdItem> Delta for Cold<C> {
@@ -175,6 +181,9 @@ impl<C: ColdItem> Delta for Cold<C> {
             expires: get_diff(prev.expires.into(), bytes, at) as u32,
             arrived: get_diff(prev.arrived.into(), bytes, at) as u32,
         }
+    }
+    fn key(self) -> u32 {
+        self.expires
     }
 }
 
@@ -201,6 +210,8 @@ struct Chunk<T> {
     len: usize,
     /// Items ever pushed here (at most [`CHUNK`]).
     pushed: usize,
+    /// The least [`Delta::key`] of the items pushed here (of those left, it may be less).
+    least: u32,
 }
 
 const CHUNK: usize = 4096;
@@ -218,22 +229,45 @@ impl<T: Delta> Chunked<T> {
     fn push_back(&mut self, item: T) {
         match self.chunks.back_mut() {
             Some(c) if c.pushed < CHUNK => {
-                item.put(c.last, &mut c.bytes);
-                (c.last, c.len, c.pushed) = (item, c.len + 1, c.pushed + 1);
+                c.push(item);
                 if c.pushed == CHUNK {
                     c.bytes.shrink_to_fit();
                 }
             }
-            _ => self.chunks.push_back(Chunk {
-                front: item,
-                last: item,
-                bytes: Vec::new(),
-                at: 0,
-                len: 1,
-                pushed: 1,
-            }),
+            _ => self.chunks.push_back(Chunk::new(item)),
         }
         self.len += 1;
+    }
+
+    /// Removes and returns the items whose key is `due`, oldest first, the others kept in
+    /// order. Only the chunks whose least key is due are looked through and written again:
+    /// one short-lived item among a million long-lived ones costs its chunk, not the deque.
+    fn drain_due(&mut self, due: impl Fn(u32) -> bool) -> Vec<T> {
+        let mut gone = Vec::new();
+        for c in self.chunks.iter_mut().filter(|c| due(c.least)) {
+            let mut kept: Option<Chunk<T>> = None;
+            for item in c.items() {
+                match (due(item.key()), &mut kept) {
+                    (true, _) => gone.push(item),
+                    (false, Some(k)) => k.push(item),
+                    (false, None) => kept = Some(Chunk::new(item)),
+                }
+            }
+            // The chunk was full or never will be (only the last one is pushed to): as kept.
+            if let Some(k) = &mut kept {
+                k.pushed = k.pushed.max(c.pushed);
+                k.bytes.shrink_to_fit();
+            }
+            *c = kept.unwrap_or_else(|| Chunk::emptied(c));
+        }
+        self.chunks.retain(|c| c.len > 0);
+        self.len -= gone.len();
+        gone
+    }
+
+    /// The least key of the items (or of items gone since: never more than the least).
+    fn least(&self) -> Option<u32> {
+        self.chunks.iter().map(|c| c.least).min()
     }
 
     fn pop_front(&mut self) -> Option<T> {
@@ -260,15 +294,46 @@ impl<T: Delta> Chunked<T> {
         self.len == 0
     }
 
+    #[cfg(test)]
     fn iter(&self) -> impl Iterator<Item = T> + '_ {
-        self.chunks.iter().flat_map(|c| {
-            let (mut prev, mut at) = (c.front, c.at);
-            (0..c.len).map(move |i| {
-                if i > 0 {
-                    prev = T::get(prev, &c.bytes, &mut at);
-                }
-                prev
-            })
+        self.chunks.iter().flat_map(Chunk::items)
+    }
+}
+
+impl<T: Delta> Chunk<T> {
+    fn new(item: T) -> Chunk<T> {
+        Chunk {
+            front: item,
+            last: item,
+            bytes: Vec::new(),
+            at: 0,
+            len: 1,
+            pushed: 1,
+            least: item.key(),
+        }
+    }
+
+    /// A chunk with nothing left of `c` (removed by the caller).
+    fn emptied(c: &Chunk<T>) -> Chunk<T> {
+        Chunk {
+            len: 0,
+            ..Chunk::new(c.front)
+        }
+    }
+
+    fn push(&mut self, item: T) {
+        item.put(self.last, &mut self.bytes);
+        (self.last, self.len, self.pushed) = (item, self.len + 1, self.pushed + 1);
+        self.least = self.least.min(item.key());
+    }
+
+    fn items(&self) -> impl Iterator<Item = T> + '_ {
+        let (mut prev, mut at) = (self.front, self.at);
+        (0..self.len).map(move |i| {
+            if i > 0 {
+                prev = T::get(prev, &self.bytes, &mut at);
+            }
+            prev
         })
     }
 }
@@ -384,8 +449,13 @@ impl<T, C: ColdItem> Lanes<T, C> {
     /// A cold item's expiry, as kept: at most 100 ms after the item's own (or the cold epoch,
     /// if that is later), and never for one 13.6 years or more after the epoch.
     fn expiry(&self, cold: &Cold<C>) -> SystemTime {
+        self.expiry_at(cold.expires)
+    }
+
+    /// The expiry kept as `ticks` (see [`Cold::expires`]).
+    fn expiry_at(&self, ticks: u32) -> SystemTime {
         let epoch = self.cold_epoch.unwrap_or(UNIX_EPOCH);
-        match cold.expires {
+        match ticks {
             u32::MAX => epoch + NEVER,
             ticks => epoch + TICK * ticks,
         }
@@ -433,24 +503,19 @@ impl<T, C: ColdItem> Lanes<T, C> {
     }
 
     /// Removes and returns every expired cold item. A lane is looked through only when its
-    /// earliest cold expiry has come, so a deep backlog of long-lived items costs the sweep
-    /// nothing.
+    /// earliest cold expiry has come, and then only its chunks holding an expired item (see
+    /// [`Chunked::drain_due`]): a deep backlog of long-lived items costs the sweep nothing, and
+    /// a sender of short-lived ones among them, each sweep a chunk.
     pub fn drain_expired_cold(&mut self, now: SystemTime) -> Vec<Entry<C>> {
         let mut out = Vec::new();
         for i in 0..5 {
             if self.cold_expiry[i].is_none_or(|t| t > now) {
                 continue;
             }
-            let lane = std::mem::take(&mut self.cold[i]);
-            let (mut keep, mut gone) = (Chunked::default(), Vec::new());
-            for c in lane.iter() {
-                match self.expiry(&c) > now {
-                    true => keep.push_back(c),
-                    false => gone.push(c),
-                }
-            }
-            self.cold_expiry[i] = keep.iter().map(|c| self.expiry(&c)).min();
-            self.cold[i] = keep;
+            let mut lane = std::mem::take(&mut self.cold[i]);
+            let gone = lane.drain_due(|ticks| self.expiry_at(ticks) <= now);
+            self.cold_expiry[i] = lane.least().map(|ticks| self.expiry_at(ticks));
+            self.cold[i] = lane;
             out.extend(gone.into_iter().map(|c| self.entry(i, c)));
         }
         out
@@ -894,6 +959,45 @@ mod tests {
                     .map(item)
                     .map(|c| (c.item, c.expires, c.arrived)))
         );
+    }
+
+    /// One short-lived item among many long-lived ones (a sender of them, say, into a deep
+    /// backlog): draining it rewrites its chunk only, and the rest stay as they were, in order.
+    #[test]
+    fn draining_due_items_rewrites_only_the_chunks_holding_them() {
+        let mut d = Chunked::default();
+        // Keys (the values themselves, as `u64` items) of long-lived items, and a due one.
+        let long = |i: u64| 1_000_000 + i;
+        for i in 0..5 * CHUNK as u64 {
+            d.push_back(long(i));
+        }
+        d.push_back(7);
+        for i in 5 * CHUNK as u64..6 * CHUNK as u64 {
+            d.push_back(long(i));
+        }
+        let before: Vec<*const u8> = d.chunks.iter().map(|c| c.bytes.as_ptr()).collect();
+        let gone = d.drain_due(|key| key < 1_000);
+        assert_eq!(gone, vec![7]);
+        assert_eq!(d.len(), 6 * CHUNK);
+        assert!(d.iter().eq((0..6 * CHUNK as u64).map(long)));
+        let after: Vec<*const u8> = d.chunks.iter().map(|c| c.bytes.as_ptr()).collect();
+        let rewritten = before.iter().zip(&after).filter(|(b, a)| b != a).count();
+        assert_eq!((before.len(), rewritten), (after.len(), 1));
+        assert_eq!(d.least(), Some(long(0) as u32));
+        // Nothing due: nothing looked through.
+        assert!(d.drain_due(|key| key < 1_000).is_empty());
+        // All due: all gone, in order, and no chunk left.
+        let all = d.drain_due(|_| true);
+        assert!(all.into_iter().eq((0..6 * CHUNK as u64).map(long)));
+        assert_eq!((d.len(), d.chunks.len(), d.least()), (0, 0, None));
+        // A rewritten last chunk still takes pushes, kept after the rest.
+        d.push_back(1);
+        d.push_back(long(0));
+        d.push_back(2);
+        assert_eq!(d.drain_due(|key| key < 1_000), vec![1, 2]);
+        d.push_back(long(1));
+        assert!(d.iter().eq([long(0), long(1)]));
+        assert_eq!(d.chunks.len(), 1);
     }
 
     #[test]

@@ -306,13 +306,14 @@ impl Provenance {
             _ => None,
         };
         let rest = (!restrictions.is_empty()).then(|| restrictions.into());
-        self.known.insert(id, Known { own, rest });
-        self.order.push_back(id);
-        while self.order.len() > self.capacity {
+        // Room first: one over the bound would double the deque (as `respond::Responders`).
+        while self.order.len() >= self.capacity {
             if let Some(old) = self.order.pop_front() {
                 self.known.remove(&old);
             }
         }
+        self.known.insert(id, Known { own, rest });
+        self.order.push_back(id);
     }
 
     #[cfg(test)]
@@ -624,6 +625,18 @@ mod tests {
 
     use super::*;
     use crate::handling::{NativeCode, Tlp};
+
+    /// At its bound, a message remembered makes room first: the order's deque keeps the
+    /// bound's size (one over it doubled the deque).
+    #[test]
+    fn at_its_bound_the_order_never_outgrows_it() {
+        let mut p = Provenance::new(1024);
+        for _ in 0..5000 {
+            p.insert(MessageId::new_v7(std::time::SystemTime::now()), Vec::new());
+        }
+        assert_eq!((p.order.len(), p.known.len()), (1024, 1024));
+        assert!(p.order.capacity() < 2048, "{}", p.order.capacity());
+    }
 
     fn id(n: u8) -> MessageId {
         MessageId::from_slice(&[n; 16]).unwrap()

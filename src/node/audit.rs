@@ -980,8 +980,7 @@ impl Writer {
         let mut f = OpenOptions::new().create(true).append(true).open(&path)?;
         let mut line = serde_json::to_vec(value).map_err(io::Error::other)?;
         line.push(b'\n');
-        let end = f.metadata()?.len();
-        files::append_whole(&mut f, end, &line)?;
+        files::append_whole_at_end(&mut f, &line)?;
         f.sync_data()?;
         if new {
             File::open(&self.dir)?.sync_all()?;

@@ -15,12 +15,23 @@ pub const OWNER_ONLY: u32 = 0o600;
 /// Appends `bytes` to `file` (opened to append), which holds `end` bytes of whole lines,
 /// whole or not at all: a write that fails part-way (a full disk had room for some of it) is
 /// cut back to `end`, so that trying again never writes after a torn line. A file longer than
-/// `end` (a cut that failed) is cut first, and the write fails if it cannot be. A caller that
-/// does not keep the length passes the file's own, read when it opened it.
+/// `end` (a cut that failed) is cut first, and the write fails if it cannot be.
 pub fn append_whole(file: &mut std::fs::File, end: u64, bytes: &[u8]) -> std::io::Result<()> {
     if file.metadata()?.len() != end {
         file.set_len(end)?;
     }
+    append_cut_back(file, end, bytes)
+}
+
+/// As [`append_whole`], for a file just opened by a caller that keeps no length: it ends
+/// where it ends.
+pub fn append_whole_at_end(file: &mut std::fs::File, bytes: &[u8]) -> std::io::Result<()> {
+    let end = file.metadata()?.len();
+    append_cut_back(file, end, bytes)
+}
+
+/// Appends `bytes`; a write that fails is cut back to `end`.
+fn append_cut_back(file: &mut std::fs::File, end: u64, bytes: &[u8]) -> std::io::Result<()> {
     file.write_all(bytes).inspect_err(|_| {
         if let Err(e) = file.set_len(end) {
             tracing::error!(

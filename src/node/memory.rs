@@ -99,10 +99,7 @@ pub(super) async fn flush(node: &Arc<Node>, lines: &mut usize) {
                 .append(true)
                 .create(true)
                 .open(&path)
-                .and_then(|mut f| {
-                    let end = f.metadata()?.len();
-                    super::files::append_whole(&mut f, end, &bytes)
-                }),
+                .and_then(|mut f| super::files::append_whole_at_end(&mut f, &bytes)),
         }
     })
     .await;
